@@ -1,0 +1,32 @@
+"""legguard.adapters — everything that touches a venue, behind one `Venue` protocol.
+
+Map:
+- `_types.py`     the shared vocabulary: Market, BookSnapshot, OrderRequest, OrderUpdate, errors, `Venue`.
+- `_matching.py`  the seeded L2 matching engine (books, our orders, accounts, fees) shared by the simulated
+                  venue and the Binance-wire emulator.
+- `_sim.py`       `SimVenue`: the in-process simulated venue (latency, market generator, fault injection).
+"""
+
+from ._types import ZERO as ZERO
+from ._types import ArmedOrder as ArmedOrder
+from ._types import AuthenticationFailed as AuthenticationFailed
+from ._types import Balance as Balance
+from ._types import BookSnapshot as BookSnapshot
+from ._types import DuplicateOrder as DuplicateOrder
+from ._types import MalformedResponse as MalformedResponse
+from ._types import Market as Market
+from ._types import MarketKind as MarketKind
+from ._types import OrderNotFound as OrderNotFound
+from ._types import OrderOrigin as OrderOrigin
+from ._types import OrderRejected as OrderRejected
+from ._types import OrderRequest as OrderRequest
+from ._types import OrderStatus as OrderStatus
+from ._types import OrderType as OrderType
+from ._types import OrderUpdate as OrderUpdate
+from ._types import OutcomeUnknown as OutcomeUnknown
+from ._types import RateLimited as RateLimited
+from ._types import RejectReason as RejectReason
+from ._types import Side as Side
+from ._types import StreamDisconnected as StreamDisconnected
+from ._types import Venue as Venue
+from ._types import VenueError as VenueError

@@ -1,0 +1,17 @@
+"""The `legguard` command: one typer app; each command lives in its own module and registers here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="legguard",
+    help="Execution engine for delta-neutral spot/perp trade packages.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
+)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,394 @@
+"""The package decision core: given the facts so far and one event, fire lifecycle triggers and return the
+commands to issue. Pure and synchronous: no I/O, no clock, no randomness, so the engine, the journal
+replayer and the model checker all run exactly this code.
+
+Rules it enforces (from the design card):
+- fills decide state, never acknowledgements;
+- an order whose outcome is unknown is treated as possibly filled: the kill switch reconciles it;
+- every order is journaled (JournalIntent) before it is sent (SendOrder);
+- the unwind leaves `unwinding` only when every order of the package is terminal and the residual
+  exposure is below what the venue can trade (dust).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from legguard.adapters._types import OrderStatus, OrderType, Side
+
+from ._events import (
+    Abort,
+    CancelOrder,
+    CloseRequested,
+    Command,
+    Dispatch,
+    Event,
+    Fault,
+    FillDeadline,
+    JournalIntent,
+    LegRole,
+    OrderEvent,
+    OrderIntent,
+    OrphanPolicy,
+    Purpose,
+    QueryOrder,
+    Recovered,
+    SendOrder,
+    Shutdown,
+    Transitioned,
+    VenueReduction,
+)
+from ._table import TRANSITIONS, Edge, Lifecycle, State, Trigger
+
+ZERO = Decimal(0)
+
+# Attempts of unwind orders per leg before the core stops issuing new ones by itself. The engine's unwind
+# deadline escalates (alerts, operator) long before this is reached in practice.
+MAX_UNWIND_ATTEMPTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class LegPlan:
+    symbol: str
+    side: Side  # entry side
+    price: Decimal  # post-only limit
+    step: Decimal  # the market's quantity step
+    dust: Decimal  # residual below this cannot be traded on the venue (step, min qty, min notional)
+
+
+@dataclass(frozen=True, slots=True)
+class PackagePlan:
+    """A validated, priced, rounded package, ready for the core."""
+
+    package_id: str
+    client_id_prefix: str  # e.g. "lg-ab12p000042": every order id starts with it
+    quantity: Decimal  # base units, on the coarser step grid of both markets
+    spot: LegPlan
+    perp: LegPlan
+    policy: OrphanPolicy = OrphanPolicy.FLATTEN
+
+    def leg(self, role: LegRole) -> LegPlan:
+        return self.spot if role is LegRole.SPOT else self.perp
+
+    def to_dict(self) -> dict[str, Any]:
+        def leg(p: LegPlan) -> dict[str, str]:
+            return {"symbol": p.symbol, "side": p.side.value, "price": str(p.price), "step": str(p.step),
+                    "dust": str(p.dust)}  # fmt: skip
+
+        return {
+            "package_id": self.package_id,
+            "client_id_prefix": self.client_id_prefix,
+            "quantity": str(self.quantity),
+            "spot": leg(self.spot),
+            "perp": leg(self.perp),
+            "policy": self.policy.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PackagePlan:
+        def leg(d: dict[str, str]) -> LegPlan:
+            return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]))
+
+        return cls(
+            package_id=data["package_id"],
+            client_id_prefix=data["client_id_prefix"],
+            quantity=Decimal(data["quantity"]),
+            spot=leg(data["spot"]),
+            perp=leg(data["perp"]),
+            policy=OrphanPolicy(data["policy"]),
+        )
+
+
+def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int) -> str:
+    """Deterministic from (package, leg, purpose, attempt): retries are idempotent and recovery finds
+    every order ever sent. Fits Binance's `^[.A-Z:/a-z0-9_-]{1,36}$` (futures) and spot's alphabet."""
+    return f"{prefix}-{role.value[0].upper()}{purpose.value[0].upper()}{attempt}"
+
+
+@dataclass(slots=True)
+class OrderFacts:
+    intent: OrderIntent
+    status: OrderStatus = OrderStatus.SUBMITTING
+    filled: Decimal = ZERO
+    average: Decimal | None = None
+    fee_base: Decimal = ZERO
+    fee_quote: Decimal = ZERO
+    reason: str | None = None
+    cancel_sent: bool = False
+    query_sent: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Not known to be finished: may still fill."""
+        return not self.status.is_terminal
+
+
+@dataclass(slots=True)
+class Exposure:
+    spot: Decimal  # base asset held because of this package
+    perp: Decimal  # signed perp position of this package (negative = short)
+    unknown: bool  # some order's outcome is unknown: the numbers are a lower bound
+
+    @property
+    def net(self) -> Decimal:
+        return self.spot + self.perp
+
+
+@dataclass(slots=True)
+class PackageCore:
+    plan: PackagePlan
+    lifecycle: Lifecycle = field(init=False)
+    orders: dict[str, OrderFacts] = field(default_factory=dict)
+    entry: dict[LegRole, str] = field(default_factory=dict)  # role -> entry client order id
+    unwind_attempts: dict[LegRole, int] = field(default_factory=lambda: {LegRole.SPOT: 0, LegRole.PERP: 0})
+    venue_reduced: Decimal = ZERO  # perp short bought back by the venue (liquidation / ADL)
+    entry_closing: bool = False  # fill deadline / shutdown / recovery: entries are being cancelled
+    close_all: bool = False  # a close request or a fault: flatten whatever the orphan policy says
+    edges: tuple[Edge, ...] = TRANSITIONS
+    initial: State = State.PENDING
+
+    def __post_init__(self) -> None:
+        self.lifecycle = Lifecycle(self.initial, edges=self.edges, package_id=self.plan.package_id)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.current
+
+    def leg_orders(self, role: LegRole) -> list[OrderFacts]:
+        return [o for o in self.orders.values() if o.intent.role is role]
+
+    def exposure(self) -> Exposure:
+        spot = perp = ZERO
+        unknown = False
+        for o in self.orders.values():
+            unknown |= o.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTING)
+            if o.intent.role is LegRole.SPOT:
+                # Binance charges a spot buyer's fee in the base asset: what is held is filled minus fee.
+                spot += o.filled - o.fee_base if o.intent.side is Side.BUY else -o.filled
+            else:
+                perp += o.filled if o.intent.side is Side.BUY else -o.filled
+        return Exposure(spot=spot, perp=perp + self.venue_reduced, unknown=unknown)
+
+    def unmatched(self) -> Decimal:
+        """Base quantity not covered by the other leg, in fill terms (fees aside)."""
+        spot_long = perp_short = ZERO
+        for o in self.orders.values():
+            signed = o.filled if o.intent.side is Side.BUY else -o.filled
+            if o.intent.role is LegRole.SPOT:
+                spot_long += signed
+            else:
+                perp_short -= signed
+        return abs(spot_long - (perp_short - self.venue_reduced))
+
+    def open_orders(self) -> list[OrderFacts]:
+        return [o for o in self.orders.values() if o.live]
+
+    def is_quiescent(self) -> bool:
+        """Nothing in flight and nothing left to decide: the core waits for no venue answer."""
+        return not self.open_orders()
+
+    # --- deciding -------------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        out: list[Command] = []
+        state = self.state
+        if isinstance(event, OrderEvent):
+            self._apply_order(event)
+        elif isinstance(event, VenueReduction):
+            self.venue_reduced += event.quantity
+        match event:
+            case Dispatch():
+                self._dispatch(out)
+                return out
+            case Abort(reason=reason):
+                self._fire(Trigger.ABORT, reason or "aborted", out)
+                return out
+            case FillDeadline() | Shutdown() | Recovered() if state is State.DISPATCHED:
+                self.entry_closing = True
+            case Shutdown() | Fault() if state is State.PENDING:
+                self._fire(Trigger.ABORT, f"refused before any order: {event.kind}", out)
+                return out
+            case Fault(detail=detail) if self.lifecycle.can(Trigger.FAULT):
+                self.close_all = True
+                self._fire(Trigger.FAULT, f"actor fault: {detail}" if detail else "actor fault", out)
+            case VenueReduction(origin=origin) if state is State.HEDGED and event.quantity > 0:
+                self._fire(Trigger.LEG_BROKEN, f"venue reduced perp leg ({origin})", out)
+            case CloseRequested(reason=reason) if state is State.HEDGED:
+                self.close_all = True
+                self._fire(Trigger.UNWIND, reason or "close requested", out)
+            case Recovered() if state is State.HEDGED:
+                pass
+        self._settle(out)
+        return out
+
+    def _settle(self, out: list[Command]) -> None:
+        """Run decisions until the state stops changing (orphaned hands straight to the kill switch)."""
+        for _ in range(8):
+            before = self.state
+            if before is State.DISPATCHED:
+                self._decide_dispatched(out)
+            elif before is State.ORPHANED:
+                self._fire(Trigger.UNWIND, "kill switch", out)
+            elif before is State.UNWINDING:
+                self._drive_unwind(out)
+            if self.state is before:
+                return
+
+    def _fire(self, trigger: Trigger, reason: str, out: list[Command]) -> None:
+        source, dest = self.lifecycle.fire(trigger)
+        out.append(Transitioned(source, trigger, dest, reason))
+
+    def _dispatch(self, out: list[Command]) -> None:
+        if self.state is not State.PENDING:
+            # Let the lifecycle produce the precise error.
+            self.lifecycle.fire(Trigger.DISPATCH)
+        intents = [self._new_intent(role, Purpose.ENTRY, 0) for role in (LegRole.SPOT, LegRole.PERP)]
+        out.extend(JournalIntent(i) for i in intents)
+        self._fire(Trigger.DISPATCH, "both legs sent together", out)
+        for i in intents:
+            self.orders[i.client_order_id] = OrderFacts(i)
+            self.entry[i.role] = i.client_order_id
+        out.extend(SendOrder(i) for i in intents)
+
+    def _new_intent(self, role: LegRole, purpose: Purpose, attempt: int, amount: Decimal | None = None) -> OrderIntent:
+        leg = self.plan.leg(role)
+        cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt)
+        if purpose is Purpose.ENTRY:
+            return OrderIntent(
+                cid, role, purpose, attempt, leg.symbol, leg.side, OrderType.LIMIT,
+                self.plan.quantity, leg.price, post_only=True, reduce_only=False,
+            )  # fmt: skip
+        assert amount is not None
+        return OrderIntent(
+            cid, role, purpose, attempt, leg.symbol, leg.side.opposite, OrderType.MARKET,
+            amount, None, post_only=False, reduce_only=role is LegRole.PERP,
+        )  # fmt: skip
+
+    def _apply_order(self, ev: OrderEvent) -> None:
+        facts = self.orders.get(ev.client_order_id)
+        if facts is None:
+            raise KeyError(f"package {self.plan.package_id}: no order {ev.client_order_id!r}")
+        # Cumulative updates can arrive out of order (stream vs REST): never move backwards.
+        if ev.filled < facts.filled:
+            return
+        more_filled = ev.filled > facts.filled
+        facts.filled = ev.filled
+        facts.average = ev.average if ev.average is not None else facts.average
+        facts.fee_base = max(facts.fee_base, ev.fee_base)
+        facts.fee_quote = max(facts.fee_quote, ev.fee_quote)
+        if ev.status is OrderStatus.UNKNOWN:
+            if facts.status.is_terminal:
+                return  # we already know better
+            facts.query_sent = False  # a fresh unknown needs a fresh query
+        elif facts.status.is_terminal and not ev.status.is_terminal:
+            return  # a stale 'open' after we saw it finish
+        elif facts.status.is_terminal and ev.status.is_terminal and not more_filled:
+            return  # first terminal word stands unless the later one carries more fills (late fill)
+        facts.status = ev.status
+        facts.reason = ev.reason.value if ev.reason is not None else facts.reason
+        if facts.status is OrderStatus.CLOSED and facts.filled < facts.intent.amount:
+            # Market orders that could not fill fully are expired by the venue; a 'closed' short of the
+            # amount would be a venue bug, but treat it as what it factually is.
+            facts.status = OrderStatus.EXPIRED
+
+    # --- dispatched: hedge, void, or leg_broken -------------------------------------------------------
+
+    def _decide_dispatched(self, out: list[Command]) -> None:
+        spot = self.orders[self.entry[LegRole.SPOT]]
+        perp = self.orders[self.entry[LegRole.PERP]]
+        legs = (spot, perp)
+        if any(o.status is OrderStatus.UNKNOWN for o in legs):
+            self._fire(Trigger.LEG_BROKEN, "leg outcome unknown", out)
+            return
+        if all(o.status.is_terminal for o in legs):
+            if spot.filled == 0 and perp.filled == 0:
+                self._fire(Trigger.VOID, f"no fills ({spot.status.value}/{perp.status.value})", out)
+            elif spot.filled == perp.filled - self.venue_reduced:
+                self._fire(Trigger.HEDGE, f"both legs filled {spot.filled}", out)
+            else:
+                self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot.filled} perp {perp.filled}", out)
+            return
+        dead = [o for o in legs if o.status.is_terminal and o.status is not OrderStatus.CLOSED]
+        if dead and any(o.filled > 0 for o in legs):
+            reason = dead[0].reason or dead[0].status.value
+            self._fire(Trigger.LEG_BROKEN, f"{dead[0].intent.role} leg {reason} with fills outstanding", out)
+            return
+        if dead or self.entry_closing:
+            # Nothing is unmatched yet: cancel what still rests and decide once both are terminal.
+            for o in legs:
+                if o.status is OrderStatus.OPEN and not o.cancel_sent:
+                    o.cancel_sent = True
+                    out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
+
+    # --- unwinding: the kill switch -------------------------------------------------------------------
+
+    def _drive_unwind(self, out: list[Command]) -> None:
+        waiting = False
+        for o in self.orders.values():
+            if o.status is OrderStatus.OPEN and o.intent.purpose is Purpose.ENTRY:
+                waiting = True
+                if not o.cancel_sent:
+                    o.cancel_sent = True
+                    out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
+            elif o.status is OrderStatus.UNKNOWN:
+                waiting = True
+                if not o.query_sent:
+                    o.query_sent = True
+                    out.append(QueryOrder(o.intent.client_order_id, o.intent.symbol))
+            elif o.live:
+                waiting = True  # an unwind order in flight or a send not yet answered
+        if waiting:
+            return
+        todo = self._unwind_todo()
+        if not todo:
+            if self._trimming() and self._matched() > 0:
+                self._fire(Trigger.TRIMMED, f"residual closed; {self._matched()} stays hedged", out)
+            else:
+                self._fire(Trigger.FLATTENED, "all orders terminal, residual below tradable size", out)
+            return
+        intents = []
+        for role, amount in todo.items():
+            attempt = self.unwind_attempts[role]
+            if attempt >= MAX_UNWIND_ATTEMPTS:
+                continue
+            self.unwind_attempts[role] = attempt + 1
+            intents.append(self._new_intent(role, Purpose.UNWIND, attempt, amount))
+        out.extend(JournalIntent(i) for i in intents)
+        for i in intents:
+            self.orders[i.client_order_id] = OrderFacts(i)
+        out.extend(SendOrder(i) for i in intents)
+
+    def _entry_filled(self, role: LegRole) -> Decimal:
+        cid = self.entry.get(role)
+        return self.orders[cid].filled if cid is not None else ZERO
+
+    def _matched(self) -> Decimal:
+        return min(self._entry_filled(LegRole.SPOT), self._entry_filled(LegRole.PERP) - self.venue_reduced)
+
+    def _trimming(self) -> bool:
+        return self.plan.policy is OrphanPolicy.TRIM and not self.close_all
+
+    def _unwind_todo(self) -> dict[LegRole, Decimal]:
+        exp = self.exposure()
+        unwound = {
+            role: sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)
+            for role in LegRole
+        }
+        if self._trimming():
+            matched = max(self._matched(), ZERO)
+            spot_excess = self._entry_filled(LegRole.SPOT) - matched - unwound[LegRole.SPOT]
+            perp_excess = self._entry_filled(LegRole.PERP) - self.venue_reduced - matched - unwound[LegRole.PERP]
+            wanted = {LegRole.SPOT: min(spot_excess, exp.spot), LegRole.PERP: min(perp_excess, -exp.perp)}
+        else:
+            wanted = {LegRole.SPOT: exp.spot, LegRole.PERP: -exp.perp}
+        todo: dict[LegRole, Decimal] = {}
+        for role, qty in wanted.items():
+            leg = self.plan.leg(role)
+            tradable = (qty / leg.step).to_integral_value(rounding=ROUND_DOWN) * leg.step if qty > 0 else ZERO
+            if tradable > 0 and tradable >= leg.dust:
+                todo[role] = tradable
+        return todo
