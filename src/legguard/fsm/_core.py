@@ -200,6 +200,13 @@ class PackageCore:
             self._apply_order(event)
         elif isinstance(event, VenueReduction):
             self.venue_reduced += event.quantity
+        elif isinstance(event, Fault | Recovered):
+            # The tasks that were sending died with the actor (or the process): whatever they sent has an
+            # unknown outcome now, and only a query by client order id can settle it.
+            for o in self.orders.values():
+                if o.status is OrderStatus.SUBMITTING:
+                    o.status = OrderStatus.UNKNOWN
+                    o.query_sent = False
         match event:
             case Dispatch():
                 self._dispatch(out)
