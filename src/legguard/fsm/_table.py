@@ -107,8 +107,7 @@ class Lifecycle:
             model=self,
             states=[s.value for s in State],
             transitions=[
-                {"trigger": e.trigger.value, "source": e.source.value, "dest": e.dest.value}
-                for e in self._edges
+                {"trigger": e.trigger.value, "source": e.source.value, "dest": e.dest.value} for e in self._edges
             ],
             initial=State(initial).value,
             auto_transitions=False,

@@ -1,0 +1,30 @@
+"""legguard.engine — the actors that execute packages, on trio.
+
+Map:
+- `_spec.py`      PackageSpec / EngineConfig and their validation (SpecError names the field).
+- `_pricing.py`   pure pricing from L2 books: maker prices, common step rounding, spread after fees.
+- `_engine.py`    `Engine`: the supervisor (nursery of package actors), venue gateway (order stream ->
+                  mailboxes by client order id, liquidation attribution, stream-drop reconcile), book
+                  watchers, circuit breaker, halt/resume, graceful shutdown.
+- `_actor.py`     `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
+                  trio cancel scopes; shielded drain to safety on cancellation.
+- `_journal.py`   the SQLite hash-chained audit journal, replay and verification.
+- `_strategy.py`  the demo's premium trigger and fault plan.
+"""
+
+from ._actor import InjectedCrash as InjectedCrash
+from ._actor import PackageActor as PackageActor
+from ._actor import PackageHandle as PackageHandle
+from ._engine import Engine as Engine
+from ._engine import EngineMode as EngineMode
+from ._engine import EngineStats as EngineStats
+from ._pricing import Priced as Priced
+from ._pricing import PricingRefused as PricingRefused
+from ._pricing import common_step as common_step
+from ._pricing import price_package as price_package
+from ._spec import BreakerConfig as BreakerConfig
+from ._spec import Deadlines as Deadlines
+from ._spec import EngineConfig as EngineConfig
+from ._spec import PackageSpec as PackageSpec
+from ._spec import SpecError as SpecError
+from ._spec import validate_spec as validate_spec

@@ -1,0 +1,333 @@
+"""The package actor: one trio task per package that feeds events from its mailbox into the pure decision
+core, journals every step before acting on it, and runs the commands the core returns.
+
+Cancellation never bypasses safety: if the actor is cancelled (engine shutdown, Ctrl-C) its `finally` runs a
+shielded drain with its own deadline that feeds `Shutdown` to the core and executes whatever the kill switch
+decides, using only request/response calls (the venue's order stream may already be gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from legguard.adapters._types import (
+    ArmedOrder,
+    DuplicateOrder,
+    OrderNotFound,
+    OrderRejected,
+    OrderRequest,
+    OrderStatus,
+    OrderUpdate,
+    RateLimited,
+    RejectReason,
+    VenueError,
+)
+from legguard.fsm import (
+    CancelOrder,
+    Event,
+    Fault,
+    FillDeadline,
+    OrderEvent,
+    OrderIntent,
+    PackageCore,
+    QueryOrder,
+    SendOrder,
+    Shutdown,
+    State,
+    Transitioned,
+)
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger("legguard.engine")
+
+
+class InjectedCrash(RuntimeError):
+    """Raised inside a package actor by the `actor_crash` fault (demo and tests)."""
+
+
+def to_order_event(update: OrderUpdate) -> OrderEvent:
+    return OrderEvent(
+        client_order_id=update.client_order_id,
+        status=update.status,
+        filled=update.filled,
+        average=update.average,
+        fee_base=update.fee_base,
+        fee_quote=update.fee_quote,
+        reason=update.reason,
+    )
+
+
+def to_request(intent: OrderIntent) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=intent.client_order_id,
+        symbol=intent.symbol,
+        side=intent.side,
+        type=intent.type,
+        amount=intent.amount,
+        price=intent.price,
+        post_only=intent.post_only,
+        reduce_only=intent.reduce_only,
+    )
+
+
+@dataclass(slots=True)
+class PackageHandle:
+    """What outlives any one actor incarnation: the mailbox, the event log for rebuilding the core after a
+    fault, and the timing facts the engine reports."""
+
+    package_id: str
+    core: PackageCore
+    send: trio.MemorySendChannel[Event]
+    receive: trio.MemoryReceiveChannel[Event]
+    events: list[Event] = field(default_factory=list)
+    created_at: float = 0.0
+    naked_since: float | None = None
+    max_naked: float = 0.0
+    unwinding_since: float | None = None
+    ever_orphaned: bool = False
+    faults: int = 0
+    crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @classmethod
+    def create(cls, core: PackageCore, now: float) -> PackageHandle:
+        # Unbounded: posting must never block (and must work from a cancelled task, via send_nowait).
+        send, receive = trio.open_memory_channel[Event](math.inf)
+        return cls(core.plan.package_id, core, send, receive, created_at=now)
+
+    def post(self, event: Event) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # package finished
+            self.send.send_nowait(event)
+
+
+class PackageActor:
+    """One incarnation of a package's actor. The supervisor starts a new one (same handle) after a fault."""
+
+    def __init__(self, engine: Engine, handle: PackageHandle, first: Event | None = None) -> None:
+        self.engine = engine
+        self.handle = handle
+        self.core = handle.core
+        self.first = first
+        self._nursery: trio.Nursery | None = None
+
+    # --- main loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        h = self.handle
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.first is not None:
+                    await self.step(self.first)
+                while not self._finished():
+                    event = await h.receive.receive()
+                    await self.step(event)
+                nursery.cancel_scope.cancel()  # stray timers and late queries
+        except BaseException as exc:
+            if is_cancellation(exc) and not self._safe():
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self.engine.config.deadlines.unwind
+                    await self._drain_to_safety()
+            raise
+        finally:
+            self._nursery = None
+
+    def _finished(self) -> bool:
+        state = self.core.state
+        if state is State.FLAT:
+            return True
+        return state is State.HEDGED and self.engine.stopping and self.core.is_quiescent()
+
+    def _safe(self) -> bool:
+        return self.core.state in (State.FLAT, State.HEDGED, State.PENDING) and self.core.is_quiescent()
+
+    async def _drain_to_safety(self) -> None:
+        """Shielded: finish the decision for this package without the order stream."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.step(Shutdown())
+            while not self._safe():
+                event = await self.handle.receive.receive()
+                await self.step(event)
+            nursery.cancel_scope.cancel()
+        if self._safe():
+            log.info("package %s safe at shutdown: %s", self.handle.package_id, self.core.state)
+
+    # --- one step: decide, journal, act ---------------------------------------------------------------
+
+    async def step(self, event: Event) -> None:
+        h, engine = self.handle, self.engine
+        now = trio.current_time()
+        commands = self.core.handle(event)
+        h.events.append(event)
+        # Write-ahead: the event and everything it caused are durable before any effect starts.
+        engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+        self._track_exposure(now)
+        sends: list[OrderIntent] = []
+        for command in commands:
+            match command:
+                case Transitioned():
+                    engine.on_transition(h, command, now)
+                case SendOrder(intent=intent):
+                    sends.append(intent)
+                case CancelOrder(client_order_id=cid, symbol=symbol):
+                    self._spawn(self._cancel, cid, symbol)
+                case QueryOrder(client_order_id=cid, symbol=symbol):
+                    self._spawn(self._query, cid, symbol, 0.0)
+        if sends:
+            self._release(sends)
+        for command in commands:
+            if isinstance(command, Transitioned):
+                if command.dest is State.DISPATCHED:
+                    self._spawn(self._fill_deadline)
+                elif command.dest is State.UNWINDING:
+                    self._spawn(self._unwind_watchdog)
+        if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
+            h.crash_on_event = None
+            raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
+
+    def _track_exposure(self, now: float) -> None:
+        h = self.handle
+        naked = self.core.unmatched() > 0
+        if naked and h.naked_since is None:
+            h.naked_since = now
+        elif not naked and h.naked_since is not None:
+            h.max_naked = max(h.max_naked, now - h.naked_since)
+            self.engine.stats.note_naked(now - h.naked_since)
+            h.naked_since = None
+
+    def _spawn(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._nursery is not None, "actor commands run inside the actor's nursery"
+        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    # --- effects: each reports back through the mailbox as an OrderEvent ------------------------------
+
+    def _release(self, intents: list[OrderIntent]) -> None:
+        """Arm every leg first (validation, signing), then start all sends together: never one leg
+        awaited before the other."""
+        armed: list[ArmedOrder] = []
+        for intent in intents:
+            self.engine.register_order(intent.client_order_id, self.handle)
+            try:
+                armed.append(self.engine.venue.arm(to_request(intent)))
+            except OrderRejected as exc:
+                self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.REJECTED, reason=exc.reason))
+                self.engine.journal_error(self.handle.package_id, intent.client_order_id, "arm", exc)
+        for a in armed:
+            self._spawn(self._send, a)
+
+    async def _send(self, armed: ArmedOrder) -> None:
+        cid, symbol = armed.request.client_order_id, armed.request.symbol
+        h, engine = self.handle, self.engine
+        try:
+            with trio.fail_after(engine.config.deadlines.ack):
+                ack = await engine.venue.fire(armed)
+        except trio.TooSlowError:
+            engine.journal_error(h.package_id, cid, "send", "acknowledgement deadline passed")
+            h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
+            return
+        except OrderRejected as exc:
+            h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
+            engine.journal_error(h.package_id, cid, "send", exc)
+            return
+        except DuplicateOrder:
+            # It exists: fetch it, never resend.
+            await self._query(cid, symbol, 0.0)
+            return
+        except RateLimited as exc:
+            # A throttled request was refused whole; back off new packages.
+            engine.on_rate_limited(exc)
+            h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
+            return
+        except VenueError as exc:
+            engine.journal_error(h.package_id, cid, "send", exc)
+            h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
+            return
+        except trio.Cancelled:
+            h.post(OrderEvent(cid, OrderStatus.UNKNOWN))  # cancelled in flight: the order may exist
+            raise
+        engine.journal.record("ack", h.package_id, _update_payload(ack), trio.current_time())
+        h.post(to_order_event(ack))
+
+    async def _cancel(self, cid: str, symbol: str) -> None:
+        h, engine = self.handle, self.engine
+        try:
+            with trio.fail_after(engine.config.deadlines.ack):
+                update = await engine.venue.cancel_order(symbol, cid)
+        except OrderNotFound:
+            await self._query(cid, symbol, 0.0)  # already finished (filled?) or never arrived
+            return
+        except (trio.TooSlowError, VenueError) as exc:
+            engine.journal_error(h.package_id, cid, "cancel", exc)
+            h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
+            return
+        h.post(to_order_event(update))
+
+    async def _query(self, cid: str, symbol: str, backoff: float) -> None:
+        h, engine = self.handle, self.engine
+        if backoff:
+            await trio.sleep(backoff)
+        try:
+            with trio.fail_after(engine.config.deadlines.ack):
+                update = await engine.venue.fetch_order(symbol, cid)
+        except OrderNotFound:
+            # Asked after the ack deadline: the venue never accepted it.
+            h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
+            return
+        except (trio.TooSlowError, VenueError) as exc:
+            engine.journal_error(h.package_id, cid, "query", exc)
+            # Escalate: back off and ask again; the core keeps the leg unknown meanwhile.
+            self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), 2.0))
+            return
+        h.post(to_order_event(update))
+
+    async def _unwind_watchdog(self) -> None:
+        await trio.sleep(self.engine.config.deadlines.unwind)
+        if self.core.state is State.UNWINDING:
+            self.engine.on_unwind_overdue(self.handle)
+
+    async def _fill_deadline(self) -> None:
+        await trio.sleep(self.engine.config.deadlines.fill)
+        self.handle.post(FillDeadline())
+
+
+def _update_payload(update: OrderUpdate) -> dict[str, object]:
+    return {
+        "client_order_id": update.client_order_id,
+        "venue_order_id": update.venue_order_id,
+        "status": update.status.value,
+        "filled": str(update.filled),
+        "average": None if update.average is None else str(update.average),
+    }
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """True when `exc` is trio cancellation (or Ctrl-C), possibly wrapped in exception groups, and carries
+    no real error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+
+
+def crash_of(exc: BaseException) -> BaseException | None:
+    """The first real error inside `exc` (unwrapping groups), or None if it is only cancellation."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = crash_of(inner)
+            if found is not None:
+                return found
+        return None
+    return None if isinstance(exc, trio.Cancelled | KeyboardInterrupt) else exc
+
+
+def fault_event(exc: BaseException) -> Fault:
+    return Fault(detail=f"{type(exc).__name__}: {exc}")

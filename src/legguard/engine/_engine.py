@@ -1,0 +1,431 @@
+"""The supervisor: owns the venue gateway, the book watchers and one actor task per package, all in trio
+nurseries. A package actor that raises never takes the engine or other packages down: the supervisor journals
+the fault with its traceback, rebuilds the package's core from its event log and hands it `Fault`, which routes
+it into the kill switch. A circuit breaker halts new packages when orphan events come too fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import traceback
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import trio
+
+from legguard.adapters._types import (
+    BookSnapshot,
+    Market,
+    OrderOrigin,
+    OrderUpdate,
+    RateLimited,
+    StreamDisconnected,
+    Venue,
+    VenueError,
+)
+from legguard.fsm import (
+    Abort,
+    Dispatch,
+    Event,
+    Exposure,
+    LegPlan,
+    PackageCore,
+    PackagePlan,
+    Shutdown,
+    State,
+    Transitioned,
+    VenueReduction,
+)
+from legguard.fsm._events import Command
+
+from ._actor import PackageActor, PackageHandle, crash_of, fault_event, to_order_event
+from ._pricing import PricingRefused, dust_threshold, price_package
+from ._spec import EngineConfig, PackageSpec, validate_spec
+
+log = logging.getLogger("legguard.engine")
+
+# A package actor that raises this many times in a row is abandoned (and the engine halted) instead of being
+# restarted forever.
+MAX_RESTARTS = 5
+
+
+class EngineMode(enum.StrEnum):
+    RUNNING = "running"
+    HALTED = "halted"  # no new packages; unwinds continue; an operator resumes
+    STOPPING = "stopping"
+
+
+class JournalLike(Protocol):
+    """What the engine needs from the journal (see `engine/_journal.py`)."""
+
+    journal_id: str
+
+    def next_package_number(self) -> int: ...
+
+    def package_created(self, plan: PackagePlan, spec: dict[str, Any], mono: float) -> None: ...
+
+    def record_step(
+        self,
+        package_id: str,
+        event: Event,
+        commands: list[Command],
+        state: State,
+        exposure: Exposure,
+        mono: float,
+    ) -> None: ...
+
+    def record(self, kind: str, package_id: str | None, payload: dict[str, Any], mono: float) -> None: ...
+
+
+@dataclass(slots=True)
+class EngineStats:
+    orphan_events: int = 0
+    unwound: int = 0
+    halts: int = 0
+    stream_drops: int = 0
+    faults: int = 0
+    unwind_overdue: int = 0
+    max_naked: float = 0.0
+    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
+
+    def note_naked(self, seconds: float) -> None:
+        self.max_naked = max(self.max_naked, seconds)
+
+
+class Engine:
+    def __init__(self, venue: Venue, journal: JournalLike, config: EngineConfig | None = None) -> None:
+        self.venue = venue
+        self.journal = journal
+        self.config = config or EngineConfig()
+        self.markets: Mapping[str, Market] = {}
+        self.books: dict[str, BookSnapshot] = {}
+        self.handles: dict[str, PackageHandle] = {}
+        self.mode = EngineMode.RUNNING
+        self.halt_reason = ""
+        self.paused_until = 0.0  # rate-limit back-off for new packages
+        self.stats = EngineStats()
+        self._orders: dict[str, PackageHandle] = {}  # client order id -> package
+        self._orphan_times: deque[float] = deque()
+        self._liquidations: dict[str, Decimal] = {}  # venue-originated order id -> filled already attributed
+        self._service: trio.Nursery | None = None
+        self._packages: trio.Nursery | None = None
+        self._book_symbols: set[str] = set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.mode is EngineMode.STOPPING
+
+    # --- lifetime -------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, symbols: list[str] | None = None) -> AsyncIterator[Engine]:
+        """Run the engine's services for the duration of the block; on exit (normal, error, or
+        cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
+        self.markets = await self.venue.load_markets()
+        self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
+        async with trio.open_nursery() as service:
+            self._service = service
+            service.start_soon(self._gateway)
+            for symbol in symbols or []:
+                await self.watch_book(symbol)
+            try:
+                async with trio.open_nursery() as packages:
+                    self._packages = packages
+                    try:
+                        yield self
+                    finally:
+                        with trio.CancelScope(shield=True) as scope:
+                            scope.deadline = trio.current_time() + self._shutdown_grace()
+                            await self._stop_packages()
+                        packages.cancel_scope.cancel()  # stragglers drain themselves, shielded
+            finally:
+                self.journal.record("engine", None, {"event": "stopped"}, trio.current_time())
+                service.cancel_scope.cancel()
+
+    def _shutdown_grace(self) -> float:
+        d = self.config.deadlines
+        return 2 * d.ack + d.unwind
+
+    async def _stop_packages(self) -> None:
+        self.mode = EngineMode.STOPPING
+        self.journal.record("engine", None, {"event": "stopping"}, trio.current_time())
+        for h in list(self.handles.values()):
+            if not h.done.is_set():
+                h.post(Shutdown())
+        for h in list(self.handles.values()):
+            await h.done.wait()
+
+    async def watch_book(self, symbol: str) -> None:
+        if symbol in self._book_symbols:
+            return
+        self._book_symbols.add(symbol)
+        self.books[symbol] = await self.venue.fetch_order_book(symbol)
+        assert self._service is not None
+        self._service.start_soon(self._book_watcher, symbol)
+
+    async def _book_watcher(self, symbol: str) -> None:
+        while True:
+            try:
+                self.books[symbol] = await self.venue.watch_order_book(symbol)
+            except VenueError as exc:
+                log.warning("book stream %s: %s; resubscribing", symbol, exc)
+                await trio.sleep(0.1)
+
+    # --- packages -------------------------------------------------------------------------------------
+
+    def submit(self, spec: PackageSpec, *, crash_on_event: int | None = None) -> str:
+        """Validate, price and start a package; returns its id. Raises SpecError for a malformed spec
+        (nothing journaled). Refusals at run time (halted, stale book, spread) end the package in `flat`
+        via `abort`, journaled."""
+        if self._packages is None:
+            raise RuntimeError("the engine is not running: use `async with engine.running():`")
+        spot, perp = validate_spec(spec, self.markets)
+        now = trio.current_time()
+        number = self.journal.next_package_number()
+        package_id = f"P{number:06d}"
+        refusal = self._refusal(spec, now)
+        quantity = spec.quantity
+        spot_price = perp_price = Decimal(0)
+        priced: dict[str, str] = {}
+        if refusal is None:
+            try:
+                p = price_package(
+                    self.books[spec.spot_symbol],
+                    self.books[spec.perp_symbol],
+                    spot,
+                    perp,
+                    spec.quantity,
+                    self.config.min_spread if spec.min_spread is None else spec.min_spread,
+                )
+                quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
+                priced = {"spread_after_fees": str(p.spread_after_fees)}
+            except PricingRefused as exc:
+                refusal = str(exc)
+        plan = PackagePlan(
+            package_id=package_id,
+            client_id_prefix=f"lg{self.journal.journal_id}{number:06d}",
+            quantity=quantity,
+            spot=LegPlan(spot.symbol, spec.spot_side, spot_price, spot.step_size,
+                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size),
+            # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
+            perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
+                         max(perp.step_size, perp.min_qty)),
+            policy=spec.policy or self.config.policy,
+        )  # fmt: skip
+        self.journal.package_created(plan, {**spec.to_dict(), **priced}, now)
+        core = PackageCore(plan)
+        handle = PackageHandle.create(core, now)
+        handle.crash_on_event = crash_on_event
+        self.handles[package_id] = handle
+        first: Event = Abort(refusal) if refusal is not None else Dispatch()
+        self._packages.start_soon(self._supervise, handle, first, name=f"package {package_id}")
+        return package_id
+
+    def _refusal(self, spec: PackageSpec, now: float) -> str | None:
+        if self.mode is EngineMode.HALTED:
+            return f"engine halted: {self.halt_reason}"
+        if self.mode is EngineMode.STOPPING:
+            return "engine stopping"
+        if now < self.paused_until:
+            return "rate limited: new packages paused"
+        live = sum(1 for h in self.handles.values() if h.core.state not in (State.FLAT, State.HEDGED))
+        if live >= self.config.max_live_packages:
+            return f"risk: {live} live packages (max {self.config.max_live_packages})"
+        for symbol in (spec.spot_symbol, spec.perp_symbol):
+            book = self.books.get(symbol)
+            if book is None:
+                return f"no book for {symbol}"
+            if now - book.timestamp > self.config.max_book_age:
+                return f"stale book for {symbol}: {now - book.timestamp:.2f}s old"
+        return None
+
+    async def _supervise(self, handle: PackageHandle, first: Event) -> None:
+        actor = PackageActor(self, handle, first)
+        try:
+            while True:
+                try:
+                    await actor.run()
+                    return
+                except BaseException as exc:
+                    crash = crash_of(exc)
+                    if crash is None:
+                        raise  # cancellation: the actor already drained itself to safety
+                    if handle.faults >= MAX_RESTARTS:
+                        self._abandon(handle, crash)
+                        return
+                    actor = self._restart(handle, crash)
+        finally:
+            handle.done.set()
+            handle.send.close()
+
+    def _restart(self, handle: PackageHandle, crash: BaseException) -> PackageActor:
+        """Journal the fault, rebuild the core from the package's own event log, and hand it `Fault`."""
+        handle.faults += 1
+        self.stats.faults += 1
+        tb = "".join(traceback.format_exception(crash))
+        log.error("package %s actor raised: %s", handle.package_id, crash)
+        self.journal.record("fault", handle.package_id, {"error": repr(crash), "traceback": tb}, trio.current_time())
+        core = PackageCore(handle.core.plan)
+        for event in handle.events:
+            core.handle(event)
+        handle.core = core
+        return PackageActor(self, handle, fault_event(crash))
+
+    def _abandon(self, handle: PackageHandle, crash: BaseException) -> None:
+        """A package whose actor keeps raising is left where the journal says it is, for recovery or an
+        operator; the engine stops taking new packages, since something is badly wrong."""
+        log.critical("package %s: actor raised %d times, giving up on it: %s", handle.package_id,
+                     handle.faults + 1, crash)  # fmt: skip
+        self.journal.record("fault", handle.package_id,
+                            {"error": repr(crash), "abandoned": True, "state": handle.core.state.value},
+                            trio.current_time())  # fmt: skip
+        self.halt(f"package {handle.package_id} abandoned after repeated actor faults")
+
+    def register_order(self, client_order_id: str, handle: PackageHandle) -> None:
+        self._orders[client_order_id] = handle
+
+    def request_close(self, package_id: str, reason: str = "operator") -> None:
+        from legguard.fsm import CloseRequested
+
+        self.handles[package_id].post(CloseRequested(reason))
+
+    # --- the engine's own state -----------------------------------------------------------------------
+
+    def halt(self, reason: str) -> None:
+        if self.mode is not EngineMode.RUNNING:
+            return
+        self.mode = EngineMode.HALTED
+        self.halt_reason = reason
+        self.stats.halts += 1
+        log.warning("engine HALTED: %s", reason)
+        self.journal.record("engine", None, {"event": "halted", "reason": reason}, trio.current_time())
+
+    def resume(self, reason: str = "operator") -> None:
+        if self.mode is not EngineMode.HALTED:
+            return
+        self.mode = EngineMode.RUNNING
+        self.halt_reason = ""
+        self._orphan_times.clear()
+        self.journal.record("engine", None, {"event": "resumed", "reason": reason}, trio.current_time())
+
+    def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        self.stats.recent.append((now, handle.package_id, t.source.value, t.trigger.value, t.dest.value))
+        if t.dest is State.ORPHANED:
+            handle.ever_orphaned = True
+            self.stats.orphan_events += 1
+            self._breaker(now)
+        elif t.dest is State.UNWINDING:
+            handle.unwinding_since = now
+        elif t.source is State.UNWINDING and t.dest in (State.FLAT, State.HEDGED):
+            self.stats.unwound += 1
+            handle.unwinding_since = None
+        if t.dest is State.FLAT:
+            for o in handle.core.orders:
+                self._orders.pop(o, None)
+
+    def _breaker(self, now: float) -> None:
+        b = self.config.breaker
+        self._orphan_times.append(now)
+        while self._orphan_times and self._orphan_times[0] < now - b.window:
+            self._orphan_times.popleft()
+        if len(self._orphan_times) > b.max_orphans:
+            self.halt(f"circuit breaker: {len(self._orphan_times)} orphan events within {b.window:g}s")
+
+    def on_rate_limited(self, exc: RateLimited) -> None:
+        self.paused_until = trio.current_time() + exc.retry_after
+        self.journal.record("engine", None, {"event": "rate_limited", "retry_after": exc.retry_after},
+                            trio.current_time())  # fmt: skip
+
+    def on_unwind_overdue(self, handle: PackageHandle) -> None:
+        self.stats.unwind_overdue += 1
+        log.critical("package %s still unwinding after the unwind deadline", handle.package_id)
+        self.journal.record("unwind_overdue", handle.package_id, {"state": handle.core.state.value},
+                            trio.current_time())  # fmt: skip
+        self.halt(f"unwind deadline exceeded on {handle.package_id}")
+
+    def journal_error(self, package_id: str, client_order_id: str, where: str, error: object) -> None:
+        self.journal.record("order_error", package_id,
+                            {"client_order_id": client_order_id, "where": where, "error": str(error)},
+                            trio.current_time())  # fmt: skip
+
+    # --- the venue gateway: order stream -> package mailboxes -----------------------------------------
+
+    async def _gateway(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                updates = await self.venue.watch_orders()
+            except StreamDisconnected as exc:
+                self.stats.stream_drops += 1
+                self.journal.record("engine", None, {"event": "stream_drop", "error": str(exc)}, trio.current_time())
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self._reconcile_live()
+                continue
+            backoff = 0.05
+            for update in updates:
+                self.route(update)
+
+    def route(self, update: OrderUpdate) -> None:
+        handle = self._orders.get(update.client_order_id)
+        if handle is not None:
+            handle.post(to_order_event(update))
+        elif update.origin in (OrderOrigin.LIQUIDATION, OrderOrigin.ADL):
+            self._attribute_reduction(update)
+
+    def _attribute_reduction(self, update: OrderUpdate) -> None:
+        """The venue bought back part of the perp short by itself: charge it to this symbol's hedged
+        packages, newest first (the order is arbitrary but deterministic; every unit lands somewhere)."""
+        seen = self._liquidations.get(update.client_order_id, Decimal(0))
+        delta = update.filled - seen
+        if delta <= 0:
+            return
+        self._liquidations[update.client_order_id] = update.filled
+        remaining = delta
+        candidates = [
+            h for h in self.handles.values()
+            if h.core.plan.perp.symbol == update.symbol and h.core.state in (State.HEDGED, State.UNWINDING)
+        ]  # fmt: skip
+        for h in sorted(candidates, key=lambda h: h.created_at, reverse=True):
+            short = -h.core.exposure().perp
+            take = min(short, remaining)
+            if take > 0:
+                h.post(VenueReduction(take, update.origin.value))
+                remaining -= take
+            if remaining <= 0:
+                break
+        self.journal.record(
+            "engine", None,
+            {"event": "venue_reduction", "order": update.client_order_id, "symbol": update.symbol,
+             "quantity": str(delta), "unattributed": str(remaining)},
+            trio.current_time(),
+        )  # fmt: skip
+
+    def _reconcile_live(self) -> None:
+        """After a stream drop, ask the venue for every order still live in some package."""
+        assert self._service is not None
+        for handle in self.handles.values():
+            if handle.done.is_set():
+                continue
+            for facts in handle.core.open_orders():
+                self._service.start_soon(self._reconcile_order, handle, facts.intent.client_order_id,
+                                         facts.intent.symbol)  # fmt: skip
+
+    async def _reconcile_order(self, handle: PackageHandle, client_order_id: str, symbol: str) -> None:
+        try:
+            with trio.fail_after(self.config.deadlines.ack):
+                update = await self.venue.fetch_order(symbol, client_order_id)
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("reconcile %s failed: %s", client_order_id, exc)
+            return
+        handle.post(to_order_event(update))
+
+    # --- reporting ------------------------------------------------------------------------------------
+
+    def final_states(self) -> Counter[str]:
+        return Counter(h.core.state.value for h in self.handles.values())

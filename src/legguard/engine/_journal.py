@@ -1,0 +1,683 @@
+"""The audit journal: an append-only, hash-chained SQLite log written BEFORE every effect it describes.
+
+Every row carries the hash of the row before it, so any edited, deleted or inserted row is detectable by
+`legguard audit verify`; the `packages` table is the queryable current view (state + exposure) that the
+replayer cross-checks against the journal.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import string
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from legguard.fsm._core import Exposure, PackagePlan
+from legguard.fsm._events import (
+    CancelOrder,
+    Command,
+    Event,
+    JournalIntent,
+    OrderIntent,
+    QueryOrder,
+    SendOrder,
+    Transitioned,
+    event_from_dict,
+)
+from legguard.fsm._table import TERMINAL_STATES, State
+
+SCHEMA_VERSION: Final = 1
+
+# --- row kinds ----------------------------------------------------------------------------------------
+
+PACKAGE_CREATED: Final = "package_created"
+EVENT: Final = "event"
+TRANSITION: Final = "transition"
+INTENT: Final = "intent"
+CANCEL: Final = "cancel"
+QUERY: Final = "query"
+
+# Rows the replayer re-derives from the decision core: only the typed helpers may write them, so that
+# what is journaled is exactly what the core decided.
+REPLAYED_KINDS: Final = frozenset({PACKAGE_CREATED, EVENT, TRANSITION, INTENT, CANCEL, QUERY})
+# Audited facts about one package (not replayed).
+PACKAGE_KINDS: Final = frozenset({"ack", "order_error", "fault", "recovery", "note"})
+# Engine-wide facts (package_id NULL).
+ENGINE_KINDS: Final = frozenset({"started", "stopped", "halted", "resumed", "note"})
+ALL_KINDS: Final = REPLAYED_KINDS | PACKAGE_KINDS | ENGINE_KINDS
+
+_BASE36: Final = string.digits + string.ascii_lowercase
+_JOURNAL_ID_RE: Final = re.compile(r"^[0-9a-z]{4}$")
+# Credential-looking keys, compared after lower-casing and dropping '-', '_' and spaces.
+_SECRET_KEY_RE: Final = re.compile(r"apikey|secret|password|passwd|passphrase|privatekey")
+
+
+class Durability(enum.Enum):
+    """How much a committed row survives."""
+
+    PROCESS = "process"  # WAL + synchronous=NORMAL: survives a crash of the process, not of the machine
+    POWER = "power"  # WAL + synchronous=FULL: fsync on every commit, survives power loss
+
+
+_SYNCHRONOUS: Final = {Durability.PROCESS: 1, Durability.POWER: 2}  # PRAGMA synchronous values
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+class JournalError(Exception):
+    """Base class of every journal problem."""
+
+
+class JournalNotFound(JournalError, FileNotFoundError):
+    """A journal was opened for reading but no file exists at that path."""
+
+
+class NotAJournal(JournalError):
+    """The file exists but is not a legguard journal (or has an unsupported schema version)."""
+
+
+class SecretInPayload(JournalError, ValueError):
+    """A payload key looks like a credential; the journal never stores secrets."""
+
+
+class InvalidKind(JournalError, ValueError):
+    """`record()` was given a kind it may not write."""
+
+
+class UnknownPackage(JournalError, KeyError):
+    """A row refers to a package that was never created in this journal."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class DuplicatePackage(JournalError, ValueError):
+    """`package_created` for a package id that already exists."""
+
+
+# --- canonical encoding -------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"journal payload value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON spelling of `obj`: sorted keys, compact separators, ASCII, no NaN."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default
+    )
+
+
+def genesis_hash(journal_id: str) -> str:
+    """prev_hash of row 1: binds the chain to this journal, so rows spliced from another one are caught."""
+    return hashlib.sha256(f"legguard-journal:{journal_id}".encode()).hexdigest()
+
+
+def row_hash(
+    prev_hash: str,
+    seq: int,
+    kind: str,
+    package_id: str | None,
+    payload: str,
+    wall_time: float,
+    mono_time: float,
+) -> str:
+    """sha256(prev_hash || canonical(seq, kind, package_id, payload text, wall_time, mono_time))."""
+    body = canonical_json([seq, kind, package_id, payload, wall_time, mono_time])
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def check_no_secrets(payload: Any, where: str = "payload") -> None:
+    """Refuse any mapping key (at any depth) named like a credential. Values are never echoed."""
+    if isinstance(payload, Mapping):
+        for key, value in payload.items():
+            name = f"{where}.{key}"
+            if isinstance(key, str) and _SECRET_KEY_RE.search(re.sub(r"[-_ ]", "", key.lower())):
+                raise SecretInPayload(
+                    f"{name}: key looks like a credential; the journal never stores secrets "
+                    f"(drop the key before journaling)"
+                )
+            check_no_secrets(value, name)
+    elif isinstance(payload, list | tuple):
+        for i, value in enumerate(payload):
+            check_no_secrets(value, f"{where}[{i}]")
+
+
+def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
+    """The journal row (kind, payload) for a command, or None for SendOrder: the effect itself is not a
+    row, its write-ahead `intent` row is. The replayer uses this same function, so both sides agree."""
+    match command:
+        case Transitioned(source=source, trigger=trigger, dest=dest, reason=reason):
+            return TRANSITION, {"source": source.value, "trigger": trigger.value, "dest": dest.value,
+                                "reason": reason}  # fmt: skip
+        case JournalIntent(intent=intent):
+            return INTENT, intent.to_dict()
+        case SendOrder():
+            return None
+        case CancelOrder(client_order_id=cid, symbol=symbol):
+            return CANCEL, {"client_order_id": cid, "symbol": symbol}
+        case QueryOrder(client_order_id=cid, symbol=symbol):
+            return QUERY, {"client_order_id": cid, "symbol": symbol}
+    raise TypeError(f"journal: unknown command type {type(command).__name__}: {command!r}")
+
+
+def transition_text(payload: Mapping[str, Any]) -> str:
+    """How the packages table spells a package's last transition."""
+    return f"{payload['source']}->{payload['dest']} ({payload['trigger']})"
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    seq: int
+    kind: str
+    package_id: str | None
+    payload: dict[str, Any]
+    wall_time: float
+    mono_time: float
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "package_id": self.package_id,
+            "payload": self.payload,
+            "wall_time": self.wall_time,
+            "mono_time": self.mono_time,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRow:
+    """One package's current view, as the engine last recorded it."""
+
+    package_id: str
+    state: State
+    exposure: Exposure
+    plan: PackagePlan
+    created_seq: int
+    created_wall: float
+    created_mono: float
+    updated_seq: int
+    updated_wall: float
+    updated_mono: float
+    last_transition: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "package_id": self.package_id,
+            "state": self.state.value,
+            "spot": str(self.exposure.spot),
+            "perp": str(self.exposure.perp),
+            "unknown": self.exposure.unknown,
+            "quantity": str(self.plan.quantity),
+            "spot_symbol": self.plan.spot.symbol,
+            "perp_symbol": self.plan.perp.symbol,
+            "created_seq": self.created_seq,
+            "created_wall": self.created_wall,
+            "created_mono": self.created_mono,
+            "updated_seq": self.updated_seq,
+            "updated_wall": self.updated_wall,
+            "updated_mono": self.updated_mono,
+            "last_transition": self.last_transition,
+        }
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    package_id TEXT,
+    payload TEXT NOT NULL,
+    wall_time REAL NOT NULL,
+    mono_time REAL NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_by_package ON journal (package_id, seq);
+-- Append-only: the engine never rewrites history. (A tamperer can drop these; the hash chain catches it.)
+CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
+CREATE TABLE IF NOT EXISTS packages (
+    package_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    spot TEXT NOT NULL,
+    perp TEXT NOT NULL,
+    unknown INTEGER NOT NULL,
+    plan TEXT NOT NULL,
+    created_seq INTEGER NOT NULL,
+    created_wall REAL NOT NULL,
+    created_mono REAL NOT NULL,
+    updated_seq INTEGER NOT NULL,
+    updated_wall REAL NOT NULL,
+    updated_mono REAL NOT NULL,
+    last_transition TEXT
+);
+CREATE INDEX IF NOT EXISTS packages_by_state ON packages (state);
+"""
+
+_INSERT: Final = (
+    "INSERT INTO journal (seq, kind, package_id, payload, wall_time, mono_time, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_PACKAGE: Final = (
+    "UPDATE packages SET state = ?, spot = ?, perp = ?, unknown = ?, updated_seq = ?, updated_wall = ?, "
+    "updated_mono = ?, last_transition = COALESCE(?, last_transition) WHERE package_id = ?"
+)
+_PACKAGE_COLUMNS: Final = (
+    "package_id, state, spot, perp, unknown, plan, created_seq, created_wall, created_mono, "
+    "updated_seq, updated_wall, updated_mono, last_transition"
+)
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {str(path)!r}: {exc}") from exc
+    return conn
+
+
+class Journal:
+    """One engine's journal. Single writer; readers (the `audit` CLI) may open the file concurrently.
+
+    Outside `batch()`, every append is its own transaction. Inside, everything appended commits at once
+    at exit, or not at all: the engine wraps the rows of one core step in a batch and sends orders only
+    after it exits.
+    """
+
+    # Invariant (outside a failed write): self._head == (seq, hash) of the last row in `journal`
+    # (seq 0 and the genesis hash when empty), and meta 'head' spells the same pair.
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        durability: Durability | None,
+        readonly: bool,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.durability = durability
+        self.readonly = readonly
+        self._wall = wall_clock
+        self._depth = 0
+        meta = self._load_meta()
+        self.journal_id: str = meta["journal_id"]
+        self._genesis = genesis_hash(self.journal_id)
+        self._head: tuple[int, str] = self._read_head()
+
+    # --- opening ------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        durability: Durability = Durability.PROCESS,
+        *,
+        readonly: bool = False,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> Journal:
+        """Open (creating if needed, unless `readonly`) the journal at `path`."""
+        durability = Durability(durability)  # also accepts "process" / "power" from config
+        path = Path(path)
+        if readonly and not path.is_file():
+            raise JournalNotFound(f"no journal at {str(path)!r}")
+        conn = _connect(path, readonly=readonly)
+        try:
+            if not readonly:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise JournalError(f"{str(path)!r}: cannot switch to WAL mode (got {mode!r})")
+                conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+                cls._init_schema(conn, path)
+            return cls(
+                conn,
+                path,
+                durability=None if readonly else durability,
+                readonly=readonly,
+                wall_clock=wall_clock,
+            )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise NotAJournal(f"{str(path)!r} is not a legguard journal: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise NotAJournal(f"{str(path)!r} is an SQLite database but not a legguard journal")
+        if "meta" in tables:
+            return
+        # executescript commits any open transaction first, so the script carries its own.
+        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        journal_id = "".join(secrets.choice(_BASE36) for _ in range(4))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # OR IGNORE: if two processes create the file at once, the first complete set of keys wins.
+            conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("journal_id", journal_id),
+                    ("package_counter", "0"),
+                    ("head", f"0:{genesis_hash(journal_id)}"),
+                    ("created_wall", repr(time.time())),
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _load_meta(self) -> dict[str, str]:
+        try:
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.OperationalError as exc:
+            raise NotAJournal(f"{str(self.path)!r} is not a legguard journal: {exc}") from exc
+        version = meta.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise NotAJournal(
+                f"{str(self.path)!r}: journal schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        if not _JOURNAL_ID_RE.match(meta.get("journal_id", "")):
+            raise NotAJournal(f"{str(self.path)!r}: meta journal_id {meta.get('journal_id')!r} is not 4 base36 chars")
+        return meta
+
+    def _read_head(self) -> tuple[int, str]:
+        row = self._conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, self._genesis) if row is None else (int(row[0]), str(row[1]))
+
+    def close(self) -> None:
+        if self._depth:
+            raise JournalError("close() inside journal.batch(): the batch would be lost")
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Everything appended inside commits as ONE transaction at exit, or is rolled back if the block
+        raises. Nested batches join the outer one (a failing inner batch rolls back only its own rows)."""
+        self._writable()
+        head = self._head
+        if self._depth == 0:
+            self._conn.execute("BEGIN IMMEDIATE")
+            # Re-read under the write lock: another writer on the same file must not fork the chain.
+            head = self._head = self._read_head()
+            savepoint = None
+        else:
+            savepoint = f"lg_batch_{self._depth}"
+            self._conn.execute(f"SAVEPOINT {savepoint}")
+        self._depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._depth -= 1
+            if savepoint is not None:
+                if ok:
+                    self._conn.execute(f"RELEASE {savepoint}")
+                else:
+                    self._conn.execute(f"ROLLBACK TO {savepoint}")
+                    self._conn.execute(f"RELEASE {savepoint}")
+                    self._head = head
+            elif ok:
+                try:
+                    if self._head != head:
+                        self._conn.execute(
+                            "UPDATE meta SET value = ? WHERE key = 'head'",
+                            (f"{self._head[0]}:{self._head[1]}",),
+                        )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._abort(head)
+                    raise
+            else:
+                self._abort(head)
+
+    def _abort(self, head: tuple[int, str]) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._head = head
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise JournalError(f"journal {str(self.path)!r} was opened read-only")
+
+    # --- appending ----------------------------------------------------------------------------------
+
+    def _append(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> int:
+        """Insert one row; the caller holds a batch. Returns its seq."""
+        check_no_secrets(payload)
+        text = canonical_json(payload)
+        wall = float(self._wall())
+        mono = float(mono)  # SQLite REAL hands floats back: hash what will be read
+        seq = self._head[0] + 1
+        prev = self._head[1]
+        digest = row_hash(prev, seq, kind, package_id, text, wall, mono)
+        self._conn.execute(_INSERT, (seq, kind, package_id, text, wall, mono, prev, digest))
+        self._head = (seq, digest)
+        return seq
+
+    def package_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> int:
+        """Journal a new package (state pending, no exposure). Returns the row's seq."""
+        pid = plan.package_id
+        plan_dict = plan.to_dict()
+        with self.batch():
+            if self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone():
+                raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
+            seq = self._append(PACKAGE_CREATED, pid, {"plan": plan_dict, "spec": dict(spec)}, mono)
+            wall, mono = float(self._wall()), float(mono)
+            self._conn.execute(
+                f"INSERT INTO packages ({_PACKAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pid,
+                    State.PENDING.value,
+                    "0",
+                    "0",
+                    0,
+                    canonical_json(plan_dict),
+                    seq,
+                    wall,
+                    mono,
+                    seq,
+                    wall,
+                    mono,
+                    None,
+                ),
+            )
+        return seq
+
+    def record_step(
+        self,
+        package_id: str,
+        event: Event,
+        commands: Sequence[Command],
+        state: State,
+        exposure: Exposure,
+        mono: float,
+    ) -> int:
+        """Journal one core step: the event fed to the core, one row per command it returned (SendOrder is
+        covered by its intent row), and the package's new state + exposure. One transaction. Returns the
+        seq of the last row written."""
+        state = State(state)
+        with self.batch():
+            seq = self._append(EVENT, package_id, event.to_dict(), mono)
+            last_transition: str | None = None
+            for command in commands:
+                row = command_row(command)
+                if row is None:
+                    continue
+                seq = self._append(row[0], package_id, row[1], mono)
+                if row[0] == TRANSITION:
+                    last_transition = transition_text(row[1])
+            cur = self._conn.execute(
+                _UPDATE_PACKAGE,
+                (state.value, str(exposure.spot), str(exposure.perp), int(exposure.unknown), seq,
+                 float(self._wall()), float(mono), last_transition, package_id),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
+        return seq
+
+    def record(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> int:
+        """Journal an audited fact that is not replayed: per package `ack`, `order_error`, `fault`,
+        `recovery`, `note`; engine-wide (package_id None) `started`, `stopped`, `halted`, `resumed`,
+        `note`. Returns the row's seq."""
+        if kind in REPLAYED_KINDS:
+            raise InvalidKind(
+                f"kind {kind!r} is replayed by `audit verify`: write it with package_created() / record_step()"
+            )
+        allowed = PACKAGE_KINDS if package_id is not None else ENGINE_KINDS
+        if kind not in allowed:
+            scope = f"package {package_id!r}" if package_id is not None else "the engine (package_id None)"
+            raise InvalidKind(f"kind {kind!r} is not valid for {scope}; valid: {', '.join(sorted(allowed))}")
+        with self.batch():
+            if package_id is not None and not self._package_exists(package_id):
+                raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
+            return self._append(kind, package_id, payload, mono)
+
+    def next_package_number(self) -> int:
+        """Durably take the next package number (1, 2, ...): never reused, even across restarts."""
+        with self.batch():
+            row = self._conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'package_counter' RETURNING value"
+            ).fetchone()
+        return int(row[0])
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last row written (0 and the genesis hash when empty)."""
+        return self._head
+
+    def _package_exists(self, package_id: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (package_id,)).fetchone() is not None
+
+    def package_ids(self) -> list[str]:
+        """Every package, in creation order."""
+        return [r[0] for r in self._conn.execute("SELECT package_id FROM packages ORDER BY created_seq")]
+
+    def packages(self, state: State | None = None) -> list[PackageRow]:
+        """Current view of every package (or those in `state`), in creation order."""
+        sql = f"SELECT {_PACKAGE_COLUMNS} FROM packages"
+        args: tuple[str, ...] = ()
+        if state is not None:
+            sql += " WHERE state = ?"
+            args = (State(state).value,)
+        return [_package_row(r) for r in self._conn.execute(sql + " ORDER BY created_seq", args)]
+
+    def package(self, package_id: str) -> PackageRow:
+        row = self._conn.execute(
+            f"SELECT {_PACKAGE_COLUMNS} FROM packages WHERE package_id = ?", (package_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownPackage(f"package_id {package_id!r}: not in journal {self.journal_id}")
+        return _package_row(row)
+
+    def open_packages(self) -> list[PackageRow]:
+        """Packages not in a terminal state (hedged ones included: they hold exposure). For recovery."""
+        terminal = sorted(s.value for s in TERMINAL_STATES)
+        marks = ", ".join("?" * len(terminal))
+        sql = f"SELECT {_PACKAGE_COLUMNS} FROM packages WHERE state NOT IN ({marks}) ORDER BY created_seq"
+        return [_package_row(r) for r in self._conn.execute(sql, terminal)]
+
+    def timeline(self, package_id: str) -> list[JournalRow]:
+        """Every row of one package, in order."""
+        cur = self._conn.execute("SELECT * FROM journal WHERE package_id = ? ORDER BY seq", (package_id,))
+        return [_journal_row(r) for r in cur]
+
+    def engine_log(self) -> list[JournalRow]:
+        """Engine-wide rows (started / stopped / halted / resumed / note), in order."""
+        cur = self._conn.execute("SELECT * FROM journal WHERE package_id IS NULL ORDER BY seq")
+        return [_journal_row(r) for r in cur]
+
+    def rows(self, after: int = 0) -> Iterator[JournalRow]:
+        """Every row with seq > `after`, in order (streamed)."""
+        for r in self._conn.execute("SELECT * FROM journal WHERE seq > ? ORDER BY seq", (after,)):
+            yield _journal_row(r)
+
+    def intents(self, package_id: str) -> list[OrderIntent]:
+        """Every order intent of a package, in the order they were journaled (i.e. before sending)."""
+        cur = self._conn.execute(
+            "SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, INTENT)
+        )
+        return [OrderIntent.from_dict(json.loads(r[0])) for r in cur]
+
+    def events(self, package_id: str) -> list[Event]:
+        """Every event fed to the package's core, in order (what a recovering engine replays)."""
+        cur = self._conn.execute(
+            "SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, EVENT)
+        )
+        return [event_from_dict(json.loads(r[0])) for r in cur]
+
+    def pragma(self, name: str) -> Any:
+        """Read one PRAGMA (tests and diagnostics)."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise ValueError(f"pragma name {name!r} is not a plain identifier")
+        return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def _package_row(r: tuple[Any, ...]) -> PackageRow:
+    (pid, state, spot, perp, unknown, plan, created_seq, created_wall, created_mono,
+     updated_seq, updated_wall, updated_mono, last_transition) = r  # fmt: skip
+    return PackageRow(
+        package_id=pid,
+        state=State(state),
+        exposure=Exposure(spot=Decimal(spot), perp=Decimal(perp), unknown=bool(unknown)),
+        plan=PackagePlan.from_dict(json.loads(plan)),
+        created_seq=created_seq,
+        created_wall=created_wall,
+        created_mono=created_mono,
+        updated_seq=updated_seq,
+        updated_wall=updated_wall,
+        updated_mono=updated_mono,
+        last_transition=last_transition,
+    )
+
+
+def _journal_row(r: tuple[Any, ...]) -> JournalRow:
+    seq, kind, package_id, payload, wall, mono, prev, digest = r
+    return JournalRow(seq, kind, package_id, json.loads(payload), wall, mono, prev, digest)

@@ -1,0 +1,103 @@
+"""Pricing and rounding of a package from the live L2 books: pure functions, property-tested.
+
+Post-only spot buy at or below the best bid (one tick better when the spread allows, never crossing), post-only
+perp sell at or above the best ask likewise; one base quantity on the coarser of both markets' step grids; and
+the spread those limits guarantee, after maker fees on both legs, must clear the configured minimum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from math import lcm
+
+from legguard.adapters._types import BookSnapshot, Market
+
+
+class PricingRefused(Exception):
+    """The package cannot be priced safely right now (empty book, spread too thin, below minimums)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    quantity: Decimal
+    spot_price: Decimal
+    perp_price: Decimal
+    spread_after_fees: Decimal  # fraction of the spot notional, guaranteed if both legs fill at their limits
+
+
+def common_step(a: Decimal, b: Decimal) -> Decimal:
+    """Smallest quantity that lies on both step grids (the least common multiple of the two steps)."""
+    if a <= 0 or b <= 0:
+        raise ValueError(f"step sizes must be > 0, got {a} and {b}")
+    exp = min(a.as_tuple().exponent, b.as_tuple().exponent)
+    assert isinstance(exp, int)
+    scale = Decimal(1).scaleb(exp)  # 10**exp
+    ia, ib = int(a / scale), int(b / scale)
+    return (Decimal(lcm(ia, ib)) * scale).normalize()
+
+
+def round_down(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).to_integral_value(rounding=ROUND_FLOOR) * step
+
+
+def round_up(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).to_integral_value(rounding=ROUND_CEILING) * step
+
+
+def maker_buy_price(book: BookSnapshot, tick: Decimal) -> Decimal:
+    """Best bid, improved by one tick when that still rests below the best ask."""
+    bid, ask = book.best_bid, book.best_ask
+    if bid is None or ask is None:
+        raise PricingRefused(f"{book.symbol}: empty book side")
+    bid = round_down(bid, tick)
+    improved = bid + tick
+    return improved if improved < ask else bid
+
+
+def maker_sell_price(book: BookSnapshot, tick: Decimal) -> Decimal:
+    """Best ask, improved by one tick when that still rests above the best bid."""
+    bid, ask = book.best_bid, book.best_ask
+    if bid is None or ask is None:
+        raise PricingRefused(f"{book.symbol}: empty book side")
+    ask = round_up(ask, tick)
+    improved = ask - tick
+    return improved if improved > bid else ask
+
+
+def spread_after_fees(spot_price: Decimal, perp_price: Decimal, spot: Market, perp: Market) -> Decimal:
+    """What buying spot at `spot_price` and selling the perp at `perp_price` earns per unit of spot notional,
+    after paying the maker fee on both legs."""
+    return (perp_price - spot_price) / spot_price - spot.maker_fee - perp.maker_fee * perp_price / spot_price
+
+
+def price_package(
+    spot_book: BookSnapshot,
+    perp_book: BookSnapshot,
+    spot: Market,
+    perp: Market,
+    quantity: Decimal,
+    min_spread: Decimal,
+) -> Priced:
+    """Price a spot-buy / perp-sell package, or raise PricingRefused saying why."""
+    step = common_step(spot.step_size, perp.step_size)
+    qty = round_down(quantity, step)
+    if qty <= 0:
+        raise PricingRefused(f"quantity {quantity} rounds to 0 on the common step {step}")
+    spot_price = maker_buy_price(spot_book, spot.tick_size)
+    perp_price = maker_sell_price(perp_book, perp.tick_size)
+    for market, price in ((spot, spot_price), (perp, perp_price)):
+        if qty < market.min_qty:
+            raise PricingRefused(f"{market.symbol}: quantity {qty} below minimum {market.min_qty}")
+        if qty * price < market.min_notional:
+            raise PricingRefused(f"{market.symbol}: notional {qty * price} below minimum {market.min_notional}")
+    spread = spread_after_fees(spot_price, perp_price, spot, perp)
+    if spread < min_spread:
+        raise PricingRefused(f"spread after fees {spread:.6f} below minimum {min_spread}")
+    return Priced(qty, spot_price, perp_price, spread)
+
+
+def dust_threshold(market: Market, price: Decimal) -> Decimal:
+    """The smallest residual the venue will trade: one step, the minimum quantity and minimum notional."""
+    by_notional = round_up(market.min_notional / price, market.step_size) if price > 0 else market.step_size
+    return max(market.step_size, market.min_qty, by_notional)
