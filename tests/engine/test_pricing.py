@@ -1,0 +1,140 @@
+"""Properties of package pricing and rounding: both legs equal, on both grids, never crossing, and the
+guaranteed spread after fees at least the configured minimum."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from legguard.adapters import BookSnapshot, Market, MarketKind
+from legguard.engine import PricingRefused, common_step, price_package
+from legguard.engine._pricing import dust_threshold, maker_buy_price, maker_sell_price, round_down
+
+STEPS = [Decimal(s) for s in ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "0.003", "0.002", "0.005")]
+TICKS = [Decimal(s) for s in ("0.01", "0.1", "0.5", "1")]
+
+
+def market(kind: MarketKind, tick: Decimal, step: Decimal, maker: Decimal = Decimal("0.0002")) -> Market:
+    symbol = "ETH/USDT" if kind is MarketKind.SPOT else "ETH/USDT:USDT"
+    return Market(symbol, "ETHUSDT", kind, "ETH", "USDT", tick, step, step, Decimal(5), maker, Decimal("0.0005"))
+
+
+def book(symbol: str, bid: Decimal, ask: Decimal) -> BookSnapshot:
+    return BookSnapshot(symbol, ((bid, Decimal(10)),), ((ask, Decimal(10)),), timestamp=0.0)
+
+
+@st.composite
+def books(draw: st.DrawFn, tick: Decimal) -> tuple[Decimal, Decimal]:
+    bid_ticks = draw(st.integers(min_value=1000, max_value=10_000_000))
+    spread_ticks = draw(st.integers(min_value=1, max_value=20))
+    return bid_ticks * tick, (bid_ticks + spread_ticks) * tick
+
+
+@given(st.sampled_from(STEPS), st.sampled_from(STEPS))
+def test_common_step_is_on_both_grids_and_smallest(a: Decimal, b: Decimal) -> None:
+    c = common_step(a, b)
+    assert c % a == 0
+    assert c % b == 0
+    assert c >= max(a, b)
+    # nothing smaller that is a multiple of the larger step is also on the other grid
+    k = max(a, b)
+    m = k
+    while m < c:
+        assert m % a != 0 or m % b != 0
+        m += k
+
+
+@given(
+    st.sampled_from(TICKS),
+    st.sampled_from(TICKS),
+    st.sampled_from(STEPS),
+    st.sampled_from(STEPS),
+    st.data(),
+    st.decimals(min_value=Decimal("0.001"), max_value=Decimal(100), places=5),
+    st.decimals(min_value=Decimal("-0.01"), max_value=Decimal("0.01"), places=5),
+)
+def test_priced_package_is_safe(
+    spot_tick: Decimal,
+    perp_tick: Decimal,
+    spot_step: Decimal,
+    perp_step: Decimal,
+    data: st.DataObject,
+    quantity: Decimal,
+    min_spread: Decimal,
+) -> None:
+    spot_m = market(MarketKind.SPOT, spot_tick, spot_step, Decimal("0.00075"))
+    perp_m = market(MarketKind.LINEAR, perp_tick, perp_step)
+    sb, sa = data.draw(books(spot_tick))
+    # the perp trades somewhere between 1% cheap and 2% rich, as it does; most draws then price
+    pb = (sb * (1 + data.draw(st.decimals(min_value=Decimal("-0.01"), max_value=Decimal("0.02"), places=4))) / perp_tick
+          ).to_integral_value() * perp_tick + perp_tick
+    pa = pb + data.draw(st.integers(min_value=1, max_value=20)) * perp_tick
+    spot_book, perp_book = book(spot_m.symbol, sb, sa), book(perp_m.symbol, pb, pa)
+    try:
+        p = price_package(spot_book, perp_book, spot_m, perp_m, quantity, min_spread)
+    except PricingRefused as exc:
+        event(f"refused: {str(exc).split(':')[0] if 'spread' not in str(exc) else 'spread'}")
+        return
+    event("priced")
+    # one quantity on both grids, never more than asked
+    assert p.quantity % spot_step == 0
+    assert p.quantity % perp_step == 0
+    assert 0 < p.quantity <= quantity
+    # post-only never crosses: the buy rests below the ask, the sell above the bid; on the tick grids
+    assert sb <= p.spot_price < sa
+    assert pb < p.perp_price <= pa
+    assert p.spot_price % spot_tick == 0
+    assert p.perp_price % perp_tick == 0
+    # the guaranteed spread after maker fees clears the minimum
+    earned = p.quantity * p.perp_price * (1 - perp_m.maker_fee) - p.quantity * p.spot_price * (1 + spot_m.maker_fee)
+    assert earned / (p.quantity * p.spot_price) >= min_spread - Decimal("1e-18")
+    assert p.spread_after_fees >= min_spread
+
+
+@given(st.sampled_from(TICKS), st.data())
+def test_maker_prices_improve_one_tick_only_when_room(tick: Decimal, data: st.DataObject) -> None:
+    bid, ask = data.draw(books(tick))
+    b = book("X", bid, ask)
+    buy, sell = maker_buy_price(b, tick), maker_sell_price(b, tick)
+    if ask - bid > tick:
+        assert (buy, sell) == (bid + tick, ask - tick)
+    else:
+        assert (buy, sell) == (bid, ask)
+
+
+def test_refuses_spread_below_minimum_after_fees() -> None:
+    spot_m = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"), Decimal("0.001"))
+    perp_m = market(MarketKind.LINEAR, Decimal("0.01"), Decimal("0.001"))
+    # perp rich by 0.05% only: less than the 0.12% of maker fees on both legs
+    spot_book = book(spot_m.symbol, Decimal("2000.00"), Decimal("2000.01"))
+    perp_book = book(perp_m.symbol, Decimal("2001.00"), Decimal("2001.01"))
+    with pytest.raises(PricingRefused, match="spread after fees"):
+        price_package(spot_book, perp_book, spot_m, perp_m, Decimal(1), Decimal(0))
+
+
+def test_refuses_below_min_notional_naming_the_market() -> None:
+    spot_m = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"))
+    perp_m = market(MarketKind.LINEAR, Decimal("0.01"), Decimal("0.001"))
+    spot_book = book(spot_m.symbol, Decimal("2000.00"), Decimal("2000.01"))
+    perp_book = book(perp_m.symbol, Decimal("2010.00"), Decimal("2010.01"))
+    with pytest.raises(PricingRefused, match=r"ETH/USDT: notional .* below minimum 5"):
+        price_package(spot_book, perp_book, spot_m, perp_m, Decimal("0.002"), Decimal(0))
+
+
+def test_quantity_rounds_down_to_the_coarser_grid() -> None:
+    spot_m = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"))
+    perp_m = market(MarketKind.LINEAR, Decimal("0.01"), Decimal("0.001"))
+    spot_book = book(spot_m.symbol, Decimal("2000.00"), Decimal("2000.02"))
+    perp_book = book(perp_m.symbol, Decimal("2010.00"), Decimal("2010.02"))
+    p = price_package(spot_book, perp_book, spot_m, perp_m, Decimal("1.23456"), Decimal(0))
+    assert p.quantity == Decimal("1.234")
+    assert (p.spot_price, p.perp_price) == (Decimal("2000.01"), Decimal("2010.01"))
+
+
+def test_dust_threshold_covers_step_min_qty_and_min_notional() -> None:
+    m = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"))
+    assert dust_threshold(m, Decimal(2000)) == Decimal("0.0025")  # 5 USDT / 2000
+    assert round_down(Decimal("0.00259"), m.step_size) == Decimal("0.0025")
