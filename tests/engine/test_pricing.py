@@ -69,8 +69,9 @@ def test_priced_package_is_safe(
     perp_m = market(MarketKind.LINEAR, perp_tick, perp_step)
     sb, sa = data.draw(books(spot_tick))
     # the perp trades somewhere between 1% cheap and 2% rich, as it does; most draws then price
-    pb = (sb * (1 + data.draw(st.decimals(min_value=Decimal("-0.01"), max_value=Decimal("0.02"), places=4))) / perp_tick
-          ).to_integral_value() * perp_tick + perp_tick
+    pb = (
+        sb * (1 + data.draw(st.decimals(min_value=Decimal("-0.01"), max_value=Decimal("0.02"), places=4))) / perp_tick
+    ).to_integral_value() * perp_tick + perp_tick
     pa = pb + data.draw(st.integers(min_value=1, max_value=20)) * perp_tick
     spot_book, perp_book = book(spot_m.symbol, sb, sa), book(perp_m.symbol, pb, pa)
     try:

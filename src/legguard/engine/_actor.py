@@ -97,12 +97,32 @@ class PackageHandle:
     faults: int = 0
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     done: trio.Event = field(default_factory=trio.Event)
+    stepped: trio.Event = field(default_factory=trio.Event)  # pulsed after every step (observers wait on it)
 
     @classmethod
     def create(cls, core: PackageCore, now: float) -> PackageHandle:
         # Unbounded: posting must never block (and must work from a cancelled task, via send_nowait).
         send, receive = trio.open_memory_channel[Event](math.inf)
         return cls(core.plan.package_id, core, send, receive, created_at=now)
+
+    def pulse(self) -> None:
+        self.stepped.set()
+        self.stepped = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[PackageCore], bool]) -> None:
+        """Wait until `predicate(core)` holds (checked after every step) or the package is done."""
+        while not predicate(self.core):
+            if self.done.is_set():
+                return
+            stepped, done = self.stepped, self.done
+            async with trio.open_nursery() as nursery:
+
+                async def first(ev: trio.Event) -> None:
+                    await ev.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(first, stepped)
+                nursery.start_soon(first, done)
 
     def post(self, event: Event) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # package finished
@@ -172,6 +192,7 @@ class PackageActor:
         # Write-ahead: the event and everything it caused are durable before any effect starts.
         engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
         self._track_exposure(now)
+        h.pulse()
         sends: list[OrderIntent] = []
         for command in commands:
             match command:

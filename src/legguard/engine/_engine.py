@@ -261,6 +261,7 @@ class Engine:
                     actor = self._restart(handle, crash)
         finally:
             handle.done.set()
+            handle.pulse()
             handle.send.close()
 
     def _restart(self, handle: PackageHandle, crash: BaseException) -> PackageActor:
