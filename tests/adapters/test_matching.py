@@ -317,6 +317,31 @@ def test_self_trade_prevention_expires_our_crossed_maker(eng: MatchingEngine) ->
     assert snap.best_bid < snap.best_ask
 
 
+def test_capped_order_stays_open_and_the_book_stays_uncrossed(eng: MatchingEngine) -> None:
+    eng.place(limit("b", Side.BUY, "1999.99", "1.0"), now=1.0)
+    eng.trade_through(SPOT, Side.SELL, D("1999.99"), D("0.4"), now=2.0)
+    eng.cap_fills(SPOT, "b", D("0.4"))
+    eng.trade_through(SPOT, Side.SELL, D("1999.99"), D("0.4"), now=3.0)
+    eng.set_book(SPOT, [(D("1999.00"), D(1))], [(D("1999.50"), D(5)), (D("1999.99"), D(5))], now=4.0)
+    order = eng.get(SPOT, "b")
+    assert order.status is OrderStatus.OPEN
+    assert order.filled == D("0.4")
+    snap = eng.book(SPOT)
+    assert snap.bids[0] == (D("1999.99"), D("0.6"))
+    assert snap.asks == ()
+    assert eng.balances()["USDT"].locked == D("1999.99") * D("0.6")
+    with pytest.raises(ValueError, match="below what already filled"):
+        eng.cap_fills(SPOT, "b", D("0.1"))
+
+
+def test_validate_checks_filters_without_changing_state(eng: MatchingEngine) -> None:
+    assert eng.validate(limit("v", Side.BUY, "1999.00", "0.1")).symbol == SPOT
+    with pytest.raises(OrderRejected, match="tick size"):
+        eng.validate(limit("v", Side.BUY, "1999.001", "0.1"))
+    assert eng.all_orders() == []
+    assert eng.balances()["USDT"].locked == 0
+
+
 # --- accounts and fees ------------------------------------------------------------------------------------
 
 
@@ -413,6 +438,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.prices: dict[str, Decimal | None] = {}  # client id -> limit price
         self.seen: dict[tuple[str, str], OrderUpdate] = {}
         self.latest: dict[tuple[str, str], OrderUpdate] = {}
+        self.caps: dict[tuple[str, str], Decimal] = {}
         self.n = 0
         self.now = 0.0
 
@@ -492,6 +518,20 @@ class EngineMachine(RuleBasedStateMachine):
         else:
             with pytest.raises(OrderNotFound):
                 self.eng.cancel(o.symbol, o.client_order_id, self.tick())
+
+    @rule(data=st.data())
+    def cap(self, data: st.DataObject) -> None:
+        orders = self.eng.open_orders()
+        if not orders:
+            return
+        o = data.draw(st.sampled_from(orders))
+        self.eng.cap_fills(o.symbol, o.client_order_id, o.filled)
+        self.caps[(o.symbol, o.client_order_id)] = o.filled
+
+    @invariant()
+    def capped_orders_fill_no_more(self) -> None:
+        for (symbol, cid), cap in self.caps.items():
+            assert self.eng.get(symbol, cid).filled <= cap
 
     @rule(qty=perp_qty, adl=st.booleans())
     def liquidate(self, qty: Decimal, adl: bool) -> None:

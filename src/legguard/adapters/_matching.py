@@ -137,6 +137,7 @@ class _Order:
     # Spot only: what this order still holds locked (quote for a buy at its limit price, base for a sell).
     # Invariant: the account's locked balance of an asset == sum of `reserved` of open orders locking it.
     reserved: Decimal = ZERO
+    fill_cap: Decimal | None = None  # see MatchingEngine.cap_fills
 
     @property
     def remaining(self) -> Decimal:
@@ -285,7 +286,9 @@ class MatchingEngine:
                     if order.status is not OrderStatus.OPEN or not _crosses(side, limit, level):
                         break
                     taken = self._execute(order, min(order.remaining, opposite[level]), limit, True, now)
-                    _take(opposite, level, taken)
+                    # A fill-capped order keeps its place but trades no more: the crossing liquidity goes to
+                    # the queue around it, so the level is used up all the same (and the book stays uncrossed).
+                    _take(opposite, level, opposite[level] if order.fill_cap is not None else taken)
         return self._queue[mark:]
 
     def trade_through(
@@ -340,19 +343,14 @@ class MatchingEngine:
         last of them. Rejections raise and leave no trace (the order never existed).
         """
         cid = request.client_order_id
-        market = self.markets.get(request.symbol)
-        if market is None:
-            raise OrderRejected(cid, RejectReason.INVALID_ORDER, f"unknown symbol {request.symbol!r}")
+        market = self.validate(request)
         if (market.symbol, cid) in self._orders:
             raise DuplicateOrder(cid)
         book = self._books[market.symbol]
         side = request.side
         amount = request.amount
-        self._check_filters(request, market, book)
 
         if request.reduce_only:
-            if market.kind is not MarketKind.LINEAR:
-                raise OrderRejected(cid, RejectReason.INVALID_ORDER, "reduce_only is only valid on perp markets")
             position = self._position[market.symbol]
             reducible = -position if side is Side.BUY else position
             if reducible <= 0:
@@ -411,6 +409,31 @@ class MatchingEngine:
                 self._finish(order, OrderStatus.EXPIRED, now)  # the book ran out
         book.sequence += 1
         return order.snapshot()
+
+    def validate(self, request: OrderRequest) -> Market:
+        """The stateless checks of `place` (symbol, tick, step, min qty, min notional), raising what `place`
+        would; returns the order's market. Cheap: for `Venue.arm`."""
+        market = self.markets.get(request.symbol)
+        if market is None:
+            raise OrderRejected(
+                request.client_order_id, RejectReason.INVALID_ORDER, f"unknown symbol {request.symbol!r}"
+            )
+        if request.reduce_only and market.kind is not MarketKind.LINEAR:
+            raise OrderRejected(
+                request.client_order_id, RejectReason.INVALID_ORDER, "reduce_only is only valid on perp markets"
+            )
+        self._check_filters(request, market, self._books[market.symbol])
+        return market
+
+    def cap_fills(self, symbol: str, client_order_id: str, total: Decimal) -> None:
+        """Let an open order fill at most `total` in all, ever (fault injection: a partial fill that never
+        completes). It stays open, in the book, until cancelled."""
+        order = self._orders.get((symbol, client_order_id))
+        if order is None or order.status is not OrderStatus.OPEN:
+            raise OrderNotFound(client_order_id, MSG_UNKNOWN_ORDER)
+        if total < order.filled:
+            raise ValueError(f"cap_fills: total {total} is below what already filled ({order.filled})")
+        order.fill_cap = total
 
     def cancel(self, symbol: str, client_order_id: str, now: float) -> OrderUpdate:
         """OPEN -> CANCELED, keeping what filled. Unknown or already terminal: OrderNotFound (Binance -2011)."""
@@ -590,6 +613,10 @@ class MatchingEngine:
             if quantity <= 0:
                 self._finish(order, OrderStatus.EXPIRED, now)
                 return ZERO
+        if order.fill_cap is not None:
+            quantity = min(quantity, order.fill_cap - order.filled)
+            if quantity <= 0:
+                return ZERO
         fee, fee_asset = fee_for(market, order.side, price, quantity, maker=maker)
         if market.kind is MarketKind.SPOT:
             self._settle_spot(order, quantity, price, fee)
@@ -700,7 +727,7 @@ def _levels(name: str, levels: Sequence[tuple[Decimal, Decimal]]) -> dict[Decima
         if not price.is_finite() or price <= 0 or not qty.is_finite() or qty < 0:
             raise ValueError(f"set_book: {name} level ({price}, {qty}) needs price > 0 and quantity >= 0")
         if qty:
-            out[price] = out.get(price, ZERO) + qty
+            out[price] = out[price] + qty if price in out else qty
     return out
 
 
