@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -132,11 +132,11 @@ class PackageHandle:
 class PackageActor:
     """One incarnation of a package's actor. The supervisor starts a new one (same handle) after a fault."""
 
-    def __init__(self, engine: Engine, handle: PackageHandle, first: Event | None = None) -> None:
+    def __init__(self, engine: Engine, handle: PackageHandle, first: Sequence[Event] = ()) -> None:
         self.engine = engine
         self.handle = handle
         self.core = handle.core
-        self.first = first
+        self.first = tuple(first)
         self._nursery: trio.Nursery | None = None
 
     # --- main loop ------------------------------------------------------------------------------------
@@ -146,8 +146,8 @@ class PackageActor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self.first is not None:
-                    await self.step(self.first)
+                for event in self.first:
+                    await self.step(event)
                 while not self._finished():
                     event = await h.receive.receive()
                     await self.step(event)
