@@ -8,8 +8,10 @@ replayer cross-checks against the journal.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
+import math
 import re
 import secrets
 import sqlite3
@@ -50,11 +52,11 @@ QUERY: Final = "query"
 # Rows the replayer re-derives from the decision core: only the typed helpers may write them, so that
 # what is journaled is exactly what the core decided.
 REPLAYED_KINDS: Final = frozenset({PACKAGE_CREATED, EVENT, TRANSITION, INTENT, CANCEL, QUERY})
-# Audited facts about one package (not replayed).
-PACKAGE_KINDS: Final = frozenset({"ack", "order_error", "fault", "recovery", "note"})
-# Engine-wide facts (package_id NULL).
-ENGINE_KINDS: Final = frozenset({"started", "stopped", "halted", "resumed", "note"})
-ALL_KINDS: Final = REPLAYED_KINDS | PACKAGE_KINDS | ENGINE_KINDS
+# Everything else is an audited fact, not replayed: per package e.g. `ack`, `order_error`, `fault`,
+# `recovery`, `unwind_overdue`, `note`; engine-wide (package_id NULL) e.g. `engine` rows whose payload says
+# started / stopped / halted / resumed and why. The set stays open so the engine can add facts without a
+# journal change; only the spelling is enforced, so a kind is always greppable.
+FACT_KIND_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 _BASE36: Final = string.digits + string.ascii_lowercase
 _JOURNAL_ID_RE: Final = re.compile(r"^[0-9a-z]{4}$")
@@ -117,11 +119,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"journal payload value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
 
 
+_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default
+)
+
+
+_json_str: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+
+
 def canonical_json(obj: Any) -> str:
     """The one JSON spelling of `obj`: sorted keys, compact separators, ASCII, no NaN."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default
-    )
+    return _ENCODER.encode(obj)
 
 
 def genesis_hash(journal_id: str) -> str:
@@ -138,25 +146,42 @@ def row_hash(
     wall_time: float,
     mono_time: float,
 ) -> str:
-    """sha256(prev_hash || canonical(seq, kind, package_id, payload text, wall_time, mono_time))."""
-    body = canonical_json([seq, kind, package_id, payload, wall_time, mono_time])
+    """sha256(prev_hash || canonical(seq, kind, package_id, payload text, wall_time, mono_time)).
+
+    Spelled out instead of `canonical_json([...])` because it runs for every row written and verified;
+    a test holds the two spellings equal."""
+    pid = "null" if package_id is None else _json_str(package_id)
+    # float.__repr__ is what json writes for a finite float; int() refuses a bool/float seq sneaking in.
+    body = f"[{int(seq)},{_json_str(kind)},{pid},{_json_str(payload)},{_float(wall_time)},{_float(mono_time)}]"
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _float(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"journal time {value!r} is not a finite number")
+    return float.__repr__(float(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY_RE.search(re.sub(r"[-_ ]", "", key.lower())) is not None
 
 
 def check_no_secrets(payload: Any, where: str = "payload") -> None:
     """Refuse any mapping key (at any depth) named like a credential. Values are never echoed."""
     if isinstance(payload, Mapping):
         for key, value in payload.items():
-            name = f"{where}.{key}"
-            if isinstance(key, str) and _SECRET_KEY_RE.search(re.sub(r"[-_ ]", "", key.lower())):
+            if isinstance(key, str) and _is_secret_key(key):
                 raise SecretInPayload(
-                    f"{name}: key looks like a credential; the journal never stores secrets "
+                    f"{where}.{key}: key looks like a credential; the journal never stores secrets "
                     f"(drop the key before journaling)"
                 )
-            check_no_secrets(value, name)
+            if isinstance(value, Mapping | list | tuple):
+                check_no_secrets(value, f"{where}.{key}")
     elif isinstance(payload, list | tuple):
         for i, value in enumerate(payload):
-            check_no_secrets(value, f"{where}[{i}]")
+            if isinstance(value, Mapping | list | tuple):
+                check_no_secrets(value, f"{where}[{i}]")
 
 
 def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
@@ -180,6 +205,52 @@ def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
 def transition_text(payload: Mapping[str, Any]) -> str:
     """How the packages table spells a package's last transition."""
     return f"{payload['source']}->{payload['dest']} ({payload['trigger']})"
+
+
+def summarize(kind: str, payload: Mapping[str, Any]) -> str:
+    """One readable line for a row's payload (audit show, verify messages)."""
+    p = payload
+    try:
+        match kind:
+            case "package_created":
+                plan = p["plan"]
+                spot, perp = plan["spot"], plan["perp"]
+                return (
+                    f"{plan['quantity']} {spot['symbol']} {spot['side']} @ {spot['price']} / "
+                    f"{perp['symbol']} {perp['side']} @ {perp['price']}, policy {plan['policy']}"
+                )
+            case "event" if p.get("kind") == "order":
+                text = f"order {p['client_order_id']} {p['status']} filled {p['filled']}"
+                if p.get("average") is not None:
+                    text += f" @ {p['average']}"
+                if p.get("reason"):
+                    text += f" ({p['reason']})"
+                return text
+            case "event":
+                rest = " ".join(f"{k}={v}" for k, v in sorted(p.items()) if k != "kind" and v not in ("", None))
+                return f"{p.get('kind')} {rest}".strip()
+            case "transition":
+                return f"{p['source']} -> {p['dest']} ({p['trigger']}): {p['reason']}"
+            case "intent":
+                price = f" @ {p['price']}" if p.get("price") is not None else ""
+                flags = "".join(
+                    [" post-only" if p.get("post_only") else "", " reduce-only" if p.get("reduce_only") else ""]
+                )
+                return (
+                    f"{p['client_order_id']} {p['role']} {p['purpose']} {p['side']} {p['type']} "
+                    f"{p['amount']}{price}{flags}"
+                )
+            case "cancel" | "query":
+                return f"{kind} {p['client_order_id']} {p['symbol']}"
+    except (KeyError, TypeError):
+        pass  # a malformed payload still gets the generic spelling below
+    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    text = text.replace("\n", " | ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- rows ---------------------------------------------------------------------------------------------
@@ -332,6 +403,8 @@ class Journal:
         self.readonly = readonly
         self._wall = wall_clock
         self._depth = 0
+        self._poisoned = False  # a write inside the open batch failed: it must not commit
+        self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
         self._genesis = genesis_hash(self.journal_id)
@@ -439,11 +512,12 @@ class Journal:
         """Everything appended inside commits as ONE transaction at exit, or is rolled back if the block
         raises. Nested batches join the outer one (a failing inner batch rolls back only its own rows)."""
         self._writable()
-        head = self._head
+        head, poisoned = self._head, self._poisoned
         if self._depth == 0:
             self._conn.execute("BEGIN IMMEDIATE")
             # Re-read under the write lock: another writer on the same file must not fork the chain.
             head = self._head = self._read_head()
+            self._poisoned = False
             savepoint = None
         else:
             savepoint = f"lg_batch_{self._depth}"
@@ -458,23 +532,41 @@ class Journal:
             if savepoint is not None:
                 if ok:
                     self._conn.execute(f"RELEASE {savepoint}")
-                else:
+                else:  # what went wrong inside is undone, so the outer batch is as healthy as before
                     self._conn.execute(f"ROLLBACK TO {savepoint}")
                     self._conn.execute(f"RELEASE {savepoint}")
-                    self._head = head
-            elif ok:
+                    self._head, self._poisoned = head, poisoned
+            elif ok and not self._poisoned:
                 try:
                     if self._head != head:
-                        self._conn.execute(
-                            "UPDATE meta SET value = ? WHERE key = 'head'",
-                            (f"{self._head[0]}:{self._head[1]}",),
-                        )
+                        self._conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (self._head_text(),))
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._abort(head)
                     raise
             else:
                 self._abort(head)
+        if ok and savepoint is None and self._poisoned:
+            self._poisoned = False
+            raise JournalError("journal batch rolled back: a write inside it failed and the error was swallowed")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write phase of a typed helper, which validated everything before entering. Joins an open
+        batch WITHOUT a savepoint (that is what makes small batches fast); a failure here leaves partial rows
+        in that batch, so it poisons it: the whole batch rolls back even if the caller swallows the error."""
+        if self._depth == 0:
+            with self.batch():
+                yield
+            return
+        try:
+            yield
+        except BaseException:
+            self._poisoned = True
+            raise
+
+    def _head_text(self) -> str:
+        return f"{self._head[0]}:{self._head[1]}"
 
     def _abort(self, head: tuple[int, str]) -> None:
         if self._conn.in_transaction:
@@ -487,12 +579,16 @@ class Journal:
 
     # --- appending ----------------------------------------------------------------------------------
 
-    def _append(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> int:
-        """Insert one row; the caller holds a batch. Returns its seq."""
-        check_no_secrets(payload)
-        text = canonical_json(payload)
-        wall = float(self._wall())
-        mono = float(mono)  # SQLite REAL hands floats back: hash what will be read
+    @staticmethod
+    def _prepare(kind: str, payload: Mapping[str, Any], *, free_form: bool = True) -> tuple[str, str]:
+        """Validate and encode a row before anything is written: (kind, canonical payload text). Payloads
+        built from the fsm's dataclasses have fixed keys, so only free-form ones need the secret guard."""
+        if free_form:
+            check_no_secrets(payload)
+        return kind, canonical_json(payload)
+
+    def _insert(self, kind: str, package_id: str | None, text: str, wall: float, mono: float) -> int:
+        """Chain and insert one prepared row (inside `_writing`). Returns its seq."""
         seq = self._head[0] + 1
         prev = self._head[1]
         digest = row_hash(prev, seq, kind, package_id, text, wall, mono)
@@ -500,34 +596,29 @@ class Journal:
         self._head = (seq, digest)
         return seq
 
-    def package_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> int:
-        """Journal a new package (state pending, no exposure). Returns the row's seq."""
+    def _require_package(self, package_id: str) -> None:
+        if package_id in self._known:
+            return
+        if self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (package_id,)).fetchone() is None:
+            raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
+        self._known.add(package_id)
+
+    # The writers return None (the engine's JournalLike protocol says so); `head` has the last seq.
+
+    def package_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> None:
+        """Journal a new package (state pending, no exposure)."""
+        self._writable()
         pid = plan.package_id
         plan_dict = plan.to_dict()
-        with self.batch():
-            if self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone():
-                raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
-            seq = self._append(PACKAGE_CREATED, pid, {"plan": plan_dict, "spec": dict(spec)}, mono)
-            wall, mono = float(self._wall()), float(mono)
-            self._conn.execute(
-                f"INSERT INTO packages ({_PACKAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    pid,
-                    State.PENDING.value,
-                    "0",
-                    "0",
-                    0,
-                    canonical_json(plan_dict),
-                    seq,
-                    wall,
-                    mono,
-                    seq,
-                    wall,
-                    mono,
-                    None,
-                ),
-            )
-        return seq
+        kind, text = self._prepare(PACKAGE_CREATED, {"plan": plan_dict, "spec": dict(spec)})
+        if pid in self._known or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone():
+            raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
+        wall, mono = float(self._wall()), float(mono)  # SQLite REAL hands floats back: hash what is read
+        with self._writing():
+            seq = self._insert(kind, pid, text, wall, mono)
+            row = (pid, State.PENDING.value, "0", "0", 0, canonical_json(plan_dict), seq, wall, mono, seq, wall, mono)
+            self._conn.execute(f"INSERT INTO packages ({_PACKAGE_COLUMNS}) VALUES ({'?, ' * 12}NULL)", row)
+        self._known.add(pid)
 
     def record_step(
         self,
@@ -537,50 +628,51 @@ class Journal:
         state: State,
         exposure: Exposure,
         mono: float,
-    ) -> int:
+    ) -> None:
         """Journal one core step: the event fed to the core, one row per command it returned (SendOrder is
-        covered by its intent row), and the package's new state + exposure. One transaction. Returns the
-        seq of the last row written."""
+        covered by its intent row), and the package's new state + exposure. One transaction."""
+        self._writable()
         state = State(state)
-        with self.batch():
-            seq = self._append(EVENT, package_id, event.to_dict(), mono)
-            last_transition: str | None = None
-            for command in commands:
-                row = command_row(command)
-                if row is None:
-                    continue
-                seq = self._append(row[0], package_id, row[1], mono)
+        rows = [self._prepare(EVENT, event.to_dict(), free_form=False)]
+        last_transition: str | None = None
+        for command in commands:
+            row = command_row(command)
+            if row is not None:
+                rows.append(self._prepare(*row, free_form=False))
                 if row[0] == TRANSITION:
                     last_transition = transition_text(row[1])
-            cur = self._conn.execute(
-                _UPDATE_PACKAGE,
-                (state.value, str(exposure.spot), str(exposure.perp), int(exposure.unknown), seq,
-                 float(self._wall()), float(mono), last_transition, package_id),
-            )  # fmt: skip
+        self._require_package(package_id)
+        wall, mono = float(self._wall()), float(mono)
+        exposure_row = (state.value, str(exposure.spot), str(exposure.perp), int(exposure.unknown))
+        with self._writing():
+            for kind, text in rows:
+                seq = self._insert(kind, package_id, text, wall, mono)
+            cur = self._conn.execute(_UPDATE_PACKAGE, (*exposure_row, seq, wall, mono, last_transition, package_id))
             if cur.rowcount != 1:
-                raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
-        return seq
+                raise UnknownPackage(f"package_id {package_id!r}: row vanished from the packages table")
 
-    def record(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> int:
-        """Journal an audited fact that is not replayed: per package `ack`, `order_error`, `fault`,
-        `recovery`, `note`; engine-wide (package_id None) `started`, `stopped`, `halted`, `resumed`,
-        `note`. Returns the row's seq."""
+    def record(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> None:
+        """Journal an audited fact that is not replayed (see FACT_KIND_RE): per package (`ack`,
+        `order_error`, `fault`, `recovery`, ...) or engine-wide with package_id None (`engine`, with the
+        event and reason in the payload)."""
+        self._writable()
         if kind in REPLAYED_KINDS:
             raise InvalidKind(
                 f"kind {kind!r} is replayed by `audit verify`: write it with package_created() / record_step()"
             )
-        allowed = PACKAGE_KINDS if package_id is not None else ENGINE_KINDS
-        if kind not in allowed:
-            scope = f"package {package_id!r}" if package_id is not None else "the engine (package_id None)"
-            raise InvalidKind(f"kind {kind!r} is not valid for {scope}; valid: {', '.join(sorted(allowed))}")
-        with self.batch():
-            if package_id is not None and not self._package_exists(package_id):
-                raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
-            return self._append(kind, package_id, payload, mono)
+        if not isinstance(kind, str) or not FACT_KIND_RE.match(kind):
+            raise InvalidKind(f"kind {kind!r}: must be a lowercase identifier matching {FACT_KIND_RE.pattern}")
+        kind, text = self._prepare(kind, payload)
+        if package_id is not None:
+            self._require_package(package_id)
+        wall, mono = float(self._wall()), float(mono)
+        with self._writing():
+            self._insert(kind, package_id, text, wall, mono)
 
     def next_package_number(self) -> int:
         """Durably take the next package number (1, 2, ...): never reused, even across restarts."""
-        with self.batch():
+        self._writable()
+        with self._writing():
             row = self._conn.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'package_counter' RETURNING value"
             ).fetchone()
@@ -592,9 +684,6 @@ class Journal:
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last row written (0 and the genesis hash when empty)."""
         return self._head
-
-    def _package_exists(self, package_id: str) -> bool:
-        return self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (package_id,)).fetchone() is not None
 
     def package_ids(self) -> list[str]:
         """Every package, in creation order."""
@@ -652,6 +741,30 @@ class Journal:
             "SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, EVENT)
         )
         return [event_from_dict(json.loads(r[0])) for r in cur]
+
+    # --- raw access for the verifier: unparsed, so tampered rows are reported rather than crash ----------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every read inside sees one consistent state, even while the engine writes."""
+        if self._depth:
+            raise JournalError("snapshot() inside journal.batch()")
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("ROLLBACK")
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def raw_rows(self) -> Iterator[tuple[Any, ...]]:
+        """(seq, kind, package_id, payload text, wall_time, mono_time, prev_hash, hash) in seq order."""
+        yield from self._conn.execute("SELECT * FROM journal ORDER BY seq")
+
+    def raw_packages(self) -> list[tuple[Any, ...]]:
+        """The packages table as stored, columns as in `_PACKAGE_COLUMNS`."""
+        return self._conn.execute(f"SELECT {_PACKAGE_COLUMNS} FROM packages ORDER BY created_seq").fetchall()
 
     def pragma(self, name: str) -> Any:
         """Read one PRAGMA (tests and diagnostics)."""
