@@ -8,7 +8,9 @@ Map:
                   watchers, circuit breaker, halt/resume, graceful shutdown.
 - `_actor.py`     `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
                   trio cancel scopes; shielded drain to safety on cancellation.
-- `_journal.py`   the SQLite hash-chained audit journal, replay and verification.
+- `_journal.py`   the SQLite hash-chained audit journal: write-ahead batches, typed writers, readers.
+- `_replay.py`    `verify()`: the hash chain plus every package replayed through a fresh core;
+                  `replay_package()` rebuilds a core for recovery.
 - `_strategy.py`  the demo's premium trigger and fault plan.
 """
 
@@ -18,10 +20,19 @@ from ._actor import PackageHandle as PackageHandle
 from ._engine import Engine as Engine
 from ._engine import EngineMode as EngineMode
 from ._engine import EngineStats as EngineStats
+from ._journal import Durability as Durability
+from ._journal import Journal as Journal
+from ._journal import JournalError as JournalError
+from ._journal import JournalRow as JournalRow
+from ._journal import PackageRow as PackageRow
 from ._pricing import Priced as Priced
 from ._pricing import PricingRefused as PricingRefused
 from ._pricing import common_step as common_step
 from ._pricing import price_package as price_package
+from ._replay import ReplayMismatch as ReplayMismatch
+from ._replay import VerifyReport as VerifyReport
+from ._replay import replay_package as replay_package
+from ._replay import verify as verify
 from ._spec import BreakerConfig as BreakerConfig
 from ._spec import Deadlines as Deadlines
 from ._spec import EngineConfig as EngineConfig

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from legguard.fsm._core import Exposure, PackagePlan
 from legguard.fsm._events import (
@@ -37,6 +37,9 @@ from legguard.fsm._events import (
     event_from_dict,
 )
 from legguard.fsm._table import TERMINAL_STATES, State
+
+if TYPE_CHECKING:
+    from ._replay import VerifyReport
 
 SCHEMA_VERSION: Final = 1
 
@@ -794,3 +797,10 @@ def _package_row(r: tuple[Any, ...]) -> PackageRow:
 def _journal_row(r: tuple[Any, ...]) -> JournalRow:
     seq, kind, package_id, payload, wall, mono, prev, digest = r
     return JournalRow(seq, kind, package_id, json.loads(payload), wall, mono, prev, digest)
+
+
+def verify(path: str | Path) -> VerifyReport:
+    """`legguard audit verify` as a function; lives in `_replay.py` (which imports this module)."""
+    from ._replay import verify as _verify
+
+    return _verify(path)
