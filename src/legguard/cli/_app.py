@@ -15,3 +15,10 @@ app = typer.Typer(
 
 def main() -> None:
     app()
+
+
+# --- command registration: each command module adds itself here --------------------------------------
+# (demo registers once the simulated venue lands)
+from ._audit import audit_app  # noqa: E402  (registration must follow `app`)
+
+app.add_typer(audit_app, name="audit")

@@ -1,0 +1,168 @@
+"""`legguard audit list|show|verify`: read the journal (never write it) and prove what the engine did."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from legguard.engine._journal import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
+from legguard.engine._replay import verify as verify_journal
+from legguard.fsm._table import State
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Inspect and verify the audit journal (read-only).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+DbOption = Annotated[Path, typer.Option("--db", help="Journal file (SQLite).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_DB = Path("legguard.db")
+
+# Exit codes: 0 ok, 1 the journal answered "no" (verify failed, unknown package), 2 nothing to read.
+EXIT_PROBLEMS = 1
+EXIT_NO_JOURNAL = 2
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # paths must stay copy-pasteable
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _err().print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _guard(action: Callable[[], Any]) -> Any:
+    """Run `action`, turning a missing or foreign journal into a clear message and exit 2 (no traceback)."""
+    try:
+        return action()
+    except JournalNotFound as exc:
+        raise _fail(f"{exc} (pass --db PATH; the engine writes ./legguard.db by default)", EXIT_NO_JOURNAL) from None
+    except JournalError as exc:
+        raise _fail(str(exc), EXIT_NO_JOURNAL) from None
+
+
+@contextmanager
+def _reader(db: Path) -> Iterator[Journal]:
+    journal: Journal = _guard(lambda: Journal.open(db, readonly=True))
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+def _when(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@audit_app.command("list")
+def list_packages(
+    db: DbOption = DEFAULT_DB,
+    state: Annotated[
+        State | None, typer.Option("--state", help="Only packages in this state.", case_sensitive=False)
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every package: state, exposure, created, last transition."""
+    with _reader(db) as journal:
+        rows = journal.packages(state)
+        journal_id = journal.journal_id
+    if as_json:
+        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
+    for col in ("package", "state", "spot", "perp", "created (UTC)", "last transition"):
+        table.add_column(col, justify="right" if col in ("spot", "perp") else "left")
+    for r in rows:
+        unknown = " [yellow]?[/yellow]" if r.exposure.unknown else ""
+        table.add_row(
+            escape(r.package_id),
+            r.state.value,
+            f"{r.exposure.spot}{unknown}",
+            f"{r.exposure.perp}{unknown}",
+            _when(r.created_wall),
+            escape(r.last_transition or "-"),
+        )
+    _out().print(table)
+    if any(r.exposure.unknown for r in rows):
+        _out().print("[yellow]?[/yellow] some order's outcome is unknown: exposure is a lower bound")
+
+
+@audit_app.command("show")
+def show(
+    package_id: Annotated[str, typer.Argument(help="Package id (see `legguard audit list`).")],
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """One package's timeline: every journaled row, in order."""
+    with _reader(db) as journal:
+        try:
+            package = journal.package(package_id)
+        except UnknownPackage:
+            known = journal.package_ids()
+            hint = f"; known: {', '.join(known[-5:])}" + (" ..." if len(known) > 5 else "") if known else ""
+            raise _fail(f"no package {package_id!r} in journal {journal.journal_id}{hint}", EXIT_PROBLEMS) from None
+        rows = journal.timeline(package_id)
+    if as_json:
+        _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows]})
+        return
+    out = _out()
+    e = package.exposure
+    out.print(
+        f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
+        + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else ""),
+    )
+    table = Table(show_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("t (s)", justify="right")
+    table.add_column("kind")
+    table.add_column("detail", overflow="fold")
+    start = rows[0].mono_time if rows else 0.0
+    for r in rows:
+        detail = escape(summarize(r.kind, r.payload))
+        if r.kind == "transition":
+            detail = f"[bold]{detail}[/bold]"
+        table.add_row(str(r.seq), f"{r.mono_time - start:+.3f}", r.kind, detail)
+    out.print(table)
+
+
+@audit_app.command("verify")
+def verify(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """Check the hash chain and replay every package through the decision core. Exit 0 only if OK."""
+    report = _guard(lambda: verify_journal(db))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        out = _out()
+        summary = f"{report.rows_checked} rows, {report.packages_checked} packages, journal {report.journal_id}"
+        if report.ok:
+            out.print(f"[green]OK[/green] {summary}; head seq {report.head_seq} hash {report.head_hash}")
+        else:
+            count = len(report.problems) + report.omitted
+            out.print(f"[red]FAILED[/red] {summary}: {count} problem(s), first bad row first")
+            for problem in report.problems:
+                out.print(f"  - {problem}", markup=False)
+            if report.omitted:
+                out.print(f"  ... and {report.omitted} more")
+    if not report.ok:
+        raise typer.Exit(EXIT_PROBLEMS)

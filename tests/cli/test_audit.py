@@ -1,0 +1,257 @@
+"""`legguard audit list|show|verify` (cli/_audit.py) against journals written by driving real cores."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from legguard.adapters._types import OrderStatus, RejectReason
+from legguard.cli import app
+from legguard.engine._journal import Journal
+from legguard.fsm import Abort, Dispatch, Event, OrderEvent, PackageCore, PackagePlan, State
+
+runner = CliRunner()
+
+
+def _plan(journal: Journal, n: int) -> PackagePlan:
+    return PackagePlan.from_dict(
+        {
+            "package_id": f"pkg{n}",
+            "client_id_prefix": f"lg{journal.journal_id}{n:06d}",
+            "quantity": "0.5",
+            "spot": {"symbol": "ETH/USDT", "side": "buy", "price": "3000", "step": "0.0001", "dust": "0.0001"},
+            "perp": {"symbol": "ETH/USDT:USDT", "side": "sell", "price": "3003", "step": "0.001", "dust": "0.001"},
+            "policy": "flatten",
+        }
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """pkg1 hedged; pkg2 perp rejected after the spot filled -> unwinding (unwind order in flight);
+    pkg3 refused with a reason that looks like rich markup."""
+    path = tmp_path / "legguard.db"
+    with Journal.open(path) as journal:
+        mono = 10.0
+
+        def step(core: PackageCore, event: Event) -> None:
+            nonlocal mono
+            mono += 0.5
+            commands = core.handle(event)
+            journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), mono)
+
+        cores = []
+        for _ in range(3):
+            plan = _plan(journal, journal.next_package_number())
+            journal.package_created(plan, {"base": "ETH"}, mono)
+            cores.append(PackageCore(plan))
+        hedged, broken, refused = cores
+        p1, p2 = hedged.plan.client_id_prefix, broken.plan.client_id_prefix
+        step(hedged, Dispatch())
+        step(hedged, OrderEvent(f"{p1}-SE0", OrderStatus.CLOSED, D("0.5"), D("3000")))
+        step(hedged, OrderEvent(f"{p1}-PE0", OrderStatus.CLOSED, D("0.5"), D("3003")))
+        step(broken, Dispatch())
+        step(broken, OrderEvent(f"{p2}-SE0", OrderStatus.CLOSED, D("0.5"), D("3000")))
+        step(broken, OrderEvent(f"{p2}-PE0", OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+        journal.record("order_error", "pkg2", {"client_order_id": f"{p2}-PE0", "error": "would cross"}, mono)
+        step(refused, Abort(reason="risk [bold]limit[/bold] hit"))
+        assert [c.state for c in cores] == [State.HEDGED, State.UNWINDING, State.FLAT]
+    return path
+
+
+def audit(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["audit", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --- list ---------------------------------------------------------------------------------------------
+
+
+def test_list_shows_every_package(db: Path) -> None:
+    code, out, _ = audit("list", "--db", str(db))
+
+    assert code == 0
+    for pid, state in (("pkg1", "hedged"), ("pkg2", "unwinding"), ("pkg3", "flat")):
+        line = next(line for line in out.splitlines() if pid in line)
+        assert state in line
+    assert "lower bound" in out  # pkg2's unwind order is in flight
+
+
+def test_list_json_shape(db: Path) -> None:
+    code, out, _ = audit("list", "--db", str(db), "--json")
+
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) == {"journal_id", "packages"}
+    by_id = {p["package_id"]: p for p in data["packages"]}
+    assert list(by_id) == ["pkg1", "pkg2", "pkg3"]
+    assert (by_id["pkg1"]["state"], by_id["pkg1"]["spot"], by_id["pkg1"]["perp"]) == ("hedged", "0.5", "-0.5")
+    assert by_id["pkg2"]["unknown"] is True
+    assert by_id["pkg3"]["last_transition"] == "pending->flat (abort)"
+    assert {"created_wall", "created_mono", "updated_seq", "quantity", "spot_symbol"} <= set(by_id["pkg1"])
+
+
+def test_list_filters_by_state(db: Path) -> None:
+    code, out, _ = audit("list", "--db", str(db), "--state", "unwinding", "--json")
+
+    assert code == 0
+    assert [p["package_id"] for p in json.loads(out)["packages"]] == ["pkg2"]
+
+
+def test_list_refuses_an_unknown_state_listing_the_valid_ones(db: Path) -> None:
+    code, _, err = audit("list", "--db", str(db), "--state", "hedgd")
+
+    assert code == 2
+    assert "hedgd" in err
+    for state in State:
+        assert state.value in err
+
+
+# --- show ---------------------------------------------------------------------------------------------
+
+
+def test_show_prints_the_timeline(db: Path) -> None:
+    code, out, _ = audit("show", "pkg2", "--db", str(db))
+
+    assert code == 0
+    assert "state unwinding" in out
+    assert "dispatched -> orphaned (leg_broken)" in out
+    assert "orphaned -> unwinding (unwind): kill switch" in out
+    assert "post_only_cross" in out
+    assert "order_error" in out
+
+
+def test_show_prints_markup_like_text_literally(db: Path) -> None:
+    code, out, _ = audit("show", "pkg3", "--db", str(db))
+
+    assert code == 0
+    assert "risk [bold]limit[/bold] hit" in out
+
+
+def test_show_json_shape(db: Path) -> None:
+    code, out, _ = audit("show", "pkg1", "--db", str(db), "--json")
+
+    assert code == 0
+    data = json.loads(out)
+    assert data["package"]["state"] == "hedged"
+    timeline = data["timeline"]
+    assert [r["kind"] for r in timeline] == ["package_created", "event", "intent", "intent", "transition",
+                                              "event", "event", "transition"]  # fmt: skip
+    assert [r["seq"] for r in timeline] == sorted(r["seq"] for r in timeline)
+    first = timeline[0]
+    assert set(first) == {"seq", "kind", "package_id", "payload", "wall_time", "mono_time", "prev_hash", "hash"}
+    assert first["payload"]["plan"]["package_id"] == "pkg1"
+
+
+def test_show_unknown_package(db: Path) -> None:
+    code, _, err = audit("show", "pkg9", "--db", str(db))
+
+    assert code == 1
+    assert "no package 'pkg9'" in err
+    assert "pkg3" in err  # it names what does exist
+
+
+def test_show_unknown_package_with_markup_in_its_name(db: Path) -> None:
+    code, out, err = audit("show", "[/bold]", "--db", str(db))
+
+    assert code == 1
+    assert "no package '[/bold]'" in err
+    assert "Traceback" not in out + err
+
+
+# --- verify -------------------------------------------------------------------------------------------
+
+
+def test_verify_ok(db: Path) -> None:
+    code, out, _ = audit("verify", "--db", str(db))
+
+    assert code == 0
+    assert out.startswith("OK ")
+    assert "3 packages" in out
+
+
+def test_verify_json_ok(db: Path) -> None:
+    code, out, _ = audit("verify", "--db", str(db), "--json")
+
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True
+    assert data["problems"] == []
+    assert data["packages_checked"] == 3
+    assert data["rows_checked"] == data["head"]["seq"] > 0
+    assert len(data["head"]["hash"]) == 64
+
+
+def _tamper(db: Path) -> int:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER journal_no_update")
+    (seq,) = conn.execute("SELECT seq FROM journal WHERE kind = 'transition' AND package_id = 'pkg1' "
+                          "ORDER BY seq DESC LIMIT 1").fetchone()  # fmt: skip
+    conn.execute("UPDATE journal SET payload = replace(payload, 'hedged', 'flat') WHERE seq = ?", (seq,))
+    conn.close()
+    return int(seq)
+
+
+def test_verify_fails_naming_the_first_bad_row(db: Path) -> None:
+    seq = _tamper(db)
+
+    code, out, _ = audit("verify", "--db", str(db))
+
+    assert code == 1
+    assert "FAILED" in out
+    problems = [line.strip() for line in out.splitlines() if line.strip().startswith("- ")]
+    assert problems[0].startswith(f"- seq {seq}: hash does not match")
+
+
+def test_verify_json_failure(db: Path) -> None:
+    seq = _tamper(db)
+
+    code, out, _ = audit("verify", "--db", str(db), "--json")
+
+    assert code == 1
+    data = json.loads(out)
+    assert data["ok"] is False
+    assert data["problems"][0].startswith(f"seq {seq}:")
+    assert any("package pkg1" in p for p in data["problems"])
+
+
+# --- no journal -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "pkg1"], ["verify"], ["verify", "--json"]])
+def test_missing_db_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "nope.db"
+
+    code, out, err = audit(*command, "--db", str(missing))
+
+    assert code == 2
+    assert f"no journal at '{missing}'" in err
+    assert "Traceback" not in out + err
+    assert not missing.exists()
+
+
+def test_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+
+    code, out, err = audit("verify", "--db", str(other))
+
+    assert code == 2
+    assert "not a legguard journal" in err
+    assert "Traceback" not in out + err
+
+
+def test_default_db_is_legguard_db_in_the_working_directory(
+    db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(db.parent)
+    assert audit("verify")[0] == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert audit("verify")[0] == 2
