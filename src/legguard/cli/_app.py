@@ -22,3 +22,4 @@ def main() -> None:
 from ._audit import audit_app  # noqa: E402  (registration must follow `app`)
 
 app.add_typer(audit_app, name="audit")
+from . import _emulator  # noqa: E402, F401  (registers `legguard emulator`)

@@ -1,0 +1,118 @@
+"""`legguard emulator`: serve Binance spot + USDⓈ-M on loopback, backed by the matching engine, so that an
+unmodified ccxt / ccxt.pro client (and `legguard run` with the ccxt venue) trades against it offline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from contextlib import suppress
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from legguard.adapters._emulator import (
+    DEFAULT_API_KEY,
+    DEFAULT_API_SECRET,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Emulator,
+    serve_emulator,
+)
+
+from ._app import app
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to listen on (the control API answers loopback only).")] = (
+        DEFAULT_HOST
+    ),
+    port: Annotated[int, typer.Option(help="Plain HTTP/WS port (REST, websockets, /_emulator/ control).")] = (
+        DEFAULT_PORT
+    ),
+    tls_port: Annotated[
+        int,
+        typer.Option(help="HTTPS port for ccxt's exact Binance error mapping (0: any free port, -1: none)."),
+    ] = DEFAULT_PORT + 1,
+    seed: Annotated[int, typer.Option(help="Seed of the market driver (books, prices).")] = 0,
+    api_key: Annotated[str, typer.Option(help="API key clients must send.", envvar="LEGGUARD_EMULATOR_KEY")] = (
+        DEFAULT_API_KEY
+    ),
+    api_secret: Annotated[
+        str,
+        typer.Option(
+            help="HMAC secret clients sign with (default: legguard.adapters._emulator.DEFAULT_API_SECRET).",
+            envvar="LEGGUARD_EMULATOR_SECRET",
+            show_default=False,
+        ),
+    ] = DEFAULT_API_SECRET,
+    tick: Annotated[float, typer.Option(help="Seconds between market moves.")] = 1.0,
+    seconds: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until interrupted).")] = 0.0,
+) -> None:
+    """Serve Binance spot + USDⓈ-M (REST and websockets) on loopback; prints the ccxt configuration to use."""
+    console = Console()
+    for name, value, ok in (
+        ("port", port, 0 <= port <= 65535),
+        ("tls-port", tls_port, -1 <= tls_port <= 65535),
+        ("tick", tick, tick > 0),
+        ("seconds", seconds, seconds >= 0),
+    ):
+        if not ok:
+            console.print(f"[red]error:[/red] --{name}: {value!r} is out of range")
+            raise typer.Exit(2)
+    try:
+        asyncio.run(
+            _serve(console, host, port, None if tls_port < 0 else tls_port, seed, api_key, api_secret, tick, seconds)
+        )
+    except OSError as exc:  # typically: the port is taken
+        console.print(f"[red]error:[/red] cannot listen on {host}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+
+
+async def _serve(
+    console: Console,
+    host: str,
+    port: int,
+    tls_port: int | None,
+    seed: int,
+    api_key: str,
+    api_secret: str,
+    tick: float,
+    seconds: float,
+) -> None:
+    async with serve_emulator(
+        host, port, tls_port=tls_port, seed=seed, api_key=api_key, api_secret=api_secret, tick_seconds=tick
+    ) as emu:
+        _banner(console, emu, secret_is_default=api_secret == DEFAULT_API_SECRET)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            if seconds > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=seconds)
+            else:
+                await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    console.print("emulator stopped")
+
+
+def _banner(console: Console, emu: Emulator, *, secret_is_default: bool) -> None:
+    base = f"http://{emu.host}:{emu.port}"
+    console.print(f"[bold]legguard emulator[/bold] (Binance spot + USDⓈ-M), seed {emu.seed}")
+    console.print(f"  REST + websockets  {base}   (spot /api/v3, USDⓈ-M /fapi/v1|v2|v3)")
+    console.print(f"  API key            {emu.api_key}")
+    console.print(f"  API secret         {'the documented default' if secret_is_default else '(as given; not shown)'}")
+    console.print(f"  ccxt urls['api']   GET {base}/_emulator/ccxt-urls   (plain http; ?tls=1 for the TLS ones)")
+    if emu.tls_port is not None:
+        console.print(f"  ccxt config        GET {base}/_emulator/ccxt-config (TLS: Binance's exact exception mapping)")
+        config = emu.ccxt_config("binanceusdm")
+        hint = {"hostname": config["hostname"], "cafile": config["cafile"]}
+        console.print(f"                     {json.dumps(hint)} + urls from ccxt-config")
+    console.print(f"  control            {base}/_emulator/state | faults | move | trade | liquidate")
+    console.print("Ctrl-C to stop.")
