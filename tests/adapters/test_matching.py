@@ -327,11 +327,15 @@ def test_capped_order_stays_open_and_the_book_stays_uncrossed(eng: MatchingEngin
     assert order.status is OrderStatus.OPEN
     assert order.filled == D("0.4")
     snap = eng.book(SPOT)
-    assert snap.bids[0] == (D("1999.99"), D("0.6"))
-    assert snap.asks == ()
+    assert snap.bids[0] == (D("1999.00"), D(1))  # the exhausted order left the book
+    assert snap.asks[0] == (D("1999.50"), D(5))
     assert eng.balances()["USDT"].locked == D("1999.99") * D("0.6")
     with pytest.raises(ValueError, match="below what already filled"):
         eng.cap_fills(SPOT, "b", D("0.1"))
+    assert eng.cancel(SPOT, "b", now=5.0).filled == D("0.4")
+    assert eng.balances()["USDT"].locked == 0
+    with pytest.raises(OrderNotFound):
+        eng.cap_fills(SPOT, "b", D("0.4"))
 
 
 def test_validate_checks_filters_without_changing_state(eng: MatchingEngine) -> None:

@@ -4,9 +4,22 @@ Map:
 - `_types.py`     the shared vocabulary: Market, BookSnapshot, OrderRequest, OrderUpdate, errors, `Venue`.
 - `_matching.py`  the seeded L2 matching engine (books, our orders, accounts, fees) shared by the simulated
                   venue and the Binance-wire emulator.
+- `_market.py`    the simulated wider market: seeded spot/perp book and trade-print generator (mean-reverting
+                  perp premium) and the replay of recorded Binance depth.
 - `_sim.py`       `SimVenue`: the in-process simulated venue (latency, market generator, fault injection).
 """
 
+from ._market import DepthReplay as DepthReplay
+from ._market import GeneratorConfig as GeneratorConfig
+from ._market import MarketGenerator as MarketGenerator
+from ._market import MarketTick as MarketTick
+from ._market import TradePrint as TradePrint
+from ._matching import Fill as Fill
+from ._matching import MatchingEngine as MatchingEngine
+from ._matching import default_markets as default_markets
+from ._sim import SimConfig as SimConfig
+from ._sim import SimVenue as SimVenue
+from ._sim import open_sim_venue as open_sim_venue
 from ._types import ZERO as ZERO
 from ._types import ArmedOrder as ArmedOrder
 from ._types import AuthenticationFailed as AuthenticationFailed

@@ -143,6 +143,11 @@ class _Order:
     def remaining(self) -> Decimal:
         return self.amount - self.filled
 
+    @property
+    def exhausted(self) -> bool:
+        """Filled up to its fill cap: still open, but out of the book (it can never trade again)."""
+        return self.fill_cap is not None and self.filled >= self.fill_cap
+
     def snapshot(self) -> OrderUpdate:
         return OrderUpdate(
             client_order_id=self.client_order_id,
@@ -175,8 +180,8 @@ class _Book:
         return self.bids if side is Side.BUY else self.asks
 
     def ours(self, side: Side) -> list[_Order]:
-        """Our resting orders of one side in matching priority: best price first, then arrival."""
-        orders = [o for o in self.resting if o.side is side]
+        """Our live resting orders of one side in matching priority: best price first, then arrival."""
+        orders = [o for o in self.resting if o.side is side and not o.exhausted]
         if side is Side.BUY:
             orders.sort(key=lambda o: (-_price(o), o.seq))
         else:
@@ -187,7 +192,7 @@ class _Book:
         """Others' and our liquidity aggregated per price, best first."""
         agg = dict(self.others(side))
         for o in self.resting:
-            if o.side is side:
+            if o.side is side and not o.exhausted:
                 agg[_price(o)] = agg.get(_price(o), ZERO) + o.remaining
         return sorted(agg.items(), reverse=side is Side.BUY)
 
@@ -286,9 +291,9 @@ class MatchingEngine:
                     if order.status is not OrderStatus.OPEN or not _crosses(side, limit, level):
                         break
                     taken = self._execute(order, min(order.remaining, opposite[level]), limit, True, now)
-                    # A fill-capped order keeps its place but trades no more: the crossing liquidity goes to
-                    # the queue around it, so the level is used up all the same (and the book stays uncrossed).
-                    _take(opposite, level, opposite[level] if order.fill_cap is not None else taken)
+                    _take(opposite, level, taken)
+                    if order.exhausted:
+                        break
         return self._queue[mark:]
 
     def trade_through(
@@ -427,7 +432,8 @@ class MatchingEngine:
 
     def cap_fills(self, symbol: str, client_order_id: str, total: Decimal) -> None:
         """Let an open order fill at most `total` in all, ever (fault injection: a partial fill that never
-        completes). It stays open, in the book, until cancelled."""
+        completes). Once it has, it stays open (fetchable, cancellable, its reservation held) but leaves the
+        book: the market trades through it as if it were not there."""
         order = self._orders.get((symbol, client_order_id))
         if order is None or order.status is not OrderStatus.OPEN:
             raise OrderNotFound(client_order_id, MSG_UNKNOWN_ORDER)
@@ -724,7 +730,7 @@ class MatchingEngine:
 def _levels(name: str, levels: Sequence[tuple[Decimal, Decimal]]) -> dict[Decimal, Decimal]:
     out: dict[Decimal, Decimal] = {}
     for price, qty in levels:
-        if not price.is_finite() or price <= 0 or not qty.is_finite() or qty < 0:
+        if not (price.is_finite() and qty.is_finite() and price > ZERO and qty >= ZERO):
             raise ValueError(f"set_book: {name} level ({price}, {qty}) needs price > 0 and quantity >= 0")
         if qty:
             out[price] = out[price] + qty if price in out else qty
