@@ -40,6 +40,7 @@ from aiohttp import web
 
 from . import _wire as w
 from ._emulator_ws import Hub
+from ._market import GeneratorConfig, MarketGenerator, MarketTick
 from ._matching import Fill, MatchingEngine
 from ._types import (
     ZERO,
@@ -67,7 +68,6 @@ URL_LABEL = "legguard-emulator"
 # Where the books start: prices of the recorded fixtures (BTC: http_spot_market_depth.json,
 # ETH: http_futures_account_trades.json).
 START_PRICES: Mapping[str, Decimal] = {"BTC": Decimal("60650.00"), "ETH": Decimal("2778.35")}
-START_BASIS_BPS = 5.0  # the perp trades a little above spot, as it usually does
 FUNDING_RATE = Decimal("0.00010000")  # constant: the emulator books no funding payments
 LISTEN_KEY_TTL = 3600.0  # seconds without keepalive before a futures listenKey expires
 
@@ -143,77 +143,58 @@ class _Scheduler:
 # --- the other participants ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Asset:
-    spot_mid: Decimal
-    basis_bps: float
-
-
 class MarketDriver:
-    """Seeded random walk of each base asset's spot mid and the perp's basis over it, rebuilding the other
-    participants' books around them. A book that moves through one of our resting orders fills it (the
-    engine decides how much), as a real market would."""
+    """The other participants, from the project's seeded MarketGenerator (the simulated venue's market):
+    each step replaces every book and prints trades at the touch, which fill our resting orders as they
+    would on Binance. The control API's `move` shifts one market's generated book by a whole number of
+    ticks; the shift persists, so the market keeps moving from where it was put."""
 
-    def __init__(self, engine: MatchingEngine, seed: int, *, levels: int = 20) -> None:
+    def __init__(self, engine: MatchingEngine, seed: int, config: GeneratorConfig | None = None) -> None:
         self.engine = engine
-        self.levels = levels
-        self._rng = random.Random(seed)
-        bases = sorted({m.base for m in engine.markets.values()})
-        self.assets = {
-            b: _Asset(START_PRICES.get(b, Decimal(100)), START_BASIS_BPS + self._rng.uniform(-1, 1)) for b in bases
-        }
+        prices = {m.base: float(START_PRICES.get(m.base, Decimal(100))) for m in engine.markets.values()}
+        self.generator = MarketGenerator(engine.markets, config or GeneratorConfig(prices=prices), seed)
+        self.offsets: dict[str, int] = {}  # unified symbol -> ticks the book is shifted by
+        self._last: dict[str, MarketTick] = {}
+
+    def step(self, dt: float, now: float) -> None:
+        for tick in self.generator.step(dt):
+            self._last[tick.symbol] = tick
+            self._apply(tick, now, prints=True)
+
+    def _apply(self, tick: MarketTick, now: float, *, prints: bool) -> None:
+        market = self.engine.markets[tick.symbol]
+        shift = market.tick_size * self.offsets.get(tick.symbol, 0)
+        bids = [(p + shift, q) for p, q in tick.bids if p + shift > 0]
+        asks = [(p + shift, q) for p, q in tick.asks if p + shift > 0]
+        self.engine.set_book(tick.symbol, bids, asks, now)
+        if prints:
+            for trade in tick.trades:
+                if trade.price + shift > 0:
+                    self.engine.trade_through(tick.symbol, trade.aggressor, trade.price + shift, trade.quantity, now)
 
     def mid_of(self, market: Market) -> Decimal:
-        asset = self.assets[market.base]
-        mid = asset.spot_mid
-        if market.kind is MarketKind.LINEAR:
-            mid = mid * (1 + Decimal(str(round(asset.basis_bps, 4))) / 10_000)
-        return mid.quantize(market.tick_size, ROUND_HALF_UP)
-
-    def rebuild(self, now: float) -> None:
-        for symbol in sorted(self.engine.markets):
-            self._rebuild_one(self.engine.markets[symbol], now)
-
-    def _rebuild_one(self, market: Market, now: float) -> None:
-        mid, tick = self.mid_of(market), market.tick_size
-        gap = tick * max(1, int(mid * Decimal("0.00002") / tick))
-        best_bid = (mid - tick / 2).quantize(tick, ROUND_DOWN)
-        best_ask = best_bid + tick
-        bids, asks = [], []
-        for i in range(self.levels):
-            bids.append((best_bid - gap * i, self._size(market, mid)))
-            asks.append((best_ask + gap * i, self._size(market, mid)))
-        self.engine.set_book(market.symbol, [b for b in bids if b[0] > 0], asks, now)
-
-    def _size(self, market: Market, mid: Decimal) -> Decimal:
-        notional = Decimal(str(round(self._rng.uniform(2_000, 40_000), 2)))
-        qty = (notional / mid).quantize(market.step_size, ROUND_DOWN)
-        return max(qty, market.min_qty)
-
-    def step(self, now: float) -> None:
-        for asset in self.assets.values():
-            factor = Decimal(str(round(math.exp(self._rng.gauss(0.0, 0.0001)), 10)))
-            asset.spot_mid *= factor
-            # Mean-reverting basis: drifts, but stays around its usual level.
-            asset.basis_bps += 0.1 * (START_BASIS_BPS - asset.basis_bps) + self._rng.gauss(0.0, 0.3)
-        self.rebuild(now)
+        """The market's current mid (its book as last generated, shifted)."""
+        mid = self.engine.mid(market.symbol)
+        if mid is None:
+            raise ValueError(f"{market.symbol}: the book has an empty side, it has no mid")
+        return mid
 
     def move(self, market: Market, price: Decimal, now: float, *, both: bool = False) -> None:
-        """Put one market's mid at `price` (the other market of the asset stays, unless `both`)."""
-        if price <= 0:
-            raise ValueError(f"move: price must be > 0, got {price}")
-        asset = self.assets[market.base]
-        if market.kind is MarketKind.SPOT:
-            perp_mid = asset.spot_mid * (1 + Decimal(str(asset.basis_bps)) / 10_000)
-            asset.spot_mid = price
-            if not both:
-                asset.basis_bps = float((perp_mid / price - 1) * 10_000)
-        else:
-            if both:
-                asset.spot_mid = price / (1 + Decimal(str(asset.basis_bps)) / 10_000)
-            else:
-                asset.basis_bps = float((price / asset.spot_mid - 1) * 10_000)
-        self.rebuild(now)
+        """Put one market's mid at `price` (to the tick); with `both`, shift the other market of the same
+        base asset by the same amount, keeping the basis."""
+        if not price > 0:
+            raise ValueError(f"price: must be > 0, got {price}")
+        delta = price - self.mid_of(market)
+        targets = [market]
+        if both:
+            targets += [m for m in self.engine.markets.values() if m.base == market.base and m is not market]
+        for m in targets:
+            self.offsets[m.symbol] = self.offsets.get(m.symbol, 0) + int(
+                (delta / m.tick_size).to_integral_value(ROUND_HALF_UP)
+            )
+            last = self._last.get(m.symbol)
+            if last is not None:
+                self._apply(last, now, prints=False)
 
 
 # --- faults -------------------------------------------------------------------------------------------
@@ -351,7 +332,7 @@ class Emulator:
         engine: MatchingEngine | None = None,
         autoclock: bool = True,
         tick_seconds: float = 1.0,
-        book_levels: int = 20,
+        market: GeneratorConfig | None = None,
     ) -> None:
         if not api_key or not api_secret:
             raise ValueError("api_key and api_secret must be non-empty")
@@ -365,7 +346,7 @@ class Emulator:
         self.tick_seconds = tick_seconds
         self._epoch0 = time.time()
         self._rng = random.Random(seed ^ 0x5EED)
-        self.driver = MarketDriver(self.engine, seed, levels=book_levels)
+        self.driver = MarketDriver(self.engine, seed, market)
         self.hub = Hub(self)
         self.faults: list[Fault] = []
         self.funding_rate = FUNDING_RATE
@@ -393,7 +374,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._tmpdir: Path | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self.driver.rebuild(self.now())
+        self.driver.step(0.0, self.now())  # books exist before the first request
         self.pump()
         self._schedule_tick()
 
@@ -454,7 +435,7 @@ class Emulator:
 
     def _schedule_tick(self) -> None:
         def tick() -> None:
-            self.driver.step(self.now())
+            self.driver.step(self.tick_seconds, self.now())
             self.pump()
             self._schedule_tick()
 
@@ -948,6 +929,7 @@ async def serve_emulator(
     autoclock: bool = True,
     tick_seconds: float = 1.0,
     engine: MatchingEngine | None = None,
+    market: GeneratorConfig | None = None,
 ) -> AsyncIterator[Emulator]:
     """Run an emulator on an asyncio loop for the duration of the block (port 0: any free port)."""
     emulator = Emulator(
@@ -957,6 +939,7 @@ async def serve_emulator(
         engine=engine,
         autoclock=autoclock,
         tick_seconds=tick_seconds,
+        market=market,
     )
     await emulator.start(host, port, tls_port)
     try:

@@ -52,7 +52,7 @@ def emulator(
     seconds: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until interrupted).")] = 0.0,
 ) -> None:
     """Serve Binance spot + USDⓈ-M (REST and websockets) on loopback; prints the ccxt configuration to use."""
-    console = Console()
+    console = Console(soft_wrap=True)  # URLs and paths stay copyable
     for name, value, ok in (
         ("port", port, 0 <= port <= 65535),
         ("tls-port", tls_port, -1 <= tls_port <= 65535),
