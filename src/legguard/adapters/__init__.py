@@ -7,7 +7,12 @@ Map:
 - `_market.py`    the simulated wider market: seeded spot/perp book and trade-print generator (mean-reverting
                   perp premium) and the replay of recorded Binance depth.
 - `_sim.py`       `SimVenue`: the in-process simulated venue (latency, market generator, fault injection).
+- `_ccxt.py`      `CcxtVenue`: Binance spot + USDⓈ-M through unmodified ccxt / ccxt.pro on trio via
+                  trio-asyncio (`open_ccxt_venue`); `_ccxt_convert.py` translates ccxt errors, orders, markets
+                  and books into the vocabulary above. Imported on first use (ccxt is heavy).
 """
+
+from typing import TYPE_CHECKING
 
 from ._market import DepthReplay as DepthReplay
 from ._market import GeneratorConfig as GeneratorConfig
@@ -43,3 +48,22 @@ from ._types import Side as Side
 from ._types import StreamDisconnected as StreamDisconnected
 from ._types import Venue as Venue
 from ._types import VenueError as VenueError
+
+if TYPE_CHECKING:
+    from ._ccxt import CcxtVenue as CcxtVenue
+    from ._ccxt import CcxtVenueConfig as CcxtVenueConfig
+    from ._ccxt import open_ccxt_venue as open_ccxt_venue
+
+_LAZY_CCXT = ("CcxtVenue", "CcxtVenueConfig", "open_ccxt_venue")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_CCXT:
+        from . import _ccxt
+
+        return getattr(_ccxt, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_CCXT})
