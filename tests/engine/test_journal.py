@@ -28,6 +28,7 @@ from legguard.engine._journal import (
     NotAJournal,
     SecretInPayload,
     UnknownPackage,
+    _Checkpointer,
     canonical_json,
     row_hash,
 )
@@ -489,6 +490,45 @@ def test_head_is_reread_when_another_writer_appended(db: Path) -> None:
         second.record("note", "pkg1", {"from": "second"}, 1.0)
         first.record("note", "pkg1", {"from": "first"}, 1.0)
     assert verify(db).ok
+
+
+def test_writer_leaves_checkpoints_to_the_background_thread(db: Path) -> None:
+    with Journal.open(db) as journal:
+        assert journal.pragma("wal_autocheckpoint") == 0
+    with Journal.open(db, background_checkpoint=False) as journal:
+        assert journal.pragma("wal_autocheckpoint") == 1000  # SQLite's inline default
+
+
+def test_checkpointer_copies_committed_frames_into_the_database(db: Path) -> None:
+    with Journal.open(db, background_checkpoint=False) as journal:
+        journal._conn.execute("PRAGMA wal_autocheckpoint=0")
+        Desk(journal).new_package()
+        for n in range(20):
+            journal.record("note", "pkg1", {"n": n}, 1.0)
+        checkpointer = _Checkpointer(db, synchronous=1, start=False)
+        try:
+            result = checkpointer.run_once()
+        finally:
+            checkpointer.close()
+    assert result is not None
+    busy, frames, done = result
+    assert busy == 0
+    assert frames > 0
+    assert done == frames
+    assert checkpointer.checkpoints == 1
+
+
+def test_writer_checkpoints_inline_again_if_the_thread_died(db: Path) -> None:
+    with Journal.open(db) as journal:
+        checkpointer = journal._checkpointer
+        assert checkpointer is not None
+        checkpointer.close()  # as if the thread had died
+        checkpointer.pending = 10 * checkpointer.every
+
+        journal.record("engine", None, {"event": "started"}, 1.0)
+
+        assert journal._checkpointer is None
+        assert journal.pragma("wal_autocheckpoint") == 1000
 
 
 # --- guards ---------------------------------------------------------------------------------------
