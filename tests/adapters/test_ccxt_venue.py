@@ -40,6 +40,8 @@ from legguard.adapters._types import (
     StreamDisconnected,
     Venue,
 )
+from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec, verify
+from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
 QTY = Decimal("0.05")
@@ -543,3 +545,75 @@ async def test_credentials_never_appear_in_repr_errors_or_logs(caplog: pytest.Lo
     for text in shown:
         assert KEY not in text and SECRET not in text
     assert "api_key=***" in shown[0]
+
+
+# --- the real engine over ccxt --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def engine_on(rig: Rig, db: Any) -> AsyncIterator[Engine]:
+    journal = Journal.open(db)
+    try:
+        # Real time: deadlines long enough never to fire on a loaded machine; books never go stale here.
+        config = EngineConfig(deadlines=Deadlines(ack=5.0, fill=30.0, unwind=30.0), max_book_age=600.0)
+        engine = Engine(rig.venue, journal, config)
+        async with engine.running([ETH, ETH_PERP]):
+            yield engine
+    finally:
+        journal.close()
+
+
+async def settle(engine: Engine, pid: str) -> State:
+    handle = engine.handles[pid]
+    with trio.fail_after(STREAM_WAIT * 2):
+        await handle.wait_until(
+            lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
+        )
+    return handle.core.state
+
+
+async def test_engine_hedges_a_package_through_ccxt(tmp_path: Any) -> None:
+    async with emulated() as rig:
+        async with engine_on(rig, tmp_path / "journal.db") as engine:
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+            handle = engine.handles[pid]
+            with trio.fail_after(STREAM_WAIT):
+                await handle.wait_until(
+                    lambda core: (
+                        len(core.orders) == 2 and all(o.status is OrderStatus.OPEN for o in core.orders.values())
+                    )
+                )
+            # Other participants trade through both resting entries.
+            for o in handle.core.orders.values():
+                market = rig.emu.engine.markets[o.intent.symbol]
+                assert o.intent.price is not None
+                await rig.on_emulator(rig.emu.trade, market, o.intent.side.opposite, o.intent.price, o.intent.amount)
+            state = await settle(engine, pid)
+            venue_state = rig.emu.state()
+            exposure = handle.core.exposure()
+
+        assert state is State.HEDGED
+        assert venue_state["linear"]["positions"]["ETHUSDT"] == str(-QTY)
+        spot_fee = QTY * rig.emu.engine.markets[ETH].maker_fee
+        assert Decimal(venue_state["spot"]["balances"]["ETH"]["free"]) == 100 + QTY - spot_fee
+        assert (exposure.spot, exposure.perp) == (QTY - spot_fee, -QTY)  # what the engine believes is what is held
+        assert verify(tmp_path / "journal.db").ok
+
+
+async def test_engine_flattens_when_the_perp_leg_is_rejected_post_only(tmp_path: Any) -> None:
+    async with emulated() as rig:
+        # Binance's real answer for a GTX order that would take: -5022.
+        await rig.fault(fault="reject", code=-5022, market="linear", path="/order", method="POST")
+        async with engine_on(rig, tmp_path / "journal.db") as engine:
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+            state = await settle(engine, pid)
+            reasons = {o.intent.symbol: o.reason for o in engine.handles[pid].core.orders.values()}
+            venue_state = rig.emu.state()
+
+        assert state is State.FLAT
+        assert reasons[ETH_PERP] == RejectReason.POST_ONLY_CROSS
+        spot_orders = venue_state["spot"]["orders"]
+        assert [o["status"] for o in spot_orders] == ["CANCELED"] and venue_state["linear"]["orders"] == []
+        assert venue_state["linear"]["positions"]["ETHUSDT"] == "0"
+        assert venue_state["spot"]["balances"]["ETH"] == {"free": "100", "locked": "0"}
+        assert verify(tmp_path / "journal.db").ok
