@@ -18,9 +18,12 @@ import aiohttp
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from legguard.adapters import _wire as w
 from legguard.adapters._emulator import DEFAULT_API_SECRET, Emulator, parse_fault, serve_emulator
-from legguard.adapters._types import MarketKind, OrderStatus
+from legguard.adapters._types import MarketKind, OrderRequest, OrderStatus, OrderType, Side
 
 D = Decimal
 SPOT, PERP = "ETH/USDT", "ETH/USDT:USDT"
@@ -102,6 +105,63 @@ def test_load_markets_and_fetch_order_book_match_the_engine(exchange_id: str, sy
             assert book["nonce"] == emu.feeds[symbol].update_id
 
     run(scenario)
+
+
+# --- the depth stream, as a property ---------------------------------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["tick", "move", "place", "cancel", "trade"]),
+        st.sampled_from(["ETH/USDT", "ETH/USDT:USDT", "BTC/USDT:USDT"]),
+        st.integers(-40, 40),  # ticks or basis points, depending on the op
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=_OPS)
+def test_depth_diffs_replayed_on_the_snapshot_rebuild_the_book_exactly(ops: list[tuple[str, str, int]]) -> None:
+    """Whatever the market and our orders do, snapshot + every diff == the engine's book, with update ids
+    chained the way ccxt checks them (spot: U == previous u + 1; USDⓈ-M: pu == previous u)."""
+    emu = Emulator(seed=1, autoclock=False, tick_seconds=0.5)  # not served: the stream is captured
+    events: dict[str, list[dict[str, Any]]] = {s: [] for s in emu.feeds}
+    emu.hub.depth = lambda market, event: events[market.symbol].append(event)
+    snapshots = {s: (f.update_id, *f.snapshot(10_000)) for s, f in emu.feeds.items()}
+    for n, (op, symbol, k) in enumerate(ops):
+        market = emu.engine.markets[symbol]
+        bid, ask = best(emu, symbol)
+        if op == "tick":
+            emu.advance(0.5)
+        elif op == "move":
+            emu.move(market, (bid + ask) / 2 * (1 + D(k) / 10_000))
+        elif op == "place":
+            side = Side.BUY if k < 0 else Side.SELL
+            price = bid - market.tick_size * abs(k) if side is Side.BUY else ask + market.tick_size * abs(k)
+            request = OrderRequest(f"o{n}", symbol, side, OrderType.LIMIT, market.min_qty * 100, price, post_only=True)
+            emu.place(request, w.WireOrder(market, f"o{n}", "LIMIT", "GTX", price, emu.now_ms()))
+        elif op == "cancel" and emu.engine.open_orders(symbol):
+            emu.cancel((symbol, emu.engine.open_orders(symbol)[0].client_order_id))
+        elif op == "trade":
+            aggressor = Side.SELL if k < 0 else Side.BUY
+            emu.trade(market, aggressor, bid if aggressor is Side.SELL else ask, market.min_qty * abs(k))
+    for symbol, (last, bids0, asks0) in snapshots.items():
+        bids, asks = dict(bids0), dict(asks0)
+        for event in events[symbol]:
+            if "pu" in event:
+                assert event["pu"] == last
+            assert event["U"] == last + 1
+            last = event["u"]
+            for side, changes in ((bids, event["b"]), (asks, event["a"])):
+                for price, qty in changes:
+                    if D(qty) == 0:
+                        side.pop(D(price), None)
+                    else:
+                        side[D(price)] = D(qty)
+        book = emu.engine.book(symbol, 10_000)
+        assert sorted(bids.items(), reverse=True) == list(book.bids)
+        assert sorted(asks.items()) == list(book.asks)
+        assert last == emu.feeds[symbol].update_id
 
 
 # --- orders ---------------------------------------------------------------------------------------------
@@ -223,8 +283,10 @@ def test_market_orders_take_liquidity_and_ioc_leftovers_expire(exchange_id: str,
                 fill.fee
                 == (fill.quantity if market.kind is MarketKind.SPOT else fill.quantity * ask) * market.taker_fee
             )
+            published = emu.feeds[symbol].update_id
             ioc = await ex.create_order(symbol, "limit", "buy", 0.05, float(bid - 10), {"timeInForce": "IOC"})
             assert (ioc["status"], ioc["filled"]) == ("expired", 0.0)
+            assert emu.feeds[symbol].update_id == published  # its unfilled rest never showed in the book
             if market.kind is MarketKind.SPOT:  # a market buy for an amount of quote (quoteOrderQty)
                 spent = await ex.create_order(symbol, "market", "buy", 0.01, float(ask))
                 assert 0 < spent["filled"] <= 0.01 and spent["status"] == "closed"
@@ -488,7 +550,6 @@ def test_watch_orders_delivers_the_ack_and_the_fill(exchange_id: str, symbol: st
             )
             fill = emu.engine.fills(symbol)[-1]
             assert D(str(last["fee"]["cost"])) == fill.fee and last["fee"]["currency"] == fill.fee_asset
-        await ex.close()
 
     run(scenario)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import heapq
+import hmac
 import ipaddress
 import itertools
 import math
@@ -384,9 +386,6 @@ class Emulator:
     # --- credentials ---
 
     def secret_matches(self, signature: str, payload: bytes) -> bool:
-        import hashlib
-        import hmac
-
         expected = hmac.new(self._secret.encode(), payload, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, signature.lower())
 
@@ -485,13 +484,15 @@ class Emulator:
         except OrderRejected as exc:
             del self.meta[key]
             raise reject_error(market, exc) from None
-        fills = self.pump().get(key, [])
-        update = self.engine.get(*key)
-        if meta.time_in_force == "IOC" and update.status is OrderStatus.OPEN:
+        except BaseException:
+            del self.meta[key]
+            raise
+        if meta.time_in_force == "IOC" and self.engine.get(*key).status is OrderStatus.OPEN:
+            # Before the next pump: the unfilled rest of an IOC order never shows in the published book.
             self._cancel_ids[key] = ""
             self.engine.cancel(*key, self.now())  # wire status EXPIRED, see `wire_update`
-            self.pump()
-            update = self.engine.get(*key)
+        fills = self.pump().get(key, [])
+        update = self.engine.get(*key)
         if update.status is OrderStatus.OPEN and meta.order_type != "MARKET":
             self._partial_fill_fault(market, request, update)
         return update, fills
@@ -514,14 +515,13 @@ class Emulator:
         return w.SPOT_DUPLICATE if kind is MarketKind.SPOT else w.PERP_DUPLICATE
 
     def find(self, market: Market, order_id: str | None, client_id: str | None) -> tuple[str, str]:
-        """(unified symbol, client id) of an order named by orderId or origClientOrderId; -2013 if none."""
-        if client_id:
-            key = (market.symbol, client_id)
-            if key in self.meta:
+        """(unified symbol, client id) of an order named by orderId or origClientOrderId (orderId wins when
+        both are sent, as on Binance); -2013 if none."""
+        if not order_id:
+            key = (market.symbol, client_id or "")
+            if client_id and key in self.meta:
                 return key
             raise w.UNKNOWN_ORDER_QUERY
-        if order_id is None:
-            raise w.missing_param("orderId")
         try:
             key = self._by_order_id[int(order_id)]
         except (ValueError, KeyError):
@@ -794,8 +794,9 @@ class Emulator:
     # --- ccxt ---
 
     def _authority(self, port: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{port}"
+        # Listening on every interface still means connecting over loopback.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def ccxt_urls(self, exchange_id: str, *, tls: bool = False) -> dict[str, Any]:
         """`exchange.urls['api']` for ccxt's `binance` / `binanceusdm` (ccxt.pro's `ws` included).
