@@ -357,10 +357,9 @@ class Emulator:
         self._progress: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}  # published (filled, cost)
         self._cancel_ids: dict[tuple[str, str], str] = {}
         self._fill_cursor = 0
+        # Distinct id ranges per book, like Binance's (large, unrelated) update ids.
         self.feeds = {
-            s: DepthFeed(m, 1_000_000 * (i + 1))
-            for i, s in enumerate(sorted(self.engine.markets))
-            for m in [self.engine.markets[s]]
+            s: DepthFeed(self.engine.markets[s], 1_000_000 * (i + 1)) for i, s in enumerate(sorted(self.engine.markets))
         }
         self.countdowns: dict[str, _Timer] = {}  # venue symbol -> armed countdownCancelAll
         self.listen_key: str | None = None
@@ -386,6 +385,8 @@ class Emulator:
     # --- credentials ---
 
     def secret_matches(self, signature: str, payload: bytes) -> bool:
+        if not signature.isascii():  # compare_digest refuses non-ASCII text; it cannot match anyway
+            return False
         expected = hmac.new(self._secret.encode(), payload, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, signature.lower())
 

@@ -299,13 +299,10 @@ class _Rest:
         if order_type == "MARKET":
             quote = _decimal(params, "quoteOrderQty", required=False)
             if (quantity is None) == (quote is None):
-                raise w.WireError(
-                    400,
-                    -1102,
-                    "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!"
-                    if quantity is None
-                    else "Parameter 'quoteOrderQty' sent when not required.",
-                )
+                if quantity is not None:
+                    raise w.not_required("quoteOrderQty")
+                both_empty = "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!"
+                raise w.WireError(400, -1102, both_empty)
             if quote is not None:
                 quantity = self._quantity_for_quote(m, side, quote)
         assert quantity is not None
@@ -651,33 +648,16 @@ class _Rest:
         position = engine.positions()[m.symbol]
         mark = engine.mark_price(m.symbol) or ZERO
         notional = position * mark
-        order_im = (
-            sum(
-                (
-                    (self.emu.meta[(m.symbol, o.client_order_id)].price or mark) * o.remaining
-                    for o in engine.open_orders(m.symbol)
-                    if not self.emu.meta[(m.symbol, o.client_order_id)].reduce_only
-                ),
-                ZERO,
-            )
-            / engine.leverage
-        )
-        bids = sum(
-            (
-                (self.emu.meta[(m.symbol, o.client_order_id)].price or mark) * o.remaining
-                for o in engine.open_orders(m.symbol)
-                if o.side is Side.BUY
-            ),
-            ZERO,
-        )
-        asks = sum(
-            (
-                (self.emu.meta[(m.symbol, o.client_order_id)].price or mark) * o.remaining
-                for o in engine.open_orders(m.symbol)
-                if o.side is Side.SELL
-            ),
-            ZERO,
-        )
+        order_im, bids, asks = ZERO, ZERO, ZERO
+        for o in engine.open_orders(m.symbol):
+            meta = self.emu.meta.get((m.symbol, o.client_order_id))
+            notional_open = ((meta.price if meta else None) or mark) * o.remaining
+            if o.side is Side.BUY:
+                bids += notional_open
+            else:
+                asks += notional_open
+            if not (meta and meta.reduce_only):
+                order_im += notional_open / engine.leverage
         return {
             "position": position,
             "mark": mark,
