@@ -10,6 +10,9 @@ Map:
 - `_ccxt.py`      `CcxtVenue`: Binance spot + USDⓈ-M through unmodified ccxt / ccxt.pro on trio via
                   trio-asyncio (`open_ccxt_venue`); `_ccxt_convert.py` translates ccxt errors, orders, markets
                   and books into the vocabulary above. Imported on first use (ccxt is heavy).
+- `_emulator.py`  `Emulator` / `serve_emulator`: the matching engine served over Binance's spot + USDⓈ-M REST
+                  and websocket protocols on loopback (`_emulator_rest.py`, `_emulator_ws.py`; JSON shapes and
+                  error codes in `_wire.py`), so unmodified ccxt trades against it. Imported on first use.
 """
 
 from typing import TYPE_CHECKING
@@ -53,8 +56,11 @@ if TYPE_CHECKING:
     from ._ccxt import CcxtVenue as CcxtVenue
     from ._ccxt import CcxtVenueConfig as CcxtVenueConfig
     from ._ccxt import open_ccxt_venue as open_ccxt_venue
+    from ._emulator import Emulator as Emulator
+    from ._emulator import serve_emulator as serve_emulator
 
 _LAZY_CCXT = ("CcxtVenue", "CcxtVenueConfig", "open_ccxt_venue")
+_LAZY_EMULATOR = ("Emulator", "serve_emulator")
 
 
 def __getattr__(name: str) -> object:
@@ -62,8 +68,12 @@ def __getattr__(name: str) -> object:
         from . import _ccxt
 
         return getattr(_ccxt, name)
+    if name in _LAZY_EMULATOR:
+        from . import _emulator
+
+        return getattr(_emulator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_CCXT})
+    return sorted({*globals(), *_LAZY_CCXT, *_LAZY_EMULATOR})
