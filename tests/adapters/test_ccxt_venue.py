@@ -94,17 +94,24 @@ class Rig:
 
 @asynccontextmanager
 async def emulated(
-    *, api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, **overrides: Any
+    *, api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, tls: bool = False, **overrides: Any
 ) -> AsyncIterator[Rig]:
     async with trio_asyncio.open_loop() as loop:
-        emulator = serve_emulator(tls_port=None, autoclock=False, seed=11, api_key=api_key, api_secret=api_secret)
+        emulator = serve_emulator(tls_port=0 if tls else None, autoclock=False, seed=11, api_key=api_key,
+                                  api_secret=api_secret)  # fmt: skip
         async with trio_asyncio.aio_as_trio(emulator) as emu:
             settings: dict[str, Any] = {
                 "api_key": api_key,
                 "secret": api_secret,
-                "urls": {e: emu.ccxt_urls(e) for e in EXCHANGE_IDS},
+                "urls": {e: emu.ccxt_urls(e, tls=tls) for e in EXCHANGE_IDS},
                 "close_grace": 0,
             }
+            if tls:
+                # ccxt's own URL check then picks Binance's market-specific error tables.
+                settings["ccxt_config"] = {
+                    e: {k: v for k, v in emu.ccxt_config(e).items() if k in ("hostname", "cafile")}
+                    for e in EXCHANGE_IDS
+                }
             settings.update(overrides)
             async with open_ccxt_venue(CcxtVenueConfig(**settings)) as venue:
                 yield Rig(emu, loop, venue)
@@ -144,9 +151,12 @@ async def test_post_only_legs_rest_on_both_markets_as_ccxt_sends_them() -> None:
         assert (perp["type"], perp["timeInForce"], Decimal(perp["origQty"])) == ("LIMIT", "GTX", QTY)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http-url", "binance-shaped-url"])
 @pytest.mark.parametrize("symbol", [ETH, ETH_PERP])
-async def test_post_only_that_would_cross_is_rejected_and_never_rests(symbol: str) -> None:
-    async with emulated() as rig:
+async def test_post_only_that_would_cross_is_rejected_and_never_rests(symbol: str, tls: bool) -> None:
+    # Plain http URLs get the right error table from our URL classification; the emulator's TLS URLs shaped
+    # like Binance's get it from ccxt's own check. Both must say "post-only would cross".
+    async with emulated(tls=tls) as rig:
         _, ask, _, perp_ask = await rig.books()
         crossing = maker("t2-E1", symbol, Side.BUY, ask if symbol == ETH else perp_ask)
 

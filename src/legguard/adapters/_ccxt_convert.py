@@ -387,6 +387,14 @@ class FeeLedger:
         )
 
 
+def _first(info: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = info.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _currency_of(fee: object) -> str | None:
     if isinstance(fee, Mapping):
         currency = fee.get("currency")
@@ -423,8 +431,14 @@ def order_update(
         order_side = side
     else:
         raise MalformedResponse(f"order {cid}: unknown side {raw_side!r}")
-    amount = dec(order.get("amount"), f"order {cid} amount")
-    filled = dec_or(order.get("filled"), f"order {cid} filled", ZERO)
+    # Binance's own strings where ccxt kept them (REST origQty/executedQty, stream q/z): exact, unlike the
+    # floats of ccxt's unified fields.
+    raw_info = order.get("info")
+    info: Mapping[str, Any] = raw_info if isinstance(raw_info, Mapping) else {}
+    raw_amount = _first(info, "origQty", "q")
+    raw_filled = _first(info, "executedQty", "z")
+    amount = dec(raw_amount if raw_amount is not None else order.get("amount"), f"order {cid} amount")
+    filled = dec_or(raw_filled if raw_filled is not None else order.get("filled"), f"order {cid} filled", ZERO)
     average = None
     if filled > 0 and order.get("average") is not None:
         average = dec(order.get("average"), f"order {cid} average")
