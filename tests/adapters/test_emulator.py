@@ -455,6 +455,24 @@ def test_control_api_reports_bad_input_and_state() -> None:
     run(scenario)
 
 
+def test_control_api_refuses_clients_that_are_not_on_loopback() -> None:
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from legguard.adapters._emulator_rest import _loopback
+
+    def request_from(address: str) -> Any:
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda key, default=None: (
+            (address, 5555) if key == "peername" else default
+        )
+        return make_mocked_request("GET", "/_emulator/state", transport=transport)
+
+    assert _loopback(request_from("127.0.0.1")) and _loopback(request_from("::1"))
+    assert not _loopback(request_from("10.1.2.3")) and not _loopback(request_from("192.168.0.7"))
+
+
 # --- countdownCancelAll and listen keys -----------------------------------------------------------------
 
 
