@@ -316,6 +316,18 @@ def test_missing_packages_row_is_detected(desk: Desk, db: Path) -> None:
                                "from the packages table"]  # fmt: skip
 
 
+def test_packages_row_without_history_is_detected(desk: Desk, db: Path) -> None:
+    desk.journal.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO packages SELECT 'pkg9', state, spot, perp, unknown, plan, created_seq, created_wall, "
+                 "created_mono, updated_seq, updated_wall, updated_mono, last_transition FROM packages "
+                 "WHERE package_id = 'pkg2'")  # fmt: skip
+
+    report = verify(db)
+
+    assert report.problems == ["package pkg9: in the packages table but the journal has no package_created row for it"]
+
+
 def test_replay_disowns_a_decision_the_core_did_not_make(db: Path) -> None:
     # Arrange: a buggy engine journals a hedge after only the spot leg filled; the chain is perfectly intact
     with Journal.open(db) as journal:

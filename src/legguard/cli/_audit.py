@@ -68,7 +68,7 @@ def _reader(db: Path) -> Iterator[Journal]:
 
 
 def _when(wall: float) -> str:
-    return dt.datetime.fromtimestamp(wall, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(wall, tz=dt.UTC).strftime("%m-%d %H:%M:%S")
 
 
 def _emit_json(data: Any) -> None:
@@ -91,8 +91,12 @@ def list_packages(
         _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows]})
         return
     table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
-    for col in ("package", "state", "spot", "perp", "created (UTC)", "last transition"):
-        table.add_column(col, justify="right" if col in ("spot", "perp") else "left")
+    table.add_column("package", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("spot", justify="right")
+    table.add_column("perp", justify="right")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("last transition", overflow="fold")
     for r in rows:
         unknown = " [yellow]?[/yellow]" if r.exposure.unknown else ""
         table.add_row(

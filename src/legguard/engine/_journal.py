@@ -253,7 +253,7 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
-    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()))
+    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -881,6 +881,16 @@ class Journal:
     def raw_rows(self) -> Iterator[tuple[Any, ...]]:
         """(seq, kind, package_id, payload text, wall_time, mono_time, prev_hash, hash) in seq order."""
         yield from self._conn.execute("SELECT * FROM journal ORDER BY seq")
+
+    def raw_package_ids(self) -> list[str]:
+        """Every package id the journal mentions, ordered by its first row."""
+        sql = "SELECT package_id FROM journal WHERE package_id IS NOT NULL GROUP BY package_id ORDER BY MIN(seq)"
+        return [r[0] for r in self._conn.execute(sql)]
+
+    def raw_package_rows(self, package_id: str) -> Iterator[tuple[int, str, str]]:
+        """(seq, kind, payload text) of one package, in order."""
+        sql = "SELECT seq, kind, payload FROM journal WHERE package_id = ? ORDER BY seq"
+        yield from self._conn.execute(sql, (package_id,))
 
     def raw_packages(self) -> list[tuple[Any, ...]]:
         """The packages table as stored, columns as in `_PACKAGE_COLUMNS`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -176,10 +177,11 @@ def verify(path: str | Path) -> VerifyReport:
 
 
 def _verify(journal: Journal) -> VerifyReport:
+    """Two passes, so memory stays bounded by the largest package rather than the whole journal: the
+    chain streams through every row; then each package is replayed alone from its own rows (indexed)."""
     report = VerifyReport(path=str(journal.path), journal_id=journal.journal_id)
     chain: list[str] = []  # chain problems come first: they name the first bad row
     replay: list[str] = []
-    replays: dict[str, _PackageReplay] = {}
     prev_seq, prev_hash = 0, genesis_hash(journal.journal_id)
     for seq, kind, package_id, text, wall, mono, stored_prev, digest in journal.raw_rows():
         report.rows_checked += 1
@@ -200,29 +202,45 @@ def _verify(journal: Journal) -> VerifyReport:
         prev_seq, prev_hash = seq, digest
         if (problem := _check_kind(seq, kind, package_id)) is not None:
             replay.append(problem)
-        if package_id is None:
-            continue
+    _check_head(journal, prev_seq, prev_hash, chain)
+    report.head_seq, report.head_hash = prev_seq, prev_hash
+
+    table = {row[0]: row for row in journal.raw_packages()}
+    journaled = journal.raw_package_ids()
+    for package_id in journaled:
+        pkg = _replay_rows(package_id, journal.raw_package_rows(package_id), replay)
+        if (problem := pkg.finish()) is not None:
+            replay.append(problem)
+        row = table.pop(package_id, None)
+        if row is None:
+            if pkg.core is not None:
+                replay.append(
+                    f"package {package_id}: journaled at seq {pkg.created_seq} but missing from the packages table"
+                )
+        else:
+            replay.extend(_check_package_row(pkg, row))
+    for package_id in table:  # rows with no journal history at all
+        replay.append(f"package {package_id}: in the packages table but the journal has no package_created row for it")
+    report.packages_checked = len(journaled)
+    for problem in chain + replay:
+        report.add(problem)
+    return report
+
+
+def _replay_rows(package_id: str, rows: Iterable[tuple[int, str, str]], problems: list[str]) -> _PackageReplay:
+    pkg = _PackageReplay(package_id)
+    for seq, kind, text in rows:
         try:
             payload = json.loads(text)
             if not isinstance(payload, dict):
                 raise TypeError(f"payload is a {type(payload).__name__}, not an object")
         except (ValueError, TypeError) as exc:
-            replay.append(f"seq {seq}: package {package_id}: unreadable payload ({exc})")
-            replays.setdefault(package_id, _PackageReplay(package_id)).failed = "unreadable payload"
+            problems.append(f"seq {seq}: package {package_id}: unreadable payload ({exc})")
+            pkg.failed = pkg.failed or "unreadable payload"
             continue
-        pkg = replays.setdefault(package_id, _PackageReplay(package_id))
         if (problem := pkg.feed(seq, kind, payload)) is not None:
-            replay.append(problem)
-    _check_head(journal, prev_seq, prev_hash, chain)
-    report.head_seq, report.head_hash = prev_seq, prev_hash
-    for pkg in replays.values():
-        if (problem := pkg.finish()) is not None:
-            replay.append(problem)
-    replay.extend(_check_packages_table(journal, replays))
-    report.packages_checked = len(replays)
-    for problem in chain + replay:
-        report.add(problem)
-    return report
+            problems.append(problem)
+    return pkg
 
 
 def _check_head(journal: Journal, last_seq: int, last_hash: str, chain: list[str]) -> None:
@@ -239,43 +257,37 @@ def _check_head(journal: Journal, last_seq: int, last_hash: str, chain: list[str
         )
 
 
-def _check_packages_table(journal: Journal, replays: dict[str, _PackageReplay]) -> list[str]:
+def _check_package_row(pkg: _PackageReplay, row: tuple[Any, ...]) -> list[str]:
+    """The packages table row against the replayed core's final state."""
+    pid, state, spot, perp, unknown, plan, created_seq, *_rest, last_transition = row
+    who = f"package {pid}"
+    if pkg.core is None:
+        return [f"{who}: in the packages table but the journal has no package_created row for it"]
+    if pkg.failed is not None:
+        return []  # already reported; its replayed state is not meaningful
     problems: list[str] = []
-    seen: set[str] = set()
-    for pid, state, spot, perp, unknown, plan, created_seq, *_rest, last_transition in journal.raw_packages():
-        seen.add(pid)
-        pkg = replays.get(pid)
-        who = f"package {pid}"
-        if pkg is None or pkg.core is None:
-            problems.append(f"{who}: in the packages table but the journal has no package_created row for it")
-            continue
-        if pkg.failed is not None:
-            continue  # already reported; its replayed state is not meaningful
-        core = pkg.core
-        exposure = core.exposure()
-        after = f"replaying its {pkg.events} event(s)"
-        if state != core.state.value:
-            problems.append(f"{who}: packages table says state {state!r} but {after} gives {core.state.value!r}")
-        try:
-            stored = (Decimal(spot), Decimal(perp), bool(unknown))
-        except (InvalidOperation, TypeError):
-            problems.append(f"{who}: packages table exposure is unreadable (spot {spot!r}, perp {perp!r})")
-        else:
-            if stored != (exposure.spot, exposure.perp, exposure.unknown):
-                problems.append(
-                    f"{who}: packages table says exposure spot {spot} perp {perp} unknown {bool(unknown)} but "
-                    f"{after} gives spot {exposure.spot} perp {exposure.perp} unknown {exposure.unknown}"
-                )
-        if last_transition != pkg.last_transition:
+    core = pkg.core
+    exposure = core.exposure()
+    after = f"replaying its {pkg.events} event(s)"
+    if state != core.state.value:
+        problems.append(f"{who}: packages table says state {state!r} but {after} gives {core.state.value!r}")
+    try:
+        stored = (Decimal(spot), Decimal(perp), bool(unknown))
+    except (InvalidOperation, TypeError):
+        problems.append(f"{who}: packages table exposure is unreadable (spot {spot!r}, perp {perp!r})")
+    else:
+        if stored != (exposure.spot, exposure.perp, exposure.unknown):
             problems.append(
-                f"{who}: packages table says last transition {last_transition!r} but the journal's is "
-                f"{pkg.last_transition!r}"
+                f"{who}: packages table says exposure spot {spot} perp {perp} unknown {bool(unknown)} but "
+                f"{after} gives spot {exposure.spot} perp {exposure.perp} unknown {exposure.unknown}"
             )
-        if created_seq != pkg.created_seq or plan != canonical_json(pkg.plan):
-            problems.append(f"{who}: packages table plan/created_seq differ from its package_created row")
-    for pid, pkg in replays.items():
-        if pid not in seen and pkg.core is not None:
-            problems.append(f"package {pid}: journaled at seq {pkg.created_seq} but missing from the packages table")
+    if last_transition != pkg.last_transition:
+        problems.append(
+            f"{who}: packages table says last transition {last_transition!r} but the journal's is "
+            f"{pkg.last_transition!r}"
+        )
+    if created_seq != pkg.created_seq or plan != canonical_json(pkg.plan):
+        problems.append(f"{who}: packages table plan/created_seq differ from its package_created row")
     return problems
 
 
