@@ -19,7 +19,13 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from legguard.adapters._ccxt import EXCHANGE_IDS, CcxtVenue, CcxtVenueConfig, open_ccxt_venue
+from legguard.adapters._ccxt import (
+    EXCHANGE_IDS,
+    CcxtVenue,
+    CcxtVenueConfig,
+    open_ccxt_venue,
+    open_ccxt_venue_from_config,
+)
 from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, Emulator, serve_emulator
 from legguard.adapters._types import (
     AuthenticationFailed,
@@ -228,6 +234,50 @@ async def test_spot_cancel_answers_about_our_order_not_the_cancel_request() -> N
         cancelled = await rig.venue.cancel_order(ETH, "t7-SE1")
         assert (cancelled.client_order_id, cancelled.status) == ("t7-SE1", OrderStatus.CANCELED)
         assert [u.client_order_id for u in await rig.venue.fetch_open_orders(ETH)] == []
+
+
+async def test_an_order_armed_long_ago_is_signed_again_at_fire() -> None:
+    async with emulated() as rig:
+        bid, *_ = await rig.books()
+        ex = rig.venue._spot.ex
+        real = ex.milliseconds
+        ex.milliseconds = lambda: real() - 60_000  # armed a minute ago: far outside Binance's recvWindow
+        try:
+            armed = rig.venue.arm(maker("t19-SE1", ETH, Side.BUY, bid))
+        finally:
+            del ex.milliseconds
+        stale = armed.payload.signed["body"]
+
+        ack = await rig.venue.fire(armed)
+
+        assert ack.status is OrderStatus.OPEN
+        assert armed.payload.signed["body"] != stale and "signature=" in armed.payload.signed["body"]
+
+
+async def test_open_from_the_run_config_asks_the_emulator_for_its_urls() -> None:
+    @dataclass(frozen=True)
+    class Creds:
+        api_key: str = DEFAULT_API_KEY
+        api_secret: str = DEFAULT_API_SECRET
+
+    @dataclass(frozen=True)
+    class Settings:
+        kind: str
+        url: str | None
+
+        def credentials(self) -> Creds:
+            return Creds()
+
+    emulator = serve_emulator(tls_port=None, autoclock=False)
+    async with trio_asyncio.open_loop(), trio_asyncio.aio_as_trio(emulator) as emu:
+        settings = Settings("emulator", f"http://127.0.0.1:{emu.port}")
+        async with open_ccxt_venue_from_config(settings) as venue:
+            assert venue.name == "emulator"
+            assert venue._perp.ex.urls["api"]["fapiPrivate"] == emu.ccxt_urls("binanceusdm")["fapiPrivate"]
+            assert set(await venue.load_markets()) >= {ETH, ETH_PERP}
+        with pytest.raises(ValueError, match=r"venue\.kind"):
+            async with open_ccxt_venue_from_config(Settings("sim", None)):
+                pass
 
 
 # --- arm refuses bad orders before anything is sent ---------------------------------------------------
@@ -538,8 +588,10 @@ async def test_credentials_never_appear_in_repr_errors_or_logs(caplog: pytest.Lo
     caplog.set_level(logging.DEBUG)
     async with emulated(api_key=KEY, api_secret=SECRET) as rig:
         bid, *_ = await rig.books()
-        await rig.place(maker("t18-SE1", ETH, Side.BUY, bid))
-        shown = [repr(rig.venue.config), str(rig.venue.config), repr(rig.venue)]
+        armed = rig.venue.arm(maker("t18-SE1", ETH, Side.BUY, bid))
+        assert KEY in str(armed.payload.signed["headers"])  # it is there, and must not leak through repr
+        await rig.venue.fire(armed)
+        shown = [repr(rig.venue.config), str(rig.venue.config), repr(rig.venue), repr(armed), str(armed)]
         # A wrong secret: the venue refuses the signature.
         wrong = CcxtVenueConfig(KEY, SECRET + "x", urls=rig.venue.config.urls, close_grace=0, stream_ready_timeout=0)
         async with open_ccxt_venue(wrong) as bad:

@@ -176,8 +176,8 @@ class _Side:
 
     kind: MarketKind
     exchange_id: str
-    ex: Any
-    budget: WeightBudget
+    ex: Any = field(repr=False)
+    budget: WeightBudget = field(repr=False)
     pump_running: bool = False
     ws_down_until: dict[str, float] = field(default_factory=dict)
 
@@ -212,6 +212,10 @@ class _Prepared:
     cost: float
     signed: dict[str, Any] = field(default_factory=dict)
     signed_ms: int = 0
+
+    def __repr__(self) -> str:  # the signed request's headers carry the API key
+        cid = self.params.get("newClientOrderId")
+        return f"<prepared {self.side.exchange_id} {self.entry.method} {self.entry.path} {cid}>"
 
     def sign(self) -> None:
         ex = self.side.ex
