@@ -528,8 +528,11 @@ class CcxtVenue:
                 orders = await trio_asyncio.aio_as_trio(side.ex.watch_orders)()
                 batch: list[OrderUpdate] = []
                 for order in orders:
+                    symbol = order.get("symbol") if isinstance(order, dict) else None
+                    if isinstance(symbol, str) and symbol not in self._markets:
+                        continue  # another market of the same account (margin, options): not ours to track
                     try:
-                        batch.append(self._update(order, str(order.get("symbol"))))
+                        batch.append(self._update(order, str(symbol)))
                     except VenueError as exc:
                         log.warning("%s user stream: dropped an update: %s", side.exchange_id, exc)
                         self._post(_Dropped(side.kind, f"unreadable update ({exc})"))
