@@ -162,6 +162,14 @@ def row_hash(
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def _finite(value: float) -> float:
+    """Times are checked before anything is written (a NaN would otherwise fail mid-batch)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"journal time {value!r} is not a finite number")
+    return value
+
+
 def _float(value: float) -> str:
     if not math.isfinite(value):
         raise ValueError(f"journal time {value!r} is not a finite number")
@@ -475,6 +483,7 @@ class _Batch:
                 raise
             j._poisoned = False
         else:
+            j._flush()  # the outer batch's rows belong before the savepoint
             self._savepoint = f"lg_batch_{j._depth}"
             j._conn.execute(f"SAVEPOINT {self._savepoint}")
         j._depth += 1
@@ -487,6 +496,7 @@ class _Batch:
             if exc_type is None:
                 j._conn.execute(f"RELEASE {savepoint}")
             else:  # what went wrong inside is undone, so the outer batch is as healthy as before
+                j._rows.clear()  # everything buffered since the savepoint is the inner batch's
                 j._conn.execute(f"ROLLBACK TO {savepoint}")
                 j._conn.execute(f"RELEASE {savepoint}")
                 j._head, j._poisoned = self._head, self._poisoned
@@ -498,6 +508,7 @@ class _Batch:
             j._abort(self._head)
             raise JournalError("journal batch rolled back: a write inside it failed and the error was swallowed")
         try:
+            j._flush()
             if j._head != self._head:
                 j._conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (j._head_text(),))
             j._conn.execute("COMMIT")
@@ -537,7 +548,10 @@ class Journal:
         self._wall = wall_clock
         self._depth = 0
         self._poisoned = False  # a write inside the open batch failed: it must not commit
+        # Rows chained but not yet handed to SQLite; flushed before COMMIT, savepoints and every read.
+        self._rows: list[tuple[Any, ...]] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
+        self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
         self._genesis = genesis_hash(self.journal_id)
@@ -684,7 +698,19 @@ class Journal:
     def _head_text(self) -> str:
         return f"{self._head[0]}:{self._head[1]}"
 
+    def _flush(self) -> None:
+        """Hand the batch's buffered rows to SQLite (one executemany: cheaper than a statement per row)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._conn.executemany(_INSERT, rows)
+
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Every read goes through here, so a batch reads its own buffered rows."""
+        self._flush()
+        return self._conn.execute(sql, args)
+
     def _abort(self, head: tuple[int, str]) -> None:
+        self._rows.clear()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
         self._head = head
@@ -709,7 +735,7 @@ class Journal:
         seq = self._head[0] + 1
         prev = self._head[1]
         digest = row_hash(prev, seq, kind, package_id, text, wall, mono)
-        self._conn.execute(_INSERT, (seq, kind, package_id, text, wall, mono, prev, digest))
+        self._rows.append((seq, kind, package_id, text, wall, mono, prev, digest))
         self._head = (seq, digest)
         return seq
 
@@ -730,7 +756,7 @@ class Journal:
         kind, text = self._prepare(PACKAGE_CREATED, {"plan": plan_dict, "spec": dict(spec)})
         if pid in self._known or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone():
             raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
-        wall, mono = float(self._wall()), float(mono)  # SQLite REAL hands floats back: hash what is read
+        wall, mono = _finite(self._wall()), _finite(mono)  # SQLite REAL hands floats back: hash what is read
         plan_text = canonical_json(plan_dict)
 
         def write() -> None:
@@ -763,7 +789,7 @@ class Journal:
                 if row[0] == TRANSITION:
                     last_transition = transition_text(row[1])
         self._require_package(package_id)
-        wall, mono = float(self._wall()), float(mono)
+        wall, mono = _finite(self._wall()), _finite(mono)
         exposure_row = (state.value, str(exposure.spot), str(exposure.perp), int(exposure.unknown))
 
         def write() -> None:
@@ -779,6 +805,20 @@ class Journal:
         """Journal an audited fact that is not replayed (see FACT_KIND_RE): per package (`ack`,
         `order_error`, `fault`, `recovery`, ...) or engine-wide with package_id None (`engine`, with the
         event and reason in the payload)."""
+        if kind not in self._kinds_ok:
+            self._check_kind(kind)
+        check_no_secrets(payload)
+        text = canonical_json(payload)
+        if package_id is not None and package_id not in self._known:
+            self._require_package(package_id)
+        wall, mono = _finite(self._wall()), _finite(mono)
+        if self._depth:
+            self._insert(kind, package_id, text, wall, mono)  # only chains and buffers: nothing to poison
+        else:
+            with _Batch(self):
+                self._insert(kind, package_id, text, wall, mono)
+
+    def _check_kind(self, kind: str) -> None:
         self._writable()
         if kind in REPLAYED_KINDS:
             raise InvalidKind(
@@ -786,11 +826,7 @@ class Journal:
             )
         if not isinstance(kind, str) or not FACT_KIND_RE.match(kind):
             raise InvalidKind(f"kind {kind!r}: must be a lowercase identifier matching {FACT_KIND_RE.pattern}")
-        kind, text = self._prepare(kind, payload)
-        if package_id is not None:
-            self._require_package(package_id)
-        wall, mono = float(self._wall()), float(mono)
-        self._run_write(lambda: self._insert(kind, package_id, text, wall, mono))
+        self._kinds_ok.add(kind)
 
     def next_package_number(self) -> int:
         """Durably take the next package number (1, 2, ...): never reused, even across restarts."""
@@ -807,7 +843,7 @@ class Journal:
 
     def package_ids(self) -> list[str]:
         """Every package, in creation order."""
-        return [r[0] for r in self._conn.execute("SELECT package_id FROM packages ORDER BY created_seq")]
+        return [r[0] for r in self._q("SELECT package_id FROM packages ORDER BY created_seq")]
 
     def packages(self, state: State | None = None) -> list[PackageRow]:
         """Current view of every package (or those in `state`), in creation order."""
@@ -816,12 +852,10 @@ class Journal:
         if state is not None:
             sql += " WHERE state = ?"
             args = (State(state).value,)
-        return [_package_row(r) for r in self._conn.execute(sql + " ORDER BY created_seq", args)]
+        return [_package_row(r) for r in self._q(sql + " ORDER BY created_seq", args)]
 
     def package(self, package_id: str) -> PackageRow:
-        row = self._conn.execute(
-            f"SELECT {_PACKAGE_COLUMNS} FROM packages WHERE package_id = ?", (package_id,)
-        ).fetchone()
+        row = self._q(f"SELECT {_PACKAGE_COLUMNS} FROM packages WHERE package_id = ?", (package_id,)).fetchone()
         if row is None:
             raise UnknownPackage(f"package_id {package_id!r}: not in journal {self.journal_id}")
         return _package_row(row)
@@ -831,35 +865,33 @@ class Journal:
         terminal = sorted(s.value for s in TERMINAL_STATES)
         marks = ", ".join("?" * len(terminal))
         sql = f"SELECT {_PACKAGE_COLUMNS} FROM packages WHERE state NOT IN ({marks}) ORDER BY created_seq"
-        return [_package_row(r) for r in self._conn.execute(sql, terminal)]
+        return [_package_row(r) for r in self._q(sql, terminal)]
 
     def timeline(self, package_id: str) -> list[JournalRow]:
         """Every row of one package, in order."""
-        cur = self._conn.execute("SELECT * FROM journal WHERE package_id = ? ORDER BY seq", (package_id,))
+        cur = self._q("SELECT * FROM journal WHERE package_id = ? ORDER BY seq", (package_id,))
         return [_journal_row(r) for r in cur]
 
     def engine_log(self) -> list[JournalRow]:
         """Engine-wide rows (started / stopped / halted / resumed / note), in order."""
-        cur = self._conn.execute("SELECT * FROM journal WHERE package_id IS NULL ORDER BY seq")
+        cur = self._q("SELECT * FROM journal WHERE package_id IS NULL ORDER BY seq")
         return [_journal_row(r) for r in cur]
 
     def rows(self, after: int = 0) -> Iterator[JournalRow]:
         """Every row with seq > `after`, in order (streamed)."""
-        for r in self._conn.execute("SELECT * FROM journal WHERE seq > ? ORDER BY seq", (after,)):
+        for r in self._q("SELECT * FROM journal WHERE seq > ? ORDER BY seq", (after,)):
             yield _journal_row(r)
 
     def intents(self, package_id: str) -> list[OrderIntent]:
         """Every order intent of a package, in the order they were journaled (i.e. before sending)."""
-        cur = self._conn.execute(
+        cur = self._q(
             "SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, INTENT)
         )
         return [OrderIntent.from_dict(json.loads(r[0])) for r in cur]
 
     def events(self, package_id: str) -> list[Event]:
         """Every event fed to the package's core, in order (what a recovering engine replays)."""
-        cur = self._conn.execute(
-            "SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, EVENT)
-        )
+        cur = self._q("SELECT payload FROM journal WHERE package_id = ? AND kind = ? ORDER BY seq", (package_id, EVENT))
         return [event_from_dict(json.loads(r[0])) for r in cur]
 
     # --- raw access for the verifier: unparsed, so tampered rows are reported rather than crash ----------
@@ -876,25 +908,25 @@ class Journal:
             self._conn.execute("ROLLBACK")
 
     def meta(self) -> dict[str, str]:
-        return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        return dict(self._q("SELECT key, value FROM meta").fetchall())
 
     def raw_rows(self) -> Iterator[tuple[Any, ...]]:
         """(seq, kind, package_id, payload text, wall_time, mono_time, prev_hash, hash) in seq order."""
-        yield from self._conn.execute("SELECT * FROM journal ORDER BY seq")
+        yield from self._q("SELECT * FROM journal ORDER BY seq")
 
     def raw_package_ids(self) -> list[str]:
         """Every package id the journal mentions, ordered by its first row."""
         sql = "SELECT package_id FROM journal WHERE package_id IS NOT NULL GROUP BY package_id ORDER BY MIN(seq)"
-        return [r[0] for r in self._conn.execute(sql)]
+        return [r[0] for r in self._q(sql)]
 
     def raw_package_rows(self, package_id: str) -> Iterator[tuple[int, str, str]]:
         """(seq, kind, payload text) of one package, in order."""
         sql = "SELECT seq, kind, payload FROM journal WHERE package_id = ? ORDER BY seq"
-        yield from self._conn.execute(sql, (package_id,))
+        yield from self._q(sql, (package_id,))
 
     def raw_packages(self) -> list[tuple[Any, ...]]:
         """The packages table as stored, columns as in `_PACKAGE_COLUMNS`."""
-        return self._conn.execute(f"SELECT {_PACKAGE_COLUMNS} FROM packages ORDER BY created_seq").fetchall()
+        return self._q(f"SELECT {_PACKAGE_COLUMNS} FROM packages ORDER BY created_seq").fetchall()
 
     def pragma(self, name: str) -> Any:
         """Read one PRAGMA (tests and diagnostics)."""
