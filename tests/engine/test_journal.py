@@ -444,6 +444,38 @@ def test_nested_batch_failure_rolls_back_only_the_inner_rows(db: Path) -> None:
     assert verify(db).ok
 
 
+def test_a_batch_reads_its_own_rows_before_commit(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": 1}, 1.0)
+            inside = [r.kind for r in journal.timeline("pkg1")]
+            journal.record("note", "pkg1", {"n": 2}, 1.0)
+        after = [r.payload.get("n") for r in journal.timeline("pkg1")]
+    assert inside == ["package_created", "note"]
+    assert after == [None, 1, 2]
+    assert verify(db).ok
+
+
+def test_inner_rollback_after_a_read_flushed_the_inner_rows(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+
+        def inner() -> None:
+            with journal.batch():
+                journal.record("note", "pkg1", {"n": "inner"}, 1.0)
+                assert len(journal.timeline("pkg1")) == 3  # the read hands the inner row to SQLite
+                raise KeyError("inner")
+
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": "outer"}, 1.0)
+            with pytest.raises(KeyError):
+                inner()
+        notes = [r.payload["n"] for r in journal.timeline("pkg1") if r.kind == "note"]
+    assert notes == ["outer"]
+    assert verify(db).ok
+
+
 def test_swallowed_write_failure_poisons_the_batch(db: Path) -> None:
     # Arrange: the packages update will fail AFTER the step's journal rows were inserted
     with Journal.open(db) as journal:
