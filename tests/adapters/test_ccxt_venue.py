@@ -545,6 +545,14 @@ async def test_balances_positions_and_funding() -> None:
         assert await rig.venue.fetch_funding_rate(ETH_PERP) == Decimal("0.0001")
 
 
+async def test_a_failing_half_of_a_two_market_call_raises_the_venue_error_itself() -> None:
+    async with emulated() as rig:
+        await rig.fault(fault="http_error", status=502, market="linear", path="/account")
+        with pytest.raises(OutcomeUnknown):  # not an exception group: callers catch VenueError
+            await rig.venue.fetch_balance()
+        assert (await rig.venue.fetch_open_orders()) == []
+
+
 async def test_markets_are_built_from_ccxt_structures_without_surprise_calls() -> None:
     async with trio_asyncio.open_loop():
         emulator = serve_emulator(tls_port=None, autoclock=False)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -313,7 +314,7 @@ class CcxtVenue:
     def _side_for(self, symbol: str) -> _Side:
         side = self._by_symbol.get(symbol)
         if side is None:
-            raise VenueError(f"symbol {symbol!r} is not a market of this venue (loaded: {sorted(self._markets)})")
+            raise VenueError(f"symbol {symbol!r} is not a market of this venue ({len(self._markets)} loaded)")
         return side
 
     def _update(self, order: Any, symbol: str, cid: str | None = None, side: Side | None = None) -> OrderUpdate:
@@ -328,9 +329,7 @@ class CcxtVenue:
 
     async def load_markets(self) -> Mapping[str, Market]:
         if not self._markets:
-            async with trio.open_nursery() as nursery:
-                for side in (self._spot, self._perp):
-                    nursery.start_soon(self._load_side, side)
+            await _concurrently(*(functools.partial(self._load_side, side) for side in (self._spot, self._perp)))
         return self._markets
 
     async def _load_side(self, side: _Side) -> None:
@@ -495,9 +494,7 @@ class CcxtVenue:
                 if sym in self._markets:
                     out.append(self._update(order, sym))
 
-        async with trio.open_nursery() as nursery:
-            for side in sides:
-                nursery.start_soon(one, side)
+        await _concurrently(*(functools.partial(one, side) for side in sides))
         return out
 
     # --- user-data streams --------------------------------------------------------------------------------
@@ -580,9 +577,9 @@ class CcxtVenue:
                     locked=dec(u if u is not None else 0, f"balance {prefix}{asset} used"),
                 )
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one, self._spot, "")
-            nursery.start_soon(one, self._perp, PERP_BALANCE_PREFIX)
+        await _concurrently(
+            functools.partial(one, self._spot, ""), functools.partial(one, self._perp, PERP_BALANCE_PREFIX)
+        )
         return dict(sorted(out.items()))
 
     async def fetch_positions(self) -> Mapping[str, Decimal]:
@@ -624,6 +621,24 @@ class CcxtVenue:
                 await trio_asyncio.aio_as_trio(side.ex.close)()
             except (ccxt.BaseError, OSError, asyncio.CancelledError) as exc:
                 log.warning("%s close: %s", side.exchange_id, type(exc).__name__)
+
+
+async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
+    """Run the calls together (one per ccxt instance); a venue error comes out as itself, not wrapped in an
+    exception group, so callers can catch `VenueError` as the protocol promises."""
+    errors: list[VenueError] = []
+
+    async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except VenueError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for fn in fns:
+            nursery.start_soon(guarded, fn)
+    if errors:
+        raise errors[0]
 
 
 def _stream_live(side: _Side) -> bool:
