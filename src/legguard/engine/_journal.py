@@ -122,7 +122,8 @@ def _json_default(value: Any) -> Any:
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
-    raise TypeError(f"journal payload value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+    # The value itself is not echoed: it could be a credentials object.
+    raise TypeError(f"journal payload value of type {type(value).__name__} is not JSON-serialisable")
 
 
 _ENCODER: Final = json.JSONEncoder(
