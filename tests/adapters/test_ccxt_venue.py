@@ -426,6 +426,27 @@ async def test_merged_stream_delivers_fills_from_both_markets_with_fees() -> Non
         assert (await rig.venue.fetch_order(ETH, "t14-SE1")).fee_base == spot.fee_base
 
 
+async def test_every_execution_of_a_burst_arrives_with_its_own_fee() -> None:
+    async with emulated() as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t20-SE1", ETH, Side.BUY, bid))
+        spot_m = rig.emu.engine.markets[ETH]
+        seen: list[OrderUpdate] = []
+
+        def two_trades() -> None:  # back to back: both executions leave in one burst
+            rig.emu.trade(spot_m, Side.SELL, bid, Decimal("0.02"))
+            rig.emu.trade(spot_m, Side.SELL, bid, Decimal("0.03"))
+
+        await rig.on_emulator(two_trades)
+        with trio.fail_after(STREAM_WAIT):
+            while not seen or seen[-1].status is not OrderStatus.CLOSED:
+                seen += [u for u in await rig.venue.watch_orders() if u.client_order_id == "t20-SE1"]
+
+        assert [u.filled for u in seen if u.filled > 0] == [Decimal("0.02"), QTY]
+        # ccxt's order cache would have kept only the last execution's fee; the ledger has both.
+        assert seen[-1].fee_base == QTY * spot_m.maker_fee
+
+
 async def test_spot_fill_fee_is_recovered_by_rest_when_the_stream_missed_it() -> None:
     async with emulated() as rig:
         bid, *_ = await rig.books()

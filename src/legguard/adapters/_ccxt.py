@@ -79,9 +79,23 @@ EXCHANGE_IDS = (SPOT_ID, PERP_ID)
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
 PERP_BALANCE_PREFIX = "perp:"
 
-# Unmodified ccxt classes, with only the error-table choice by configured URL (see `exceptions_by_url`).
-_SpotExchange: Any = type("binance", (ccxtpro.binance,), {"get_exceptions_by_url": exceptions_by_url})
-_PerpExchange: Any = type("binanceusdm", (ccxtpro.binanceusdm,), {"get_exceptions_by_url": exceptions_by_url})
+
+def _handle_order_update(self: Any, client: Any, message: Any) -> None:
+    """ccxt.pro's own handler, then a copy of every order event to the venue. ccxt's `watch_orders` hands
+    out a cache in which several events of one order collapse into its latest state, and resolves a watch
+    only on the next message after it is re-armed; the engine needs every execution (each carries its own
+    trade and fee), at once."""
+    ccxtpro.binance.handle_order_update(self, client, message)
+    sink = getattr(self, "legguard_sink", None)
+    if sink is not None:
+        sink(message)
+
+
+# Unmodified ccxt classes, with two additions: the error-table choice by configured URL (`exceptions_by_url`)
+# and the order-event tap above.
+_OVERRIDES = {"get_exceptions_by_url": exceptions_by_url, "handle_order_update": _handle_order_update}
+_SpotExchange: Any = type("binance", (ccxtpro.binance,), dict(_OVERRIDES))
+_PerpExchange: Any = type("binanceusdm", (ccxtpro.binanceusdm,), dict(_OVERRIDES))
 
 # The ccxt implicit endpoints behind each operation, for their rate-limit cost.
 _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
@@ -281,7 +295,9 @@ class CcxtVenue:
         ex.logger = _WIRE_LOG
         ex.timeout_on_exit = int(c.close_grace * 1000)
         rate = 1000.0 / float(ex.rateLimit)
-        return _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve))
+        side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve))
+        ex.legguard_sink = functools.partial(self._on_order_event, side)
+        return side
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
@@ -520,27 +536,40 @@ class CcxtVenue:
                 self._nursery.start_soon(self._pump, side, name=f"{side.exchange_id} user stream")
 
     async def _pump(self, side: _Side) -> None:
+        """Keep one ccxt.pro `watch_orders` pending on the instance: it opens (and after a drop reopens) the
+        user-data subscription, and its failure is how a lost stream shows. The updates themselves arrive
+        through the order-event tap (`_on_order_event`), one per execution, in wire order."""
         try:
             while True:
-                orders = await trio_asyncio.aio_as_trio(side.ex.watch_orders)()
-                batch: list[OrderUpdate] = []
-                for order in orders:
-                    symbol = order.get("symbol") if isinstance(order, dict) else None
-                    if isinstance(symbol, str) and symbol not in self._markets:
-                        continue  # another market of the same account (margin, options): not ours to track
-                    try:
-                        batch.append(self._update(order, str(symbol)))
-                    except VenueError as exc:
-                        log.warning("%s user stream: dropped an update: %s", side.exchange_id, exc)
-                        self._post(_Dropped(side.kind, f"unreadable update ({exc})"))
-                if batch:
-                    self._post(batch)
+                await trio_asyncio.aio_as_trio(side.ex.watch_orders)()
         except (ccxt.BaseError, asyncio.CancelledError, *PARSE_ERRORS) as exc:
             error = translate_error(exc, what=f"{side.exchange_id} user stream", secrets=self._secrets)
             log.warning("%s", error)
             self._post(_Dropped(side.kind, str(error)))
         finally:
             side.pump_running = False
+
+    def _on_order_event(self, side: _Side, message: Any) -> None:
+        """One raw order event (spot executionReport, USDⓈ-M ORDER_TRADE_UPDATE), parsed by ccxt's own
+        `parse_ws_order`. Runs inside ccxt's message handler: it must never raise."""
+        try:
+            event = message.get("e") if isinstance(message, dict) else None
+            if event == "ORDER_TRADE_UPDATE":
+                raw = message.get("o")
+            elif event == "executionReport":
+                raw = message
+            else:
+                return  # conditional (algo) and stock orders: never ours
+            if not isinstance(raw, dict):
+                raise MalformedResponse(f"{event} without an order")
+            order = side.ex.parse_ws_order(raw)
+            symbol = order.get("symbol")
+            if symbol not in self._markets:
+                return  # another market of the same account (margin, options): not ours to track
+            self._post([self._update(order, str(symbol))])
+        except (VenueError, ccxt.BaseError, *PARSE_ERRORS) as exc:
+            log.warning("%s user stream: unreadable order event: %s", side.exchange_id, exc)
+            self._post(_Dropped(side.kind, f"unreadable order event ({type(exc).__name__})"))
 
     def _post(self, item: list[OrderUpdate] | _Dropped) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
