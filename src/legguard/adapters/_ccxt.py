@@ -10,6 +10,12 @@ has aged past `resign_after` (a cheap HMAC), sends the prepared request through 
 ccxt's `handle_errors` classification), and parses the answer with ccxt's `parse_order`. ccxt's throttler is
 off on both instances: the engine owns the budget (`WeightBudget`), and spot and futures legs go out on
 different instances (separate HTTP sessions), so neither waits for the other.
+
+Streams. One ccxt.pro `watch_orders` stays pending per instance (spot: Binance's WS-API user-data
+subscription; futures: the listenKey stream) to hold the subscription and report its loss; the order
+events themselves are tapped from ccxt.pro's handler, one `OrderUpdate` per execution, into one merged
+channel (`watch_orders()`). Books come from ccxt.pro's `watch_order_book`, from REST while its websocket
+is unavailable.
 """
 
 from __future__ import annotations
