@@ -144,7 +144,7 @@ def test_depth_diffs_replayed_on_the_snapshot_rebuild_the_book_exactly(ops: list
             emu.cancel((symbol, emu.engine.open_orders(symbol)[0].client_order_id))
         elif op == "trade":
             aggressor = Side.SELL if k < 0 else Side.BUY
-            emu.trade(market, aggressor, bid if aggressor is Side.SELL else ask, market.min_qty * abs(k))
+            emu.trade(market, aggressor, bid if aggressor is Side.SELL else ask, market.min_qty * max(abs(k), 1))
     for symbol, (last, bids0, asks0) in snapshots.items():
         bids, asks = dict(bids0), dict(asks0)
         for event in events[symbol]:

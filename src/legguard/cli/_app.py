@@ -18,8 +18,8 @@ def main() -> None:
 
 
 # --- command registration: each command module adds itself here --------------------------------------
-# (demo registers once the simulated venue lands)
-from ._audit import audit_app  # noqa: E402  (registration must follow `app`)
+# (imports follow `app` on purpose: each module decorates commands onto it)
+from . import _demo, _emulator, _run  # noqa: E402, F401
+from ._audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
-from . import _emulator  # noqa: E402, F401  (registers `legguard emulator`)

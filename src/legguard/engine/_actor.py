@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import trio
@@ -95,6 +96,7 @@ class PackageHandle:
     unwinding_since: float | None = None
     ever_orphaned: bool = False
     faults: int = 0
+    reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     done: trio.Event = field(default_factory=trio.Event)
     stepped: trio.Event = field(default_factory=trio.Event)  # pulsed after every step (observers wait on it)

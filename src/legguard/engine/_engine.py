@@ -234,6 +234,7 @@ class Engine:
             known.update(core.orders)
             handle = PackageHandle.create(core, now)
             handle.events = list(self.journal.events(pid))
+            handle.reductions_posted = core.venue_reduced
             handle.ever_orphaned = any(o.intent.purpose.value == "unwind" for o in core.orders.values())
             self.handles[pid] = handle
             for cid in core.orders:
@@ -289,6 +290,7 @@ class Engine:
             for h in sorted(handles, key=lambda h: h.core.plan.package_id, reverse=True):
                 take = min(-h.core.exposure().perp, missing)
                 if take > 0:
+                    h.reductions_posted += take
                     h.post(VenueReduction(take, "found at recovery"))
                     report["reduced"].append([h.package_id, str(take)])
                     missing -= take
@@ -483,9 +485,16 @@ class Engine:
             if h.core.plan.perp.symbol == update.symbol and h.core.state in (State.HEDGED, State.UNWINDING)
         ]  # fmt: skip
         for h in sorted(candidates, key=lambda h: h.created_at, reverse=True):
-            short = -h.core.exposure().perp
-            take = min(short, remaining)
+            # Reductions still in the mailbox are not in the core yet: never charge the same short twice.
+            # Nor a short already being bought back by an unwind order in flight.
+            in_mailbox = h.reductions_posted - h.core.venue_reduced
+            closing = sum(
+                (o.intent.amount - o.filled for o in h.core.open_orders() if o.intent.symbol == update.symbol),
+                Decimal(0),
+            )
+            take = min(-h.core.exposure().perp - in_mailbox - closing, remaining)
             if take > 0:
+                h.reductions_posted += take
                 h.post(VenueReduction(take, update.origin.value))
                 remaining -= take
             if remaining <= 0:

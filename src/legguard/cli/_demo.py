@@ -1,0 +1,124 @@
+"""`legguard demo`: run the engine against the embedded simulated market, with a live rich table."""
+
+from __future__ import annotations
+
+import json
+import signal
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from legguard.engine._demo import DemoOptions, DemoRun, run_demo
+from legguard.engine._spec import SpecError
+from legguard.fsm import State
+
+from ._app import app
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="How long to trade (real seconds).")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated market and the fault plan.")] = 7,
+    faults: Annotated[
+        str, typer.Option(help="none | light | heavy | comma-separated fault names (reject,partial_fill,...).")
+    ] = "light",
+    db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report at the end, no live table.")] = False,
+) -> None:
+    """Trade packages against the simulated market with faults injected; every package ends hedged or flat."""
+    options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db)
+    console = Console(stderr=as_json)
+    try:
+        if as_json:
+            report = trio.run(_run_with_signals, options, None)
+            typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                report = trio.run(_run_with_signals, options, lambda run: live.update(render(run)))
+            console.print(render_summary(report))
+    except SpecError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    bad = {s: n for s, n in report["final_states"].items() if s not in (State.HEDGED, State.FLAT)}
+    if bad or report["open_exposure"]:
+        console.print(f"[red]UNSAFE END: states {bad}, open exposure {report['open_exposure']}[/red]")
+        raise typer.Exit(1)
+
+
+async def _run_with_signals(options: DemoOptions, on_tick: Any) -> dict[str, Any]:
+    """SIGINT / SIGTERM stop the demo through the same graceful path as --seconds: entries cancelled,
+    unwinds finished, hedges kept. A second signal is ignored while the shutdown finishes; the shutdown
+    has its own deadlines."""
+    holder: dict[str, DemoRun] = {}
+
+    def tick(run: DemoRun) -> None:
+        holder["run"] = run
+        if on_tick is not None:
+            on_tick(run)
+
+    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                run = holder.get("run")
+                if run is not None:
+                    run.stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, nursery.cancel_scope)
+        report = await run_demo(options, tick)
+        nursery.cancel_scope.cancel()
+    return report
+
+
+def render(run: DemoRun) -> Group:
+    engine = run.engine
+    if engine is None:
+        return Group(Text("starting..."))
+    now = trio.current_time()
+    states = engine.final_states()
+    head = Table(title=f"legguard demo — seed {run.options.seed}, faults {run.options.faults}", expand=False)
+    for col in ("elapsed", "engine", *[s.value for s in State], "orphan events", "unwound", "max naked ms"):
+        head.add_column(col, justify="right")
+    head.add_row(
+        f"{now - run.started:5.1f}s",
+        engine.mode.value + (f" ({engine.halt_reason})" if engine.halt_reason else ""),
+        *[str(states.get(s.value, 0)) for s in State],
+        str(engine.stats.orphan_events),
+        str(engine.stats.unwound),
+        f"{engine.stats.max_naked * 1000:.1f}",
+    )
+    exposure = Table(title="exposure of packages not hedged (base units)")
+    exposure.add_column("symbol")
+    exposure.add_column("net", justify="right")
+    totals: dict[str, Decimal] = {}
+    for h in engine.handles.values():
+        if h.core.state is State.HEDGED:
+            continue
+        e = h.core.exposure()
+        for sym, amt in ((h.core.plan.spot.symbol, e.spot), (h.core.plan.perp.symbol, e.perp)):
+            totals[sym] = totals.get(sym, Decimal(0)) + amt
+    for sym, amt in sorted(totals.items()):
+        exposure.add_row(sym, f"{amt:f}")
+    recent = Table(title="recent transitions")
+    for col in ("t", "package", "source", "trigger", "dest"):
+        recent.add_column(col)
+    for t, pid, src, trig, dst in list(engine.stats.recent)[-10:]:
+        style = "red" if dst == "orphaned" else "green" if dst in ("hedged", "flat") else ""
+        recent.add_row(f"{t - run.started:6.2f}", pid, src, trig, Text(dst, style=style))
+    return Group(head, exposure, recent)
+
+
+def render_summary(report: dict[str, Any]) -> Table:
+    table = Table(title="demo result")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in report.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    return table
