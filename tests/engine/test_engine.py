@@ -206,3 +206,19 @@ async def test_cancellation_mid_dispatch_routes_into_the_decision(autojump_clock
             assert core.is_quiescent()
     journal.close()
     assert_journal_verifies(db)
+
+
+async def test_risk_cap_refuses_before_any_order(autojump_clock: MockClock, tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.db")
+    async with open_sim_venue(SimConfig(seed=2)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, max_notional=Decimal(50)))
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+            with trio.fail_after(5):
+                await engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
+            assert not engine.handles[pid].core.orders
+    reasons = [r.payload["reason"] for r in journal.timeline(pid) if r.kind == "transition"]
+    assert reasons
+    assert "max_notional" in reasons[0]
+    journal.close()

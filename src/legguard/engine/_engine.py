@@ -186,6 +186,9 @@ class Engine:
                 )
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
+                if quantity * spot_price > self.config.max_notional:
+                    refusal = f"risk: notional {quantity * spot_price} above max_notional {self.config.max_notional}"
+
             except PricingRefused as exc:
                 refusal = str(exc)
         plan = PackagePlan(
