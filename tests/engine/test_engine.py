@@ -19,7 +19,7 @@ from legguard.engine._spec import BreakerConfig
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
-DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0)
+DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0)
 # Tests price regardless of the simulated basis: the spread rule itself is covered in test_pricing.
 ANY_SPREAD = Decimal(-1)
 
@@ -221,4 +221,22 @@ async def test_risk_cap_refuses_before_any_order(autojump_clock: MockClock, tmp_
     reasons = [r.payload["reason"] for r in journal.timeline(pid) if r.kind == "transition"]
     assert reasons
     assert "max_notional" in reasons[0]
+    journal.close()
+
+
+async def test_leg_deadline_bounds_naked_exposure(autojump_clock: MockClock, tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.db")
+    deadlines = Deadlines(ack=1.0, fill=30.0, unwind=5.0, leg=0.5)
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=deadlines))
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            venue.inject("partial_fill", symbol=ETH_PERP, fraction=0.4)  # the perp stalls at 40 %
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+            handle = engine.handles[pid]
+            with trio.fail_after(60):
+                await handle.wait_until(lambda core: core.state is State.FLAT)
+    assert handle.ever_orphaned
+    # not the 30 s fill deadline: the leg deadline, plus the cancel round trip and the unwind
+    assert 0 < handle.max_naked <= deadlines.leg + 0.1
     journal.close()

@@ -42,6 +42,7 @@ def demo(
         else:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 report = trio.run(_run_with_signals, options, lambda run: live.update(render(run)))
+            console.print()
             console.print(render_summary(report))
     except SpecError as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -96,6 +96,7 @@ class PackageHandle:
     unwinding_since: float | None = None
     ever_orphaned: bool = False
     faults: int = 0
+    leg_timer_started: bool = False
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     done: trio.Event = field(default_factory=trio.Event)
@@ -194,6 +195,11 @@ class PackageActor:
         # Write-ahead: the event and everything it caused are durable before any effect starts.
         engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
         self._track_exposure(now)
+        if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
+            # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
+            # (short) leg deadline to catch up, not what is left of the fill deadline.
+            h.leg_timer_started = True
+            self._spawn(self._leg_deadline)
         h.pulse()
         sends: list[OrderIntent] = []
         for command in commands:
@@ -220,7 +226,8 @@ class PackageActor:
 
     def _track_exposure(self, now: float) -> None:
         h = self.handle
-        naked = self.core.unmatched() > 0
+        # Flat leaves at most untradable dust (spot fees charged in base); that is not naked exposure.
+        naked = self.core.state is not State.FLAT and self.core.unmatched() > 0
         if naked and h.naked_since is None:
             h.naked_since = now
         elif not naked and h.naked_since is not None:
@@ -317,6 +324,10 @@ class PackageActor:
         await trio.sleep(self.engine.config.deadlines.unwind)
         if self.core.state is State.UNWINDING:
             self.engine.on_unwind_overdue(self.handle)
+
+    async def _leg_deadline(self) -> None:
+        await trio.sleep(self.engine.config.deadlines.leg)
+        self.handle.post(FillDeadline())
 
     async def _fill_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.fill)

@@ -82,7 +82,7 @@ _SCHEMA: dict[str, set[str]] = {
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional"},
-    "deadlines": {"ack", "fill", "unwind"},
+    "deadlines": {"ack", "fill", "unwind", "leg"},
     "breaker": {"max_orphans", "window"},
     "journal": {"durability"},
 }
@@ -169,6 +169,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             ack=_seconds(deadlines_t, "deadlines.ack", defaults.ack),
             fill=_seconds(deadlines_t, "deadlines.fill", defaults.fill),
             unwind=_seconds(deadlines_t, "deadlines.unwind", defaults.unwind),
+            leg=_seconds(deadlines_t, "deadlines.leg", defaults.leg),
         ),
         breaker=BreakerConfig(
             max_orphans=_int(breaker_t, "breaker.max_orphans", default=5, minimum=1),

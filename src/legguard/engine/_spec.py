@@ -52,9 +52,10 @@ class Deadlines:
     ack: float = 2.0  # per-leg acknowledgement; past it the leg's status is unknown
     fill: float = 5.0  # resting post-only entries; past it both are cancelled and fills decide
     unwind: float = 10.0  # kill switch; past it the engine halts new packages and alerts (and keeps trying)
+    leg: float = 1.0  # once one leg has filled more than the other, the other gets this long to catch up
 
     def __post_init__(self) -> None:
-        for name in ("ack", "fill", "unwind"):
+        for name in ("ack", "fill", "unwind", "leg"):
             positive_seconds(f"deadlines.{name}", getattr(self, name))
 
 
