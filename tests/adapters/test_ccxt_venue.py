@@ -8,8 +8,6 @@ it) and the venue on another, both inside the test's trio run; nothing sleeps.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 import trio_asyncio
+from conftest import ETH, ETH_PERP, QTY, STREAM_WAIT, emulated, engine_on, maker, settle
 
 from legguard.adapters._ccxt import (
     EXCHANGE_IDS,
@@ -26,7 +25,7 @@ from legguard.adapters._ccxt import (
     open_ccxt_venue,
     open_ccxt_venue_from_config,
 )
-from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, Emulator, serve_emulator
+from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, serve_emulator
 from legguard.adapters._types import (
     AuthenticationFailed,
     DuplicateOrder,
@@ -46,86 +45,8 @@ from legguard.adapters._types import (
     StreamDisconnected,
     Venue,
 )
-from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec, verify
+from legguard.engine import PackageSpec, verify
 from legguard.fsm import State
-
-ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
-QTY = Decimal("0.05")
-STREAM_WAIT = 5.0  # seconds; only reached when a test fails
-
-
-@dataclass
-class Rig:
-    emu: Emulator
-    loop: Any  # the emulator's asyncio loop
-    venue: CcxtVenue
-
-    async def on_emulator(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a synchronous emulator call on the emulator's own loop (its websockets live there)."""
-
-        async def run() -> Any:
-            return fn(*args)
-
-        return await trio_asyncio.aio_as_trio(run, loop=self.loop)()
-
-    async def fault(self, **spec: Any) -> None:
-        await self.on_emulator(self.emu.add_fault, spec)
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        with trio.fail_after(STREAM_WAIT):
-            await trio_asyncio.aio_as_trio(self.emu.wait_until, loop=self.loop)(predicate)
-
-    def orders(self, kind: MarketKind) -> dict[str, dict[str, Any]]:
-        """The emulator's own view of every order on one market, by client id."""
-        return {o["clientOrderId"]: o for o in self.emu.state()[kind.value]["orders"]}
-
-    async def books(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-        spot = await self.venue.fetch_order_book(ETH)
-        perp = await self.venue.fetch_order_book(ETH_PERP)
-        assert spot.best_bid and spot.best_ask and perp.best_bid and perp.best_ask
-        return spot.best_bid, spot.best_ask, perp.best_bid, perp.best_ask
-
-    async def place(self, request: OrderRequest) -> OrderUpdate:
-        return await self.venue.fire(self.venue.arm(request))
-
-    async def updates_until(self, done: Callable[[dict[str, OrderUpdate]], bool]) -> dict[str, OrderUpdate]:
-        """Merged stream updates, latest per client id, until `done` says enough."""
-        latest: dict[str, OrderUpdate] = {}
-        with trio.fail_after(STREAM_WAIT):
-            while not done(latest):
-                for u in await self.venue.watch_orders():
-                    latest[u.client_order_id] = u
-        return latest
-
-
-@asynccontextmanager
-async def emulated(
-    *, api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, tls: bool = False, **overrides: Any
-) -> AsyncIterator[Rig]:
-    async with trio_asyncio.open_loop() as loop:
-        emulator = serve_emulator(tls_port=0 if tls else None, autoclock=False, seed=11, api_key=api_key,
-                                  api_secret=api_secret)  # fmt: skip
-        async with trio_asyncio.aio_as_trio(emulator) as emu:
-            settings: dict[str, Any] = {
-                "api_key": api_key,
-                "secret": api_secret,
-                "urls": {e: emu.ccxt_urls(e, tls=tls) for e in EXCHANGE_IDS},
-                "close_grace": 0,
-            }
-            if tls:
-                # ccxt's own URL check then picks Binance's market-specific error tables.
-                settings["ccxt_config"] = {
-                    e: {k: v for k, v in emu.ccxt_config(e).items() if k in ("hostname", "cafile")}
-                    for e in EXCHANGE_IDS
-                }
-            settings.update(overrides)
-            async with open_ccxt_venue(CcxtVenueConfig(**settings)) as venue:
-                yield Rig(emu, loop, venue)
-
-
-def maker(cid: str, symbol: str, side: Side, price: Decimal, amount: Decimal = QTY) -> OrderRequest:
-    return OrderRequest(cid, symbol, side, OrderType.LIMIT, amount, price, post_only=True)
-
 
 # --- placement ----------------------------------------------------------------------------------------
 
@@ -639,28 +560,6 @@ async def test_credentials_never_appear_in_repr_errors_or_logs(caplog: pytest.Lo
 
 
 # --- the real engine over ccxt --------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def engine_on(rig: Rig, db: Any) -> AsyncIterator[Engine]:
-    journal = Journal.open(db)
-    try:
-        # Real time: deadlines long enough never to fire on a loaded machine; books never go stale here.
-        config = EngineConfig(deadlines=Deadlines(ack=5.0, fill=30.0, unwind=30.0), max_book_age=600.0)
-        engine = Engine(rig.venue, journal, config)
-        async with engine.running([ETH, ETH_PERP]):
-            yield engine
-    finally:
-        journal.close()
-
-
-async def settle(engine: Engine, pid: str) -> State:
-    handle = engine.handles[pid]
-    with trio.fail_after(STREAM_WAIT * 2):
-        await handle.wait_until(
-            lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
-        )
-    return handle.core.state
 
 
 async def test_engine_hedges_a_package_through_ccxt(tmp_path: Any) -> None:
