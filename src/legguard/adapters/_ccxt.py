@@ -4,12 +4,16 @@ inside the engine's trio loop over one trio-asyncio loop (`open_ccxt_venue`); ev
 
 Order path. `arm()` (synchronous) does all the work ccxt's `create_order` would: market lookup, ccxt's own
 `create_order_request` (amount/price to precision, post-only as ccxt sends it: spot `LIMIT_MAKER`, futures
-`timeInForce=GTX`; `reduceOnly`; our `newClientOrderId`), a check that precision changed nothing, and ccxt's
-own `sign()` of the request. `fire()` then only: charges the local request budget, re-signs if the signature
-has aged past `resign_after` (a cheap HMAC), sends the prepared request through ccxt's `fetch` (HTTP, and
-ccxt's `handle_errors` classification), and parses the answer with ccxt's `parse_order`. ccxt's throttler is
-off on both instances: the engine owns the budget (`WeightBudget`), and spot and futures legs go out on
-different instances (separate HTTP sessions), so neither waits for the other.
+`timeInForce=GTX`; `reduceOnly`; our `newClientOrderId`), a check that precision changed nothing, ccxt's own
+`sign()` of the request, and its serialisation to HTTP/1.1 bytes with ccxt's default headers. `release()`
+(synchronous) charges the local request budget, re-signs if the signature has aged past `resign_after`, takes
+a warm keep-alive connection per order and then writes all of them back to back (`_ccxt_http`): the two legs
+of a package leave from one place, microseconds apart. `fire()` awaits the answer on trio and hands it to ccxt
+exactly as ccxt's `fetch` would (`handle_errors`, `handle_http_status_code`, `parse_json`), then
+`parse_order`. Cancels take the same path (the kill switch's first move). Only the transport is ours; every
+other call (queries, books, balances) goes through ccxt's own `fetch`. ccxt's throttler is off on both
+instances: the engine owns the budget (`WeightBudget`), and spot and futures legs go out on different
+connections, so neither waits for the other.
 
 Streams. One ccxt.pro `watch_orders` stays pending per instance (spot: Binance's WS-API user-data
 subscription; futures: the listenKey stream) to hold the subscription and report its loss; the order
@@ -28,8 +32,9 @@ import json
 import logging
 import math
 import re
+import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -53,6 +58,7 @@ from ._ccxt_convert import (
     order_update,
     translate_error,
 )
+from ._ccxt_http import Connection, HttpError, Origin, Pool, Response, WireTap, encode_request, split_url
 from ._types import (
     ArmedOrder,
     Balance,
@@ -201,6 +207,7 @@ class _Side:
     budget: WeightBudget = field(repr=False)
     pump_running: bool = False
     ws_down_until: dict[str, float] = field(default_factory=dict)
+    pools: dict[Origin, Pool] = field(default_factory=dict, repr=False)  # the order path's connections
 
     def entry(self, operation: str) -> Any:
         """ccxt's declaration of the implicit endpoint (path, api, method, cost). ccxt rebinds the camelCase
@@ -222,26 +229,62 @@ class _Side:
 
 
 @dataclass(slots=True, eq=False)
+class _Request:
+    """A request ccxt built and signed, serialised for the wire: what `fire` and `cancel_order` send."""
+
+    side: _Side
+    entry: Any
+    params: dict[str, Any]
+    signed: dict[str, Any] = field(default_factory=dict)
+    signed_ms: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    wire: bytes = b""
+    pool: Pool | None = None
+
+    def __repr__(self) -> str:  # the signed request's headers carry the API key
+        return f"<request {self.side.exchange_id} {self.entry.method} {self.entry.path}>"
+
+    def sign(self, venue: CcxtVenue) -> None:
+        """ccxt's own `sign()` (timestamp, HMAC, headers), with ccxt's default request headers, serialised."""
+        ex = self.side.ex
+        signed = ex.sign(self.entry.path, self.entry.api, self.entry.method, dict(self.params))
+        self.signed, self.signed_ms = signed, ex.milliseconds()
+        origin, target = split_url(signed["url"])
+        self.headers = ex.prepare_request_headers(dict(signed["headers"] or {}))
+        body = signed["body"]
+        self.wire = encode_request(signed["method"], target, origin, self.headers,
+                                   body.encode() if body is not None else None)  # fmt: skip
+        self.pool = venue._pool(self.side, origin)
+
+
+@dataclass(slots=True, eq=False)
 class _Prepared:
-    """An armed order: the request ccxt built and signed, waiting to be sent."""
+    """An armed order: the request ccxt built and signed, waiting to be released, then its connection."""
 
     venue: CcxtVenue
     side: _Side
     market: dict[str, Any]
-    entry: Any
-    params: dict[str, Any]
+    request: _Request
     cost: float
-    signed: dict[str, Any] = field(default_factory=dict)
-    signed_ms: int = 0
+    released: bool = False
+    conn: Connection | None = None  # set once the bytes are written
+    error: VenueError | None = None  # a refusal found at release, raised by fire
+
+    @property
+    def entry(self) -> Any:
+        return self.request.entry
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.request.params
+
+    @property
+    def signed(self) -> dict[str, Any]:
+        return self.request.signed
 
     def __repr__(self) -> str:  # the signed request's headers carry the API key
         cid = self.params.get("newClientOrderId")
         return f"<prepared {self.side.exchange_id} {self.entry.method} {self.entry.path} {cid}>"
-
-    def sign(self) -> None:
-        ex = self.side.ex
-        self.signed = ex.sign(self.entry.path, self.entry.api, self.entry.method, dict(self.params))
-        self.signed_ms = ex.milliseconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +313,8 @@ class CcxtVenue:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._resign_ms = int(config.resign_after * 1000)
+        self._ssl: dict[str, ssl.SSLContext | None] = {}
+        self.tap: WireTap | None = None  # sees every order-path send and answer (`legguard bench`)
 
     def __repr__(self) -> str:
         return f"CcxtVenue({self.config!r})"
@@ -439,21 +484,62 @@ class CcxtVenue:
             raise refuse(f"price {request.price} is not a multiple of the tick size {m.tick_size}")
         entry = side.entry("order")
         cost = float(ex.calculate_rate_limiter_cost(entry.api, entry.method, entry.path, built, entry.config))
-        prepared = _Prepared(self, side, market, entry, built, cost)
-        prepared.sign()
+        signed = _Request(side, entry, built)
+        signed.sign(self)
+        prepared = _Prepared(self, side, market, signed, cost)
         return ArmedOrder(request, payload=prepared, extra={"venue_request": _public_view(built)})
 
-    async def fire(self, armed: ArmedOrder) -> OrderUpdate:
-        prepared, request = armed.payload, armed.request
+    def release(self, armed: Sequence[ArmedOrder]) -> None:
+        """Write every armed order onto a warm connection now, back to back, without yielding: the budget,
+        re-signing and connection checks for all of them first, then nothing but one `send` per order.
+        `fire` then awaits each answer (an order without a warm connection is sent by `fire` after it
+        connects; a refusal found here, e.g. the local budget, is raised by `fire`)."""
+        ready: list[_Prepared] = []
+        for a in armed:
+            p = self._prepared(a)
+            if p.released:
+                continue
+            p.released = True
+            request = a.request
+            if self._closed:
+                p.error = VenueError(f"place {request.client_order_id}: the venue is closed")
+                continue
+            try:
+                p.side.budget.take(p.cost, reducing=not request.post_only, what=f"place {request.client_order_id}")
+            except VenueError as exc:
+                p.error = exc
+                continue
+            r = p.request
+            if p.side.ex.milliseconds() - r.signed_ms > self._resign_ms:
+                r.sign(self)
+            assert r.pool is not None
+            p.conn = r.pool.take()
+            if p.conn is not None:
+                ready.append(p)
+        for p in ready:
+            assert p.conn is not None
+            try:
+                p.conn.send_now(p.request.wire, p.params["newClientOrderId"])
+            except HttpError:
+                p.conn.close()
+                p.conn = None  # `fire` sends it again on a new connection: nothing left this one
+
+    def _prepared(self, armed: ArmedOrder) -> _Prepared:
+        prepared = armed.payload
         if not isinstance(prepared, _Prepared) or prepared.venue is not self:
-            raise ValueError(f"order {request.client_order_id}: not armed by this venue")
+            raise ValueError(f"order {armed.request.client_order_id}: not armed by this venue")
+        return prepared
+
+    async def fire(self, armed: ArmedOrder) -> OrderUpdate:
+        prepared, request = self._prepared(armed), armed.request
+        if not prepared.released:
+            self.release([armed])
+        if prepared.error is not None:
+            raise prepared.error
         cid, side = request.client_order_id, prepared.side
-        if side.ex.milliseconds() - prepared.signed_ms > self._resign_ms:
-            prepared.sign()
-        s = prepared.signed
-        raw = await self._call(side, f"place {cid}", side.ex.fetch, s["url"], s["method"], s["headers"], s["body"],
-                               cost=prepared.cost, reducing=not request.post_only, cid=cid, placing=True,
-                               post_only=request.post_only)  # fmt: skip
+        conn, prepared.conn = prepared.conn, None
+        raw = await self._exchange(prepared.request, conn, f"place {cid}", cid=cid, placing=True,
+                                   post_only=request.post_only)  # fmt: skip
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
         try:
@@ -470,11 +556,117 @@ class CcxtVenue:
         return update
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
+        """The kill switch's most common first move, so it takes the order path too: the request ccxt's own
+        `cancel_order` builds for spot and USDⓈ-M (`symbol` + `origClientOrderId`), signed by ccxt and written
+        before this task first yields; the answer goes through ccxt's error handling and `parse_order`."""
         side = self._side_for(symbol)
-        order = await self._call(side, f"cancel {client_order_id}", side.ex.cancel_order, None, symbol,
-                                 {"origClientOrderId": client_order_id}, cost=side.cost("cancel"),
-                                 cid=client_order_id)  # fmt: skip
-        return await self._with_fees(side, self._update(order, symbol, client_order_id))
+        market = side.ex.market(symbol)
+        what = f"cancel {client_order_id}"
+        if self._closed:
+            raise VenueError(f"{what}: the venue is closed")
+        side.budget.take(side.cost("cancel"), reducing=True, what=what)
+        signed = _Request(side, side.entry("cancel"), {"symbol": market["id"], "origClientOrderId": client_order_id})
+        signed.sign(self)
+        assert signed.pool is not None
+        conn = signed.pool.take()
+        if conn is not None:
+            try:
+                conn.send_now(signed.wire, f"cancel:{client_order_id}")
+            except HttpError:
+                conn.close()
+                conn = None
+        order = await self._exchange(signed, conn, what, cid=client_order_id)
+        try:
+            parsed = side.ex.parse_order(order, market)
+        except (ccxt.BaseError, *PARSE_ERRORS) as exc:
+            raise MalformedResponse(f"{what}: unparseable answer ({type(exc).__name__})") from None
+        return await self._with_fees(side, self._update(parsed, symbol, client_order_id))
+
+    async def _exchange(
+        self,
+        r: _Request,
+        conn: Connection | None,
+        what: str,
+        *,
+        cid: str,
+        placing: bool = False,
+        post_only: bool = False,
+    ) -> Any:
+        """Finish one order-path request whose bytes `conn` already carries (None: connect and send now),
+        read the answer within the configured timeout, and hand it to ccxt the way ccxt's own `fetch` does:
+        `handle_errors`, `handle_http_status_code`, `parse_json`. A connection is reused only after a whole
+        keep-alive answer; on anything else (timeout, trio cancellation, a broken answer) it is closed."""
+        assert r.pool is not None
+        response: Response | None = None
+        key = r.params.get("newClientOrderId") or f"cancel:{cid}"
+        try:
+            try:
+                with trio.fail_after(self.config.timeout):
+                    if conn is None:
+                        conn = await r.pool.connect()
+                        if r.side.ex.milliseconds() - r.signed_ms > self._resign_ms:
+                            r.sign(self)
+                        conn.send_now(r.wire, key)
+                    response = await conn.read_response(key)
+            except trio.TooSlowError:
+                raise ccxt.RequestTimeout(f"{r.side.exchange_id} {r.entry.method} {r.signed['url']}") from None
+            except HttpError as exc:
+                raise ccxt.NetworkError(f"{r.side.exchange_id} {r.entry.method}: {exc}") from None
+            finally:
+                if conn is not None:
+                    r.pool.give(conn, response)
+            return self._answer(r, response)
+        except (ccxt.BaseError, *PARSE_ERRORS) as exc:
+            error = translate_error(exc, what=what, secrets=self._secrets, client_order_id=cid, placing=placing,
+                                    post_only=post_only)  # fmt: skip
+        if isinstance(error, RateLimited):
+            r.side.budget.exhaust()
+        raise error
+
+    @staticmethod
+    def _answer(r: _Request, response: Response) -> Any:
+        """What ccxt's `fetch` makes of an HTTP answer (the same calls, in the same order)."""
+        ex, s = r.side.ex, r.signed
+        url, method, body = s["url"], s["method"], s["body"]
+        text = response.body.decode("utf-8", errors="replace")
+        text = ex.on_rest_response(response.status, response.reason, url, method, response.headers, text,
+                                   r.headers, body)  # fmt: skip
+        parsed = ex.parse_json(text)
+        ex.handle_errors(response.status, response.reason, url, method, response.headers, text, parsed, r.headers,
+                         body)  # fmt: skip
+        ex.handle_http_status_code(response.status, response.reason, url, method, text)
+        return parsed if parsed is not None else text
+
+    def _pool(self, side: _Side, origin: Origin) -> Pool:
+        pool = side.pools.get(origin)
+        if pool is None:
+            if origin.tls and side.exchange_id not in self._ssl:
+                ex = side.ex
+                # As ccxt's own `open()` builds it: its cafile, or no verification if told so.
+                context = ssl.create_default_context(cafile=ex.cafile)
+                if not ex.verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self._ssl[side.exchange_id] = context
+            pool = Pool(origin, self._ssl.get(side.exchange_id), tap=self.tap)
+            side.pools[origin] = pool
+            if self._nursery is not None and not self._closed:
+                self._nursery.start_soon(pool.keep_warm, name=f"{side.exchange_id} order connections")
+        return pool
+
+    def set_tap(self, tap: WireTap | None) -> None:
+        """Watch every order-path send and answer (time-stamped at the socket); None stops watching."""
+        self.tap = tap
+        for side in (self._spot, self._perp):
+            for pool in side.pools.values():
+                pool.tap = tap
+
+    def _warm_order_path(self) -> None:
+        """Open the order endpoints' connections now, so that the first order finds them warm."""
+        for side in (self._spot, self._perp):
+            entry = side.entry("order")
+            base = side.ex.urls["api"][entry.api[0] if isinstance(entry.api, list) else entry.api]
+            self._pool(side, split_url(f"{base}/{entry.path}")[0])
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
         side = self._side_for(symbol)
@@ -652,6 +844,9 @@ class CcxtVenue:
         self._closed = True
         self._updates_send.close()
         for side in (self._spot, self._perp):
+            for pool in side.pools.values():
+                pool.close()
+        for side in (self._spot, self._perp):
             try:
                 await trio_asyncio.aio_as_trio(side.ex.close)()
             except (ccxt.BaseError, OSError, asyncio.CancelledError) as exc:
@@ -710,6 +905,7 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
             async with trio.open_nursery() as nursery:
                 venue._nursery = nursery
                 await venue.load_markets()
+                venue._warm_order_path()
                 if config.stream_ready_timeout > 0:
                     with trio.move_on_after(config.stream_ready_timeout) as waited:
                         await venue.open_user_streams()
