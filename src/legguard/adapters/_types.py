@@ -165,7 +165,9 @@ class ArmedOrder:
     """An order prepared for release: validated, and for wire venues signed and serialised.
 
     `Venue.arm` does every expensive step, so that `Venue.fire` on two armed legs releases both with as
-    little between them as possible.
+    little between them as possible. A venue may also offer `release(armed: Sequence[ArmedOrder]) -> None`:
+    put every armed order on the wire now, synchronously and back to back (refusals are kept and raised by
+    `fire`, which then only awaits the answer). The engine calls it, when present, before starting the sends.
     """
 
     request: OrderRequest

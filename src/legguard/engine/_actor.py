@@ -252,6 +252,11 @@ class PackageActor:
             except OrderRejected as exc:
                 self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.REJECTED, reason=exc.reason))
                 self.engine.journal_error(self.handle.package_id, intent.client_order_id, "arm", exc)
+        # A venue that can put armed orders on the wire itself does so here, back to back, before any task
+        # switch; the send tasks then only await the answers.
+        release = getattr(self.engine.venue, "release", None)
+        if release is not None and armed:
+            release(armed)
         for a in armed:
             self._spawn(self._send, a)
 
