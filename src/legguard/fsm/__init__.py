@@ -7,10 +7,23 @@ Map:
                 emits (journal intent, send, cancel, query, transitioned).
 - `_core.py`    `PackageCore`: the decision core. Given facts and one event it fires triggers and returns
                 commands. The engine, the journal replayer and the model checker all run this same code.
+- `_check.py`   the explicit-state model checker: every state `PackageCore` reaches against a small causal
+                venue and engine model, checked for the lifecycle properties (`legguard fsm --check`).
 
 No I/O, no trio, no clocks in this package.
 """
 
+from ._check import PROPERTIES as PROPERTIES
+from ._check import Bounds as Bounds
+from ._check import CheckReport as CheckReport
+from ._check import Counterexample as Counterexample
+from ._check import ModelChecker as ModelChecker
+from ._check import TraceStep as TraceStep
+from ._check import UnknownEdge as UnknownEdge
+from ._check import check as check
+from ._check import edges_without as edges_without
+from ._check import model_plan as model_plan
+from ._check import parse_edge as parse_edge
 from ._core import MAX_UNWIND_ATTEMPTS as MAX_UNWIND_ATTEMPTS
 from ._core import Exposure as Exposure
 from ._core import LegPlan as LegPlan

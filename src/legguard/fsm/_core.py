@@ -12,7 +12,7 @@ Rules it enforces (from the design card):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -191,6 +191,42 @@ class PackageCore:
         """Nothing in flight and nothing left to decide: the core waits for no venue answer."""
         return not self.open_orders()
 
+    # --- branching (the model checker) ----------------------------------------------------------------
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Everything that decides this core's future, hashable: cores with equal fingerprints (and the
+        same plan and table) answer every event sequence identically."""
+        orders = tuple(
+            (cid, o.intent, o.status, o.filled, o.average, o.fee_base, o.fee_quote, o.reason, o.cancel_sent,
+             o.query_sent)
+            for cid, o in self.orders.items()
+        )  # fmt: skip
+        return (
+            self.state,
+            orders,
+            tuple(sorted(self.entry.items())),
+            tuple(sorted(self.unwind_attempts.items())),
+            self.venue_reduced,
+            self.entry_closing,
+            self.close_all,
+        )
+
+    def clone(self, *, lifecycle: Lifecycle | None = None) -> PackageCore:
+        """An independent copy in the same state. `lifecycle`, if given, must be a spare `Lifecycle` built
+        from the same edges: the copy takes it over instead of building a new `transitions.Machine`."""
+        twin = PackageCore.__new__(PackageCore)
+        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "edges", "initial"):
+            setattr(twin, name, getattr(self, name))
+        twin.orders = {cid: replace(o) for cid, o in self.orders.items()}
+        twin.entry = dict(self.entry)
+        twin.unwind_attempts = dict(self.unwind_attempts)
+        if lifecycle is None:
+            lifecycle = Lifecycle(self.state, edges=self.edges, package_id=self.plan.package_id)
+        else:
+            lifecycle.state = self.state.value  # the model attribute transitions reads and writes
+        twin.lifecycle = lifecycle
+        return twin
+
     # --- deciding -------------------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Command]:
@@ -200,13 +236,18 @@ class PackageCore:
             self._apply_order(event)
         elif isinstance(event, VenueReduction):
             self.venue_reduced += event.quantity
-        elif isinstance(event, Fault | Recovered):
-            # The tasks that were sending died with the actor (or the process): whatever they sent has an
-            # unknown outcome now, and only a query by client order id can settle it.
+        elif isinstance(event, Fault | Recovered | Shutdown):
+            # The tasks carrying requests died with the actor (fault, engine cancellation) or the process:
+            # a cancel or query in flight is gone and must be asked again, or the package waits forever
+            # (found by the model checker). After a fault, whatever was being sent has an unknown outcome
+            # that only a query by client order id settles. Not on Recovered: by then every order of the old
+            # process has been answered, so a send still in flight is one this process just made. Not on
+            # Shutdown: its killed sends report `unknown` themselves.
             for o in self.orders.values():
-                if o.status is OrderStatus.SUBMITTING:
+                if o.live:
+                    o.cancel_sent = o.query_sent = False
+                if isinstance(event, Fault) and o.status is OrderStatus.SUBMITTING:
                     o.status = OrderStatus.UNKNOWN
-                    o.query_sent = False
         match event:
             case Dispatch():
                 self._dispatch(out)
@@ -281,6 +322,11 @@ class PackageCore:
             raise KeyError(f"package {self.plan.package_id}: no order {ev.client_order_id!r}")
         # Cumulative updates can arrive out of order (stream vs REST): never move backwards.
         if ev.filled < facts.filled:
+            if ev.status is OrderStatus.UNKNOWN and not facts.status.is_terminal:
+                # The engine's own conclusion carries no fills but still counts: dropping it left a
+                # partially filled order "open" after a cancel timed out (found by the model checker).
+                facts.status = OrderStatus.UNKNOWN
+                facts.query_sent = facts.cancel_sent = False
             return
         more_filled = ev.filled > facts.filled
         facts.filled = ev.filled
@@ -290,7 +336,9 @@ class PackageCore:
         if ev.status is OrderStatus.UNKNOWN:
             if facts.status.is_terminal:
                 return  # we already know better
-            facts.query_sent = False  # a fresh unknown needs a fresh query
+            # A fresh unknown needs a fresh query; and the cancel whose timeout produced it is over, so an
+            # order the query then finds open must be cancelled again (found by the model checker).
+            facts.query_sent = facts.cancel_sent = False
         elif facts.status.is_terminal and not ev.status.is_terminal:
             return  # a stale 'open' after we saw it finish
         elif facts.status.is_terminal and ev.status.is_terminal and not more_filled:
@@ -373,18 +421,23 @@ class PackageCore:
         cid = self.entry.get(role)
         return self.orders[cid].filled if cid is not None else ZERO
 
+    def _unwound(self, role: LegRole) -> Decimal:
+        return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)
+
     def _matched(self) -> Decimal:
-        return min(self._entry_filled(LegRole.SPOT), self._entry_filled(LegRole.PERP) - self.venue_reduced)
+        # Net of unwinds already done: after a trim, a later venue reduction leaves less matched than the
+        # entry fills say (found by the model checker: trim, liquidation, then a naked spot "hedged").
+        return min(
+            self._entry_filled(LegRole.SPOT) - self._unwound(LegRole.SPOT),
+            self._entry_filled(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
+        )
 
     def _trimming(self) -> bool:
         return self.plan.policy is OrphanPolicy.TRIM and not self.close_all
 
     def _unwind_todo(self) -> dict[LegRole, Decimal]:
         exp = self.exposure()
-        unwound = {
-            role: sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)
-            for role in LegRole
-        }
+        unwound = {role: self._unwound(role) for role in LegRole}
         if self._trimming():
             matched = max(self._matched(), ZERO)
             spot_excess = self._entry_filled(LegRole.SPOT) - matched - unwound[LegRole.SPOT]

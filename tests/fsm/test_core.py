@@ -1,0 +1,713 @@
+"""Scenario tests of `PackageCore`, synchronously: each feeds events and asserts the lifecycle state, the exact
+commands (transitions compared as (source, trigger, dest)) and the exposure.
+
+The plan is BTC-like: 0.002 BTC = 2 perp steps; spot trades on a 100x finer grid and the spot buy fee
+(0.1 %) is charged in BTC, so the spot actually held is less than what filled.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
+from legguard.fsm import (
+    Abort,
+    CancelOrder,
+    CloseRequested,
+    Command,
+    Dispatch,
+    Event,
+    Fault,
+    FillDeadline,
+    InvalidTransition,
+    JournalIntent,
+    LegPlan,
+    LegRole,
+    OrderEvent,
+    OrderIntent,
+    OrphanPolicy,
+    PackageCore,
+    PackagePlan,
+    Purpose,
+    QueryOrder,
+    Recovered,
+    SendOrder,
+    Shutdown,
+    State,
+    Transitioned,
+    Trigger,
+    VenueReduction,
+)
+
+S, T = State, Trigger
+Q = D("0.002")
+HALF = D("0.001")
+FEE = D("0.001")  # spot fee rate, charged in base on buys
+
+SE0, PE0 = "lg-t-SE0", "lg-t-PE0"
+SU0, SU1, PU0, PU1 = "lg-t-SU0", "lg-t-SU1", "lg-t-PU0", "lg-t-PU1"
+
+
+def make_plan(policy: OrphanPolicy = OrphanPolicy.FLATTEN, spot_dust: str = "0.00001") -> PackagePlan:
+    return PackagePlan(
+        package_id="t",
+        client_id_prefix="lg-t",
+        quantity=Q,
+        spot=LegPlan("BTC/USDT", Side.BUY, D("60000"), step=D("0.00001"), dust=D(spot_dust)),
+        perp=LegPlan("BTC/USDT:USDT", Side.SELL, D("60012"), step=D("0.001"), dust=D("0.001")),
+        policy=policy,
+    )
+
+
+def entry(role: LegRole) -> OrderIntent:
+    if role is LegRole.SPOT:
+        return OrderIntent(SE0, role, Purpose.ENTRY, 0, "BTC/USDT", Side.BUY, OrderType.LIMIT, Q, D("60000"),
+                           post_only=True, reduce_only=False)  # fmt: skip
+    return OrderIntent(PE0, role, Purpose.ENTRY, 0, "BTC/USDT:USDT", Side.SELL, OrderType.LIMIT, Q, D("60012"),
+                       post_only=True, reduce_only=False)  # fmt: skip
+
+
+def unwind(role: LegRole, attempt: int, amount: str) -> OrderIntent:
+    if role is LegRole.SPOT:
+        return OrderIntent(f"lg-t-SU{attempt}", role, Purpose.UNWIND, attempt, "BTC/USDT", Side.SELL,
+                           OrderType.MARKET, D(amount), None, post_only=False, reduce_only=False)  # fmt: skip
+    return OrderIntent(f"lg-t-PU{attempt}", role, Purpose.UNWIND, attempt, "BTC/USDT:USDT", Side.BUY,
+                       OrderType.MARKET, D(amount), None, post_only=False, reduce_only=True)  # fmt: skip
+
+
+def spot_fee(filled: D) -> D:
+    return filled * FEE
+
+
+def ev(cid: str, status: OrderStatus, filled: D | str = "0", reason: RejectReason | None = None) -> OrderEvent:
+    """A venue report; spot entry buys carry their base-asset fee like Binance's."""
+    filled = D(filled)
+    fee = spot_fee(filled) if cid == SE0 else D(0)
+    return OrderEvent(cid, status, filled=filled, fee_base=fee, reason=reason)
+
+
+def shape(commands: list[Command]) -> list[object]:
+    """Commands with transitions reduced to (source, trigger, dest): the reason text is for humans."""
+    return [(c.source, c.trigger, c.dest) if isinstance(c, Transitioned) else c for c in commands]
+
+
+def send(*intents: OrderIntent) -> list[object]:
+    """Write-ahead then release together: every JournalIntent, then every SendOrder."""
+    return [*(JournalIntent(i) for i in intents), *(SendOrder(i) for i in intents)]
+
+
+DISPATCH_COMMANDS = [
+    JournalIntent(entry(LegRole.SPOT)),
+    JournalIntent(entry(LegRole.PERP)),
+    (S.PENDING, T.DISPATCH, S.DISPATCHED),
+    SendOrder(entry(LegRole.SPOT)),
+    SendOrder(entry(LegRole.PERP)),
+]
+KILL = [(S.DISPATCHED, T.LEG_BROKEN, S.ORPHANED), (S.ORPHANED, T.UNWIND, S.UNWINDING)]
+
+
+class Driver:
+    """A core plus the events fed to it, so any test can also check journal replay."""
+
+    def __init__(self, policy: OrphanPolicy = OrphanPolicy.FLATTEN, spot_dust: str = "0.00001") -> None:
+        self.core = PackageCore(make_plan(policy, spot_dust))
+        self.events: list[Event] = []
+
+    def __call__(self, *events: Event) -> list[object]:
+        out: list[Command] = []
+        for e in events:
+            self.events.append(e)
+            out += self.core.handle(e)
+        return shape(out)
+
+    @property
+    def state(self) -> State:
+        return self.core.state
+
+    def exposure(self) -> tuple[D, D, bool]:
+        x = self.core.exposure()
+        return x.spot, x.perp, x.unknown
+
+    def replayed(self) -> PackageCore:
+        fresh = PackageCore(self.core.plan)
+        for e in self.events:
+            fresh.handle(e)
+        return fresh
+
+
+def acked() -> Driver:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN))
+    return d
+
+
+def hedged(policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> Driver:
+    d = Driver(policy)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN), ev(SE0, OrderStatus.CLOSED, Q))
+    assert d(ev(PE0, OrderStatus.CLOSED, Q)) == [(S.DISPATCHED, T.HEDGE, S.HEDGED)]
+    return d
+
+
+# --- the happy path -------------------------------------------------------------------------------------
+
+
+def test_normal_hedge() -> None:
+    d = Driver()
+
+    assert d(Dispatch()) == DISPATCH_COMMANDS
+    assert d.exposure() == (0, 0, True)  # both sends unanswered: outcome not known yet
+    assert d(ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN)) == []
+    assert d(ev(SE0, OrderStatus.CLOSED, Q)) == []  # one leg filled is not a hedge
+    assert d.state is S.DISPATCHED
+    cmds = d(ev(PE0, OrderStatus.CLOSED, Q))
+
+    assert cmds == [(S.DISPATCHED, T.HEDGE, S.HEDGED)]
+    assert d.exposure() == (Q - spot_fee(Q), -Q, False)
+    assert d.core.unmatched() == 0
+    assert d.core.is_quiescent()
+
+
+def test_acknowledgements_never_decide() -> None:
+    d = Driver()
+    d(Dispatch())
+
+    cmds = d(ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN))
+
+    assert cmds == []
+    assert d.state is S.DISPATCHED
+    assert not d.core.is_quiescent()
+
+
+def test_abort_before_dispatch_is_flat_and_sends_nothing() -> None:
+    d = Driver()
+
+    assert d(Abort("stale book")) == [(S.PENDING, T.ABORT, S.FLAT)]
+    assert d.core.orders == {}
+    with pytest.raises(InvalidTransition, match="'dispatch' is not allowed in state 'flat'"):
+        d(Dispatch())
+
+
+# --- rejects, on each leg, with and without fills on the other leg --------------------------------------
+
+REJECTS = [RejectReason.POST_ONLY_CROSS, RejectReason.INSUFFICIENT_FUNDS, RejectReason.INVALID_ORDER]
+OTHER = {SE0: PE0, PE0: SE0}
+
+
+@pytest.mark.parametrize("reason", REJECTS)
+@pytest.mark.parametrize("rejected", [SE0, PE0])
+def test_reject_without_fills_on_the_other_leg_voids(rejected: str, reason: RejectReason) -> None:
+    d = Driver()
+    other = OTHER[rejected]
+    d(Dispatch(), ev(other, OrderStatus.OPEN))
+
+    # The dead leg leaves nothing unmatched yet: cancel what rests and decide once both are terminal.
+    assert d(ev(rejected, OrderStatus.REJECTED, reason=reason)) == [
+        CancelOrder(other, d.core.orders[other].intent.symbol)
+    ]
+    assert d.state is S.DISPATCHED
+    assert d(ev(other, OrderStatus.CANCELED)) == [(S.DISPATCHED, T.VOID, S.FLAT)]
+    assert d.exposure() == (0, 0, False)
+    assert d.core.orders[rejected].reason == reason.value
+
+
+@pytest.mark.parametrize("reason", REJECTS)
+@pytest.mark.parametrize(
+    ("rejected", "unwind_role", "unwind_amount"),
+    [(PE0, LegRole.SPOT, "0.00099"), (SE0, LegRole.PERP, "0.001")],
+)
+def test_reject_with_a_partial_fill_on_the_other_leg_unwinds_it(
+    rejected: str, unwind_role: LegRole, unwind_amount: str, reason: RejectReason
+) -> None:
+    d = Driver()
+    other = OTHER[rejected]
+    d(Dispatch(), ev(other, OrderStatus.OPEN), ev(other, OrderStatus.OPEN, HALF))
+    symbol = d.core.orders[other].intent.symbol
+
+    cmds = d(ev(rejected, OrderStatus.REJECTED, reason=reason))
+
+    assert cmds == [*KILL, CancelOrder(other, symbol)]
+    assert d.core.lifecycle.state == "unwinding"
+    # Unwind only once the partially filled leg is terminal: it may still fill while the cancel travels.
+    u = unwind(unwind_role, 0, unwind_amount)
+    assert d(ev(other, OrderStatus.CANCELED, HALF)) == send(u)
+    assert d(ev(u.client_order_id, OrderStatus.CLOSED, u.amount)) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    spot, perp, unknown = d.exposure()
+    assert abs(spot) < d.core.plan.spot.dust
+    assert perp == 0
+    assert not unknown
+
+
+@pytest.mark.parametrize("reason", REJECTS)
+@pytest.mark.parametrize(
+    ("rejected", "unwind_role", "unwind_amount"),
+    [(PE0, LegRole.SPOT, "0.00199"), (SE0, LegRole.PERP, "0.002")],
+)
+def test_reject_after_the_other_leg_filled_unwinds_at_once(
+    rejected: str, unwind_role: LegRole, unwind_amount: str, reason: RejectReason
+) -> None:
+    d = Driver()
+    other = OTHER[rejected]
+    d(Dispatch(), ev(other, OrderStatus.OPEN), ev(other, OrderStatus.CLOSED, Q))
+
+    u = unwind(unwind_role, 0, unwind_amount)
+    assert d(ev(rejected, OrderStatus.REJECTED, reason=reason)) == [*KILL, *send(u)]
+    assert d.exposure()[2] is True  # the unwind order is in flight
+
+    assert d(ev(u.client_order_id, OrderStatus.CLOSED, u.amount)) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    spot, perp, _ = d.exposure()
+    assert spot == (D("0.000008") if unwind_role is LegRole.SPOT else 0)  # fee-eaten residual, below dust
+    assert perp == 0
+
+
+# --- partial fills and the fill deadline -----------------------------------------------------------------
+
+
+def test_fill_deadline_with_no_fills_cancels_both_and_voids() -> None:
+    d = acked()
+
+    assert d(FillDeadline()) == [CancelOrder(SE0, "BTC/USDT"), CancelOrder(PE0, "BTC/USDT:USDT")]
+    assert d(ev(SE0, OrderStatus.CANCELED)) == []
+    assert d(ev(PE0, OrderStatus.CANCELED)) == [(S.DISPATCHED, T.VOID, S.FLAT)]
+    assert d.exposure() == (0, 0, False)
+
+
+def test_fill_deadline_with_one_partial_fill_unwinds_the_filled_part() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF))
+
+    assert d(FillDeadline()) == [CancelOrder(SE0, "BTC/USDT"), CancelOrder(PE0, "BTC/USDT:USDT")]
+    assert d(ev(SE0, OrderStatus.CANCELED, HALF)) == KILL  # the perp cancel is already on its way
+    assert d(ev(PE0, OrderStatus.CANCELED)) == send(unwind(LegRole.SPOT, 0, "0.00099"))
+    assert d.exposure() == (HALF - spot_fee(HALF), 0, True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (OrphanPolicy.FLATTEN, "flatten"),
+        (OrphanPolicy.TRIM, "trim"),
+    ],
+)
+def test_equal_partial_fills_at_the_deadline_follow_the_orphan_policy(policy: OrphanPolicy, expected: str) -> None:
+    d = Driver(policy)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN, HALF), ev(PE0, OrderStatus.OPEN, HALF))
+    d(FillDeadline())
+
+    # The first leg to end with fills while the other may still fill is leg risk: kill switch.
+    assert d(ev(SE0, OrderStatus.CANCELED, HALF)) == KILL
+    cmds = d(ev(PE0, OrderStatus.CANCELED, HALF))
+
+    if expected == "trim":
+        assert cmds == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+        assert d.exposure() == (HALF - spot_fee(HALF), -HALF, False)
+    else:
+        assert cmds == send(unwind(LegRole.SPOT, 0, "0.00099"), unwind(LegRole.PERP, 0, "0.001"))
+
+
+def test_partial_fill_on_both_legs_then_full_fills_hedge() -> None:
+    d = acked()
+
+    assert d(ev(SE0, OrderStatus.OPEN, HALF), ev(PE0, OrderStatus.OPEN, HALF)) == []
+    assert d(ev(PE0, OrderStatus.CLOSED, Q)) == []
+    assert d(ev(SE0, OrderStatus.CLOSED, Q)) == [(S.DISPATCHED, T.HEDGE, S.HEDGED)]
+
+
+# --- unknown outcomes ------------------------------------------------------------------------------------
+
+
+def test_unknown_ack_breaks_the_leg_and_queries_it() -> None:
+    d = Driver()
+    d(Dispatch())
+
+    assert d(ev(SE0, OrderStatus.UNKNOWN)) == [*KILL, QueryOrder(SE0, "BTC/USDT")]
+    assert d.exposure() == (0, 0, True)
+    assert d(ev(PE0, OrderStatus.OPEN)) == [CancelOrder(PE0, "BTC/USDT:USDT")]
+    # The query finds the order resting at the venue: cancel it too.
+    assert d(ev(SE0, OrderStatus.OPEN)) == [CancelOrder(SE0, "BTC/USDT")]
+    assert d(ev(SE0, OrderStatus.CANCELED), ev(PE0, OrderStatus.CANCELED)) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+
+
+def test_unknown_ack_for_an_order_the_venue_never_took() -> None:
+    d = Driver()
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN), ev(SE0, OrderStatus.UNKNOWN))
+
+    # engine/_actor.py: fetch_order answers not found -> rejected/other.
+    assert d(ev(SE0, OrderStatus.REJECTED, reason=RejectReason.OTHER)) == []  # perp cancel still travelling
+    assert d(ev(PE0, OrderStatus.CANCELED, HALF)) == send(unwind(LegRole.PERP, 0, "0.001"))
+
+
+def test_unknown_ack_that_turns_out_filled_is_unwound() -> None:
+    d = Driver()
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN), ev(SE0, OrderStatus.UNKNOWN), ev(PE0, OrderStatus.CANCELED))
+
+    assert d(ev(SE0, OrderStatus.CLOSED, Q)) == send(unwind(LegRole.SPOT, 0, "0.00199"))
+
+
+# --- shutdown and fault in every state --------------------------------------------------------------------
+
+
+def test_shutdown_in_pending_aborts() -> None:
+    d = Driver()
+    assert d(Shutdown()) == [(S.PENDING, T.ABORT, S.FLAT)]
+
+
+def test_shutdown_in_dispatched_cancels_entries_only() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF))
+
+    assert d(Shutdown()) == [CancelOrder(SE0, "BTC/USDT"), CancelOrder(PE0, "BTC/USDT:USDT")]
+    assert d.state is S.DISPATCHED
+
+
+def test_shutdown_keeps_a_hedge() -> None:
+    d = hedged()
+    assert d(Shutdown()) == []
+    assert d.state is S.HEDGED
+
+
+def test_shutdown_never_stops_the_kill_switch() -> None:
+    d = hedged()
+    d(CloseRequested("operator"))
+
+    assert d(Shutdown()) == []  # both unwind orders are in flight; their killed sends report unknown
+    assert d.state is S.UNWINDING
+    assert d(ev(SU0, OrderStatus.UNKNOWN), ev(PU0, OrderStatus.UNKNOWN)) == [
+        QueryOrder(SU0, "BTC/USDT"),
+        QueryOrder(PU0, "BTC/USDT:USDT"),
+    ]
+
+
+def test_shutdown_and_fault_in_flat_do_nothing() -> None:
+    d = Driver()
+    d(Abort())
+    assert d(Shutdown(), Fault("late")) == []
+    assert d.state is S.FLAT
+
+
+def test_fault_in_pending_aborts() -> None:
+    d = Driver()
+    assert d(Fault("boom")) == [(S.PENDING, T.ABORT, S.FLAT)]
+
+
+def test_fault_in_dispatched_makes_in_flight_sends_unknown() -> None:
+    d = Driver()
+    d(Dispatch())
+
+    cmds = d(Fault("boom"))
+
+    assert cmds == [
+        (S.DISPATCHED, T.FAULT, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        QueryOrder(SE0, "BTC/USDT"),
+        QueryOrder(PE0, "BTC/USDT:USDT"),
+    ]
+    assert d.exposure() == (0, 0, True)
+
+
+@pytest.mark.parametrize("policy", [OrphanPolicy.FLATTEN, OrphanPolicy.TRIM])
+def test_fault_in_hedged_closes_everything(policy: OrphanPolicy) -> None:
+    d = hedged(policy)
+
+    cmds = d(Fault("boom"))
+
+    assert cmds == [
+        (S.HEDGED, T.FAULT, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        *send(unwind(LegRole.SPOT, 0, "0.00199"), unwind(LegRole.PERP, 0, "0.002")),
+    ]
+
+
+def test_fault_in_unwinding_restarts_the_kill_switch() -> None:
+    d = hedged()
+    d(CloseRequested())
+
+    cmds = d(Fault("boom"))
+
+    # The unwind sends died with the actor: unknown, so asked about, never resent blindly.
+    assert cmds == [
+        (S.UNWINDING, T.FAULT, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        QueryOrder(SU0, "BTC/USDT"),
+        QueryOrder(PU0, "BTC/USDT:USDT"),
+    ]
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00199")) == []
+    assert d(ev(PU0, OrderStatus.REJECTED, reason=RejectReason.OTHER)) == send(unwind(LegRole.PERP, 1, "0.002"))
+
+
+# --- venue reductions (liquidation / ADL) ----------------------------------------------------------------
+
+
+def test_liquidation_while_hedged_flattens_under_flatten_policy() -> None:
+    d = hedged(OrphanPolicy.FLATTEN)
+
+    cmds = d(VenueReduction(HALF))
+
+    assert cmds == [
+        (S.HEDGED, T.LEG_BROKEN, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        *send(unwind(LegRole.SPOT, 0, "0.00199"), unwind(LegRole.PERP, 0, "0.001")),
+    ]
+    assert d.exposure()[:2] == (Q - spot_fee(Q), -HALF)
+
+
+def test_liquidation_while_hedged_trims_under_trim_policy() -> None:
+    d = hedged(OrphanPolicy.TRIM)
+
+    assert d(VenueReduction(HALF)) == [
+        (S.HEDGED, T.LEG_BROKEN, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        *send(unwind(LegRole.SPOT, 0, "0.001")),
+    ]
+    assert d(ev(SU0, OrderStatus.CLOSED, HALF)) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+    assert d.exposure() == (Q - spot_fee(Q) - HALF, -HALF, False)
+    assert d.core.unmatched() == 0
+
+
+def test_full_liquidation_under_trim_policy_flattens() -> None:
+    d = hedged(OrphanPolicy.TRIM)
+
+    assert d(VenueReduction(Q))[2:] == send(unwind(LegRole.SPOT, 0, "0.00199"))
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00199")) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+
+
+def test_liquidation_of_a_trimmed_hedge_closes_the_naked_spot() -> None:
+    """Regression (model checker): after a trim, `matched` ignored the unwinds already done, so a later
+    liquidation of the remaining perp went straight back to `hedged` holding a naked spot long."""
+    d = Driver(OrphanPolicy.TRIM)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN), ev(PE0, OrderStatus.CLOSED, Q))
+    d(ev(SE0, OrderStatus.OPEN, HALF))
+    assert d(ev(SE0, OrderStatus.EXPIRED, HALF)) == [*KILL, *send(unwind(LegRole.PERP, 0, "0.001"))]
+    assert d(ev(PU0, OrderStatus.CLOSED, HALF)) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+
+    cmds = d(VenueReduction(HALF))
+
+    assert cmds == [
+        (S.HEDGED, T.LEG_BROKEN, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        *send(unwind(LegRole.SPOT, 0, "0.00099")),
+    ]
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00099")) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    assert d.exposure() == (D("0.000009"), 0, False)
+
+
+# --- close request ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [OrphanPolicy.FLATTEN, OrphanPolicy.TRIM])
+def test_close_request_flattens_a_hedge(policy: OrphanPolicy) -> None:
+    d = hedged(policy)
+
+    assert d(CloseRequested("operator")) == [
+        (S.HEDGED, T.UNWIND, S.UNWINDING),
+        *send(unwind(LegRole.SPOT, 0, "0.00199"), unwind(LegRole.PERP, 0, "0.002")),
+    ]
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00199")) == []
+    assert d(ev(PU0, OrderStatus.CLOSED, Q)) == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    assert d.exposure() == (D("0.000008"), 0, False)
+
+
+def test_close_request_outside_hedged_is_ignored() -> None:
+    d = acked()
+    assert d(CloseRequested()) == []
+    assert d.state is S.DISPATCHED
+
+
+def test_rejected_unwind_is_retried_with_the_next_attempt() -> None:
+    d = hedged()
+    d(CloseRequested())
+
+    assert d(ev(PU0, OrderStatus.REJECTED, reason=RejectReason.OTHER)) == []  # spot unwind still in flight
+    assert d(ev(SU0, OrderStatus.EXPIRED, "0.00099")) == send(
+        unwind(LegRole.SPOT, 1, "0.00100"), unwind(LegRole.PERP, 1, "0.002")
+    )
+
+
+# --- late fills and out-of-order reports -----------------------------------------------------------------
+
+
+def test_fill_racing_a_cancel_is_unwound() -> None:
+    d = Driver()
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN))
+    assert d(ev(SE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS)) == [CancelOrder(PE0, "BTC/USDT:USDT")]
+
+    # The perp fills while the cancel travels; the cancel then fails and the engine fetches the order.
+    assert d(ev(PE0, OrderStatus.CLOSED, Q)) == [*KILL, *send(unwind(LegRole.PERP, 0, "0.002"))]
+    assert d(ev(PE0, OrderStatus.CLOSED, Q)) == []
+
+
+def test_late_fill_after_a_terminal_report_counts() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.CLOSED, Q), FillDeadline())
+    assert d(ev(PE0, OrderStatus.CANCELED)) == [*KILL, *send(unwind(LegRole.SPOT, 0, "0.00199"))]
+
+    # A fill that happened before the cancel is reported after it: the later terminal word carries more.
+    assert d(ev(PE0, OrderStatus.CANCELED, HALF)) == []
+    assert d.core.orders[PE0].filled == HALF
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00199")) == send(unwind(LegRole.PERP, 0, "0.001"))
+
+
+def test_out_of_order_cumulative_updates_never_move_backwards() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF))
+
+    assert d(ev(SE0, OrderStatus.OPEN)) == []  # the late REST ack
+    assert d.core.orders[SE0].filled == HALF
+    d(ev(SE0, OrderStatus.CLOSED, Q))
+    assert d(ev(SE0, OrderStatus.OPEN, HALF)) == []  # a stale stream update after the fill
+    assert d.core.orders[SE0].status is OrderStatus.CLOSED
+    assert d.core.orders[SE0].filled == Q
+
+
+def test_stale_open_after_terminal_is_ignored() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.CANCELED))
+
+    assert d(ev(SE0, OrderStatus.OPEN)) == []
+    assert d.core.orders[SE0].status is OrderStatus.CANCELED
+
+
+def test_report_for_an_unknown_client_order_id_names_it() -> None:
+    d = acked()
+    with pytest.raises(KeyError, match="no order 'lg-x-SE0'"):
+        d(OrderEvent("lg-x-SE0", OrderStatus.OPEN))
+
+
+# --- dust and spot fees charged in base ------------------------------------------------------------------
+
+
+def test_unwind_sells_what_is_held_not_what_filled() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.CLOSED, Q))
+
+    cmds = d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.INSUFFICIENT_FUNDS))
+
+    # 0.002 filled, 0.000002 BTC paid as fee: 0.001998 held, 0.00199 on the spot grid.
+    assert cmds == [*KILL, *send(unwind(LegRole.SPOT, 0, "0.00199"))]
+
+
+def test_residual_below_dust_is_left_and_the_package_is_flat() -> None:
+    d = Driver(spot_dust="0.005")  # e.g. a min-notional larger than what is held
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN))
+    assert d(ev(SE0, OrderStatus.CANCELED, HALF)) == KILL  # perp send still unanswered: wait for it
+
+    cmds = d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+
+    assert cmds == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    assert d.exposure() == (HALF - spot_fee(HALF), 0, False)
+
+
+# --- regressions found by the model checker (fsm/_check.py) ----------------------------------------------
+
+
+def rejected_spot_with_perp_cancel_in_flight(d: Driver) -> None:
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN))
+    assert d(ev(SE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS)) == [CancelOrder(PE0, "BTC/USDT:USDT")]
+
+
+def test_cancel_timeout_on_a_partially_filled_order_is_not_dropped() -> None:
+    """The `unknown` from a cancel timeout carries no fills; it was dropped as 'moving backwards', leaving
+    the order 'open' with its cancel 'sent' forever while the venue may have cancelled it."""
+    d = Driver()
+    rejected_spot_with_perp_cancel_in_flight(d)
+    assert d(ev(PE0, OrderStatus.OPEN, HALF)) == KILL
+
+    assert d(OrderEvent(PE0, OrderStatus.UNKNOWN)) == [QueryOrder(PE0, "BTC/USDT:USDT")]
+    assert d.core.orders[PE0].filled == HALF  # fills are never forgotten
+    assert d(ev(PE0, OrderStatus.OPEN, HALF)) == [CancelOrder(PE0, "BTC/USDT:USDT")]
+    assert d(ev(PE0, OrderStatus.CANCELED, HALF)) == send(unwind(LegRole.PERP, 0, "0.001"))
+
+
+def test_cancel_timeout_then_still_open_is_cancelled_again() -> None:
+    d = Driver()
+    rejected_spot_with_perp_cancel_in_flight(d)
+
+    assert d(OrderEvent(PE0, OrderStatus.UNKNOWN)) == [*KILL, QueryOrder(PE0, "BTC/USDT:USDT")]
+    assert d(ev(PE0, OrderStatus.OPEN)) == [CancelOrder(PE0, "BTC/USDT:USDT")]
+
+
+@pytest.mark.parametrize("event", [Fault("boom"), Shutdown(), Recovered()], ids=["fault", "shutdown", "recovered"])
+def test_requests_killed_with_the_actor_are_asked_again(event: Event) -> None:
+    """A fault, an engine shutdown or a crash kills the cancel in flight; the flag that it was sent
+    survived, so the resting order was never cancelled again."""
+    d = Driver()
+    rejected_spot_with_perp_cancel_in_flight(d)
+
+    cmds = d(event)
+
+    assert cmds[-1] == CancelOrder(PE0, "BTC/USDT:USDT")
+
+
+def test_fault_re_queries_an_unknown_whose_query_died() -> None:
+    d = Driver()
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN))
+    assert d(ev(SE0, OrderStatus.UNKNOWN)) == [*KILL, QueryOrder(SE0, "BTC/USDT"), CancelOrder(PE0, "BTC/USDT:USDT")]
+
+    cmds = d(Fault("boom"))
+
+    assert cmds == [
+        (S.UNWINDING, T.FAULT, S.ORPHANED),
+        (S.ORPHANED, T.UNWIND, S.UNWINDING),
+        QueryOrder(SE0, "BTC/USDT"),
+        CancelOrder(PE0, "BTC/USDT:USDT"),
+    ]
+
+
+def test_recovered_leaves_sends_of_the_new_process_alone() -> None:
+    """Recovery feeds the venue's answers, then `Recovered`. An unwind the answers caused is in flight in
+    the new process: declaring it unknown made the core query it while it travelled, hear 'not found' and
+    send a second unwind (oversold spot)."""
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(SE0, OrderStatus.CLOSED, Q))
+    # the process crashed with the perp send unanswered; recovery asks the venue: never arrived
+    assert d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.OTHER)) == [
+        *KILL,
+        *send(unwind(LegRole.SPOT, 0, "0.00199")),
+    ]
+
+    assert d(Recovered()) == []
+    assert d.core.orders[SU0].status is OrderStatus.SUBMITTING
+
+
+def test_recovery_with_an_unreachable_order_queries_it() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN))
+
+    # engine recover(): the perp cannot be fetched -> unknown, then Recovered
+    assert d(OrderEvent(PE0, OrderStatus.UNKNOWN)) == [
+        *KILL,
+        CancelOrder(SE0, "BTC/USDT"),
+        QueryOrder(PE0, "BTC/USDT:USDT"),
+    ]
+
+    # Recovered cannot tell which requests died with the old process, so it asks again: idempotent
+    # duplicates (a second cancel hears "not found" and turns into a query).
+    assert d(Recovered()) == [CancelOrder(SE0, "BTC/USDT"), QueryOrder(PE0, "BTC/USDT:USDT")]
+
+
+# --- replay ----------------------------------------------------------------------------------------------
+
+
+def test_replaying_the_events_rebuilds_the_same_core() -> None:
+    d = Driver(OrphanPolicy.TRIM)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.UNKNOWN), ev(SE0, OrderStatus.OPEN, HALF))
+    d(ev(PE0, OrderStatus.OPEN), Fault("boom"), ev(PE0, OrderStatus.CANCELED), ev(SE0, OrderStatus.CANCELED, HALF))
+
+    fresh = d.replayed()
+
+    assert fresh.fingerprint() == d.core.fingerprint()
+    assert fresh.exposure() == d.core.exposure()
+
+
+def test_clone_is_independent() -> None:
+    d = acked()
+    twin = d.core.clone()
+
+    twin.handle(ev(SE0, OrderStatus.CLOSED, Q))
+    twin.handle(ev(PE0, OrderStatus.CLOSED, Q))
+
+    assert twin.state is S.HEDGED
+    assert d.state is S.DISPATCHED
+    assert d.core.orders[SE0].filled == 0
+    assert twin.fingerprint() != d.core.fingerprint()
