@@ -132,6 +132,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "positions": "fapiPrivateV3GetPositionRisk",
         "funding": "fapiPublicGetPremiumIndex",
         "markets": "fapiPublicGetExchangeInfo",
+        "countdown": "fapiPrivatePostCountdownCancelAll",
     },
 }
 
@@ -710,6 +711,20 @@ class CcxtVenue:
 
         await _concurrently(*(functools.partial(one, side) for side in sides))
         return out
+
+    async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> None:
+        """USDⓈ-M `countdownCancelAll`, the venue's dead-man's switch: Binance cancels every open order of
+        `symbol` unless this is called again within `countdown_ms` milliseconds; 0 disarms it. Spot has none."""
+        side = self._side_for(symbol)
+        if side.kind is not MarketKind.LINEAR:
+            raise VenueError(f"countdownCancelAll: {symbol} is not a USDⓈ-M market (spot has no dead-man's switch)")
+        if isinstance(countdown_ms, bool) or not isinstance(countdown_ms, int) or countdown_ms < 0:
+            raise ValueError(f"countdown_ms: must be an integer >= 0, got {countdown_ms!r}")
+        params = {"symbol": self._markets[symbol].venue_symbol, "countdownTime": countdown_ms}
+        answer = await self._call(side, f"countdownCancelAll {symbol}", side.ex.fapiPrivatePostCountdownCancelAll,
+                                  params, cost=side.cost("countdown", params))  # fmt: skip
+        if not isinstance(answer, dict) or str(answer.get("countdownTime")) != str(countdown_ms):
+            raise MalformedResponse(f"countdownCancelAll {symbol}: unexpected answer {answer!r:.120}")
 
     # --- user-data streams --------------------------------------------------------------------------------
 

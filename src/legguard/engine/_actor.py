@@ -45,6 +45,9 @@ from legguard.fsm import (
     Transitioned,
 )
 
+from . import _crashpoints
+from ._crashpoints import ARMED as CRASH_ARMED
+
 if TYPE_CHECKING:
     from ._engine import Engine
 
@@ -194,6 +197,8 @@ class PackageActor:
         h.events.append(event)
         # Write-ahead: the event and everything it caused are durable before any effect starts.
         engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+        if CRASH_ARMED:
+            _crashpoints.after_step(self.core, commands)
         self._track_exposure(now)
         if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
             # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
@@ -290,6 +295,8 @@ class PackageActor:
         except trio.Cancelled:
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))  # cancelled in flight: the order may exist
             raise
+        if CRASH_ARMED:
+            _crashpoints.after_send(self.core.orders[cid].intent)
         engine.journal.record("ack", h.package_id, _update_payload(ack), trio.current_time())
         h.post(to_order_event(ack))
 

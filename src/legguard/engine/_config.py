@@ -17,7 +17,7 @@ from typing import Any
 
 from legguard.fsm import OrphanPolicy
 
-from ._spec import BreakerConfig, Deadlines, EngineConfig, SpecError, to_decimal
+from ._spec import BreakerConfig, Deadlines, DeadmanConfig, EngineConfig, SpecError, to_decimal
 from ._strategy import Pair
 
 VENUE_KINDS = ("sim", "emulator", "binance")
@@ -77,7 +77,7 @@ class RunConfig:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal"},
+    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman"},
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env"},
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
@@ -85,6 +85,7 @@ _SCHEMA: dict[str, set[str]] = {
     "deadlines": {"ack", "fill", "unwind", "leg"},
     "breaker": {"max_orphans", "window"},
     "journal": {"durability"},
+    "deadman": {"enabled", "countdown", "heartbeat"},
 }
 
 
@@ -155,6 +156,11 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
     _check_keys("breaker", breaker_t)
     journal_t = _table(data, "journal")
     _check_keys("journal", journal_t)
+    deadman_t = _table(data, "deadman")
+    _check_keys("deadman", deadman_t)
+    deadman_enabled = deadman_t.get("enabled", True)
+    if not isinstance(deadman_enabled, bool):
+        raise ConfigError(f"deadman.enabled: {deadman_enabled!r} is invalid; expected true or false")
 
     policy = _str(engine_t, "engine.policy") or OrphanPolicy.FLATTEN.value
     if policy not in {p.value for p in OrphanPolicy}:
@@ -180,6 +186,11 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         max_book_age=_seconds(engine_t, "engine.max_book_age", 2.0),
         max_live_packages=_int(engine_t, "engine.max_live_packages", default=50, minimum=1),
         max_notional=_decimal(engine_t, "engine.max_notional", Decimal(1_000_000), positive=True),
+        deadman=DeadmanConfig(
+            enabled=deadman_enabled,
+            countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
+            heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
+        ),
     )
     return RunConfig(
         venue=venue,

@@ -14,19 +14,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 import trio
 
 from legguard.adapters._types import (
     BookSnapshot,
     Market,
-    OrderNotFound,
     OrderOrigin,
-    OrderStatus,
     OrderUpdate,
     RateLimited,
-    RejectReason,
     StreamDisconnected,
     Venue,
     VenueError,
@@ -36,10 +32,8 @@ from legguard.fsm import (
     Dispatch,
     Event,
     LegPlan,
-    OrderEvent,
     PackageCore,
     PackagePlan,
-    Recovered,
     Shutdown,
     State,
     Transitioned,
@@ -47,8 +41,11 @@ from legguard.fsm import (
 )
 
 from ._actor import PackageActor, PackageHandle, crash_of, fault_event, to_order_event
+from ._deadman import DeadMan
 from ._journal import Journal
 from ._pricing import PricingRefused, dust_threshold, price_package
+from ._recovery import RecoveryReport
+from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
 
 log = logging.getLogger("legguard.engine")
@@ -97,6 +94,7 @@ class Engine:
         self._service: trio.Nursery | None = None
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
+        self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
 
     @property
     def stopping(self) -> bool:
@@ -113,6 +111,7 @@ class Engine:
         async with trio.open_nursery() as service:
             self._service = service
             service.start_soon(self._gateway)
+            service.start_soon(self.deadman.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
             try:
@@ -207,119 +206,18 @@ class Engine:
         handle = PackageHandle.create(core, now)
         handle.crash_on_event = crash_on_event
         self.handles[package_id] = handle
+        self.deadman.poke()
         first: Event = Abort(refusal) if refusal is not None else Dispatch()
         self._packages.start_soon(self._supervise, handle, [first], name=f"package {package_id}")
         return package_id
 
     # --- recovery after a crash -----------------------------------------------------------------------
 
-    async def recover(self) -> dict[str, Any]:
-        """Bring every package the journal left unfinished back to safety, from the venue's facts.
-
-        For each package not flat: rebuild its core from the journal, ask the venue for every order the
-        journal holds for it (intents without an acknowledgement included), feed what the venue says, then
-        `Recovered`: dispatched packages decide (hedge / void / leg_broken), orphaned and unwinding ones
-        resume the kill switch. Hedged packages are re-verified against the venue's perp positions: a short
-        the venue no longer shows was reduced while we were down (leg_broken -> unwind). Open orders with
-        this journal's client-id prefix that the journal does not know are cancelled and reported.
-        Every step is journaled as a `recovery` row.
-        """
-        from ._replay import replay_package
-
-        assert self._packages is not None, "recover() runs inside `async with engine.running()`"
-        now = trio.current_time()
-        report: dict[str, Any] = {"resumed": [], "hedged_verified": 0, "reduced": [], "adopted_orders": []}
-        known: set[str] = set()
-        hedged: list[PackageHandle] = []
-        for row in self.journal.open_packages():
-            pid = row.package_id
-            core = replay_package(self.journal, pid)
-            known.update(core.orders)
-            handle = PackageHandle.create(core, now)
-            handle.events = list(self.journal.events(pid))
-            handle.reductions_posted = core.venue_reduced
-            handle.ever_orphaned = any(o.intent.purpose.value == "unwind" for o in core.orders.values())
-            self.handles[pid] = handle
-            for cid in core.orders:
-                self.register_order(cid, handle)
-            if core.state is State.HEDGED:
-                hedged.append(handle)
-                continue
-            events: list[Event] = []
-            for facts in core.orders.values():
-                if facts.status.is_terminal:
-                    continue
-                event = await self._ask_venue(facts.intent.client_order_id, facts.intent.symbol)
-                if event is not None:
-                    events.append(event)
-            events.append(Recovered())
-            self.journal.record("recovery", pid, {"state": core.state.value, "queried": len(events) - 1}, now)
-            report["resumed"].append(pid)
-            self._packages.start_soon(self._supervise, handle, events, name=f"package {pid} (recovered)")
-        report["hedged_verified"] = len(hedged)
-        await self._verify_hedged(hedged, report)
-        for handle in hedged:
-            self._packages.start_soon(self._supervise, handle, [Recovered()], name=f"package {handle.package_id}")
-        await self._adopt_strays(known, report)
-        self.journal.record("engine", None, {"event": "recovered", **report}, trio.current_time())
-        return report
-
-    async def _ask_venue(self, client_order_id: str, symbol: str) -> Event | None:
-        """The venue's word on one order: its state, `rejected` if it never arrived, None if unreachable
-        (the core then keeps it unknown and the kill switch asks again)."""
-        try:
-            with trio.fail_after(self.config.deadlines.ack):
-                return to_order_event(await self.venue.fetch_order(symbol, client_order_id))
-        except OrderNotFound:
-            return OrderEvent(client_order_id, OrderStatus.REJECTED, reason=RejectReason.OTHER)
-        except (trio.TooSlowError, VenueError) as exc:
-            log.warning("recovery: cannot fetch %s: %s", client_order_id, exc)
-            return None
-
-    async def _verify_hedged(self, hedged: list[PackageHandle], report: dict[str, Any]) -> None:
-        if not hedged:
-            return
-        positions = await self.venue.fetch_positions()
-        by_symbol: dict[str, list[PackageHandle]] = {}
-        for h in hedged:
-            by_symbol.setdefault(h.core.plan.perp.symbol, []).append(h)
-        for symbol, handles in by_symbol.items():
-            expected_short = -sum((h.core.exposure().perp for h in handles), Decimal(0))
-            venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
-            missing = expected_short - venue_short
-            if missing <= 0:
-                continue
-            # Reduced while we were down (liquidation / ADL): charge it newest first, as the gateway does.
-            for h in sorted(handles, key=lambda h: h.core.plan.package_id, reverse=True):
-                take = min(-h.core.exposure().perp, missing)
-                if take > 0:
-                    h.reductions_posted += take
-                    h.post(VenueReduction(take, "found at recovery"))
-                    report["reduced"].append([h.package_id, str(take)])
-                    missing -= take
-                if missing <= 0:
-                    break
-
-    async def _adopt_strays(self, known: set[str], report: dict[str, Any]) -> None:
-        prefix = f"lg{self.journal.journal_id}"
-        known_all = known | {cid for h in self.handles.values() for cid in h.core.orders}
-        try:
-            open_orders = await self.venue.fetch_open_orders()
-        except VenueError as exc:
-            log.warning("recovery: cannot list open orders: %s", exc)
-            return
-        for update in open_orders:
-            cid = update.client_order_id
-            if not cid.startswith(prefix) or cid in known_all:
-                continue
-            try:
-                await self.venue.cancel_order(update.symbol, cid)
-                outcome = "cancelled"
-            except VenueError as exc:
-                outcome = f"cancel failed: {exc}"
-            report["adopted_orders"].append({"client_order_id": cid, "filled": str(update.filled), "outcome": outcome})
-            self.journal.record("engine", None, {"event": "adopted_stray_order", "client_order_id": cid,
-                                "filled": str(update.filled), "outcome": outcome}, trio.current_time())  # fmt: skip
+    async def recover(self) -> RecoveryReport:
+        """Bring every package the journal left unfinished back to safety from the venue's facts (see
+        `_recovery.recover`); every step is journaled as a `recovery` row. Runs inside `running()`, before any
+        new package is opened; `settle_recovered()` then waits for the resumed packages."""
+        return await recover_packages(self)
 
     def _refusal(self, spec: PackageSpec, now: float) -> str | None:
         if self.mode is EngineMode.HALTED:
@@ -410,6 +308,7 @@ class Engine:
         self.journal.record("engine", None, {"event": "resumed", "reason": reason}, trio.current_time())
 
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        self.deadman.poke()  # entries start or stop resting on a transition
         self.stats.recent.append((now, handle.package_id, t.source.value, t.trigger.value, t.dest.value))
         if t.dest is State.ORPHANED:
             handle.ever_orphaned = True

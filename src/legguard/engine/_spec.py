@@ -73,9 +73,30 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadmanConfig:
+    """The perp venue's dead-man's switch (`countdownCancelAll`) while entries rest: armed for `countdown`
+    seconds, re-armed every `heartbeat` seconds."""
+
+    enabled: bool = True
+    countdown: float = 10.0
+    heartbeat: float = 2.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SpecError("deadman.enabled", self.enabled, "expected true or false")
+        positive_seconds("deadman.countdown", self.countdown)
+        positive_seconds("deadman.heartbeat", self.heartbeat)
+        if self.heartbeat * 2 > self.countdown:
+            raise SpecError("deadman.heartbeat", self.heartbeat,
+                            f"must be at most half of deadman.countdown ({self.countdown:g} s), so that one late "
+                            "heartbeat never lets the countdown expire")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     deadlines: Deadlines = field(default_factory=Deadlines)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    deadman: DeadmanConfig = field(default_factory=DeadmanConfig)
     policy: OrphanPolicy = OrphanPolicy.FLATTEN
     min_spread: Decimal = Decimal(0)  # guaranteed spread after maker fees, fraction
     max_book_age: float = 2.0  # seconds; older books are stale and packages are refused

@@ -1,0 +1,253 @@
+"""The dead-man's switch: `countdownCancelAll` armed while perp entries may rest, re-armed by a heartbeat well
+inside the countdown, disarmed when none rest; and the real wire call against the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+import trio_asyncio
+from trio.testing import MockClock
+
+from legguard.adapters._ccxt import EXCHANGE_IDS, CcxtVenueConfig, open_ccxt_venue
+from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, serve_emulator
+from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
+from legguard.adapters._types import (
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    OutcomeUnknown,
+    Side,
+    VenueError,
+)
+from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec
+from legguard.engine._deadman import CountdownVenue, DeadMan
+from legguard.engine._spec import DeadmanConfig, SpecError
+from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
+
+ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
+CONFIG = DeadmanConfig(countdown=10.0, heartbeat=2.5)
+
+
+@dataclass
+class CountdownRecorder:
+    """A venue with only a dead-man's switch: records every call at its virtual time."""
+
+    name: str = "recorder"
+    calls: list[tuple[float, str, int]] = field(default_factory=list)
+    failing: int = 0
+
+    async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> None:
+        await trio.sleep(0.001)  # one round trip
+        if self.failing > 0:
+            self.failing -= 1
+            raise OutcomeUnknown("countdownCancelAll: timed out")
+        self.calls.append((trio.current_time(), symbol, countdown_ms))
+
+
+def core(number: int = 1) -> PackageCore:
+    plan = PackagePlan(
+        package_id=f"P{number:06d}",
+        client_id_prefix=f"lgtest{number:06d}",
+        quantity=Decimal("0.05"),
+        spot=LegPlan(ETH, Side.BUY, Decimal(2000), Decimal("0.0001"), Decimal("0.0001")),
+        perp=LegPlan(ETH_PERP, Side.SELL, Decimal(2010), Decimal("0.001"), Decimal("0.001")),
+    )
+    return PackageCore(plan)
+
+
+@dataclass
+class Rig:
+    venue: CountdownRecorder
+    journal: Journal
+    engine: Any
+    deadman: DeadMan
+
+    def add(self, c: PackageCore) -> None:
+        self.engine.handles[c.plan.package_id] = SimpleNamespace(core=c, done=trio.Event())
+        self.deadman.poke()
+
+    def events(self) -> list[tuple[str, ...]]:
+        return [
+            (r.payload["event"], r.payload["symbol"])
+            for r in self.journal.engine_log()
+            if r.payload["event"].startswith("deadman")
+        ]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    journal = Journal.open(tmp_path / "j.db")
+    venue = CountdownRecorder()
+    engine = SimpleNamespace(handles={}, venue=venue, journal=journal,
+                             config=EngineConfig(deadlines=Deadlines(ack=1.0)))  # fmt: skip
+    yield Rig(venue, journal, engine, DeadMan(engine, CONFIG))  # type: ignore[arg-type]
+    journal.close()
+
+
+def end_entries(c: PackageCore) -> None:
+    for cid in list(c.entry.values()):
+        c.handle(OrderEvent(cid, OrderStatus.CANCELED))
+
+
+async def test_armed_while_a_perp_entry_rests_heartbeat_then_disarmed(autojump_clock: MockClock, rig: Rig) -> None:
+    assert isinstance(rig.venue, CountdownVenue)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        await trio.sleep(5.0)
+        assert rig.venue.calls == []  # nothing rests: no timer on the venue
+        c = core()
+        c.handle(Dispatch())
+        t0 = trio.current_time()
+        rig.add(c)
+        await trio.sleep(7.6)
+        end_entries(c)  # both entries cancelled: void
+        assert c.state is State.FLAT
+        rig.deadman.poke()
+        await trio.sleep(5.0)
+        nursery.cancel_scope.cancel()
+
+    arms = [(round(t - t0, 2), ms) for t, s, ms in rig.venue.calls]
+    # Armed at once, re-armed every heartbeat, then disarmed as soon as nothing rests; nothing after.
+    assert arms == [(0.0, 10000), (2.5, 10000), (5.0, 10000), (7.5, 10000), (7.6, 0)]
+    assert rig.events() == [("deadman_armed", ETH_PERP), ("deadman_disarmed", ETH_PERP)]
+    assert rig.deadman.armed == set()
+
+
+async def test_a_pending_package_arms_before_its_orders_leave(autojump_clock: MockClock, rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        rig.add(core())  # pending: about to dispatch
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    # Armed, then disarmed by the shutdown itself (a graceful exit leaves no timer behind).
+    assert [ms for _, _, ms in rig.venue.calls] == [10000, 0]
+
+
+async def test_failed_heartbeats_are_retried_and_journaled_once(autojump_clock: MockClock, rig: Rig) -> None:
+    rig.venue.failing = 3
+    c = core()
+    c.handle(Dispatch())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        rig.add(c)
+        await trio.sleep(4.0)
+        nursery.cancel_scope.cancel()
+    assert rig.deadman.failures == 3
+    first_ok = rig.venue.calls[0][0]
+    assert first_ok == pytest.approx(3 * 1.25 + 4 * 0.001, abs=0.01)  # retried every heartbeat / 2
+    errors = [r.payload for r in rig.journal.engine_log() if r.payload["event"] == "deadman_error"]
+    assert len(errors) == 1 and errors[0]["symbol"] == ETH_PERP
+
+
+async def test_hedged_packages_keep_no_timer(autojump_clock: MockClock, rig: Rig) -> None:
+    c = core()
+    c.handle(Dispatch())
+    for cid in c.entry.values():
+        c.handle(OrderEvent(cid, OrderStatus.CLOSED, Decimal("0.05")))
+    assert c.state is State.HEDGED
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        rig.add(c)
+        await trio.sleep(10.0)
+        nursery.cancel_scope.cancel()
+    assert rig.venue.calls == []
+
+
+async def test_disabled_or_without_a_switch_it_does_nothing(autojump_clock: MockClock, rig: Rig) -> None:
+    c = core()
+    c.handle(Dispatch())
+    rig.add(c)
+    with trio.fail_after(1):
+        await DeadMan(rig.engine, DeadmanConfig(enabled=False)).run()  # returns at once
+    recorder, rig.engine.venue = rig.venue, SimpleNamespace(name="no switch")
+    with trio.fail_after(1):
+        await DeadMan(rig.engine, CONFIG).run()
+    assert recorder.calls == []
+
+
+def test_heartbeat_must_stay_well_inside_the_countdown() -> None:
+    with pytest.raises(SpecError, match=r"deadman.heartbeat: 6 is invalid; must be at most half"):
+        DeadmanConfig(countdown=10.0, heartbeat=6)
+    with pytest.raises(SpecError, match=r"deadman.countdown"):
+        DeadmanConfig(countdown=0)
+
+
+# --- the engine keeps the switch armed from its dispatch -----------------------------------------------
+
+
+class SimWithSwitch:
+    """The simulated venue plus a recorded `countdown_cancel_all`."""
+
+    def __init__(self, venue: SimVenue) -> None:
+        self._venue = venue
+        self.recorder = CountdownRecorder()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._venue, name)
+
+    async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> None:
+        await self.recorder.countdown_cancel_all(symbol, countdown_ms)
+
+
+async def test_the_engine_arms_when_it_dispatches_and_disarms_after(autojump_clock: MockClock, tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.db")
+    async with open_sim_venue(SimConfig(seed=3)) as sim:
+        venue = SimWithSwitch(sim)
+        engine = Engine(venue, journal, EngineConfig(deadlines=Deadlines(ack=1.0, fill=4.0, unwind=5.0)))  # type: ignore[arg-type]
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            t0 = trio.current_time()
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=Decimal(-1)))
+            handle = engine.handles[pid]
+            with trio.fail_after(30):
+                await handle.wait_until(lambda c: c.state in (State.HEDGED, State.FLAT) and c.is_quiescent())
+            t_done = trio.current_time()
+            await trio.sleep(1.0)
+    journal.close()
+    calls = venue.recorder.calls
+    assert calls[0][1:] == (ETH_PERP, 10000) and calls[0][0] - t0 < 0.01
+    assert calls[-1][1:] == (ETH_PERP, 0) and calls[-1][0] - t_done < 0.01
+    assert all(ms == 10000 for _, _, ms in calls[:-1])
+
+
+# --- the wire: CcxtVenue.countdown_cancel_all against the emulator ------------------------------------
+
+
+async def test_countdown_cancel_all_over_ccxt_cancels_resting_perp_orders_when_it_expires() -> None:
+    emulator = serve_emulator(tls_port=None, autoclock=False, seed=2)
+    async with trio_asyncio.open_loop() as loop, trio_asyncio.aio_as_trio(emulator) as emu:
+        config = CcxtVenueConfig(api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET,
+                                 urls={e: emu.ccxt_urls(e) for e in EXCHANGE_IDS}, close_grace=0,
+                                 stream_ready_timeout=0)  # fmt: skip
+
+        async def advance(seconds: float) -> None:
+            async def run() -> None:
+                emu.advance(seconds)
+
+            await trio_asyncio.aio_as_trio(run, loop=loop)()
+
+        async with open_ccxt_venue(config) as venue:
+            book = await venue.fetch_order_book(ETH_PERP)
+            assert book.best_ask is not None
+            resting = OrderRequest("lg-dm-1", ETH_PERP, Side.SELL, OrderType.LIMIT, Decimal("0.05"),
+                                   book.best_ask + 10, post_only=True)  # fmt: skip
+            await venue.fire(venue.arm(resting))
+            await venue.countdown_cancel_all(ETH_PERP, 3000)
+            armed = emu.state()["countdowns"]
+            await advance(2.9)
+            before = (await venue.fetch_order(ETH_PERP, "lg-dm-1")).status
+            await advance(0.2)
+            after = (await venue.fetch_order(ETH_PERP, "lg-dm-1")).status
+            await venue.countdown_cancel_all(ETH_PERP, 0)
+            disarmed = emu.state()["countdowns"]
+            with pytest.raises(VenueError, match="spot has no dead-man"):
+                await venue.countdown_cancel_all(ETH, 1000)
+    assert armed == ["ETHUSDT"] and disarmed == []
+    assert (before, after) == (OrderStatus.OPEN, OrderStatus.CANCELED)

@@ -1,0 +1,498 @@
+"""Recovery after a crash, on the simulated venue in virtual time.
+
+Each test writes the journal a crashed engine would have left (through the real decision core and the
+journal's own writers, so `audit verify` replays it) and puts the venue where the crash left it (orders
+placed, filled, liquidated behind the engine's back); then a fresh engine recovers on the same journal and
+venue. Every package must end hedged or flat, the venue must agree, and the journal must verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
+from legguard.adapters._types import (
+    OrderOrigin,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    OutcomeUnknown,
+    Side,
+)
+from legguard.engine import Deadlines, Engine, EngineConfig, Journal, verify
+from legguard.engine._actor import to_request
+from legguard.engine._recovery import RecoveryReport, settle_recovered
+from legguard.fsm import (
+    Command,
+    Dispatch,
+    Event,
+    LegPlan,
+    LegRole,
+    OrderEvent,
+    OrderIntent,
+    OrphanPolicy,
+    PackageCore,
+    PackagePlan,
+    SendOrder,
+    State,
+)
+
+ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
+QTY = Decimal("0.05")
+DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0)
+
+
+@dataclass
+class Crashed:
+    """The world a crashed engine left behind: its journal, and the venue that outlived it."""
+
+    venue: SimVenue
+    journal: Journal
+    db: Path
+
+    @property
+    def now(self) -> float:
+        return trio.current_time()
+
+    def package(self, policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> PackageCore:
+        """A journaled package whose entries rest 1 % away from the touch (no print reaches them by itself)."""
+        markets = self.venue.engine.markets
+        spot, perp = markets[ETH], markets[ETH_PERP]
+        spot_book, perp_book = self.venue.engine.book(ETH), self.venue.engine.book(ETH_PERP)
+        assert spot_book.best_bid is not None and perp_book.best_ask is not None
+        buy = (spot_book.best_bid * Decimal("0.99") / spot.tick_size).to_integral_value(ROUND_DOWN) * spot.tick_size
+        sell = (perp_book.best_ask * Decimal("1.01") / perp.tick_size).to_integral_value(ROUND_DOWN) * perp.tick_size
+        number = self.journal.next_package_number()
+        plan = PackagePlan(
+            package_id=f"P{number:06d}",
+            client_id_prefix=f"lg{self.journal.journal_id}{number:06d}",
+            quantity=QTY,
+            spot=LegPlan(ETH, Side.BUY, buy, spot.step_size, spot.step_size),
+            perp=LegPlan(ETH_PERP, Side.SELL, sell, perp.step_size, perp.step_size),
+            policy=policy,
+        )
+        self.journal.package_created(plan, {"test": "recovery"}, self.now)
+        return PackageCore(plan)
+
+    def feed(self, core: PackageCore, event: Event) -> list[Command]:
+        """One step as the actor takes it: decide, then journal (write-ahead)."""
+        commands = core.handle(event)
+        self.journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), self.now)
+        return commands
+
+    def dispatch(self, core: PackageCore) -> tuple[OrderIntent, OrderIntent]:
+        self.feed(core, Dispatch())
+        spot, perp = (core.orders[core.entry[role]].intent for role in (LegRole.SPOT, LegRole.PERP))
+        return spot, perp
+
+    def send(self, intent: OrderIntent) -> OrderUpdate:
+        """The request reached the venue (whatever the journal knows about it)."""
+        return self.venue.engine.place(to_request(intent), self.now)
+
+    def fill(self, intent: OrderIntent, quantity: Decimal = QTY) -> OrderUpdate:
+        """Other participants trade through a resting order of ours."""
+        assert intent.price is not None
+        self.venue.engine.trade_through(intent.symbol, intent.side.opposite, intent.price, quantity, self.now)
+        return self.venue.engine.get(intent.symbol, intent.client_order_id)
+
+    def ack(self, core: PackageCore, update: OrderUpdate) -> list[Command]:
+        return self.feed(core, _event(update))
+
+
+def _event(update: OrderUpdate) -> OrderEvent:
+    return OrderEvent(update.client_order_id, update.status, update.filled, update.average, update.fee_base,
+                      update.fee_quote, update.reason)  # fmt: skip
+
+
+def sent(commands: Sequence[Command]) -> list[OrderIntent]:
+    return [c.intent for c in commands if isinstance(c, SendOrder)]
+
+
+@pytest.fixture
+async def crashed(tmp_path: Path) -> AsyncIterator[Crashed]:
+    db = tmp_path / "journal.db"
+    journal = Journal.open(db)
+    async with open_sim_venue(SimConfig(seed=5)) as venue:
+        await trio.sleep(0.5)  # books exist and have moved
+        yield Crashed(venue, journal, db)
+    journal.close()
+
+
+async def drain_stream(venue: SimVenue) -> None:
+    """A new process opens a new user-data stream: nothing published before it is delivered again."""
+    while True:
+        with trio.move_on_after(0.5) as scope:
+            await venue.watch_orders()
+        if scope.cancelled_caught:
+            return
+
+
+async def restart(w: Crashed, venue: Any = None) -> tuple[Engine, RecoveryReport]:
+    """A fresh engine on the same journal and venue: recover, settle, return (inside `running`: the caller's
+    assertions about the engine come after the block, which shuts it down gracefully)."""
+    await drain_stream(w.venue)
+    engine = Engine(venue or w.venue, w.journal, EngineConfig(deadlines=DEADLINES))
+    async with engine.running():
+        report = await engine.recover()
+        await settle_recovered(engine, report)
+    return engine, report
+
+
+def assert_safe_and_verified(w: Crashed, engine: Engine, report: RecoveryReport) -> None:
+    assert report.unsafe == {}, report.to_dict()
+    for pid in report.resumed:
+        core = engine.handles[pid].core
+        assert core.state in (State.HEDGED, State.FLAT)
+        assert not core.exposure().unknown
+    # The venue's perp positions are exactly what the packages hold.
+    held = sum((engine.handles[pid].core.exposure().perp for pid in report.resumed), Decimal(0))
+    assert w.venue.engine.positions()[ETH_PERP] == held
+    assert not [o for o in w.venue.engine.open_orders() if o.client_order_id.startswith("lg")]
+    result = verify(w.db)
+    assert result.ok, result.problems
+
+
+def recovery_steps(w: Crashed, pid: str) -> list[str]:
+    return [r.payload["step"] for r in w.journal.timeline(pid) if r.kind == "recovery"]
+
+
+def ids_sent(w: Crashed) -> list[str]:
+    return [o.client_order_id for o in w.venue.engine.all_orders()]
+
+
+# --- dispatched ---------------------------------------------------------------------------------------
+
+
+async def test_dispatched_both_acknowledged_and_resting_ends_void(autojump_clock: MockClock, crashed: Crashed) -> None:
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.ack(core, w.send(perp))
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.at_restart == {pid: "dispatched"}
+    assert report.final == {pid: "flat"}
+    statuses = {o.client_order_id: o.status for o in w.venue.engine.all_orders()}
+    assert statuses == {spot.client_order_id: OrderStatus.CANCELED, perp.client_order_id: OrderStatus.CANCELED}
+    assert recovery_steps(w, pid) == ["queried", "resolved"]
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_dispatched_one_acknowledged_the_other_never_sent(autojump_clock: MockClock, crashed: Crashed) -> None:
+    w = crashed
+    core = w.package()
+    spot, _perp = w.dispatch(core)
+    w.ack(core, w.send(spot))  # the crash came before the perp request left
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    answers = report.answers[pid]
+    assert answers[_perp.client_order_id].startswith("rejected filled 0 (not found")
+    assert answers[spot.client_order_id] == "open filled 0"
+    assert report.final == {pid: "flat"}
+    assert ids_sent(w) == [spot.client_order_id]  # nothing was sent again
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_dispatched_nothing_acknowledged_but_one_leg_filled_is_unwound(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.send(spot)  # sent, never acknowledged in the journal, and filled while the engine was down
+    bought = w.fill(spot)
+    step = w.venue.engine.markets[ETH].step_size
+    held = ((bought.filled - bought.fee_base) / step).to_integral_value(ROUND_DOWN) * step
+    pid = core.plan.package_id
+    eth_before = w.venue.engine.balances()["ETH"].total
+
+    engine, report = await restart(w)
+
+    assert report.final == {pid: "flat"}
+    final = engine.handles[pid].core
+    assert final.unwind_attempts == {LegRole.SPOT: 1, LegRole.PERP: 0}
+    # What the fill bought (net of the base-asset fee, down to the step) was sold again, once.
+    assert eth_before - w.venue.engine.balances()["ETH"].total == held
+    assert perp.client_order_id not in ids_sent(w)
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_dispatched_both_filled_while_down_is_hedged(autojump_clock: MockClock, crashed: Crashed) -> None:
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.ack(core, w.send(perp))
+    w.fill(spot)
+    w.fill(perp)
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.final == {pid: "hedged"}
+    assert engine.handles[pid].core.exposure().perp == -QTY
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_pending_package_is_aborted_without_asking(autojump_clock: MockClock, crashed: Crashed) -> None:
+    w = crashed
+    core = w.package()  # created, crashed before its dispatch step was journaled
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.at_restart == {pid: "pending"} and report.final == {pid: "flat"}
+    assert recovery_steps(w, pid) == ["abort", "resolved"]
+    assert ids_sent(w) == []
+    assert_safe_and_verified(w, engine, report)
+
+
+# --- leg broken, unwinding ----------------------------------------------------------------------------
+
+
+def broken(w: Crashed) -> tuple[PackageCore, OrderIntent, list[OrderIntent]]:
+    """Spot filled, perp rejected: the step that broke the leg journaled its unwind intent (not sent)."""
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.fill(spot)
+    w.ack(core, _spot_update(w, spot))
+    unwinds = sent(w.feed(core, OrderEvent(perp.client_order_id, OrderStatus.REJECTED)))
+    assert core.state is State.UNWINDING and [i.role for i in unwinds] == [LegRole.SPOT]
+    return core, spot, unwinds
+
+
+def _spot_update(w: Crashed, spot: OrderIntent) -> OrderUpdate:
+    return w.venue.engine.get(spot.symbol, spot.client_order_id)
+
+
+async def test_unwinding_with_the_unwind_never_sent_sends_the_next_attempt(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core, _spot, (unwind,) = broken(w)
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.at_restart == {pid: "unwinding"} and report.final == {pid: "flat"}
+    assert report.answers[pid][unwind.client_order_id].startswith("rejected filled 0 (not found")
+    unwinds = [cid for cid in ids_sent(w) if cid.startswith(core.plan.client_id_prefix + "-SU")]
+    assert unwinds == [core.plan.client_id_prefix + "-SU1"]  # attempt 0 never reached the venue
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_unwinding_with_the_unwind_filled_while_down_sends_nothing(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core, _spot, (unwind,) = broken(w)
+    w.send(unwind)  # the market order went out and filled; the crash came before its answer was journaled
+    pid = core.plan.package_id
+    before = ids_sent(w)
+
+    engine, report = await restart(w)
+
+    assert report.answers[pid][unwind.client_order_id].startswith("closed filled")
+    assert report.final == {pid: "flat"}
+    assert ids_sent(w) == before
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_a_duplicate_client_order_id_answer_means_it_exists_fetch_it(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    """The journal lost its last step (power loss under `durability = "process"`): the unwind it described
+    was sent and filled. The recovered core issues the same deterministic id again; the venue answers
+    "duplicate", the engine fetches the order instead of failing or selling twice."""
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.fill(spot)
+    # What the lost step would have decided, replayed on a scratch core so the journal does not see it.
+    scratch = PackageCore(core.plan)
+    for event in w.journal.events(core.plan.package_id):
+        scratch.handle(event)
+    scratch.handle(_event(_spot_update(w, spot)))
+    (unwind,) = sent(scratch.handle(OrderEvent(perp.client_order_id, OrderStatus.REJECTED)))
+    w.send(unwind)
+    eth_after_one_sale = w.venue.engine.balances()["ETH"].total
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.final == {pid: "flat"}
+    errors = [r.payload for r in w.journal.timeline(pid) if r.kind == "order_error"]
+    assert errors == []  # a duplicate is not an error
+    assert w.venue.engine.balances()["ETH"].total == eth_after_one_sale  # sold once, not twice
+    assert ids_sent(w).count(unwind.client_order_id) == 1
+    assert_safe_and_verified(w, engine, report)
+
+
+# --- hedged -------------------------------------------------------------------------------------------
+
+
+def hedged(w: Crashed, policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> PackageCore:
+    core = w.package(policy)
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.ack(core, w.send(perp))
+    w.ack(core, w.fill(spot))
+    w.ack(core, w.fill(perp))
+    assert core.state is State.HEDGED
+    return core
+
+
+async def test_hedged_package_is_verified_against_the_venue_and_stays_hedged(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core = hedged(w)
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.final == {pid: "hedged"} and report.reduced == {}
+    assert recovery_steps(w, pid) == ["queried", "perp_verified", "resolved"]
+    assert_safe_and_verified(w, engine, report)
+
+
+@pytest.mark.parametrize(("policy", "final"), [(OrphanPolicy.FLATTEN, "flat"), (OrphanPolicy.TRIM, "hedged")])
+async def test_hedged_package_whose_perp_was_reduced_while_down_is_unwound(
+    autojump_clock: MockClock, crashed: Crashed, policy: OrphanPolicy, final: str
+) -> None:
+    w = crashed
+    core = hedged(w, policy)
+    w.venue.engine.liquidate(ETH_PERP, Decimal("0.02"), w.now, OrderOrigin.LIQUIDATION)
+    pid = core.plan.package_id
+
+    engine, report = await restart(w)
+
+    assert report.reduced == {pid: "0.02"}
+    assert report.final == {pid: final}
+    steps = recovery_steps(w, pid)
+    assert steps[:2] == ["queried", "perp_reduced_while_down"]
+    after = engine.handles[pid].core
+    if final == "hedged":  # trim: the matched 0.03 stays hedged, the spot excess was sold
+        assert after.exposure().perp == -Decimal("0.03")
+        assert abs(after.exposure().spot + after.exposure().perp) < after.plan.spot.step * 2
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_a_perp_position_no_package_explains_is_reported_and_left_alone(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core = hedged(w)
+    # Someone else shorts more on the same account: not ours to touch.
+    w.venue.engine.place(OrderRequest("manual-1", ETH_PERP, Side.SELL, OrderType.MARKET, Decimal("0.01")), w.now)
+
+    _engine, report = await restart(w)
+
+    assert report.final == {core.plan.package_id: "hedged"}
+    assert report.unexplained_positions == {ETH_PERP: "-0.01"}
+    assert not report.ok
+    assert w.venue.engine.positions()[ETH_PERP] == -QTY - Decimal("0.01")
+    events = [r.payload for r in w.journal.engine_log() if r.payload.get("event") == "unexplained_position"]
+    assert events and events[0]["symbol"] == ETH_PERP
+    assert verify(w.db).ok
+
+
+# --- unreachable, strays ------------------------------------------------------------------------------
+
+
+class Flaky:
+    """The simulated venue, except that the first `fail` order queries time out (outcome unknown)."""
+
+    def __init__(self, venue: SimVenue, fail: int) -> None:
+        self._venue = venue
+        self.fail = fail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._venue, name)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
+        if self.fail > 0:
+            self.fail -= 1
+            raise OutcomeUnknown(f"query {client_order_id}: timed out")
+        return await self._venue.fetch_order(symbol, client_order_id)
+
+
+async def test_an_order_the_venue_cannot_be_asked_about_is_unknown_and_asked_again(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.send(perp)
+    w.fill(perp)  # the perp filled; the first question about it goes unanswered
+    pid = core.plan.package_id
+
+    engine, report = await restart(w, Flaky(w.venue, fail=1))
+
+    assert report.unreachable == [spot.client_order_id] or report.unreachable == [perp.client_order_id]
+    assert report.final == {pid: "flat"}  # unknown at recovery -> leg_broken -> the kill switch settles it
+    assert_safe_and_verified(w, engine, report)
+
+
+async def test_stray_orders_with_our_prefix_are_cancelled_unwound_and_journaled(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    core = hedged(w)  # one real package, so there is something to recover
+    prefix = f"lg{w.journal.journal_id}"
+    book = w.venue.engine.book(ETH)
+    assert book.best_bid is not None
+    tick = w.venue.engine.markets[ETH].tick_size
+    price = book.best_bid - 50 * tick
+    partly = OrderRequest(f"{prefix}000077-SE0", ETH, Side.BUY, OrderType.LIMIT, QTY, price, post_only=True)
+    resting = OrderRequest(f"{prefix}000078-SE0", ETH, Side.BUY, OrderType.LIMIT, QTY, price, post_only=True)
+    foreign = OrderRequest("someone-else-1", ETH, Side.BUY, OrderType.LIMIT, QTY, price, post_only=True)
+    for r in (partly, resting, foreign):
+        w.venue.engine.place(r, w.now)
+    w.venue.engine.trade_through(ETH, Side.SELL, price, Decimal("0.03"), w.now)  # time priority: `partly` only
+    bought = w.venue.engine.get(ETH, partly.client_order_id)
+    step = w.venue.engine.markets[ETH].step_size
+    held = ((bought.filled - bought.fee_base) / step).to_integral_value(ROUND_DOWN) * step
+    eth_before = w.venue.engine.balances()["ETH"].total
+
+    _engine, report = await restart(w)
+
+    by_id = {s["client_order_id"]: s for s in report.strays}
+    assert set(by_id) == {resting.client_order_id, partly.client_order_id}  # never someone else's order
+    assert by_id[partly.client_order_id]["filled"] == "0.03"
+    assert by_id[partly.client_order_id]["unwind"] == partly.client_order_id + "-X"
+    assert by_id[partly.client_order_id]["unwind_filled"] == str(held)
+    assert by_id[resting.client_order_id]["filled"] == "0" and "unwind" not in by_id[resting.client_order_id]
+    assert all(s["outcome"] == "cancelled" for s in report.strays)
+    assert w.venue.engine.get(ETH, "someone-else-1").status is OrderStatus.OPEN
+    assert eth_before - w.venue.engine.balances()["ETH"].total == held  # what the stray bought, sold once
+    adopted = [r.payload for r in w.journal.engine_log() if r.payload.get("event") == "adopted_stray_order"]
+    assert {p["client_order_id"] for p in adopted} == set(by_id)
+    assert report.final == {core.plan.package_id: "hedged"}
+    assert verify(w.db).ok
+
+
+async def test_recovery_with_nothing_open_reports_nothing(autojump_clock: MockClock, crashed: Crashed) -> None:
+    _engine, report = await restart(crashed)
+
+    assert report.to_dict()["ok"] is True
+    assert report.resumed == [] and report.strays == []
+    assert [r.payload["event"] for r in crashed.journal.engine_log()][:3] == ["started", "recovery_started",
+                                                                              "recovered"]  # fmt: skip
