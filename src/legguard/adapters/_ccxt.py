@@ -25,6 +25,7 @@ is unavailable.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -316,6 +317,8 @@ class CcxtVenue:
         self._resign_ms = int(config.resign_after * 1000)
         self._ssl: dict[str, ssl.SSLContext | None] = {}
         self.tap: WireTap | None = None  # sees every order-path send and answer (`legguard bench`)
+        # The kill switch's first move, prepared while the order is in flight: client id -> signed cancel.
+        self._cancels: collections.OrderedDict[str, _Request] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"CcxtVenue({self.config!r})"
@@ -539,8 +542,14 @@ class CcxtVenue:
             raise prepared.error
         cid, side = request.client_order_id, prepared.side
         conn, prepared.conn = prepared.conn, None
-        raw = await self._exchange(prepared.request, conn, f"place {cid}", cid=cid, placing=True,
-                                   post_only=request.post_only)  # fmt: skip
+        if conn is not None:
+            self._arm_cancel(side, prepared.market, cid)  # while the request is in flight
+        try:
+            raw = await self._exchange(prepared.request, conn, f"place {cid}", cid=cid, placing=True,
+                                       post_only=request.post_only)  # fmt: skip
+        except BaseException:
+            self._cancels.pop(cid, None)
+            raise
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
         try:
@@ -554,7 +563,25 @@ class CcxtVenue:
         if request.post_only and update.status is OrderStatus.EXPIRED and update.filled == 0:
             # USDⓈ-M may accept a GTX order and expire it at once instead of answering -5022.
             update = dataclasses.replace(update, reason=RejectReason.POST_ONLY_CROSS)
+        if update.status.is_terminal:
+            self._cancels.pop(cid, None)
         return update
+
+    def _arm_cancel(self, side: _Side, market: dict[str, Any], cid: str) -> None:
+        """Sign the cancel of an order just sent, so that a kill switch deciding within `resign_after` finds
+        it ready; older ones are dropped (a stale signature would have to be made again anyway)."""
+        cancels = self._cancels
+        while cancels:
+            oldest = next(iter(cancels.values()))
+            if oldest.side.ex.milliseconds() - oldest.signed_ms <= self._resign_ms:
+                break
+            cancels.popitem(last=False)
+        r = _Request(side, side.entry("cancel"), {"symbol": market["id"], "origClientOrderId": cid})
+        try:
+            r.sign(self)
+        except (ccxt.BaseError, ValueError):
+            return  # cancel_order builds it again and reports the problem where it matters
+        cancels[cid] = r
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
         """The kill switch's most common first move, so it takes the order path too: the request ccxt's own
@@ -566,8 +593,11 @@ class CcxtVenue:
         if self._closed:
             raise VenueError(f"{what}: the venue is closed")
         side.budget.take(side.cost("cancel"), reducing=True, what=what)
-        signed = _Request(side, side.entry("cancel"), {"symbol": market["id"], "origClientOrderId": client_order_id})
-        signed.sign(self)
+        signed = self._cancels.pop(client_order_id, None)
+        if signed is None or signed.side is not side or side.ex.milliseconds() - signed.signed_ms > self._resign_ms:
+            params = {"symbol": market["id"], "origClientOrderId": client_order_id}
+            signed = _Request(side, side.entry("cancel"), params)
+            signed.sign(self)
         assert signed.pool is not None
         conn = signed.pool.take()
         if conn is not None:
