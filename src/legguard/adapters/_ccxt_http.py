@@ -322,16 +322,36 @@ class Connection:
 
     def alive(self) -> bool:
         """Cheap check that an idle connection is still usable: nothing to read, no EOF (a server that
-        closed an idle keep-alive connection shows EOF here)."""
+        closed an idle keep-alive connection shows EOF here). TLS 1.3 servers send session tickets after the
+        handshake: those are read and absorbed, anything else means the connection is not clean."""
         if self._closed:
             return False
+        if self._tls is None:
+            try:
+                self.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            return False  # EOF, or bytes nobody asked for
+        assert self._inbox is not None
+        while True:
+            try:
+                data = self.sock.recv(_READ)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._inbox.write(data)
         try:
-            self.sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
+            extra = self._tls.read(_READ)
+        except ssl.SSLWantReadError:
             return True
-        except OSError:
+        except ssl.SSLError:
             return False
-        return False  # EOF, or bytes nobody asked for: either way not a clean idle connection
+        return not extra
 
     def send_now(self, data: bytes, key: str = "") -> None:
         """Write a whole request now, without yielding; the kernel normally takes all of it (a request is far
