@@ -38,6 +38,7 @@ from legguard.fsm import (
     OrderEvent,
     OrderIntent,
     PackageCore,
+    Purpose,
     QueryOrder,
     SendOrder,
     Shutdown,
@@ -218,7 +219,11 @@ class PackageActor:
                 case QueryOrder(client_order_id=cid, symbol=symbol):
                     self._spawn(self._query, cid, symbol, 0.0)
         if sends:
-            self._release(sends)
+            delay = retry_backoff(sends)
+            if delay > 0:
+                self._spawn(self._release_after, delay, sends)
+            else:
+                self._release(sends)
         for command in commands:
             if isinstance(command, Transitioned):
                 if command.dest is State.DISPATCHED:
@@ -265,6 +270,10 @@ class PackageActor:
         for a in armed:
             self._spawn(self._send, a)
 
+    async def _release_after(self, delay: float, intents: list[OrderIntent]) -> None:
+        await trio.sleep(delay)
+        self._release(intents)
+
     async def _send(self, armed: ArmedOrder) -> None:
         cid, symbol = armed.request.client_order_id, armed.request.symbol
         h, engine = self.handle, self.engine
@@ -276,6 +285,9 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
         except OrderRejected as exc:
+            if exc.reason is RejectReason.REDUCE_ONLY_REJECTED:
+                # The venue holds less short than we believe (reduced while unseen): find out how much.
+                self._spawn(engine.reconcile_short, symbol, h)
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
             engine.journal_error(h.package_id, cid, "send", exc)
             return
@@ -354,6 +366,13 @@ def _update_payload(update: OrderUpdate) -> dict[str, object]:
         "filled": str(update.filled),
         "average": None if update.average is None else str(update.average),
     }
+
+
+def retry_backoff(intents: list[OrderIntent]) -> float:
+    """Unwind retries escalate with exponential back-off (20 ms, 40 ms, ... capped at 1 s); first attempts
+    and entries go at once."""
+    attempt = max((i.attempt for i in intents if i.purpose is Purpose.UNWIND), default=0)
+    return 0.0 if attempt == 0 else min(0.02 * 2 ** (attempt - 1), 1.0)
 
 
 def is_cancellation(exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ from legguard.adapters._types import (
     OrderOrigin,
     OrderUpdate,
     RateLimited,
+    Side,
     StreamDisconnected,
     Venue,
     VenueError,
@@ -374,37 +375,82 @@ class Engine:
             self._attribute_reduction(update)
 
     def _attribute_reduction(self, update: OrderUpdate) -> None:
-        """The venue bought back part of the perp short by itself: charge it to this symbol's hedged
-        packages, newest first (the order is arbitrary but deterministic; every unit lands somewhere)."""
+        """The venue bought back part of the perp short by itself (liquidation / ADL)."""
         seen = self._liquidations.get(update.client_order_id, Decimal(0))
         delta = update.filled - seen
         if delta <= 0:
             return
         self._liquidations[update.client_order_id] = update.filled
-        remaining = delta
-        candidates = [
-            h for h in self.handles.values()
-            if h.core.plan.perp.symbol == update.symbol and h.core.state in (State.HEDGED, State.UNWINDING)
-        ]  # fmt: skip
-        for h in sorted(candidates, key=lambda h: h.created_at, reverse=True):
-            # Reductions still in the mailbox are not in the core yet: never charge the same short twice.
-            # Nor a short already being bought back by an unwind order in flight.
-            in_mailbox = h.reductions_posted - h.core.venue_reduced
-            closing = sum(
-                (o.intent.amount - o.filled for o in h.core.open_orders() if o.intent.symbol == update.symbol),
-                Decimal(0),
-            )
-            take = min(-h.core.exposure().perp - in_mailbox - closing, remaining)
-            if take > 0:
-                h.reductions_posted += take
-                h.post(VenueReduction(take, update.origin.value))
-                remaining -= take
-            if remaining <= 0:
-                break
+        remaining = self.charge_reduction(update.symbol, delta, update.origin.value)
         self.journal.record(
             "engine", None,
             {"event": "venue_reduction", "order": update.client_order_id, "symbol": update.symbol,
              "quantity": str(delta), "unattributed": str(remaining)},
+            trio.current_time(),
+        )  # fmt: skip
+
+    def available_short(self, handle: PackageHandle) -> Decimal:
+        """The perp short a package holds that nothing is already closing: reductions still in its mailbox
+        are not in its core yet, and unwind buys in flight may have executed unreported. A lower bound, so
+        charging against it can never take more than the package has."""
+        core = handle.core
+        in_mailbox = handle.reductions_posted - core.venue_reduced
+        closing = sum(
+            (
+                o.intent.amount - o.filled
+                for o in core.open_orders()
+                if o.intent.symbol == core.plan.perp.symbol and o.intent.side is Side.BUY
+            ),
+            Decimal(0),
+        )
+        return max(-core.exposure().perp - in_mailbox - closing, Decimal(0))
+
+    def charge_reduction(
+        self, symbol: str, quantity: Decimal, origin: str, prefer: PackageHandle | None = None
+    ) -> Decimal:
+        """Charge a perp short the venue no longer shows to the packages that believe they hold it: `prefer`
+        first, then newest first (arbitrary but deterministic; every unit lands somewhere it can). Returns
+        what could not be attributed."""
+        remaining = quantity
+        candidates = sorted(
+            (
+                h for h in self.handles.values()
+                if h.core.plan.perp.symbol == symbol and h.core.state not in (State.PENDING, State.FLAT)
+            ),
+            key=lambda h: (h is not prefer, -h.created_at),
+        )  # fmt: skip
+        for h in candidates:
+            take = min(self.available_short(h), remaining)
+            if take > 0:
+                h.reductions_posted += take
+                h.post(VenueReduction(take, origin))
+                remaining -= take
+            if remaining <= 0:
+                break
+        return remaining
+
+    async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
+        """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced
+        while we were not looking). Ask the venue and charge the difference."""
+        try:
+            with trio.fail_after(self.config.deadlines.ack):
+                positions = await self.venue.fetch_positions()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("position reconcile %s failed: %s", symbol, exc)
+            return
+        venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
+        believed = sum(
+            (self.available_short(h) for h in self.handles.values() if h.core.plan.perp.symbol == symbol),
+            Decimal(0),
+        )
+        missing = believed - venue_short
+        if missing <= 0:
+            return
+        remaining = self.charge_reduction(symbol, missing, "found by position reconcile", prefer)
+        self.journal.record(
+            "engine", None,
+            {"event": "position_reconcile", "symbol": symbol, "venue_short": str(venue_short),
+             "believed_short": str(believed), "charged": str(missing - remaining)},
             trio.current_time(),
         )  # fmt: skip
 
