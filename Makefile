@@ -36,7 +36,7 @@ slow: install
 	$(BIN)/pytest -m slow
 
 bench: install
-	$(BIN)/legguard bench
+	$(BIN)/legguard bench --write-docs docs/performance.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build src/*.egg-info
