@@ -9,7 +9,9 @@ Map:
 - `_sim.py`       `SimVenue`: the in-process simulated venue (latency, market generator, fault injection).
 - `_ccxt.py`      `CcxtVenue`: Binance spot + USDⓈ-M through unmodified ccxt / ccxt.pro on trio via
                   trio-asyncio (`open_ccxt_venue`); `_ccxt_convert.py` translates ccxt errors, orders, markets
-                  and books into the vocabulary above. Imported on first use (ccxt is heavy).
+                  and books into the vocabulary above; `_ccxt_http.py` is the order path's transport (warm
+                  keep-alive connections on trio; armed requests written back to back). Imported on first use
+                  (ccxt is heavy).
 - `_emulator.py`  `Emulator` / `serve_emulator`: the matching engine served over Binance's spot + USDⓈ-M REST
                   and websocket protocols on loopback (`_emulator_rest.py`, `_emulator_ws.py`; JSON shapes and
                   error codes in `_wire.py`), so unmodified ccxt trades against it. Imported on first use.

@@ -12,6 +12,8 @@ Map:
 - `_replay.py`    `verify()`: the hash chain plus every package replayed through a fresh core;
                   `replay_package()` rebuilds a core for recovery.
 - `_strategy.py`  the demo's premium trigger and fault plan.
+- `_bench.py`     `legguard bench`: overhead, throughput, journal, memory, medians and targets;
+                  `_bench_wire.py` the skew and kill-switch measurements at the socket against the emulator.
 """
 
 from ._actor import InjectedCrash as InjectedCrash
