@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest fuzz slow bench clean
+.PHONY: install demo test lint typecheck pytest fuzz slow crash bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ fuzz: install
 
 slow: install
 	$(BIN)/pytest -m slow
+
+# The crash harness: engine and emulator as separate processes, SIGKILL at every dangerous point (~3 min).
+crash: install
+	$(BIN)/pytest -m slow tests/engine/test_crash_harness.py
 
 bench: install
 	$(BIN)/legguard bench --write-docs docs/performance.md

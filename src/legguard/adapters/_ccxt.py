@@ -57,6 +57,7 @@ from ._ccxt_convert import (
     exceptions_by_url,
     market_from_ccxt,
     order_update,
+    scrub,
     translate_error,
 )
 from ._ccxt_http import Connection, HttpError, Origin, Pool, Response, WireTap, encode_request, split_url
@@ -515,7 +516,12 @@ class CcxtVenue:
                 continue
             r = p.request
             if p.side.ex.milliseconds() - r.signed_ms > self._resign_ms:
-                r.sign(self)
+                try:
+                    r.sign(self)
+                except (ccxt.BaseError, ValueError) as exc:  # nothing was sent: a definite refusal
+                    detail = f"re-sign failed: {scrub(str(exc), self._secrets)}"
+                    p.error = OrderRejected(request.client_order_id, RejectReason.OTHER, detail)
+                    continue
             assert r.pool is not None
             p.conn = r.pool.take()
             if p.conn is not None:

@@ -16,6 +16,7 @@ from legguard.engine._runner import RunStatus, run_engine
 from legguard.engine._spec import SpecError
 
 from ._app import app
+from ._recover import print_recovery
 
 
 @app.command()
@@ -40,7 +41,8 @@ def run(
                 states = dict(e.final_states())
                 console.print(f"[dim]{e.mode.value}[/dim] packages={len(e.handles)} {states}", highlight=False)
 
-        report = trio.run(_with_signals, cfg, db, seconds, status, None if as_json else tick)
+        report = trio.run(_with_signals, cfg, db, seconds, status, None if as_json else tick,
+                          lambda r: print_recovery(console, r))  # fmt: skip
     except (ConfigError, SpecError) as exc:
         console.print(f"[red]config error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -50,7 +52,9 @@ def run(
         console.print(report)
 
 
-async def _with_signals(cfg: Any, db: Path, seconds: float | None, status: RunStatus, tick: Any) -> dict[str, Any]:
+async def _with_signals(
+    cfg: Any, db: Path, seconds: float | None, status: RunStatus, tick: Any, recovered: Any = None
+) -> dict[str, Any]:
     async def watch() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
@@ -58,6 +62,6 @@ async def _with_signals(cfg: Any, db: Path, seconds: float | None, status: RunSt
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        report = await run_engine(cfg, db, seconds, status, tick)
+        report = await run_engine(cfg, db, seconds, status, tick, recovered)
         nursery.cancel_scope.cancel()
     return report

@@ -103,6 +103,9 @@ class PackageHandle:
     leg_timer_started: bool = False
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
+    # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
+    # the step that acts on them: one commit less between an answer and the kill switch.
+    facts: list[tuple[str, dict[str, object], float]] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     stepped: trio.Event = field(default_factory=trio.Event)  # pulsed after every step (observers wait on it)
 
@@ -167,6 +170,21 @@ class PackageActor:
             raise
         finally:
             self._nursery = None
+            self._journal_facts()  # answers that arrived after the last step
+
+    def _journal_facts(self) -> None:
+        h = self.handle
+        if h.facts:
+            facts, h.facts = h.facts, []
+            with self.engine.journal.batch():
+                for kind, payload, at in facts:
+                    self.engine.journal.record(kind, h.package_id, payload, at)
+
+    def _fact_error(self, cid: str, where: str, error: object) -> None:
+        # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
+        self.handle.facts.append(
+            ("order_error", {"client_order_id": cid, "where": where, "error": str(error)}, trio.current_time())
+        )
 
     def _finished(self) -> bool:
         state = self.core.state
@@ -196,8 +214,16 @@ class PackageActor:
         now = trio.current_time()
         commands = self.core.handle(event)
         h.events.append(event)
-        # Write-ahead: the event and everything it caused are durable before any effect starts.
-        engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+        # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
+        # answers behind it (audited facts) commit in the same transaction, ahead of the step's rows.
+        if h.facts:
+            facts, h.facts = h.facts, []
+            with engine.journal.batch():
+                for kind, payload, at in facts:
+                    engine.journal.record(kind, h.package_id, payload, at)
+                engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+        else:
+            engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands)
         self._track_exposure(now)
@@ -281,15 +307,15 @@ class PackageActor:
             with trio.fail_after(engine.config.deadlines.ack):
                 ack = await engine.venue.fire(armed)
         except trio.TooSlowError:
-            engine.journal_error(h.package_id, cid, "send", "acknowledgement deadline passed")
+            self._fact_error(cid, "send", "acknowledgement deadline passed")
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
         except OrderRejected as exc:
             if exc.reason is RejectReason.REDUCE_ONLY_REJECTED:
                 # The venue holds less short than we believe (reduced while unseen): find out how much.
                 self._spawn(engine.reconcile_short, symbol, h)
+            self._fact_error(cid, "send", exc)
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
-            engine.journal_error(h.package_id, cid, "send", exc)
             return
         except DuplicateOrder:
             # It exists: fetch it, never resend.
@@ -301,7 +327,7 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
             return
         except VenueError as exc:
-            engine.journal_error(h.package_id, cid, "send", exc)
+            self._fact_error(cid, "send", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
         except trio.Cancelled:
@@ -309,7 +335,7 @@ class PackageActor:
             raise
         if CRASH_ARMED:
             _crashpoints.after_send(self.core.orders[cid].intent)
-        engine.journal.record("ack", h.package_id, _update_payload(ack), trio.current_time())
+        h.facts.append(("ack", _update_payload(ack), trio.current_time()))
         h.post(to_order_event(ack))
 
     async def _cancel(self, cid: str, symbol: str) -> None:

@@ -150,8 +150,8 @@ async def overhead_run(samples: int, directory: Path, warmup: int = 20) -> list[
                             await trio.lowlevel.checkpoint()
                     if i >= warmup:
                         out.append((max(venue.fired[c] for c in handle.core.orders) - t0) / 1000)
-                    with trio.fail_after(10):
-                        await handle.done.wait()
+                    with trio.fail_after(10):  # hedged (both legs filled) or flat (cancelled at the deadline)
+                        await handle.wait_until(lambda core: core.state in (State.HEDGED, State.FLAT))
     finally:
         journal.close()
     return out

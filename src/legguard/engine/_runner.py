@@ -16,6 +16,7 @@ from legguard.adapters._types import Venue
 from ._config import ConfigError, RunConfig
 from ._engine import Engine, EngineMode
 from ._journal import Durability, Journal
+from ._recovery import RecoveryReport, settle_recovered
 from ._spec import PackageSpec, SpecError, validate_spec
 from ._strategy import PremiumTrigger
 
@@ -42,6 +43,7 @@ class RunStatus:
     submitted: int = 0
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
+    recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
 
 
 async def run_engine(
@@ -50,6 +52,7 @@ async def run_engine(
     seconds: float | None,
     status: RunStatus | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
+    on_recovered: Callable[[RecoveryReport], None] | None = None,
 ) -> dict[str, Any]:
     status = status or RunStatus()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
@@ -67,6 +70,13 @@ async def run_engine(
                         validate_spec(PackageSpec(pair.spot_symbol, pair.perp_symbol, pair.quantity), running.markets)
                     except SpecError as exc:
                         raise ConfigError(f"pairs[{i}]: {exc}") from None
+                if journal.open_packages():
+                    # A previous run left packages not flat: make them safe before opening any new one.
+                    status.recovery = await settle_recovered(running, await running.recover())
+                    if on_recovered is not None:
+                        on_recovered(status.recovery)
+                    if status.recovery.unsafe:
+                        running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
@@ -77,7 +87,10 @@ async def run_engine(
                     with trio.move_on_after(seconds if seconds is not None else float("inf")):
                         await status.stop.wait()
                     nursery.cancel_scope.cancel()
-            return summary(engine, db)
+            report = summary(engine, db)
+            if status.recovery is not None:
+                report["recovery"] = status.recovery.to_dict()
+            return report
     finally:
         journal.close()
 

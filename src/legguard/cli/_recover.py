@@ -1,0 +1,113 @@
+"""`legguard recover --config FILE`: after a crash, bring every package the journal left unfinished back to
+hedged or flat from the venue's facts, print what was found and done, and exit (0: everything safe)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from legguard.engine._config import ConfigError, RunConfig, load_config
+from legguard.engine._engine import Engine
+from legguard.engine._journal import Durability, Journal, JournalError
+from legguard.engine._recovery import RecoveryReport, settle_recovered
+from legguard.engine._runner import open_venue
+from legguard.engine._spec import SpecError
+
+from ._app import app
+
+# Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
+EXIT_UNSAFE = 1
+EXIT_USAGE = 2
+
+
+@app.command()
+def recover(
+    config: Annotated[Path, typer.Option("--config", help="TOML config of the run to recover (see examples/).")],
+    db: Annotated[Path, typer.Option("--db", help="The journal the crashed run wrote.")] = Path("legguard.db"),
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to wait for the packages to settle (default: 2 x deadlines.ack + deadlines.unwind)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Recover after a crash: ask the venue about every order of every package not flat, resume each
+    package's state machine from the facts until it is hedged or flat, cancel our stray orders, and exit.
+    `legguard run` does the same by itself at start."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        cfg = load_config(config)
+        if wait is not None and not wait > 0:
+            raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
+        if not db.is_file():
+            raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
+        report = trio.run(_recover, cfg, db, wait)
+    except (ConfigError, SpecError, JournalError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print_recovery(Console(highlight=False, soft_wrap=True), report)
+    if not report.ok:
+        raise typer.Exit(EXIT_UNSAFE)
+
+
+async def _recover(cfg: RunConfig, db: Path, wait: float | None) -> RecoveryReport:
+    durability = Durability.POWER if cfg.durability == "power" else Durability.PROCESS
+    journal = Journal.open(db, durability=durability)
+    try:
+        async with open_venue(cfg) as venue:
+            engine = Engine(venue, journal, cfg.engine)
+            async with engine.running():
+                return await settle_recovered(engine, await engine.recover(), wait)
+    finally:
+        journal.close()
+
+
+def print_recovery(console: Console, report: RecoveryReport) -> None:
+    """The report as a table per package, then whatever needs an operator's eyes."""
+    if not report.at_restart and not report.unrecoverable and not report.strays:
+        console.print("recovery: nothing was left unfinished")
+        return
+    table = Table(title=f"recovery: {len(report.at_restart)} package(s) the journal left open")
+    table.add_column("package", no_wrap=True)
+    table.add_column("at restart", no_wrap=True)
+    table.add_column("now", no_wrap=True)
+    table.add_column("the venue said", overflow="fold")
+    for pid, state in report.at_restart.items():
+        final = report.final.get(pid, "?")
+        style = "green" if final in ("hedged", "flat") else "red"
+        answers = "; ".join(f"{cid}: {text}" for cid, text in report.answers.get(pid, {}).items()) or "-"
+        if pid in report.reduced:
+            answers += f"; perp reduced by {report.reduced[pid]} while down"
+        table.add_row(escape(pid), state, f"[{style}]{final}[/{style}]", escape(answers))
+    for pid, error in report.unrecoverable.items():
+        table.add_row(escape(pid), "?", "[red]unrecoverable[/red]", escape(error))
+    console.print(table)
+    for stray in report.strays:
+        unwind = f", unwound by {stray['unwind']} ({stray.get('unwind_status', '?')})" if "unwind" in stray else ""
+        console.print(
+            f"stray order {escape(stray['client_order_id'])} ({stray['symbol']} {stray['side']}, filled "
+            f"{stray['filled']}): {escape(stray['outcome'])}{escape(unwind)}"
+        )
+    if report.unreachable:
+        console.print(f"[yellow]asked again later (venue did not answer):[/yellow] {', '.join(report.unreachable)}")
+    if not report.positions_verified:
+        console.print("[red]perp positions could not be fetched: hedges unverified[/red]")
+    for symbol, qty in report.unexplained_positions.items():
+        console.print(f"[red]{symbol}: position {qty} that no package holds — left alone, for an operator[/red]")
+    if report.ok:
+        console.print("[green]OK[/green] every package hedged or flat")
+    else:
+        console.print(
+            f"[red]NOT SAFE[/red] {escape(json.dumps(report.unsafe))}" if report.unsafe else "[red]CHECK[/red]"
+        )
