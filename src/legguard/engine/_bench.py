@@ -266,17 +266,19 @@ async def _memory(packages: int, directory: Path) -> dict[str, Any]:
                     path = stat.traceback[0].filename.replace(os.sep, "/")
                     if "/legguard/" in path:
                         area = "legguard." + path.split("/legguard/", 1)[1].split("/")[0]
-                    elif "/trio/" in path:
-                        area = "trio"
+                    elif "/site-packages/" in path:
+                        area = path.split("/site-packages/", 1)[1].split("/")[0]  # trio, transitions, ...
                     else:
-                        area = "other"
+                        area = "stdlib:" + path.rsplit("/", 1)[-1]
                     by_area[area] = by_area.get(area, 0) + stat.size_diff
     finally:
         journal.close()
     return {
         "bytes_per_package": round(used / packages),
         "live": live,
-        "by_area_per_package": {k: round(v / packages) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1])},
+        "by_area_per_package": {
+            k: round(v / packages) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1]) if abs(v) >= packages
+        },
     }
 
 
@@ -299,11 +301,7 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True) -> dict[str, Any]:
     from ._bench_wire import wire_run
 
     started = time.perf_counter()
-    outer = log
-
-    def log(line: str) -> None:
-        outer(f"[{time.perf_counter() - started:6.1f} s] {line}")
-
+    log = _timed(log, started)
     info = machine()
     log(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}")
     runs: list[dict[str, Any]] = []
@@ -342,6 +340,13 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True) -> dict[str, Any]:
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["runs"] = runs
     return result
+
+
+def _timed(log: Log, started: float) -> Log:
+    def timed(line: str) -> None:
+        log(f"[{time.perf_counter() - started:6.1f} s] {line}")
+
+    return timed
 
 
 def _median(values: Sequence[float]) -> float:
