@@ -101,6 +101,7 @@ class PackageHandle:
     ever_orphaned: bool = False
     faults: int = 0
     leg_timer_started: bool = False
+    released: set[str] = field(default_factory=set)  # client ids handed to the venue (not just journaled)
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
@@ -283,6 +284,7 @@ class PackageActor:
         armed: list[ArmedOrder] = []
         for intent in intents:
             self.engine.register_order(intent.client_order_id, self.handle)
+            self.handle.released.add(intent.client_order_id)
             try:
                 armed.append(self.engine.venue.arm(to_request(intent)))
             except OrderRejected as exc:

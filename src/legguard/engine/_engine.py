@@ -362,6 +362,10 @@ class Engine:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self._reconcile_live()
+                # Liquidations and ADL during the gap were on the lost stream too: ask for the positions.
+                assert self._service is not None
+                for symbol in {h.core.plan.perp.symbol for h in self.handles.values() if not h.done.is_set()}:
+                    self._service.start_soon(self.reconcile_short, symbol)
                 continue
             backoff = 0.05
             for update in updates:
@@ -399,7 +403,9 @@ class Engine:
             (
                 o.intent.amount - o.filled
                 for o in core.open_orders()
-                if o.intent.symbol == core.plan.perp.symbol and o.intent.side is Side.BUY
+                if o.intent.symbol == core.plan.perp.symbol
+                and o.intent.side is Side.BUY
+                and o.intent.client_order_id in handle.released  # a retry waiting out its back-off cannot
             ),
             Decimal(0),
         )
