@@ -415,6 +415,37 @@ async def test_ws_drop_raises_stream_disconnected_and_the_next_call_resubscribes
         assert {u.status for u in got.values()} == {OrderStatus.OPEN}
 
 
+async def test_a_drop_just_after_a_fill_is_reported_once_per_stream_and_both_come_back_by_themselves() -> None:
+    async with emulated() as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t21-SE1", ETH, Side.BUY, bid))
+        spot_m = rig.emu.engine.markets[ETH]
+
+        def fill_then_drop() -> None:
+            # The fill's event resolves the pending watch; the close follows before it is armed again, and
+            # ccxt.pro would reconnect silently on the next watch: the close itself must say so.
+            rig.emu.trade(spot_m, Side.SELL, bid, QTY)
+            rig.emu.add_fault({"fault": "ws_drop", "market": "all"})
+
+        await rig.on_emulator(fill_then_drop)
+        dropped: list[str] = []
+        with trio.fail_after(STREAM_WAIT):
+            while len(dropped) < 2:
+                try:
+                    await rig.venue.watch_orders()  # the fill's updates, if they beat the close
+                except StreamDisconnected as exc:
+                    dropped.append(str(exc).split()[0])
+        assert sorted(dropped) == ["linear", "spot"]
+        hub = rig.emu.hub
+        # Subscribed again with no call to watch_orders.
+        await rig.until(lambda: hub.count(MarketKind.SPOT, "api") == 1 and hub.count(MarketKind.LINEAR, "user") == 1)
+        _, _, perp_bid, _ = await rig.books()
+        await rig.place(maker("t21-PE1", ETH_PERP, Side.BUY, perp_bid))
+        # No second report of the same drop is waiting in the stream: the next updates are the new order's.
+        got = await rig.updates_until(lambda g: "t21-PE1" in g)
+        assert got["t21-PE1"].status is OrderStatus.OPEN
+
+
 async def test_liquidation_and_adl_arrive_with_their_origin() -> None:
     async with emulated() as rig:
         _, _, _, perp_ask = await rig.books()

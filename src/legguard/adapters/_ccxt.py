@@ -105,9 +105,26 @@ def _handle_order_update(self: Any, client: Any, message: Any) -> None:
         sink(message)
 
 
-# Unmodified ccxt classes, with two additions: the error-table choice by configured URL (`exceptions_by_url`)
-# and the order-event tap above.
-_OVERRIDES = {"get_exceptions_by_url": exceptions_by_url, "handle_order_update": _handle_order_update}
+def _on_close(self: Any, client: Any, error: Any) -> None:
+    """ccxt.pro's own bookkeeping, then word to the venue that a websocket closed. ccxt.pro reconnects by
+    itself on the next watch; if no watch was pending at the close (one had just resolved), nothing else
+    would ever say that the updates sent meanwhile were lost."""
+    if (self.clients or {}).get(client.url) is client:
+        # ccxt.pro forgets the client by URL, and reports one close twice (the close frame, then the end of
+        # the connection): the late second report must not forget the client that has replaced this one.
+        ccxtpro.binance.on_close(self, client, error)
+    closed = getattr(self, "legguard_closed", None)
+    if closed is not None:
+        closed(client, error)
+
+
+# Unmodified ccxt classes, with three additions: the error-table choice by configured URL
+# (`exceptions_by_url`), the order-event tap and the close hook above.
+_OVERRIDES = {
+    "get_exceptions_by_url": exceptions_by_url,
+    "handle_order_update": _handle_order_update,
+    "on_close": _on_close,
+}
 _SpotExchange: Any = type("binance", (ccxtpro.binance,), dict(_OVERRIDES))
 _PerpExchange: Any = type("binanceusdm", (ccxtpro.binanceusdm,), dict(_OVERRIDES))
 
@@ -209,6 +226,7 @@ class _Side:
     ex: Any = field(repr=False)
     budget: WeightBudget = field(repr=False)
     pump_running: bool = False
+    loss_reported: bool = False  # the close hook reported the user stream lost since the pump last armed
     ws_down_until: dict[str, float] = field(default_factory=dict)
     pools: dict[Origin, Pool] = field(default_factory=dict, repr=False)  # the order path's connections
 
@@ -353,6 +371,7 @@ class CcxtVenue:
         rate = 1000.0 / float(ex.rateLimit)
         side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve))
         ex.legguard_sink = functools.partial(self._on_order_event, side)
+        ex.legguard_closed = functools.partial(self._on_ws_closed, side)
         return side
 
     # --- plumbing ---------------------------------------------------------------------------------------
@@ -768,8 +787,9 @@ class CcxtVenue:
         """The next batch of order updates from either market (ccxt.pro `watch_orders` on both instances:
         spot through Binance's WS-API user-data subscription, futures through a listenKey stream).
 
-        A lost stream raises StreamDisconnected once (updates may have been missed: reconcile by REST); the
-        stream is opened again at the start of the next call, or of this one if it was already down."""
+        A lost stream raises StreamDisconnected once (updates may have been missed: reconcile by REST). A
+        stream the venue closed is opened again at once; one that failed otherwise, at the start of the next
+        call (or of this one if it was already down)."""
         self._ensure_pumps()
         item = await self._updates_recv.receive()
         if isinstance(item, _Dropped):
@@ -790,13 +810,35 @@ class CcxtVenue:
         through the order-event tap (`_on_order_event`), one per execution, in wire order."""
         try:
             while True:
-                await trio_asyncio.aio_as_trio(side.ex.watch_orders)()
+                side.loss_reported = False
+                try:
+                    await trio_asyncio.aio_as_trio(side.ex.watch_orders)()
+                except (ccxt.BaseError, asyncio.CancelledError, *PARSE_ERRORS):
+                    if side.loss_reported and not self._closed:
+                        continue  # the close hook has reported this loss: subscribe again at once
+                    raise
         except (ccxt.BaseError, asyncio.CancelledError, *PARSE_ERRORS) as exc:
             error = translate_error(exc, what=f"{side.exchange_id} user stream", secrets=self._secrets)
             log.warning("%s", error)
             self._post(_Dropped(side.kind, str(error)))
         finally:
             side.pump_running = False
+
+    def _on_ws_closed(self, side: _Side, client: Any, code: Any) -> None:
+        """The venue closed one of ccxt.pro's websockets (runs inside ccxt: must never raise). If it carried
+        this instance's user data, report the stream lost now, whether or not a watch was pending on it."""
+        subscriptions = getattr(client, "subscriptions", None) or {}
+        if self._closed or side.kind.value not in subscriptions:  # "spot" / "linear": the user-data subscription
+            return
+        if getattr(client, "legguard_lost", False):
+            return  # the second report of the same close (see `_on_close`)
+        if getattr(client, "error", None) is not None:
+            return  # closed after an error, which failed the pending watch: the pump reports it
+        client.legguard_lost = True
+        side.loss_reported = True
+        detail = f"websocket closed by the venue (code {code})"
+        log.warning("%s user stream: %s", side.exchange_id, detail)
+        self._post(_Dropped(side.kind, detail))
 
     def _on_order_event(self, side: _Side, message: Any) -> None:
         """One raw order event (spot executionReport, USDⓈ-M ORDER_TRADE_UPDATE), parsed by ccxt's own
