@@ -37,8 +37,10 @@ STREAM_WAIT = 5.0  # seconds; only reached when a test fails
 
 @dataclass
 class FetchLog:
-    """Every `fetch_order` the code under test made, with what the venue answered (an update or an error)."""
+    """Every `fetch_order` the code under test made: the client ids asked for (when asked), and what the
+    venue answered (an update or an error) to those that were not cancelled first."""
 
+    asked: list[str] = field(default_factory=list)
     calls: list[tuple[str, str, OrderUpdate | VenueError]] = field(default_factory=list)
 
     def answers(self, client_order_id: str) -> list[OrderUpdate | VenueError]:
@@ -94,6 +96,7 @@ class Rig:
         real = self.venue.fetch_order
 
         async def fetch_order(symbol: str, client_order_id: str) -> OrderUpdate:
+            log.asked.append(client_order_id)
             try:
                 update = await real(symbol, client_order_id)
             except VenueError as exc:
