@@ -251,3 +251,16 @@ async def test_countdown_cancel_all_over_ccxt_cancels_resting_perp_orders_when_i
                 await venue.countdown_cancel_all(ETH, 1000)
     assert armed == ["ETHUSDT"] and disarmed == []
     assert (before, after) == (OrderStatus.OPEN, OrderStatus.CANCELED)
+
+
+def test_the_run_config_reads_the_deadman_table() -> None:
+    from legguard.engine._config import ConfigError, parse_config
+
+    base: dict[str, Any] = {"venue": {"kind": "sim"}, "pairs": [{"spot": ETH, "perp": ETH_PERP, "quantity": "0.05"}]}
+    assert parse_config(base).engine.deadman == DeadmanConfig()
+    tuned = parse_config({**base, "deadman": {"countdown": 4, "heartbeat": 1.5}}).engine.deadman
+    assert (tuned.enabled, tuned.countdown, tuned.heartbeat) == (True, 4.0, 1.5)
+    with pytest.raises(ConfigError, match=r"deadman.enabled: 'yes' is invalid; expected true or false"):
+        parse_config({**base, "deadman": {"enabled": "yes"}})
+    with pytest.raises(ConfigError, match=r"deadman.countdwn: unknown key"):
+        parse_config({**base, "deadman": {"countdwn": 4}})

@@ -496,3 +496,37 @@ async def test_recovery_with_nothing_open_reports_nothing(autojump_clock: MockCl
     assert report.resumed == [] and report.strays == []
     assert [r.payload["event"] for r in crashed.journal.engine_log()][:3] == ["started", "recovery_started",
                                                                               "recovered"]  # fmt: skip
+
+
+async def test_a_stray_perp_fill_is_bought_back_and_nothing_is_left_unexplained(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    book = w.venue.engine.book(ETH_PERP)
+    assert book.best_ask is not None
+    price = book.best_ask + 50 * w.venue.engine.markets[ETH_PERP].tick_size
+    stray = OrderRequest(f"lg{w.journal.journal_id}000042-PE0", ETH_PERP, Side.SELL, OrderType.LIMIT, QTY, price,
+                         post_only=True)  # fmt: skip
+    w.venue.engine.place(stray, w.now)
+    w.venue.engine.trade_through(ETH_PERP, Side.BUY, price, Decimal("0.02"), w.now)
+    assert w.venue.engine.positions()[ETH_PERP] == -Decimal("0.02")
+
+    _engine, report = await restart(w)
+
+    assert [(s["client_order_id"], s["filled"], s["unwind_filled"]) for s in report.strays] == [
+        (stray.client_order_id, "0.02", "0.02")
+    ]
+    assert w.venue.engine.positions()[ETH_PERP] == 0
+    assert report.unexplained_positions == {} and report.ok
+
+
+async def test_a_position_without_any_package_is_reported_never_traded(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    w = crashed
+    w.venue.engine.place(OrderRequest("manual-2", ETH_PERP, Side.SELL, OrderType.MARKET, Decimal("0.03")), w.now)
+
+    _engine, report = await restart(w)
+
+    assert report.unexplained_positions == {ETH_PERP: "-0.03"} and not report.ok
+    assert w.venue.engine.positions()[ETH_PERP] == -Decimal("0.03")

@@ -11,6 +11,10 @@ Map:
 - `_journal.py`   the SQLite hash-chained audit journal: write-ahead batches, typed writers, readers.
 - `_replay.py`    `verify()`: the hash chain plus every package replayed through a fresh core;
                   `replay_package()` rebuilds a core for recovery.
+- `_recovery.py`  `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
+                  flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
+- `_deadman.py`   the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
+- `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
 - `_strategy.py`  the demo's premium trigger and fault plan.
 - `_bench.py`     `legguard bench`: overhead, throughput, journal, memory, medians and targets;
                   `_bench_wire.py` the skew and kill-switch measurements at the socket against the emulator.
@@ -31,12 +35,15 @@ from ._pricing import Priced as Priced
 from ._pricing import PricingRefused as PricingRefused
 from ._pricing import common_step as common_step
 from ._pricing import price_package as price_package
+from ._recovery import RecoveryReport as RecoveryReport
+from ._recovery import settle_recovered as settle_recovered
 from ._replay import ReplayMismatch as ReplayMismatch
 from ._replay import VerifyReport as VerifyReport
 from ._replay import replay_package as replay_package
 from ._replay import verify as verify
 from ._spec import BreakerConfig as BreakerConfig
 from ._spec import Deadlines as Deadlines
+from ._spec import DeadmanConfig as DeadmanConfig
 from ._spec import EngineConfig as EngineConfig
 from ._spec import PackageSpec as PackageSpec
 from ._spec import SpecError as SpecError

@@ -163,8 +163,8 @@ async def recover(engine: Engine) -> RecoveryReport:
         if CRASH_ARMED:
             crash_point("during_recovery")
         resumes.append(_Resume(handle, [*answers.values(), Recovered()], answers))
+    await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
-    await _sweep_strays(engine, report)
     for r in resumes:
         pid = r.handle.package_id
         report.resumed.append(pid)
@@ -259,20 +259,19 @@ def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal
 async def _check_positions(engine: Engine, resumes: list[_Resume], report: RecoveryReport) -> None:
     """Per perp symbol: what the venue holds against what the packages hold. A short the venue no longer
     shows was bought back while we were down (liquidation, ADL): charged to the packages newest first, as
-    the gateway charges a live one. Anything else is reported and left alone."""
+    the gateway charges a live one. Anything else (a position no package holds included) is reported and
+    left alone."""
     holders = [r for r in resumes if _perp_after(r.handle.core, r.answers) != 0]
-    if not holders:
-        return
     try:
         with trio.fail_after(engine.config.deadlines.ack * 2):
             positions = await engine.venue.fetch_positions()
     except (trio.TooSlowError, VenueError) as exc:
-        report.positions_verified = False
+        report.positions_verified = not holders
         log.error("recovery: cannot fetch positions, hedges unverified: %s", exc)
         engine.journal.record("engine", None, {"event": "recovery_positions_unverified", "error": str(exc)},
                               trio.current_time())  # fmt: skip
         return
-    by_symbol: dict[str, list[_Resume]] = {}
+    by_symbol: dict[str, list[_Resume]] = {symbol: [] for symbol, qty in positions.items() if qty != 0}
     for r in holders:
         by_symbol.setdefault(r.handle.core.plan.perp.symbol, []).append(r)
     for symbol, group in sorted(by_symbol.items()):
