@@ -141,12 +141,14 @@ def show(
     table.add_column("t (s)", justify="right")
     table.add_column("kind")
     table.add_column("detail", overflow="fold")
-    start = rows[0].mono_time if rows else 0.0
+    # Wall time: a package's rows can span processes (recovery after a crash), whose monotonic clocks are
+    # unrelated to each other.
+    start = rows[0].wall_time if rows else 0.0
     for r in rows:
         detail = escape(summarize(r.kind, r.payload))
         if r.kind == "transition":
             detail = f"[bold]{detail}[/bold]"
-        table.add_row(str(r.seq), f"{r.mono_time - start:+.3f}", r.kind, detail)
+        table.add_row(str(r.seq), f"{r.wall_time - start:+.3f}", r.kind, detail)
     out.print(table)
 
 
