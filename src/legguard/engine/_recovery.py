@@ -184,18 +184,25 @@ async def settle_recovered(engine: Engine, report: RecoveryReport, limit: float 
     def safe(core: PackageCore) -> bool:
         return core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
 
+    def settled(h: PackageHandle) -> bool:
+        # Its recovery events stepped (until then the core still shows the journal's state), and safe.
+        return len(h.events) >= report.fed.get(h.package_id, 0) and safe(h.core)
+
     handles = [engine.handles[pid] for pid in report.resumed]
     with trio.move_on_after(limit):
         for h in handles:
-            fed = report.fed.get(h.package_id, 0)
-            await h.wait_until(lambda core, h=h, fed=fed: len(h.events) >= fed and safe(core))  # type: ignore[misc]
+
+            def check(_core: PackageCore, h: PackageHandle = h) -> bool:
+                return settled(h)
+
+            await h.wait_until(check)
     now = trio.current_time()
     for h in handles:
-        core = h.core
-        report.final[h.package_id] = core.state.value if safe(core) else f"{core.state.value} (in flight)"
+        core, done = h.core, settled(h)
+        report.final[h.package_id] = core.state.value if done else f"{core.state.value} (in flight)"
         exp = core.exposure()
         engine.journal.record(RECOVERY, h.package_id,
-                              {"step": "resolved" if safe(core) else "unresolved", "state": core.state.value,
+                              {"step": "resolved" if done else "unresolved", "state": core.state.value,
                                "spot": str(exp.spot), "perp": str(exp.perp), "unknown": exp.unknown},
                               now)  # fmt: skip
     return report
