@@ -16,6 +16,7 @@ import selectors
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -81,6 +82,21 @@ def status_of(core: PackageCore, role: LegRole) -> OrderStatus:
 
 def both_resting(core: PackageCore) -> bool:
     return len(core.entry) == 2 and all(status_of(core, r) is OrderStatus.OPEN for r in LegRole)
+
+
+def deadman_armed(rig: Rig) -> trio.Event:
+    """Set once the engine's dead-man's switch has armed the venue's countdown. A test that jumps the clock
+    waits for it first: a jump while that request is in flight would time it out too."""
+    armed = trio.Event()
+    real = rig.venue.countdown_cancel_all
+
+    async def countdown_cancel_all(symbol: str, countdown_ms: int) -> None:
+        await real(symbol, countdown_ms)
+        if countdown_ms:
+            armed.set()
+
+    rig.venue.countdown_cancel_all = countdown_cancel_all  # type: ignore[method-assign]
+    return armed
 
 
 def spot_fee(rig: Rig, filled: Decimal = QTY) -> Decimal:
@@ -221,6 +237,7 @@ async def test_ack_timeout_leg_is_found_by_client_id_and_cancelled(
         # The spot order takes effect; its acknowledgement never comes.
         await rig.fault(fault="ack_timeout", market="spot", path="/order", method="POST")
         fetches = rig.record_fetches()
+        armed = deadman_armed(rig)
         async with engine_on(rig, tmp_path / "j.db") as engine:
             pid, handle = submit(engine)
             await rig.until(lambda: rig.emu.held == 1)
@@ -234,6 +251,8 @@ async def test_ack_timeout_leg_is_found_by_client_id_and_cancelled(
                 await rig.on_emulator(rig.emu.trade, perp_m, Side.BUY, handle.core.plan.perp.price, QTY)
                 await until_core(handle, lambda c: c.orders[perp_cid].filled == QTY)
             assert handle.core.state is State.DISPATCHED and fetches.answers(spot_cid) == []
+            with trio.fail_after(STREAM_WAIT):
+                await armed.wait()
             clock.jump(ENGINE_DEADLINES.ack)  # the acknowledgement deadline passes
             state = await settle(engine, pid)
             core = handle.core
@@ -276,6 +295,7 @@ async def test_fills_missed_by_a_dropped_user_stream_are_reconciled_by_rest(
     deadlines = replace(ENGINE_DEADLINES, leg=3.0) if partly else ENGINE_DEADLINES
     async with emulated() as rig:
         fetches = rig.record_fetches()
+        armed = deadman_armed(rig)
         async with engine_on(rig, tmp_path / "j.db", deadlines) as engine:
             pid, handle = submit(engine)
             await until_core(handle, both_resting)
@@ -297,6 +317,8 @@ async def test_fills_missed_by_a_dropped_user_stream_are_reconciled_by_rest(
                                  and c.orders[spot_cid].filled == QTY)  # fmt: skip
                 assert handle.leg_timer_started
                 await trio.testing.wait_all_tasks_blocked()  # the leg timer is asleep on its deadline
+                with trio.fail_after(STREAM_WAIT):
+                    await armed.wait()
                 clock.jump(deadlines.leg)
             state = await settle(engine, pid)
             core = handle.core
@@ -433,6 +455,8 @@ def test_legguard_run_against_legguard_emulator_ends_every_package_hedged_or_fla
             out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err[-4000:]
         assert emulator.poll() is None, "the emulator died during the run"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/state", timeout=10) as answer:
+            venue_state = json.loads(answer.read())
 
     summary = json.loads(out)
     verified = subprocess.run([*LEGGUARD, "audit", "verify", "--db", str(db)], env=env, text=True,
@@ -445,3 +469,15 @@ def test_legguard_run_against_legguard_emulator_ends_every_package_hedged_or_fla
     assert packages and len(packages) == summary["packages_total"]
     assert {p["state"] for p in packages} <= {"hedged", "flat"}, packages
     assert all(not p["unknown"] for p in packages)
+    # The journal's exposures add up to exactly what the emulator's account holds (it started with 100 ETH,
+    # 10 BTC and no positions, and nothing else traded on it).
+    start = {"ETH": Decimal(100), "BTC": Decimal(10)}
+    for base, initial in start.items():
+        mine = [p for p in packages if p["spot_symbol"] == f"{base}/USDT"]
+        balance = venue_state["spot"]["balances"][base]
+        held = Decimal(balance["free"]) + Decimal(balance["locked"]) - initial
+        assert held == sum((Decimal(p["spot"]) for p in mine), Decimal(0)), base
+        position = Decimal(venue_state["linear"]["positions"][f"{base}USDT"])
+        assert position == sum((Decimal(p["perp"]) for p in mine), Decimal(0)), base
+    assert not [o for k in ("spot", "linear") for o in venue_state[k]["orders"]
+                if o["status"] in ("NEW", "PARTIALLY_FILLED")]  # fmt: skip
