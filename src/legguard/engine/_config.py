@@ -81,7 +81,7 @@ _SCHEMA: dict[str, set[str]] = {
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env"},
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
-    "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional"},
+    "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
     "deadlines": {"ack", "fill", "unwind", "leg"},
     "breaker": {"max_orphans", "window"},
     "journal": {"durability"},
@@ -186,6 +186,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         max_book_age=_seconds(engine_t, "engine.max_book_age", 2.0),
         max_live_packages=_int(engine_t, "engine.max_live_packages", default=50, minimum=1),
         max_notional=_decimal(engine_t, "engine.max_notional", Decimal(1_000_000), positive=True),
+        reconcile_interval=_seconds(engine_t, "engine.reconcile_interval", 5.0),
         deadman=DeadmanConfig(
             enabled=deadman_enabled,
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),

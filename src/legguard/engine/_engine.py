@@ -112,6 +112,7 @@ class Engine:
         async with trio.open_nursery() as service:
             self._service = service
             service.start_soon(self._gateway)
+            service.start_soon(self._position_reconciler)
             service.start_soon(self.deadman.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
@@ -434,6 +435,16 @@ class Engine:
             if remaining <= 0:
                 break
         return remaining
+
+    async def _position_reconciler(self) -> None:
+        """Every `reconcile_interval`, compare the venue's perp positions with what the live packages
+        believe: a liquidation whose update never arrived (lost stream, venue hiccup) still reaches its
+        package. Only a short the venue no longer shows is ever charged, never the reverse."""
+        while True:
+            await trio.sleep(self.config.reconcile_interval)
+            symbols = {h.core.plan.perp.symbol for h in self.handles.values() if not h.done.is_set()}
+            for symbol in sorted(symbols):
+                await self.reconcile_short(symbol)
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced

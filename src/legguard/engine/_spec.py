@@ -102,6 +102,7 @@ class EngineConfig:
     max_book_age: float = 2.0  # seconds; older books are stale and packages are refused
     max_live_packages: int = 50  # risk: packages not yet hedged or flat at once
     max_notional: Decimal = Decimal(1_000_000)  # risk: per-package spot notional cap (quote)
+    reconcile_interval: float = 5.0  # seconds between perp position reconciliations against the venue
 
 
 @dataclass(frozen=True, slots=True)
