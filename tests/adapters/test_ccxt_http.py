@@ -24,7 +24,7 @@ from legguard.adapters._ccxt_http import (
     encode_request,
     split_url,
 )
-from legguard.adapters._types import MarketKind, OrderStatus, RateLimited, Side
+from legguard.adapters._types import MarketKind, OrderStatus, RateLimited, Side, VenueError
 
 # --- answers ------------------------------------------------------------------------------------------
 
@@ -266,3 +266,27 @@ async def test_an_order_released_with_no_warm_connection_is_sent_by_fire() -> No
         rig.venue.release([armed])
         ack = await rig.venue.fire(armed)
         assert ack.status is OrderStatus.OPEN
+
+
+async def test_release_cancel_writes_at_once_and_cancel_order_only_reads_the_answer() -> None:
+    async with emulated(stream_ready_timeout=0) as rig:
+        bid, *_ = await rig.books()
+        stamps: list[tuple[str, str]] = []
+        rig.venue.set_tap(lambda what, key, ns: stamps.append((what, key)))
+        ack = await rig.place(maker("r4-SE1", ETH, Side.BUY, bid - Decimal(1)))
+        assert ack.status is OrderStatus.OPEN
+
+        rig.venue.release_cancel(ETH, "r4-SE1")
+        assert stamps[-1] == ("send", "cancel:r4-SE1")  # written before anything awaited
+        cancelled = await rig.venue.cancel_order(ETH, "r4-SE1")
+
+        assert cancelled.status is OrderStatus.CANCELED
+        assert stamps.count(("send", "cancel:r4-SE1")) == 1 and ("recv", "cancel:r4-SE1") in stamps
+        assert rig.orders(MarketKind.SPOT)["r4-SE1"]["status"] == "CANCELED"  # the emulator's own view
+
+
+async def test_a_cancel_refused_at_release_is_raised_by_cancel_order() -> None:
+    async with emulated(stream_ready_timeout=0) as rig:
+        rig.venue.release_cancel("NOPE/USDT", "r5-SE1")  # never raises here
+        with pytest.raises(VenueError, match="NOPE/USDT"):
+            await rig.venue.cancel_order("NOPE/USDT", "r5-SE1")

@@ -308,6 +308,16 @@ class _Prepared:
         return f"<prepared {self.side.exchange_id} {self.entry.method} {self.entry.path} {cid}>"
 
 
+@dataclass(slots=True, eq=False)
+class _CancelOut:
+    """A cancel written by `release_cancel`, waiting for `cancel_order` to read its answer."""
+
+    side: _Side
+    market: dict[str, Any]
+    request: _Request
+    conn: Connection | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Dropped:
     kind: MarketKind
@@ -338,6 +348,7 @@ class CcxtVenue:
         self.tap: WireTap | None = None  # sees every order-path send and answer (`legguard bench`)
         # The kill switch's first move, prepared while the order is in flight: client id -> signed cancel.
         self._cancels: collections.OrderedDict[str, _Request] = collections.OrderedDict()
+        self._cancels_out: dict[str, _CancelOut | VenueError] = {}  # written by release_cancel, not yet awaited
 
     def __repr__(self) -> str:
         return f"CcxtVenue({self.config!r})"
@@ -608,21 +619,34 @@ class CcxtVenue:
             return  # cancel_order builds it again and reports the problem where it matters
         cancels[cid] = r
 
-    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
-        """The kill switch's most common first move, so it takes the order path too: the request ccxt's own
-        `cancel_order` builds for spot and USDⓈ-M (`symbol` + `origClientOrderId`), signed by ccxt and written
-        before this task first yields; the answer goes through ccxt's error handling and `parse_order`."""
+    def release_cancel(self, symbol: str, client_order_id: str) -> None:
+        """Write the cancel of an order now, without yielding: the engine calls this from the step that
+        decided it, right after journaling it; `cancel_order` then only awaits the answer. Never raises: a
+        refusal (unknown symbol, budget) is kept and raised by `cancel_order`."""
+        if client_order_id in self._cancels_out:
+            return  # one already on its way; a second `cancel_order` writes its own
+        try:
+            self._cancels_out[client_order_id] = self._write_cancel(symbol, client_order_id)
+        except VenueError as exc:
+            self._cancels_out[client_order_id] = exc
+
+    def _write_cancel(self, symbol: str, client_order_id: str) -> _CancelOut:
+        """The request ccxt's own `cancel_order` builds for spot and USDⓈ-M (`symbol` + `origClientOrderId`),
+        signed by ccxt (prepared while the order was in flight, if still fresh), written on a warm connection."""
         side = self._side_for(symbol)
-        market = side.ex.market(symbol)
         what = f"cancel {client_order_id}"
         if self._closed:
             raise VenueError(f"{what}: the venue is closed")
+        market = side.ex.market(symbol)
         side.budget.take(side.cost("cancel"), reducing=True, what=what)
         signed = self._cancels.pop(client_order_id, None)
         if signed is None or signed.side is not side or side.ex.milliseconds() - signed.signed_ms > self._resign_ms:
             params = {"symbol": market["id"], "origClientOrderId": client_order_id}
             signed = _Request(side, side.entry("cancel"), params)
-            signed.sign(self)
+            try:
+                signed.sign(self)
+            except (ccxt.BaseError, ValueError) as exc:
+                raise VenueError(f"{what}: cannot sign: {scrub(str(exc), self._secrets)}") from None
         assert signed.pool is not None
         conn = signed.pool.take()
         if conn is not None:
@@ -630,10 +654,24 @@ class CcxtVenue:
                 conn.send_now(signed.wire, f"cancel:{client_order_id}")
             except HttpError:
                 conn.close()
-                conn = None
-        order = await self._exchange(signed, conn, what, cid=client_order_id)
+                conn = None  # `_exchange` connects and sends it
+        return _CancelOut(side, market, signed, conn)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
+        """The kill switch's most common first move, so it takes the order path too: written before this task
+        first yields (or already, by `release_cancel`); the answer goes through ccxt's error handling and
+        `parse_order`."""
+        out = self._cancels_out.pop(client_order_id, None)
+        if isinstance(out, VenueError):
+            raise out
+        if out is None or out.side is not self._by_symbol.get(symbol):
+            if out is not None and out.conn is not None:
+                out.conn.close()
+            out = self._write_cancel(symbol, client_order_id)
+        side, what = out.side, f"cancel {client_order_id}"
+        order = await self._exchange(out.request, out.conn, what, cid=client_order_id)
         try:
-            parsed = side.ex.parse_order(order, market)
+            parsed = side.ex.parse_order(order, out.market)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             raise MalformedResponse(f"{what}: unparseable answer ({type(exc).__name__})") from None
         return await self._with_fees(side, self._update(parsed, symbol, client_order_id))
@@ -939,6 +977,10 @@ class CcxtVenue:
         for side in (self._spot, self._perp):
             for pool in side.pools.values():
                 pool.close()
+        for out in self._cancels_out.values():
+            if isinstance(out, _CancelOut) and out.conn is not None:
+                out.conn.close()
+        self._cancels_out.clear()
         for side in (self._spot, self._perp):
             try:
                 await trio_asyncio.aio_as_trio(side.ex.close)()

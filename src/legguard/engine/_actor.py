@@ -242,6 +242,11 @@ class PackageActor:
                 case SendOrder(intent=intent):
                     sends.append(intent)
                 case CancelOrder(client_order_id=cid, symbol=symbol):
+                    # The kill switch's first move leaves from here, right after the journal, when the venue
+                    # can write it synchronously; the task only awaits the answer.
+                    release_cancel = getattr(engine.venue, "release_cancel", None)
+                    if release_cancel is not None:
+                        release_cancel(symbol, cid)
                     self._spawn(self._cancel, cid, symbol)
                 case QueryOrder(client_order_id=cid, symbol=symbol):
                     self._spawn(self._query, cid, symbol, 0.0)

@@ -53,7 +53,7 @@ class Sizes:
     memory_packages: int
 
 
-FULL = Sizes(runs=3, pairs=280, reactions=60, overhead=300, packages=1500, journal_rows=20_000, memory_packages=10_000)
+FULL = Sizes(runs=3, pairs=280, reactions=60, overhead=300, packages=1500, journal_rows=20_000, memory_packages=3_000)
 QUICK = Sizes(runs=1, pairs=40, reactions=10, overhead=40, packages=150, journal_rows=2_000, memory_packages=300)
 
 # The targets, checked in the table (value, "<=" or ">=").
