@@ -7,6 +7,7 @@ The plan is BTC-like: 0.002 BTC = 2 perp steps; spot trades on a 100x finer grid
 
 from __future__ import annotations
 
+from dataclasses import fields
 from decimal import Decimal as D
 
 import pytest
@@ -26,6 +27,7 @@ from legguard.fsm import (
     LegPlan,
     LegRole,
     OrderEvent,
+    OrderFacts,
     OrderIntent,
     OrphanPolicy,
     PackageCore,
@@ -711,3 +713,33 @@ def test_clone_is_independent() -> None:
     assert d.state is S.DISPATCHED
     assert d.core.orders[SE0].filled == 0
     assert twin.fingerprint() != d.core.fingerprint()
+
+
+def test_fingerprint_and_clone_cover_every_field() -> None:
+    """A field added to PackageCore or OrderFacts must reach fingerprint() and clone(), or the model checker
+    would merge states that differ."""
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF))
+    base = d.core.fingerprint()
+    changes: dict[str, object] = {
+        "status": OrderStatus.UNKNOWN, "filled": Q, "average": D("1"), "fee_base": D("1"), "fee_quote": D("1"),
+        "reason": "x", "cancel_sent": True, "query_sent": True,
+        "intent": unwind(LegRole.SPOT, 0, "0.001"),
+    }  # fmt: skip
+    assert set(changes) == {f.name for f in fields(OrderFacts)}
+    for name, value in changes.items():
+        twin = d.core.clone()
+        setattr(twin.orders[SE0], name, value)
+        assert twin.fingerprint() != base, name
+        assert getattr(twin.clone().orders[SE0], name) == value, name
+    core_changes: dict[str, object] = {
+        "entry": {}, "unwind_attempts": {}, "venue_reduced": D("1"), "entry_closing": True, "close_all": True,
+        "orders": {},
+    }  # fmt: skip
+    constant = {"plan", "lifecycle", "edges", "initial"}  # fixed per package, or the state itself
+    assert set(core_changes) | constant == {f.name for f in fields(PackageCore)}
+    for name, value in core_changes.items():
+        twin = d.core.clone()
+        setattr(twin, name, value)
+        assert twin.fingerprint() != base, name
+        assert getattr(twin.clone(), name) == value, name

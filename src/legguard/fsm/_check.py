@@ -10,10 +10,13 @@ actor's in-flight requests (a killed send reports `unknown`); a crash loses ever
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from decimal import ROUND_DOWN, Decimal
 from itertools import product
 from typing import Any, Final
@@ -97,12 +100,13 @@ class Bounds:
     timeouts: int = 1  # acknowledgement timeouts of sends and cancels (outcome unknown)
     unwind_rejects: int = 1  # unwind market orders rejected by the venue
     expiries: int = 1  # resting entry orders expired by the venue
-    liquidations: int = 1  # venue reductions of the perp short (liquidation / ADL)
+    liquidations: int = 1  # venue reductions of the perp short (liquidation / ADL), while hedged or later
     stale_reports: int = 1  # an old acknowledgement delivered after newer facts
     crashes: int = 1  # process crash + recovery from the journal
     faults: int = 1  # package actor raised; supervisor rebuilds the core and feeds Fault
     shutdowns: int = 1  # engine cancellation (feeds Shutdown, drains without the order stream)
     closes: int = 1  # CloseRequested while hedged
+    accidents: int | None = 1  # most timeouts + crashes + faults + shutdowns together on one path (None: no cap)
     depth: int | None = None  # most environment steps on a path (None: only the counts above bound it)
     policies: tuple[OrphanPolicy, ...] = (OrphanPolicy.FLATTEN, OrphanPolicy.TRIM)
 
@@ -114,12 +118,27 @@ class Bounds:
         return out
 
 
+# The default suite. Every feature at once does not fit in a minute (one accident on top of every market
+# feature is ~0.5M states), so `legguard fsm --check` runs three profiles that together exercise every
+# mechanism and the interactions that found bugs: trouble in the market, accidents during entry and unwind
+# (with partial fills and rejects), and accidents after a hedge (liquidation, close). `--bound` runs one.
+_QUIET_MARKET: Final = Bounds(
+    partial_fills=0, unwind_rejects=0, expiries=0, liquidations=0, stale_reports=0, closes=0
+)  # fmt: skip
+PROFILES: Final = {  # largest first: the explorations are spread over processes in this order
+    "accidents": replace(_QUIET_MARKET, partial_fills=1, unwind_rejects=1),
+    "hedged": replace(_QUIET_MARKET, liquidations=1, closes=1),
+    "market": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0),
+}
+
 # Budget slots carried in each world (index into World.used). `deadlines` is the engine's single fill timer.
 _BUDGETS: Final = (
     "partial_fills", "timeouts", "unwind_rejects", "expiries", "liquidations", "stale_reports", "crashes",
     "faults", "shutdowns", "closes", "deadlines",
 )  # fmt: skip
 _SLOT: Final = {name: i for i, name in enumerate(_BUDGETS)}
+# The kinds of trouble that multiply the state space fastest when combined; `Bounds.accidents` caps them.
+_ACCIDENTS: Final = ("timeouts", "crashes", "faults", "shutdowns")
 
 
 def model_plan(policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> PackagePlan:
@@ -158,7 +177,7 @@ class VenueOrder:
 @dataclass(frozen=True, slots=True)
 class World:
     venue: tuple[VenueOrder, ...]  # by client order id
-    pending: tuple[tuple[str, str], ...]  # requests in flight: ("send" | "cancel" | "query", cid), sorted
+    pending: tuple[tuple[str, str], ...]  # requests in flight: ("send" | "cancel" | "query", cid), sorted, no repeats
     used: tuple[int, ...]  # budget slots, see _BUDGETS
     liquidated: Decimal  # perp short bought back by the venue
     journaled: frozenset[str]  # client order ids with a JournalIntent so far
@@ -231,6 +250,7 @@ class TraceStep:
 class Counterexample:
     prop: str
     message: str
+    profile: str
     policy: str
     trace: list[TraceStep]
     bad_state: dict[str, Any]
@@ -239,6 +259,7 @@ class Counterexample:
         return {
             "property": self.prop,
             "message": self.message,
+            "profile": self.profile,
             "policy": self.policy,
             "trace": [s.to_dict() for s in self.trace],
             "bad_state": self.bad_state,
@@ -247,16 +268,17 @@ class Counterexample:
 
 @dataclass(slots=True)
 class CheckReport:
-    bounds: Bounds
+    bounds: dict[str, Bounds]  # profile name -> bounds
     without: list[str]
     states_explored: int = 0
     transitions_explored: int = 0
     max_depth: int = 0
     frontier: int = 0  # states at the depth bound, not expanded
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROPERTIES, 0))
-    examples: dict[str, Counterexample] = field(default_factory=dict)  # first (shortest) per property
+    examples: dict[str, Counterexample] = field(default_factory=dict)  # shortest per property
     states_by_lifecycle: dict[str, int] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # one per (profile, policy) exploration
 
     @property
     def violations(self) -> int:
@@ -277,6 +299,22 @@ class CheckReport:
                 return self.examples[prop]
         return None
 
+    def merge(self, other: CheckReport) -> None:
+        self.bounds.update(other.bounds)
+        self.states_explored += other.states_explored
+        self.transitions_explored += other.transitions_explored
+        self.max_depth = max(self.max_depth, other.max_depth)
+        self.frontier += other.frontier
+        for prop, n in other.counts.items():
+            self.counts[prop] += n
+        for prop, example in other.examples.items():
+            mine = self.examples.get(prop)
+            if mine is None or len(example.trace) < len(mine.trace):
+                self.examples[prop] = example
+        for state, n in other.states_by_lifecycle.items():
+            self.states_by_lifecycle[state] = self.states_by_lifecycle.get(state, 0) + n
+        self.runs += other.runs
+
     def to_dict(self) -> dict[str, Any]:
         first = self.counterexample
         return {
@@ -287,11 +325,12 @@ class CheckReport:
             "deadlocks": self.deadlocks,
             "stuck": self.counts["stuck"],
             "properties": dict(self.counts),
-            "bounds": self.bounds.to_dict(),
+            "bounds": {name: b.to_dict() for name, b in self.bounds.items()},
             "without": list(self.without),
             "max_depth": self.max_depth,
             "frontier": self.frontier,
             "states_by_lifecycle": dict(self.states_by_lifecycle),
+            "runs": list(self.runs),
             "seconds": round(self.seconds, 3),
             "counterexample": None if first is None else first.to_dict(),
             "counterexamples": {p: c.to_dict() for p, c in self.examples.items()},
@@ -345,9 +384,11 @@ class _Step:
         try:
             commands = self.core.handle(event)
         except InvalidTransition as exc:
-            raise _Violation("transitions", f"{event.kind}: {exc}") from exc
+            raise _Violation("transitions", f"{exc} (handling a {event.kind} event)") from exc
         except Exception as exc:
-            raise _Violation("errors", f"{event.kind}: core raised {type(exc).__name__}: {exc}") from exc
+            raise _Violation(
+                "errors", f"core raised {type(exc).__name__}: {exc} (handling a {event.kind} event)"
+            ) from exc
         self.commands.extend(commands)
         full, reduced = self.checker.full_map, self.checker.edge_map
         for c in commands:
@@ -366,9 +407,15 @@ class _Step:
                     self.sent.add(cid)
                     self.pending.append(("send", cid))
                 case CancelOrder(client_order_id=cid):
-                    self.pending.append(("cancel", cid))
+                    self.request("cancel", cid)
                 case QueryOrder(client_order_id=cid):
-                    self.pending.append(("query", cid))
+                    self.request("query", cid)
+
+    def request(self, kind: str, cid: str) -> None:
+        # A second cancel or query for an order while one is in flight is answered together with it: the
+        # answer is the venue's word at that moment either way (keeps duplicates from multiplying states).
+        if (kind, cid) not in self.pending:
+            self.pending.append((kind, cid))
 
     def take(self, kind: str, cid: str) -> None:
         self.pending.remove((kind, cid))
@@ -439,7 +486,7 @@ class _Step:
 def _killable(pending: Iterable[tuple[str, str]], venue: dict[str, VenueOrder]) -> list[tuple[str, str]]:
     """Requests in flight whose death matters: every send, and each cancel of an order still open."""
     out = []
-    for kind, cid in sorted(set(pending)):
+    for kind, cid in sorted(pending):
         order = venue.get(cid)
         if kind == "send" or (kind == "cancel" and order is not None and order.status is OrderStatus.OPEN):
             out.append((kind, cid))
@@ -507,8 +554,9 @@ class _Node:
 class ModelChecker:
     """Breadth-first over (core fingerprint, world). Construct, then `run()`."""
 
-    def __init__(self, bounds: Bounds | None = None, *, without: Iterable[str] = ()) -> None:
+    def __init__(self, bounds: Bounds | None = None, *, without: Iterable[str] = (), profile: str = "custom") -> None:
         self.bounds = bounds or Bounds()
+        self.profile = profile
         self.without = list(without)
         self.edges = edges_without(parse_edge(w) for w in self.without)
         self.full_map = transition_map(TRANSITIONS)
@@ -520,7 +568,7 @@ class ModelChecker:
         # the same edges differ only in their state: queued and discarded cores hand theirs back here.
         self._spare: list[Lifecycle] = []
         self.nodes: list[_Node] = []
-        self.report = CheckReport(self.bounds, self.without)
+        self.report = CheckReport({profile: self.bounds}, self.without)
 
     # --- driving --------------------------------------------------------------------------------------
 
@@ -550,6 +598,7 @@ class ModelChecker:
                 self.report.frontier += 1
                 continue
             core.lifecycle = self._lifecycle(node.state)
+            here = core.fingerprint()
             expanded[idx] = True
             for action in self._enabled(core, node.world):
                 self.report.transitions_explored += 1
@@ -563,7 +612,12 @@ class ModelChecker:
                 for prop, message in step.problems:
                     self._flag(prop, message, idx, extra=(action, step))
                 world = step.world()
-                key = (node.policy, step.core.fingerprint(), world)
+                fingerprint = step.core.fingerprint()
+                if fingerprint == here and replace(world, used=node.world.used) == node.world:
+                    # Nothing changed but a budget spent: the successor can only do less than this state.
+                    self._spare.append(step.core.lifecycle)
+                    continue
+                key = (node.policy, fingerprint, world)
                 known = seen.get(key)
                 if known is None:
                     child = _Node(
@@ -586,6 +640,15 @@ class ModelChecker:
         self._liveness(succ, calm, expanded)
         self.report.states_explored = len(self.nodes)
         self.report.seconds = time.perf_counter() - started
+        self.report.runs.append({
+            "profile": self.profile,
+            "policies": [p.value for p in self.bounds.policies],
+            "states": self.report.states_explored,
+            "transitions": self.report.transitions_explored,
+            "violations": self.report.violations,
+            "deadlocks": self.report.deadlocks,
+            "seconds": round(self.report.seconds, 3),
+        })  # fmt: skip
         return self.report
 
     def _lifecycle(self, state: State) -> Lifecycle:
@@ -613,7 +676,10 @@ class ModelChecker:
 
     def _left(self, world: World, budget: str) -> bool:
         i = _SLOT[budget]
-        return world.used[i] < self.limits[i]
+        if world.used[i] >= self.limits[i]:
+            return False
+        cap = self.bounds.accidents
+        return budget not in _ACCIDENTS or cap is None or sum(world.used[_SLOT[a]] for a in _ACCIDENTS) < cap
 
     def _kill_choices(self, world: World, budget: str, kind: str, suffixes: Iterable[str] = ("",)) -> list[Action]:
         """One action per way the in-flight requests can die (see `_Step.kill_requests`)."""
@@ -634,7 +700,7 @@ class ModelChecker:
         if state is State.PENDING:
             acts += [Action("dispatch"), Action("abort")]
             return acts + self._kill_choices(w, "shutdowns", "shutdown") + self._kill_choices(w, "faults", "fault")
-        for kind, cid in dict.fromkeys(w.pending):
+        for kind, cid in w.pending:
             intent = core.orders[cid].intent
             order = w.order(cid)
             if kind == "send" and intent.purpose is Purpose.ENTRY:
@@ -668,7 +734,7 @@ class ModelChecker:
         if self._left(w, "stale_reports") and w.stream:
             acts += [Action("stale_ack", o.cid, market=True) for o in w.venue if o.purpose is Purpose.ENTRY]
         short = -w.perp_position()
-        if self._left(w, "liquidations") and w.stream and short > 0:
+        if self._left(w, "liquidations") and w.stream and short > 0 and state in (State.HEDGED, State.UNWINDING):
             acts.append(Action("liquidate", arg=str(core.plan.perp.step), market=True))
             if short > core.plan.perp.step:
                 acts.append(Action("liquidate", arg=str(short), market=True))
@@ -856,7 +922,7 @@ class ModelChecker:
         assert core is not None
         bad = {"state": core.state.value, "core": _core_summary(core), "venue": world.to_dict()}
         policy = self.nodes[idx].policy.value
-        self.report.examples[prop] = Counterexample(prop, message, policy, trace, bad)
+        self.report.examples[prop] = Counterexample(prop, message, self.profile, policy, trace, bad)
 
     def _trace(self, idx: int) -> list[TraceStep]:
         chain: list[_Node] = []
@@ -896,7 +962,7 @@ class ModelChecker:
         )  # fmt: skip
         bad = {"state": node.state.value, "core": _core_summary(core), "venue": node.world.to_dict()}
         self.report.examples[prop] = Counterexample(
-            prop, f"{why}; in {node.state}", node.policy.value, self._trace(i), bad
+            prop, f"{why}; in {node.state}", self.profile, node.policy.value, self._trace(i), bad
         )
 
     def _rebuild(self, idx: int) -> PackageCore:
@@ -948,6 +1014,47 @@ def _core_summary(core: PackageCore) -> dict[str, Any]:
     }
 
 
-def check(bounds: Bounds | None = None, *, without: Iterable[str] = ()) -> CheckReport:
-    """Run the model checker over the real `PackageCore` (minus the `without` edges, e.g. "orphaned:unwind")."""
-    return ModelChecker(bounds, without=without).run()
+def check(
+    bounds: Bounds | Mapping[str, Bounds] | None = None,
+    *,
+    without: Iterable[str] = (),
+    depth: int | None = None,
+    jobs: int | None = None,
+) -> CheckReport:
+    """Run the model checker over the real `PackageCore` (minus the `without` edges, e.g. "orphaned:unwind").
+
+    `bounds`: one `Bounds`, named profiles, or None for the default suite `PROFILES`. `depth` overrides every
+    profile's depth. Each (profile, orphan policy) pair is an independent exploration; `jobs` > 1 runs them in
+    that many processes (default: one per CPU)."""
+    without = list(without)
+    for w in without:
+        parse_edge(w)  # refuse a bad edge before starting any process
+    if bounds is None:
+        profiles: Mapping[str, Bounds] = PROFILES
+    elif isinstance(bounds, Bounds):
+        profiles = {"custom": bounds}
+    else:
+        profiles = bounds
+    tasks = [
+        (name, replace(b, policies=(policy,), depth=b.depth if depth is None else depth), without)
+        for name, b in profiles.items()
+        for policy in b.policies
+    ]
+    started = time.perf_counter()
+    workers = min(len(tasks), jobs if jobs is not None else (os.cpu_count() or 1))
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_run_one, tasks))
+    else:
+        parts = [_run_one(t) for t in tasks]
+    report = CheckReport({}, without)
+    for part in parts:
+        report.merge(part)
+    report.bounds = {name: replace(b, depth=b.depth if depth is None else depth) for name, b in profiles.items()}
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _run_one(task: tuple[str, Bounds, list[str]]) -> CheckReport:
+    name, bounds, without = task
+    return ModelChecker(bounds, without=without, profile=name).run()

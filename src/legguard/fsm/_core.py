@@ -12,7 +12,7 @@ Rules it enforces (from the design card):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -217,7 +217,13 @@ class PackageCore:
         twin = PackageCore.__new__(PackageCore)
         for name in ("plan", "venue_reduced", "entry_closing", "close_all", "edges", "initial"):
             setattr(twin, name, getattr(self, name))
-        twin.orders = {cid: replace(o) for cid, o in self.orders.items()}
+        # The checker clones tens of thousands of times a second: a plain constructor, not dataclasses.replace.
+        twin.orders = {
+            cid: OrderFacts(
+                o.intent, o.status, o.filled, o.average, o.fee_base, o.fee_quote, o.reason, o.cancel_sent, o.query_sent
+            )
+            for cid, o in self.orders.items()
+        }
         twin.entry = dict(self.entry)
         twin.unwind_attempts = dict(self.unwind_attempts)
         if lifecycle is None:
