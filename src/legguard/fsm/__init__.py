@@ -13,6 +13,7 @@ Map:
 No I/O, no trio, no clocks in this package.
 """
 
+from ._check import PROFILES as PROFILES
 from ._check import PROPERTIES as PROPERTIES
 from ._check import Bounds as Bounds
 from ._check import CheckReport as CheckReport

@@ -384,10 +384,10 @@ class _Step:
         try:
             commands = self.core.handle(event)
         except InvalidTransition as exc:
-            raise _Violation("transitions", f"{exc} (handling a {event.kind} event)") from exc
+            raise _Violation("transitions", f"{exc} (handling event {event.kind!r})") from exc
         except Exception as exc:
             raise _Violation(
-                "errors", f"core raised {type(exc).__name__}: {exc} (handling a {event.kind} event)"
+                "errors", f"core raised {type(exc).__name__}: {exc} (handling event {event.kind!r})"
             ) from exc
         self.commands.extend(commands)
         full, reduced = self.checker.full_map, self.checker.edge_map
