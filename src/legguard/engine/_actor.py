@@ -102,6 +102,7 @@ class PackageHandle:
     faults: int = 0
     leg_timer_started: bool = False
     released: set[str] = field(default_factory=set)  # client ids handed to the venue (not just journaled)
+    sent_at: dict[str, float] = field(default_factory=dict)  # client id -> when its request was released
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
@@ -290,6 +291,7 @@ class PackageActor:
         for intent in intents:
             self.engine.register_order(intent.client_order_id, self.handle)
             self.handle.released.add(intent.client_order_id)
+            self.handle.sent_at[intent.client_order_id] = trio.current_time()
             try:
                 armed.append(self.engine.venue.arm(to_request(intent)))
             except OrderRejected as exc:
@@ -315,6 +317,8 @@ class PackageActor:
                 ack = await engine.venue.fire(armed)
         except trio.TooSlowError:
             self._fact_error(cid, "send", "acknowledgement deadline passed")
+            # Conservative on purpose: even when the order stream already showed the order, a lost answer
+            # sends the package through the kill switch, which settles the order by client id.
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
         except OrderRejected as exc:
@@ -367,7 +371,14 @@ class PackageActor:
             with trio.fail_after(engine.config.deadlines.ack):
                 update = await engine.venue.fetch_order(symbol, cid)
         except OrderNotFound:
-            # Asked after the ack deadline: the venue never accepted it.
+            # A request can still land a little after an error answer (a 5xx from a busy gateway): "not
+            # found" is final only once a grace period (the ack deadline, at most 1 s) has passed since the
+            # request left.
+            sent = h.sent_at.get(cid)
+            grace_until = None if sent is None else sent + min(engine.config.deadlines.ack, 1.0)
+            if grace_until is not None and trio.current_time() < grace_until:
+                self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), grace_until - trio.current_time()))
+                return
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
             return
         except (trio.TooSlowError, VenueError) as exc:
