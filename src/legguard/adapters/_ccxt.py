@@ -229,24 +229,36 @@ class _Side:
     loss_reported: bool = False  # the close hook reported the user stream lost since the pump last armed
     ws_down_until: dict[str, float] = field(default_factory=dict)
     pools: dict[Origin, Pool] = field(default_factory=dict, repr=False)  # the order path's connections
+    entries: dict[str, Any] = field(default_factory=dict, repr=False)  # operation -> ccxt endpoint declaration
+    costs: dict[str, float] = field(default_factory=dict, repr=False)  # operation -> cost without params
 
     def entry(self, operation: str) -> Any:
         """ccxt's declaration of the implicit endpoint (path, api, method, cost). ccxt rebinds the camelCase
-        names on the class at construction, so look for the declaration itself along the MRO."""
+        names on the class at construction, so look for the declaration itself along the MRO (once: the
+        order path asks for it on every order and cancel)."""
+        if operation in self.entries:
+            return self.entries[operation]
         name = _ENDPOINTS[self.kind][operation]
+        found: Any = None
         for cls in type(self.ex).__mro__:
-            found = cls.__dict__.get(name)
-            if isinstance(found, Entry):
-                return found
-        return None
+            candidate = cls.__dict__.get(name)
+            if isinstance(candidate, Entry):
+                found = candidate
+                break
+        self.entries[operation] = found
+        return found
 
     def cost(self, operation: str, params: Mapping[str, Any] | None = None) -> float:
+        if not params and operation in self.costs:
+            return self.costs[operation]
         entry = self.entry(operation)
         if entry is None:
             return 1.0
-        cost = self.ex.calculate_rate_limiter_cost(entry.api, entry.method, entry.path, dict(params or {}),
-                                                   entry.config)  # fmt: skip
-        return float(cost)
+        cost = float(self.ex.calculate_rate_limiter_cost(entry.api, entry.method, entry.path, dict(params or {}),
+                                                         entry.config))  # fmt: skip
+        if not params:
+            self.costs[operation] = cost
+        return cost
 
 
 @dataclass(slots=True, eq=False)

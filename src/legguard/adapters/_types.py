@@ -167,7 +167,9 @@ class ArmedOrder:
     `Venue.arm` does every expensive step, so that `Venue.fire` on two armed legs releases both with as
     little between them as possible. A venue may also offer `release(armed: Sequence[ArmedOrder]) -> None`:
     put every armed order on the wire now, synchronously and back to back (refusals are kept and raised by
-    `fire`, which then only awaits the answer). The engine calls it, when present, before starting the sends.
+    `fire`, which then only awaits the answer). The engine calls it, when present, before starting the sends;
+    likewise `release_cancel(symbol, client_order_id) -> None` writes a cancel at once, `cancel_order` then
+    only awaits its answer.
     """
 
     request: OrderRequest
