@@ -5,6 +5,7 @@ counterexample that replays."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -294,3 +295,16 @@ def test_two_accidents_per_path_without_market_trouble() -> None:
     report = check(replace(QUIET, partial_fills=1, accidents=2))
 
     assert report.ok, report.counterexample and report.counterexample.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"faults": -1}, "Bounds.faults must be a whole number >= 0, got -1"),
+        ({"depth": 1.5}, "Bounds.depth must be a whole number >= 0, got 1.5"),
+        ({"policies": ()}, "Bounds.policies must be a non-empty tuple of OrphanPolicy, got ()"),
+    ],
+)
+def test_bad_bounds_are_refused_naming_the_field(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Bounds(**change)  # type: ignore[arg-type]

@@ -2,10 +2,11 @@
 `PackageCore` reaches against a small causal model of the venue and the engine, and checks the lifecycle
 properties on each state and transition (a violation comes with its shortest counterexample trace).
 
-The environment mirrors what `engine/_actor.py` does with the core's commands: a send is acknowledged,
-rejected or times out (the order then may or may not exist); a cancel of an order no longer open turns into a
-query; a query for an order the venue never took answers `rejected/other`; a fault or shutdown kills the
-actor's in-flight requests (a killed send reports `unknown`); a crash loses everything but the journal.
+The environment mirrors what `engine/_actor.py` and `engine/_recovery.py` do with the core's commands: a
+send is acknowledged, rejected or times out (the order then may or may not exist); a cancel of an order no
+longer open turns into a query; a query for an order the venue never took answers `rejected/other`; a fault
+or shutdown kills the actor's in-flight requests (a killed send reports `unknown`); a crash loses
+everything but the journal and the venue.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ class Bounds:
     depth: int | None = None  # most environment steps on a path (None: only the counts above bound it)
     policies: tuple[OrphanPolicy, ...] = (OrphanPolicy.FLATTEN, OrphanPolicy.TRIM)
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "policies":
+                if not value or not all(isinstance(p, OrphanPolicy) for p in value):
+                    raise ValueError(f"Bounds.policies must be a non-empty tuple of OrphanPolicy, got {value!r}")
+            elif not (value is None and f.name in ("accidents", "depth")) and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise ValueError(f"Bounds.{f.name} must be a whole number >= 0, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["policies"] = [p.value for p in self.policies]
@@ -118,10 +130,11 @@ class Bounds:
         return out
 
 
-# The default suite. Every feature at once does not fit in a minute (one accident on top of every market
-# feature is ~0.5M states), so `legguard fsm --check` runs three profiles that together exercise every
-# mechanism and the interactions that found bugs: trouble in the market, accidents during entry and unwind
-# (with partial fills and rejects), and accidents after a hedge (liquidation, close). `--bound` runs one.
+# The default suite. Every feature at once does not fit in a minute (one accident on top of the market
+# features but expiry and stale reports is already ~260k states), so `legguard fsm --check` runs three
+# profiles that together exercise every mechanism and the interactions that found bugs: trouble in the
+# market, accidents during entry and unwind (with partial fills and rejects), and accidents after a hedge
+# (liquidation, close). `--bound` runs one profile instead.
 _QUIET_MARKET: Final = Bounds(
     partial_fills=0, unwind_rejects=0, expiries=0, liquidations=0, stale_reports=0, closes=0
 )  # fmt: skip
