@@ -85,6 +85,7 @@ class Engine:
         self.markets: Mapping[str, Market] = {}
         self.books: dict[str, BookSnapshot] = {}
         self.handles: dict[str, PackageHandle] = {}
+        self.live: set[str] = set()  # packages neither flat nor hedged (the risk limit counts them)
         self.mode = EngineMode.RUNNING
         self.halt_reason = ""
         self.paused_until = 0.0  # rate-limit back-off for new packages
@@ -208,6 +209,7 @@ class Engine:
         handle = PackageHandle.create(core, now)
         handle.crash_on_event = crash_on_event
         self.handles[package_id] = handle
+        self.live.add(package_id)
         self.deadman.poke()
         first: Event = Abort(refusal) if refusal is not None else Dispatch()
         self._packages.start_soon(self._supervise, handle, [first], name=f"package {package_id}")
@@ -228,7 +230,7 @@ class Engine:
             return "engine stopping"
         if now < self.paused_until:
             return "rate limited: new packages paused"
-        live = sum(1 for h in self.handles.values() if h.core.state not in (State.FLAT, State.HEDGED))
+        live = len(self.live)
         if live >= self.config.max_live_packages:
             return f"risk: {live} live packages (max {self.config.max_live_packages})"
         for symbol in (spec.spot_symbol, spec.perp_symbol):
@@ -310,6 +312,10 @@ class Engine:
         self.journal.record("engine", None, {"event": "resumed", "reason": reason}, trio.current_time())
 
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        if t.dest in (State.FLAT, State.HEDGED):
+            self.live.discard(handle.package_id)
+        else:
+            self.live.add(handle.package_id)
         self.deadman.poke()  # entries start or stop resting on a transition
         self.stats.recent.append((now, handle.package_id, t.source.value, t.trigger.value, t.dest.value))
         if t.dest is State.ORPHANED:

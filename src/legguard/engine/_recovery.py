@@ -149,6 +149,8 @@ async def recover(engine: Engine) -> RecoveryReport:
         handle.reductions_posted = core.venue_reduced
         handle.ever_orphaned = any(o.intent.purpose is Purpose.UNWIND for o in core.orders.values())
         engine.handles[pid] = handle
+        if core.state not in (State.FLAT, State.HEDGED):
+            engine.live.add(pid)
         for cid in core.orders:
             engine.register_order(cid, handle)  # stream updates from now on queue in its mailbox
         if core.state is State.PENDING:

@@ -8,7 +8,7 @@ dataclasses that serialise to JSON-able dicts, because the journal stores every 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -157,7 +157,20 @@ class OrderIntent:
     reduce_only: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _encode(v) for k, v in asdict(self).items()}
+        # Explicit rather than dataclasses.asdict: this runs for every order on the journal's hot path.
+        return {
+            "client_order_id": self.client_order_id,
+            "role": self.role.value,
+            "purpose": self.purpose.value,
+            "attempt": self.attempt,
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "type": self.type.value,
+            "amount": str(self.amount),
+            "price": None if self.price is None else str(self.price),
+            "post_only": self.post_only,
+            "reduce_only": self.reduce_only,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OrderIntent:
