@@ -199,10 +199,23 @@ class CoreMachine(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------------------------------
 
-    @initialize(policy=st.sampled_from(OrphanPolicy))
-    def dispatch(self, policy: OrphanPolicy) -> None:
+    @initialize(policy=st.sampled_from(OrphanPolicy), opening=st.sampled_from(["sent", "acked", "hedged"]))
+    def dispatch(self, policy: OrphanPolicy, opening: str) -> None:
+        """Dispatch, then optionally fast-forward (both acked / both filled), so that every phase of the
+        lifecycle gets its share of programs: few random programs would reach `hedged` on their own."""
         self.core = PackageCore(plan(policy))
         self.feed(Dispatch())
+        event(f"opening: {opening}")
+        if opening == "sent":
+            return
+        for cid in self.pending("send"):
+            self.inflight.remove(("send", cid))
+            self.feed(self.place(cid).report(cid))
+        if opening == "hedged":
+            for cid, order in sorted(self.venue.items()):
+                order.filled, order.status = order.amount, OrderStatus.CLOSED
+                self.feed(order.report(cid))
+            assert self.core.state is State.HEDGED
 
     def live(self) -> bool:
         return self.core.state is not State.FLAT
@@ -210,6 +223,11 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def wait(self) -> None:
         """Time passes, nothing happens (and once flat, nothing else can: hypothesis needs a rule to run)."""
+
+    @rule()
+    def wait_longer(self) -> None:
+        """The same: hypothesis' swarm testing switches rules off per program, and a flat package whose only
+        valid rule is switched off is a discarded example."""
 
     @precondition(lambda self: self.live() and self.accidents < 3)
     @rule(data=st.data())
