@@ -292,9 +292,12 @@ def test_default_suite_is_clean() -> None:
 @pytest.mark.slow
 def test_two_accidents_per_path_without_market_trouble() -> None:
     """Wider than the default: two accidents on one path (a fault during a crash recovery's unwind, ...)."""
-    report = check(replace(QUIET, partial_fills=1, accidents=2))
+    bounds = replace(QUIET, partial_fills=1, timeouts=1, crashes=1, faults=1, shutdowns=1, accidents=2)
+
+    report = check(bounds)
 
     assert report.ok, report.counterexample and report.counterexample.to_dict()
+    assert report.states_explored > 100_000
 
 
 @pytest.mark.parametrize(
