@@ -46,7 +46,7 @@ from ._events import (
     Transitioned,
     VenueReduction,
 )
-from ._table import TRANSITIONS, Edge, InvalidTransition, Lifecycle, State, Trigger, transition_map
+from ._table import TRANSITIONS, Edge, InvalidTransition, State, Trigger, transition_map
 
 ZERO: Final = Decimal(0)
 
@@ -577,9 +577,6 @@ class ModelChecker:
         self.limits = tuple(
             1 if name == "deadlines" else int(getattr(self.bounds, name)) for name in _BUDGETS
         )  # fmt: skip
-        # Building a transitions.Machine costs more than everything else in a step, and Lifecycles built from
-        # the same edges differ only in their state: queued and discarded cores hand theirs back here.
-        self._spare: list[Lifecycle] = []
         self.nodes: list[_Node] = []
         self.report = CheckReport({profile: self.bounds}, self.without)
 
@@ -601,7 +598,6 @@ class ModelChecker:
             succ.append([])
             calm.append([])
             expanded.append(False)
-            self._park(core)
             queue.append((idx, core))
         depth_limit = self.bounds.depth
         while queue:
@@ -610,17 +606,15 @@ class ModelChecker:
             if depth_limit is not None and node.depth >= depth_limit:
                 self.report.frontier += 1
                 continue
-            core.lifecycle = self._lifecycle(node.state)
             here = core.fingerprint()
             expanded[idx] = True
             for action in self._enabled(core, node.world):
                 self.report.transitions_explored += 1
-                step = _Step(self, core.clone(lifecycle=self._lifecycle(node.state)), node.world)
+                step = _Step(self, core.clone(), node.world)
                 try:
                     self._apply(action, step, idx)
                 except _Violation as v:
                     self._flag(v.prop, v.message, idx, extra=(action, step))
-                    self._spare.append(step.core.lifecycle)
                     continue
                 for prop, message in step.problems:
                     self._flag(prop, message, idx, extra=(action, step))
@@ -628,7 +622,6 @@ class ModelChecker:
                 fingerprint = step.core.fingerprint()
                 if fingerprint == here and replace(world, used=node.world.used) == node.world:
                     # Nothing changed but a budget spent: the successor can only do less than this state.
-                    self._spare.append(step.core.lifecycle)
                     continue
                 key = (node.policy, fingerprint, world)
                 known = seen.get(key)
@@ -642,14 +635,10 @@ class ModelChecker:
                     succ.append([])
                     calm.append([])
                     expanded.append(False)
-                    self._park(step.core)
                     queue.append((known, step.core))
-                else:
-                    self._spare.append(step.core.lifecycle)
                 succ[idx].append(known)
                 if not action.market:
                     calm[idx].append(known)
-            self._spare.append(core.lifecycle)
         self._liveness(succ, calm, expanded)
         self.report.states_explored = len(self.nodes)
         self.report.seconds = time.perf_counter() - started
@@ -663,17 +652,6 @@ class ModelChecker:
             "seconds": round(self.report.seconds, 3),
         })  # fmt: skip
         return self.report
-
-    def _lifecycle(self, state: State) -> Lifecycle:
-        if not self._spare:
-            return Lifecycle(state, edges=self.edges)
-        lifecycle = self._spare.pop()
-        lifecycle.state = state.value  # the model attribute transitions reads and writes
-        return lifecycle
-
-    def _park(self, core: PackageCore) -> None:
-        """A queued core keeps no Lifecycle: its node records the state, `_lifecycle` restores one."""
-        self._spare.append(core.lifecycle)
 
     def _add(self, node: _Node, core: PackageCore) -> int:
         idx = len(self.nodes)
@@ -890,7 +868,6 @@ class ModelChecker:
             fresh.handle(event)
         if fresh.fingerprint() != live.fingerprint():
             raise _Violation("replay", "a fresh core fed the journaled events differs from the live core")
-        self._spare.append(live.lifecycle)
         return fresh
 
     # --- properties -----------------------------------------------------------------------------------

@@ -211,9 +211,8 @@ class PackageCore:
             self.close_all,
         )
 
-    def clone(self, *, lifecycle: Lifecycle | None = None) -> PackageCore:
-        """An independent copy in the same state. `lifecycle`, if given, must be a spare `Lifecycle` built
-        from the same edges: the copy takes it over instead of building a new `transitions.Machine`."""
+    def clone(self) -> PackageCore:
+        """An independent copy in the same state (the model checker branches on it)."""
         twin = PackageCore.__new__(PackageCore)
         for name in ("plan", "venue_reduced", "entry_closing", "close_all", "edges", "initial"):
             setattr(twin, name, getattr(self, name))
@@ -226,11 +225,7 @@ class PackageCore:
         }
         twin.entry = dict(self.entry)
         twin.unwind_attempts = dict(self.unwind_attempts)
-        if lifecycle is None:
-            lifecycle = Lifecycle(self.state, edges=self.edges, package_id=self.plan.package_id)
-        else:
-            lifecycle.state = self.state.value  # the model attribute transitions reads and writes
-        twin.lifecycle = lifecycle
+        twin.lifecycle = Lifecycle(self.state, edges=self.edges, package_id=self.plan.package_id)
         return twin
 
     # --- deciding -------------------------------------------------------------------------------------
