@@ -61,6 +61,7 @@ from ._ccxt_convert import (
     translate_error,
 )
 from ._ccxt_http import Connection, HttpError, Origin, Pool, Response, WireTap, encode_request, split_url
+from ._redact import SECRETS
 from ._types import (
     ArmedOrder,
     Balance,
@@ -440,6 +441,10 @@ class CcxtVenue:
         return order_update(order, self._markets, self.fees, symbol=symbol, client_order_id=cid, side=side)
 
     # --- markets ----------------------------------------------------------------------------------------
+
+    def request_budget(self) -> dict[str, float]:
+        """Request-weight units left per market kind (status and metrics)."""
+        return {"spot": self._spot.budget.available(), "perp": self._perp.budget.available()}
 
     async def load_markets(self) -> Mapping[str, Market]:
         if not self._markets:
@@ -1048,6 +1053,7 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
     async with trio_asyncio.open_loop():
         venue = CcxtVenue(config)
         _REDACTOR.secrets.update(venue._secrets)
+        SECRETS.update(s for s in venue._secrets if s)
         try:
             async with trio.open_nursery() as nursery:
                 venue._nursery = nursery
@@ -1065,6 +1071,7 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
             with trio.CancelScope(shield=True):
                 await venue.aclose()
             _REDACTOR.secrets.difference_update(venue._secrets)
+            SECRETS.difference_update(venue._secrets)
 
 
 class _Credentials(Protocol):

@@ -184,6 +184,7 @@ class PackageActor:
 
     def _fact_error(self, cid: str, where: str, error: object) -> None:
         # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
+        self.engine.note_error(f"{self.handle.package_id} {cid} {where}: {error}")
         self.handle.facts.append(
             ("order_error", {"client_order_id": cid, "where": where, "error": str(error)}, trio.current_time())
         )
@@ -275,7 +276,7 @@ class PackageActor:
             h.naked_since = now
         elif not naked and h.naked_since is not None:
             h.max_naked = max(h.max_naked, now - h.naked_since)
-            self.engine.stats.note_naked(now - h.naked_since)
+            self.engine.note_naked(now - h.naked_since)
             h.naked_since = None
 
     def _spawn(self, fn: Callable[..., object], *args: object) -> None:

@@ -508,6 +508,7 @@ class _Batch:
         if j._poisoned:
             j._abort(self._head)
             raise JournalError("journal batch rolled back: a write inside it failed and the error was swallowed")
+        started = time.perf_counter() if j.on_commit is not None else 0.0
         try:
             j._flush()
             if j._head != self._head:
@@ -516,6 +517,8 @@ class _Batch:
         except BaseException:
             j._abort(self._head)
             raise
+        if j.on_commit is not None:
+            j.on_commit(time.perf_counter() - started)
         if j._checkpointer is not None:
             j._committed()
 
@@ -553,6 +556,7 @@ class Journal:
         self._rows: list[tuple[Any, ...]] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
+        self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
         self._genesis = genesis_hash(self.journal_id)
