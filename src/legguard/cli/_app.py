@@ -19,7 +19,7 @@ def main() -> None:
 
 # --- command registration: each command module adds itself here --------------------------------------
 # (imports follow `app` on purpose: each module decorates commands onto it)
-from . import _bench, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
+from . import _bench, _control, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
 from ._audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")

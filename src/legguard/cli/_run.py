@@ -12,11 +12,14 @@ import typer
 from rich.console import Console
 
 from legguard.engine._config import ConfigError, load_config
-from legguard.engine._runner import RunStatus, run_engine
+from legguard.engine._control import ControlError
+from legguard.engine._runner import RunOptions, RunStatus, run_engine
 from legguard.engine._spec import SpecError
 
 from ._app import app
+from ._logs import LEVELS, setup_logging
 from ._recover import print_recovery
+from ._run_view import RunView
 
 
 @app.command()
@@ -25,26 +28,40 @@ def run(
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
     seconds: Annotated[float | None, typer.Option(help="Stop gracefully after N seconds (like Ctrl-C).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (overrides [metrics] port; 0: any).")
+    ] = None,
+    log_file: Annotated[Path | None, typer.Option(help="Also write JSON log lines here (rotated by size).")] = None,
+    log_level: Annotated[str, typer.Option(help=f"One of {', '.join(LEVELS)}.")] = "info",
+    status_interval: Annotated[
+        float, typer.Option(help="Outside a terminal: seconds between JSON status lines on stderr.")
+    ] = 10.0,
 ) -> None:
     """Run the engine: packages open on the premium trigger; Ctrl-C cancels entries, finishes unwinds,
-    keeps hedges."""
+    keeps hedges. Operate it from another terminal with `legguard status | halt | resume | close | stop`."""
     console = Console(stderr=True)
     try:
+        if log_level.lower() not in LEVELS:
+            raise ConfigError(f"--log-level: {log_level!r} is invalid; allowed: {', '.join(LEVELS)}")
+        if not status_interval > 0:
+            raise ConfigError(f"--status-interval: {status_interval!r} is invalid; must be > 0")
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port: {metrics_port!r} is invalid; must be 0..65535")
         cfg = load_config(config)
         if seconds is not None and not seconds > 0:
             raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
+        setup_logging(log_level.lower(), log_file)
         status = RunStatus()
-
-        def tick(s: RunStatus) -> None:
-            e = s.engine
-            if e is not None:
-                states = dict(e.final_states())
-                console.print(f"[dim]{e.mode.value}[/dim] packages={len(e.handles)} {states}", highlight=False)
-
-        report = trio.run(_with_signals, cfg, db, seconds, status, None if as_json else tick,
-                          lambda r: print_recovery(console, r))  # fmt: skip
+        view = RunView(console, live=console.is_terminal and not as_json, interval=status_interval)
+        options = RunOptions(metrics_port=metrics_port, tick_interval=view.tick_interval)
+        with view:
+            report = trio.run(_with_signals, cfg, db, seconds, status, view.tick,
+                              lambda r: print_recovery(console, r), options)  # fmt: skip
     except (ConfigError, SpecError) as exc:
         console.print(f"[red]config error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except ControlError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
@@ -53,7 +70,13 @@ def run(
 
 
 async def _with_signals(
-    cfg: Any, db: Path, seconds: float | None, status: RunStatus, tick: Any, recovered: Any = None
+    cfg: Any,
+    db: Path,
+    seconds: float | None,
+    status: RunStatus,
+    tick: Any,
+    recovered: Any = None,
+    options: RunOptions | None = None,
 ) -> dict[str, Any]:
     async def watch() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -62,6 +85,6 @@ async def _with_signals(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        report = await run_engine(cfg, db, seconds, status, tick, recovered)
+        report = await run_engine(cfg, db, seconds, status, tick, recovered, options)
         nursery.cancel_scope.cancel()
     return report

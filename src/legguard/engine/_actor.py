@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -215,6 +216,7 @@ class PackageActor:
     async def step(self, event: Event) -> None:
         h, engine = self.handle, self.engine
         now = trio.current_time()
+        started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
         commands = self.core.handle(event)
         h.events.append(event)
         # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
@@ -264,6 +266,8 @@ class PackageActor:
                     self._spawn(self._fill_deadline)
                 elif command.dest is State.UNWINDING:
                     self._spawn(self._unwind_watchdog)
+                    if command.source is State.ORPHANED:
+                        engine.note_reaction(time.perf_counter() - started)
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")

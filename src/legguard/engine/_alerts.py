@@ -137,6 +137,9 @@ class Alerter(EngineObserver):
         self._last: dict[tuple[str, str], float] = {}  # dedupe key -> when last queued
         self._sent_at: deque[float] = deque()  # for the per-minute rate
         self._wake = trio.Event()
+        self._busy = False
+        self._delivered = 0
+        self._progress = trio.Event()
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.count is not None:
@@ -177,7 +180,12 @@ class Alerter(EngineObserver):
                 continue
             await self._rate_slot()
             alert = self.queue.popleft()
-            await self._deliver(alert)
+            self._busy = True
+            try:
+                await self._deliver(alert)
+            finally:
+                self._busy = False
+                self._progress.set()
 
     async def _rate_slot(self) -> None:
         while True:
@@ -204,6 +212,7 @@ class Alerter(EngineObserver):
             error = f"no answer within {self.config.timeout:g}s"
         if status is not None and 200 <= status < 300:
             self.sent.append(alert)
+            self._delivered += 1
             del self.sent[:-20]
             self._count(alert.kind, "sent")
             return
@@ -211,6 +220,22 @@ class Alerter(EngineObserver):
         self._count(alert.kind, "failed")
         why = error or f"HTTP {status}"
         log.warning("alert %s not delivered to webhook host %s: %s", alert.kind, self.host, why)
+
+    async def drain(self) -> None:
+        """Wait (at most one POST timeout per queued alert, and `timeout` overall) until the queue is empty."""
+        with trio.move_on_after(self.config.timeout):
+            while self.queue or self._busy:
+                self._progress = trio.Event()
+                await self._progress.wait()
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sent": self._delivered,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "deduped": self.deduped,
+            "queued": len(self.queue),
+        }
 
     # --- the engine's hooks --------------------------------------------------------------------------
 

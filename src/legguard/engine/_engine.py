@@ -382,6 +382,12 @@ class Engine:
     def note_error(self, text: str) -> None:
         self.stats.errors.append((trio.current_time(), time.time(), text))
 
+    def note_reaction(self, seconds: float) -> None:
+        """A kill switch engaged: `seconds` from the event that broke the package to its orders going out
+        (decision, journal commit, release), measured on the wall clock."""
+        if self.observers:
+            notify(self.observers, "on_kill_switch", seconds)
+
     def note_naked(self, seconds: float) -> None:
         self.stats.note_naked(seconds)
         notify(self.observers, "on_naked", seconds)

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,6 +42,7 @@ SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300
 class EngineMetrics(EngineObserver):
     def __init__(self, engine: Engine, budget: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.engine = engine
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: noise on every dashboard (process-wide, idempotent)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.transitions = Counter("legguard_transitions", "Package state transitions.", ["trigger", "to"], registry=r)
@@ -56,7 +57,7 @@ class EngineMetrics(EngineObserver):
         )
         self.reaction = Histogram(
             "legguard_kill_switch_reaction_seconds",
-            "From a package turning orphaned to its kill switch unwinding.",
+            "From the event that broke a package to its kill switch's orders going out (decision, journal, send).",
             buckets=FAST_BUCKETS,
             registry=r,
         )
@@ -94,7 +95,6 @@ class EngineMetrics(EngineObserver):
             ["kind", "outcome"],
             registry=r,
         )
-        self._orphaned_at: dict[str, float] = {}  # package id -> when it turned orphaned (cleared on unwinding)
         r.register(_Levels(engine, budget))
         engine.journal.on_commit = self.commit.observe
 
@@ -102,18 +102,13 @@ class EngineMetrics(EngineObserver):
 
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
         self.transitions.labels(t.trigger.value, t.dest.value).inc()
-        pid = handle.package_id
         if t.dest is State.ORPHANED:
             self.orphans.inc()
-            self._orphaned_at[pid] = now
-        elif t.dest is State.UNWINDING:
-            since = self._orphaned_at.pop(pid, None)
-            if since is not None:
-                self.reaction.observe(now - since)
         elif t.source is State.UNWINDING and handle.unwinding_since is not None:
             self.unwind.observe(now - handle.unwinding_since)
-        if t.dest is State.FLAT:
-            self._orphaned_at.pop(pid, None)
+
+    def on_kill_switch(self, seconds: float) -> None:
+        self.reaction.observe(seconds)
 
     def on_halt(self, reason: str, source: HaltSource) -> None:
         self.halts.labels(source.value).inc()
@@ -138,6 +133,9 @@ class EngineMetrics(EngineObserver):
             self.request.labels(endpoint).observe(seconds)
         else:
             self.request_errors.labels(endpoint, error).inc()
+
+    def count_alert(self, kind: str, outcome: str) -> None:
+        self.alerts.labels(kind, outcome).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,6 +42,9 @@ class EngineObserver:
     def on_unwind_overdue(self, package_id: str) -> None:
         """A package is still unwinding after the unwind deadline."""
 
+    def on_kill_switch(self, seconds: float) -> None:
+        """A kill switch engaged `seconds` (wall clock) after the event that broke its package arrived."""
+
     def on_naked(self, seconds: float) -> None:
         """A package's naked (one-leg) exposure lasted `seconds` and has ended."""
 
