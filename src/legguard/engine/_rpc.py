@@ -48,6 +48,7 @@ class Rpc:
         self.stop_event = stop
         self.db = db
         self.extra = dict(extra or {})
+        self._closing: set[str] = set()  # close requested (the request may still sit in the mailbox)
 
     # --- dispatch (transports call this) --------------------------------------------------------------
 
@@ -117,10 +118,14 @@ class Rpc:
         for pid in targets:
             h = handles[pid]
             state = h.core.state
-            if state is State.HEDGED and not h.done.is_set():
+            if pid in self._closing and state is not State.FLAT:
+                if ids:
+                    skipped[pid] = "closing already"
+            elif state is State.HEDGED and not h.done.is_set():
                 self.engine.request_close(pid, f"operator: {reason}")
                 self._journal("close", reason, via, "closing", pid)
                 closing.append(pid)
+                self._closing.add(pid)
             elif ids:  # named explicitly: say why not
                 skipped[pid] = state.value
         what = ",".join(ids) if ids else (f"pair {pair}" if pair is not None else "all")
