@@ -64,6 +64,7 @@ class RunStatus:
     submitted: int = 0
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
+    ready: trio.Event = field(default_factory=trio.Event)  # set once trading starts (control, metrics up)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
 
 
@@ -129,6 +130,7 @@ async def run_engine(
                 for symbol in symbols:
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
+                status.ready.set()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_trade, running, trigger, status)
                     if on_tick is not None:
