@@ -87,8 +87,10 @@ def list_packages(
     with _reader(db) as journal:
         rows = journal.packages(state)
         journal_id = journal.journal_id
+        control = [r for r in journal.engine_log() if r.kind == "control"]
     if as_json:
-        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows]})
+        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows],
+                    "control": [r.to_dict() for r in control]})  # fmt: skip
         return
     table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
     table.add_column("package", no_wrap=True)
@@ -110,6 +112,13 @@ def list_packages(
     _out().print(table)
     if any(r.exposure.unknown for r in rows):
         _out().print("[yellow]?[/yellow] some order's outcome is unknown: exposure is a lower bound")
+    if control:
+        last = control[-1]
+        what = escape(summarize(last.kind, last.payload))
+        _out().print(
+            f"{len(control)} operator action(s); last {_when(last.wall_time)} {what}"
+            " — all engine events: `legguard audit show engine`"
+        )
 
 
 @audit_app.command("show")
@@ -118,7 +127,11 @@ def show(
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """One package's timeline: every journaled row, in order."""
+    """One package's timeline: every journaled row, in order. `engine` shows the engine's own rows (start,
+    stop, halts, resumes, operator actions, outages)."""
+    if package_id == ENGINE:
+        _show_engine(db, as_json)
+        return
     with _reader(db) as journal:
         try:
             package = journal.package(package_id)
@@ -150,6 +163,29 @@ def show(
             detail = f"[bold]{detail}[/bold]"
         table.add_row(str(r.seq), f"{r.wall_time - start:+.3f}", r.kind, detail)
     out.print(table)
+
+
+ENGINE = "engine"
+
+
+def _show_engine(db: Path, as_json: bool) -> None:
+    with _reader(db) as journal:
+        rows = journal.engine_log()
+        journal_id = journal.journal_id
+    if as_json:
+        _emit_json({"journal_id": journal_id, "engine": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"journal {journal_id}: engine events", show_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        detail = escape(summarize(r.kind, r.payload))
+        if r.kind == "control" or r.payload.get("event") in ("halted", "resumed", "venue_outage"):
+            detail = f"[bold]{detail}[/bold]"
+        table.add_row(str(r.seq), _when(r.wall_time), r.kind, detail)
+    _out().print(table)
 
 
 @audit_app.command("verify")

@@ -40,7 +40,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str = "info", log_file: Path | None = None, *, stream: Any = None) -> None:
+def setup_logging(
+    level: str = "info",
+    log_file: Path | None = None,
+    *,
+    stream: Any = None,
+    max_bytes: int = LOG_FILE_BYTES,
+    backups: int = LOG_FILE_BACKUPS,
+) -> None:
     """Configure the `legguard` logger (ccxt's wire log is a child of it) for a long-running process."""
     numeric = getattr(logging, level.upper())
     scrubber = LogScrubber()
@@ -51,7 +58,7 @@ def setup_logging(level: str = "info", log_file: Path | None = None, *, stream: 
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         rotating = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         rotating.setFormatter(JsonFormatter())
         handlers.append(rotating)

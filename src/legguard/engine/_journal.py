@@ -260,6 +260,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 )
             case "cancel" | "query":
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
+            case "control":
+                return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
