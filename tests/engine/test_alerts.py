@@ -8,6 +8,7 @@ import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +17,9 @@ import trio.lowlevel
 from trio.testing import MockClock
 
 from legguard.engine._alerts import Alert, Alerter, post_json
-from legguard.engine._config import AlertsConfig
+from legguard.engine._config import AlertsConfig, parse_config
 from legguard.engine._observe import HaltSource
+from legguard.engine._runner import RunOptions, RunStatus, run_engine
 
 
 @dataclass
@@ -182,3 +184,39 @@ async def test_post_json_reports_unreachable_receivers(autojump_clock: MockClock
 def test_the_webhook_url_never_shows_in_the_config_repr() -> None:
     config = AlertsConfig(webhook_url="https://hooks.slack.com/services/T000/B000/SECRETXYZ")
     assert "SECRETXYZ" not in repr(config)
+
+
+async def test_a_run_with_a_hanging_receiver_trades_halts_and_stops_on_time(
+    autojump_clock: MockClock, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.mode = "hang"
+    config = parse_config({
+        "venue": {"kind": "sim", "seed": 7},
+        "pairs": [{"spot": "ETH/USDT", "perp": "ETH/USDT:USDT", "quantity": "0.05"}],
+        "breaker": {"max_orphans": 50},
+        "alerts": {"webhook_url": receiver.url, "timeout": 3.0},
+    })  # fmt: skip
+    status = RunStatus()
+    report: dict[str, Any] = {}
+
+    async def run() -> None:
+        report.update(await run_engine(config, tmp_path / "j.db", None, status, options=RunOptions(control=False)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await status.ready.wait()
+        assert status.rpc is not None and status.alerter is not None
+        for i in range(5):
+            status.rpc.halt(f"halt {i}")
+            status.rpc.resume(f"resume {i}")
+        await trio.sleep(5)
+        assert status.engine is not None
+        opened = len(status.engine.handles)
+        stopping = trio.current_time()
+        status.stop.set()
+    took = trio.current_time() - stopping
+
+    assert opened > 0  # the engine kept trading while every POST hung
+    assert took <= config.engine.deadlines.ack * 2 + config.engine.deadlines.unwind + 3.0 + 0.5
+    assert report["alerts"]["sent"] == 0 and report["alerts"]["failed"] >= 1
+    assert receiver.bodies and receiver.bodies[0]["kind"] == "halt"
