@@ -51,4 +51,6 @@ def test_run_refuses_a_bad_log_level(tmp_path: Path) -> None:
     config.write_text(SIM)
     result = CliRunner().invoke(app, ["run", "--config", str(config), "--log-level", "loud"])
     assert result.exit_code == 2
-    assert "--log-level: 'loud' is invalid; allowed: debug, info, warning, error, critical" in " ".join(result.output.split())
+    assert "--log-level: 'loud' is invalid; allowed: debug, info, warning, error, critical" in " ".join(
+        result.output.split()
+    )
