@@ -5,6 +5,7 @@ seconds): `run` owns its trio loop."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -54,3 +55,21 @@ def test_run_refuses_a_bad_log_level(tmp_path: Path) -> None:
     assert "--log-level: 'loud' is invalid; allowed: debug, info, warning, error, critical" in " ".join(
         result.output.split()
     )
+
+
+def test_run_refuses_a_busy_metrics_port_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(SIM)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            result = CliRunner().invoke(app, ["run", "--config", str(config), "--db", str(tmp_path / "j.db"),
+                                              "--metrics-port", str(port), "--seconds", "1"])  # fmt: skip
+        finally:
+            teardown_logging()
+
+    assert result.exit_code == 2
+    assert f"error: metrics: cannot listen on 127.0.0.1:{port}" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

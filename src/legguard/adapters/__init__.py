@@ -12,6 +12,8 @@ Map:
                   and books into the vocabulary above; `_ccxt_http.py` is the order path's transport (warm
                   keep-alive connections on trio; armed requests written back to back). Imported on first use
                   (ccxt is heavy).
+- `_redact.py`    the secret guard for text: credentials, signatures, listen keys masked in logs and errors
+                  (one process-wide registry; the ccxt venue and `legguard run` register what they hold).
 - `_emulator.py`  `Emulator` / `serve_emulator`: the matching engine served over Binance's spot + USDⓈ-M REST
                   and websocket protocols on loopback (`_emulator_rest.py`, `_emulator_ws.py`; JSON shapes and
                   error codes in `_wire.py`), so unmodified ccxt trades against it. Imported on first use.

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from legguard.engine._config import ConfigError, load_config
 from legguard.engine._control import ControlError
+from legguard.engine._metrics import MetricsPortError
 from legguard.engine._runner import RunOptions, RunStatus, run_engine
 from legguard.engine._spec import SpecError
 
@@ -60,7 +61,7 @@ def run(
     except (ConfigError, SpecError) as exc:
         console.print(f"[red]config error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    except ControlError as exc:
+    except (ControlError, MetricsPortError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
@@ -83,8 +84,22 @@ async def _with_signals(
             async for _ in signals:
                 status.stop.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        report = await run_engine(cfg, db, seconds, status, tick, recovered, options)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            report = await run_engine(cfg, db, seconds, status, tick, recovered, options)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A refusal before trading (config, another engine on the journal, a busy metrics port) is one line for
+        # the operator, not a group.
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], ConfigError | SpecError | ControlError | MetricsPortError):
+            raise leaves[0] from None
+        raise
     return report
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -15,6 +15,13 @@ Map:
                   flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
 - `_deadman.py`   the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
+- `_runner.py`    `legguard run`: venue, journal, engine, trigger, and the operator's services around them.
+- `_observe.py`   `EngineObserver`: the hooks metrics and alerts implement (transition, halt, resume, ...).
+- `_rpc.py`       `Rpc`: status / halt / resume / close / stop, implemented once, journaled as `control` rows.
+- `_control.py`   the control channel: a Unix socket `<db>.sock` (0600), newline-delimited JSON; the CLI client.
+- `_metrics.py`   Prometheus metrics on a per-engine registry, served over HTTP from the engine's nursery.
+- `_instrument.py` `MeteredVenue`: request latency and errors by endpoint; venue outage detection.
+- `_alerts.py`    webhook alerts (json / slack / discord / telegram), bounded queue, deduplicated, rate-limited.
 - `_strategy.py`  the demo's premium trigger and fault plan.
 - `_bench.py`     `legguard bench`: overhead, throughput, journal, memory, medians and targets;
                   `_bench_wire.py` the skew and kill-switch measurements at the socket against the emulator.

@@ -322,6 +322,7 @@ class Engine:
             self.halt_source, self.halt_reason, self.resume_at = source, reason, None
             self.journal.record("engine", None, {"event": "halted", "reason": reason, "source": source.value,
                                                  "already_halted": True}, now)  # fmt: skip
+            notify(self.observers, "on_halt", reason, source)
             return True
         if self.mode is not EngineMode.RUNNING:
             return False

@@ -234,16 +234,26 @@ class _Levels(Collector):
 # --- the HTTP endpoint ---------------------------------------------------------------------------------
 
 
+class MetricsPortError(OSError):
+    """The metrics endpoint cannot listen where it was told to."""
+
+
+async def open_metrics_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind before anything else starts, so a busy port is one clear error, not a failure mid-run."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise MetricsPortError(f"metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 async def serve_metrics(
     metrics: EngineMetrics,
-    host: str,
-    port: int,
+    listeners: list[trio.SocketListener],
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve GET /metrics (anything else: 404) on host:port until cancelled; reports the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
+    """Serve GET /metrics (anything else: 404) on `listeners` until cancelled; reports the bound port."""
+    host, bound = listeners[0].socket.getsockname()[:2]
     log.info("metrics on http://%s:%d/metrics", host, bound)
     task_status.started(bound)
     await trio.serve_listeners(functools.partial(_respond, metrics), listeners)

@@ -20,7 +20,7 @@ from ._control import claim_socket, serve_control, socket_path
 from ._engine import Engine, EngineMode
 from ._instrument import metered
 from ._journal import Durability, Journal
-from ._metrics import EngineMetrics, serve_metrics
+from ._metrics import EngineMetrics, open_metrics_listeners, serve_metrics
 from ._observe import notify
 from ._recovery import RecoveryReport, settle_recovered
 from ._rpc import Rpc
@@ -88,6 +88,7 @@ async def run_engine(
     webhook = config.alerts.webhook_url
     if webhook is not None:
         SECRETS.add(webhook)  # it embeds a token: masked in every log line
+    listeners = await open_metrics_listeners(host, port) if port is not None else None
     journal = Journal.open(db, durability=durability)
     try:
         async with open_venue(config) as raw_venue, trio.open_nursery() as operated:
@@ -99,11 +100,11 @@ async def run_engine(
             budget = getattr(raw_venue, "request_budget", None)
             status.rpc = Rpc(engine, status.stop, db=str(db),
                              extra={"budget": budget} if budget is not None else None)  # fmt: skip
-            if port is not None:
+            if listeners is not None:
                 status.metrics = EngineMetrics(engine, budget)
                 venue.observe = status.metrics.observe_request
                 engine.observers.append(status.metrics)
-                status.metrics_port = await operated.start(serve_metrics, status.metrics, host, port)
+                status.metrics_port = await operated.start(serve_metrics, status.metrics, listeners)
             if webhook is not None:
                 counted = status.metrics.count_alert if status.metrics is not None else None
                 status.alerter = Alerter(config.alerts, journal_id=journal.journal_id, count=counted)
@@ -148,6 +149,9 @@ async def run_engine(
             return report
     finally:
         journal.close()
+        if listeners is not None:
+            for listener in listeners:
+                listener.socket.close()
         if webhook is not None:
             SECRETS.discard(webhook)
 
