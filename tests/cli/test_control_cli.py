@@ -142,3 +142,33 @@ def test_no_engine_running_is_one_line_and_exit_3(tmp_path: Path, command: list[
     assert result.exit_code == 3
     assert result.output.strip().startswith("error: no engine is running on journal")
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+async def test_watch_outside_a_terminal_prints_json_lines_until_the_engine_stops(
+    autojump_clock: MockClock, running: Running
+) -> None:
+    rpc = running.status.rpc
+    assert rpc is not None
+    answered, watched = [0], trio.Event()
+    status = rpc.status
+
+    def counting() -> dict[str, Any]:
+        answered[0] += 1
+        if answered[0] == 3:
+            watched.set()
+        return status()
+
+    rpc.status = counting  # type: ignore[method-assign]
+
+    async def stop_soon() -> None:
+        await watched.wait()
+        running.status.stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_soon)
+        watch = await running.cli("status", "--watch", "--interval", "0.01")
+
+    lines = [json.loads(x) for x in watch.stdout.splitlines()]
+    assert watch.exit_code == 0, watch.output
+    assert len(lines) >= 3 and lines[0]["mode"] == "running"
+    assert "engine stopped" in watch.stderr

@@ -17,7 +17,7 @@ from rich.markup import escape
 from legguard.engine._control import ControlClient, ControlError, EngineNotRunning, EngineRefused, socket_path
 
 from ._app import app
-from ._dashboard import render
+from ._dashboard import render, status_line
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -53,7 +53,10 @@ def _call(db: Path, cmd: str, **args: Any) -> Any:
 def status(
     db: DbOption = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Live dashboard until Ctrl-C (or the engine stops).")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Live dashboard until Ctrl-C or the engine stops (JSON lines if not a terminal)."),
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
 ) -> None:
     """What the running engine is doing: mode, packages, exposure, breaker, venue, dead-man's switch, errors."""
@@ -72,8 +75,14 @@ def status(
     except ControlError as exc:
         _err().print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREACHABLE) from None
+    out = _out()
     try:
-        with Live(render(client.request("status")), console=_out(), auto_refresh=False) as live:
+        if as_json or not out.is_terminal:
+            # Not a screen to redraw: one compact JSON line per interval (the same lines `run` writes).
+            while True:
+                typer.echo(status_line(client.request("status")))
+                time.sleep(interval)
+        with Live(render(client.request("status")), console=out, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 live.update(render(client.request("status")), refresh=True)
