@@ -16,9 +16,9 @@ from typer.testing import CliRunner, Result
 
 from legguard.cli import app
 from legguard.engine import EngineMode, Journal
-from legguard.engine._config import parse_config
-from legguard.engine._rpc import CONTROL
-from legguard.engine._runner import RunOptions, RunStatus, run_engine
+from legguard.engine.app._config import parse_config
+from legguard.engine.app._rpc import CONTROL
+from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
 from legguard.fsm import State
 
 CONFIG: dict[str, Any] = {

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from legguard.cli import app
 from legguard.cli._logs import teardown_logging
-from legguard.engine._control import socket_path
+from legguard.engine.app._control import socket_path
 
 SIM = """
 [venue]

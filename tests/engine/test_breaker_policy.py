@@ -12,11 +12,11 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, open_sim_venue
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import Engine, EngineConfig, EngineMode
-from legguard.engine._journal import Journal
 from legguard.engine._observe import EngineObserver, HaltSource
 from legguard.engine._spec import BreakerConfig, SpecError
+from legguard.engine.journal._store import Journal
 
 WINDOW, COOL_OFF = 2.0, 5.0  # small: the simulated market ticks in virtual time too
 

@@ -1,9 +1,10 @@
 """legguard.cli — the typer + rich front.
 
-Map: `_app.py` builds the typer app and registers each command group from its own module
-(`_demo.py`, `_audit.py`, `_fsm.py`, `_emulator.py`, `_run.py`, `_bench.py`, `_control.py` for status / halt /
-resume / close / stop). `_dashboard.py` draws the status (run's live view, `status --watch`), `_run_view.py`
-chooses the live view or JSON status lines, `_logs.py` sets up service logging.
+Map: `_app.py` builds the typer app and registers every command in one place; each command is a plain
+function in its own module: `_demo.py`, `_run.py`, `_recover.py`, `_emulator.py`, `_audit.py` (a command
+group), `_fsm.py`, `_bench.py`, `_control.py` (status / halt / resume / close / stop over the control socket).
+`_dashboard.py` draws a running engine's status (run's live view, `status --watch`), `_run_view.py` chooses
+that view or JSON status lines, `_logs.py` sets up service logging.
 """
 
 from ._app import app as app

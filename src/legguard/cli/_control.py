@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from legguard.engine._control import ControlClient, ControlError, EngineNotRunning, EngineRefused, socket_path
+from legguard.engine.app._control import ControlClient, ControlError, EngineNotRunning, EngineRefused, socket_path
 
-from ._app import app
 from ._dashboard import render, status_line
 
 EXIT_REFUSED = 1
@@ -49,7 +48,6 @@ def _call(db: Path, cmd: str, **args: Any) -> Any:
         raise typer.Exit(EXIT_UNREACHABLE) from None
 
 
-@app.command()
 def status(
     db: DbOption = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
@@ -97,7 +95,6 @@ def status(
         client.close()
 
 
-@app.command()
 def halt(db: DbOption = DEFAULT_DB, reason: ReasonOption = "operator halt") -> None:
     """Stop taking new packages (unwinds continue, hedges stay). Resume with `legguard resume`."""
     result = _call(db, "halt", reason=reason)
@@ -106,7 +103,6 @@ def halt(db: DbOption = DEFAULT_DB, reason: ReasonOption = "operator halt") -> N
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
 def resume(db: DbOption = DEFAULT_DB, reason: ReasonOption = "operator resume") -> None:
     """Take new packages again after a halt (operator's or the circuit breaker's)."""
     result = _call(db, "resume", reason=reason)
@@ -115,7 +111,6 @@ def resume(db: DbOption = DEFAULT_DB, reason: ReasonOption = "operator resume") 
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
 def close(
     package_ids: Annotated[
         list[str] | None, typer.Argument(help="Package id(s) to close (see `legguard status`).")
@@ -140,7 +135,6 @@ def close(
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
 def stop(
     db: DbOption = DEFAULT_DB,
     reason: ReasonOption = "operator stop",

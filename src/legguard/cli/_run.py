@@ -11,19 +11,17 @@ import trio
 import typer
 from rich.console import Console
 
-from legguard.engine._config import ConfigError, load_config
-from legguard.engine._control import ControlError
-from legguard.engine._metrics import MetricsPortError
-from legguard.engine._runner import RunOptions, RunStatus, run_engine
 from legguard.engine._spec import SpecError
+from legguard.engine.app._config import ConfigError, load_config
+from legguard.engine.app._control import ControlError
+from legguard.engine.app._metrics import MetricsPortError
+from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
 
-from ._app import app
 from ._logs import LEVELS, setup_logging
 from ._recover import print_recovery
 from ._run_view import RunView
 
 
-@app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", help="TOML config (see examples/).")],
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),

@@ -9,7 +9,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.live import Live
 
-from legguard.engine._runner import RunStatus
+from legguard.engine.app._runner import RunStatus
 
 from ._dashboard import render, status_line
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from legguard.fsm import Transitioned
 
-    from ._actor import PackageHandle
+    from ._handle import PackageHandle
     from ._recovery import RecoveryReport
 
 log = logging.getLogger("legguard.engine")
