@@ -220,3 +220,22 @@ async def test_a_run_with_a_hanging_receiver_trades_halts_and_stops_on_time(
     assert took <= config.engine.deadlines.ack * 2 + config.engine.deadlines.unwind + 3.0 + 0.5
     assert report["alerts"]["sent"] == 0 and report["alerts"]["failed"] >= 1
     assert receiver.bodies and receiver.bodies[0]["kind"] == "halt"
+
+
+async def test_unsafe_recovery_alerts_and_a_safe_one_does_not(autojump_clock: MockClock, receiver: Receiver) -> None:
+    from types import SimpleNamespace
+
+    a = alerter(receiver)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run)
+        a.on_recovery(SimpleNamespace(ok=True, unsafe={}))  # type: ignore[arg-type]
+        a.on_recovery(SimpleNamespace(ok=False, unsafe={"P000007": "orphaned"}))  # type: ignore[arg-type]
+        a.on_unwind_overdue("P000008")
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+
+    assert [(b["kind"], b["severity"]) for b in receiver.bodies] == [
+        ("unsafe_recovery", "critical"),
+        ("unwind_overdue", "critical"),
+    ]
+    assert receiver.bodies[0]["detail"] == '{"P000007": "orphaned"}'
