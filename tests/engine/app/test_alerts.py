@@ -17,7 +17,7 @@ import trio.lowlevel
 from trio.testing import MockClock
 
 from legguard.engine._observe import HaltSource
-from legguard.engine.app._alerts import Alert, Alerter, post_json
+from legguard.engine.app._alerts import Alert, Alerter, body, post_json
 from legguard.engine.app._config import AlertsConfig, parse_config
 from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
 
@@ -239,3 +239,15 @@ async def test_unsafe_recovery_alerts_and_a_safe_one_does_not(autojump_clock: Mo
         ("unwind_overdue", "critical"),
     ]
     assert receiver.bodies[0]["detail"] == '{"P000007": "orphaned"}'
+
+
+def test_registered_secrets_never_reach_an_alert_body() -> None:
+    from legguard.adapters._redact import SECRETS
+
+    SECRETS.add("k3y-material")
+    try:
+        alert = Alert("venue_outage", "critical", "venue outage", "GET /api?apiKey=k3y-material failed")
+        shapes = [body(alert, fmt, chat_id="1") for fmt in ("json", "slack", "discord", "telegram")]
+    finally:
+        SECRETS.discard("k3y-material")
+    assert all("k3y-material" not in json.dumps(shape) for shape in shapes)

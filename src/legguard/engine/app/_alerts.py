@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from legguard.adapters._redact import SECRETS, scrub
 from legguard.engine._observe import EngineObserver, HaltSource
 from legguard.fsm import State
 
@@ -50,7 +51,8 @@ class Alert:
     wall_time: float = field(default_factory=time.time)
 
     def text(self) -> str:
-        return f"[legguard {self.severity.upper()}] {self.title}" + (f" — {self.detail}" if self.detail else "")
+        text = f"[legguard {self.severity.upper()}] {self.title}" + (f" — {self.detail}" if self.detail else "")
+        return scrub(text, SECRETS, limit=None)
 
 
 def body(alert: Alert, fmt: str, *, journal_id: str = "", chat_id: str | None = None) -> dict[str, Any]:
@@ -66,8 +68,8 @@ def body(alert: Alert, fmt: str, *, journal_id: str = "", chat_id: str | None = 
         "source": "legguard",
         "kind": alert.kind,
         "severity": alert.severity,
-        "title": alert.title,
-        "detail": alert.detail,
+        "title": scrub(alert.title, SECRETS, limit=None),
+        "detail": scrub(alert.detail, SECRETS, limit=None),
         "subject": alert.subject,
         "journal_id": journal_id,
         "wall_time": alert.wall_time,

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from legguard.adapters._redact import SECRETS, scrub
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._observe import HaltSource
 from legguard.fsm import State
@@ -219,7 +220,7 @@ class Rpc:
                 "max_naked_ms": round(e.stats.max_naked * 1000, 3),
             },
             "errors": [
-                {"wall_time": wall, "age_s": round(now - at, 3), "text": text}
+                {"wall_time": wall, "age_s": round(now - at, 3), "text": scrub(text, SECRETS, limit=None)}
                 for at, wall, text in list(e.stats.errors)[-5:]
             ],
             "journal": {"db": self.db, "journal_id": e.journal.journal_id, "head_seq": e.journal.head[0]},
