@@ -25,6 +25,15 @@ class _UtcFormatter(logging.Formatter):
         return dt.datetime.fromtimestamp(record.created, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the moment: under `run`'s live dashboard that is rich's proxy,
+    which prints the line above the dashboard instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg (and exc when there is a traceback)."""
 
@@ -52,7 +61,7 @@ def setup_logging(
     numeric = getattr(logging, level.upper())
     scrubber = LogScrubber()
     handlers: list[logging.Handler] = []
-    human = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    human = logging.StreamHandler(stream) if stream is not None else _StderrHandler(sys.stderr)
     human.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handlers.append(human)
     if log_file is not None:
