@@ -96,7 +96,13 @@ def render(s: dict[str, Any]) -> RenderableType:
         f"orders last {_age(v['order_stream_age_s'])} ago, {v['stream_reconnects']} reconnect(s); books {books}",
     )
     if d["supported"]:
-        armed = ", ".join(d["armed"]) or "none"
+        deadlines = d.get("venue_cancels_in_s", {})
+        armed = (
+            ", ".join(
+                f"{sym} (venue cancels in {_age(deadlines[sym])})" if sym in deadlines else sym for sym in d["armed"]
+            )
+            or "none"
+        )
         health.add_row(
             "dead-man",
             f"armed on {armed} (countdown {d['countdown_s']:g} s), {d['heartbeats']} heartbeats, "

@@ -67,6 +67,12 @@ class DeadMan:
             "armed": sorted(self.armed),
             "countdown_s": self.config.countdown,
             "next_heartbeat_in_s": {s: round(max(t - now, 0.0), 3) for s, t in sorted(self._due.items())},
+            # The venue's own deadline: last successful arm + countdown (it cancels the entries then).
+            "venue_cancels_in_s": {
+                s: round(max(self._due[s] - self.config.heartbeat + self.config.countdown - now, 0.0), 3)
+                for s in sorted(self.armed)
+                if s in self._due
+            },
             "heartbeats": self.heartbeats,
             "failures": self.failures,
         }
