@@ -172,3 +172,17 @@ async def test_watch_outside_a_terminal_prints_json_lines_until_the_engine_stops
     assert watch.exit_code == 0, watch.output
     assert len(lines) >= 3 and lines[0]["mode"] == "running"
     assert "engine stopped" in watch.stderr
+
+
+async def test_recover_refuses_while_an_engine_runs_on_the_journal(
+    autojump_clock: MockClock, running: Running, tmp_path: Path
+) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(
+        '[venue]\nkind = "sim"\n[[pairs]]\nspot = "ETH/USDT"\nperp = "ETH/USDT:USDT"\nquantity = "0.05"\n'
+    )
+
+    result = await running.cli("recover", "--config", str(config))
+
+    assert result.exit_code == 2
+    assert "another engine is running on this journal" in " ".join(result.output.split())

@@ -17,6 +17,7 @@ from legguard.engine._engine import Engine
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
+from legguard.engine.app._control import ControlError, claim_socket, socket_path
 from legguard.engine.app._runner import open_venue
 from legguard.engine.journal._store import Durability, Journal, JournalError
 
@@ -46,8 +47,9 @@ def recover(
             raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
         if not db.is_file():
             raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
+        claim_socket(socket_path(db))  # an engine running on this journal recovers by itself: never both
         report = trio.run(_recover, cfg, db, wait)
-    except (ConfigError, SpecError, JournalError) as exc:
+    except (ConfigError, SpecError, JournalError, ControlError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
