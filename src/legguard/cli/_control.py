@@ -120,7 +120,8 @@ def close(
     db: DbOption = DEFAULT_DB,
     reason: ReasonOption = "operator close",
 ) -> None:
-    """Close hedged packages through the engine's close path: hedged -> unwinding -> flat (spot sold, perp short bought back)."""
+    """Close hedged packages through the engine's close path: hedged -> unwinding -> flat (spot sold, perp
+    short bought back)."""
     ids = list(package_ids or [])
     if sum((bool(ids), pair is not None, close_all)) != 1:
         _err().print("[red]error:[/red] give PACKAGE_ID(s), or --pair SPOT, or --all (exactly one of them)")
