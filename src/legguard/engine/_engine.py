@@ -49,7 +49,7 @@ from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import Journal
+from .journal import PNL, Journal, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
@@ -315,6 +315,7 @@ class Engine:
         if t.dest is State.FLAT:
             for o in handle.core.orders:
                 self._orders.pop(o, None)
+            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
     def _breaker(self, now: float) -> None:
         b = self.config.breaker
