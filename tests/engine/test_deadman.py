@@ -86,7 +86,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     journal = Journal.open(tmp_path / "j.db")
     venue = CountdownRecorder()
     engine = SimpleNamespace(handles={}, venue=venue, journal=journal,
-                             config=EngineConfig(deadlines=Deadlines(ack=1.0)))  # fmt: skip
+                             config=EngineConfig(deadlines=Deadlines(ack=1.0)),
+                             outage=SimpleNamespace(suspect=lambda error: None))  # fmt: skip
     yield Rig(venue, journal, engine, DeadMan(engine, CONFIG))  # type: ignore[arg-type]
     journal.close()
 

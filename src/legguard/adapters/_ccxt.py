@@ -1045,8 +1045,9 @@ def _public_view(built: Mapping[str, Any]) -> dict[str, str]:
 async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
     """Open one trio-asyncio loop, both ccxt instances, their markets and (unless `stream_ready_timeout` is
     0) both user-data streams; close everything on exit, whatever happens in the block."""
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
         venue = CcxtVenue(config)
+        loop.set_exception_handler(functools.partial(_orphaned_error, venue._secrets))
         _REDACTOR.secrets.update(venue._secrets)
         try:
             async with trio.open_nursery() as nursery:
@@ -1065,6 +1066,21 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
             with trio.CancelScope(shield=True):
                 await venue.aclose()
             _REDACTOR.secrets.difference_update(venue._secrets)
+
+
+def _orphaned_error(secrets: tuple[str, str], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The asyncio loop's exception handler. ccxt.pro resolves futures nobody awaits any more (a watch
+    superseded by the reconnect after a drop) and spawns tasks whose failure nobody reads; while the venue is
+    unreachable they fail with network errors, which asyncio reports as "Future exception was never
+    retrieved". trio-asyncio's default handler re-raises whatever it is given into the loop's nursery, which
+    would take the whole engine down with an outage it is built to survive. A ccxt or network error nobody
+    waits for has been (or will be) seen by whoever asked, so it is only logged; anything else is a bug and
+    still propagates."""
+    exc = context.get("exception")
+    if isinstance(exc, ccxt.BaseError | OSError | asyncio.CancelledError | asyncio.TimeoutError):
+        log.warning("%s: %s: %s", context.get("message", "asyncio"), type(exc).__name__, scrub(str(exc), secrets))
+        return
+    loop.default_exception_handler(context)
 
 
 class _Credentials(Protocol):

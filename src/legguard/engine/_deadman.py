@@ -118,6 +118,7 @@ class DeadMan:
             with trio.fail_after(self.engine.config.deadlines.ack):
                 await venue.countdown_cancel_all(symbol, countdown_ms)
         except (trio.TooSlowError, VenueError) as exc:
+            self.engine.outage.suspect(exc)
             self.failures += 1
             # Retry soon; if the heartbeat keeps failing the venue cancels the resting entries, which is safe.
             if countdown_ms:

@@ -98,7 +98,7 @@ async def run_engine(
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
     while True:
         await trio.sleep(0.05)
-        if engine.mode is not EngineMode.RUNNING:
+        if engine.mode is not EngineMode.RUNNING or engine.outage.down:
             continue
         for spec in trigger.propose(engine.books, trio.current_time()):
             engine.submit(spec)
@@ -121,5 +121,9 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
         "stream_drops": stats.stream_drops,
+        "venue_outages": engine.outage.outages,
+        "venue_down_at_exit": engine.outage.down,
+        # Not flat, not hedged-and-quiet, or of unknown exposure: `legguard recover` finishes them.
+        "needs_recovery": engine.needs_recovery(),
         "db": str(db),
     }
