@@ -50,6 +50,7 @@ class VenueWatch:
         self._suspect = trio.Event()
         self._up = trio.Event()
         self._up.set()
+        self._down = trio.Event()  # set while down (a fresh one once the venue is back)
 
     @property
     def down(self) -> bool:
@@ -66,6 +67,10 @@ class VenueWatch:
     async def wait_up(self) -> None:
         """Return at once if the venue answers, else when it answers again and has been reconciled."""
         await self._up.wait()
+
+    async def wait_down(self) -> None:
+        """Return once the venue is declared down (observers and tests)."""
+        await self._down.wait()
 
     async def run(self) -> None:
         while True:
@@ -99,6 +104,7 @@ class VenueWatch:
         self.down_since = now
         self.outages += 1
         self._up = trio.Event()
+        self._down.set()
         live = sorted(self.engine.live)
         log.error("venue %s unreachable: %s; no new packages, %d live package(s) kept as they are, retrying",
                   self.engine.venue.name, self.last_error, len(live))  # fmt: skip
@@ -123,6 +129,7 @@ class VenueWatch:
             await engine.reconcile_short(symbol)
         self.downtime += down_for
         self.down_since = None
+        self._down = trio.Event()
         self._up.set()
         engine.journal.record("engine", None, {"event": "venue_up", "down_seconds": round(down_for, 3)},
                               trio.current_time())  # fmt: skip
