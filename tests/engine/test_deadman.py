@@ -3,6 +3,7 @@ inside the countdown, disarmed when none rest; and the real wire call against th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,6 +24,7 @@ from legguard.adapters._types import (
     OrderStatus,
     OrderType,
     OutcomeUnknown,
+    RateLimited,
     Side,
     VenueError,
 )
@@ -252,6 +254,75 @@ async def test_countdown_cancel_all_over_ccxt_cancels_resting_perp_orders_when_i
                 await venue.countdown_cancel_all(ETH, 1000)
     assert armed == ["ETHUSDT"] and disarmed == []
     assert (before, after) == (OrderStatus.OPEN, OrderStatus.CANCELED)
+
+
+async def test_the_switch_is_rearmed_on_time_while_orders_saturate_the_request_budget(tmp_path: Path) -> None:
+    # Real time, real sockets: entries and queries hammer the perp budget as fast as it refills (each refused
+    # request waits out its retry_after and tries again), while the dead-man's switch keeps its heartbeat.
+    config = DeadmanConfig(countdown=2.0, heartbeat=0.5)
+    emulator = serve_emulator(tls_port=None, autoclock=False, seed=2)
+    async with trio_asyncio.open_loop(), trio_asyncio.aio_as_trio(emulator) as emu:
+        settings = CcxtVenueConfig(api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET,
+                                   urls={e: emu.ccxt_urls(e) for e in EXCHANGE_IDS}, close_grace=0,
+                                   stream_ready_timeout=0)  # fmt: skip
+        async with open_ccxt_venue(settings) as venue:
+            book = await venue.fetch_order_book(ETH_PERP)
+            assert book.best_ask is not None
+            far = book.best_ask + 10
+
+            def resting(cid: str) -> OrderRequest:
+                return OrderRequest(cid, ETH_PERP, Side.SELL, OrderType.LIMIT, Decimal("0.05"), far, post_only=True)
+
+            await venue.fire(venue.arm(resting("sat-0")))
+            refused: list[str] = []
+
+            async def entries() -> None:
+                for n in itertools.count(1):
+                    try:
+                        await venue.fire(venue.arm(resting(f"sat-{n}")))
+                    except RateLimited as exc:
+                        refused.append("entry")
+                        await trio.sleep(exc.retry_after)
+
+            async def queries() -> None:
+                while True:
+                    try:
+                        await venue.fetch_order(ETH_PERP, "sat-0")
+                    except RateLimited as exc:
+                        refused.append("query")
+                        await trio.sleep(exc.retry_after)
+
+            arms: list[float] = []
+            real = venue.countdown_cancel_all
+
+            async def countdown_cancel_all(symbol: str, countdown_ms: int) -> None:
+                await real(symbol, countdown_ms)
+                if countdown_ms:
+                    arms.append(trio.current_time())
+
+            venue.countdown_cancel_all = countdown_cancel_all  # type: ignore[method-assign]
+            with Journal.open(tmp_path / "j.db") as journal:
+                engine = SimpleNamespace(handles={}, venue=venue, journal=journal,
+                                         config=EngineConfig(deadlines=Deadlines(ack=1.0)),
+                                         outage=SimpleNamespace(suspect=lambda error: None))  # fmt: skip
+                deadman = DeadMan(engine, config)  # type: ignore[arg-type]
+                engine.handles["P000001"] = SimpleNamespace(core=core(), done=trio.Event())  # about to dispatch
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(entries)
+                    nursery.start_soon(queries)
+                    await trio.sleep(0.5)  # saturated before the switch is first needed
+                    start = trio.current_time()
+                    nursery.start_soon(deadman.run)
+                    await trio.sleep(3.0)
+                    nursery.cancel_scope.cancel()
+            armed = emu.state()["countdowns"]
+
+    assert {"entry", "query"} <= set(refused), "the budget was never saturated"
+    assert deadman.failures == 0
+    assert len(arms) >= 6, arms
+    gaps = [b - a for a, b in zip([start, *arms], arms, strict=False)]
+    assert max(gaps) < config.countdown, gaps  # never left to expire
+    assert armed == ["ETHUSDT"] or armed == []  # disarmed at the end, unless that last call was cut short
 
 
 def test_the_run_config_reads_the_deadman_table() -> None:

@@ -177,6 +177,7 @@ class CcxtVenueConfig:
     book_depth: int = 20
     budget_burst: float = 100.0  # ccxt rate-limit cost units (spot order 0.2, futures order 4; 20 refill/s)
     budget_reserve: float = 20.0  # kept for cancels, unwinds and queries
+    budget_deadman: float = 20.0  # kept under that for the dead-man's switch (countdownCancelAll costs 10)
     stream_ready_timeout: float = 5.0  # wait at open for both user-data streams; 0: do not open them at open
     book_poll_interval: float = 0.5  # REST polling while a book's websocket is unavailable
     ws_retry_interval: float = 5.0  # how long a book stays on REST before the websocket is tried again
@@ -197,12 +198,15 @@ class CcxtVenueConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-        for name in ("budget_reserve", "stream_ready_timeout", "close_grace"):
+        for name in ("budget_reserve", "budget_deadman", "stream_ready_timeout", "close_grace"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
         if self.budget_reserve >= self.budget_burst:
             raise ValueError(f"budget_reserve: {self.budget_reserve!r} must be < budget_burst ({self.budget_burst!r})")
+        if self.budget_reserve + self.budget_deadman >= self.budget_burst:
+            raise ValueError(f"budget_deadman: {self.budget_deadman!r} plus budget_reserve ({self.budget_reserve!r}) "
+                             f"must be < budget_burst ({self.budget_burst!r})")  # fmt: skip
         if isinstance(self.book_depth, bool) or not isinstance(self.book_depth, int) or self.book_depth < 1:
             raise ValueError(f"book_depth: must be an integer >= 1, got {self.book_depth!r}")
 
@@ -392,7 +396,7 @@ class CcxtVenue:
         ex.logger = _WIRE_LOG
         ex.timeout_on_exit = int(c.close_grace * 1000)
         rate = 1000.0 / float(ex.rateLimit)
-        side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve))
+        side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve, c.budget_deadman))
         ex.legguard_sink = functools.partial(self._on_order_event, side)
         ex.legguard_closed = functools.partial(self._on_ws_closed, side)
         return side
@@ -410,12 +414,13 @@ class CcxtVenue:
         cid: str | None = None,
         placing: bool = False,
         post_only: bool = False,
+        priority: bool = False,
     ) -> Any:
         """Run one ccxt coroutine on the asyncio side. Errors come back as `_types` errors, never chained to
         the ccxt exception (whose text may carry request details); trio cancellation passes through."""
         if self._closed:
             raise VenueError(f"{what}: the venue is closed")
-        side.budget.take(cost, reducing=reducing, what=what)
+        side.budget.take(cost, reducing=reducing, what=what, priority=priority)
         try:
             return await trio_asyncio.aio_as_trio(fn)(*args)
         except (ccxt.BaseError, asyncio.CancelledError, *PARSE_ERRORS) as exc:
@@ -826,8 +831,9 @@ class CcxtVenue:
         if isinstance(countdown_ms, bool) or not isinstance(countdown_ms, int) or countdown_ms < 0:
             raise ValueError(f"countdown_ms: must be an integer >= 0, got {countdown_ms!r}")
         params = {"symbol": self._markets[symbol].venue_symbol, "countdownTime": countdown_ms}
+        # Priority: the local budget never refuses the dead-man's switch (it has its own share, see WeightBudget).
         answer = await self._call(side, f"countdownCancelAll {symbol}", side.ex.fapiPrivatePostCountdownCancelAll,
-                                  params, cost=side.cost("countdown", params))  # fmt: skip
+                                  params, cost=side.cost("countdown", params), priority=True)  # fmt: skip
         if not isinstance(answer, dict) or str(answer.get("countdownTime")) != str(countdown_ms):
             raise MalformedResponse(f"countdownCancelAll {symbol}: unexpected answer {answer!r:.120}")
 
