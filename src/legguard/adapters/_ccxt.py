@@ -135,6 +135,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "fetch": "privateGetOrder",
         "cancel": "privateDeleteOrder",
         "open": "privateGetOpenOrders",
+        "all": "privateGetAllOrders",
         "trades": "privateGetMyTrades",
         "depth": "publicGetDepth",
         "balance": "privateGetAccount",
@@ -145,6 +146,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "fetch": "fapiPrivateGetOrder",
         "cancel": "fapiPrivateDeleteOrder",
         "open": "fapiPrivateGetOpenOrders",
+        "all": "fapiPrivateGetAllOrders",
         "trades": "fapiPrivateGetUserTrades",
         "depth": "fapiPublicGetDepth",
         "balance": "fapiPrivateV3GetAccount",
@@ -821,6 +823,16 @@ class CcxtVenue:
 
         await _concurrently(*(functools.partial(one, side) for side in sides))
         return out
+
+    async def fetch_orders(self, symbol: str) -> list[OrderUpdate]:
+        """The symbol's recent orders, open and closed (Binance `allOrders`): recovery looks for fills the
+        journal never wrote."""
+        side = self._side_for(symbol)
+        orders = await self._call(side, f"all orders {symbol}", side.ex.fetch_orders, symbol,
+                                  cost=side.cost("all", {"symbol": symbol}))  # fmt: skip
+        if not isinstance(orders, list):
+            raise MalformedResponse(f"all orders {symbol}: expected a list")
+        return [self._update(order, symbol) for order in orders if isinstance(order, dict)]
 
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> None:
         """USDⓈ-M `countdownCancelAll`, the venue's dead-man's switch: Binance cancels every open order of

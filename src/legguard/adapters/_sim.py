@@ -331,6 +331,13 @@ class SimVenue:
         await self._one_way()
         return orders
 
+    async def fetch_orders(self, symbol: str) -> list[OrderUpdate]:
+        """Every order of `symbol` the venue knows, open and closed (recovery looks for unjournaled fills)."""
+        await self._reach(f"orders {symbol}")
+        orders = self.engine.all_orders(symbol)
+        await self._one_way()
+        return orders
+
     async def watch_orders(self) -> list[OrderUpdate]:
         """The next non-empty batch of order updates: ours, and the venue's own (liquidation, ADL)."""
         if self.down:

@@ -51,6 +51,10 @@ def run(
     else:
         console.print(report)
     unsafe = report.get("needs_recovery") or {}
+    if report.get("needs_operator"):
+        console.print(f"[red]NOT SAFE[/red] recovery found: {report['needs_operator']}", highlight=False)
+        if not unsafe:
+            raise typer.Exit(1)
     if unsafe:
         why = "the venue was still unreachable at exit; " if report.get("venue_down_at_exit") else ""
         listed = ", ".join(f"{pid} ({state})" for pid, state in unsafe.items())

@@ -75,7 +75,7 @@ async def run_engine(
                     status.recovery = await settle_recovered(running, await running.recover())
                     if on_recovered is not None:
                         on_recovered(status.recovery)
-                    if status.recovery.unsafe:
+                    if not status.recovery.ok:  # recovery halts by itself for what it found; this for the rest
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
@@ -90,6 +90,10 @@ async def run_engine(
             report = summary(engine, db)
             if status.recovery is not None:
                 report["recovery"] = status.recovery.to_dict()
+                # Packages recovery set aside are not the engine's, but they still need an operator.
+                report["needs_recovery"].update(status.recovery.unsafe)
+                if not status.recovery.ok_so_far:
+                    report["needs_operator"] = status.recovery.needs_operator()
             return report
     finally:
         journal.close()
