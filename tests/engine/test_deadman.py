@@ -117,8 +117,9 @@ async def test_armed_while_a_perp_entry_rests_heartbeat_then_disarmed(autojump_c
         nursery.cancel_scope.cancel()
 
     arms = [(round(t - t0, 2), ms) for t, s, ms in rig.venue.calls]
-    # Armed at once, re-armed every heartbeat, then disarmed as soon as nothing rests; nothing after.
-    assert arms == [(0.0, 10000), (2.5, 10000), (5.0, 10000), (7.5, 10000), (7.6, 0)]
+    # Armed at once, re-armed every heartbeat, then disarmed when the next heartbeat would have been due once
+    # nothing rests; nothing after.
+    assert arms == [(0.0, 10000), (2.5, 10000), (5.0, 10000), (7.5, 10000), (10.0, 0)]
     assert rig.events() == [("deadman_armed", ETH_PERP), ("deadman_disarmed", ETH_PERP)]
     assert rig.deadman.armed == set()
 
@@ -216,7 +217,7 @@ async def test_the_engine_arms_when_it_dispatches_and_disarms_after(autojump_clo
     journal.close()
     calls = venue.recorder.calls
     assert calls[0][1:] == (ETH_PERP, 10000) and calls[0][0] - t0 < 0.01
-    assert calls[-1][1:] == (ETH_PERP, 0) and calls[-1][0] - t_done < 0.01
+    assert calls[-1][1:] == (ETH_PERP, 0) and calls[-1][0] - t_done <= DeadmanConfig().heartbeat
     assert all(ms == 10000 for _, _, ms in calls[:-1])
 
 
@@ -293,10 +294,16 @@ async def test_the_switch_is_rearmed_on_time_while_orders_saturate_the_request_b
                         await trio.sleep(exc.retry_after)
 
             arms: list[float] = []
+            arms_refused: list[VenueError] = []
             real = venue.countdown_cancel_all
 
             async def countdown_cancel_all(symbol: str, countdown_ms: int) -> None:
-                await real(symbol, countdown_ms)
+                try:
+                    await real(symbol, countdown_ms)
+                except VenueError as exc:
+                    if countdown_ms:
+                        arms_refused.append(exc)
+                    raise
                 if countdown_ms:
                     arms.append(trio.current_time())
 
@@ -318,7 +325,7 @@ async def test_the_switch_is_rearmed_on_time_while_orders_saturate_the_request_b
             armed = emu.state()["countdowns"]
 
     assert {"entry", "query"} <= set(refused), "the budget was never saturated"
-    assert deadman.failures == 0
+    assert arms_refused == []  # (the disarm at the end may wait its turn: it is not urgent)
     assert len(arms) >= 6, arms
     gaps = [b - a for a, b in zip([start, *arms], arms, strict=False)]
     assert max(gaps) < config.countdown, gaps  # never left to expire
@@ -336,3 +343,24 @@ def test_the_run_config_reads_the_deadman_table() -> None:
         parse_config({**base, "deadman": {"enabled": "yes"}})
     with pytest.raises(ConfigError, match=r"deadman.countdwn: unknown key"):
         parse_config({**base, "deadman": {"countdwn": 4}})
+
+
+async def test_no_arm_disarm_churn_between_packages(autojump_clock: MockClock, rig: Rig) -> None:
+    # One package's entries end, the next one's start a moment later: the switch stays armed on its heartbeat,
+    # never disarmed and armed again in between (each call costs request budget).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        first = core(1)
+        first.handle(Dispatch())
+        t0 = trio.current_time()
+        rig.add(first)
+        await trio.sleep(1.0)
+        end_entries(first)
+        rig.deadman.poke()
+        await trio.sleep(0.5)
+        second = core(2)
+        second.handle(Dispatch())
+        rig.add(second)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    assert [(round(t - t0, 2), ms) for t, _, ms in rig.venue.calls] == [(0.0, 10000), (2.5, 10000), (3.0, 0)]

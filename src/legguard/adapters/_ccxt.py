@@ -843,9 +843,10 @@ class CcxtVenue:
         if isinstance(countdown_ms, bool) or not isinstance(countdown_ms, int) or countdown_ms < 0:
             raise ValueError(f"countdown_ms: must be an integer >= 0, got {countdown_ms!r}")
         params = {"symbol": self._markets[symbol].venue_symbol, "countdownTime": countdown_ms}
-        # Priority: the local budget never refuses the dead-man's switch (it has its own share, see WeightBudget).
+        # Arming is never refused by the local budget (it has its own share, see WeightBudget); disarming is
+        # not urgent (an unneeded timer only cancels what no longer rests) and waits its turn like a query.
         answer = await self._call(side, f"countdownCancelAll {symbol}", side.ex.fapiPrivatePostCountdownCancelAll,
-                                  params, cost=side.cost("countdown", params), priority=True)  # fmt: skip
+                                  params, cost=side.cost("countdown", params), priority=countdown_ms > 0)  # fmt: skip
         if not isinstance(answer, dict) or str(answer.get("countdownTime")) != str(countdown_ms):
             raise MalformedResponse(f"countdownCancelAll {symbol}: unexpected answer {answer!r:.120}")
 
@@ -1096,7 +1097,7 @@ def _orphaned_error(secrets: tuple[str, str], loop: asyncio.AbstractEventLoop, c
     still propagates."""
     exc = context.get("exception")
     if isinstance(exc, ccxt.BaseError | OSError | asyncio.CancelledError | asyncio.TimeoutError):
-        log.warning("%s: %s: %s", context.get("message", "asyncio"), type(exc).__name__, scrub(str(exc), secrets))
+        log.info("%s: %s: %s", context.get("message", "asyncio"), type(exc).__name__, scrub(str(exc), secrets))
         return
     loop.default_exception_handler(context)
 
