@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from legguard.adapters._types import OrderStatus, Side
 from legguard.cli import app
+from legguard.domain import OrderStatus, Side
 from legguard.engine import Journal, verify
 from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from legguard.adapters._types import MalformedResponse, OutcomeUnknown, StreamDisconnected, VenueError
+from legguard.domain import MalformedResponse, OutcomeUnknown, StreamDisconnected, VenueError
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._host import EngineHost
 
 log = logging.getLogger("legguard.engine.outage")
 
@@ -40,7 +40,7 @@ class VenueWatch:
     is set, `_up` is an unset event that `came_back` sets.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineHost) -> None:
         self.engine = engine
         self.down_since: float | None = None
         self.outages = 0
