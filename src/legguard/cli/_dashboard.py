@@ -41,7 +41,8 @@ def headline(s: dict[str, Any]) -> Text:
             text.append("; `legguard resume` to take new packages", style="dim")
     v = s["venue"]
     text.append(f"   venue {v['name']} ")
-    text.append("up" if v["healthy"] else f"DOWN: {v['detail']}", style="green" if v["healthy"] else "bold red")
+    down = f"DOWN for {_age(v.get('down_s'))}: {v['detail']}"
+    text.append("up" if v["healthy"] else down, style="green" if v["healthy"] else "bold red")
     text.append(f"   up {_age(s['uptime_s'])}   journal {s['journal']['journal_id']} seq {s['journal']['head_seq']}")
     return text
 

@@ -1,5 +1,5 @@
-"""`MeteredVenue`: a `Venue` that times every request by endpoint, counts failures by endpoint and error type,
-and declares a venue outage after consecutive failures (and its end on the next success).
+"""`MeteredVenue`: a `Venue` that times every request by endpoint and counts failures by endpoint and error
+type (for the metrics; whether the venue is down is the engine's venue watch's call, `engine/_outage.py`).
 
 `legguard run` wraps the configured venue in it; everything the venue offers beyond the protocol (`release`,
 `release_cancel`, `countdown_cancel_all`, `request_budget`) is passed through untouched, so the engine's
@@ -17,33 +17,22 @@ from legguard.adapters._venue import ArmedOrder, Venue
 from legguard.domain import (
     Balance,
     BookSnapshot,
-    DuplicateOrder,
     Market,
-    OrderNotFound,
-    OrderRejected,
     OrderRequest,
     OrderUpdate,
-    RateLimited,
     VenueError,
 )
 
 _T = TypeVar("_T")
 
-# Answers, not failures: the venue is up and said no.
-_ANSWERS = (OrderRejected, OrderNotFound, DuplicateOrder, RateLimited)
-OUTAGE_AFTER = 3  # consecutive failed requests
-
 Observe = Callable[[str, float, str | None], None]  # endpoint, seconds, error type (None: success)
-Health = Callable[[bool, str], None]
 
 
 class MeteredVenue:
-    def __init__(self, venue: Venue, observe: Observe | None = None, health: Health | None = None) -> None:
+    def __init__(self, venue: Venue, observe: Observe | None = None) -> None:
         self.inner = venue
         self.name = venue.name
         self.observe = observe
-        self.health = health
-        self.failures = 0  # consecutive
 
     def __getattr__(self, name: str) -> Any:  # capabilities beyond the protocol, unchanged
         return getattr(self.inner, name)
@@ -52,26 +41,13 @@ class MeteredVenue:
         started = time.perf_counter()
         try:
             result = await call()
-        except _ANSWERS as exc:
-            self._done(endpoint, started, type(exc).__name__, failure=False)
-            raise
         except VenueError as exc:
-            self._done(endpoint, started, type(exc).__name__, failure=True, detail=f"{endpoint}: {exc}")
+            if self.observe is not None:
+                self.observe(endpoint, time.perf_counter() - started, type(exc).__name__)
             raise
-        self._done(endpoint, started, None, failure=False)
-        return result
-
-    def _done(self, endpoint: str, started: float, error: str | None, *, failure: bool, detail: str = "") -> None:
         if self.observe is not None:
-            self.observe(endpoint, time.perf_counter() - started, error)
-        if failure:
-            self.failures += 1
-            if self.failures == OUTAGE_AFTER and self.health is not None:
-                self.health(False, f"{OUTAGE_AFTER} venue requests failed in a row; last {detail}")
-        else:
-            if self.failures >= OUTAGE_AFTER and self.health is not None:
-                self.health(True, f"{endpoint} answered again")
-            self.failures = 0
+            self.observe(endpoint, time.perf_counter() - started, None)
+        return result
 
     # --- the protocol ---------------------------------------------------------------------------------
 
@@ -121,8 +97,8 @@ class _MeteredCountdownVenue(MeteredVenue):
         await self._timed("countdown_cancel_all", lambda: inner.countdown_cancel_all(symbol, countdown_ms))
 
 
-def metered(venue: Venue, observe: Observe | None = None, health: Health | None = None) -> MeteredVenue:
+def metered(venue: Venue, observe: Observe | None = None) -> MeteredVenue:
     from legguard.engine._deadman import CountdownVenue
 
     cls = _MeteredCountdownVenue if isinstance(venue, CountdownVenue) else MeteredVenue
-    return cls(venue, observe, health)
+    return cls(venue, observe)

@@ -51,7 +51,9 @@ class EngineMetrics(EngineObserver):
         self.resumes = Counter("legguard_resumes", "Engine resumes.", ["automatic"], registry=r)
         self.unwind_overdue = Counter("legguard_unwind_overdue", "Unwinds past the unwind deadline.", registry=r)
         self.venue_outages = Counter(
-            "legguard_venue_outages", "Venue outages (stream drop, failing requests).", registry=r
+            "legguard_venue_outages",
+            "Venue outages declared (a request and a probe unanswered).",
+            registry=r,
         )
         self.reaction = Histogram(
             "legguard_kill_switch_reaction_seconds",
@@ -197,7 +199,7 @@ class _Levels(Collector):
             value=-1.0 if e.resume_at is None else max(e.resume_at - now, 0.0),
         )
         yield GaugeMetricFamily(
-            "legguard_venue_up", "1 unless the venue is in an outage.", value=1.0 if e.venue_healthy else 0.0
+            "legguard_venue_up", "1 unless the venue is in an outage.", value=0.0 if e.outage.down else 1.0
         )
         yield CounterMetricFamily(
             "legguard_stream_reconnects",

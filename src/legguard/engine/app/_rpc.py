@@ -188,8 +188,11 @@ class Rpc:
             "wall_time": time.time(),
             "venue": {
                 "name": e.venue.name,
-                "healthy": e.venue_healthy,
-                "detail": e.venue_health_detail,
+                "healthy": not e.outage.down,
+                "detail": e.outage.last_error if e.outage.down else "",
+                "down_s": None if e.outage.down_since is None else round(now - e.outage.down_since, 3),
+                "outages": e.outage.outages,
+                "downtime_s": round(e.outage.downtime, 3),
                 "order_stream_age_s": None if e.stream_last_message is None else round(now - e.stream_last_message, 3),
                 "stream_reconnects": e.stats.stream_drops,
                 "book_age_s": {s: round(now - b_.timestamp, 3) for s, b_ in sorted(e.books.items())},

@@ -94,7 +94,6 @@ async def run_engine(
         async with open_venue(config) as raw_venue, trio.open_nursery() as operated:
             venue = metered(raw_venue)
             engine = Engine(venue, journal, config.engine)
-            venue.health = engine.set_venue_health
             status.engine = engine
             status.started = trio.current_time()
             budget = getattr(raw_venue, "request_budget", None)
@@ -126,7 +125,7 @@ async def run_engine(
                     if on_recovered is not None:
                         on_recovered(status.recovery)
                     notify(engine.observers, "on_recovery", status.recovery)
-                    if status.recovery.unsafe:
+                    if not status.recovery.ok:  # recovery halts by itself for what it found; this for the rest
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
@@ -142,6 +141,10 @@ async def run_engine(
             report = summary(engine, db)
             if status.recovery is not None:
                 report["recovery"] = status.recovery.to_dict()
+                # Packages recovery set aside are not the engine's, but they still need an operator.
+                report["needs_recovery"].update(status.recovery.unsafe)
+                if not status.recovery.ok_so_far:
+                    report["needs_operator"] = status.recovery.needs_operator()
             if status.alerter is not None:
                 await status.alerter.drain()  # what the shutdown alerted, within the POST timeout
                 report["alerts"] = status.alerter.counts()
@@ -159,7 +162,7 @@ async def run_engine(
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
     while True:
         await trio.sleep(0.05)
-        if engine.mode is not EngineMode.RUNNING:
+        if engine.mode is not EngineMode.RUNNING or engine.outage.down:
             continue
         for spec in trigger.propose(engine.books, trio.current_time()):
             engine.submit(spec)
@@ -184,5 +187,9 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "auto_resumes": stats.auto_resumes,
         "mode": engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopped",
         "stream_drops": stats.stream_drops,
+        "venue_outages": engine.outage.outages,
+        "venue_down_at_exit": engine.outage.down,
+        # Not flat, not hedged-and-quiet, or of unknown exposure: `legguard recover` finishes them.
+        "needs_recovery": engine.needs_recovery(),
         "db": str(db),
     }
