@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
+
+from ._edge import STATE, EdgeGroup
 
 app = typer.Typer(
     name="legguard",
-    help="Execution engine for delta-neutral spot/perp trade packages.",
+    cls=EdgeGroup,  # every command's errors: one line, one exit code (see _edge.py)
+    help="Execution engine for delta-neutral spot/perp trade packages. Exit codes: 0 done and every package "
+    "hedged or flat; 1 something left unsafe or unexplained; 2 usage or config error; 3 venue refused or "
+    "unreachable before trading.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # errors are one line (EdgeGroup); --debug prints the traceback
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
 
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="LEGGUARD_DEBUG", help="Print the full traceback of an error.")
+    ] = False,
+) -> None:
+    STATE.debug = debug
+
+
 def main() -> None:
-    app()
+    # `legguard run ... --debug` reads as naturally as `legguard --debug run ...`: accept both.
+    args = sys.argv[1:]
+    if "--debug" in args and "--" not in args:
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    app(args=args)
 
 
 # --- command registration: each command module adds itself here --------------------------------------
 # (imports follow `app` on purpose: each module decorates commands onto it)
-from . import _bench, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
+from . import _bench, _check, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
 from ._audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")

@@ -3,7 +3,7 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,29 +11,95 @@ from typing import Any
 
 import trio
 
-from legguard.adapters._types import Venue
+from legguard.adapters._types import Venue, VenueError
 
+from ._binding import check_binding, identity_of, record_binding
 from ._config import ConfigError, RunConfig
 from ._engine import Engine, EngineMode
 from ._journal import Durability, Journal
+from ._preflight import PreflightFailed, PreflightReport, preflight, unreachable
 from ._recovery import RecoveryReport, settle_recovered
 from ._spec import PackageSpec, SpecError, validate_spec
 from ._strategy import PremiumTrigger
 
 
 @asynccontextmanager
-async def open_venue(config: RunConfig) -> AsyncIterator[Venue]:
-    """The venue the config names. ccxt is imported only for the kinds that need it."""
+async def open_venue(
+    config: RunConfig, before_trading: Callable[[Venue], Awaitable[None]] | None = None
+) -> AsyncIterator[Venue]:
+    """The venue the config names. ccxt is imported only for the kinds that need it. `before_trading` (the
+    preflight) runs once the venue is open, before any user stream or order."""
     if config.venue.kind == "sim":
         from legguard.adapters._sim import SimConfig, open_sim_venue
 
         async with open_sim_venue(SimConfig(seed=config.venue.seed)) as sim:
+            if before_trading is not None:
+                await before_trading(sim)
             yield sim
         return
     from legguard.adapters._ccxt import open_ccxt_venue_from_config
 
-    async with open_ccxt_venue_from_config(config.venue) as venue:
+    async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
         yield venue
+
+
+@asynccontextmanager
+async def open_checked_venue(
+    config: RunConfig,
+    journal: Journal | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+) -> AsyncIterator[Venue]:
+    """The configured venue, opened only if every preflight check passes (else PreflightFailed: nothing was
+    sent) and, with a journal, only if the journal belongs to this venue and account (else BindingMismatch,
+    before anything connects). The binding is journaled on first use, once the preflight has passed."""
+    identity = previous = None
+    if journal is not None:
+        identity = identity_of(config.venue, journal.journal_id)
+        previous = check_binding(journal, identity, rebind=rebind)
+    else:
+        config.venue.credentials()  # a missing variable is a config error before anything connects
+    where = config.venue.endpoint
+
+    async def check(venue: Venue) -> None:
+        report = await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                 margin_type=config.venue.margin_type)  # fmt: skip
+        if on_preflight is not None:
+            on_preflight(report)
+        if not report.ok:
+            raise PreflightFailed(report)
+
+    opened = False
+    try:
+        async with open_venue(config, check) as venue:
+            opened = True
+            if journal is not None and identity is not None:
+                record_binding(journal, identity, previous, trio.current_time())
+            yield venue
+    except BaseException as exc:
+        reason = None if opened else _opening_failure(exc)
+        if reason is None:
+            raise
+        if isinstance(reason, PreflightFailed):
+            raise reason from None
+        failed = unreachable(where, reason)
+        if on_preflight is not None:
+            on_preflight(failed)
+        raise PreflightFailed(failed) from None
+
+
+def _opening_failure(exc: BaseException) -> BaseException | None:
+    """The preflight refusal or venue error that stopped the venue from opening (trio may have wrapped it in
+    an ExceptionGroup); None for anything else, which is not ours to translate."""
+    if isinstance(exc, PreflightFailed | VenueError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_opening_failure(e) for e in exc.exceptions]
+        found = [leaf for leaf in leaves if leaf is not None]
+        others = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled) and _opening_failure(e) is None]
+        return found[0] if found and not others else None
+    return None
 
 
 @dataclass(slots=True)
@@ -53,12 +119,18 @@ async def run_engine(
     status: RunStatus | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
     on_recovered: Callable[[RecoveryReport], None] | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+    on_trading: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     status = status or RunStatus()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
     journal = Journal.open(db, durability=durability)
     try:
-        async with open_venue(config) as venue:
+        async with open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as venue:
+            if on_trading is not None:
+                on_trading()
             engine = Engine(venue, journal, config.engine)
             status.engine = engine
             status.started = trio.current_time()
