@@ -88,7 +88,8 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
     """(exit code, lines for stderr) for an error that escaped a command."""
     if isinstance(exc, PreflightFailed):
         code = ExitCode.USAGE if exc.config_problem else ExitCode.VENUE
-        return code, [f"error: {one_line(line)}" for line in exc.lines()]
+        head, *checks = exc.lines()
+        return code, [f"error: {one_line(head)}", *(f"  - {one_line(line)}" for line in checks)]
     if isinstance(exc, ConfigError | SpecError | BindingMismatch):
         return ExitCode.USAGE, [f"error: {one_line(str(exc))}"]
     if isinstance(exc, JournalError):

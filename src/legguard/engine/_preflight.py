@@ -60,7 +60,7 @@ class Check:
 
     def line(self) -> str:
         if self.ok:
-            return f"{self.name}: ok ({self.found})"
+            return f"{self.name}: {self.found}"
         return f"{self.name}: FAILED: {self.found}" + (f"; fix: {self.fix}" if self.fix else "")
 
     def to_dict(self) -> dict[str, Any]:
