@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from legguard.adapters._types import Side
 from legguard.cli import app
 from legguard.engine import Journal, verify
+from legguard.engine._binding import SIM_IDENTITY, record_binding
 from legguard.fsm import Dispatch, LegPlan, PackageCore, PackagePlan
 
 SIM_CONFIG = """
@@ -29,6 +30,7 @@ quantity = "0.05"
 def crashed_journal(db: Path) -> str:
     """A journal whose run died right after journaling its entry intents: package dispatched, nothing sent."""
     with Journal.open(db) as journal:
+        record_binding(journal, SIM_IDENTITY, None, 0.0)  # the crashed run traded on the sim venue
         number = journal.next_package_number()
         plan = PackagePlan(
             package_id=f"P{number:06d}",

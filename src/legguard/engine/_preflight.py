@@ -258,6 +258,9 @@ async def _balances(
             need[key] = need.get(key, Decimal(0)) + perp_margin
     except VenueError as exc:
         return Check("balances", False, f"cannot read them: {_one(exc)}", "check the network")
+    if not any(asset.startswith(PERP_QUOTE_PREFIX) for asset in balances):
+        # The in-process venue reports spot balances only; its perp wallet is not part of fetch_balance.
+        need = {asset: amount for asset, amount in need.items() if not asset.startswith(PERP_QUOTE_PREFIX)}
     short = []
     for asset, amount in sorted(need.items()):
         free = balances.get(asset, Balance(Decimal(0))).free
