@@ -10,10 +10,10 @@ import pytest
 import trio
 from typer.testing import CliRunner
 
-from legguard.adapters._types import OutcomeUnknown, VenueError
 from legguard.cli import app
 from legguard.cli._edge import STATE, describe, the_error
-from legguard.engine._config import ConfigError
+from legguard.domain import OutcomeUnknown, VenueError
+from legguard.engine.app._config import ConfigError
 
 SIM = """
 [venue]

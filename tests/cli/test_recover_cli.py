@@ -9,10 +9,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from legguard.adapters._types import Side
 from legguard.cli import app
+from legguard.domain import Side
 from legguard.engine import Journal, verify
-from legguard.engine._binding import SIM_IDENTITY, record_binding
+from legguard.engine.journal._binding import SIM_IDENTITY, record_binding
 from legguard.fsm import Dispatch, LegPlan, PackageCore, PackagePlan
 
 SIM_CONFIG = """

@@ -1,4 +1,6 @@
-"""The `legguard` command: one typer app; each command lives in its own module and registers here."""
+"""The `legguard` command: one typer app, and the one place that registers every command on it. Each command
+lives in its own module as a plain function and knows nothing of the app. Every command's errors pass
+through `EdgeGroup` (`_edge.py`): one line on stderr, one exit code of the contract."""
 
 from __future__ import annotations
 
@@ -7,7 +9,15 @@ from typing import Annotated
 
 import typer
 
+from ._audit import audit_app
+from ._bench import bench
+from ._check import check
+from ._demo import demo
 from ._edge import STATE, EdgeGroup
+from ._emulator import emulator
+from ._fsm import fsm
+from ._recover import recover
+from ._run import run
 
 app = typer.Typer(
     name="legguard",
@@ -20,6 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # errors are one line (EdgeGroup); --debug prints the traceback
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
+
+for command in (bench, check, demo, emulator, fsm, recover, run):
+    app.command()(command)
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -37,11 +51,3 @@ def main() -> None:
     if "--debug" in args and "--" not in args:
         args = ["--debug", *(a for a in args if a != "--debug")]
     app(args=args)
-
-
-# --- command registration: each command module adds itself here --------------------------------------
-# (imports follow `app` on purpose: each module decorates commands onto it)
-from . import _bench, _check, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
-from ._audit import audit_app  # noqa: E402
-
-app.add_typer(audit_app, name="audit")

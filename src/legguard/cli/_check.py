@@ -13,16 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from legguard.engine._config import RunConfig, load_config
-from legguard.engine._preflight import PreflightFailed, PreflightReport
-from legguard.engine._runner import open_checked_venue
+from legguard.engine.app._config import RunConfig, load_config
+from legguard.engine.app._preflight import PreflightFailed, PreflightReport
+from legguard.engine.app._runner import open_checked_venue
 
-from ._app import app
 from ._edge import ExitCode
 from ._recover import banner
 
 
-@app.command()
 def check(
     config: Annotated[Path, typer.Option("--config", help="TOML config to check (see examples/).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as one JSON object.")] = False,

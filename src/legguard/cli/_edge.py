@@ -20,12 +20,12 @@ import trio
 import typer
 from typer.core import TyperGroup
 
-from legguard.adapters._types import AuthenticationFailed, VenueError
-from legguard.engine._binding import BindingMismatch
-from legguard.engine._config import ConfigError
-from legguard.engine._journal import JournalError
-from legguard.engine._preflight import PreflightFailed
+from legguard.domain import AuthenticationFailed, VenueError
 from legguard.engine._spec import SpecError
+from legguard.engine.app._config import ConfigError
+from legguard.engine.app._preflight import PreflightFailed
+from legguard.engine.journal._binding import BindingMismatch
+from legguard.engine.journal._store import JournalError
 
 
 class ExitCode(enum.IntEnum):

@@ -14,13 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legguard.engine._config import ConfigError, RunConfig, load_config
 from legguard.engine._engine import Engine
-from legguard.engine._journal import Durability, Journal
 from legguard.engine._recovery import RecoveryReport, settle_recovered
-from legguard.engine._runner import open_checked_venue
+from legguard.engine.app._config import ConfigError, RunConfig, load_config
+from legguard.engine.app._runner import open_checked_venue
+from legguard.engine.journal._store import Durability, Journal
 
-from ._app import app
 from ._edge import ExitCode, note_trading
 
 # Exit codes (the contract in _edge.py): 0 every package hedged or flat, 1 something still needs an operator.
@@ -43,7 +42,6 @@ def banner(cfg: RunConfig, db: Path) -> str:
     return f"legguard: venue {cfg.venue.endpoint}{money}; journal {db}"
 
 
-@app.command()
 def recover(
     config: Annotated[Path, typer.Option("--config", help="TOML config of the run to recover (see examples/).")],
     db: Annotated[Path, typer.Option("--db", help="The journal the crashed run wrote.")] = Path("legguard.db"),

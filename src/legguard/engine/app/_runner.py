@@ -1,0 +1,211 @@
+"""`legguard run`: open the configured venue and journal, run the engine with the premium trigger until told
+to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from legguard.adapters._venue import Venue
+from legguard.domain import VenueError
+from legguard.engine._engine import Engine, EngineMode
+from legguard.engine._recovery import RecoveryReport, settle_recovered
+from legguard.engine._spec import PackageSpec, SpecError, validate_spec
+from legguard.engine.journal import Durability, Journal
+from legguard.engine.journal._binding import (
+    SIM_ACCOUNT,
+    VenueIdentity,
+    account_fingerprint,
+    check_binding,
+    record_binding,
+)
+
+from ._config import ConfigError, RunConfig, VenueConfig
+from ._preflight import PreflightFailed, PreflightReport, preflight, unreachable
+from ._strategy import PremiumTrigger
+
+
+@asynccontextmanager
+async def open_venue(
+    config: RunConfig, before_trading: Callable[[Venue], Awaitable[None]] | None = None
+) -> AsyncIterator[Venue]:
+    """The venue the config names. ccxt is imported only for the kinds that need it. `before_trading` (the
+    preflight) runs once the venue is open, before any user stream or order."""
+    if config.venue.kind == "sim":
+        from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+
+        async with open_sim_venue(SimConfig(seed=config.venue.seed)) as sim:
+            if before_trading is not None:
+                await before_trading(sim)
+            yield sim
+        return
+    from legguard.adapters.ccxt._venue import open_ccxt_venue_from_config
+
+    async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
+        yield venue
+
+
+def identity_of(venue: VenueConfig, journal_id: str, environ: Mapping[str, str] | None = None) -> VenueIdentity:
+    """Who the config trades as, without any secret (reads the credentials from the environment)."""
+    credentials = venue.credentials(environ)
+    account = SIM_ACCOUNT if credentials is None else account_fingerprint(credentials.api_key, journal_id)
+    return VenueIdentity(venue.kind, venue.endpoint, account)
+
+
+@asynccontextmanager
+async def open_checked_venue(
+    config: RunConfig,
+    journal: Journal | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+) -> AsyncIterator[Venue]:
+    """The configured venue, opened only if every preflight check passes (else PreflightFailed: nothing was
+    sent) and, with a journal, only if the journal belongs to this venue and account (else BindingMismatch,
+    before anything connects). The binding is journaled on first use, once the preflight has passed."""
+    identity = previous = None
+    if journal is not None:
+        identity = identity_of(config.venue, journal.journal_id)
+        previous = check_binding(journal, identity, rebind=rebind)
+    else:
+        config.venue.credentials()  # a missing variable is a config error before anything connects
+    where = config.venue.endpoint
+
+    async def check(venue: Venue) -> None:
+        report = await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                 margin_type=config.venue.margin_type)  # fmt: skip
+        if on_preflight is not None:
+            on_preflight(report)
+        if not report.ok:
+            raise PreflightFailed(report)
+
+    opened = False
+    try:
+        async with open_venue(config, check) as venue:
+            opened = True
+            if journal is not None and identity is not None:
+                record_binding(journal, identity, previous, trio.current_time())
+            yield venue
+    except BaseException as exc:
+        reason = None if opened else _opening_failure(exc)
+        if reason is None:
+            raise
+        if isinstance(reason, PreflightFailed):
+            raise reason from None
+        failed = unreachable(where, reason)
+        if on_preflight is not None:
+            on_preflight(failed)
+        raise PreflightFailed(failed) from None
+
+
+def _opening_failure(exc: BaseException) -> BaseException | None:
+    """The preflight refusal or venue error that stopped the venue from opening (trio may have wrapped it in
+    an ExceptionGroup); None for anything else, which is not ours to translate."""
+    if isinstance(exc, PreflightFailed | VenueError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_opening_failure(e) for e in exc.exceptions]
+        found = [leaf for leaf in leaves if leaf is not None]
+        others = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled) and _opening_failure(e) is None]
+        return found[0] if found and not others else None
+    return None
+
+
+@dataclass(slots=True)
+class RunStatus:
+    engine: Engine | None = None
+    started: float = 0.0
+    submitted: int = 0
+    refused_specs: list[str] = field(default_factory=list)
+    stop: trio.Event = field(default_factory=trio.Event)
+    recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
+
+
+async def run_engine(
+    config: RunConfig,
+    db: Path,
+    seconds: float | None,
+    status: RunStatus | None = None,
+    on_tick: Callable[[RunStatus], None] | None = None,
+    on_recovered: Callable[[RecoveryReport], None] | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+    on_trading: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    status = status or RunStatus()
+    durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
+    journal = Journal.open(db, durability=durability)
+    try:
+        async with open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as venue:
+            if on_trading is not None:
+                on_trading()
+            engine = Engine(venue, journal, config.engine)
+            status.engine = engine
+            status.started = trio.current_time()
+            symbols = [s for p in config.pairs for s in (p.spot_symbol, p.perp_symbol)]
+            async with engine.running() as running:
+                # Unknown symbols are refused here, after the venue told us its markets, before any order.
+                for i, pair in enumerate(config.pairs):
+                    try:
+                        validate_spec(PackageSpec(pair.spot_symbol, pair.perp_symbol, pair.quantity), running.markets)
+                    except SpecError as exc:
+                        raise ConfigError(f"pairs[{i}]: {exc}") from None
+                if journal.open_packages():
+                    # A previous run left packages not flat: make them safe before opening any new one.
+                    status.recovery = await settle_recovered(running, await running.recover())
+                    if on_recovered is not None:
+                        on_recovered(status.recovery)
+                    if status.recovery.unsafe:
+                        running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
+                for symbol in symbols:
+                    await running.watch_book(symbol)
+                trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_trade, running, trigger, status)
+                    if on_tick is not None:
+                        nursery.start_soon(_ticker, status, on_tick)
+                    with trio.move_on_after(seconds if seconds is not None else float("inf")):
+                        await status.stop.wait()
+                    nursery.cancel_scope.cancel()
+            report = summary(engine, db)
+            if status.recovery is not None:
+                report["recovery"] = status.recovery.to_dict()
+            return report
+    finally:
+        journal.close()
+
+
+async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
+    while True:
+        await trio.sleep(0.05)
+        if engine.mode is not EngineMode.RUNNING:
+            continue
+        for spec in trigger.propose(engine.books, trio.current_time()):
+            engine.submit(spec)
+            status.submitted += 1
+
+
+async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None]) -> None:
+    while True:
+        on_tick(status)
+        await trio.sleep(0.5)
+
+
+def summary(engine: Engine, db: Path) -> dict[str, Any]:
+    stats = engine.stats
+    return {
+        "packages_total": len(engine.handles),
+        "final_states": dict(sorted(engine.final_states().items())),
+        "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
+        "unwound_total": stats.unwound,
+        "max_naked_ms": round(stats.max_naked * 1000, 3),
+        "halts": stats.halts,
+        "stream_drops": stats.stream_drops,
+        "db": str(db),
+    }

@@ -1,0 +1,59 @@
+"""`venue.testnet = true` selects ccxt's sandbox URLs on both markets, and a testnet venue can never hold a
+mainnet URL (inspected on the ccxt instances themselves, without any network)."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+import trio_asyncio
+
+from legguard.adapters.ccxt._venue import CcxtVenue, CcxtVenueConfig, _all_urls
+
+MAINNET_HOSTS = ("binance.com",)
+
+
+def hosts(venue: CcxtVenue) -> dict[str, set[str]]:
+    out = {}
+    for side in (venue._spot, venue._perp):
+        out[side.exchange_id] = {urllib.parse.urlsplit(url).hostname or "" for url in _all_urls(side.ex.urls["api"])}
+    return out
+
+
+async def test_a_testnet_venue_has_only_testnet_urls() -> None:
+    async with trio_asyncio.open_loop():
+        venue = CcxtVenue(CcxtVenueConfig(api_key="k", secret="s", testnet=True, name="binance testnet"))
+        try:
+            found = hosts(venue)
+        finally:
+            await venue.aclose()
+
+    assert set(found) == {"binance", "binanceusdm"}
+    for exchange_id, names in found.items():
+        assert names, exchange_id
+        assert not [h for h in names if h.endswith(MAINNET_HOSTS)], (exchange_id, names)
+        assert all(h.endswith(("testnet.binance.vision", "binancefuture.com")) for h in names), names
+    assert "testnet.binancefuture.com" in found["binanceusdm"]
+    assert "testnet.binance.vision" in found["binance"]
+
+
+async def test_a_mainnet_venue_talks_to_binance_com() -> None:
+    """The contrast that keeps the test above honest: without testnet, the same inspection finds mainnet."""
+    async with trio_asyncio.open_loop():
+        venue = CcxtVenue(CcxtVenueConfig(api_key="k", secret="s"))
+        try:
+            found = hosts(venue)
+        finally:
+            await venue.aclose()
+
+    assert "fapi.binance.com" in found["binanceusdm"] and "api.binance.com" in found["binance"]
+
+
+def test_testnet_and_explicit_urls_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="testnet"):
+        CcxtVenueConfig(api_key="k", secret="s", testnet=True, urls={"binance": {"public": "http://x"}})
+
+
+def test_the_repr_says_testnet_and_hides_the_key() -> None:
+    text = repr(CcxtVenueConfig(api_key="key-123456", secret="secret-123456", testnet=True))
+    assert "binance testnet" in text and "key-123456" not in text and "secret-123456" not in text
