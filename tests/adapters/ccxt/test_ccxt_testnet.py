@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
+import trio
 import trio_asyncio
 
 from legguard.adapters.ccxt._venue import CcxtVenue, CcxtVenueConfig, _all_urls
@@ -57,3 +58,24 @@ def test_testnet_and_explicit_urls_exclude_each_other() -> None:
 def test_the_repr_says_testnet_and_hides_the_key() -> None:
     text = repr(CcxtVenueConfig(api_key="key-123456", secret="secret-123456", testnet=True))
     assert "binance testnet" in text and "key-123456" not in text and "secret-123456" not in text
+
+
+async def test_refill_budgets_waits_until_the_preflight_spend_is_back(autojump_clock: object) -> None:
+    """The preflight's reads spend the local request budget; the start waits for it to refill, so that
+    recovery, the first books and the dead-man's switch are not refused by the engine's own limiter."""
+    async with trio_asyncio.open_loop():
+        venue = CcxtVenue(CcxtVenueConfig(api_key="k", secret="s", testnet=True))
+        try:
+            for side in (venue._spot, venue._perp):
+                side.budget.take(60.0, reducing=True, what="preflight reads")
+            started = trio.current_time()
+
+            await venue.refill_budgets()
+
+            waited = trio.current_time() - started
+            for side in (venue._spot, venue._perp):
+                side.budget.take(0.0, reducing=True, what="look")
+                assert side.budget.tokens == pytest.approx(side.budget.burst)
+        finally:
+            await venue.aclose()
+    assert 0 < waited < 10

@@ -1027,6 +1027,16 @@ class CcxtVenue:
             raise MalformedResponse(f"position mode: unexpected answer {answer!r:.120}")
         return answer["dualSidePosition"] in (True, "true")
 
+    async def refill_budgets(self) -> None:
+        """Wait until both local request budgets are full again (callers bound the wait): the preflight's
+        reads must not leave recovery, the first books and the dead-man's switch short of requests."""
+        wait = 0.0
+        for side in (self._spot, self._perp):
+            budget = side.budget
+            budget.take(0.0, reducing=True, what="refill")  # brings the tokens up to date
+            wait = max(wait, (budget.burst - budget.tokens) / budget.rate)
+        await trio.sleep(wait)
+
     async def perp_symbol_settings(self, symbols: Sequence[str]) -> Mapping[str, tuple[int, str]]:
         """`GET /fapi/v1/symbolConfig`: (leverage, `cross` | `isolated`) per perp symbol asked for."""
         side = self._perp

@@ -51,6 +51,13 @@ class AccountProbe(Protocol):
         ...
 
 
+@runtime_checkable
+class BudgetedVenue(Protocol):
+    """A venue with a local request budget (the ccxt venue): after the preflight's reads, wait for it."""
+
+    async def refill_budgets(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str

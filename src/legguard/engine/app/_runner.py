@@ -26,7 +26,7 @@ from legguard.engine.journal._binding import (
 )
 
 from ._config import ConfigError, RunConfig, VenueConfig
-from ._preflight import PreflightFailed, PreflightReport, preflight, unreachable
+from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
 from ._strategy import PremiumTrigger
 
 
@@ -48,6 +48,9 @@ async def open_venue(
 
     async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
         yield venue
+
+
+PREFLIGHT_REFILL_LIMIT = 10.0  # seconds the start may wait for the request budget the preflight spent
 
 
 def identity_of(venue: VenueConfig, journal_id: str, environ: Mapping[str, str] | None = None) -> VenueIdentity:
@@ -83,6 +86,9 @@ async def open_checked_venue(
             on_preflight(report)
         if not report.ok:
             raise PreflightFailed(report)
+        if isinstance(venue, BudgetedVenue):
+            with trio.move_on_after(PREFLIGHT_REFILL_LIMIT):
+                await venue.refill_budgets()
 
     opened = False
     try:
