@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from legguard.engine.app._config import RunConfig, load_config
-from legguard.engine.app._preflight import PreflightFailed, PreflightReport
-from legguard.engine.app._runner import open_checked_venue
+from legguard.engine.app._config import load_config
+from legguard.engine.app._preflight import PreflightFailed
+from legguard.engine.app._runner import check_venue
 
 from ._edge import ExitCode
 from ._recover import banner
@@ -32,7 +32,7 @@ def check(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if not as_json:
         err.print(banner(cfg, Path("-")).rsplit(";", 1)[0])
-    report = trio.run(_check, cfg)
+    report = trio.run(check_venue, cfg)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -43,13 +43,3 @@ def check(
     if not report.ok:
         failed = PreflightFailed(report)
         raise typer.Exit(int(ExitCode.USAGE if failed.config_problem else ExitCode.VENUE))
-
-
-async def _check(cfg: RunConfig) -> PreflightReport:
-    seen: list[PreflightReport] = []
-    try:
-        async with open_checked_venue(cfg, on_preflight=seen.append):
-            pass
-    except PreflightFailed as exc:
-        return exc.report
-    return seen[-1]

@@ -79,3 +79,31 @@ async def test_refill_budgets_waits_until_the_preflight_spend_is_back(autojump_c
         finally:
             await venue.aclose()
     assert 0 < waited < 10
+
+
+@pytest.mark.parametrize(("testnet", "name"), [(True, "binance testnet"), (False, "binance mainnet")])
+async def test_the_run_config_decides_testnet_or_mainnet(
+    monkeypatch: pytest.MonkeyPatch, testnet: bool, name: str
+) -> None:
+    """From `[venue] kind = "binance", testnet = ...` to the CcxtVenueConfig the venue is built from."""
+    from contextlib import asynccontextmanager
+
+    from legguard.adapters.ccxt import _venue
+    from legguard.engine.app._config import VenueConfig
+
+    built: list[CcxtVenueConfig] = []
+
+    @asynccontextmanager
+    async def capture(config: CcxtVenueConfig, before_streams: object = None):  # type: ignore[no-untyped-def]
+        built.append(config)
+        yield None
+
+    monkeypatch.setattr(_venue, "open_ccxt_venue", capture)
+    monkeypatch.setenv("LG_K", "key")
+    monkeypatch.setenv("LG_S", "secret")
+    settings = VenueConfig(kind="binance", api_key_env="LG_K", api_secret_env="LG_S", testnet=testnet)
+
+    async with _venue.open_ccxt_venue_from_config(settings):
+        pass
+
+    assert [(c.testnet, c.name, c.urls) for c in built] == [(testnet, name, None)]

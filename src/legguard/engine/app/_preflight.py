@@ -273,13 +273,20 @@ async def _balances(
     for asset, amount in sorted(need.items()):
         free = balances.get(asset, Balance(Decimal(0))).free
         if free < amount:
-            where = f"USDⓈ-M wallet {asset.removeprefix(PERP_QUOTE_PREFIX)}" if asset.startswith("perp:") else asset
-            short.append(f"{where} free {_q(free)} < {_q(amount)} needed")
+            short.append(f"{_wallet(asset)} free {_q(free)} < {_q(amount)} needed")
     if short:
         fix = "fund the account (or lower [[pairs]] quantity): one package of every pair must fit"
         return Check("balances", False, "; ".join(short), fix)
-    shown = ", ".join(f"{a} {_q(balances.get(a, Balance(Decimal(0))).free)} >= {_q(n)}" for a, n in need.items())
+    shown = ", ".join(f"{_wallet(a)} free {_q(balances.get(a, Balance(Decimal(0))).free)} >= {_q(n)}"
+                      for a, n in need.items())  # fmt: skip
     return Check("balances", True, shown)
+
+
+def _wallet(asset: str) -> str:
+    """`perp:USDT` -> `USDⓈ-M wallet USDT`; spot assets as they are."""
+    if asset.startswith(PERP_QUOTE_PREFIX):
+        return f"USDⓈ-M wallet {asset.removeprefix(PERP_QUOTE_PREFIX)}"
+    return asset
 
 
 def _q(value: Decimal) -> str:

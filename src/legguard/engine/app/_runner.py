@@ -109,6 +109,42 @@ async def open_checked_venue(
         raise PreflightFailed(failed) from None
 
 
+class _Checked(Exception):
+    """Stops `check_venue` right after the preflight: no user stream is opened for a check."""
+
+
+async def check_venue(config: RunConfig) -> PreflightReport:
+    """`legguard check`: open the venue only as far as the preflight, run it, close. Never raises for a venue
+    answer (it is a failed check in the report); a missing credential variable is a ConfigError."""
+    config.venue.credentials()
+    where = config.venue.endpoint
+    seen: list[PreflightReport] = []
+
+    async def check(venue: Venue) -> None:
+        seen.append(await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                    margin_type=config.venue.margin_type))  # fmt: skip
+        raise _Checked
+
+    try:
+        async with open_venue(config, check):
+            pass  # not reached: the check always stops the opening
+    except BaseException as exc:
+        if seen and _only(exc, _Checked):
+            return seen[-1]
+        reason = _opening_failure(exc)
+        if reason is None:
+            raise
+        return reason.report if isinstance(reason, PreflightFailed) else unreachable(where, reason)
+    return seen[-1]
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is `kind`, or a group of nothing but `kind` (and trio's cancellations)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(e, kind) or isinstance(e, trio.Cancelled) for e in exc.exceptions)
+    return isinstance(exc, kind)
+
+
 def _opening_failure(exc: BaseException) -> BaseException | None:
     """The preflight refusal or venue error that stopped the venue from opening (trio may have wrapped it in
     an ExceptionGroup); None for anything else, which is not ours to translate."""
