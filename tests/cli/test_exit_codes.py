@@ -222,3 +222,21 @@ def test_debug_prints_the_traceback_and_still_exits_with_the_contract_code(tmp_p
     assert code == 2
     assert "Traceback (most recent call last):" in "\n".join(lines)
     assert lines[-1].startswith("error: journal:")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["bench", "--runs", "0"], ["fsm", "--format", "bogus"], ["audit", "list", "--state", "bogus"]],
+)
+def test_bad_options_of_the_other_commands_exit_2_without_a_traceback(args: list[str]) -> None:
+    code, lines, out = invoke(args)
+
+    assert code == 2
+    assert "Invalid value" in " ".join(lines) and "Traceback" not in "\n".join(lines) + out
+
+
+def test_audit_of_a_missing_journal_exits_2(tmp_path: Path) -> None:
+    code, lines, out = invoke(["audit", "verify", "--db", str(tmp_path / "none.db")])
+
+    assert code == 2
+    assert_one_error(lines, out, "no journal at")
