@@ -81,7 +81,8 @@ def record_binding(journal: Journal, identity: VenueIdentity, previous: VenueIde
     """Journal the binding unless it is already the current one; True if a row was written."""
     if bound_identity(journal) == identity:
         return False
-    payload: dict[str, Any] = {"identity": identity.to_dict()}
+    # "event" like every engine-wide row, so readers of the engine log can tell rows apart the same way.
+    payload: dict[str, Any] = {"event": "rebound" if previous is not None else "bound", "identity": identity.to_dict()}
     if previous is not None:
         payload["replaces"] = previous.to_dict()
     journal.record(BINDING_KIND, None, payload, mono)
