@@ -3,6 +3,7 @@ refused elsewhere naming both, re-bound only on request."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -132,3 +133,15 @@ def test_run_with_rebind_journal_takes_the_journal_over(tmp_path: Path) -> None:
     assert taken.exit_code == 0, taken.output
     with Journal.open(db, readonly=True) as journal:
         assert bound_identity(journal) == SIM_IDENTITY
+
+
+def test_audit_list_shows_whose_journal_it_is(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    with Journal.open(db) as journal:
+        record_binding(journal, SIM_IDENTITY, None, 1.0)
+
+    as_json = CliRunner().invoke(app, ["audit", "list", "--db", str(db), "--json"])
+    as_text = CliRunner().invoke(app, ["audit", "list", "--db", str(db)])
+
+    assert json.loads(as_json.stdout)["binding"] == {"kind": "sim", "endpoint": "sim", "account": "sim"}
+    assert "(venue sim (account sim))" in " ".join(as_text.stdout.split())
