@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from legguard.cli import app
 from legguard.domain import OrderStatus, Side
 from legguard.engine import Journal, verify
+from legguard.engine.journal._binding import SIM_IDENTITY, record_binding
 from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
 
 SIM_CONFIG = """
@@ -105,6 +106,7 @@ def hedged_journal(db: Path) -> str:
 
 
 def crashed_journal_in(journal: Journal) -> str:
+    record_binding(journal, SIM_IDENTITY, None, 0.0)  # the crashed run traded on the sim venue
     number = journal.next_package_number()
     plan = PackagePlan(
         package_id=f"P{number:06d}",

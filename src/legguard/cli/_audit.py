@@ -28,6 +28,7 @@ from legguard.engine.journal import (
     package_pnl,
     replay_package,
 )
+from legguard.engine.journal._binding import bound_identity
 from legguard.engine.journal._pnl import funding_amount
 from legguard.engine.journal._replay import verify as verify_journal
 from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
@@ -103,11 +104,15 @@ def list_packages(
         rows = journal.packages(state)
         journal_id = journal.journal_id
         control = [r for r in journal.engine_log() if r.kind == "control"]
+        bound = bound_identity(journal)
     if as_json:
-        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows],
+        binding = None if bound is None else bound.to_dict()
+        _emit_json({"journal_id": journal_id, "binding": binding, "packages": [r.to_dict() for r in rows],
                     "control": [r.to_dict() for r in control]})  # fmt: skip
         return
-    table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
+    venue = "not bound to a venue" if bound is None else f"venue {bound.describe()}"
+    title = f"journal {journal_id} ({venue}): {len(rows)} package(s)" + (f" in {state.value}" if state else "")
+    table = Table(title=escape(title))
     table.add_column("package", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("spot", justify="right")

@@ -4,6 +4,7 @@ hedged or flat from the venue's facts, print what was found and done, and exit (
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,15 +16,31 @@ from rich.table import Table
 
 from legguard.engine._engine import Engine
 from legguard.engine._recovery import RecoveryReport, settle_recovered
-from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
-from legguard.engine.app._control import ControlError, claim_socket, socket_path
-from legguard.engine.app._runner import open_venue
-from legguard.engine.journal._store import Durability, Journal, JournalError
+from legguard.engine.app._control import claim_socket, socket_path
+from legguard.engine.app._runner import open_checked_venue
+from legguard.engine.journal._store import Durability, Journal
 
-# Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
-EXIT_UNSAFE = 1
-EXIT_USAGE = 2
+from ._edge import ExitCode, note_trading
+
+# Exit codes (the contract in _edge.py): 0 every package hedged or flat, 1 something still needs an operator.
+EXIT_UNSAFE = ExitCode.UNSAFE
+
+RebindOption = Annotated[
+    bool,
+    typer.Option(
+        "--rebind-journal",
+        help="Bind the journal to this config's venue and account although it belongs to another (or to none).",
+    ),
+]
+
+
+def banner(cfg: RunConfig, db: Path) -> str:
+    """Which venue and which money: printed before anything connects."""
+    money = ""
+    if cfg.venue.kind == "binance":
+        money = "  [yellow]TESTNET[/yellow]" if cfg.venue.testnet else "  [bold red]MAINNET: real money[/bold red]"
+    return f"legguard: venue {cfg.venue.endpoint}{money}; journal {db}"
 
 
 def recover(
@@ -36,22 +53,20 @@ def recover(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    rebind: RebindOption = False,
 ) -> None:
     """Recover after a crash: ask the venue about every order of every package not flat, resume each
     package's state machine from the facts until it is hedged or flat, cancel our stray orders, and exit.
-    `legguard run` does the same by itself at start."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        cfg = load_config(config)
-        if wait is not None and not wait > 0:
-            raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
-        if not db.is_file():
-            raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
-        claim_socket(socket_path(db))  # an engine running on this journal recovers by itself: never both
-        report = trio.run(_recover, cfg, db, wait)
-    except (ConfigError, SpecError, JournalError, ControlError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+    `legguard run` does the same by itself at start. Refuses a journal bound to another venue or account."""
+    cfg = load_config(config)
+    if wait is not None and not wait > 0:
+        raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
+    if not db.is_file():
+        raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
+    claim_socket(socket_path(db))  # an engine running on this journal recovers by itself: never both
+    cfg.venue.credentials()  # a missing variable is a config error before anything is opened
+    Console(stderr=True, highlight=False, soft_wrap=True).print(banner(cfg, db))
+    report = trio.run(partial(_recover, cfg, db, wait, rebind=rebind))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -60,11 +75,12 @@ def recover(
         raise typer.Exit(EXIT_UNSAFE)
 
 
-async def _recover(cfg: RunConfig, db: Path, wait: float | None) -> RecoveryReport:
+async def _recover(cfg: RunConfig, db: Path, wait: float | None, *, rebind: bool = False) -> RecoveryReport:
     durability = Durability.POWER if cfg.durability == "power" else Durability.PROCESS
     journal = Journal.open(db, durability=durability)
     try:
-        async with open_venue(cfg) as venue:
+        async with open_checked_venue(cfg, journal, rebind=rebind) as venue:
+            note_trading()
             engine = Engine(venue, journal, cfg.engine)
             async with engine.running():
                 return await settle_recovered(engine, await engine.recover(), wait)

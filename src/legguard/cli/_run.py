@@ -1,9 +1,11 @@
-"""`legguard run --config FILE`: trade with the configured venue until --seconds, SIGINT or SIGTERM."""
+"""`legguard run --config FILE`: trade with the configured venue until --seconds, SIGINT, SIGTERM or
+`legguard stop`; serves the control socket, and metrics and alerts when configured."""
 
 from __future__ import annotations
 
 import json
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,14 +13,12 @@ import trio
 import typer
 from rich.console import Console
 
-from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError, load_config
-from legguard.engine.app._control import ControlError
-from legguard.engine.app._metrics import MetricsPortError
 from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
 
+from ._edge import note_trading
 from ._logs import LEVELS, setup_logging
-from ._recover import print_recovery
+from ._recover import RebindOption, banner, print_recovery
 from ._run_view import RunView
 
 
@@ -27,6 +27,7 @@ def run(
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
     seconds: Annotated[float | None, typer.Option(help="Stop gracefully after N seconds (like Ctrl-C).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+    rebind: RebindOption = False,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port (overrides [metrics] port; 0: any).")
     ] = None,
@@ -36,32 +37,32 @@ def run(
         float, typer.Option(help="Outside a terminal: seconds between JSON status lines on stderr.")
     ] = 10.0,
 ) -> None:
-    """Run the engine: packages open on the premium trigger; Ctrl-C cancels entries, finishes unwinds,
-    keeps hedges. Operate it from another terminal with `legguard status | halt | resume | close | stop`."""
+    """Run the engine: preflight checks first (nothing is sent if one fails), then packages open on the
+    premium trigger; Ctrl-C cancels entries, finishes unwinds, keeps hedges. Operate it from another terminal
+    with `legguard status | halt | resume | close | stop`."""
     console = Console(stderr=True)
-    try:
-        if log_level.lower() not in LEVELS:
-            raise ConfigError(f"--log-level: {log_level!r} is invalid; allowed: {', '.join(LEVELS)}")
-        if not status_interval > 0:
-            raise ConfigError(f"--status-interval: {status_interval!r} is invalid; must be > 0")
-        if metrics_port is not None and not 0 <= metrics_port <= 65535:
-            raise ConfigError(f"--metrics-port: {metrics_port!r} is invalid; must be 0..65535")
-        cfg = load_config(config)
-        if seconds is not None and not seconds > 0:
-            raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
-        setup_logging(log_level.lower(), log_file)
-        status = RunStatus()
-        view = RunView(console, live=console.is_terminal and not as_json, interval=status_interval)
-        options = RunOptions(metrics_port=metrics_port, tick_interval=view.tick_interval)
-        with view:
-            report = trio.run(_with_signals, cfg, db, seconds, status, view.tick,
-                              lambda r: print_recovery(console, r), options)  # fmt: skip
-    except (ConfigError, SpecError) as exc:
-        console.print(f"[red]config error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    except (ControlError, MetricsPortError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    if log_level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level: {log_level!r} is invalid; allowed: {', '.join(LEVELS)}")
+    if not status_interval > 0:
+        raise ConfigError(f"--status-interval: {status_interval!r} is invalid; must be > 0")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: {metrics_port!r} is invalid; must be 0..65535")
+    cfg = load_config(config)
+    if seconds is not None and not seconds > 0:
+        raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
+    cfg.venue.credentials()  # a missing variable is a config error before anything is opened
+    setup_logging(log_level.lower(), log_file)
+    console.print(banner(cfg, db), highlight=False)
+    status = RunStatus()
+    view = RunView(console, live=console.is_terminal and not as_json, interval=status_interval)
+    options = RunOptions(metrics_port=metrics_port, tick_interval=view.tick_interval)
+    with view:
+        report = trio.run(
+            partial(
+                _with_signals, cfg, db, seconds, status, view.tick, lambda r: print_recovery(console, r), options,
+                rebind=rebind,
+            )
+        )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -88,28 +89,17 @@ async def _with_signals(
     tick: Any,
     recovered: Any = None,
     options: RunOptions | None = None,
+    *,
+    rebind: bool,
 ) -> dict[str, Any]:
     async def watch() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 status.stop.set()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            report = await run_engine(cfg, db, seconds, status, tick, recovered, options)
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # A refusal before trading (config, another engine on the journal, a busy metrics port) is one line for
-        # the operator, not a group.
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], ConfigError | SpecError | ControlError | MetricsPortError):
-            raise leaves[0] from None
-        raise
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        report = await run_engine(cfg, db, seconds, status, tick, recovered, options, rebind=rebind,
+                                  on_trading=note_trading)  # fmt: skip
+        nursery.cancel_scope.cancel()
     return report
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]

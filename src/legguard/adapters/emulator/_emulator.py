@@ -330,6 +330,8 @@ class Emulator:
     Use `serve_emulator(...)`; with `autoclock=False` nothing moves until `advance(seconds)` (tests).
     """
 
+    dual_side_position: bool = False  # USDⓈ-M position mode: hedge (True) or one-way (False, the default)
+
     def __init__(
         self,
         *,

@@ -3,7 +3,7 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,33 +13,47 @@ import trio
 
 from legguard.adapters._redact import SECRETS
 from legguard.adapters._venue import Venue
+from legguard.domain import VenueError
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._observe import notify
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import PackageSpec, SpecError, validate_spec
 from legguard.engine.journal import Durability, Journal
+from legguard.engine.journal._binding import (
+    SIM_ACCOUNT,
+    VenueIdentity,
+    account_fingerprint,
+    check_binding,
+    record_binding,
+)
 
 from ._alerts import Alerter
-from ._config import ConfigError, RunConfig
+from ._config import ConfigError, RunConfig, VenueConfig
 from ._control import claim_socket, serve_control, socket_path
 from ._instrument import metered
 from ._metrics import EngineMetrics, open_metrics_listeners, serve_metrics
+from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
 from ._rpc import Rpc
 from ._strategy import PremiumTrigger
 
 
 @asynccontextmanager
-async def open_venue(config: RunConfig) -> AsyncIterator[Venue]:
-    """The venue the config names. ccxt is imported only for the kinds that need it."""
+async def open_venue(
+    config: RunConfig, before_trading: Callable[[Venue], Awaitable[None]] | None = None
+) -> AsyncIterator[Venue]:
+    """The venue the config names. ccxt is imported only for the kinds that need it. `before_trading` (the
+    preflight) runs once the venue is open, before any user stream or order."""
     if config.venue.kind == "sim":
         from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 
         async with open_sim_venue(SimConfig(seed=config.venue.seed)) as sim:
+            if before_trading is not None:
+                await before_trading(sim)
             yield sim
         return
     from legguard.adapters.ccxt._venue import open_ccxt_venue_from_config
 
-    async with open_ccxt_venue_from_config(config.venue) as venue:
+    async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
         yield venue
 
 
@@ -51,6 +65,114 @@ class RunOptions:
     metrics_port: int | None = None  # overrides [metrics] port; 0 picks a free port
     metrics_host: str | None = None  # overrides [metrics] host
     tick_interval: float = 0.5  # seconds between on_tick calls
+
+
+PREFLIGHT_REFILL_LIMIT = 10.0  # seconds the start may wait for the request budget the preflight spent
+
+
+def identity_of(venue: VenueConfig, journal_id: str, environ: Mapping[str, str] | None = None) -> VenueIdentity:
+    """Who the config trades as, without any secret (reads the credentials from the environment)."""
+    credentials = venue.credentials(environ)
+    account = SIM_ACCOUNT if credentials is None else account_fingerprint(credentials.api_key, journal_id)
+    return VenueIdentity(venue.kind, venue.endpoint, account)
+
+
+@asynccontextmanager
+async def open_checked_venue(
+    config: RunConfig,
+    journal: Journal | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+) -> AsyncIterator[Venue]:
+    """The configured venue, opened only if every preflight check passes (else PreflightFailed: nothing was
+    sent) and, with a journal, only if the journal belongs to this venue and account (else BindingMismatch,
+    before anything connects). The binding is journaled on first use, once the preflight has passed."""
+    identity = previous = None
+    if journal is not None:
+        identity = identity_of(config.venue, journal.journal_id)
+        previous = check_binding(journal, identity, rebind=rebind)
+    else:
+        config.venue.credentials()  # a missing variable is a config error before anything connects
+    where = config.venue.endpoint
+
+    async def check(venue: Venue) -> None:
+        report = await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                 margin_type=config.venue.margin_type)  # fmt: skip
+        if on_preflight is not None:
+            on_preflight(report)
+        if not report.ok:
+            raise PreflightFailed(report)
+        if isinstance(venue, BudgetedVenue):
+            with trio.move_on_after(PREFLIGHT_REFILL_LIMIT):
+                await venue.refill_budgets()
+
+    opened = False
+    try:
+        async with open_venue(config, check) as venue:
+            opened = True
+            if journal is not None and identity is not None:
+                record_binding(journal, identity, previous, trio.current_time())
+            yield venue
+    except BaseException as exc:
+        reason = None if opened else _opening_failure(exc)
+        if reason is None:
+            raise
+        if isinstance(reason, PreflightFailed):
+            raise reason from None
+        failed = unreachable(where, reason)
+        if on_preflight is not None:
+            on_preflight(failed)
+        raise PreflightFailed(failed) from None
+
+
+class _Checked(Exception):
+    """Stops `check_venue` right after the preflight: no user stream is opened for a check."""
+
+
+async def check_venue(config: RunConfig) -> PreflightReport:
+    """`legguard check`: open the venue only as far as the preflight, run it, close. Never raises for a venue
+    answer (it is a failed check in the report); a missing credential variable is a ConfigError."""
+    config.venue.credentials()
+    where = config.venue.endpoint
+    seen: list[PreflightReport] = []
+
+    async def check(venue: Venue) -> None:
+        seen.append(await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                    margin_type=config.venue.margin_type))  # fmt: skip
+        raise _Checked
+
+    try:
+        async with open_venue(config, check):
+            pass  # not reached: the check always stops the opening
+    except BaseException as exc:
+        if seen and _only(exc, _Checked):
+            return seen[-1]
+        reason = _opening_failure(exc)
+        if reason is None:
+            raise
+        return reason.report if isinstance(reason, PreflightFailed) else unreachable(where, reason)
+    return seen[-1]
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is `kind`, or a group of nothing but `kind` (and trio's cancellations)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(e, kind) or isinstance(e, trio.Cancelled) for e in exc.exceptions)
+    return isinstance(exc, kind)
+
+
+def _opening_failure(exc: BaseException) -> BaseException | None:
+    """The preflight refusal or venue error that stopped the venue from opening (trio may have wrapped it in
+    an ExceptionGroup); None for anything else, which is not ours to translate."""
+    if isinstance(exc, PreflightFailed | VenueError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_opening_failure(e) for e in exc.exceptions]
+        found = [leaf for leaf in leaves if leaf is not None]
+        others = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled) and _opening_failure(e) is None]
+        return found[0] if found and not others else None
+    return None
 
 
 @dataclass(slots=True)
@@ -76,6 +198,10 @@ async def run_engine(
     on_tick: Callable[[RunStatus], None] | None = None,
     on_recovered: Callable[[RecoveryReport], None] | None = None,
     options: RunOptions | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+    on_trading: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     status = status or RunStatus()
     options = options or RunOptions()
@@ -91,7 +217,12 @@ async def run_engine(
     listeners = await open_metrics_listeners(host, port) if port is not None else None
     journal = Journal.open(db, durability=durability)
     try:
-        async with open_venue(config) as raw_venue, trio.open_nursery() as operated:
+        async with (
+            open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as raw_venue,
+            trio.open_nursery() as operated,
+        ):
+            if on_trading is not None:
+                on_trading()
             venue = metered(raw_venue)
             engine = Engine(venue, journal, config.engine)
             status.engine = engine

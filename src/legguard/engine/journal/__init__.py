@@ -9,6 +9,7 @@ Map:
                 `aggregate()` by pair, day or exit reason (`legguard audit pnl`).
 - `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
                 slippage, realized P&L (`package_pnl`); pure, used live and by `audit pnl` / `verify`.
+- `_binding.py` a journal belongs to one venue and one account: the `binding` row, checked by run/recover.
 
 Direction: `_ledger` → `_replay` → `_store`, `_pnl`; the store knows nothing of replay or accounting.
 """
