@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from legguard.adapters._types import OrderStatus, RejectReason
 from legguard.engine._journal import (
+    NUMBER_BLOCK,
     DuplicatePackage,
     Durability,
     InvalidKind,
@@ -505,27 +506,39 @@ def test_package_counter_and_journal_id_survive_reopen(db: Path) -> None:
         numbers = [journal.next_package_number() for _ in range(3)]
         journal_id = journal.journal_id
     with Journal.open(db, Durability.POWER) as journal:
-        assert journal.next_package_number() == 4
+        # A restart never reuses a number: it starts a fresh block (the old one's rest is skipped).
+        assert journal.next_package_number() == NUMBER_BLOCK + 1
         assert journal.journal_id == journal_id
     assert numbers == [1, 2, 3]
     assert len(journal_id) == 4
     assert all(ch in "0123456789abcdefghijklmnopqrstuvwxyz" for ch in journal_id)
 
 
-def test_counter_taken_in_a_rolled_back_batch_is_given_back(db: Path) -> None:
-    # The number and the package it names commit together or not at all.
+def test_a_number_taken_in_a_rolled_back_batch_is_not_given_back(db: Path) -> None:
     with Journal.open(db) as journal:
-        taken = []
+        with journal.batch():
+            first = journal.next_package_number()  # within the block reserved outside: no write here
+            journal.record("note", None, {"x": 1}, 1.0)
+        assert journal.next_package_number() == first + 1
 
-        def doomed() -> None:
-            with journal.batch():
-                taken.append(journal.next_package_number())
-                raise RuntimeError
 
-        with pytest.raises(RuntimeError):
-            doomed()
-        assert taken == [1]
-        assert journal.next_package_number() == 1
+def test_a_block_is_never_reserved_inside_a_batch(db: Path) -> None:
+    # The reservation must be its own fsync'd commit: inside a batch it would commit (or die) with the batch.
+    with Journal.open(db) as journal, journal.batch(), pytest.raises(JournalError, match="outside journal.batch"):
+        journal.next_package_number()
+
+
+def test_each_block_reservation_and_each_epoch_is_an_fsynced_commit(db: Path) -> None:
+    with Journal.open(db, Durability.PROCESS) as journal:
+        assert journal.pragma("synchronous") == 1
+        for _ in range(NUMBER_BLOCK + 1):
+            journal.next_package_number()
+        assert journal.durable_commits == 2  # two blocks: one fsync per NUMBER_BLOCK packages
+        assert [journal.next_epoch(), journal.next_epoch()] == [1, 2]
+        assert journal.durable_commits == 4
+        assert journal.pragma("synchronous") == 1  # back to the journal's own durability
+    with Journal.open(db) as journal:
+        assert journal.next_epoch() == 3
 
 
 def test_head_is_reread_when_another_writer_appended(db: Path) -> None:

@@ -31,15 +31,21 @@ from legguard.adapters._types import (
     VenueError,
 )
 from legguard.fsm import (
+    MAX_UNWIND_ATTEMPTS,
     Abort,
+    Adopted,
     Event,
+    Fault,
     LegRole,
     OrderEvent,
+    OrderIntent,
     PackageCore,
     Purpose,
     Recovered,
+    Restarted,
     State,
     VenueReduction,
+    client_order_id,
 )
 
 from ._actor import PackageHandle, to_order_event
@@ -68,6 +74,11 @@ class RecoveryReport:
     positions_verified: bool = True
     strays: list[dict[str, str]] = field(default_factory=list)  # open orders with our prefix, unknown
     unrecoverable: dict[str, str] = field(default_factory=dict)  # package -> why its journal cannot be replayed
+    # client id -> package: orders the venue knows that the journal lost (a crash lost their commits), adopted
+    lost_orders: dict[str, str] = field(default_factory=dict)
+    # client ids that may exist at the venue without the journal knowing, and the venue could not be asked
+    unprobed: list[str] = field(default_factory=list)
+    epoch: int = 0  # the restart epoch recovered packages' new client ids carry
     final: dict[str, str] = field(default_factory=dict)  # package -> state after settling
     # package -> length of its event log once its recovery events are stepped (settling waits for that)
     fed: dict[str, int] = field(default_factory=dict, repr=False)
@@ -84,6 +95,7 @@ class RecoveryReport:
         return (
             not self.unsafe
             and not self.unexplained_positions
+            and not self.unprobed
             and all(s.get("outcome") == "cancelled" for s in self.strays)
         )
 
@@ -99,6 +111,9 @@ class RecoveryReport:
             "positions_verified": self.positions_verified,
             "strays": [dict(s) for s in self.strays],
             "unrecoverable": dict(self.unrecoverable),
+            "lost_orders": dict(self.lost_orders),
+            "unprobed": list(self.unprobed),
+            "epoch": self.epoch,
             "final": dict(self.final),
             "unsafe": self.unsafe,
         }
@@ -109,6 +124,7 @@ class _Resume:
     handle: PackageHandle
     events: list[Event]
     answers: dict[str, OrderEvent]
+    adopted: dict[str, OrderIntent] = field(default_factory=dict)  # orders the journal lost, found at the venue
 
 
 async def recover(engine: Engine) -> RecoveryReport:
@@ -129,8 +145,11 @@ async def recover(engine: Engine) -> RecoveryReport:
     journal = engine.journal
     report = RecoveryReport()
     rows = journal.open_packages()
-    journal.record("engine", None, {"event": "recovery_started", "packages": [r.package_id for r in rows]},
-                   trio.current_time())  # fmt: skip
+    # Durable before anything is sent: no id a recovered package makes from now on can equal one the crashed
+    # process sent (the journal may have lost it, and the venue accepts a closed order's id again).
+    report.epoch = journal.next_epoch() if rows else 0
+    journal.record("engine", None, {"event": "recovery_started", "packages": [r.package_id for r in rows],
+                   "epoch": report.epoch}, trio.current_time())  # fmt: skip
     resumes: list[_Resume] = []
     for row in rows:
         pid = row.package_id
@@ -154,7 +173,18 @@ async def recover(engine: Engine) -> RecoveryReport:
         for cid in core.orders:
             engine.register_order(cid, handle)  # stream updates from now on queue in its mailbox
         if core.state is State.PENDING:
-            # Its intents are journaled in the same step as the dispatch: none exist, nothing was sent.
+            lost = await _probe_lost(engine, core, report)
+            _journal_lost(engine, pid, lost, report)
+            if lost:
+                # The dispatch was journaled and lost: the entries reached the venue. Resuming would re-send
+                # their ids; aborting would call the package flat. Neither: an operator decides.
+                report.unrecoverable[pid] = f"the venue knows entry orders the journal lost: {', '.join(lost)}"
+                log.critical("recovery: package %s: %s", pid, report.unrecoverable[pid])
+                journal.record(RECOVERY, pid, {"step": "unrecoverable", "error": report.unrecoverable[pid]}, now)
+                engine.live.discard(pid)
+                del engine.handles[pid]
+                continue
+            # Its intents are journaled in the same step as the dispatch, and the venue knows neither entry id.
             journal.record(RECOVERY, pid, {"step": "abort", "state": core.state.value}, now)
             resumes.append(_Resume(handle, [Abort("recovery: the crash came before any order was sent")], {}))
             continue
@@ -162,9 +192,23 @@ async def recover(engine: Engine) -> RecoveryReport:
         report.answers[pid] = {cid: _describe(ev) for cid, ev in answers.items()}
         journal.record(RECOVERY, pid, {"step": "queried", "state": core.state.value, "orders": len(core.orders),
                        "answers": report.answers[pid]}, trio.current_time())  # fmt: skip
+        lost = await _probe_lost(engine, core, report)
+        _journal_lost(engine, pid, lost, report)
         if CRASH_ARMED:
             crash_point("during_recovery")
-        resumes.append(_Resume(handle, [*answers.values(), Recovered()], answers))
+        events: list[Event] = [Restarted(report.epoch)]
+        events += [Adopted(intent) for intent, _ in lost.values()]
+        events += [answer for _, answer in lost.values()]
+        events += [*answers.values(), Recovered()]
+        if lost:
+            # The journal's account of this package is incomplete: the kill switch flattens it from the venue's
+            # facts rather than trust a hedge decided without them.
+            events.append(Fault("recovery: the venue knows orders of this package the journal lost"))
+        for cid in lost:
+            engine.register_order(cid, handle)
+        resume = _Resume(handle, events, {**answers, **{cid: a for cid, (_, a) in lost.items()}})
+        resume.adopted = {cid: intent for cid, (intent, _) in lost.items()}
+        resumes.append(resume)
     await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
     for r in resumes:
@@ -243,6 +287,55 @@ async def _ask(engine: Engine, cid: str, symbol: str) -> OrderEvent:
         return OrderEvent(cid, OrderStatus.UNKNOWN)
 
 
+def _journal_lost(
+    engine: Engine, pid: str, lost: Mapping[str, tuple[OrderIntent, OrderEvent]], report: RecoveryReport
+) -> None:
+    for cid, (intent, answer) in lost.items():
+        report.lost_orders[cid] = pid
+        log.error("recovery: package %s: the venue knows %s (%s), the journal lost it", pid, cid, _describe(answer))
+        engine.journal.record(RECOVERY, pid, {"step": "lost_order_found", "client_order_id": cid,
+                              "answer": _describe(answer), "intent": intent.to_dict()}, trio.current_time())  # fmt: skip
+
+
+async def _probe_lost(
+    engine: Engine, core: PackageCore, report: RecoveryReport
+) -> dict[str, tuple[OrderIntent, OrderEvent]]:
+    """Orders of the package the venue knows and the journal does not: the ids the core would have made next
+    (its next unwind attempt per leg, at the epoch it was in; both entries if it never dispatched) are asked
+    for one after the other until the venue does not know one. Only a crash that lost commits leaves any."""
+    found: dict[str, tuple[OrderIntent, OrderEvent]] = {}
+    prefix = core.plan.client_id_prefix
+    if core.state is State.PENDING:
+        candidates = [(role, Purpose.ENTRY, 0) for role in LegRole]
+    else:
+        candidates = [(role, Purpose.UNWIND, core.unwind_attempts[role]) for role in LegRole]
+    for role, purpose, attempt in candidates:
+        leg = core.plan.leg(role)
+        while attempt < MAX_UNWIND_ATTEMPTS:
+            cid = client_order_id(prefix, role, purpose, attempt, core.epoch)
+            if cid in core.orders:
+                break
+            try:
+                with trio.fail_after(engine.config.deadlines.ack):
+                    update = await engine.venue.fetch_order(leg.symbol, cid)
+            except OrderNotFound:
+                break
+            except (trio.TooSlowError, VenueError) as exc:
+                log.error("recovery: cannot ask whether %s exists (the journal may have lost it): %s", cid, exc)
+                report.unprobed.append(cid)
+                break
+            entry = purpose is Purpose.ENTRY  # what the core would have made: see PackageCore._new_intent
+            intent = OrderIntent(cid, role, purpose, attempt, leg.symbol, update.side,
+                                 OrderType.LIMIT if entry else OrderType.MARKET, update.amount,
+                                 leg.price if entry else None, post_only=entry,
+                                 reduce_only=not entry and role is LegRole.PERP)  # fmt: skip
+            found[cid] = (intent, to_order_event(update))
+            if purpose is Purpose.ENTRY:
+                break
+            attempt += 1
+    return found
+
+
 def _describe(ev: OrderEvent) -> str:
     text = f"{ev.status.value} filled {ev.filled}"
     if ev.status is OrderStatus.REJECTED and ev.reason is RejectReason.OTHER and ev.filled == 0:
@@ -253,15 +346,19 @@ def _describe(ev: OrderEvent) -> str:
 # --- positions ----------------------------------------------------------------------------------------
 
 
-def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal:
-    """The package's signed perp position once the answers are applied (what `exposure().perp` will say)."""
+def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent],
+                adopted: Mapping[str, OrderIntent] | None = None) -> Decimal:  # fmt: skip
+    """The package's signed perp position once the answers are applied (what `exposure().perp` will say),
+    orders adopted from the venue included."""
     total = core.venue_reduced
-    for cid, o in core.orders.items():
-        if o.intent.role is not LegRole.PERP:
+    intents = [(cid, o.intent, o.filled) for cid, o in core.orders.items()]
+    intents += [(cid, i, Decimal(0)) for cid, i in (adopted or {}).items()]
+    for cid, intent, known in intents:
+        if intent.role is not LegRole.PERP:
             continue
         answer = answers.get(cid)
-        filled = max(o.filled, answer.filled) if answer is not None else o.filled
-        total += filled if o.intent.side is Side.BUY else -filled
+        filled = max(known, answer.filled) if answer is not None else known
+        total += filled if intent.side is Side.BUY else -filled
     return total
 
 
@@ -270,7 +367,7 @@ async def _check_positions(engine: Engine, resumes: list[_Resume], report: Recov
     shows was bought back while we were down (liquidation, ADL): charged to the packages newest first, as
     the gateway charges a live one. Anything else (a position no package holds included) is reported and
     left alone."""
-    holders = [r for r in resumes if _perp_after(r.handle.core, r.answers) != 0]
+    holders = [r for r in resumes if _perp_after(r.handle.core, r.answers, r.adopted) != 0]
     try:
         with trio.fail_after(engine.config.deadlines.ack * 2):
             positions = await engine.venue.fetch_positions()
@@ -284,12 +381,12 @@ async def _check_positions(engine: Engine, resumes: list[_Resume], report: Recov
     for r in holders:
         by_symbol.setdefault(r.handle.core.plan.perp.symbol, []).append(r)
     for symbol, group in sorted(by_symbol.items()):
-        expected = sum((_perp_after(r.handle.core, r.answers) for r in group), Decimal(0))
+        expected = sum((_perp_after(r.handle.core, r.answers, r.adopted) for r in group), Decimal(0))
         held = positions.get(symbol, Decimal(0))
         missing = held - expected  # > 0: less short than the packages hold
         now = trio.current_time()
         for r in sorted(group, key=lambda r: r.handle.package_id, reverse=True):
-            short = -_perp_after(r.handle.core, r.answers)
+            short = -_perp_after(r.handle.core, r.answers, r.adopted)
             take = min(short, missing)
             if take <= 0:
                 continue
