@@ -516,10 +516,11 @@ def test_package_counter_and_journal_id_survive_reopen(db: Path) -> None:
 
 def test_a_number_taken_in_a_rolled_back_batch_is_not_given_back(db: Path) -> None:
     with Journal.open(db) as journal:
-        with journal.batch():
-            first = journal.next_package_number()  # within the block reserved outside: no write here
-            journal.record("note", None, {"x": 1}, 1.0)
-        assert journal.next_package_number() == first + 1
+        assert journal.next_package_number() == 1  # reserves the block (outside any batch)
+        with pytest.raises(RuntimeError), journal.batch():
+            assert journal.next_package_number() == 2  # from the block: nothing written
+            raise RuntimeError
+        assert journal.next_package_number() == 3
 
 
 def test_a_block_is_never_reserved_inside_a_batch(db: Path) -> None:
