@@ -318,9 +318,7 @@ async def test_a_lost_commit_never_makes_recovery_send_an_unwind_id_again(
     pid = core.plan.package_id
     # Act: power loss (the commits after the copy are gone), then a restart on what survived.
     w.journal.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{w.db}{suffix}").unlink(missing_ok=True)
-    durable.rename(w.db)
+    _power_loss(w.db, durable)
     w.journal = Journal.open(w.db)
     try:
         engine, report = await restart(w)
@@ -344,7 +342,7 @@ async def test_a_new_unwind_after_a_restart_carries_the_restart_epoch(
     # The unwind the crashed process journaled (and never sent) is not reused, and neither is its attempt's id
     # at any earlier epoch: every id a recovered package makes carries the durable restart epoch.
     w = crashed
-    core, _spot, (unwind,) = broken(w)
+    core, _spot, _ = broken(w)
 
     engine, report = await restart(w)
 
@@ -352,6 +350,13 @@ async def test_a_new_unwind_after_a_restart_carries_the_restart_epoch(
     new = [cid for cid in ids_sent(w) if cid != _spot.client_order_id]
     assert new == [f"{core.plan.client_id_prefix}-SU1e1"], new
     assert_safe_and_verified(w, engine, report)
+
+
+def _power_loss(db: Path, durable: Path) -> None:
+    """Only the durable copy of the journal is left."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    durable.rename(db)
 
 
 def _backup(db: Path, to: Path) -> None:

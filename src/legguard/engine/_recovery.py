@@ -293,8 +293,9 @@ def _journal_lost(
     for cid, (intent, answer) in lost.items():
         report.lost_orders[cid] = pid
         log.error("recovery: package %s: the venue knows %s (%s), the journal lost it", pid, cid, _describe(answer))
-        engine.journal.record(RECOVERY, pid, {"step": "lost_order_found", "client_order_id": cid,
-                              "answer": _describe(answer), "intent": intent.to_dict()}, trio.current_time())  # fmt: skip
+        payload = {"step": "lost_order_found", "client_order_id": cid, "answer": _describe(answer),
+                   "intent": intent.to_dict()}  # fmt: skip
+        engine.journal.record(RECOVERY, pid, payload, trio.current_time())
 
 
 async def _probe_lost(
