@@ -93,3 +93,17 @@ def test_emulator_falls_back_to_its_documented_credentials() -> None:
     creds = VenueConfig(kind="emulator", api_key_env="K", api_secret_env="S").credentials({})
     assert creds is not None
     assert creds.api_key == EMULATOR_DEFAULT_KEY
+
+
+def test_anchor_settings_resolve_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = GOOD + '[journal]\nanchor_key = "keys/a.key"\nanchors = "/var/tmp/x.anchors"\nanchor_interval = 30\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.anchor_key == tmp_path / "keys" / "a.key"
+    assert cfg.anchors == Path("/var/tmp/x.anchors")
+    assert cfg.anchor_interval == 30.0
+    assert load_config(write(tmp_path, GOOD)).anchor_key is None  # off unless configured
+
+
+def test_a_bad_anchor_interval_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"journal\.anchor_interval"):
+        load_config(write(tmp_path, GOOD + "[journal]\nanchor_interval = 0\n"))

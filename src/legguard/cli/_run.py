@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Annotated, Any
 import trio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from legguard.engine._config import ConfigError, load_config
+from legguard.engine._journal import JournalError
 from legguard.engine._runner import RunStatus, run_engine
 from legguard.engine._spec import SpecError
 
@@ -25,12 +28,30 @@ def run(
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
     seconds: Annotated[float | None, typer.Option(help="Stop gracefully after N seconds (like Ctrl-C).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+    anchor_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchor-key",
+            help="Ed25519 key file (outside the journal; created 0600 if absent) that signs the journal's head "
+            "(overrides journal.anchor_key). The key is never printed.",
+        ),
+    ] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors", help="Append-only file of signed anchors (overrides journal.anchors; default <db>.anchors)."
+        ),
+    ] = None,
 ) -> None:
     """Run the engine: packages open on the premium trigger; Ctrl-C cancels entries, finishes unwinds,
     keeps hedges."""
     console = Console(stderr=True)
     try:
         cfg = load_config(config)
+        if anchor_key is not None:
+            cfg = dataclasses.replace(cfg, anchor_key=anchor_key)
+        if anchors is not None:
+            cfg = dataclasses.replace(cfg, anchors=anchors)
         if seconds is not None and not seconds > 0:
             raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
         status = RunStatus()
@@ -45,6 +66,9 @@ def run(
                           lambda r: print_recovery(console, r))  # fmt: skip
     except (ConfigError, SpecError) as exc:
         console.print(f"[red]config error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except JournalError as exc:  # the journal is locked by another process, the anchor key is unusable, ...
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -1,8 +1,12 @@
 """The audit journal: an append-only, hash-chained SQLite log written BEFORE every effect it describes.
 
-Every row carries the hash of the row before it, so any edited, deleted or inserted row is detectable by
-`legguard audit verify`; the `packages` table is the queryable current view (state + exposure) that the
-replayer cross-checks against the journal.
+Every row carries the hash of the row before it, so `legguard audit verify` detects an edited, deleted or
+inserted row as long as nobody re-chained the rows after it; the `packages` table is the queryable current
+view (state + exposure) that the replayer cross-checks against the journal. The chain's head is kept in this
+same file, so the chain alone does NOT hold against someone who can write the file: they can drop the newest
+rows, or delete one in the middle and re-chain everything after it, and rewrite `meta.head` and the packages
+table. Against that, the head is anchored outside the journal: signed checkpoints in a separate file
+(`_anchors.py`, `audit verify --anchors`), which protect every row up to the last anchor (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -858,21 +862,46 @@ class Journal:
         return self._reserve("epoch", 1)[0]
 
     def _reserve(self, key: str, count: int) -> tuple[int, int]:
-        """Durably advance the counter `key` by `count`: (first, last) of the numbers reserved. Its own
-        transaction, committed with synchronous=FULL whatever the journal's durability, so it survives a
-        power loss and every commit before it does too (the WAL is synced in order)."""
+        """Durably advance the counter `key` by `count`: (first, last) of the numbers reserved."""
         if self._depth:
             raise JournalError(f"journal {self.journal_id}: a {key} block is reserved outside journal.batch()")
+
+        def write() -> tuple[int, int]:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            last = int(row[0]) if row is not None else 0
+            self._set_meta(key, str(last + count))
+            return last + 1, last + count
+
+        return self._durably(write)
+
+    def sync(self) -> tuple[int, str]:
+        """Make every commit so far durable, whatever the durability (one fsync'd commit, recording the head
+        as meta 'synced_head'); returns the head. The anchorer signs only heads made durable this way."""
+        self._writable()
+        if self._depth:
+            raise JournalError(f"journal {self.journal_id}: sync() inside journal.batch()")
+
+        def write() -> tuple[int, str]:
+            head = self._head = self._read_head()
+            self._set_meta("synced_head", f"{head[0]}:{head[1]}")
+            return head
+
+        return self._durably(write)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _durably(self, write: Callable[[], _T]) -> _T:
+        """`write` in its own transaction, committed with synchronous=FULL whatever the journal's durability,
+        so it survives a power loss and every commit before it does too (the WAL is synced in order)."""
         self._conn.execute("PRAGMA synchronous=FULL")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                last = int(row[0]) if row is not None else 0
-                self._conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (key, str(last + count)),
-                )
+                result = write()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -880,7 +909,7 @@ class Journal:
         finally:
             self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability or Durability.PROCESS]}")
         self.durable_commits += 1
-        return last + 1, last + count
+        return result
 
     def backup_to(self, path: str | Path) -> None:
         """A consistent copy of the journal as committed now (the crash harness keeps one as "what survived
@@ -979,6 +1008,15 @@ class Journal:
         """(seq, kind, payload text) of one package, in order."""
         sql = "SELECT seq, kind, payload FROM journal WHERE package_id = ? ORDER BY seq"
         yield from self._q(sql, (package_id,))
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of row `seq`, or None if there is no such row (anchors are checked against it)."""
+        row = self._q("SELECT hash FROM journal WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def last_seq(self) -> int:
+        row = self._q("SELECT MAX(seq) FROM journal").fetchone()
+        return int(row[0] or 0)
 
     def raw_packages(self) -> list[tuple[Any, ...]]:
         """The packages table as stored, columns as in `_PACKAGE_COLUMNS`."""

@@ -3,6 +3,7 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,12 +14,15 @@ import trio
 
 from legguard.adapters._types import Venue
 
+from ._anchors import Anchorer, default_anchors_path, load_or_create_key
 from ._config import ConfigError, RunConfig
 from ._engine import Engine, EngineMode
-from ._journal import Durability, Journal
+from ._journal import Durability, Journal, JournalError
 from ._recovery import RecoveryReport, settle_recovered
 from ._spec import PackageSpec, SpecError, validate_spec
 from ._strategy import PremiumTrigger
+
+log = logging.getLogger("legguard.engine.runner")
 
 
 @asynccontextmanager
@@ -44,6 +48,7 @@ class RunStatus:
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
+    anchorer: Anchorer | None = None  # signs the journal's head, if a key is configured
 
 
 async def run_engine(
@@ -56,7 +61,10 @@ async def run_engine(
 ) -> dict[str, Any]:
     status = status or RunStatus()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
+    key = load_or_create_key(config.anchor_key) if config.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
+    anchorer = None if key is None else Anchorer(journal, key, config.anchors or default_anchors_path(db))
+    status.anchorer = anchorer
     try:
         async with open_venue(config) as venue:
             engine = Engine(venue, journal, config.engine)
@@ -81,6 +89,9 @@ async def run_engine(
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
                 async with trio.open_nursery() as nursery:
+                    if anchorer is not None:
+                        anchorer.anchor("start")
+                        nursery.start_soon(_anchor_loop, anchorer, config.anchor_interval)
                     nursery.start_soon(_trade, running, trigger, status)
                     if on_tick is not None:
                         nursery.start_soon(_ticker, status, on_tick)
@@ -90,9 +101,23 @@ async def run_engine(
             report = summary(engine, db)
             if status.recovery is not None:
                 report["recovery"] = status.recovery.to_dict()
+            if anchorer is not None:
+                last = anchorer.anchor("shutdown") or anchorer.last
+                report["anchors"] = {"file": str(anchorer.path), "written": anchorer.written,
+                                     "last_seq": None if last is None else last.seq}  # fmt: skip
             return report
     finally:
         journal.close()
+
+
+async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
+    """A signed anchor of the journal's head every `interval` seconds (none while nothing was written)."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            anchorer.anchor("periodic")
+        except JournalError as exc:  # an unwritable anchors file must not stop the engine: say so loudly
+            log.error("journal anchor failed: %s", exc)
 
 
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
