@@ -7,7 +7,10 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal as D
@@ -25,6 +28,7 @@ from legguard.engine._journal import (
     InvalidKind,
     Journal,
     JournalError,
+    JournalLocked,
     JournalNotFound,
     NotAJournal,
     SecretInPayload,
@@ -549,12 +553,31 @@ def test_each_block_reservation_and_each_epoch_is_an_fsynced_commit(db: Path) ->
         assert journal.next_epoch() == 3
 
 
-def test_head_is_reread_when_another_writer_appended(db: Path) -> None:
-    with Journal.open(db) as first, Journal.open(db) as second:
+def test_a_second_writer_is_refused_naming_the_journal_and_the_holder(db: Path) -> None:
+    # Issue 10 (defect 6): a `recover` beside a live `run` drove the same packages and both wrote the chain.
+    with Journal.open(db) as first:
         Desk(first).new_package()
+        with pytest.raises(JournalLocked) as refused:
+            Journal.open(db, Durability.POWER)
+        message = str(refused.value)
+        assert str(db) in message and f"pid {os.getpid()}" in message and "\n" not in message
+        with Journal.open(db, readonly=True) as reader:  # readers need no lock
+            assert reader.package_ids() == ["pkg1"]
+        first.record("note", "pkg1", {"still": "writing"}, 1.0)
+    with Journal.open(db) as second:  # closing released it
         second.record("note", "pkg1", {"from": "second"}, 1.0)
-        first.record("note", "pkg1", {"from": "first"}, 1.0)
     assert verify(db).ok
+
+
+def test_the_lock_dies_with_its_process(db: Path) -> None:
+    code = (
+        "import os, sys; from legguard.engine import Journal; "
+        f"j = Journal.open({str(db)!r}); print('locked', flush=True); os._exit(0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "locked", done.stderr
+    with Journal.open(db) as journal:  # the writer died without closing: the kernel dropped its lock
+        journal.record("note", None, {"after": "the crash"}, 1.0)
 
 
 def test_writer_leaves_checkpoints_to_the_background_thread(db: Path) -> None:

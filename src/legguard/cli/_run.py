@@ -62,8 +62,11 @@ def run(
                 states = dict(e.final_states())
                 console.print(f"[dim]{e.mode.value}[/dim] packages={len(e.handles)} {states}", highlight=False)
 
-        report = trio.run(_with_signals, cfg, db, seconds, status, None if as_json else tick,
-                          lambda r: print_recovery(console, r))  # fmt: skip
+        try:
+            report = trio.run(_with_signals, cfg, db, seconds, status, None if as_json else tick,
+                              lambda r: print_recovery(console, r))  # fmt: skip
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
     except (ConfigError, SpecError) as exc:
         console.print(f"[red]config error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -74,6 +77,23 @@ def run(
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         console.print(report)
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A user error raised inside the engine's nurseries arrives wrapped in exception groups: unwrap a lone
+    ConfigError / SpecError / JournalError so it is reported in one line like any other; anything else is
+    re-raised as it was."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], ConfigError | SpecError | JournalError):
+        return leaves[0]
+    return group
 
 
 async def _with_signals(

@@ -9,6 +9,7 @@ Map:
 - `_actor.py`     `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
                   trio cancel scopes; shielded drain to safety on cancellation.
 - `_journal.py`   the SQLite hash-chained audit journal: write-ahead batches, typed writers, readers.
+- `_anchors.py`   signed checkpoints of the chain head outside the journal (Ed25519); `audit verify --anchors`.
 - `_replay.py`    `verify()`: the hash chain plus every package replayed through a fresh core;
                   `replay_package()` rebuilds a core for recovery.
 - `_recovery.py`  `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
@@ -29,6 +30,7 @@ from ._engine import EngineStats as EngineStats
 from ._journal import Durability as Durability
 from ._journal import Journal as Journal
 from ._journal import JournalError as JournalError
+from ._journal import JournalLocked as JournalLocked
 from ._journal import JournalRow as JournalRow
 from ._journal import PackageRow as PackageRow
 from ._pricing import Priced as Priced

@@ -12,10 +12,12 @@ table. Against that, the head is anchored outside the journal: signed checkpoint
 from __future__ import annotations
 
 import enum
+import fcntl
 import functools
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import sqlite3
@@ -119,6 +121,46 @@ class UnknownPackage(JournalError, KeyError):
 
 class DuplicatePackage(JournalError, ValueError):
     """`package_created` for a package id that already exists."""
+
+
+class JournalLocked(JournalError):
+    """Another process (or another `Journal` in this one) holds the journal open for writing."""
+
+
+class _WriterLock:
+    """One writer per journal: an exclusive `flock` on `<db>.lock`, holding the writer's pid. The kernel drops
+    it when the process dies, so a crashed writer never blocks its own recovery. `flock` locks belong to the
+    open file, so a second `Journal.open` in the same process is refused too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(f"{path}.lock")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open journal {str(path)!r}: lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder()
+            os.close(self._fd)
+            raise JournalLocked(
+                f"journal {str(path)!r} is already open for writing by pid {holder} (lock {str(self.path)!r}): "
+                f"one writer per journal; stop that process first (`legguard audit` can read meanwhile)"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _holder(self) -> str:
+        try:
+            text = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "unknown"
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the lock; the file stays (harmless)
+            self._fd = -1
 
 
 # --- canonical encoding -------------------------------------------------------------------------------
@@ -528,7 +570,8 @@ class _Batch:
 
 
 class Journal:
-    """One engine's journal. Single writer; readers (the `audit` CLI) may open the file concurrently.
+    """One engine's journal. Single writer (enforced: `open` locks `<db>.lock`); readers (the `audit` CLI)
+    may open the file concurrently.
 
     Outside `batch()`, every append is its own transaction. Inside, everything appended commits at once
     at exit, or not at all: the engine wraps the rows of one core step in a batch and sends orders only
@@ -550,6 +593,7 @@ class Journal:
     ) -> None:
         self._conn = conn
         self._checkpointer = checkpointer
+        self._lock: _WriterLock | None = None  # set by open() for a writer
         self.path = path
         self.durability = durability
         self.readonly = readonly
@@ -586,7 +630,13 @@ class Journal:
         path = Path(path)
         if readonly and not path.is_file():
             raise JournalNotFound(f"no journal at {str(path)!r}")
-        conn = _connect(path, readonly=readonly)
+        lock = None if readonly else _WriterLock(path)
+        try:
+            conn = _connect(path, readonly=readonly)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             if not readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -601,15 +651,20 @@ class Journal:
                 readonly=readonly,
                 wall_clock=wall_clock,
             )
+            journal._lock = lock
             if background_checkpoint and not readonly:
                 journal._checkpointer = _Checkpointer(path, _SYNCHRONOUS[durability])
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             return journal
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if lock is not None:
+                lock.release()
             raise NotAJournal(f"{str(path)!r} is not a legguard journal: {exc}") from exc
         except BaseException:
             conn.close()
+            if lock is not None:
+                lock.release()
             raise
 
     @staticmethod
@@ -665,6 +720,9 @@ class Journal:
             self._checkpointer.close()
             self._checkpointer = None
         self._conn.close()  # the last connection to close checkpoints and removes the WAL
+        if self._lock is not None:
+            self._lock.release()  # after the last write: the next writer starts from a closed file
+            self._lock = None
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Checkpoint the WAL now on this connection (PASSIVE): (busy, wal frames, frames checkpointed)."""
