@@ -13,16 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from legguard.engine._config import ConfigError, load_config
-from legguard.engine._journal import JournalError
-from legguard.engine._runner import RunStatus, run_engine
 from legguard.engine._spec import SpecError
+from legguard.engine.app._config import ConfigError, load_config
+from legguard.engine.app._runner import RunStatus, run_engine
+from legguard.engine.journal import JournalError
 
-from ._app import app
 from ._recover import print_recovery
 
 
-@app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", help="TOML config (see examples/).")],
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
-from legguard.adapters._types import OrderStatus
+from legguard.domain import OrderStatus
 from legguard.fsm import (
     Command,
     JournalIntent,

@@ -1,0 +1,25 @@
+"""legguard.engine.journal — the audit journal and the proof read back from it.
+
+Map:
+- `_store.py`   `Journal`: the append-only, hash-chained SQLite log, written before every effect (write-ahead
+                batches, typed writers, readers, the secret guard).
+- `_replay.py`  `verify()`: the hash chain plus every package replayed through a fresh core;
+                `replay_package()` rebuilds a core for recovery.
+- `_anchors.py` signed checkpoints (Ed25519) of the chain head, kept outside the journal: `Anchorer` writes
+                them, `verify_anchors()` (`audit verify --anchors`) checks the journal still extends them.
+
+Direction: `_replay` and `_anchors` read `_store`; the store knows nothing of either.
+"""
+
+from ._replay import ReplayMismatch as ReplayMismatch
+from ._replay import VerifyReport as VerifyReport
+from ._replay import replay_package as replay_package
+from ._replay import verify as verify
+from ._store import Durability as Durability
+from ._store import Journal as Journal
+from ._store import JournalError as JournalError
+from ._store import JournalLocked as JournalLocked
+from ._store import JournalNotFound as JournalNotFound
+from ._store import JournalRow as JournalRow
+from ._store import PackageRow as PackageRow
+from ._store import UnknownPackage as UnknownPackage
