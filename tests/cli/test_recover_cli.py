@@ -119,3 +119,16 @@ def test_recover_beside_a_live_writer_is_refused_naming_the_journal_and_its_pid(
         assert "already open for writing by pid" in text and str(os.getpid()) in text and "j.db" in text
         assert "Traceback" not in result.output
     assert audit.exit_code == 0 and "P000001" in audit.stdout  # readers are not locked out
+
+
+def test_recover_anchors_what_it_journaled_when_a_key_is_configured(tmp_path: Path) -> None:
+    config, db = tmp_path / "sim.toml", tmp_path / "j.db"
+    config.write_text(SIM_CONFIG + '\n[journal]\nanchor_key = "anchor.key"\n')
+    crashed_journal(db)
+
+    result = CliRunner().invoke(app, ["recover", "--config", str(config), "--db", str(db)])
+
+    assert result.exit_code == 0, result.output
+    (anchor,) = [json.loads(line) for line in Path(f"{db}.anchors").read_text().splitlines()]
+    with Journal.open(db, readonly=True) as journal:
+        assert (anchor["reason"], anchor["seq"]) == ("recovered", journal.last_seq())

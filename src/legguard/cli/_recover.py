@@ -18,6 +18,7 @@ from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
 from legguard.engine.app._runner import open_venue
+from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
 from legguard.engine.journal._store import Durability, Journal, JournalError
 
 # Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
@@ -60,12 +61,16 @@ def recover(
 
 async def _recover(cfg: RunConfig, db: Path, wait: float | None) -> RecoveryReport:
     durability = Durability.POWER if cfg.durability == "power" else Durability.PROCESS
+    key = load_or_create_key(cfg.anchor_key) if cfg.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
     try:
         async with open_venue(cfg) as venue:
             engine = Engine(venue, journal, cfg.engine)
             async with engine.running():
-                return await settle_recovered(engine, await engine.recover(), wait)
+                report = await settle_recovered(engine, await engine.recover(), wait)
+        if key is not None:  # what recovery journaled is anchored like any run's rows
+            Anchorer(journal, key, cfg.anchors or default_anchors_path(db)).anchor("recovered")
+        return report
     finally:
         journal.close()
 
@@ -102,6 +107,10 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
         console.print("[red]perp positions could not be fetched: hedges unverified[/red]")
     for symbol, qty in report.unexplained_positions.items():
         console.print(f"[red]{symbol}: position {qty} that no package holds — left alone, for an operator[/red]")
+    for cid, pid in report.lost_orders.items():
+        console.print(f"[yellow]{escape(cid)} ({pid}): sent, but the journal had lost it; found and adopted[/yellow]")
+    if report.unprobed:
+        console.print(f"[red]may exist at the venue, could not be asked:[/red] {escape(', '.join(report.unprobed))}")
     if report.ok:
         console.print("[green]OK[/green] every package hedged or flat")
     else:

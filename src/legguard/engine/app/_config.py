@@ -73,7 +73,7 @@ class RunConfig:
     premium_threshold: Decimal = Decimal("0.0005")
     cooldown: float = 0.5
     durability: str = "process"
-    # Signed anchors of the journal's head (engine/_anchors.py): off unless a key file is configured.
+    # Signed anchors of the journal's head (engine/journal/_anchors.py): off unless a key file is configured.
     anchor_key: Path | None = None  # Ed25519 private key, outside the journal; created 0600 if absent
     anchors: Path | None = None  # the append-only anchors file (default: <db>.anchors)
     anchor_interval: float = 60.0  # seconds between anchors while the engine runs (and one at shutdown)
