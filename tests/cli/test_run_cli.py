@@ -1,5 +1,5 @@
-"""`legguard run --anchor-key`: the engine anchors the journal's head at start and at shutdown, and
-`legguard audit verify --anchors` accepts what it wrote (issue 10, defect 7)."""
+"""`legguard run` as a user runs it: signed anchors at start and shutdown that `audit verify --anchors` accepts
+(issue 10, defect 7), and user errors found inside the engine reported in one line."""
 
 from __future__ import annotations
 
@@ -50,3 +50,14 @@ def test_run_writes_signed_anchors_that_verify(tmp_path: Path) -> None:
     assert f"last at seq {anchors[-1]['seq']}" in verified.stdout
     with Journal.open(db, readonly=True) as journal:
         assert journal.last_seq() == anchors[-1]["seq"]  # the shutdown anchor covers every row
+
+
+def test_a_config_error_found_inside_the_engine_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[venue]\nkind = "sim"\n[[pairs]]\nspot = "DOGE/USDT"\nperp = "DOGE/USDT:USDT"\nquantity = "1"\n')
+
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--db", str(tmp_path / "j.db"), "--seconds", "1"])
+
+    assert result.exit_code == 2, result.output
+    assert "config error: pairs[0]: spot_symbol: 'DOGE/USDT' is invalid" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not isinstance(result.exception, ExceptionGroup)
