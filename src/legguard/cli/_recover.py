@@ -86,6 +86,8 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
     table.add_column("now", no_wrap=True)
     table.add_column("the venue said", overflow="fold")
     for pid, state in report.at_restart.items():
+        if pid in report.unproven:
+            continue
         final = report.final.get(pid, "?")
         style = "green" if final in ("hedged", "flat") else "red"
         answers = "; ".join(f"{cid}: {text}" for cid, text in report.answers.get(pid, {}).items()) or "-"
@@ -94,6 +96,8 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
         table.add_row(escape(pid), state, f"[{style}]{final}[/{style}]", escape(answers))
     for pid, error in report.unrecoverable.items():
         table.add_row(escape(pid), "?", "[red]unrecoverable[/red]", escape(error))
+    for pid, why in report.unproven.items():
+        table.add_row(escape(pid), report.at_restart.get(pid, "?"), "[red]not traded[/red]", escape(why))
     console.print(table)
     for stray in report.strays:
         unwind = f", unwound by {stray['unwind']} ({stray.get('unwind_status', '?')})" if "unwind" in stray else ""
@@ -111,6 +115,11 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
         console.print(f"[yellow]{escape(cid)} ({pid}): sent, but the journal had lost it; found and adopted[/yellow]")
     if report.unprobed:
         console.print(f"[red]may exist at the venue, could not be asked:[/red] {escape(', '.join(report.unprobed))}")
+    if report.unproven:
+        console.print(
+            f"[red]{len(report.unproven)} package(s) the venue does not confirm were not traded[/red] "
+            "(is this the journal of this venue and account?); new packages stay halted"
+        )
     if report.ok:
         console.print("[green]OK[/green] every package hedged or flat")
     else:

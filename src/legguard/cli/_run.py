@@ -75,6 +75,18 @@ def run(
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         console.print(report)
+    unsafe = report.get("needs_recovery") or {}
+    if report.get("needs_operator"):
+        console.print(f"[red]NOT SAFE[/red] recovery found: {report['needs_operator']}", highlight=False)
+        if not unsafe:
+            raise typer.Exit(1)
+    if unsafe:
+        why = "the venue was still unreachable at exit; " if report.get("venue_down_at_exit") else ""
+        listed = ", ".join(f"{pid} ({state})" for pid, state in unsafe.items())
+        hint = f"run `legguard recover --config {config} --db {db}` once the venue answers"
+        console.print(f"[red]NOT SAFE[/red] {why}{len(unsafe)} package(s) need recovery: {listed}; {hint}",
+                      highlight=False)  # fmt: skip
+        raise typer.Exit(1)
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

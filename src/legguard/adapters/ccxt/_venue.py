@@ -136,6 +136,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "fetch": "privateGetOrder",
         "cancel": "privateDeleteOrder",
         "open": "privateGetOpenOrders",
+        "all": "privateGetAllOrders",
         "trades": "privateGetMyTrades",
         "depth": "publicGetDepth",
         "balance": "privateGetAccount",
@@ -146,6 +147,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "fetch": "fapiPrivateGetOrder",
         "cancel": "fapiPrivateDeleteOrder",
         "open": "fapiPrivateGetOpenOrders",
+        "all": "fapiPrivateGetAllOrders",
         "trades": "fapiPrivateGetUserTrades",
         "depth": "fapiPublicGetDepth",
         "balance": "fapiPrivateV3GetAccount",
@@ -178,6 +180,7 @@ class CcxtVenueConfig:
     book_depth: int = 20
     budget_burst: float = 100.0  # ccxt rate-limit cost units (spot order 0.2, futures order 4; 20 refill/s)
     budget_reserve: float = 20.0  # kept for cancels, unwinds and queries
+    budget_deadman: float = 20.0  # kept under that for the dead-man's switch (countdownCancelAll costs 10)
     stream_ready_timeout: float = 5.0  # wait at open for both user-data streams; 0: do not open them at open
     book_poll_interval: float = 0.5  # REST polling while a book's websocket is unavailable
     ws_retry_interval: float = 5.0  # how long a book stays on REST before the websocket is tried again
@@ -198,12 +201,15 @@ class CcxtVenueConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-        for name in ("budget_reserve", "stream_ready_timeout", "close_grace"):
+        for name in ("budget_reserve", "budget_deadman", "stream_ready_timeout", "close_grace"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
         if self.budget_reserve >= self.budget_burst:
             raise ValueError(f"budget_reserve: {self.budget_reserve!r} must be < budget_burst ({self.budget_burst!r})")
+        if self.budget_reserve + self.budget_deadman >= self.budget_burst:
+            raise ValueError(f"budget_deadman: {self.budget_deadman!r} plus budget_reserve ({self.budget_reserve!r}) "
+                             f"must be < budget_burst ({self.budget_burst!r})")  # fmt: skip
         if isinstance(self.book_depth, bool) or not isinstance(self.book_depth, int) or self.book_depth < 1:
             raise ValueError(f"book_depth: must be an integer >= 1, got {self.book_depth!r}")
 
@@ -393,7 +399,7 @@ class CcxtVenue:
         ex.logger = _WIRE_LOG
         ex.timeout_on_exit = int(c.close_grace * 1000)
         rate = 1000.0 / float(ex.rateLimit)
-        side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve))
+        side = _Side(kind, exchange_id, ex, WeightBudget(rate, c.budget_burst, c.budget_reserve, c.budget_deadman))
         ex.legguard_sink = functools.partial(self._on_order_event, side)
         ex.legguard_closed = functools.partial(self._on_ws_closed, side)
         return side
@@ -411,12 +417,13 @@ class CcxtVenue:
         cid: str | None = None,
         placing: bool = False,
         post_only: bool = False,
+        priority: bool = False,
     ) -> Any:
         """Run one ccxt coroutine on the asyncio side. Errors come back as `_types` errors, never chained to
         the ccxt exception (whose text may carry request details); trio cancellation passes through."""
         if self._closed:
             raise VenueError(f"{what}: the venue is closed")
-        side.budget.take(cost, reducing=reducing, what=what)
+        side.budget.take(cost, reducing=reducing, what=what, priority=priority)
         try:
             return await trio_asyncio.aio_as_trio(fn)(*args)
         except (ccxt.BaseError, asyncio.CancelledError, *PARSE_ERRORS) as exc:
@@ -818,6 +825,16 @@ class CcxtVenue:
         await _concurrently(*(functools.partial(one, side) for side in sides))
         return out
 
+    async def fetch_orders(self, symbol: str) -> list[OrderUpdate]:
+        """The symbol's recent orders, open and closed (Binance `allOrders`): recovery looks for fills the
+        journal never wrote."""
+        side = self._side_for(symbol)
+        orders = await self._call(side, f"all orders {symbol}", side.ex.fetch_orders, symbol,
+                                  cost=side.cost("all", {"symbol": symbol}))  # fmt: skip
+        if not isinstance(orders, list):
+            raise MalformedResponse(f"all orders {symbol}: expected a list")
+        return [self._update(order, symbol) for order in orders if isinstance(order, dict)]
+
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> None:
         """USDⓈ-M `countdownCancelAll`, the venue's dead-man's switch: Binance cancels every open order of
         `symbol` unless this is called again within `countdown_ms` milliseconds; 0 disarms it. Spot has none."""
@@ -827,8 +844,10 @@ class CcxtVenue:
         if isinstance(countdown_ms, bool) or not isinstance(countdown_ms, int) or countdown_ms < 0:
             raise ValueError(f"countdown_ms: must be an integer >= 0, got {countdown_ms!r}")
         params = {"symbol": self._markets[symbol].venue_symbol, "countdownTime": countdown_ms}
+        # Arming is never refused by the local budget (it has its own share, see WeightBudget); disarming is
+        # not urgent (an unneeded timer only cancels what no longer rests) and waits its turn like a query.
         answer = await self._call(side, f"countdownCancelAll {symbol}", side.ex.fapiPrivatePostCountdownCancelAll,
-                                  params, cost=side.cost("countdown", params))  # fmt: skip
+                                  params, cost=side.cost("countdown", params), priority=countdown_ms > 0)  # fmt: skip
         if not isinstance(answer, dict) or str(answer.get("countdownTime")) != str(countdown_ms):
             raise MalformedResponse(f"countdownCancelAll {symbol}: unexpected answer {answer!r:.120}")
 
@@ -1046,8 +1065,9 @@ def _public_view(built: Mapping[str, Any]) -> dict[str, str]:
 async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
     """Open one trio-asyncio loop, both ccxt instances, their markets and (unless `stream_ready_timeout` is
     0) both user-data streams; close everything on exit, whatever happens in the block."""
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
         venue = CcxtVenue(config)
+        loop.set_exception_handler(functools.partial(_orphaned_error, venue._secrets))
         _REDACTOR.secrets.update(venue._secrets)
         try:
             async with trio.open_nursery() as nursery:
@@ -1066,6 +1086,21 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
             with trio.CancelScope(shield=True):
                 await venue.aclose()
             _REDACTOR.secrets.difference_update(venue._secrets)
+
+
+def _orphaned_error(secrets: tuple[str, str], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The asyncio loop's exception handler. ccxt.pro resolves futures nobody awaits any more (a watch
+    superseded by the reconnect after a drop) and spawns tasks whose failure nobody reads; while the venue is
+    unreachable they fail with network errors, which asyncio reports as "Future exception was never
+    retrieved". trio-asyncio's default handler re-raises whatever it is given into the loop's nursery, which
+    would take the whole engine down with an outage it is built to survive. A ccxt or network error nobody
+    waits for has been (or will be) seen by whoever asked, so it is only logged; anything else is a bug and
+    still propagates."""
+    exc = context.get("exception")
+    if isinstance(exc, ccxt.BaseError | OSError | asyncio.CancelledError | asyncio.TimeoutError):
+        log.info("%s: %s: %s", context.get("message", "asyncio"), type(exc).__name__, scrub(str(exc), secrets))
+        return
+    loop.default_exception_handler(context)
 
 
 class _Credentials(Protocol):

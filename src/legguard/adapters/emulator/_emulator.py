@@ -75,7 +75,7 @@ FUNDING_RATE = Decimal("0.00010000")  # constant: the emulator books no funding 
 LISTEN_KEY_TTL = 3600.0  # seconds without keepalive before a futures listenKey expires
 
 FAULT_KINDS = frozenset(
-    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill"}
+    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill", "outage"}
 )
 
 
@@ -257,6 +257,10 @@ def parse_fault(spec: Mapping[str, Any]) -> Fault:
         status = params.get("status", 503)
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"status: an http_error fault needs an HTTP status 400-599, got {status!r}")
+    if kind == "outage":
+        seconds = params.get("seconds", 10)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+            raise ValueError(f"seconds: an outage fault needs a number of seconds > 0, got {seconds!r}")
     if kind == "partial_fill":
         ratio = params.get("ratio", 0.5)
         if not isinstance(ratio, int | float) or not 0 < ratio < 1:
@@ -369,6 +373,7 @@ class Emulator:
         self._weights: dict[MarketKind, tuple[int, int]] = {}  # kind -> (minute, used weight)
         self.closing = asyncio.Event()
         self.held = 0  # requests currently held by a delay / ack_timeout fault
+        self.outage_until = -math.inf  # emulator clock (`scheduler.elapsed`): every API request fails before it
         self._activity = asyncio.Event()
         self.host = DEFAULT_HOST
         self.port = 0
@@ -760,8 +765,34 @@ class Emulator:
                 return fault
         return None
 
+    @property
+    def down(self) -> bool:
+        """Inside an `outage`: every REST request and websocket handshake is answered 503."""
+        return self.scheduler.elapsed() < self.outage_until
+
+    def begin_outage(self, seconds: float) -> None:
+        """The venue goes away for `seconds` of emulator time, as a real one does: every connection is dropped,
+        every request and handshake meanwhile gets 503, and updates meanwhile are lost; books, orders, balances
+        and positions are kept, and the market goes on (resting orders can fill)."""
+        self.outage_until = max(self.outage_until, self.scheduler.elapsed() + seconds)
+        for kind in (MarketKind.SPOT, MarketKind.LINEAR):
+            self.hub.drop(kind)
+        self.notify()
+
+    def end_outage(self) -> None:
+        self.outage_until = -math.inf
+        self.notify()
+
+    def clear_faults(self) -> None:
+        """Every pending fault removed, and an outage ended now."""
+        self.faults.clear()
+        self.end_outage()
+
     def add_fault(self, spec: Mapping[str, Any]) -> Fault:
         fault = parse_fault(spec)
+        if fault.fault == "outage":
+            self.begin_outage(float(fault.params.get("seconds", 10)))
+            return fault  # acts once, now, for a while
         if fault.fault == "ws_drop":
             kinds = [MarketKind.SPOT, MarketKind.LINEAR] if fault.market == "all" else [MarketKind(fault.market)]
             for kind in kinds:
@@ -807,6 +838,7 @@ class Emulator:
             },
             "faults": [f.to_json() for f in self.faults],
             "countdowns": sorted(self.countdowns),
+            "outage_seconds_left": round(max(0.0, self.outage_until - self.scheduler.elapsed()), 3),
         }
 
     # --- ccxt ---

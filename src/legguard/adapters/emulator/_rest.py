@@ -2,7 +2,9 @@
 Binance's authentication (X-MBX-APIKEY, HMAC-SHA256 over query + body, timestamp / recvWindow), request
 weights and error codes, plus the loopback-only test control API under `/_emulator/`.
 
-Faults are applied in the middleware, around the handler: `reject`, `http_error` and `delay` act before
+An `outage` answers every request and websocket handshake 503 for a while (the emulator keeping its books,
+orders and balances). Other faults are applied in the middleware, around the handler: `reject`, `http_error`
+and `delay` act before
 the request is processed; `ack_timeout` and `malformed_response` after it took effect (the outcome is
 then unknown to the client, which is the point).
 """
@@ -872,7 +874,7 @@ class _Rest:
             return _json({"faults": [f.to_json() for f in self.emu.faults]})
         spec = await _json_body(request)
         if spec.get("clear") is True:
-            self.emu.faults.clear()
+            self.emu.clear_faults()  # an outage ends too
             return _json({"faults": []})
         try:
             fault = self.emu.add_fault(spec)
@@ -1002,6 +1004,9 @@ def _middleware(emulator: Emulator) -> Any:
             if not _loopback(request):
                 return _json({"error": "the control API answers loopback clients only"}, status=403)
             return await handler(request)
+        if emulator.down:
+            # The whole venue is away: REST, websocket handshakes, everything but the control API.
+            return _http_error({"status": 503, "body": "503 Service Unavailable (emulator fault: outage)"})
         kind = _kind_of(request.path)
         if kind is None:
             return await handler(request)

@@ -23,7 +23,7 @@ from legguard.domain import MarketKind
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._pricing import round_down
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, SpecError
-from legguard.engine.journal import Journal
+from legguard.engine.journal import Journal, package_pnl
 from legguard.fsm import LegRole, State
 
 from ._strategy import FaultPlan, Pair, PremiumTrigger
@@ -193,9 +193,20 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "actor_faults": stats.faults,
         "stream_drops": stats.stream_drops,
         "unwind_overdue": stats.unwind_overdue,
+        "pnl": _pnl_summary(engine),
         "seconds": run.options.seconds,
         "seed": run.options.seed,
         "db": str(run.options.db),
+    }
+
+
+def _pnl_summary(engine: Engine) -> dict[str, str]:
+    """Quote totals over every package (`legguard audit pnl` breaks them down from the journal)."""
+    pnls = [package_pnl(h.core, h.funding) for h in engine.handles.values()]
+    return {
+        "realized": str(sum((p.realized for p in pnls if p.realized is not None), Decimal(0))),
+        "fees": str(sum((p.fees_quote for p in pnls), Decimal(0))),
+        "funding": str(sum((p.funding for p in pnls), Decimal(0))),
     }
 
 

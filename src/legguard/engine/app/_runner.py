@@ -83,7 +83,7 @@ async def run_engine(
                     status.recovery = await settle_recovered(running, await running.recover())
                     if on_recovered is not None:
                         on_recovered(status.recovery)
-                    if status.recovery.unsafe:
+                    if not status.recovery.ok:  # recovery halts by itself for what it found; this for the rest
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
@@ -101,6 +101,10 @@ async def run_engine(
             report = summary(engine, db)
             if status.recovery is not None:
                 report["recovery"] = status.recovery.to_dict()
+                # Packages recovery set aside are not the engine's, but they still need an operator.
+                report["needs_recovery"].update(status.recovery.unsafe)
+                if not status.recovery.ok_so_far:
+                    report["needs_operator"] = status.recovery.needs_operator()
             if anchorer is not None:
                 last = anchorer.anchor("shutdown") or anchorer.last
                 report["anchors"] = {"file": str(anchorer.path), "written": anchorer.written,
@@ -123,7 +127,7 @@ async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
     while True:
         await trio.sleep(0.05)
-        if engine.mode is not EngineMode.RUNNING:
+        if engine.mode is not EngineMode.RUNNING or engine.outage.down:
             continue
         for spec in trigger.propose(engine.books, trio.current_time()):
             engine.submit(spec)
@@ -146,5 +150,9 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
         "stream_drops": stats.stream_drops,
+        "venue_outages": engine.outage.outages,
+        "venue_down_at_exit": engine.outage.down,
+        # Not flat, not hedged-and-quiet, or of unknown exposure: `legguard recover` finishes them.
+        "needs_recovery": engine.needs_recovery(),
         "db": str(db),
     }
