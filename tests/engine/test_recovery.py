@@ -324,6 +324,10 @@ async def test_a_lost_commit_never_makes_recovery_send_an_unwind_id_again(
         assert report.final == {pid: "flat"}
         assert "lost_order_found" in recovery_steps(w, pid)
         assert_safe_and_verified(w, engine, report)
+
+        # A later recovery counts the adopted order as the journal's own, not as an unjournaled stray.
+        _, again = await restart(w)
+        assert again.strays == [] and again.ok, again.to_dict()
     finally:
         w.journal.close()
 

@@ -558,7 +558,11 @@ async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
 
 
 def _intent_ids(engine: EngineHost, package_id: str) -> set[str]:
-    return {i.client_order_id for i in engine.journal.intents(package_id)}
+    """Every order the journal accounts for in the package: its intents, and the orders an earlier recovery
+    adopted after a crash lost their intents (`Adopted` events)."""
+    ids = {i.client_order_id for i in engine.journal.intents(package_id)}
+    ids |= {e.intent.client_order_id for e in engine.journal.events(package_id) if isinstance(e, Adopted)}
+    return ids
 
 
 async def _report_closed_strays(engine: EngineHost, report: RecoveryReport, prefix: str, swept: set[str]) -> None:
