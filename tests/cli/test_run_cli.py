@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from legguard.cli import app
 from legguard.engine import Journal
+from legguard.engine.journal._anchors import key_fingerprint
 
 SIM_CONFIG = """
 [venue]
@@ -50,6 +51,11 @@ def test_run_writes_signed_anchors_that_verify(tmp_path: Path) -> None:
     assert f"last at seq {anchors[-1]['seq']}" in verified.stdout
     with Journal.open(db, readonly=True) as journal:
         assert journal.last_seq() == anchors[-1]["seq"]  # the shutdown anchor covers every row
+
+    # The configured place: the anchors file and the key (its public half pinned) come from the run config.
+    by_config = CliRunner().invoke(app, ["audit", "verify", "--db", str(db), "--config", str(config)])
+    assert by_config.exit_code == 0, by_config.output
+    assert "pinned key" in by_config.stdout and key_fingerprint(public) in by_config.stdout
 
 
 def test_a_config_error_found_inside_the_engine_is_one_line_not_a_traceback(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legguard.engine.app._config import ConfigError, load_config
 from legguard.engine.journal import (
     FUNDING,
     GROUPINGS,
@@ -28,7 +29,14 @@ from legguard.engine.journal import (
     package_pnl,
     replay_package,
 )
-from legguard.engine.journal._anchors import AnchorCheck, load_key, parse_public_key, public_key_text, verify_anchors
+from legguard.engine.journal._anchors import (
+    AnchorCheck,
+    default_anchors_path,
+    load_key,
+    parse_public_key,
+    public_key_text,
+    verify_anchors,
+)
 from legguard.engine.journal._pnl import funding_amount
 from legguard.engine.journal._replay import verify as verify_journal
 from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
@@ -289,12 +297,30 @@ def verify(
             "Without it the key in the anchors file is trusted, which a forger can replace.",
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The run config: check the anchors where it keeps them (journal.anchors, default <db>.anchors), "
+            "pinned to the public half of its journal.anchor_key. --anchors / --public-key override.",
+        ),
+    ] = None,
 ) -> None:
-    """Check the hash chain and replay every package through the decision core; with --anchors, also that the
-    journal extends every signed anchor. Exit 0 only if OK."""
+    """Check the hash chain and replay every package through the decision core; with --anchors (or --config),
+    also that the journal extends every signed anchor. Exit 0 only if OK."""
     pinned = _guard(lambda: parse_public_key(public_key)) if public_key is not None else None
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_NO_JOURNAL) from None
+        if anchors is None:
+            anchors = cfg.anchors or default_anchors_path(db)
+        if pinned is None and cfg.anchor_key is not None and cfg.anchor_key.exists():
+            key_path = cfg.anchor_key
+            pinned = _guard(lambda: load_key(key_path)).public_key()
     if anchors is not None and not anchors.is_file():
-        raise _fail(f"--anchors: no anchors file at {str(anchors)!r}", EXIT_NO_JOURNAL)
+        raise _fail(f"no anchors file at {str(anchors)!r}", EXIT_NO_JOURNAL)
     report = _guard(lambda: verify_journal(db))
     check: AnchorCheck | None = None
     if anchors is not None:
