@@ -65,5 +65,6 @@ def test_a_config_error_found_inside_the_engine_is_one_line_not_a_traceback(tmp_
     result = CliRunner().invoke(app, ["run", "--config", str(config), "--db", str(tmp_path / "j.db"), "--seconds", "1"])
 
     assert result.exit_code == 2, result.output
-    assert "config error: pairs[0]: spot_symbol: 'DOGE/USDT' is invalid" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "error: preflight" in text and "DOGE/USDT" in text and "fix the pair in the config" in text
     assert "Traceback" not in result.output and not isinstance(result.exception, ExceptionGroup)
