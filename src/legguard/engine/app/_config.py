@@ -125,6 +125,10 @@ class RunConfig:
     premium_threshold: Decimal = Decimal("0.0005")
     cooldown: float = 0.5
     durability: str = "process"
+    # Signed anchors of the journal's head (engine/journal/_anchors.py): off unless a key file is configured.
+    anchor_key: Path | None = None  # Ed25519 private key, outside the journal; created 0600 if absent
+    anchors: Path | None = None  # the append-only anchors file (default: <db>.anchors)
+    anchor_interval: float = 60.0  # seconds between anchors while the engine runs (and one at shutdown)
     source: Path | None = field(default=None, compare=False)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -140,7 +144,7 @@ _SCHEMA: dict[str, set[str]] = {
     "breaker": {"max_orphans", "window", "resume_after"},
     "metrics": {"port", "host"},
     "alerts": {"webhook_url", "format", "chat_id", "dedupe", "rate", "queue", "timeout"},
-    "journal": {"durability"},
+    "journal": {"durability", "anchor_key", "anchors", "anchor_interval"},
     "deadman": {"enabled", "countdown", "heartbeat"},
 }
 
@@ -274,6 +278,15 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
     )
+
+    def path(name: str) -> Path | None:
+        text = _str(journal_t, name)
+        if text is None:
+            return None
+        value = Path(text).expanduser()
+        # Relative to the config file, so the config means the same wherever `legguard` is started from.
+        return value if value.is_absolute() or source is None else source.parent / value
+
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
@@ -281,6 +294,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
         cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
         durability=durability,
+        anchor_key=path("journal.anchor_key"),
+        anchors=path("journal.anchors"),
+        anchor_interval=_seconds(journal_t, "journal.anchor_interval", 60.0),
         source=source,
         metrics=_metrics(_table(data, "metrics")),
         alerts=_alerts(_table(data, "alerts")),
