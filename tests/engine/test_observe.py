@@ -103,3 +103,19 @@ async def test_an_outage_and_its_end_reach_the_observers(
 
     assert [v for k, v in recorder.events if k == "health"] == [False, True]
     assert any("venue unreachable" in text for _, _, text in engine.stats.errors)
+
+
+async def test_a_post_only_cross_is_routine_not_a_last_error(
+    autojump_clock: MockClock, rig: tuple[SimVenue, Engine, Recorder]
+) -> None:
+    venue, engine, _ = rig
+    venue.inject("postonly_cross", symbol=ETH_PERP)
+    crossed = engine.submit(SPEC)
+    await settle(engine, crossed)
+    venue.inject("reject", symbol=ETH_PERP)
+    rejected = engine.submit(SPEC)
+    await settle(engine, rejected)
+
+    texts = [text for _, _, text in engine.stats.errors]
+    assert not any(crossed in t for t in texts)
+    assert any(rejected in t for t in texts)

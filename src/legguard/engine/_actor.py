@@ -121,7 +121,9 @@ class PackageActor:
 
     def _fact_error(self, cid: str, where: str, error: object) -> None:
         # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
-        self.engine.note_error(f"{self.handle.package_id} {cid} {where}: {error}")
+        if not (isinstance(error, OrderRejected) and error.reason is RejectReason.POST_ONLY_CROSS):
+            # A post-only entry the book moved through is routine, not an error for the operator's status.
+            self.engine.note_error(f"{self.handle.package_id} {cid} {where}: {error}")
         self.handle.facts.append(
             ("order_error", {"client_order_id": cid, "where": where, "error": str(error)}, trio.current_time())
         )
