@@ -217,14 +217,16 @@ async def run_engine(
     port = options.metrics_port if options.metrics_port is not None else config.metrics.port
     host = options.metrics_host or config.metrics.host
     webhook = config.alerts.webhook_url
-    if webhook is not None:
-        SECRETS.add(webhook)  # it embeds a token: masked in every log line
-    listeners = await open_metrics_listeners(host, port) if port is not None else None
     key = load_or_create_key(config.anchor_key) if config.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
     anchorer = None if key is None else Anchorer(journal, key, config.anchors or default_anchors_path(db))
     status.anchorer = anchorer
+    listeners: list[trio.SocketListener] | None = None
     try:
+        if webhook is not None:
+            SECRETS.add(webhook)  # it embeds a token: masked in every log line
+        # Bound before the venue opens: a busy port is one clear error before anything is sent.
+        listeners = await open_metrics_listeners(host, port) if port is not None else None
         async with (
             open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as raw_venue,
             trio.open_nursery() as operated,
