@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from legguard.domain import Balance, BookSnapshot, Market, OrderRequest, OrderUpdate
+from legguard.domain import Balance, BookSnapshot, MarginAccount, Market, OrderRequest, OrderUpdate
 
 
 @dataclass(slots=True)
@@ -72,6 +72,10 @@ class Venue(Protocol):
 
     async def fetch_positions(self) -> Mapping[str, Decimal]:
         """Signed base quantity per perp symbol (negative = short)."""
+        ...
+
+    async def fetch_margin(self) -> MarginAccount:
+        """The perp account's margin figures, the venue's own (what the margin guard reads)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -40,7 +40,9 @@ from ._spec import BreakerConfig as BreakerConfig
 from ._spec import Deadlines as Deadlines
 from ._spec import DeadmanConfig as DeadmanConfig
 from ._spec import EngineConfig as EngineConfig
+from ._spec import ExitConfig as ExitConfig
 from ._spec import PackageSpec as PackageSpec
+from ._spec import RiskConfig as RiskConfig
 from ._spec import SpecError as SpecError
 from ._spec import validate_spec as validate_spec
 from .journal import Durability as Durability

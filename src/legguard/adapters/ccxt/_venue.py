@@ -51,6 +51,7 @@ from legguard.domain import (
     Balance,
     BookSnapshot,
     MalformedResponse,
+    MarginAccount,
     Market,
     MarketKind,
     OrderRejected,
@@ -970,6 +971,23 @@ class CcxtVenue:
                 amount = -contracts if p.get("side") == "short" else contracts
             out[symbol] = out.get(symbol, Decimal(0)) + amount
         return out
+
+    async def fetch_margin(self) -> MarginAccount:
+        """The USDⓈ-M account's totals (`/fapi/v2|v3/account` through ccxt's balance call), Binance's own."""
+        side = self._perp
+        raw = await self._call(side, "margin", side.ex.fetch_balance, cost=side.cost("balance"))
+        info = raw.get("info") or {}
+
+        def field(name: str) -> Decimal:
+            return dec(info.get(name, 0), f"margin {name}")
+
+        return MarginAccount(
+            wallet=field("totalWalletBalance"),
+            margin_balance=field("totalMarginBalance"),
+            maint_margin=field("totalMaintMargin"),
+            initial_margin=field("totalInitialMargin"),
+            available=field("availableBalance"),
+        )
 
     async def fetch_funding_rate(self, symbol: str) -> Decimal:
         """The perp's current funding rate per interval (fraction; positive: longs pay shorts)."""

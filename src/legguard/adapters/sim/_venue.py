@@ -23,6 +23,7 @@ from legguard.adapters.market._matching import MSG_BALANCE, MSG_MARGIN, MSG_POST
 from legguard.domain import (
     Balance,
     BookSnapshot,
+    MarginAccount,
     Market,
     MarketKind,
     OrderNotFound,
@@ -331,6 +332,12 @@ class SimVenue:
         positions = self.engine.positions()
         await self._one_way()
         return positions
+
+    async def fetch_margin(self) -> MarginAccount:
+        await self._one_way()
+        account = self.engine.margin_account()
+        await self._one_way()
+        return account
 
     # --- fault injection --------------------------------------------------------------------------------
 
