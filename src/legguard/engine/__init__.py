@@ -13,6 +13,8 @@ Map:
                     trio cancel scopes; shielded drain to safety on cancellation.
 - `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
                     flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
+- `_exits.py`       from entry to exit: the exit policy (basis, holding time, loss limit), the margin guard,
+                    and the inventory / balance limits checked before every entry (`[exit]`, `[risk]`).
 - `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
 - `journal/`        the SQLite hash-chained audit journal (`_store.py`) and its proof: replay and verify
@@ -20,7 +22,7 @@ Map:
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.
 - `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
 
-Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman` → `_actor` → `_host` → `_handle`, `journal`.
+Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_exits` → `_actor` → `_host` → `_handle`, `journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash
