@@ -308,6 +308,7 @@ class Engine:
         now = trio.current_time()
         prices = self._exit_prices(handle, now)
         handle.exit_policy = policy
+        self.stats.exits[policy] = self.stats.exits.get(policy, 0) + 1
         self.journal.record(
             "exit", package_id,
             {"policy": policy, "reason": reason, "passive": prices is not None,
@@ -372,6 +373,8 @@ class Engine:
         elif t.source is State.UNWINDING and t.dest in (State.FLAT, State.HEDGED):
             self.stats.unwound += 1
             handle.unwinding_since = None
+            if handle.exit_policy is not None and t.dest is State.FLAT:
+                self.stats.closed += 1
         if t.dest is State.FLAT:
             for o in handle.core.orders:
                 self._orders.pop(o, None)

@@ -15,11 +15,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from legguard.engine._spec import BreakerConfig, Deadlines, DeadmanConfig, EngineConfig, SpecError, to_decimal
+from legguard.engine._spec import (
+    BreakerConfig,
+    Deadlines,
+    DeadmanConfig,
+    EngineConfig,
+    ExitConfig,
+    RiskConfig,
+    SpecError,
+    to_decimal,
+)
 from legguard.fsm import OrphanPolicy
 
 from ._strategy import Pair
 
+ZERO = Decimal(0)
 VENUE_KINDS = ("sim", "emulator", "binance")
 DURABILITIES = ("process", "power")
 # The emulator's documented default credentials (see `legguard emulator --help`); used for kind "emulator"
@@ -77,7 +87,7 @@ class RunConfig:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman"},
+    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman", "exit", "risk"},
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env"},
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
@@ -86,6 +96,20 @@ _SCHEMA: dict[str, set[str]] = {
     "breaker": {"max_orphans", "window"},
     "journal": {"durability"},
     "deadman": {"enabled", "countdown", "heartbeat"},
+    "exit": {"enabled", "basis_below", "min_hold", "max_hold", "loss_limit", "deadline", "interval"},
+    "risk": {
+        "max_pair_notional",
+        "max_total_notional",
+        "max_pair_packages",
+        "leverage",
+        "margin_buffer",
+        "check_balances",
+        "balance_max_age",
+        "margin_guard",
+        "margin_warn",
+        "margin_act",
+        "margin_interval",
+    },
 }
 
 
@@ -192,6 +216,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
+        exit=parse_exit(_table(data, "exit")),
+        risk=parse_risk(_table(data, "risk")),
     )
     return RunConfig(
         venue=venue,
@@ -204,7 +230,52 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
     )
 
 
+def parse_exit(t: Mapping[str, Any]) -> ExitConfig:
+    """`[exit]`: on unless `enabled = false`; a policy key set to `false` turns that policy off."""
+    _check_keys("exit", t)
+    d = ExitConfig()
+    return ExitConfig(
+        enabled=_bool(t, "exit.enabled", True),
+        basis_below=None if t.get("basis_below") is False else _decimal(t, "exit.basis_below", d.basis_below or ZERO),
+        min_hold=_seconds(t, "exit.min_hold", 0.0) if "min_hold" in t else 0.0,
+        max_hold=None if t.get("max_hold", False) is False else _seconds(t, "exit.max_hold", 0.0),
+        loss_limit=None if t.get("loss_limit", False) is False else _decimal(t, "exit.loss_limit", ZERO, positive=True),
+        deadline=_seconds(t, "exit.deadline", d.deadline),
+        interval=_seconds(t, "exit.interval", d.interval),
+    )
+
+
+def parse_risk(t: Mapping[str, Any]) -> RiskConfig:
+    """`[risk]`: limits left out are not enforced; balance checks and the margin guard are on by default."""
+    _check_keys("risk", t)
+    d = RiskConfig()
+
+    def optional(key: str) -> Decimal | None:
+        return _decimal(t, f"risk.{key}", ZERO, positive=True) if key in t else None
+
+    return RiskConfig(
+        max_pair_notional=optional("max_pair_notional"),
+        max_total_notional=optional("max_total_notional"),
+        max_pair_packages=_int(t, "risk.max_pair_packages", default=1, minimum=1) if "max_pair_packages" in t else None,
+        leverage=_int(t, "risk.leverage", default=d.leverage, minimum=1),
+        margin_buffer=_decimal(t, "risk.margin_buffer", d.margin_buffer),
+        check_balances=_bool(t, "risk.check_balances", True),
+        balance_max_age=_seconds(t, "risk.balance_max_age", d.balance_max_age),
+        margin_guard=_bool(t, "risk.margin_guard", True),
+        margin_warn=_decimal(t, "risk.margin_warn", d.margin_warn),
+        margin_act=_decimal(t, "risk.margin_act", d.margin_act),
+        margin_interval=_seconds(t, "risk.margin_interval", d.margin_interval),
+    )
+
+
 # --- small typed readers; each error names the dotted key -------------------------------------------
+
+
+def _bool(table: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = table.get(name.rsplit(".", 1)[-1], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is invalid; expected true or false")
+    return value
 
 
 def _check_keys(section: str, table: Mapping[str, Any], where: str | None = None) -> None:

@@ -118,6 +118,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "final_states": dict(sorted(engine.final_states().items())),
         "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
         "unwound_total": stats.unwound,
+        "closed_total": stats.closed,
+        "exits_by_policy": dict(sorted(stats.exits.items())),
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
         "stream_drops": stats.stream_drops,
