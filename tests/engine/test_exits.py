@@ -388,3 +388,64 @@ def test_bad_exit_and_risk_values_name_the_field(build: object, field: str) -> N
     with pytest.raises(SpecError) as info:
         build()  # type: ignore[operator]
     assert info.value.field == field
+
+
+# --- collateral between wallets -------------------------------------------------------------------------------
+
+COLLATERAL = RiskConfig(check_balances=False, margin_guard=True, margin_interval=0.5, collateral=True,
+                        collateral_target=Decimal("0.5"), collateral_band=Decimal("0.1"))  # fmt: skip
+
+
+def collateral_rows(r: Rig) -> list[dict[str, object]]:
+    return [x.payload for x in r.journal.rows() if x.kind == "collateral"]
+
+
+async def test_collateral_tops_up_the_perp_wallet_from_spot(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with open_rig(tmp_path, config(risk=COLLATERAL), perp_wallet=Decimal(30)) as r:
+        await r.hedged()  # ~100 USDT short at 5x: ~20 of the 30 USDT wallet is initial margin
+        await until(lambda: bool(collateral_rows(r)))
+        row = collateral_rows(r)[0]
+        assert (row["event"], row["from"], row["to"], row["asset"]) == ("moved", "spot", "perp", "USDT")
+        # the wallet grew by the move (less the entry's maker fee, charged to the wallet)
+        assert abs(r.venue.engine.perp_wallet() - 30 - Decimal(str(row["amount"]))) < Decimal("0.1")
+        account = r.venue.engine.margin_account()
+        assert account.available / account.margin_balance >= Decimal("0.49")
+        await trio.sleep(5)
+        assert len(collateral_rows(r)) == 1  # back inside the band: nothing more to move
+
+
+async def test_collateral_is_bounded_per_hour(autojump_clock: MockClock, tmp_path: Path) -> None:
+    risk = replace(COLLATERAL, collateral_max_per_hour=Decimal(6), collateral_min=Decimal(5))
+    async with open_rig(tmp_path, config(risk=risk), perp_wallet=Decimal(30)) as r:
+        await r.hedged()
+        await until(lambda: bool(collateral_rows(r)))
+        await trio.sleep(60)
+        moved = [Decimal(str(x["amount"])) for x in collateral_rows(r) if x["event"] == "moved"]
+        assert sum(moved) <= 6
+        assert moved == [Decimal(6)]  # the first move took the hour's budget; nothing more within the hour
+
+
+async def test_collateral_moves_back_to_spot_below_its_reserve(autojump_clock: MockClock, tmp_path: Path) -> None:
+    risk = replace(COLLATERAL, spot_reserve=Decimal(500))
+    balances = {"USDT": Decimal(100), "ETH": Decimal(0), "BTC": Decimal(0)}
+    async with open_rig(tmp_path, config(risk=risk), perp_wallet=Decimal(2000), balances=balances) as r:
+        await until(lambda: bool(collateral_rows(r)))
+        row = collateral_rows(r)[0]
+        assert (row["from"], row["to"], row["amount"]) == ("perp", "spot", "400.00")
+        assert r.venue.engine.balances()["USDT"].free == 500
+
+
+async def test_a_refused_transfer_is_journaled_and_nothing_moves(autojump_clock: MockClock, tmp_path: Path) -> None:
+    from legguard.domain import VenueError
+
+    async with open_rig(tmp_path, config(risk=COLLATERAL), perp_wallet=Decimal(30)) as r:
+
+        async def refuse(asset: str, amount: Decimal, *, to_perp: bool) -> None:
+            raise VenueError("Asset transfer failed: insufficient balance")
+
+        r.venue.transfer = refuse  # type: ignore[method-assign]
+        await r.hedged()
+        await until(lambda: bool(collateral_rows(r)))
+        row = collateral_rows(r)[0]
+        assert row["event"] == "failed" and "insufficient balance" in str(row["error"])
+        assert r.venue.engine.perp_wallet() < 30  # only the entry's fee left it

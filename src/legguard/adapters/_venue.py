@@ -78,4 +78,9 @@ class Venue(Protocol):
         """The perp account's margin figures, the venue's own (what the margin guard reads)."""
         ...
 
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        """Move `amount` of `asset` from the spot account to the USDⓈ-M wallet (`to_perp`) or back.
+        Raises VenueError when refused (OutcomeUnknown when the answer was lost)."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Protocol
 
 import trio
 
 from legguard.adapters._venue import Venue
-from legguard.domain import Balance, BookSnapshot, MarginAccount, Market, VenueError
+from legguard.domain import Balance, BookSnapshot, MarginAccount, Market, MarketKind, VenueError
 from legguard.fsm import LegRole, PackageCore, Purpose, State
 
 from ._handle import PackageHandle
@@ -125,6 +125,7 @@ class MarginGuard:
         self.host = host
         self.level = "ok"  # ok | warn | act
         self.last: MarginAccount | None = None
+        self.collateral = Collateral(host)
 
     @property
     def acting(self) -> bool:
@@ -165,6 +166,8 @@ class MarginGuard:
             )  # fmt: skip
         if level == "act":
             self._close_oldest(headroom)
+        if risk.collateral:
+            await self.collateral.rebalance(account)
 
     def _close_oldest(self, headroom: Decimal) -> None:
         handles = self.host.handles.values()
@@ -175,6 +178,75 @@ class MarginGuard:
                 reason = f"headroom {headroom:.4f} below act level {self.host.config.risk.margin_act}"
                 if self.host.request_close(h.package_id, reason, policy="margin_guard"):
                     return
+
+
+class Collateral:
+    """Quote between the spot account and the USDⓈ-M wallet (`[risk] collateral`), bounded per rolling hour,
+    every move (and every failed one) journaled as a `collateral` row."""
+
+    def __init__(self, host: ExitHost) -> None:
+        self.host = host
+        self.moves: list[tuple[float, Decimal]] = []  # (when, amount) within the last hour
+
+    def budget_left(self, now: float) -> Decimal:
+        self.moves = [(t, a) for t, a in self.moves if t > now - 3600]
+        return self.host.config.risk.collateral_max_per_hour - sum((a for _, a in self.moves), ZERO)
+
+    def plan(self, account: MarginAccount, spot_free: Decimal, now: float) -> tuple[bool, Decimal, str] | None:
+        """(to_perp, amount, why) for the move the figures call for, else None."""
+        risk = self.host.config.risk
+        m, a, t = account.margin_balance, account.available, risk.collateral_target
+        if m <= 0:
+            return None
+        ratio = a / m
+        budget = self.budget_left(now)
+        if ratio < t - risk.collateral_band:
+            # (a + x) / (m + x) = t
+            amount = min((t * m - a) / (1 - t), spot_free - risk.spot_reserve, budget)
+            why = f"perp available {ratio:.4f} of margin balance, below target {t} - band {risk.collateral_band}"
+            to_perp = True
+        elif spot_free < risk.spot_reserve and ratio > t:
+            # (a - x) / (m - x) = t
+            amount = min((a - t * m) / (1 - t), risk.spot_reserve - spot_free, budget)
+            why = (
+                f"spot free {spot_free:.2f} below reserve {risk.spot_reserve}; perp available {ratio:.4f} above target"
+            )
+            to_perp = False
+        else:
+            return None
+        amount = amount.quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+        if amount < risk.collateral_min:
+            return None
+        return to_perp, amount, why
+
+    async def rebalance(self, account: MarginAccount) -> None:
+        host = self.host
+        asset = next((m.quote for m in host.markets.values() if m.kind is MarketKind.LINEAR), "USDT")
+        now = trio.current_time()
+        try:
+            with trio.fail_after(host.config.deadlines.ack):
+                balances = await host.venue.fetch_balance()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("collateral: reading the spot balance failed: %s", exc)
+            return
+        spot_free = balances.get(asset, Balance(ZERO)).free
+        move = self.plan(account, spot_free, now)
+        if move is None:
+            return
+        to_perp, amount, why = move
+        row = {"asset": asset, "amount": str(amount), "from": "spot" if to_perp else "perp",
+               "to": "perp" if to_perp else "spot", "reason": why}  # fmt: skip
+        self.moves.append((now, amount))  # counted even if refused or unknown: the bound is conservative
+        try:
+            with trio.fail_after(host.config.deadlines.ack):
+                await host.venue.transfer(asset, amount, to_perp=to_perp)
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("collateral: transfer of %s %s failed: %s", amount, asset, exc)
+            host.journal.record("collateral", None, {"event": "failed", **row, "error": str(exc) or "timeout"},
+                                trio.current_time())  # fmt: skip
+            return
+        log.info("collateral: moved %s %s %s -> %s (%s)", amount, asset, row["from"], row["to"], why)
+        host.journal.record("collateral", None, {"event": "moved", **row}, trio.current_time())
 
 
 # --- limits before every entry ------------------------------------------------------------------------

@@ -153,6 +153,15 @@ class RiskConfig:
     margin_act: Decimal = Decimal("0.3")
     margin_guard: bool = True
     margin_interval: float = 1.0  # seconds between margin guard readings
+    # Collateral between wallets (read with the margin guard): keep the perp wallet's available margin at
+    # `collateral_target` of its margin balance, moving quote from spot when it drifts below target - band
+    # (keeping `spot_reserve` on spot), or back to spot when spot is below its reserve and perp above target.
+    collateral: bool = False
+    collateral_target: Decimal = Decimal("0.5")
+    collateral_band: Decimal = Decimal("0.1")
+    spot_reserve: Decimal = Decimal(0)
+    collateral_max_per_hour: Decimal = Decimal(10_000)  # quote moved in either direction per rolling hour
+    collateral_min: Decimal = Decimal(10)  # smaller moves are not worth a request
 
     def __post_init__(self) -> None:
         _optional_positive("risk.max_pair_notional", self.max_pair_notional)
@@ -174,6 +183,17 @@ class RiskConfig:
         if self.margin_act > self.margin_warn:
             raise SpecError("risk.margin_act", self.margin_act,
                             f"must be at most risk.margin_warn ({self.margin_warn})")  # fmt: skip
+        if not isinstance(self.collateral, bool):
+            raise SpecError("risk.collateral", self.collateral, "expected true or false")
+        _fraction("risk.collateral_target", self.collateral_target)
+        band = to_decimal("risk.collateral_band", self.collateral_band)
+        if not 0 <= band < min(self.collateral_target, 1 - self.collateral_target):
+            raise SpecError("risk.collateral_band", self.collateral_band,
+                            "must be >= 0 and leave target - band and target + band inside (0, 1)")  # fmt: skip
+        if to_decimal("risk.spot_reserve", self.spot_reserve) < 0:
+            raise SpecError("risk.spot_reserve", self.spot_reserve, "must be >= 0")
+        _optional_positive("risk.collateral_max_per_hour", self.collateral_max_per_hour)
+        _optional_positive("risk.collateral_min", self.collateral_min)
         if not isinstance(self.margin_guard, bool):
             raise SpecError("risk.margin_guard", self.margin_guard, "expected true or false")
         positive_seconds("risk.margin_interval", self.margin_interval)

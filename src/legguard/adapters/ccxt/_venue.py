@@ -972,6 +972,13 @@ class CcxtVenue:
             out[symbol] = out.get(symbol, Decimal(0)) + amount
         return out
 
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        """Binance's universal transfer (`/sapi/v1/asset/transfer`, MAIN_UMFUTURE / UMFUTURE_MAIN) via ccxt."""
+        side = self._spot
+        source, destination = ("spot", "future") if to_perp else ("future", "spot")
+        await self._call(side, f"transfer {asset}", side.ex.transfer, asset, str(amount), source, destination,
+                         cost=side.cost("transfer"))  # fmt: skip
+
     async def fetch_margin(self) -> MarginAccount:
         """The USDⓈ-M account's totals (`/fapi/v2|v3/account` through ccxt's balance call), Binance's own."""
         side = self._perp

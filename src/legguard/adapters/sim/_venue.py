@@ -333,6 +333,14 @@ class SimVenue:
         await self._one_way()
         return positions
 
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        await self._one_way()
+        try:
+            self.engine.transfer(asset, amount, to_perp=to_perp)
+        except ValueError as exc:
+            raise VenueError(f"transfer refused: {exc}") from None
+        await self._one_way()
+
     async def fetch_margin(self) -> MarginAccount:
         await self._one_way()
         account = self.engine.margin_account()

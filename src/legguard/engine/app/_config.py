@@ -104,6 +104,12 @@ _SCHEMA: dict[str, set[str]] = {
         "leverage",
         "margin_buffer",
         "check_balances",
+        "collateral",
+        "collateral_target",
+        "collateral_band",
+        "spot_reserve",
+        "collateral_max_per_hour",
+        "collateral_min",
         "balance_max_age",
         "margin_guard",
         "margin_warn",
@@ -265,6 +271,12 @@ def parse_risk(t: Mapping[str, Any]) -> RiskConfig:
         margin_warn=_decimal(t, "risk.margin_warn", d.margin_warn),
         margin_act=_decimal(t, "risk.margin_act", d.margin_act),
         margin_interval=_seconds(t, "risk.margin_interval", d.margin_interval),
+        collateral=_bool(t, "risk.collateral", False),
+        collateral_target=_decimal(t, "risk.collateral_target", d.collateral_target),
+        collateral_band=_decimal(t, "risk.collateral_band", d.collateral_band),
+        spot_reserve=_decimal(t, "risk.spot_reserve", d.spot_reserve),
+        collateral_max_per_hour=_decimal(t, "risk.collateral_max_per_hour", d.collateral_max_per_hour),
+        collateral_min=_decimal(t, "risk.collateral_min", d.collateral_min),
     )
 
 
