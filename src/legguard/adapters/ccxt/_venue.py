@@ -141,6 +141,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "depth": "publicGetDepth",
         "balance": "privateGetAccount",
         "markets": "publicGetExchangeInfo",
+        "transfer": "sapiPostAssetTransfer",
     },
     MarketKind.LINEAR: {
         "order": "fapiPrivatePostOrder",
@@ -975,9 +976,10 @@ class CcxtVenue:
     async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
         """Binance's universal transfer (`/sapi/v1/asset/transfer`, MAIN_UMFUTURE / UMFUTURE_MAIN) via ccxt."""
         side = self._spot
-        source, destination = ("spot", "future") if to_perp else ("future", "spot")
+        source, destination, kind = ("spot", "linear", "MAIN_UMFUTURE") if to_perp else (
+            "linear", "spot", "UMFUTURE_MAIN")  # fmt: skip
         await self._call(side, f"transfer {asset}", side.ex.transfer, asset, str(amount), source, destination,
-                         cost=side.cost("transfer"))  # fmt: skip
+                         {"type": kind}, cost=side.cost("transfer"))  # fmt: skip
 
     async def fetch_margin(self) -> MarginAccount:
         """The USDⓈ-M account's totals (`/fapi/v2|v3/account` through ccxt's balance call), Binance's own."""
