@@ -292,6 +292,16 @@ class Engine:
     def register_order(self, client_order_id: str, handle: PackageHandle) -> None:
         self._orders[client_order_id] = handle
 
+    def entry_limit(self, spec: PackageSpec) -> str | None:
+        """Why a package for `spec` would be refused by the inventory caps or the margin guard right now
+        (estimated at the best ask), else None: strategies skip proposing it instead of journaling refusals
+        every cooldown. `submit` still checks everything itself."""
+        book = self.books.get(spec.spot_symbol)
+        price = book.best_ask if book is not None else None
+        return self.margin_guard.refusal() or (
+            inventory_refusal(self, spec.spot_symbol, spec.quantity, price) if price is not None else None
+        )
+
     def request_close(self, package_id: str, reason: str = "operator", *, policy: str = "operator") -> bool:
         """Close a hedged package: both closing legs as post-only limits priced from the books now (spot sell
         at the maker ask, perp buy at the maker bid), escalating into the kill switch on any trouble; without

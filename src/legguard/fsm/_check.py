@@ -145,7 +145,10 @@ _QUIET_MARKET: Final = Bounds(
 PROFILES: Final = {  # largest first: the explorations are spread over processes in this order
     "accidents": replace(_QUIET_MARKET, partial_fills=1, unwind_rejects=1),
     "hedged": replace(_QUIET_MARKET, liquidations=1, closes=1),
-    "market": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0),
+    "market": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0, closes=0),
+    # Exits under market trouble: partial fills and expiry of the resting exit limits, a liquidation while
+    # they rest, refused closing orders (accidents during an exit are in `hedged`).
+    "exits": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0, stale_reports=0),
 }
 
 # Budget slots carried in each world (index into World.used). `deadlines` is the engine's single fill timer.
@@ -1043,10 +1046,10 @@ def _backward(goal: list[bool], graph: list[list[int]]) -> list[bool]:
 
 
 _ENTRY_REJECTS: Final = (RejectReason.POST_ONLY_CROSS, RejectReason.INSUFFICIENT_FUNDS, RejectReason.INVALID_ORDER)
-_EXIT_REJECTS: Final = {
-    LegRole.SPOT: (RejectReason.POST_ONLY_CROSS, RejectReason.INSUFFICIENT_FUNDS),
-    LegRole.PERP: (RejectReason.POST_ONLY_CROSS, RejectReason.REDUCE_ONLY_REJECTED),
-}
+# One refusal per exit leg: the core treats every refusal of an exit limit alike (it escalates), so more
+# reasons would only multiply states. The reduce-only refusal of a perp buy after a liquidation is covered by
+# the unwind's market orders (`_UNWIND_REJECT`) and by the venue's fill cap on resting reduce-only buys.
+_EXIT_REJECTS: Final = {LegRole.SPOT: (RejectReason.POST_ONLY_CROSS,), LegRole.PERP: (RejectReason.POST_ONLY_CROSS,)}
 _UNWIND_REJECT: Final = {LegRole.SPOT: RejectReason.INSUFFICIENT_FUNDS, LegRole.PERP: RejectReason.REDUCE_ONLY_REJECTED}
 
 

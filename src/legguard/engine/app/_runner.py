@@ -3,6 +3,7 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from legguard.engine.journal import Durability, Journal
 
 from ._config import ConfigError, RunConfig
 from ._strategy import PremiumTrigger
+
+log = logging.getLogger("legguard.run")
 
 
 @asynccontextmanager
@@ -96,11 +99,19 @@ async def run_engine(
 
 
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
+    held: dict[str, str] = {}  # pair -> the limit it is held back by (logged once per change)
     while True:
         await trio.sleep(0.05)
         if engine.mode is not EngineMode.RUNNING:
             continue
         for spec in trigger.propose(engine.books, trio.current_time()):
+            limit = engine.entry_limit(spec)
+            if limit is not None:
+                if held.get(spec.spot_symbol) != limit.split(":")[0]:
+                    held[spec.spot_symbol] = limit.split(":")[0]
+                    log.info("%s: not proposing while %s", spec.spot_symbol, limit)
+                continue
+            held.pop(spec.spot_symbol, None)
             engine.submit(spec)
             status.submitted += 1
 
