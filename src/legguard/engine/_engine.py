@@ -87,7 +87,7 @@ class Engine:
         self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
         self.exit_policy = ExitPolicy(self)
         self.margin_guard = MarginGuard(self)
-        self.balance_check = BalanceCheck(self)
+        self.balance_check = BalanceCheck(self, self.margin_guard if self.config.risk.margin_guard else None)
 
     @property
     def stopping(self) -> bool:

@@ -125,6 +125,7 @@ class MarginGuard:
         self.host = host
         self.level = "ok"  # ok | warn | act
         self.last: MarginAccount | None = None
+        self.last_at = float("-inf")  # when `last` was read
         self.collateral = Collateral(host)
 
     @property
@@ -150,7 +151,7 @@ class MarginGuard:
         except (trio.TooSlowError, VenueError) as exc:
             log.warning("margin guard: reading the perp account failed: %s", exc)
             return
-        self.last = account
+        self.last, self.last_at = account, trio.current_time()
         headroom = account.headroom
         level = "act" if headroom < risk.margin_act else "warn" if headroom < risk.margin_warn else "ok"
         if level != self.level:
@@ -166,7 +167,8 @@ class MarginGuard:
             )  # fmt: skip
         if level == "act":
             self._close_oldest(headroom)
-        if risk.collateral:
+        if risk.collateral and trio.current_time() >= self.collateral.next_at:
+            self.collateral.next_at = trio.current_time() + risk.collateral_interval
             await self.collateral.rebalance(account)
 
     def _close_oldest(self, headroom: Decimal) -> None:
@@ -187,6 +189,7 @@ class Collateral:
     def __init__(self, host: ExitHost) -> None:
         self.host = host
         self.moves: list[tuple[float, Decimal]] = []  # (when, amount) within the last hour
+        self.next_at = float("-inf")
 
     def budget_left(self, now: float) -> Decimal:
         self.moves = [(t, a) for t, a in self.moves if t > now - 3600]
@@ -306,8 +309,9 @@ class BalanceCheck:
     taken (plus an acknowledgement deadline of slack) have reserved is subtracted, so two entries never both
     count the same money."""
 
-    def __init__(self, host: ExitHost) -> None:
+    def __init__(self, host: ExitHost, guard: MarginGuard | None = None) -> None:
         self.host = host
+        self.guard = guard  # its reading of the perp account is reused while fresh
         self._snapshot: _Snapshot | None = None
         self._reserved: list[tuple[float, Decimal, Decimal]] = []  # (when, quote, margin)
         self._lock = trio.Lock()
@@ -322,10 +326,14 @@ class BalanceCheck:
             now = trio.current_time()
             snap = self._snapshot
             if snap is None or now - snap.taken_at > risk.balance_max_age:
+                guard = self.guard
                 try:
                     with trio.fail_after(self.host.config.deadlines.ack):
                         balances = await self.host.venue.fetch_balance()
-                        margin = await self.host.venue.fetch_margin()
+                        if guard is not None and guard.last is not None and now - guard.last_at <= risk.balance_max_age:
+                            margin = guard.last
+                        else:
+                            margin = await self.host.venue.fetch_margin()
                 except (trio.TooSlowError, VenueError) as exc:
                     return f"risk: balances unavailable ({exc or type(exc).__name__})"
                 snap = self._snapshot = _Snapshot(now, balances, margin)

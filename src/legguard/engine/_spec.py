@@ -148,11 +148,12 @@ class RiskConfig:
     leverage: int = 5  # the perp margin a new short needs: notional / leverage ...
     margin_buffer: Decimal = Decimal("0.1")  # ... times (1 + buffer)
     check_balances: bool = True  # check spot quote and perp margin before every entry
-    balance_max_age: float = 1.0  # seconds a balance snapshot from the venue may be reused
+    balance_max_age: float = 5.0  # seconds a balance snapshot from the venue may be reused (Binance weighs
+    # an account read at 20 (spot) and 5 (USDⓈ-M): reading both before every entry would eat the budget)
     margin_warn: Decimal = Decimal("0.5")
     margin_act: Decimal = Decimal("0.3")
     margin_guard: bool = True
-    margin_interval: float = 1.0  # seconds between margin guard readings
+    margin_interval: float = 2.0  # seconds between margin guard readings
     # Collateral between wallets (read with the margin guard): keep the perp wallet's available margin at
     # `collateral_target` of its margin balance, moving quote from spot when it drifts below target - band
     # (keeping `spot_reserve` on spot), or back to spot when spot is below its reserve and perp above target.
@@ -162,6 +163,7 @@ class RiskConfig:
     spot_reserve: Decimal = Decimal(0)
     collateral_max_per_hour: Decimal = Decimal(10_000)  # quote moved in either direction per rolling hour
     collateral_min: Decimal = Decimal(10)  # smaller moves are not worth a request
+    collateral_interval: float = 10.0  # seconds between collateral decisions (each reads the spot balance)
 
     def __post_init__(self) -> None:
         _optional_positive("risk.max_pair_notional", self.max_pair_notional)
@@ -194,6 +196,7 @@ class RiskConfig:
             raise SpecError("risk.spot_reserve", self.spot_reserve, "must be >= 0")
         _optional_positive("risk.collateral_max_per_hour", self.collateral_max_per_hour)
         _optional_positive("risk.collateral_min", self.collateral_min)
+        positive_seconds("risk.collateral_interval", self.collateral_interval)
         if not isinstance(self.margin_guard, bool):
             raise SpecError("risk.margin_guard", self.margin_guard, "expected true or false")
         positive_seconds("risk.margin_interval", self.margin_interval)

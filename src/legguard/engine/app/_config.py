@@ -110,6 +110,7 @@ _SCHEMA: dict[str, set[str]] = {
         "spot_reserve",
         "collateral_max_per_hour",
         "collateral_min",
+        "collateral_interval",
         "balance_max_age",
         "margin_guard",
         "margin_warn",
@@ -277,6 +278,7 @@ def parse_risk(t: Mapping[str, Any]) -> RiskConfig:
         spot_reserve=_decimal(t, "risk.spot_reserve", d.spot_reserve),
         collateral_max_per_hour=_decimal(t, "risk.collateral_max_per_hour", d.collateral_max_per_hour),
         collateral_min=_decimal(t, "risk.collateral_min", d.collateral_min),
+        collateral_interval=_seconds(t, "risk.collateral_interval", d.collateral_interval),
     )
 
 
