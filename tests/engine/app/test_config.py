@@ -91,6 +91,8 @@ def test_emulator_falls_back_to_its_documented_credentials() -> None:
 
 def test_exit_and_risk_sections_parse_with_defaults_on(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
+    assert not cfg.engine.exit.enabled  # no [exit]: nothing closes by itself
+    cfg = load_config(write(tmp_path, GOOD + "[exit]\n"))
     assert cfg.engine.exit.enabled and cfg.engine.exit.basis_below == Decimal("0.0001")
     assert cfg.engine.exit.max_hold is None and cfg.engine.exit.loss_limit is None
     assert cfg.engine.risk.check_balances and cfg.engine.risk.margin_guard

@@ -238,11 +238,12 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
 
 
 def parse_exit(t: Mapping[str, Any]) -> ExitConfig:
-    """`[exit]`: on unless `enabled = false`; a policy key set to `false` turns that policy off."""
+    """`[exit]`: present -> on unless `enabled = false` (a policy key set to `false` turns that policy off);
+    absent -> off: nothing closes a package by itself unless the config says when (operators still can)."""
     _check_keys("exit", t)
     d = ExitConfig()
     return ExitConfig(
-        enabled=_bool(t, "exit.enabled", True),
+        enabled=_bool(t, "exit.enabled", bool(t)),
         basis_below=None if t.get("basis_below") is False else _decimal(t, "exit.basis_below", d.basis_below or ZERO),
         min_hold=_seconds(t, "exit.min_hold", 0.0) if "min_hold" in t else 0.0,
         max_hold=None if t.get("max_hold", False) is False else _seconds(t, "exit.max_hold", 0.0),
