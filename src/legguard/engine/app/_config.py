@@ -223,7 +223,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
-        exit=parse_exit(_table(data, "exit")),
+        exit=parse_exit(_table(data, "exit"), present="exit" in data),
         risk=parse_risk(_table(data, "risk")),
     )
     return RunConfig(
@@ -237,13 +237,13 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
     )
 
 
-def parse_exit(t: Mapping[str, Any]) -> ExitConfig:
+def parse_exit(t: Mapping[str, Any], *, present: bool = True) -> ExitConfig:
     """`[exit]`: present -> on unless `enabled = false` (a policy key set to `false` turns that policy off);
     absent -> off: nothing closes a package by itself unless the config says when (operators still can)."""
     _check_keys("exit", t)
     d = ExitConfig()
     return ExitConfig(
-        enabled=_bool(t, "exit.enabled", bool(t)),
+        enabled=_bool(t, "exit.enabled", present),
         basis_below=None if t.get("basis_below") is False else _decimal(t, "exit.basis_below", d.basis_below or ZERO),
         min_hold=_seconds(t, "exit.min_hold", 0.0) if "min_hold" in t else 0.0,
         max_hold=None if t.get("max_hold", False) is False else _seconds(t, "exit.max_hold", 0.0),
