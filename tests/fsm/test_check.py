@@ -281,7 +281,7 @@ def test_counterexamples_are_the_shortest() -> None:
 
 @pytest.mark.fuzz
 def test_default_suite_is_clean() -> None:
-    """The acceptance run of `legguard fsm --check` (about a minute on 2 CPUs)."""
+    """The acceptance run of `legguard fsm --check` (a few minutes on 2 CPUs since exits joined it)."""
     report = check()
 
     assert report.ok, report.counterexample and report.counterexample.to_dict()
