@@ -132,6 +132,7 @@ margin_act = "0.4"
         ("[risk]\nmax_pair_packages = 0", "risk.max_pair_packages"),
         ('[risk]\nmax_total_notional = "0"', "risk.max_total_notional"),
         ('[risk]\nmargin_warn = "1.5"', "risk.margin_warn"),
+        ('[exit]\nbasis_below = "0.001"', "exit.basis_below"),
     ],
 )
 def test_bad_exit_and_risk_keys_name_the_field(tmp_path: Path, section: str, named: str) -> None:

@@ -226,11 +226,18 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         exit=parse_exit(_table(data, "exit"), present="exit" in data),
         risk=parse_risk(_table(data, "risk")),
     )
+    premium_threshold = _decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005"))
+    basis_below = engine.exit.basis_below
+    if engine.exit.enabled and basis_below is not None and basis_below >= premium_threshold:
+        raise ConfigError(
+            f"exit.basis_below: {str(basis_below)!r} is invalid; must be below strategy.premium_threshold "
+            f"({premium_threshold}), or every package would be closed as soon as it is opened"
+        )
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
         engine=engine,
-        premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
+        premium_threshold=premium_threshold,
         cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
         durability=durability,
         source=source,
