@@ -449,3 +449,52 @@ async def test_a_refused_transfer_is_journaled_and_nothing_moves(autojump_clock:
         row = collateral_rows(r)[0]
         assert row["event"] == "failed" and "insufficient balance" in str(row["error"])
         assert r.venue.engine.perp_wallet() < 30  # only the entry's fee left it
+
+
+async def test_ctrl_c_mid_exit_with_the_venue_unreachable_is_finished_by_recovery(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Ctrl-C while the exit rests and the venue stops answering: the shielded drain gives up at its deadline
+    with the package still unwinding (journaled); the next start recovers it to flat."""
+    from legguard.engine._recovery import settle_recovered
+
+    db = tmp_path / "j.db"
+    journal = Journal.open(db)
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, config())
+        real = {name: getattr(venue, name) for name in ("cancel_order", "fetch_order", "fire")}
+        with trio.CancelScope() as scope:
+            async with engine.running([ETH, ETH_PERP]):
+                await trio.sleep(1.0)
+                rig = Rig(venue, journal, engine, db)
+                pid = await rig.hedged()
+                venue.inject("price_jump", symbol=ETH, pct=-0.3)  # the spot exit rests, away from the touch
+                assert engine.request_close(pid)
+                await trio.sleep(0.2)
+                assert engine.handles[pid].core.state is State.UNWINDING
+
+                async def unreachable(*args: object, **kwargs: object) -> object:
+                    await trio.sleep_forever()
+                    raise AssertionError  # pragma: no cover
+
+                for name in real:
+                    setattr(venue, name, unreachable)
+                scope.cancel()  # Ctrl-C
+        assert engine.handles[pid].core.state is State.UNWINDING  # the drain's deadline passed first
+        for name, method in real.items():
+            setattr(venue, name, method)
+        while True:  # a new process opens a new user-data stream: nothing old is delivered again
+            with trio.move_on_after(0.5) as quiet:
+                await venue.watch_orders()
+            if quiet.cancelled_caught:
+                break
+        fresh = Engine(venue, journal, config())
+        async with fresh.running([ETH, ETH_PERP]):
+            report = await fresh.recover()
+            await settle_recovered(fresh, report)
+        assert report.at_restart == {pid: "unwinding"}
+        assert report.final == {pid: "flat"}
+        assert venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+        assert not [o for o in venue.engine.open_orders() if o.client_order_id.startswith("lg")]
+    journal.close()
+    assert_verifies(db)
