@@ -245,6 +245,8 @@ class Engine:
         if self.config.risk.check_balances and len(first) == 1 and isinstance(first[0], Dispatch):
             # Before every entry: the spot quote and the perp margin it needs, against the venue's balances.
             refusal = await self.balance_check.refusal(handle.core)
+            if refusal is None and self.mode is not EngineMode.RUNNING:
+                refusal = "engine stopping" if self.stopping else f"engine halted: {self.halt_reason}"
             if refusal is not None:
                 first = [Abort(refusal)]
         actor = PackageActor(self, handle, first)
