@@ -159,6 +159,25 @@ class Balance:
         return self.free + self.locked
 
 
+@dataclass(frozen=True, slots=True)
+class MarginAccount:
+    """The perp (USDⓈ-M) account as the venue reports it, in quote: what the margin guard reads."""
+
+    wallet: Decimal  # wallet balance
+    margin_balance: Decimal  # wallet + unrealised pnl
+    maint_margin: Decimal  # maintenance margin of the open positions
+    initial_margin: Decimal  # initial margin of positions and open orders
+    available: Decimal  # what new orders (or a transfer out) may use
+
+    @property
+    def headroom(self) -> Decimal:
+        """Distance to liquidation: `1 - maintenance margin / margin balance` (1: no position; 0: the venue
+        liquidates). Binance shows the complement as the account's margin ratio."""
+        if self.margin_balance <= 0:
+            return ZERO
+        return max(ZERO, 1 - self.maint_margin / self.margin_balance)
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 

@@ -350,3 +350,40 @@ def test_verify_json_carries_the_anchor_check(anchored: tuple[Path, Path, Path])
 def test_verify_with_a_missing_anchors_file_says_so(db: Path, tmp_path: Path) -> None:
     code, _, err = audit("verify", "--db", str(db), "--anchors", str(tmp_path / "nope.anchors"))
     assert code == 2 and "no anchors file" in err
+
+
+def test_show_names_the_policy_that_closed_a_package_and_verify_replays_the_exit(tmp_path: Path) -> None:
+    from legguard.fsm import CloseRequested, SendOrder
+
+    path = tmp_path / "exit.db"
+    with Journal.open(path) as journal:
+        mono = 10.0
+
+        def step(core: PackageCore, event: Event) -> list[object]:
+            nonlocal mono
+            mono += 0.5
+            commands = core.handle(event)
+            journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), mono)
+            return list(commands)
+
+        plan = _plan(journal, journal.next_package_number())
+        journal.package_created(plan, {"base": "ETH"}, mono)
+        core, p = PackageCore(plan), plan.client_id_prefix
+        step(core, Dispatch())
+        step(core, OrderEvent(f"{p}-SE0", OrderStatus.CLOSED, D("0.5"), D("3000")))
+        step(core, OrderEvent(f"{p}-PE0", OrderStatus.CLOSED, D("0.5"), D("3003")))
+        journal.record("exit", plan.package_id, {"policy": "max_hold", "reason": "hedged 600.0s (max_hold 600s)",
+                                                 "passive": True, "spot_price": "3001", "perp_price": "3002"},
+                       mono)  # fmt: skip
+        sends = [c.intent for c in step(core, CloseRequested("hedged 600.0s", "max_hold", D("3001"), D("3002")))
+                 if isinstance(c, SendOrder)]  # fmt: skip
+        for i in sends:
+            step(core, OrderEvent(i.client_order_id, OrderStatus.CLOSED, i.amount, i.price))
+        assert core.state is State.FLAT
+
+    code, out, _ = audit("show", "pkg1", "--db", str(path))
+    assert code == 0
+    assert "closed by max_hold" in out
+    assert "closed by max_hold: hedged 600.0s" in " ".join(out.split())
+    code, out, _ = audit("verify", "--db", str(path))
+    assert code == 0, out

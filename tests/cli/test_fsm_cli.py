@@ -40,7 +40,7 @@ def test_json_table_lists_every_edge() -> None:
 
     data = json.loads(result.stdout)
     assert result.exit_code == 0
-    assert len(data["transitions"]) == 12
+    assert len(data["transitions"]) == 13
     assert {"source": "hedged", "trigger": "unwind"} not in [
         {"source": t["source"], "trigger": t["trigger"]} for t in data["transitions"]
     ]

@@ -149,7 +149,9 @@ class Crash:
     def db(self) -> Path:
         return self.dir / "journal.db"
 
-    def config(self, name: str, *, trade: bool, countdown: float = 10.0, heartbeat: float = 2.5) -> Path:
+    def config(
+        self, name: str, *, trade: bool, countdown: float = 10.0, heartbeat: float = 2.5, extra: str = ""
+    ) -> Path:
         """`trade`: open packages (the premium trigger always fires, once); else only recover what exists."""
         path = self.dir / f"{name}.toml"
         path.write_text(f"""
@@ -179,6 +181,7 @@ leg = 60.0
 [deadman]
 countdown = {countdown}
 heartbeat = {heartbeat}
+{extra}
 """)
         return path
 
@@ -451,6 +454,24 @@ def test_hedged_with_the_perp_liquidated_while_down_is_unwound(crash: Crash) -> 
     assert summary["recovery"]["reduced"] == {"P000001": "0.02"}
     assert crash.assert_safe() == {"P000001": "flat"}
     assert "perp_reduced_while_down" in crash.recovery_steps()
+
+
+def test_mid_exit_the_recovery_escalates_and_ends_flat(crash: Crash) -> None:
+    """SIGKILL while the passive exit's limits rest (issue 12): recovery finds them by client id, escalates
+    into the kill switch (cancel, then market orders for what is held) and ends flat."""
+    proc = crash.run("mid_exit", extra="[exit]\nbasis_below = false\nmax_hold = 1\ndeadline = 60")
+    spot, perp = crash.emu.resting()
+    crash.emu.trade_through("spot", spot)
+    crash.emu.trade_through("linear", perp)
+    crash.killed(proc, "mid_exit")
+    assert [o for o in crash.emu.orders() if "X0" in o["clientOrderId"]]  # an exit limit reached the venue
+
+    summary = crash.restart_run()
+
+    assert summary["recovery"]["at_restart"] == {"P000001": "unwinding"}
+    assert crash.assert_safe() == {"P000001": "flat"}
+    exits = [o for o in crash.emu.orders() if "X0" in o["clientOrderId"]]
+    assert exits and all(o["status"] in ("CANCELED", "FILLED", "EXPIRED") for o in exits), exits
 
 
 def test_during_recovery(crash: Crash) -> None:

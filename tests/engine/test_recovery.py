@@ -727,3 +727,43 @@ async def test_a_filled_order_with_our_prefix_the_journal_never_wrote_is_reporte
     assert not report.ok and halted(w, engine, "never wrote")
     events = [r.payload for r in w.journal.engine_log() if r.payload.get("event") == "unjournaled_filled_order"]
     assert [e["client_order_id"] for e in events] == [lost.client_order_id]
+
+
+# --- an exit interrupted (issue 12) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spot_filled", [Decimal(0), Decimal("0.02"), Decimal("0.0499")])
+async def test_exit_interrupted_by_a_crash_is_finished_by_recovery(
+    autojump_clock: MockClock, crashed: Crashed, spot_filled: Decimal
+) -> None:
+    """SIGKILL mid-exit: the passive limits rest (the spot one partly or fully filled, the perp not); the
+    recovered package escalates into the kill switch and ends flat, selling no more spot than it held."""
+    from legguard.fsm import CloseRequested, Purpose
+
+    w = crashed
+    core = hedged(w)
+    pid = core.plan.package_id
+    markets = w.venue.engine.markets
+    spot_book, perp_book = w.venue.engine.book(ETH), w.venue.engine.book(ETH_PERP)
+    assert spot_book.best_ask is not None and perp_book.best_bid is not None
+    tick_s, tick_p = markets[ETH].tick_size, markets[ETH_PERP].tick_size
+    sell = (spot_book.best_ask * Decimal("1.01") / tick_s).to_integral_value(ROUND_DOWN) * tick_s
+    buy = (perp_book.best_bid * Decimal("0.99") / tick_p).to_integral_value(ROUND_DOWN) * tick_p
+    exits = sent(w.feed(core, CloseRequested("test", "operator", sell, buy)))
+    assert [i.purpose for i in exits] == [Purpose.EXIT, Purpose.EXIT]
+    for intent in exits:
+        w.ack(core, w.send(intent))
+    if spot_filled:
+        w.ack(core, w.fill(exits[0], spot_filled))
+    assert core.state is State.UNWINDING and core.exit_passive
+
+    engine, report = await restart(w)
+
+    assert report.final == {pid: "flat"}
+    recovered = engine.handles[pid].core
+    assert not recovered.exit_passive
+    # nothing sold beyond what the entry left after its fee
+    spot_sold = sum((o.filled for o in recovered.leg_orders(LegRole.SPOT) if o.intent.side is Side.SELL), Decimal(0))
+    entry = recovered.orders[recovered.entry[LegRole.SPOT]]
+    assert spot_sold <= entry.filled - entry.fee_base
+    assert_safe_and_verified(w, engine, report)

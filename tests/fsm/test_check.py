@@ -281,7 +281,7 @@ def test_counterexamples_are_the_shortest() -> None:
 
 @pytest.mark.fuzz
 def test_default_suite_is_clean() -> None:
-    """The acceptance run of `legguard fsm --check` (about a minute on 2 CPUs)."""
+    """The acceptance run of `legguard fsm --check` (a few minutes on 2 CPUs since exits joined it)."""
     report = check()
 
     assert report.ok, report.counterexample and report.counterexample.to_dict()
@@ -311,3 +311,75 @@ def test_two_accidents_per_path_without_market_trouble() -> None:
 def test_bad_bounds_are_refused_naming_the_field(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         Bounds(**change)  # type: ignore[arg-type]
+
+
+# --- exits (issue 12) ----------------------------------------------------------------------------------
+
+EXITS = replace(QUIET, closes=1)
+
+
+def test_exits_are_clean_to_the_end_and_reach_every_phase() -> None:
+    report = run(replace(EXITS, partial_fills=1, expiries=1))
+
+    assert report.ok, report.counterexample and report.counterexample.to_dict()
+    assert report.frontier == 0
+    assert report.states_by_lifecycle.get("unwinding", 0) > 100
+
+
+def test_exit_naked_catches_a_deadline_that_leaves_the_exit_resting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from legguard.fsm import ExitDeadline
+
+    real = PackageCore.handle
+
+    def deaf(self: PackageCore, event: Event) -> list[Command]:
+        return [] if isinstance(event, ExitDeadline) else real(self, event)
+
+    monkeypatch.setattr(PackageCore, "handle", deaf)
+
+    report = run(EXITS)
+
+    assert report.counts["exit_naked"] > 0
+    assert "exit deadline passed" in report.examples["exit_naked"].message
+    assert report.examples["exit_naked"].trace[-1].action == "exit_deadline"
+
+
+def test_exit_naked_catches_an_escalation_that_cancels_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    sabotage(monkeypatch, lambda core, event, out: [c for c in out if not isinstance(c, CancelOrder)])
+
+    report = run(EXITS)
+
+    assert report.counts["exit_naked"] > 0
+    assert "still rests with no cancel asked" in report.examples["exit_naked"].message
+
+
+def test_oversell_catches_an_exit_that_sells_what_the_fee_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    from legguard.fsm import LegRole
+
+    def greedy(self: PackageCore) -> dict[LegRole, Decimal]:
+        # the spot leg as bought, ignoring the fee charged in base: more than is held
+        return {LegRole.SPOT: self._entry_filled(LegRole.SPOT), LegRole.PERP: -self.exposure().perp}
+
+    monkeypatch.setattr(PackageCore, "_unwind_todo", greedy)
+
+    report = run(EXITS, depth=8)
+
+    assert report.counts["oversell"] > 0
+    assert "while the venue holds" in report.examples["oversell"].message
+
+
+def test_exit_flat_catches_an_exit_that_trims_back_to_hedged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PackageCore, "_trimming", lambda self: self.plan.policy is OrphanPolicy.TRIM)
+    bounds = replace(EXITS, partial_fills=1, policies=(OrphanPolicy.TRIM,))
+
+    report = run(bounds)
+
+    assert report.counts["exit_flat"] > 0
+    assert "an exit must end flat" in report.examples["exit_flat"].message
+
+
+def test_removing_the_escalate_edge_is_caught() -> None:
+    report = run(EXITS, without=("unwinding:escalate",))
+
+    assert not report.ok
+    assert report.counts["transitions"] > 0
+    assert "trigger 'escalate' is not allowed in state 'unwinding'" in report.examples["transitions"].message

@@ -734,7 +734,7 @@ def test_fingerprint_and_clone_cover_every_field() -> None:
         assert getattr(twin.clone().orders[SE0], name) == value, name
     core_changes: dict[str, object] = {
         "entry": {}, "unwind_attempts": {}, "venue_reduced": D("1"), "entry_closing": True, "close_all": True,
-        "orders": {}, "epoch": 3,
+        "orders": {}, "epoch": 3, "exiting": True, "exit_passive": True,
     }  # fmt: skip
     constant = {"plan", "lifecycle", "edges", "initial"}  # fixed per package, or the state itself
     assert set(core_changes) | constant == {f.name for f in fields(PackageCore)}
@@ -743,3 +743,70 @@ def test_fingerprint_and_clone_cover_every_field() -> None:
         setattr(twin, name, value)
         assert twin.fingerprint() != base, name
         assert getattr(twin.clone(), name) == value, name
+
+
+# --- exits (issue 12) ----------------------------------------------------------------------------------
+
+
+def hedged_core() -> PackageCore:
+    from legguard.fsm import Dispatch, model_plan
+
+    core = PackageCore(model_plan())
+    core.handle(Dispatch())
+    for cid in list(core.orders):
+        core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=core.plan.quantity,
+                               fee_base=core.plan.quantity / 1000 if "-S" in cid else D(0)))  # fmt: skip
+    assert core.state is State.HEDGED
+    return core
+
+
+def test_a_close_with_prices_sends_both_legs_as_post_only_limits_for_what_is_held() -> None:
+    from legguard.fsm import CloseRequested, Purpose, SendOrder
+
+    core = hedged_core()
+    out = core.handle(CloseRequested("basis", "basis", D("60100"), D("60050")))
+    sends = [c.intent for c in out if isinstance(c, SendOrder)]
+    assert core.state is State.UNWINDING and core.exit_passive and core.exiting
+    assert [(i.purpose, i.side.value, i.post_only, i.reduce_only, i.price) for i in sends] == [
+        (Purpose.EXIT, "sell", True, False, D("60100")), (Purpose.EXIT, "buy", True, True, D("60050")),
+    ]  # fmt: skip
+    assert sends[0].amount == D("0.00199")  # 0.002 bought, 0.000002 fee in BTC: the spot grid rounds down
+    assert sends[1].amount == D("0.002")
+    assert sends[0].client_order_id.endswith("-SX0") and sends[1].client_order_id.endswith("-PX0")
+
+
+def test_a_refused_exit_leg_escalates_to_aggressive_orders_and_ends_flat() -> None:
+    from legguard.fsm import CancelOrder, CloseRequested, SendOrder, Transitioned, Trigger
+
+    core = hedged_core()
+    sends = [c.intent for c in core.handle(CloseRequested("x", "operator", D("60100"), D("60050")))
+             if isinstance(c, SendOrder)]  # fmt: skip
+    spot, perp = sends
+    core.handle(OrderEvent(spot.client_order_id, OrderStatus.OPEN))
+    out = core.handle(OrderEvent(perp.client_order_id, OrderStatus.REJECTED))
+    assert [c.trigger for c in out if isinstance(c, Transitioned)] == [Trigger.ESCALATE]
+    assert not core.exit_passive
+    assert [c.client_order_id for c in out if isinstance(c, CancelOrder)] == [spot.client_order_id]
+    out = core.handle(OrderEvent(spot.client_order_id, OrderStatus.CANCELED))
+    market = [c.intent for c in out if isinstance(c, SendOrder)]
+    assert sorted((i.role.value, i.type.value, i.amount) for i in market) == [
+        ("perp", "market", D("0.002")), ("spot", "market", D("0.00199")),
+    ]  # fmt: skip
+    for i in market:
+        core.handle(OrderEvent(i.client_order_id, OrderStatus.CLOSED, filled=i.amount))
+    assert core.state is State.FLAT
+
+
+def test_the_exit_deadline_ends_the_passive_phase_and_a_late_one_is_harmless() -> None:
+    from legguard.fsm import CancelOrder, CloseRequested, ExitDeadline, SendOrder
+
+    core = hedged_core()
+    sends = [c.intent for c in core.handle(CloseRequested("x", "max_hold", D("60100"), D("60050")))
+             if isinstance(c, SendOrder)]  # fmt: skip
+    for i in sends:
+        core.handle(OrderEvent(i.client_order_id, OrderStatus.OPEN))
+    core.handle(OrderEvent(sends[0].client_order_id, OrderStatus.CLOSED, filled=sends[0].amount))
+    assert core.exit_naked()  # the spot side closed, the perp still rests: the leg deadline runs
+    out = core.handle(ExitDeadline())
+    assert [c.client_order_id for c in out if isinstance(c, CancelOrder)] == [sends[1].client_order_id]
+    assert core.handle(ExitDeadline()) == []

@@ -39,6 +39,7 @@ from legguard.fsm import (
     Command,
     Dispatch,
     Event,
+    ExitDeadline,
     Fault,
     FillDeadline,
     JournalIntent,
@@ -138,9 +139,9 @@ class CoreMachine(RuleBasedStateMachine):
         return order.report(cid)
 
     def place(self, cid: str) -> VenueOrder:
-        """A send reaches the venue: an entry rests; an unwind market order fills what it can."""
+        """A send reaches the venue: an entry or exit limit rests; an unwind market order fills what it can."""
         intent = self.core.orders[cid].intent
-        if intent.purpose is Purpose.ENTRY:
+        if intent.purpose is not Purpose.UNWIND:
             order = VenueOrder(intent.role, intent.side, intent.amount, OrderStatus.OPEN)
         else:
             fill = intent.amount if intent.role is LegRole.SPOT else min(intent.amount, self.short())
@@ -247,8 +248,8 @@ class CoreMachine(RuleBasedStateMachine):
         cid = data.draw(st.sampled_from(self.pending("send")), label="send")
         self.inflight.remove(("send", cid))
         intent = self.core.orders[cid].intent
-        if intent.purpose is Purpose.ENTRY:
-            outcome = data.draw(st.sampled_from(["ack", "ack", "reject", "timeout"]), label="entry answer")
+        if intent.purpose is not Purpose.UNWIND:
+            outcome = data.draw(st.sampled_from(["ack", "ack", "reject", "timeout"]), label="limit answer")
         else:
             outcomes = ["fill", "fill", "partial", "timeout"] + (["reject"] if self.unwind_rejects < 3 else [])
             outcome = data.draw(st.sampled_from(outcomes), label="unwind answer")
@@ -310,7 +311,11 @@ class CoreMachine(RuleBasedStateMachine):
     def market_fill(self, data: st.DataObject, full: bool) -> None:
         cid = data.draw(st.sampled_from(self.open_at_venue()), label="resting")
         order = self.venue[cid]
-        if full or order.filled + STEP >= order.amount:
+        reduce_only = self.core.orders[cid].intent.reduce_only
+        room = self.short() if reduce_only else order.amount  # a reduce-only buy never passes flat
+        if reduce_only and order.amount - order.filled > room:
+            order.filled, order.status = order.filled + max(room, D(0)), OrderStatus.EXPIRED
+        elif full or order.filled + STEP >= order.amount:
             order.filled, order.status = order.amount, OrderStatus.CLOSED
         else:
             order.filled += STEP
@@ -348,9 +353,19 @@ class CoreMachine(RuleBasedStateMachine):
         self.feed(VenueReduction(quantity))
 
     @precondition(lambda self: self.core.state is State.HEDGED and self.stream)
+    @rule(passive=st.booleans())
+    def close(self, passive: bool) -> None:
+        """An exit: passive post-only limits first (priced by the engine), or straight to aggressive."""
+        if passive:
+            self.feed(CloseRequested("stateful test", "test", D("61050"), D("60990")))
+        else:
+            self.feed(CloseRequested("stateful test", "test"))
+
+    @precondition(lambda self: self.core.state is State.UNWINDING and self.core.exit_passive and self.stream)
     @rule()
-    def close(self) -> None:
-        self.feed(CloseRequested("stateful test"))
+    def exit_deadline(self) -> None:
+        self.feed(ExitDeadline())
+        assert not self.core.exit_passive, "the exit deadline passed and the exit is still passive"
 
     def shutdown(self, data: st.DataObject) -> None:
         # engine/_actor.py: cancellation kills the requests, the shielded drain feeds Shutdown and continues
@@ -416,6 +431,24 @@ class CoreMachine(RuleBasedStateMachine):
             assert not self.pending("send"), ("flat with sends in flight", self.pending("send"))
 
     @invariant()
+    def never_sells_more_than_is_held(self) -> None:
+        selling = sum(
+            (o.amount - o.filled for cid, o in self.venue.items()
+             if o.role is LegRole.SPOT and o.side is Side.SELL and o.status is OrderStatus.OPEN),
+            D(0),
+        ) + sum(
+            (self.core.orders[cid].intent.amount for cid in self.pending("send")
+             if self.core.orders[cid].intent.role is LegRole.SPOT and self.core.orders[cid].intent.side is Side.SELL),
+            D(0),
+        )  # fmt: skip
+        assert self.held() >= 0 and selling <= self.held(), ("oversold", selling, self.held())
+        assert self.perp() <= 0, ("bought back past flat", self.perp())
+
+    @invariant()
+    def an_exit_never_goes_back_to_hedged(self) -> None:
+        assert not (self.core.exiting and self.core.state is State.HEDGED)
+
+    @invariant()
     def quiescent_outside_unwinding_is_matched(self) -> None:
         quiet = not self.open_at_venue() and not self.inflight and self.core.is_quiescent()
         if quiet and self.core.state is not State.UNWINDING:
@@ -426,7 +459,8 @@ class CoreMachine(RuleBasedStateMachine):
         queries) and let the engine's own fill timer fire; the package must end hedged or flat."""
         for _ in range(100):
             if self.core.state in (State.HEDGED, State.FLAT):
-                event(f"ends {self.core.state}")
+                assert not self.core.exiting or self.core.state is State.FLAT, "an exit ended hedged"
+                event(f"ends {self.core.state}" + (" after an exit" if self.core.exiting else ""))
                 return
             if self.inflight:
                 kind, cid = self.inflight.pop(0)
@@ -439,6 +473,8 @@ class CoreMachine(RuleBasedStateMachine):
                     self.feed(self.truth(cid))
             elif self.core.state is State.DISPATCHED and not self.deadline_fired:
                 self.fill_deadline()
+            elif self.core.state is State.UNWINDING and self.core.exit_passive:
+                self.feed(ExitDeadline())  # the engine's exit timer: the passive limits rest unfilled
             else:
                 raise AssertionError(
                     f"stuck in {self.core.state}: nothing in flight, orders {self.core.orders}, venue {self.venue}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from legguard.domain import Balance, BookSnapshot, Market, OrderRequest, OrderUpdate
+from legguard.domain import Balance, BookSnapshot, MarginAccount, Market, OrderRequest, OrderUpdate
 
 
 @dataclass(slots=True)
@@ -72,6 +72,15 @@ class Venue(Protocol):
 
     async def fetch_positions(self) -> Mapping[str, Decimal]:
         """Signed base quantity per perp symbol (negative = short)."""
+        ...
+
+    async def fetch_margin(self) -> MarginAccount:
+        """The perp account's margin figures, the venue's own (what the margin guard reads)."""
+        ...
+
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        """Move `amount` of `asset` from the spot account to the USDⓈ-M wallet (`to_perp`) or back.
+        Raises VenueError when refused (OutcomeUnknown when the answer was lost)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -181,9 +181,11 @@ def show(
         return
     out = _out()
     e = package.exposure
+    closed_by = next((r.payload.get("policy") for r in rows if r.kind == "exit"), None)
     out.print(
         f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
-        + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else ""),
+        + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else "")
+        + (f"  closed by [bold]{escape(str(closed_by))}[/bold]" if closed_by else ""),
     )
     table = Table(show_edge=False)
     table.add_column("seq", justify="right")

@@ -78,7 +78,7 @@ def render(run: DemoRun) -> Group:
     now = trio.current_time()
     states = engine.final_states()
     head = Table(title=f"legguard demo — seed {run.options.seed}, faults {run.options.faults}", expand=False)
-    for col in ("elapsed", "engine", *[s.value for s in State], "orphan events", "unwound", "max naked ms"):
+    for col in ("elapsed", "engine", *[s.value for s in State], "orphan events", "unwound", "closed", "max naked ms"):
         head.add_column(col, justify="right")
     head.add_row(
         f"{now - run.started:5.1f}s",
@@ -86,8 +86,13 @@ def render(run: DemoRun) -> Group:
         *[str(states.get(s.value, 0)) for s in State],
         str(engine.stats.orphan_events),
         str(engine.stats.unwound),
+        str(engine.stats.closed),
         f"{engine.stats.max_naked * 1000:.1f}",
     )
+    exits = ", ".join(f"{policy} {n}" for policy, n in sorted(engine.stats.exits.items())) or "none yet"
+    guard = engine.margin_guard
+    margin = f"{guard.last.headroom:.4f}" if guard.last is not None else "-"
+    head.caption = f"exits requested by policy: {exits}; margin headroom {margin} ({guard.level})"
     exposure = Table(title="exposure of packages not hedged (base units)")
     exposure.add_column("symbol")
     exposure.add_column("net", justify="right")

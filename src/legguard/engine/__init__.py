@@ -13,6 +13,8 @@ Map:
                     trio cancel scopes; shielded drain to safety on cancellation.
 - `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
                     flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
+- `_exits.py`       from entry to exit: the exit policy (basis, holding time, loss limit), the margin guard,
+                    and the inventory / balance limits checked before every entry (`[exit]`, `[risk]`).
 - `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
 - `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
                     queries wait; every live order and position reconciled when it answers again.
@@ -24,8 +26,8 @@ Map:
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.
 - `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
 
-Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage` → `_actor` → `_host` → `_handle`,
-`journal`.
+Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage`, `_exits` → `_actor` → `_host` →
+`_handle`, `journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash
@@ -45,7 +47,9 @@ from ._spec import BreakerConfig as BreakerConfig
 from ._spec import Deadlines as Deadlines
 from ._spec import DeadmanConfig as DeadmanConfig
 from ._spec import EngineConfig as EngineConfig
+from ._spec import ExitConfig as ExitConfig
 from ._spec import PackageSpec as PackageSpec
+from ._spec import RiskConfig as RiskConfig
 from ._spec import SpecError as SpecError
 from ._spec import validate_spec as validate_spec
 from .journal import Durability as Durability

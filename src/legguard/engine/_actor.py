@@ -29,6 +29,7 @@ from legguard.domain import (
 from legguard.fsm import (
     CancelOrder,
     Event,
+    ExitDeadline,
     Fault,
     FillDeadline,
     OrderEvent,
@@ -175,6 +176,11 @@ class PackageActor:
             # (short) leg deadline to catch up, not what is left of the fill deadline.
             h.leg_timer_started = True
             self._spawn(self._leg_deadline)
+        if self.core.state is State.UNWINDING and not h.exit_leg_timer_started and self.core.exit_naked():
+            # The passive exit closed (part of) one side and the other still rests: the same leg deadline
+            # bounds how long that lasts before the kill switch's aggressive orders take over.
+            h.exit_leg_timer_started = True
+            self._spawn(self._exit_deadline, engine.config.deadlines.leg)
         h.pulse()
         sends: list[OrderIntent] = []
         for command in commands:
@@ -202,7 +208,10 @@ class PackageActor:
             if isinstance(command, Transitioned):
                 if command.dest is State.DISPATCHED:
                     self._spawn(self._fill_deadline)
+                elif command.dest is State.UNWINDING and command.source is State.HEDGED and self.core.exit_passive:
+                    self._spawn(self._exit_deadline, engine.config.exit.deadline)
                 elif command.dest is State.UNWINDING:
+                    # Entering the kill switch, or escalating a passive exit into it: the unwind deadline runs.
                     self._spawn(self._unwind_watchdog)
                     if command.source is State.ORPHANED:
                         engine.note_reaction(time.perf_counter() - started)
@@ -351,6 +360,11 @@ class PackageActor:
         await trio.sleep(self.engine.config.deadlines.leg)
         await self.engine.outage.wait_up()  # a cancel cannot reach a venue that is down: decide once it answers
         self.handle.post(FillDeadline())
+
+    async def _exit_deadline(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        if self.core.exit_passive:
+            self.handle.post(ExitDeadline())
 
     async def _fill_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.fill)

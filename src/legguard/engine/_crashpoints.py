@@ -35,6 +35,7 @@ POINTS: Final[dict[str, str]] = {
     "one_leg_filled": "one entry leg (partly) filled while the other rests unfilled",
     "one_leg_rejected": "one entry leg filled, the other rejected: leg_broken journaled, no unwind order sent",
     "mid_unwind": "an unwind order accepted by the venue, its answer not yet processed",
+    "mid_exit": "a passive exit limit accepted by the venue, its answer not yet processed (the exit rests)",
     "hedged": "the package's transition to hedged journaled",
     "during_recovery": "recovery has queried the venue for a package, before resuming it",
 }
@@ -122,6 +123,8 @@ def after_send(intent: OrderIntent) -> None:
     reached("after_send")
     if intent.purpose is Purpose.UNWIND:
         reached("mid_unwind")
+    elif intent.purpose is Purpose.EXIT:
+        reached("mid_exit")
 
 
 def _entries(core: PackageCore) -> list[tuple[OrderStatus, bool]]:

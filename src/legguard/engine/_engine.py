@@ -46,11 +46,12 @@ from legguard.fsm import (
 
 from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
+from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
 from ._handle import PackageHandle
 from ._host import EngineStats
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
-from ._pricing import PricingRefused, dust_threshold, price_package
+from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sell_price, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
@@ -98,6 +99,9 @@ class Engine:
         self.started_at = 0.0
         self.outage = VenueWatch(self)  # is the venue answering? (no new packages while it is not)
         self.outage.on_change = self._venue_health_changed  # alerts, metrics
+        self.exit_policy = ExitPolicy(self)
+        self.margin_guard = MarginGuard(self)
+        self.balance_check = BalanceCheck(self, self.margin_guard if self.config.risk.margin_guard else None)
 
     @property
     def stopping(self) -> bool:
@@ -119,6 +123,10 @@ class Engine:
             service.start_soon(self.deadman.run)
             service.start_soon(self._breaker_cooloff)
             service.start_soon(self.outage.run)
+            if self.config.exit.enabled:
+                service.start_soon(self.exit_policy.run)
+            if self.config.risk.margin_guard:
+                service.start_soon(self.margin_guard.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
             try:
@@ -203,6 +211,8 @@ class Engine:
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
                 if quantity * spot_price > self.config.max_notional:
                     refusal = f"risk: notional {quantity * spot_price} above max_notional {self.config.max_notional}"
+                else:
+                    refusal = inventory_refusal(self, spec.spot_symbol, quantity, spot_price)
 
             except PricingRefused as exc:
                 refusal = str(exc)
@@ -245,6 +255,9 @@ class Engine:
             return f"venue unreachable: {self.outage.last_error}"
         if now < self.paused_until:
             return "rate limited: new packages paused"
+        margin = self.margin_guard.refusal()
+        if margin is not None:
+            return margin
         live = len(self.live)
         if live >= self.config.max_live_packages:
             return f"risk: {live} live packages (max {self.config.max_live_packages})"
@@ -257,6 +270,13 @@ class Engine:
         return None
 
     async def _supervise(self, handle: PackageHandle, first: Sequence[Event]) -> None:
+        if self.config.risk.check_balances and len(first) == 1 and isinstance(first[0], Dispatch):
+            # Before every entry: the spot quote and the perp margin it needs, against the venue's balances.
+            refusal = await self.balance_check.refusal(handle.core)
+            if refusal is None and self.mode is not EngineMode.RUNNING:
+                refusal = "engine stopping" if self.stopping else f"engine halted: {self.halt_reason}"
+            if refusal is not None:
+                first = [Abort(refusal)]
         actor = PackageActor(self, handle, first)
         try:
             while True:
@@ -303,8 +323,59 @@ class Engine:
     def register_order(self, client_order_id: str, handle: PackageHandle) -> None:
         self._orders[client_order_id] = handle
 
-    def request_close(self, package_id: str, reason: str = "operator") -> None:
-        self.handles[package_id].post(CloseRequested(reason))
+    def entry_limit(self, spec: PackageSpec) -> str | None:
+        """Why a package for `spec` would be refused by the inventory caps or the margin guard right now
+        (estimated at the best ask), else None: strategies skip proposing it instead of journaling refusals
+        every cooldown. `submit` still checks everything itself."""
+        book = self.books.get(spec.spot_symbol)
+        price = book.best_ask if book is not None else None
+        return self.margin_guard.refusal() or (
+            inventory_refusal(self, spec.spot_symbol, spec.quantity, price) if price is not None else None
+        )
+
+    def request_close(self, package_id: str, reason: str = "operator", *, policy: str = "operator") -> bool:
+        """Close a hedged package: both closing legs as post-only limits priced from the books now (spot sell
+        at the maker ask, perp buy at the maker bid), escalating into the kill switch on any trouble; without
+        fresh books, straight to the kill switch's aggressive orders. `policy` names what asked (journaled as
+        an `exit` row and on the event). Returns False when the package is not hedged, already closing, or
+        the engine is stopping. Raises KeyError for an unknown package id."""
+        handle = self.handles.get(package_id)
+        if handle is None:
+            raise KeyError(f"no package {package_id!r}")
+        if handle.core.state is not State.HEDGED or handle.exit_policy is not None or handle.done.is_set():
+            return False
+        if self.mode is EngineMode.STOPPING:
+            return False
+        now = trio.current_time()
+        prices = self._exit_prices(handle, now)
+        handle.exit_policy = policy
+        self.stats.exits[policy] = self.stats.exits.get(policy, 0) + 1
+        self.journal.record(
+            "exit", package_id,
+            {"policy": policy, "reason": reason, "passive": prices is not None,
+             "spot_price": None if prices is None else str(prices[0]),
+             "perp_price": None if prices is None else str(prices[1])},
+            now,
+        )  # fmt: skip
+        log.info("package %s: close requested by %s (%s)", package_id, policy, reason)
+        spot_price, perp_price = prices if prices is not None else (None, None)
+        handle.post(CloseRequested(reason, policy, spot_price, perp_price))
+        return True
+
+    def _exit_prices(self, handle: PackageHandle, now: float) -> tuple[Decimal, Decimal] | None:
+        plan = handle.core.plan
+        spot_book, perp_book = self.books.get(plan.spot.symbol), self.books.get(plan.perp.symbol)
+        if spot_book is None or perp_book is None:
+            return None
+        if max(now - spot_book.timestamp, now - perp_book.timestamp) > self.config.max_book_age:
+            return None
+        try:
+            return (
+                maker_sell_price(spot_book, self.markets[plan.spot.symbol].tick_size),
+                maker_buy_price(perp_book, self.markets[plan.perp.symbol].tick_size),
+            )
+        except PricingRefused:
+            return None
 
     # --- the engine's own state -----------------------------------------------------------------------
 
@@ -394,6 +465,8 @@ class Engine:
         notify(self.observers, "on_venue_health", healthy, detail)
 
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        if t.dest is State.HEDGED:
+            handle.hedged_at = now
         if t.dest in (State.FLAT, State.HEDGED):
             self.live.discard(handle.package_id)
         else:
@@ -410,11 +483,13 @@ class Engine:
                 detail = f"an order's outcome is unknown; exposure at least spot {exposure.spot} perp {exposure.perp}"
                 notify(self.observers, "on_unknown_exposure", handle.package_id, detail)
             self._breaker(now)
-        elif t.dest is State.UNWINDING:
+        elif t.dest is State.UNWINDING and t.source is not State.UNWINDING:
             handle.unwinding_since = now
         elif t.source is State.UNWINDING and t.dest in (State.FLAT, State.HEDGED):
             self.stats.unwound += 1
             handle.unwinding_since = None
+            if handle.exit_policy is not None and t.dest is State.FLAT:
+                self.stats.closed += 1
         if t.dest is State.FLAT:
             for o in handle.core.orders:
                 self._orders.pop(o, None)

@@ -33,6 +33,9 @@ class PackageHandle:
     ever_orphaned: bool = False
     faults: int = 0
     leg_timer_started: bool = False
+    exit_leg_timer_started: bool = False  # the passive exit's leg deadline runs (one side closed, the other not)
+    hedged_at: float | None = None  # when the package became hedged (exit policy: maximum holding time)
+    exit_policy: str | None = None  # what closed the package (basis, max_hold, loss_limit, margin_guard, operator)
     released: set[str] = field(default_factory=set)  # client ids handed to the venue (not just journaled)
     sent_at: dict[str, float] = field(default_factory=dict)  # client id -> when its request was released
     funding: Decimal = Decimal(0)  # funding payments attributed to this package (quote, signed)

@@ -29,6 +29,8 @@ class EngineStats:
     stream_drops: int = 0
     faults: int = 0
     unwind_overdue: int = 0
+    exits: dict[str, int] = field(default_factory=dict)  # close requests by exit policy
+    closed: int = 0  # packages closed flat after a close request
     max_naked: float = 0.0
     auto_resumes: int = 0
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))

@@ -97,6 +97,116 @@ class DeadmanConfig:
                             "heartbeat never lets the countdown expire")  # fmt: skip
 
 
+def _optional_positive(field_name: str, value: Decimal | None) -> None:
+    if value is not None and to_decimal(field_name, value) <= 0:
+        raise SpecError(field_name, value, "must be > 0 (or left out for no limit)")
+
+
+def _fraction(field_name: str, value: Decimal) -> None:
+    d = to_decimal(field_name, value)
+    if not 0 < d < 1:
+        raise SpecError(field_name, value, "must be a fraction between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True, slots=True)
+class ExitConfig:
+    """When hedged packages are closed, and how long the passive phase of a close may rest.
+
+    A package is closed when the perp premium over spot falls below `basis_below` (the basis converged;
+    after `min_hold` seconds), when it has been hedged for `max_hold` seconds, or when its mark-to-market loss
+    exceeds `loss_limit` (quote). `None` turns a policy off. The margin guard and operators close too."""
+
+    enabled: bool = True
+    basis_below: Decimal | None = Decimal("0.0001")
+    min_hold: float = 0.0
+    max_hold: float | None = None
+    loss_limit: Decimal | None = None
+    deadline: float = 3.0  # the passive phase's post-only limits rest at most this long, then aggressive
+    interval: float = 0.25  # seconds between policy evaluations
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SpecError("exit.enabled", self.enabled, "expected true or false")
+        if self.basis_below is not None:
+            to_decimal("exit.basis_below", self.basis_below)
+        if self.min_hold != 0:
+            positive_seconds("exit.min_hold", self.min_hold)
+        if self.max_hold is not None:
+            positive_seconds("exit.max_hold", self.max_hold)
+        _optional_positive("exit.loss_limit", self.loss_limit)
+        positive_seconds("exit.deadline", self.deadline)
+        positive_seconds("exit.interval", self.interval)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskConfig:
+    """Inventory and margin limits, checked before every entry against the venue's own balances, and the
+    margin guard that watches the perp account's distance to liquidation.
+
+    `headroom` is the venue's figure `1 - maintenance margin / margin balance` (1: no position; 0: liquidation).
+    Below `margin_warn` the engine logs and journals; below `margin_act` it stops entries and closes packages,
+    oldest first, until the headroom is back at or above `margin_act`."""
+
+    max_pair_notional: Decimal | None = None  # hedged spot notional per pair (quote)
+    max_total_notional: Decimal | None = None  # over all pairs (quote)
+    max_pair_packages: int | None = None  # packages not flat per pair
+    leverage: int = 5  # the perp margin a new short needs: notional / leverage ...
+    margin_buffer: Decimal = Decimal("0.1")  # ... times (1 + buffer)
+    check_balances: bool = True  # check spot quote and perp margin before every entry
+    balance_max_age: float = 5.0  # seconds a balance snapshot from the venue may be reused (Binance weighs
+    # an account read at 20 (spot) and 5 (USDⓈ-M): reading both before every entry would eat the budget)
+    margin_warn: Decimal = Decimal("0.5")
+    margin_act: Decimal = Decimal("0.3")
+    margin_guard: bool = True
+    margin_interval: float = 2.0  # seconds between margin guard readings
+    # Collateral between wallets (read with the margin guard): keep the perp wallet's available margin at
+    # `collateral_target` of its margin balance, moving quote from spot when it drifts below target - band
+    # (keeping `spot_reserve` on spot), or back to spot when spot is below its reserve and perp above target.
+    collateral: bool = False
+    collateral_target: Decimal = Decimal("0.5")
+    collateral_band: Decimal = Decimal("0.1")
+    spot_reserve: Decimal = Decimal(0)
+    collateral_max_per_hour: Decimal = Decimal(10_000)  # quote moved in either direction per rolling hour
+    collateral_min: Decimal = Decimal(10)  # smaller moves are not worth a request
+    collateral_interval: float = 10.0  # seconds between collateral decisions (each reads the spot balance)
+
+    def __post_init__(self) -> None:
+        _optional_positive("risk.max_pair_notional", self.max_pair_notional)
+        _optional_positive("risk.max_total_notional", self.max_total_notional)
+        if self.max_pair_packages is not None and (
+            isinstance(self.max_pair_packages, bool) or not isinstance(self.max_pair_packages, int)
+            or self.max_pair_packages < 1
+        ):  # fmt: skip
+            raise SpecError("risk.max_pair_packages", self.max_pair_packages, "must be an integer >= 1")
+        if isinstance(self.leverage, bool) or not isinstance(self.leverage, int) or not 1 <= self.leverage <= 125:
+            raise SpecError("risk.leverage", self.leverage, "must be an integer from 1 to 125")
+        if to_decimal("risk.margin_buffer", self.margin_buffer) < 0:
+            raise SpecError("risk.margin_buffer", self.margin_buffer, "must be >= 0")
+        if not isinstance(self.check_balances, bool):
+            raise SpecError("risk.check_balances", self.check_balances, "expected true or false")
+        positive_seconds("risk.balance_max_age", self.balance_max_age)
+        _fraction("risk.margin_warn", self.margin_warn)
+        _fraction("risk.margin_act", self.margin_act)
+        if self.margin_act > self.margin_warn:
+            raise SpecError("risk.margin_act", self.margin_act,
+                            f"must be at most risk.margin_warn ({self.margin_warn})")  # fmt: skip
+        if not isinstance(self.collateral, bool):
+            raise SpecError("risk.collateral", self.collateral, "expected true or false")
+        _fraction("risk.collateral_target", self.collateral_target)
+        band = to_decimal("risk.collateral_band", self.collateral_band)
+        if not 0 <= band < min(self.collateral_target, 1 - self.collateral_target):
+            raise SpecError("risk.collateral_band", self.collateral_band,
+                            "must be >= 0 and leave target - band and target + band inside (0, 1)")  # fmt: skip
+        if to_decimal("risk.spot_reserve", self.spot_reserve) < 0:
+            raise SpecError("risk.spot_reserve", self.spot_reserve, "must be >= 0")
+        _optional_positive("risk.collateral_max_per_hour", self.collateral_max_per_hour)
+        _optional_positive("risk.collateral_min", self.collateral_min)
+        positive_seconds("risk.collateral_interval", self.collateral_interval)
+        if not isinstance(self.margin_guard, bool):
+            raise SpecError("risk.margin_guard", self.margin_guard, "expected true or false")
+        positive_seconds("risk.margin_interval", self.margin_interval)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     deadlines: Deadlines = field(default_factory=Deadlines)
@@ -108,6 +218,9 @@ class EngineConfig:
     max_live_packages: int = 50  # risk: packages not yet hedged or flat at once
     max_notional: Decimal = Decimal(1_000_000)  # risk: per-package spot notional cap (quote)
     reconcile_interval: float = 5.0  # seconds between perp position reconciliations against the venue
+    # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
+    exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))
+    risk: RiskConfig = field(default_factory=lambda: RiskConfig(check_balances=False, margin_guard=False))
 
 
 @dataclass(frozen=True, slots=True)

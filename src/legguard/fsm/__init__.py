@@ -39,6 +39,7 @@ from ._events import CloseRequested as CloseRequested
 from ._events import Command as Command
 from ._events import Dispatch as Dispatch
 from ._events import Event as Event
+from ._events import ExitDeadline as ExitDeadline
 from ._events import Fault as Fault
 from ._events import FillDeadline as FillDeadline
 from ._events import JournalIntent as JournalIntent

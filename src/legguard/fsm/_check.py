@@ -32,6 +32,7 @@ from ._events import (
     Command,
     Dispatch,
     Event,
+    ExitDeadline,
     Fault,
     FillDeadline,
     JournalIntent,
@@ -61,6 +62,9 @@ PROPERTIES: Final = (
     "flat",  # P3: flat with a position or an open order at the venue
     "hedged",  # P3: hedged with unequal legs at the venue
     "write_ahead",  # P4: a SendOrder without an earlier JournalIntent, or a client order id sent twice
+    "exit_naked",  # P5: past the exit's (leg) deadline an exit limit still rests with no cancel or query asked
+    "oversell",  # P5: spot sells resting or in flight beyond what is held, or the perp bought back past flat
+    "exit_flat",  # P5: a package whose close was accepted is hedged again (an exit must end flat)
     "replay",  # feeding the journaled events to a fresh core does not give the live core
     "deadlock",  # P2: no path leads to hedged or flat
     "stuck",  # only paths that need the market's help (a resting fill, expiry, ...) lead to hedged or flat
@@ -106,7 +110,7 @@ class Bounds:
     crashes: int = 1  # process crash + recovery from the journal
     faults: int = 1  # package actor raised; supervisor rebuilds the core and feeds Fault
     shutdowns: int = 1  # engine cancellation (feeds Shutdown, drains without the order stream)
-    closes: int = 1  # CloseRequested while hedged
+    closes: int = 1  # CloseRequested while hedged (passive exit, or straight to aggressive orders)
     accidents: int | None = 1  # most timeouts + crashes + faults + shutdowns together on one path (None: no cap)
     depth: int | None = None  # most environment steps on a path (None: only the counts above bound it)
     policies: tuple[OrphanPolicy, ...] = (OrphanPolicy.FLATTEN, OrphanPolicy.TRIM)
@@ -141,13 +145,16 @@ _QUIET_MARKET: Final = Bounds(
 PROFILES: Final = {  # largest first: the explorations are spread over processes in this order
     "accidents": replace(_QUIET_MARKET, partial_fills=1, unwind_rejects=1),
     "hedged": replace(_QUIET_MARKET, liquidations=1, closes=1),
-    "market": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0),
+    "market": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0, closes=0),
+    # Exits under market trouble: partial fills and expiry of the resting exit limits, a liquidation while
+    # they rest, refused closing orders (accidents during an exit are in `hedged`).
+    "exits": Bounds(timeouts=0, crashes=0, faults=0, shutdowns=0, accidents=0, stale_reports=0),
 }
 
 # Budget slots carried in each world (index into World.used). `deadlines` is the engine's single fill timer.
 _BUDGETS: Final = (
     "partial_fills", "timeouts", "unwind_rejects", "expiries", "liquidations", "stale_reports", "crashes",
-    "faults", "shutdowns", "closes", "deadlines",
+    "faults", "shutdowns", "closes", "deadlines", "exit_deadlines",
 )  # fmt: skip
 _SLOT: Final = {name: i for i, name in enumerate(_BUDGETS)}
 # The kinds of trouble that multiply the state space fastest when combined; `Bounds.accidents` caps them.
@@ -475,9 +482,10 @@ class _Step:
         return sends, canceled
 
     def arrive(self, cid: str) -> None:
-        """A send whose answer was lost reached the venue: an entry rests, an unwind market order fills."""
+        """A send whose answer was lost reached the venue: an entry or exit limit rests, an unwind market
+        order fills."""
         intent = self.core.orders[cid].intent
-        if intent.purpose is Purpose.ENTRY:
+        if intent.purpose is not Purpose.UNWIND:
             self.put(_new_order(intent.client_order_id, intent.role, intent.purpose, intent.side, intent.amount))
         else:
             filled = self.unwind_fill(intent.role, intent.amount)
@@ -562,6 +570,7 @@ class _Node:
     depth: int
     state: State
     policy: OrphanPolicy
+    exiting: bool = False  # a close was accepted: only flat counts as safe
 
 
 class ModelChecker:
@@ -575,7 +584,7 @@ class ModelChecker:
         self.full_map = transition_map(TRANSITIONS)
         self.edge_map = transition_map(self.edges)
         self.limits = tuple(
-            1 if name == "deadlines" else int(getattr(self.bounds, name)) for name in _BUDGETS
+            1 if name in ("deadlines", "exit_deadlines") else int(getattr(self.bounds, name)) for name in _BUDGETS
         )  # fmt: skip
         self.nodes: list[_Node] = []
         self.report = CheckReport({profile: self.bounds}, self.without)
@@ -616,7 +625,7 @@ class ModelChecker:
                 except _Violation as v:
                     self._flag(v.prop, v.message, idx, extra=(action, step))
                     continue
-                for prop, message in step.problems:
+                for prop, message in [*step.problems, *self._deadline_problems(step)]:
                     self._flag(prop, message, idx, extra=(action, step))
                 world = step.world()
                 fingerprint = step.core.fingerprint()
@@ -628,7 +637,7 @@ class ModelChecker:
                 if known is None:
                     child = _Node(
                         world, idx, action, tuple(step.events), tuple(step.commands), node.depth + 1,
-                        step.core.state, node.policy,
+                        step.core.state, node.policy, step.core.exiting,
                     )  # fmt: skip
                     known = self._add(child, step.core)
                     seen[key] = known
@@ -694,9 +703,10 @@ class ModelChecker:
         for kind, cid in w.pending:
             intent = core.orders[cid].intent
             order = w.order(cid)
-            if kind == "send" and intent.purpose is Purpose.ENTRY:
+            if kind == "send" and intent.purpose is not Purpose.UNWIND:
                 acts.append(Action("ack", cid))
-                acts += [Action("reject", cid, r.value) for r in _ENTRY_REJECTS]
+                rejects = _ENTRY_REJECTS if intent.purpose is Purpose.ENTRY else _EXIT_REJECTS[intent.role]
+                acts += [Action("reject", cid, r.value) for r in rejects]
                 if self._left(w, "timeouts"):
                     acts += [Action("send_timeout", cid, "placed"), Action("send_timeout", cid, "lost")]
             elif kind == "send":
@@ -732,7 +742,9 @@ class ModelChecker:
         if state is State.DISPATCHED and w.stream and self._left(w, "deadlines"):
             acts.append(Action("fill_deadline"))
         if state is State.HEDGED and w.stream and self._left(w, "closes"):
-            acts.append(Action("close", market=True))
+            acts += [Action("close", arg="passive", market=True), Action("close", arg="market", market=True)]
+        if state is State.UNWINDING and core.exit_passive and w.stream and self._left(w, "exit_deadlines"):
+            acts.append(Action("exit_deadline"))
         if w.stream:
             acts += self._kill_choices(w, "shutdowns", "shutdown")
         acts += self._kill_choices(w, "faults", "fault")
@@ -794,11 +806,21 @@ class ModelChecker:
                 s.feed(s.truth(a.cid))
             case "rest_partial" | "rest_fill" | "expire":
                 order = s.venue[a.cid]
+                exit_perp = order.purpose is Purpose.EXIT and order.role is LegRole.PERP
                 if a.kind == "rest_partial":
                     s.spend("partial_fills")
-                    order = _with(order, filled=order.filled + core.plan.quantity / 2)
+                    more = core.plan.quantity / 2
+                    if exit_perp:  # reduce-only: never past the short the venue still holds
+                        more = max(min(more, -s.perp_position()), ZERO)
+                    order = _with(order, filled=order.filled + more)
                 elif a.kind == "rest_fill":
-                    order = _with(order, status=OrderStatus.CLOSED, filled=order.amount)
+                    more = order.amount - order.filled
+                    if exit_perp and more > -s.perp_position():
+                        # The venue expires a reduce-only order the position no longer covers.
+                        more = max(-s.perp_position(), ZERO)
+                        order = _with(order, status=OrderStatus.EXPIRED, filled=order.filled + more)
+                    else:
+                        order = _with(order, status=OrderStatus.CLOSED, filled=order.amount)
                 else:
                     s.spend("expiries")
                     order = _with(order, status=OrderStatus.EXPIRED)
@@ -816,7 +838,14 @@ class ModelChecker:
                 s.feed(FillDeadline())
             case "close":
                 s.spend("closes")
-                s.feed(CloseRequested("model: close"))
+                if a.arg == "passive":
+                    s.feed(CloseRequested("model: close", policy="model", spot_price=core.plan.spot.price,
+                                          perp_price=core.plan.perp.price))  # fmt: skip
+                else:
+                    s.feed(CloseRequested("model: close", policy="model"))
+            case "exit_deadline":
+                s.spend("exit_deadlines")
+                s.feed(ExitDeadline())
             case "shutdown":
                 # The engine cancels the actor: its requests die, then the shielded drain feeds Shutdown and
                 # runs on request/response only; each killed send posts `unknown` (engine/_actor.py).
@@ -889,6 +918,34 @@ class ModelChecker:
             spot, short = w.spot_filled(), -perp
             if spot != short:
                 yield "hedged", f"hedged but the legs differ at the venue: spot {spot}, perp short {short}"
+            if core.exiting:
+                yield "exit_flat", "hedged again after a close was accepted: an exit must end flat"
+        selling = sum(
+            (o.amount - o.filled for o in w.venue
+             if o.role is LegRole.SPOT and o.side is Side.SELL and o.status is OrderStatus.OPEN),
+            ZERO,
+        ) + sum(
+            (core.orders[cid].intent.amount for kind, cid in w.pending
+             if kind == "send" and core.orders[cid].intent.role is LegRole.SPOT
+             and core.orders[cid].intent.side is Side.SELL),
+            ZERO,
+        )  # fmt: skip
+        if held < 0 or selling > held:
+            yield "oversell", f"spot sells resting or in flight {selling} while the venue holds {held}"
+        if perp > 0:
+            yield "oversell", f"the perp was bought back past flat: position {perp}"
+
+    def _deadline_problems(self, step: _Step) -> Iterator[tuple[str, str]]:
+        """P5: the exit's deadline bounds its naked time: once it passed, no exit limit may rest without a
+        cancel (or, for an order whose outcome is unknown, a query) already asked of the venue."""
+        if not any(isinstance(e, ExitDeadline) for e in step.events) or step.core.exit_passive:
+            if any(isinstance(e, ExitDeadline) for e in step.events):
+                yield "exit_naked", "the exit deadline passed and the exit is still passive"
+            return
+        asked = {cid for kind, cid in step.pending if kind in ("cancel", "query")}
+        for o in step.venue.values():
+            if o.purpose is Purpose.EXIT and o.status is OrderStatus.OPEN and o.cid not in asked:
+                yield "exit_naked", f"the exit deadline passed and {o.cid} still rests with no cancel asked"
 
     def _flag(
         self,
@@ -932,7 +989,10 @@ class ModelChecker:
     def _liveness(self, succ: list[list[int]], calm: list[list[int]], expanded: list[bool]) -> None:
         """Reverse reachability on the explored graph: which states can reach hedged or flat at all, and
         which can without the market's help. Unexpanded frontier states get the benefit of the doubt."""
-        goal = [n.state in (State.HEDGED, State.FLAT) or not expanded[i] for i, n in enumerate(self.nodes)]
+        goal = [
+            n.state is State.FLAT or (n.state is State.HEDGED and not n.exiting) or not expanded[i]
+            for i, n in enumerate(self.nodes)
+        ]
         anyway = _backward(goal, succ)
         unaided = _backward(goal, calm)
         for i in range(len(self.nodes)):
@@ -986,6 +1046,10 @@ def _backward(goal: list[bool], graph: list[list[int]]) -> list[bool]:
 
 
 _ENTRY_REJECTS: Final = (RejectReason.POST_ONLY_CROSS, RejectReason.INSUFFICIENT_FUNDS, RejectReason.INVALID_ORDER)
+# One refusal per exit leg: the core treats every refusal of an exit limit alike (it escalates), so more
+# reasons would only multiply states. The reduce-only refusal of a perp buy after a liquidation is covered by
+# the unwind's market orders (`_UNWIND_REJECT`) and by the venue's fill cap on resting reduce-only buys.
+_EXIT_REJECTS: Final = {LegRole.SPOT: (RejectReason.POST_ONLY_CROSS,), LegRole.PERP: (RejectReason.POST_ONLY_CROSS,)}
 _UNWIND_REJECT: Final = {LegRole.SPOT: RejectReason.INSUFFICIENT_FUNDS, LegRole.PERP: RejectReason.REDUCE_ONLY_REJECTED}
 
 
@@ -1001,6 +1065,8 @@ def _core_summary(core: PackageCore) -> dict[str, Any]:
         "exposure": {"spot": str(exp.spot), "perp": str(exp.perp), "unknown": exp.unknown},
         "entry_closing": core.entry_closing,
         "close_all": core.close_all,
+        "exiting": core.exiting,
+        "exit_passive": core.exit_passive,
     }
 
 

@@ -7,7 +7,10 @@ Rules it enforces (from the design card):
 - an order whose outcome is unknown is treated as possibly filled: the kill switch reconciles it;
 - every order is journaled (JournalIntent) before it is sent (SendOrder);
 - the unwind leaves `unwinding` only when every order of the package is terminal and the residual
-  exposure is below what the venue can trade (dust).
+  exposure is below what the venue can trade (dust);
+- an exit (closing a hedged package) is a two-leg operation like an entry: both closing legs leave together
+  as post-only limits (the passive phase); the first failure, deadline or interruption escalates into the
+  kill switch's aggressive orders, which never sell more than is held and end only when the venue is flat.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ._events import (
     Command,
     Dispatch,
     Event,
+    ExitDeadline,
     Fault,
     FillDeadline,
     JournalIntent,
@@ -103,6 +107,9 @@ class PackagePlan:
         )
 
 
+_PURPOSE_LETTER = {Purpose.ENTRY: "E", Purpose.UNWIND: "U", Purpose.EXIT: "X"}
+
+
 def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int, epoch: int = 0) -> str:
     """Deterministic from (package, leg, purpose, attempt, restart epoch): retries are idempotent and recovery
     finds every order ever sent. Unique in the journal's whole life: the prefix names a package number never
@@ -110,7 +117,7 @@ def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int, 
     from any the crashed process may have sent without the journal keeping it. Fits Binance's
     `^[.A-Z:/a-z0-9_-]{1,36}$` (futures) and spot's `^[a-zA-Z0-9-_]{1,36}$`: at most
     2 + 4 + 6 + 1 + 2 + 2 + 1 + 7 = 25 characters."""
-    cid = f"{prefix}-{role.value[0].upper()}{purpose.value[0].upper()}{attempt}"
+    cid = f"{prefix}-{role.value[0].upper()}{_PURPOSE_LETTER[purpose]}{attempt}"
     return f"{cid}e{epoch}" if epoch else cid
 
 
@@ -154,6 +161,8 @@ class PackageCore:
     entry_closing: bool = False  # fill deadline / shutdown / recovery: entries are being cancelled
     close_all: bool = False  # a close request or a fault: flatten whatever the orphan policy says
     epoch: int = 0  # the restart epoch new client ids carry (`Restarted`); 0 before any restart
+    exiting: bool = False  # a close request was accepted: this package must end flat
+    exit_passive: bool = False  # the exit's post-only limits rest; any trouble escalates to aggressive orders
     edges: tuple[Edge, ...] = TRANSITIONS
     initial: State = State.PENDING
 
@@ -218,12 +227,15 @@ class PackageCore:
             self.entry_closing,
             self.close_all,
             self.epoch,
+            self.exiting,
+            self.exit_passive,
         )
 
     def clone(self) -> PackageCore:
         """An independent copy in the same state (the model checker branches on it)."""
         twin = PackageCore.__new__(PackageCore)
-        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "epoch", "edges", "initial"):
+        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "epoch", "exiting", "exit_passive",
+                     "edges", "initial"):  # fmt: skip
             setattr(twin, name, getattr(self, name))
         # The checker clones tens of thousands of times a second: a plain constructor, not dataclasses.replace.
         twin.orders = {
@@ -278,12 +290,19 @@ class PackageCore:
                 return out
             case Fault(detail=detail) if self.lifecycle.can(Trigger.FAULT):
                 self.close_all = True
+                self.exit_passive = False  # the kill switch restarts aggressive: nothing rests passively
                 self._fire(Trigger.FAULT, f"actor fault: {detail}" if detail else "actor fault", out)
             case VenueReduction(origin=origin) if state is State.HEDGED and event.quantity > 0:
                 self._fire(Trigger.LEG_BROKEN, f"venue reduced perp leg ({origin})", out)
-            case CloseRequested(reason=reason) if state is State.HEDGED:
-                self.close_all = True
-                self._fire(Trigger.UNWIND, reason or "close requested", out)
+            case CloseRequested(reason=reason, policy=policy) if state is State.HEDGED:
+                self.close_all = self.exiting = True
+                self._fire(Trigger.UNWIND, f"{policy}: {reason}" if reason else policy, out)
+                if event.spot_price is not None and event.perp_price is not None:
+                    self._start_exit(event.spot_price, event.perp_price, out)
+            case ExitDeadline() | Shutdown() | Recovered() if state is State.UNWINDING and self.exit_passive:
+                self._escalate(f"passive exit interrupted: {event.kind}", out)
+            case VenueReduction(origin=origin) if state is State.UNWINDING and self.exit_passive:
+                self._escalate(f"venue reduced the perp leg during the passive exit ({origin})", out)
             case Recovered() if state is State.HEDGED:
                 pass
         self._settle(out)
@@ -326,10 +345,17 @@ class PackageCore:
         self.orders[intent.client_order_id] = OrderFacts(intent, status=OrderStatus.UNKNOWN)
         if intent.purpose is Purpose.UNWIND:
             self.unwind_attempts[intent.role] = max(self.unwind_attempts[intent.role], intent.attempt + 1)
-        elif intent.role not in self.entry:
+        elif intent.purpose is Purpose.ENTRY and intent.role not in self.entry:
             self.entry[intent.role] = intent.client_order_id
 
-    def _new_intent(self, role: LegRole, purpose: Purpose, attempt: int, amount: Decimal | None = None) -> OrderIntent:
+    def _new_intent(
+        self,
+        role: LegRole,
+        purpose: Purpose,
+        attempt: int,
+        amount: Decimal | None = None,
+        price: Decimal | None = None,
+    ) -> OrderIntent:
         leg = self.plan.leg(role)
         cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt, self.epoch)
         if purpose is Purpose.ENTRY:
@@ -338,6 +364,11 @@ class PackageCore:
                 self.plan.quantity, leg.price, post_only=True, reduce_only=False,
             )  # fmt: skip
         assert amount is not None
+        if purpose is Purpose.EXIT:
+            return OrderIntent(
+                cid, role, purpose, attempt, leg.symbol, leg.side.opposite, OrderType.LIMIT,
+                amount, price, post_only=True, reduce_only=role is LegRole.PERP,
+            )  # fmt: skip
         return OrderIntent(
             cid, role, purpose, attempt, leg.symbol, leg.side.opposite, OrderType.MARKET,
             amount, None, post_only=False, reduce_only=role is LegRole.PERP,
@@ -406,12 +437,51 @@ class PackageCore:
                     o.cancel_sent = True
                     out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
 
+    # --- exits: the passive phase ----------------------------------------------------------------------
+
+    def _start_exit(self, spot_price: Decimal, perp_price: Decimal, out: list[Command]) -> None:
+        """Both closing legs at once, post-only, for what is held: the spot the package holds (net of fees
+        charged in base, so never more than is there) and the perp short it holds, each on its own grid."""
+        todo = self._unwind_todo()
+        if not todo:
+            return  # nothing tradable: the unwind flattens at once
+        prices = {LegRole.SPOT: spot_price, LegRole.PERP: perp_price}
+        intents = [self._new_intent(role, Purpose.EXIT, 0, amount, prices[role]) for role, amount in todo.items()]
+        self.exit_passive = True
+        out.extend(JournalIntent(i) for i in intents)
+        for i in intents:
+            self.orders[i.client_order_id] = OrderFacts(i)
+        out.extend(SendOrder(i) for i in intents)
+
+    def _exit_trouble(self) -> str | None:
+        for o in self.orders.values():
+            if o.intent.purpose is Purpose.EXIT and o.status in (
+                OrderStatus.REJECTED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.UNKNOWN,
+            ):  # fmt: skip
+                return f"exit {o.intent.role} leg {o.reason or o.status.value}"
+        return None
+
+    def _escalate(self, reason: str, out: list[Command]) -> None:
+        self.exit_passive = False
+        self._fire(Trigger.ESCALATE, reason, out)
+
+    def exit_naked(self) -> bool:
+        """The passive exit closed (part of) one side while the other still rests: the leg deadline runs."""
+        exits = [o for o in self.orders.values() if o.intent.purpose is Purpose.EXIT]
+        return self.exit_passive and any(o.filled > 0 for o in exits) and any(o.live for o in exits)
+
     # --- unwinding: the kill switch -------------------------------------------------------------------
 
     def _drive_unwind(self, out: list[Command]) -> None:
+        if self.exit_passive:
+            trouble = self._exit_trouble()
+            if trouble is not None:
+                self._escalate(trouble, out)
         waiting = False
         for o in self.orders.values():
-            if o.status is OrderStatus.OPEN and o.intent.purpose is Purpose.ENTRY:
+            if o.status is OrderStatus.OPEN and (
+                o.intent.purpose is Purpose.ENTRY or (o.intent.purpose is Purpose.EXIT and not self.exit_passive)
+            ):
                 waiting = True
                 if not o.cancel_sent:
                     o.cancel_sent = True
@@ -426,6 +496,8 @@ class PackageCore:
         if waiting:
             return
         todo = self._unwind_todo()
+        if todo and self.exit_passive:
+            self._escalate("passive exit left a tradable residual", out)
         if not todo:
             if self._trimming() and self._matched() > 0:
                 self._fire(Trigger.TRIMMED, f"residual closed; {self._matched()} stays hedged", out)

@@ -25,6 +25,7 @@ class LegRole(enum.StrEnum):
 class Purpose(enum.StrEnum):
     ENTRY = "entry"
     UNWIND = "unwind"
+    EXIT = "exit"  # the passive phase of closing a hedged package: post-only limits priced from L2
 
 
 class OrphanPolicy(enum.StrEnum):
@@ -110,10 +111,24 @@ class VenueReduction(Event):
 
 @dataclass(frozen=True, slots=True)
 class CloseRequested(Event):
-    """Operator or policy asks to close a hedged package."""
+    """Operator or policy asks to close a hedged package. With both prices (post-only limits the engine
+    priced from L2: spot sell, perp buy) the exit starts passive; without, it goes straight to the kill
+    switch's aggressive orders. `policy` names what asked (basis, max_hold, loss_limit, margin_guard,
+    operator); `reason` says why."""
 
     kind: ClassVar[str] = "close_requested"
     reason: str = ""
+    policy: str = "operator"
+    spot_price: Decimal | None = None
+    perp_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExitDeadline(Event):
+    """The passive exit ran out of time (its own deadline, or the leg deadline once one side has closed
+    more than the other): escalate to aggressive orders."""
+
+    kind: ClassVar[str] = "exit_deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +163,7 @@ class Adopted(Event):
 
 
 _ALL_EVENTS: tuple[type[Event], ...] = (Dispatch, Abort, OrderEvent, FillDeadline, Shutdown, Fault, VenueReduction,
-                                       CloseRequested, Recovered, Restarted, Adopted)  # fmt: skip
+                                       CloseRequested, ExitDeadline, Recovered, Restarted, Adopted)  # fmt: skip
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in _ALL_EVENTS}
 
 
@@ -257,7 +272,9 @@ class QueryOrder(Command):
 
 # --- encoding helpers -------------------------------------------------------------------------------
 
-_DECIMAL_FIELDS = frozenset({"filled", "average", "fee_base", "fee_quote", "quantity", "amount", "price"})
+_DECIMAL_FIELDS = frozenset(
+    {"filled", "average", "fee_base", "fee_quote", "quantity", "amount", "price", "spot_price", "perp_price"}
+)
 
 
 def _encode(value: Any) -> Any:

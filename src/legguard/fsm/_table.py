@@ -33,6 +33,7 @@ class Trigger(enum.StrEnum):
     UNWIND = "unwind"
     FLATTENED = "flattened"
     TRIMMED = "trimmed"
+    ESCALATE = "escalate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,14 @@ TRANSITIONS: Final[tuple[Edge, ...]] = (
     Edge(S.DISPATCHED, T.FAULT, S.ORPHANED, "the package actor raised; supervisor routes it to the kill switch"),
     # Real world possibility: the venue reduces the perp leg by itself (liquidation, auto-deleverage).
     Edge(S.HEDGED, T.LEG_BROKEN, S.ORPHANED, "the venue reduced a leg (liquidation / ADL)"),
-    Edge(S.HEDGED, T.UNWIND, S.UNWINDING, "close requested by operator or engine policy"),
+    # An exit: both closing legs go out together as post-only limits priced from L2 (the passive phase).
+    Edge(S.HEDGED, T.UNWIND, S.UNWINDING, "close requested (exit policy, margin guard, operator): passive exit"),
     Edge(S.HEDGED, T.FAULT, S.ORPHANED, "supervisor"),
     Edge(S.ORPHANED, T.UNWIND, S.UNWINDING, "kill switch engages, immediately and automatically"),
     Edge(S.UNWINDING, T.FLATTENED, S.FLAT, "venue shows zero net and gross exposure, no open orders"),
+    # The passive phase ends on the first sign of trouble: a leg refused, expired, cancelled or unknown, the exit
+    # or leg deadline, a shutdown, a recovery or a venue reduction. Nothing rests passively after this.
+    Edge(S.UNWINDING, T.ESCALATE, S.UNWINDING, "passive exit failed, overdue or interrupted: aggressive orders"),
     Edge(S.UNWINDING, T.TRIMMED, S.HEDGED, "policy trim: unmatched residual closed, matched part stays hedged"),
     Edge(S.UNWINDING, T.FAULT, S.ORPHANED, "supervisor; the kill switch restarts"),
 )

@@ -213,3 +213,54 @@ def test_anchor_settings_resolve_relative_to_the_config_file(tmp_path: Path) -> 
 def test_a_bad_anchor_interval_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"journal\.anchor_interval"):
         load_config(write(tmp_path, GOOD + "[journal]\nanchor_interval = 0\n"))
+
+
+def test_exit_and_risk_sections_parse_with_defaults_on(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert not cfg.engine.exit.enabled  # no [exit]: nothing closes by itself
+    cfg = load_config(write(tmp_path, GOOD + "[exit]\n"))
+    assert cfg.engine.exit.enabled and cfg.engine.exit.basis_below == Decimal("0.0001")
+    assert cfg.engine.exit.max_hold is None and cfg.engine.exit.loss_limit is None
+    assert cfg.engine.risk.check_balances and cfg.engine.risk.margin_guard
+    text = (
+        GOOD
+        + """
+[exit]
+basis_below = false
+max_hold = 600
+loss_limit = "2.5"
+deadline = 4.0
+[risk]
+max_pair_notional = "5000"
+max_total_notional = "8000"
+max_pair_packages = 10
+leverage = 3
+margin_warn = "0.6"
+margin_act = "0.4"
+"""
+    )
+    cfg = load_config(write(tmp_path, text))
+    e, r = cfg.engine.exit, cfg.engine.risk
+    assert (e.basis_below, e.max_hold, e.loss_limit, e.deadline) == (None, 600.0, Decimal("2.5"), 4.0)
+    assert (r.max_pair_notional, r.max_total_notional, r.max_pair_packages) == (Decimal(5000), Decimal(8000), 10)
+    assert (r.leverage, r.margin_warn, r.margin_act) == (3, Decimal("0.6"), Decimal("0.4"))
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ("[exit]\ndeadline = 0", "exit.deadline"),
+        ('[exit]\nloss_limit = "-1"', "exit.loss_limit"),
+        ('[exit]\nenabled = "yes"', "exit.enabled"),
+        ("[exit]\nbasis = 1", "exit.basis"),
+        ('[risk]\nmargin_act = "0.7"', "risk.margin_act"),
+        ("[risk]\nleverage = 0", "risk.leverage"),
+        ("[risk]\nmax_pair_packages = 0", "risk.max_pair_packages"),
+        ('[risk]\nmax_total_notional = "0"', "risk.max_total_notional"),
+        ('[risk]\nmargin_warn = "1.5"', "risk.margin_warn"),
+        ('[exit]\nbasis_below = "0.001"', "exit.basis_below"),
+    ],
+)
+def test_bad_exit_and_risk_keys_name_the_field(tmp_path: Path, section: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(write(tmp_path, GOOD + section + "\n"))

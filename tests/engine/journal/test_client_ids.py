@@ -87,7 +87,7 @@ def test_ids_fit_binance_and_the_epoch_changes_every_id() -> None:
         for attempt in (0, 49)
         for epoch in (0, 1, 9_999_999)
     }
-    assert len(ids) == 2 * 2 * 2 * 3  # the epoch is part of the identity
+    assert len(ids) == len(LegRole) * len(Purpose) * 2 * 3  # the epoch is part of the identity
     assert all(len(cid) <= 36 and cid.replace("-", "").replace("_", "").isalnum() for cid in ids), ids
     # Before any restart ids are spelled as they always were (old journals replay unchanged).
     assert client_order_id("lgab12000001", LegRole.SPOT, Purpose.UNWIND, 0) == "lgab12000001-SU0"

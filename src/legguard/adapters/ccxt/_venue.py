@@ -53,6 +53,7 @@ from legguard.domain import (
     Balance,
     BookSnapshot,
     MalformedResponse,
+    MarginAccount,
     Market,
     MarketKind,
     OrderRejected,
@@ -146,6 +147,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "depth": "publicGetDepth",
         "balance": "privateGetAccount",
         "markets": "publicGetExchangeInfo",
+        "transfer": "sapiPostAssetTransfer",
     },
     MarketKind.LINEAR: {
         "order": "fapiPrivatePostOrder",
@@ -1009,6 +1011,31 @@ class CcxtVenue:
                 amount = -contracts if p.get("side") == "short" else contracts
             out[symbol] = out.get(symbol, Decimal(0)) + amount
         return out
+
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        """Binance's universal transfer (`/sapi/v1/asset/transfer`, MAIN_UMFUTURE / UMFUTURE_MAIN) via ccxt."""
+        side = self._spot
+        source, destination, kind = ("spot", "linear", "MAIN_UMFUTURE") if to_perp else (
+            "linear", "spot", "UMFUTURE_MAIN")  # fmt: skip
+        await self._call(side, f"transfer {asset}", side.ex.transfer, asset, str(amount), source, destination,
+                         {"type": kind}, cost=side.cost("transfer"))  # fmt: skip
+
+    async def fetch_margin(self) -> MarginAccount:
+        """The USDⓈ-M account's totals (`/fapi/v2|v3/account` through ccxt's balance call), Binance's own."""
+        side = self._perp
+        raw = await self._call(side, "margin", side.ex.fetch_balance, cost=side.cost("balance"))
+        info = raw.get("info") or {}
+
+        def field(name: str) -> Decimal:
+            return dec(info.get(name, 0), f"margin {name}")
+
+        return MarginAccount(
+            wallet=field("totalWalletBalance"),
+            margin_balance=field("totalMarginBalance"),
+            maint_margin=field("totalMaintMargin"),
+            initial_margin=field("totalInitialMargin"),
+            available=field("availableBalance"),
+        )
 
     async def fetch_funding_rate(self, symbol: str) -> Decimal:
         """The perp's current funding rate per interval (fraction; positive: longs pay shorts)."""

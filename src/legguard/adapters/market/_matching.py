@@ -15,6 +15,7 @@ from legguard.domain import (
     Balance,
     BookSnapshot,
     DuplicateOrder,
+    MarginAccount,
     Market,
     MarketKind,
     OrderNotFound,
@@ -36,6 +37,9 @@ PERP_MAKER_FEE = Decimal("0.0002")
 PERP_TAKER_FEE = Decimal("0.0005")
 
 # Binance's own error texts, so the wire emulator can pass them through unchanged.
+# Binance USDⓈ-M tier-1 maintenance margin rate (the emulator's brackets start there too).
+MAINT_MARGIN_RATE = Decimal("0.004")
+PERP_WALLET_ASSET = "USDT"  # the USDⓈ-M wallet's margin asset
 MSG_MARGIN = "Margin is insufficient."
 MSG_BALANCE = "Account has insufficient balance for requested action."
 MSG_POST_ONLY = "Order would immediately match and take."
@@ -525,6 +529,43 @@ class MatchingEngine:
 
     def perp_wallet(self) -> Decimal:
         return self._wallet
+
+    def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        """Move quote between the spot account and the USDⓈ-M wallet (Binance's universal transfer).
+        Raises ValueError when the source cannot spare `amount` (spot: free balance; perp: available)."""
+        if amount <= 0:
+            raise ValueError(f"transfer amount must be > 0, got {amount}")
+        if asset != PERP_WALLET_ASSET:
+            raise ValueError(f"only {PERP_WALLET_ASSET} moves between the wallets, not {asset}")
+        if to_perp:
+            if self._free.get(asset, ZERO) < amount:
+                raise ValueError(f"spot {asset} free {self._free.get(asset, ZERO)} below {amount}")
+            self._free[asset] -= amount
+            self._wallet += amount
+        else:
+            if self.margin_account().available < amount:
+                raise ValueError(f"perp available {self.margin_account().available} below {amount}")
+            self._wallet -= amount
+            self._free[asset] = self._free.get(asset, ZERO) + amount
+            self._locked.setdefault(asset, ZERO)
+
+    def margin_account(self, maint_rate: Decimal = MAINT_MARGIN_RATE) -> MarginAccount:
+        """The perp wallet's margin figures, as Binance's `/fapi/v2/account` totals would show them."""
+        upnl = sum((self.unrealized_pnl(s) for s in self._position), ZERO)
+        notional = ZERO
+        for symbol, position in self._position.items():
+            mark = self.mark_price(symbol) if position else None
+            if mark is not None:
+                notional += abs(position) * mark
+        initial = self._perp_exposure() / self.leverage
+        margin_balance = self._wallet + upnl
+        return MarginAccount(
+            wallet=self._wallet,
+            margin_balance=margin_balance,
+            maint_margin=notional * maint_rate,
+            initial_margin=initial,
+            available=max(margin_balance - initial, ZERO),
+        )
 
     def unrealized_pnl(self, symbol: str) -> Decimal:
         position, entry, mark = self._position.get(symbol, ZERO), self._entry.get(symbol), self.mark_price(symbol)

@@ -23,6 +23,7 @@ from legguard.adapters.market._matching import MSG_BALANCE, MSG_MARGIN, MSG_POST
 from legguard.domain import (
     Balance,
     BookSnapshot,
+    MarginAccount,
     Market,
     MarketKind,
     OrderNotFound,
@@ -360,6 +361,20 @@ class SimVenue:
         positions = self.engine.positions()
         await self._one_way()
         return positions
+
+    async def transfer(self, asset: str, amount: Decimal, *, to_perp: bool) -> None:
+        await self._one_way()
+        try:
+            self.engine.transfer(asset, amount, to_perp=to_perp)
+        except ValueError as exc:
+            raise VenueError(f"transfer refused: {exc}") from None
+        await self._one_way()
+
+    async def fetch_margin(self) -> MarginAccount:
+        await self._one_way()
+        account = self.engine.margin_account()
+        await self._one_way()
+        return account
 
     # --- fault injection --------------------------------------------------------------------------------
 

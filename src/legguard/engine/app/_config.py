@@ -15,11 +15,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from legguard.engine._spec import BreakerConfig, Deadlines, DeadmanConfig, EngineConfig, SpecError, to_decimal
+from legguard.engine._spec import (
+    BreakerConfig,
+    Deadlines,
+    DeadmanConfig,
+    EngineConfig,
+    ExitConfig,
+    RiskConfig,
+    SpecError,
+    to_decimal,
+)
 from legguard.fsm import OrphanPolicy
 
 from ._strategy import Pair
 
+ZERO = Decimal(0)
 VENUE_KINDS = ("sim", "emulator", "binance")
 DURABILITIES = ("process", "power")
 # The emulator's documented default credentials (see `legguard emulator --help`); used for kind "emulator"
@@ -135,7 +145,20 @@ class RunConfig:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman", "metrics", "alerts"},
+    "": {
+        "venue",
+        "pairs",
+        "strategy",
+        "engine",
+        "deadlines",
+        "breaker",
+        "journal",
+        "deadman",
+        "metrics",
+        "alerts",
+        "exit",
+        "risk",
+    },
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
@@ -146,6 +169,27 @@ _SCHEMA: dict[str, set[str]] = {
     "alerts": {"webhook_url", "format", "chat_id", "dedupe", "rate", "queue", "timeout"},
     "journal": {"durability", "anchor_key", "anchors", "anchor_interval"},
     "deadman": {"enabled", "countdown", "heartbeat"},
+    "exit": {"enabled", "basis_below", "min_hold", "max_hold", "loss_limit", "deadline", "interval"},
+    "risk": {
+        "max_pair_notional",
+        "max_total_notional",
+        "max_pair_packages",
+        "leverage",
+        "margin_buffer",
+        "check_balances",
+        "collateral",
+        "collateral_target",
+        "collateral_band",
+        "spot_reserve",
+        "collateral_max_per_hour",
+        "collateral_min",
+        "collateral_interval",
+        "balance_max_age",
+        "margin_guard",
+        "margin_warn",
+        "margin_act",
+        "margin_interval",
+    },
 }
 
 
@@ -277,6 +321,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
+        exit=parse_exit(_table(data, "exit"), present="exit" in data),
+        risk=parse_risk(_table(data, "risk")),
     )
 
     def path(name: str) -> Path | None:
@@ -287,11 +333,18 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         # Relative to the config file, so the config means the same wherever `legguard` is started from.
         return value if value.is_absolute() or source is None else source.parent / value
 
+    premium_threshold = _decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005"))
+    basis_below = engine.exit.basis_below
+    if engine.exit.enabled and basis_below is not None and basis_below >= premium_threshold:
+        raise ConfigError(
+            f"exit.basis_below: {str(basis_below)!r} is invalid; must be below strategy.premium_threshold "
+            f"({premium_threshold}), or every package would be closed as soon as it is opened"
+        )
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
         engine=engine,
-        premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
+        premium_threshold=premium_threshold,
         cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
         durability=durability,
         anchor_key=path("journal.anchor_key"),
@@ -338,7 +391,60 @@ def _alerts(table: Mapping[str, Any]) -> AlertsConfig:
     )
 
 
+def parse_exit(t: Mapping[str, Any], *, present: bool = True) -> ExitConfig:
+    """`[exit]`: present -> on unless `enabled = false` (a policy key set to `false` turns that policy off);
+    absent -> off: nothing closes a package by itself unless the config says when (operators still can)."""
+    _check_keys("exit", t)
+    d = ExitConfig()
+    return ExitConfig(
+        enabled=_bool(t, "exit.enabled", present),
+        basis_below=None if t.get("basis_below") is False else _decimal(t, "exit.basis_below", d.basis_below or ZERO),
+        min_hold=_seconds(t, "exit.min_hold", 0.0) if "min_hold" in t else 0.0,
+        max_hold=None if t.get("max_hold", False) is False else _seconds(t, "exit.max_hold", 0.0),
+        loss_limit=None if t.get("loss_limit", False) is False else _decimal(t, "exit.loss_limit", ZERO, positive=True),
+        deadline=_seconds(t, "exit.deadline", d.deadline),
+        interval=_seconds(t, "exit.interval", d.interval),
+    )
+
+
+def parse_risk(t: Mapping[str, Any]) -> RiskConfig:
+    """`[risk]`: limits left out are not enforced; balance checks and the margin guard are on by default."""
+    _check_keys("risk", t)
+    d = RiskConfig()
+
+    def optional(key: str) -> Decimal | None:
+        return _decimal(t, f"risk.{key}", ZERO, positive=True) if key in t else None
+
+    return RiskConfig(
+        max_pair_notional=optional("max_pair_notional"),
+        max_total_notional=optional("max_total_notional"),
+        max_pair_packages=_int(t, "risk.max_pair_packages", default=1, minimum=1) if "max_pair_packages" in t else None,
+        leverage=_int(t, "risk.leverage", default=d.leverage, minimum=1),
+        margin_buffer=_decimal(t, "risk.margin_buffer", d.margin_buffer),
+        check_balances=_bool(t, "risk.check_balances", True),
+        balance_max_age=_seconds(t, "risk.balance_max_age", d.balance_max_age),
+        margin_guard=_bool(t, "risk.margin_guard", True),
+        margin_warn=_decimal(t, "risk.margin_warn", d.margin_warn),
+        margin_act=_decimal(t, "risk.margin_act", d.margin_act),
+        margin_interval=_seconds(t, "risk.margin_interval", d.margin_interval),
+        collateral=_bool(t, "risk.collateral", False),
+        collateral_target=_decimal(t, "risk.collateral_target", d.collateral_target),
+        collateral_band=_decimal(t, "risk.collateral_band", d.collateral_band),
+        spot_reserve=_decimal(t, "risk.spot_reserve", d.spot_reserve),
+        collateral_max_per_hour=_decimal(t, "risk.collateral_max_per_hour", d.collateral_max_per_hour),
+        collateral_min=_decimal(t, "risk.collateral_min", d.collateral_min),
+        collateral_interval=_seconds(t, "risk.collateral_interval", d.collateral_interval),
+    )
+
+
 # --- small typed readers; each error names the dotted key -------------------------------------------
+
+
+def _bool(table: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = table.get(name.rsplit(".", 1)[-1], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is invalid; expected true or false")
+    return value
 
 
 def _check_keys(section: str, table: Mapping[str, Any], where: str | None = None) -> None:

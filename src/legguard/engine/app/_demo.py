@@ -22,7 +22,7 @@ from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import MarketKind
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._pricing import round_down
-from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, SpecError
+from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, ExitConfig, RiskConfig, SpecError
 from legguard.engine.journal import Journal, package_pnl
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
 from legguard.fsm import LegRole, State
@@ -33,6 +33,10 @@ DEMO_PAIRS = (
     Pair("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")),
     Pair("BTC/USDT", "BTC/USDT:USDT", Decimal("0.01")),
 )
+
+
+DEMO_PERP_WALLET = Decimal(2000)  # USDT in the simulated USDⓈ-M wallet
+OPERATOR_CLOSE_EVERY = 8.0  # the demo's operator closes the oldest hedged package this often (seconds)
 
 
 @dataclass(slots=True)
@@ -71,11 +75,21 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
     config = EngineConfig(
         deadlines=Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0),
         breaker=BreakerConfig(max_orphans=8, window=10.0),
+        # Short horizons so that every exit policy shows within a 30 s demo (the simulated premium wanders
+        # between ~0.12 % and ~0.37 %: "converged" here is its low end).
+        exit=ExitConfig(
+            basis_below=Decimal("0.0016"), min_hold=2.0, max_hold=12.0, loss_limit=Decimal("0.6"), deadline=2.0
+        ),
+        # A small perp wallet (DEMO_PERP_WALLET) and tight margin levels, so that the margin guard acts on the
+        # venue's own figures once the book of hedges grows: it stops entries and closes the oldest packages.
+        risk=RiskConfig(
+            margin_warn=Decimal("0.998"), margin_act=Decimal("0.996"), margin_interval=0.5, max_pair_packages=15
+        ),
     )
     journal = Journal.open(options.db)
     try:
         previous = check_binding(journal, SIM_IDENTITY)  # a journal of another venue is never the demo's
-        async with open_sim_venue(SimConfig(seed=options.seed)) as venue:
+        async with open_sim_venue(SimConfig(seed=options.seed, perp_wallet=DEMO_PERP_WALLET)) as venue:
             record_binding(journal, SIM_IDENTITY, previous, trio.current_time())
             run.venue = venue
             engine = Engine(venue, journal, config)
@@ -144,11 +158,18 @@ async def _liquidate_when_hedged(run: DemoRun, package_id: str) -> None:
 
 
 async def _operator(run: DemoRun) -> None:
-    """The demo's stand-in for the human on call: resumes a halted engine after a cool-off."""
+    """The demo's stand-in for the human on call: resumes a halted engine after a cool-off, and now and then
+    closes the oldest hedged package by hand (`Engine.request_close`, as the control channel would)."""
     engine = run.engine
     assert engine is not None
+    next_close = trio.current_time() + OPERATOR_CLOSE_EVERY
     while True:
         await trio.sleep(0.1)
+        if trio.current_time() >= next_close:
+            next_close += OPERATOR_CLOSE_EVERY
+            for h in sorted(engine.handles.values(), key=lambda h: h.created_at):
+                if h.core.state is State.HEDGED and engine.request_close(h.package_id, "demo operator"):
+                    break
         if engine.mode is EngineMode.HALTED:
             await trio.sleep(run.options.resume_after)
             engine.resume(f"demo operator, after {run.options.resume_after:g}s cool-off")
@@ -193,6 +214,8 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "final_states": dict(sorted(engine.final_states().items())),
         "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
         "unwound_total": stats.unwound,
+        "closed_total": stats.closed,
+        "exits_by_policy": dict(sorted(stats.exits.items())),
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "open_exposure": {k: str(v) for k, v in sorted(open_exposure.items()) if v != 0},
         "dust": {k: str(v) for k, v in sorted(dust.items()) if v != 0},

@@ -122,7 +122,9 @@ class Rpc:
                 if ids:
                     skipped[pid] = "closing already"
             elif state is State.HEDGED and not h.done.is_set():
-                self.engine.request_close(pid, f"operator: {reason}")
+                if not self.engine.request_close(pid, reason, policy="operator"):
+                    skipped[pid] = "closing already" if h.exit_policy is not None else "engine stopping"
+                    continue
                 self._journal("close", reason, via, "closing", pid)
                 closing.append(pid)
                 self._closing.add(pid)

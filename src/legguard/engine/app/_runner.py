@@ -318,11 +318,19 @@ async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
 
 
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
+    held: dict[str, str] = {}  # pair -> the limit it is held back by (logged once per change)
     while True:
         await trio.sleep(0.05)
         if engine.mode is not EngineMode.RUNNING or engine.outage.down:
             continue
         for spec in trigger.propose(engine.books, trio.current_time()):
+            limit = engine.entry_limit(spec)
+            if limit is not None:
+                if held.get(spec.spot_symbol) != limit.split(":")[0]:
+                    held[spec.spot_symbol] = limit.split(":")[0]
+                    log.info("%s: not proposing while %s", spec.spot_symbol, limit)
+                continue
+            held.pop(spec.spot_symbol, None)
             engine.submit(spec)
             status.submitted += 1
 
@@ -340,6 +348,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "final_states": dict(sorted(engine.final_states().items())),
         "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
         "unwound_total": stats.unwound,
+        "closed_total": stats.closed,
+        "exits_by_policy": dict(sorted(stats.exits.items())),
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
         "auto_resumes": stats.auto_resumes,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from legguard.domain import BookSnapshot
+from legguard.engine._exits import premium as premium
 from legguard.engine._spec import PackageSpec, SpecError
 
 FAULT_NAMES: tuple[str, ...] = (
@@ -34,17 +35,6 @@ class Pair:
     spot_symbol: str
     perp_symbol: str
     quantity: Decimal
-
-
-def premium(spot: BookSnapshot, perp: BookSnapshot) -> Decimal | None:
-    """Perp mid over spot mid, minus one: positive when the perp trades rich."""
-    if None in (spot.best_bid, spot.best_ask, perp.best_bid, perp.best_ask):
-        return None
-    assert spot.best_bid is not None and spot.best_ask is not None
-    assert perp.best_bid is not None and perp.best_ask is not None
-    spot_mid = (spot.best_bid + spot.best_ask) / 2
-    perp_mid = (perp.best_bid + perp.best_ask) / 2
-    return perp_mid / spot_mid - 1
 
 
 @dataclass(slots=True)

@@ -308,6 +308,10 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
             case "control":
                 return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
+            case "exit":
+                how = (f"passive: spot sell @ {p['spot_price']}, perp buy @ {p['perp_price']}" if p.get("passive")
+                       else "aggressive (no fresh book)")  # fmt: skip
+                return f"closed by {p['policy']}: {p['reason']} ({how})"
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
