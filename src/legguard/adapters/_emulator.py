@@ -722,7 +722,12 @@ class Emulator:
         """Universal transfer between the spot wallet and the USDⓈ-M wallet (USDT only: the perp wallet is
         USDT); the user streams of both sides hear of it."""
         if transfer_type not in ("MAIN_UMFUTURE", "UMFUTURE_MAIN"):
-            raise w.WireError(400, -1002, f"Transfer type {transfer_type} is not supported by the legguard emulator.")
+            # Binance knows more types (margin, funding, COIN-M, options); the emulator has only these wallets.
+            raise w.WireError(
+                400,
+                -1100,
+                f"Illegal characters found in parameter 'type'; served: MAIN_UMFUTURE, UMFUTURE_MAIN (got {transfer_type}).",
+            )
         if asset != "USDT":
             raise w.WireError(400, -5011, f"Asset {asset} cannot be transferred to or from the USDⓈ-M wallet here.")
         if amount <= 0:
