@@ -726,7 +726,7 @@ class Emulator:
             raise w.WireError(
                 400,
                 -1100,
-                f"Illegal characters found in parameter 'type'; served: MAIN_UMFUTURE, UMFUTURE_MAIN (got {transfer_type}).",
+                f"Illegal characters found in parameter 'type' ({transfer_type}); served: MAIN_UMFUTURE, UMFUTURE_MAIN",
             )
         if asset != "USDT":
             raise w.WireError(400, -5011, f"Asset {asset} cannot be transferred to or from the USDⓈ-M wallet here.")
