@@ -10,6 +10,7 @@ countdownCancelAll; spot depthUpdate; ACCOUNT_UPDATE; outboundAccountPosition; W
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,7 +23,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from legguard.adapters._emulator import DEFAULT_API_SECRET, Emulator, serve_emulator
-from legguard.adapters._types import OrderOrigin
+from legguard.adapters._types import MarketKind, OrderOrigin
 
 FIXTURES = Path("/work/shared/fixtures/binance-recorded")
 pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="recorded Binance fixtures not available")
@@ -157,6 +158,113 @@ REST_PAIRS: list[tuple[str, str, str, dict[str, Any], str, set[str]]] = [
         "http_futures_wallet_commission_rate_ethusdt.json",
         set(),
     ),
+    # market data (issue 17)
+    ("GET /api/v3/trades", "binance", "publicGetTrades", {"symbol": "ETHUSDT"}, "http_spot_market_trades.json", set()),
+    (
+        "GET /api/v3/historicalTrades",
+        "binance",
+        "publicGetHistoricalTrades",
+        {"symbol": "ETHUSDT"},
+        "http_spot_market_historical_trades.json",
+        set(),
+    ),
+    (
+        "GET /api/v3/aggTrades",
+        "binance",
+        "publicGetAggTrades",
+        {"symbol": "ETHUSDT"},
+        "http_spot_market_agg_trades.json",
+        set(),
+    ),
+    ("GET /api/v3/klines", "binance", "publicGetKlines", {"symbol": "BTCUSDT", "interval": "1m"}, "http_spot_market_klines.json", set()),
+    (
+        "GET /fapi/v1/ticker/24hr",
+        "binanceusdm",
+        "fapiPublicGetTicker24hr",
+        {"symbol": "BTCUSDT"},
+        "http_futures_market_ticker_24hr.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/trades",
+        "binanceusdm",
+        "fapiPublicGetTrades",
+        {"symbol": "ETHUSDT"},
+        "http_futures_market_trades.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/historicalTrades",
+        "binanceusdm",
+        "fapiPublicGetHistoricalTrades",
+        {"symbol": "ETHUSDT"},
+        "http_futures_market_historical_trades.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/aggTrades",
+        "binanceusdm",
+        "fapiPublicGetAggTrades",
+        {"symbol": "ETHUSDT"},
+        "http_futures_market_agg_trades.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/klines",
+        "binanceusdm",
+        "fapiPublicGetKlines",
+        {"symbol": "BTCUSDT", "interval": "1d"},
+        "http_futures_market_klines.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/markPriceKlines",
+        "binanceusdm",
+        "fapiPublicGetMarkPriceKlines",
+        {"symbol": "BTCUSDT", "interval": "1m"},
+        "http_futures_market_mark_price_klines.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/indexPriceKlines",
+        "binanceusdm",
+        "fapiPublicGetIndexPriceKlines",
+        {"pair": "BTCUSDT", "interval": "1m"},
+        "http_futures_market_index_price_klines.json",
+        set(),
+    ),
+    (
+        "GET /fapi/v1/openInterest",
+        "binanceusdm",
+        "fapiPublicGetOpenInterest",
+        {"symbol": "BTCUSDT"},
+        "http_futures_market_open_interest.json",
+        set(),
+    ),
+    (
+        "GET /futures/data/openInterestHist",
+        "binanceusdm",
+        "fapiDataGetOpenInterestHist",
+        {"symbol": "BTCUSDT", "period": "5m"},
+        "http_futures_market_open_interest_historical.json",
+        set(),
+    ),
+    (
+        "GET /sapi/v1/asset/tradeFee",
+        "binance",
+        "sapiGetAssetTradeFee",
+        {},
+        "http_wallet_trading_fees.json",
+        set(),
+    ),
+    (
+        "GET /sapi/v1/asset/tradeFee (one symbol)",
+        "binance",
+        "sapiGetAssetTradeFee",
+        {"symbol": "ETHUSDT"},
+        "http_wallet_trading_fee.json",
+        set(),
+    ),
 ]
 
 # (label of the emulator message) -> fixture under ws/ (user-data fixtures are wrapped in {"stream", "data"}).
@@ -193,6 +301,12 @@ def differences(recorded: Any, ours: Any, path: str = "$", missing_ok: frozenset
             out.append(f"{path}.{key}: not in the recorded message")
         for key in sorted(set(recorded) & set(ours)):
             out += differences(recorded[key], ours[key], f"{path}.{key}", missing_ok)
+    elif isinstance(recorded, list) and len({_type(e) for e in recorded}) > 1:
+        # A tuple-like array (a kline): position by position.
+        if len(ours) != len(recorded):
+            return [f"{path}: {len(ours)} elements, the recorded array has {len(recorded)}"]
+        for i, (theirs_i, ours_i) in enumerate(zip(recorded, ours, strict=True)):
+            out += differences(theirs_i, ours_i, f"{path}[{i}]", missing_ok)
     elif isinstance(recorded, list) and recorded:
         by_type = {e.get("filterType"): e for e in recorded if isinstance(e, dict) and "filterType" in e}
         if by_type:
@@ -236,6 +350,7 @@ def test_rest_messages_have_the_recorded_shapes() -> None:
         try:
             perp = clients["binanceusdm"]
             await perp.load_markets()
+            emu.advance(5.0)  # a few seconds of the market's prints on the tape
             # Something to report: a resting order, and a filled one with its trade and position.
             bid = emu.engine.book("ETH/USDT:USDT", 1).best_bid
             assert bid is not None
@@ -244,6 +359,9 @@ def test_rest_messages_have_the_recorded_shapes() -> None:
             emu.move(emu.engine.markets["ETH/USDT:USDT"], bid - 1)
             for label, exchange_id, method, params, fixture, missing_ok in REST_PAIRS:
                 ours = await getattr(clients[exchange_id], method)(params)
+                if label.endswith("(one symbol)"):
+                    assert len(ours) == 1
+                    ours = ours[0]
                 found = differences(recorded(f"http/{fixture}"), ours, missing_ok=frozenset(missing_ok))
                 if found:
                     problems[label] = found
@@ -367,3 +485,137 @@ def test_stream_messages_have_the_recorded_shapes() -> None:
         if found:
             problems[label] = found
     assert problems == {}
+
+
+# --- market-data streams (issue 17) ---------------------------------------------------------------------
+
+# Stream events with a recorded counterpart: (market, stream) -> fixture under ws/. Spot fixtures recorded
+# from the combined endpoint are wrapped in {"stream", "data"}: those are compared wrapper and all.
+MARKET_STREAM_PAIRS: dict[tuple[str, str], str] = {
+    ("spot", "ethusdt@trade"): "ws_spot_trade.json",
+    ("spot", "ethusdt@aggTrade"): "ws_spot_agg_trade.json",
+    ("spot", "ethusdt@bookTicker"): "ws_spot_ticker_book.json",
+    ("spot", "ethusdt@ticker"): "ws_spot_ticker_24hr.json",
+    ("linear", "ethusdt@ticker"): "ws_futures_ticker_24hr.json",
+    ("linear", "ethusdt@bookTicker"): "ws_futures_book_ticker.json",
+}
+
+# No recorded message: the examples of Binance's API documentation (spot and USDⓈ-M websocket streams).
+_DOC_KLINE = {
+    "e": "kline",
+    "E": 1672515782136,
+    "s": "BNBBTC",
+    "k": {
+        "t": 1672515780000,
+        "T": 1672515839999,
+        "s": "BNBBTC",
+        "i": "1m",
+        "f": 100,
+        "L": 200,
+        "o": "0.0010",
+        "c": "0.0020",
+        "h": "0.0025",
+        "l": "0.0015",
+        "v": "1000",
+        "n": 100,
+        "x": False,
+        "q": "1.0000",
+        "V": "500",
+        "Q": "0.500",
+        "B": "123456",
+    },
+}
+_DOC_MINI = {
+    "e": "24hrMiniTicker",
+    "E": 1672515782136,
+    "s": "BNBBTC",
+    "c": "0.0025",
+    "o": "0.0010",
+    "h": "0.0025",
+    "l": "0.0010",
+    "v": "10000",
+    "q": "18",
+}
+DOCUMENTED_STREAMS: dict[tuple[str, str], dict[str, Any]] = {
+    ("spot", "ethusdt@kline_1m"): _DOC_KLINE,
+    ("linear", "ethusdt@kline_1m"): _DOC_KLINE,
+    ("spot", "ethusdt@miniTicker"): _DOC_MINI,
+    ("linear", "ethusdt@miniTicker"): _DOC_MINI,
+    ("linear", "ethusdt@trade"): {
+        "e": "trade",
+        "E": 123456789,
+        "T": 123456788,
+        "s": "BTCUSDT",
+        "t": 12345,
+        "p": "0.001",
+        "q": "100",
+        "X": "MARKET",
+        "m": True,
+    },
+    ("linear", "ethusdt@aggTrade"): {
+        "e": "aggTrade",
+        "E": 123456789,
+        "s": "BTCUSDT",
+        "a": 5933014,
+        "p": "0.001",
+        "q": "100",
+        "f": 100,
+        "l": 105,
+        "T": 123456785,
+        "m": True,
+    },
+    ("linear", "ethusdt@markPrice@1s"): {
+        "e": "markPriceUpdate",
+        "E": 1562305380000,
+        "s": "BTCUSDT",
+        "p": "11794.15000000",
+        "i": "11784.62659091",
+        "P": "11784.25641265",
+        "r": "0.00038167",
+        "T": 1562306400000,
+    },
+}
+
+
+def test_market_streams_have_the_recorded_or_documented_shapes() -> None:
+    wanted = set(MARKET_STREAM_PAIRS) | set(DOCUMENTED_STREAMS)
+
+    async def scenario(emu: Emulator) -> dict[tuple[str, str], dict[str, Any]]:
+        got: dict[tuple[str, str], dict[str, Any]] = {}
+        base = f"ws://127.0.0.1:{emu.port}"
+        spot_streams = "/".join(s for k, s in sorted(wanted) if k == "spot")
+        perp_streams = "/".join(s for k, s in sorted(wanted) if k == "linear")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{base}/stream?streams={spot_streams}") as spot,
+            session.ws_connect(f"{base}/fstream/stream?streams={perp_streams}") as perp,
+        ):
+            await asyncio.wait_for(emu.wait_until(lambda: len(emu.hub.subscribed(MarketKind.LINEAR)) > 0), 5)
+            while set(got) != wanted:
+                emu.advance(1.0)
+                for kind, ws in (("spot", spot), ("linear", perp)):
+                    with contextlib.suppress(TimeoutError):
+                        while True:
+                            message = await asyncio.wait_for(ws.receive_json(), 0.2)
+                            got.setdefault((kind, message["stream"]), message)
+                assert emu.scheduler.elapsed() < 30, f"never came: {wanted - set(got)}"
+        return got
+
+    async def main() -> dict[tuple[str, str], dict[str, Any]]:
+        async with serve_emulator(seed=5, autoclock=False) as emu:
+            return await scenario(emu)
+
+    got = asyncio.run(main())
+    problems = {}
+    for key, fixture in MARKET_STREAM_PAIRS.items():
+        message = recorded(f"ws/{fixture}")
+        found = differences(message, got[key]) if "stream" in message else differences(message, got[key]["data"])
+        if found:
+            problems[key] = found
+    for key, documented in DOCUMENTED_STREAMS.items():
+        found = differences(documented, got[key]["data"])
+        if found:
+            problems[key] = found
+    assert problems == {}
+    # Combined-stream wrapping names the stream.
+    assert got[("spot", "ethusdt@trade")]["stream"] == "ethusdt@trade"

@@ -1170,6 +1170,35 @@ class _Rest:
             return _json({"error": str(exc)}, status=409 if isinstance(exc, RuntimeError) else 400)
         return _json({"now": self.emu.now_ms()})
 
+    async def control_funding(self, request: web.Request) -> web.Response:
+        """Set the rate the next funding times settle at (`"rate": null`: back to the premium formula)."""
+        spec = await _json_body(request)
+        try:
+            m = self._control_market({**spec, "market": "linear"})
+            if spec.get("rate") is None:
+                self.emu.data.funding_override.pop(m.symbol, None)
+            else:
+                self.emu.data.funding_override[m.symbol] = _control_decimal(spec, "rate")
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
+        now = self.emu.now_ms()
+        return _json(
+            {
+                "symbol": m.venue_symbol,
+                "predictedRate": str(self.emu.data.predicted_rate(m.symbol)),
+                "nextFundingTime": self.emu.data.next_funding_ms(now),
+            }
+        )
+
+    async def control_lag(self, request: web.Request) -> web.Response:
+        """User-data events trail the REST view by `user_stream_ms` (0: delivered at once)."""
+        spec = await _json_body(request)
+        lag = spec.get("user_stream_ms")
+        if not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0:
+            return _json({"error": f"user_stream_ms: must be a number >= 0, got {lag!r}"}, status=400)
+        self.emu.user_stream_lag = float(lag) / 1000
+        return _json({"user_stream_ms": lag})
+
     def _control_market(self, spec: Mapping[str, Any]) -> Market:
         kind_name = spec.get("market", "spot")
         if kind_name not in ("spot", "linear"):
@@ -1398,5 +1427,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_post("/_emulator/trade", rest.control_trade)
     r.add_post("/_emulator/liquidate", rest.control_liquidate)
     r.add_post("/_emulator/advance", rest.control_advance)
+    r.add_post("/_emulator/funding", rest.control_funding)
+    r.add_post("/_emulator/lag", rest.control_lag)
     r.add_route("*", "/{tail:.*}", _not_found)
     return app
