@@ -12,12 +12,12 @@ import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import trio
 
-from legguard.adapters._types import (
+from legguard.adapters._venue import Venue
+from legguard.domain import (
     BookSnapshot,
     Market,
     OrderOrigin,
@@ -25,11 +25,11 @@ from legguard.adapters._types import (
     RateLimited,
     Side,
     StreamDisconnected,
-    Venue,
     VenueError,
 )
 from legguard.fsm import (
     Abort,
+    CloseRequested,
     Dispatch,
     Event,
     LegPlan,
@@ -41,13 +41,15 @@ from legguard.fsm import (
     VenueReduction,
 )
 
-from ._actor import PackageActor, PackageHandle, crash_of, fault_event, to_order_event
+from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
-from ._journal import Journal
+from ._handle import PackageHandle
+from ._host import EngineStats
 from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
+from .journal import Journal
 
 log = logging.getLogger("legguard.engine")
 
@@ -60,21 +62,6 @@ class EngineMode(enum.StrEnum):
     RUNNING = "running"
     HALTED = "halted"  # no new packages; unwinds continue; an operator resumes
     STOPPING = "stopping"
-
-
-@dataclass(slots=True)
-class EngineStats:
-    orphan_events: int = 0
-    unwound: int = 0
-    halts: int = 0
-    stream_drops: int = 0
-    faults: int = 0
-    unwind_overdue: int = 0
-    max_naked: float = 0.0
-    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
-
-    def note_naked(self, seconds: float) -> None:
-        self.max_naked = max(self.max_naked, seconds)
 
 
 class Engine:
@@ -288,8 +275,6 @@ class Engine:
         self._orders[client_order_id] = handle
 
     def request_close(self, package_id: str, reason: str = "operator") -> None:
-        from legguard.fsm import CloseRequested
-
         self.handles[package_id].post(CloseRequested(reason))
 
     # --- the engine's own state -----------------------------------------------------------------------
