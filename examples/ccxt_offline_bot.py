@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp  # ccxt's own HTTP client
 import ccxt.pro as ccxtpro
 
 API_KEY = "legguard-emulator-key"  # the emulator's documented defaults (fake money, loopback only)
@@ -31,10 +30,10 @@ WAIT = 10.0  # seconds any single call may take (streams: until the first messag
 ISSUE_CALLS = 28
 
 
-def ccxt_config(url: str, exchange_id: str) -> dict[str, Any]:
+async def ccxt_config(url: str, exchange_id: str) -> dict[str, Any]:
     """The emulator's ccxt config for `binance` / `binanceusdm`, plus the default credentials."""
-    with urllib.request.urlopen(f"{url}/_emulator/ccxt-config", timeout=5) as resp:
-        config: dict[str, Any] = json.load(resp)[exchange_id]
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_emulator/ccxt-config") as resp:
+        config: dict[str, Any] = (await resp.json())[exchange_id]
     return {**config, "apiKey": API_KEY, "secret": API_SECRET, "enableRateLimit": False}
 
 
@@ -56,8 +55,8 @@ class Calls:
 
 
 async def main(url: str) -> list[tuple[str, bool, str]]:
-    spot = ccxtpro.binance(ccxt_config(url, "binance"))
-    perp = ccxtpro.binanceusdm(ccxt_config(url, "binanceusdm"))
+    spot = ccxtpro.binance(await ccxt_config(url, "binance"))
+    perp = ccxtpro.binanceusdm(await ccxt_config(url, "binanceusdm"))
     c = Calls()
     try:
         await bot_calls(c, spot, perp)
