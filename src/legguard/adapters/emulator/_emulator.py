@@ -361,6 +361,7 @@ class Emulator:
         self.faults: list[Fault] = []
         self.data = MarketData(self.engine.markets.values(), seed, funding_interval)
         self.user_stream_lag = 0.0  # seconds user-data events trail the REST view (scenarios)
+        self.scenario_log: list[dict[str, Any]] = []  # events a scenario (`_scenario.py`) has played
         perps = [s for s, m in sorted(self.engine.markets.items()) if m.kind is MarketKind.LINEAR]
         self.leverage: dict[str, int] = dict.fromkeys(perps, self.engine.leverage)  # unified symbol -> leverage
         self.margin_type: dict[str, str] = dict.fromkeys(perps, "CROSSED")  # CROSSED | ISOLATED
@@ -1126,6 +1127,7 @@ class Emulator:
             },
             "faults": [f.to_json() for f in self.faults],
             "countdowns": sorted(self.countdowns),
+            "scenario": list(self.scenario_log),
         }
 
     # --- ccxt ---
