@@ -22,6 +22,7 @@ from legguard.adapters.emulator._emulator import (
     FUNDING_INTERVAL,
     Emulator,
 )
+from legguard.adapters.emulator._routes import routes_markdown
 from legguard.adapters.emulator._scenario import Scenario, ScenarioError
 from legguard.adapters.emulator._server import serve_emulator
 
@@ -59,9 +60,15 @@ def emulator(
         float | None,
         typer.Option(help="Seconds between funding times (default: the scenario's, else 8 h)."),
     ] = None,
+    routes: Annotated[
+        bool, typer.Option("--routes", help="Print the served endpoints and streams (Markdown) and exit.")
+    ] = False,
 ) -> None:
     """Serve Binance spot + USDⓈ-M (REST and websockets) on loopback; prints the ccxt configuration to use."""
     console = Console(soft_wrap=True)  # URLs and paths stay copyable
+    if routes:
+        print(routes_markdown())  # plain: it is pasted into docs/emulator.md
+        return
     for name, value, ok in (
         ("port", port, 0 <= port <= 65535),
         ("tls-port", tls_port, -1 <= tls_port <= 65535),

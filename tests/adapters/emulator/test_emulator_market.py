@@ -19,6 +19,7 @@ import pytest
 from legguard.adapters.emulator._emulator import Emulator
 from legguard.adapters.emulator._market_data import MINUTE_MS
 from legguard.adapters.emulator._server import serve_emulator
+from legguard.domain import MarketKind
 
 D = Decimal
 SPOT, PERP = "ETH/USDT", "ETH/USDT:USDT"
@@ -320,5 +321,39 @@ def test_income_books_realized_pnl_and_commission_of_our_fills() -> None:
             fees = [D(r["income"]) for r in income if r["incomeType"] == "COMMISSION"]
             assert pnl == [f.realized_pnl for f in fills if f.realized_pnl] and pnl[0] > 0
             assert fees == [-f.fee for f in fills]
+
+    run(scenario)
+
+
+def test_the_kline_stream_closes_each_candle_as_rest_reports_it() -> None:
+    async def scenario(emu: Emulator) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"ws://127.0.0.1:{emu.port}/fstream/ws/ethusdt@kline_1m") as ws,
+            client(emu, "binanceusdm") as perp,
+        ):
+            await asyncio.wait_for(emu.wait_until(lambda: bool(emu.hub.subscribed(MarketKind.LINEAR))), WAIT)
+            closed: list[dict[str, Any]] = []
+            while not closed:
+                emu.advance(1.0)
+                event = await asyncio.wait_for(ws.receive_json(), WAIT)
+                while True:
+                    if event["k"]["x"]:
+                        closed.append(event["k"])
+                    try:
+                        event = await asyncio.wait_for(ws.receive_json(), 0.05)
+                    except TimeoutError:
+                        break
+                assert emu.scheduler.elapsed() < 130
+            k = closed[0]
+            rest = await perp.fapiPublicGetKlines(
+                {"symbol": "ETHUSDT", "interval": "1m", "startTime": k["t"], "limit": 1}
+            )
+            assert [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["n"]] == [
+                int(rest[0][0]),
+                *rest[0][1:6],
+                int(rest[0][6]),
+                int(rest[0][8]),
+            ]
 
     run(scenario)

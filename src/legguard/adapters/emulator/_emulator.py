@@ -372,6 +372,7 @@ class Emulator:
         self._taped: set[int] = set()  # engine trade ids of our fills already on the public tape
         self._tops: dict[str, tuple[tuple[Decimal, Decimal], tuple[Decimal, Decimal]]] = {}
         self._stream_ticks = 0
+        self._kline_open: dict[str, int] = {}  # kline stream -> open time of the candle last pushed
         self.driver.printer = self._print
         self.meta: dict[tuple[str, str], w.WireOrder] = {}  # (unified symbol, client id) -> metadata
         self._by_order_id: dict[int, tuple[str, str]] = {}
@@ -588,8 +589,8 @@ class Emulator:
             for stream in mine:
                 _, _, channel = stream.partition("@")
                 family, _, interval = channel.partition("_")
-                if family in ("kline", "markPriceKline", "indexPriceKline") and interval in INTERVALS:
-                    self._push_kline(m, stream, family, interval, now_ms)
+                if family == "kline" and interval in INTERVALS:
+                    self._push_kline(m, stream, interval, now_ms)
             if kind is MarketKind.LINEAR:
                 mark = self.engine.mark_price(m.symbol) or ZERO
                 event = w.mark_price_update(
@@ -610,22 +611,14 @@ class Emulator:
                 if stream == "!markPrice@arr":
                     self.hub.publish(kind, "!markPrice@arr@1s", events)
 
-    def _push_kline(self, m: Market, stream: str, family: str, interval: str, now_ms: int) -> None:
-        step = INTERVALS[interval]
-        series = {
-            "kline": self.data.tapes[m.symbol].candles,
-            "markPriceKline": self.data.marks.get(m.symbol),
-            "indexPriceKline": self.data.indexes.get(m.symbol),
-        }[family]
-        if series is None:
-            return
-        candles = series.klines(interval, bucket_open(now_ms, step), None, 1, now_ms)
-        if candles:
-            event = w.stream_kline(m, candles[-1], interval, step, now_ms)
-            if family != "kline":
-                event["e"] = "markPrice_kline" if family == "markPriceKline" else "indexPrice_kline"
-                event["ps" if family == "indexPriceKline" else "s"] = m.venue_symbol
-            self.hub.publish(m.kind, stream, event)
+    def _push_kline(self, m: Market, stream: str, interval: str, now_ms: int) -> None:
+        """The candle in progress; first, when a new one has begun, the final state of the one that closed."""
+        step, series = INTERVALS[interval], self.data.tapes[m.symbol].candles
+        current, last = bucket_open(now_ms, step), self._kline_open.get(stream)
+        self._kline_open[stream] = current
+        start = last if last is not None and last < current else current
+        for candle in series.klines(interval, start, None, 2, now_ms):
+            self.hub.publish(m.kind, stream, w.stream_kline(m, candle, interval, step, now_ms))
 
     def _book_ticker(self, market: Market, update_id: int, now_ms: int) -> None:
         stream = market.venue_symbol.lower() + "@bookTicker"

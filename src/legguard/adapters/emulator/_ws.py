@@ -29,7 +29,7 @@ _INTERVALS = "1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w"
 # Stream name templates per market ("<symbol>" is the lower-case venue symbol), and how each is matched.
 STREAMS: dict[MarketKind, tuple[tuple[str, str], ...]] = {
     MarketKind.SPOT: (
-        ("<symbol>@depth[@100ms|@1000ms]", r"@depth(@(?:100|1000)ms)?"),
+        ("<symbol>@depth[@<n>ms]", r"@depth(@(?:0|100|250|500|1000)ms)?"),
         ("<symbol>@trade", r"@trade"),
         ("<symbol>@aggTrade", r"@aggTrade"),
         ("<symbol>@kline_<interval>", rf"@kline_(?:{_INTERVALS})"),
@@ -40,12 +40,10 @@ STREAMS: dict[MarketKind, tuple[tuple[str, str], ...]] = {
         ("!ticker@arr", r"!ticker@arr"),
     ),
     MarketKind.LINEAR: (
-        ("<symbol>@depth[@0ms|@100ms|@250ms|@500ms]", r"@depth(@(?:0|100|250|500)ms)?"),
+        ("<symbol>@depth[@<n>ms]", r"@depth(@(?:0|100|250|500|1000)ms)?"),
         ("<symbol>@trade", r"@trade"),
         ("<symbol>@aggTrade", r"@aggTrade"),
         ("<symbol>@kline_<interval>", rf"@kline_(?:{_INTERVALS})"),
-        ("<symbol>@markPriceKline_<interval>", rf"@markPriceKline_(?:{_INTERVALS})"),
-        ("<symbol>@indexPriceKline_<interval>", rf"@indexPriceKline_(?:{_INTERVALS})"),
         ("<symbol>@miniTicker", r"@miniTicker"),
         ("<symbol>@ticker", r"@ticker"),
         ("<symbol>@bookTicker", r"@bookTicker"),
