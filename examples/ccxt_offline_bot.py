@@ -126,8 +126,9 @@ async def bot_calls(c: Calls, spot: Any, perp: Any) -> None:
     await c.run("fetch_balance spot", spot.fetch_balance, lambda r: f"USDT free {r['USDT']['free']}")
     await c.run("fetch_balance perp", perp.fetch_balance, lambda r: f"USDT total {r['USDT']['total']}")
     await c.run("transfer spot->futures", lambda: spot.transfer("USDT", 100, "spot", "swap"), lambda r: f"id {r['id']}")
-    bid = book["bids"][0][0] if book else 0
-    pbid = pbook["bids"][0][0] if pbook else 0
+    # Entries rest 1 % under the touch (the market keeps moving between calls; post-only must not cross).
+    bid = spot.price_to_precision(SPOT, book["bids"][0][0] * 0.99) if book else 0
+    pbid = perp.price_to_precision(PERP, pbook["bids"][0][0] * 0.99) if pbook else 0
     order = await c.run(
         "create_order spot post-only",
         lambda: spot.create_order(SPOT, "limit", "buy", 0.05, bid, {"postOnly": True}),
