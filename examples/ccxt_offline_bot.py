@@ -162,6 +162,11 @@ async def bot_calls(c: Calls, spot: Any, perp: Any) -> None:
         lambda r: f"{len(r)} candles, close {r[-1][4]}",
     )
     await c.run(
+        "fetch_premium_index_ohlcv",
+        lambda: perp.fetch_premium_index_ohlcv(PERP, "1m", limit=10),
+        lambda r: f"{len(r)} candles, close {r[-1][4]}",
+    )
+    await c.run(
         "fetch_open_interest", lambda: perp.fetch_open_interest(PERP), lambda r: f"{r['openInterestAmount']} contracts"
     )
     await c.run(

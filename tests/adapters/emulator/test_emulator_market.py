@@ -131,6 +131,12 @@ def test_mark_and_index_klines_follow_the_books_and_open_interest_includes_our_p
             index = await perp.fetch_index_ohlcv(PERP, "1m", limit=3)
             premium = await perp.fetch_funding_rate(PERP)
             assert mark[-1][4] == premium["markPrice"] and index[-1][4] == premium["indexPrice"]
+            premium_klines = await perp.fapiPublicGetPremiumIndexKlines(
+                {"symbol": "ETHUSDT", "interval": "1m", "limit": 3}
+            )
+            mark_d, index_d = D(str(premium["markPrice"])), D(str(premium["indexPrice"]))
+            assert D(premium_klines[-1][4]) == ((mark_d - index_d) / index_d).quantize(D("0.00000001"))
+            assert len(premium_klines) == 3 and D(premium_klines[0][4]) > 0  # the backfill: the perp at a premium
             oi0 = (await perp.fetch_open_interest(PERP))["openInterestAmount"]
             await perp.create_order(PERP, "market", "sell", 2)
             oi1 = (await perp.fetch_open_interest(PERP))["openInterestAmount"]

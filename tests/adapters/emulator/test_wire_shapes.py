@@ -659,6 +659,22 @@ DOCUMENTED_REST: dict[str, Any] = {
     },
     "POST /fapi/v1/leverage": {"leverage": 21, "maxNotionalValue": "1000000", "symbol": "BTCUSDT"},
     "POST /fapi/v1/marginType": {"code": 200, "msg": "success"},
+    "GET /fapi/v1/premiumIndexKlines": [
+        [
+            1691603820000,
+            "-0.00042931",
+            "-0.00023641",
+            "-0.00059406",
+            "-0.00043659",
+            "0",
+            1691603879999,
+            "0",
+            12,
+            "0",
+            "0",
+            "0",
+        ]
+    ],
     "POST /fapi/v1/positionSide/dual": {"code": 200, "msg": "success"},
     "POST /sapi/v1/asset/transfer": {"tranId": 13526853623},
     "GET /sapi/v1/asset/transfer": {
@@ -746,6 +762,9 @@ def test_account_endpoints_and_user_events_have_the_documented_shapes() -> None:
                 await spot_user.send_json({"id": "1", "method": "userDataStream.subscribe.signature", "params": params})
                 assert (await asyncio.wait_for(spot_user.receive_json(), 5))["status"] == 200
                 rest["GET /api/v3/ticker/24hr"] = await spot.publicGetTicker24hr({"symbol": "ETHUSDT"})
+                rest["GET /fapi/v1/premiumIndexKlines"] = await perp.fapiPublicGetPremiumIndexKlines(
+                    {"symbol": "ETHUSDT", "interval": "1m", "limit": 3}
+                )
                 rest["POST /fapi/v1/leverage"] = await perp.fapiPrivatePostLeverage(
                     {"symbol": "ETHUSDT", "leverage": 4}
                 )

@@ -26,6 +26,7 @@ TRADES_KEPT = 5_000  # per market: what /trades and /aggTrades can reach back to
 INTEREST_RATE = Decimal("0.0001")  # Binance's per-interval interest component
 FUNDING_CLAMP = Decimal("0.0005")  # F = P + clamp(I - P, -0.05 %, +0.05 %)
 FUNDING_CAP = Decimal("0.0075")  # |F| <= 0.75 %, as for most USDⓈ-M symbols
+PREMIUM_QUANTUM = Decimal("0.00000001")
 FUNDING_HISTORY_BACKFILL = 30  # settled rates before the start (GET /fapi/v1/fundingRate)
 
 # Kline intervals Binance serves, in milliseconds; 1w opens on Monday 00:00 UTC (epoch day 0 is a Thursday).
@@ -236,6 +237,7 @@ class MarketData:
         self.tapes: dict[str, Tape] = {m.symbol: Tape(m) for m in markets}
         self.marks: dict[str, CandleSeries] = {}  # perp symbol -> mark price candles
         self.indexes: dict[str, CandleSeries] = {}  # perp symbol -> index price candles
+        self.premium_index: dict[str, CandleSeries] = {}  # perp symbol -> (mark - index) / index candles
         self.premiums: dict[str, list[Decimal]] = {}  # perp symbol -> premium samples this funding interval
         self.funding_override: dict[str, Decimal] = {}  # perp symbol -> the rate settled at the next times
         self.funding_history: list[FundingEvent] = []
@@ -299,6 +301,14 @@ class MarketData:
                         self.indexes.setdefault(market.symbol, CandleSeries()).put(
                             Candle(candle.open_ms, index[0], max(index), min(index), index[3], count=60)
                         )
+                        prem = [
+                            (p / i - 1).quantize(PREMIUM_QUANTUM, ROUND_HALF_UP)
+                            for p, i in zip(price, index, strict=True)
+                            if i > 0
+                        ] or [ZERO]
+                        self.premium_index.setdefault(market.symbol, CandleSeries()).put(
+                            Candle(candle.open_ms, prem[0], max(prem), min(prem), prem[-1], count=60)
+                        )
                 tape.next_id = ids
                 if market.kind is MarketKind.LINEAR:
                     self.premiums[market.symbol] = []
@@ -331,7 +341,11 @@ class MarketData:
         self.marks.setdefault(symbol, CandleSeries()).update(t_ms, mark, ZERO, taker_buy=False, trade_id=None)
         self.indexes.setdefault(symbol, CandleSeries()).update(t_ms, index, ZERO, taker_buy=False, trade_id=None)
         if index > 0:
-            self.premiums.setdefault(symbol, []).append((mark - index) / index)
+            premium = (mark - index) / index
+            self.premiums.setdefault(symbol, []).append(premium)
+            self.premium_index.setdefault(symbol, CandleSeries()).update(
+                t_ms, premium.quantize(PREMIUM_QUANTUM, ROUND_HALF_UP), ZERO, taker_buy=False, trade_id=None
+            )
 
     # --- funding ---
 

@@ -944,6 +944,15 @@ class _Rest:
         candles = series.klines(interval, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms())
         return _json([w.kline_row(m, c, INTERVALS[interval], prices_only=True) for c in candles])
 
+    async def premium_index_klines(self, request: web.Request) -> web.Response:
+        params, _, _ = await _read(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        interval = self._interval(params)
+        limit = self._limit(params, 500, 1500)
+        series = self.emu.data.premium_index[m.symbol]
+        candles = series.klines(interval, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms())
+        return _json([w.premium_kline_row(c, INTERVALS[interval]) for c in candles])
+
     async def open_interest(self, request: web.Request) -> web.Response:
         params, _, _ = await _read(request)
         m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
@@ -1381,6 +1390,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v1/klines", rest.klines)
     r.add_get("/fapi/v1/markPriceKlines", rest.mark_price_klines)
     r.add_get("/fapi/v1/indexPriceKlines", rest.index_price_klines)
+    r.add_get("/fapi/v1/premiumIndexKlines", rest.premium_index_klines)
     r.add_get("/fapi/v1/openInterest", rest.open_interest)
     r.add_get("/futures/data/openInterestHist", rest.open_interest_hist)
     r.add_post("/fapi/v1/order", rest.perp_new_order)

@@ -806,6 +806,12 @@ def kline_row(m: Market, c: Any, interval_ms: int, *, prices_only: bool = False)
     ]
 
 
+def premium_kline_row(c: Any, interval_ms: int) -> list[Any]:
+    """One premium index kline: the premium as a fraction, 8 decimals."""
+    prices = [fixed(x, 8) for x in (c.open, c.high, c.low, c.close)]
+    return [c.open_ms, *prices, "0", c.open_ms + interval_ms - 1, "0", c.count, "0", "0", "0"]
+
+
 @dataclass(frozen=True, slots=True)
 class Stats24h:
     """The rolling 24 h statistics of one market, as both the REST ticker and the stream tickers use them."""
