@@ -194,6 +194,7 @@ async def _margin_mode(perp: Any) -> Any:
 
 async def _balance_after_transfer(spot: Any) -> Any:
     """watch_balance resolves on the next balance event: keep moving 1 USDT until one arrives."""
+    spot.options["watchBalance"]["fetchBalanceSnapshot"] = True  # balanceUpdate is a delta: start from the REST view
     watching = asyncio.ensure_future(spot.watch_balance())
     try:
         while not watching.done():
