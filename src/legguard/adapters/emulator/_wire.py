@@ -20,7 +20,6 @@ from legguard.domain import ZERO, Market, MarketKind, OrderOrigin, OrderStatus, 
 JSON = dict[str, Any]
 
 SPOT_PLACES = 8
-FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 
 
 # --- errors -------------------------------------------------------------------------------------------
