@@ -87,7 +87,7 @@ def test_list_json_shape(db: Path) -> None:
 
     assert code == 0
     data = json.loads(out)
-    assert set(data) == {"journal_id", "packages"}
+    assert set(data) == {"journal_id", "binding", "packages"}
     by_id = {p["package_id"]: p for p in data["packages"]}
     assert list(by_id) == ["pkg1", "pkg2", "pkg3"]
     assert (by_id["pkg1"]["state"], by_id["pkg1"]["spot"], by_id["pkg1"]["perp"]) == ("hedged", "0.5", "-0.5")

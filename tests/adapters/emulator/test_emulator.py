@@ -609,6 +609,36 @@ def test_ws_drop_fault_breaks_the_streams_of_that_market() -> None:
     run(scenario)
 
 
+def test_outage_fault_answers_503_everywhere_for_a_while_and_keeps_the_account() -> None:
+    async def scenario(emu: Emulator) -> None:
+        bid, _ = best(emu, PERP)
+        async with client(emu, "binanceusdm", pro=True) as ex:
+            order = await ex.create_order(PERP, "limit", "buy", 0.05, float(bid - 50), {"postOnly": True,
+                                          "clientOrderId": "kept"})  # fmt: skip
+            await asyncio.wait_for(ex.watch_order_book(PERP), WAIT)
+            pending = asyncio.ensure_future(ex.watch_order_book(PERP))
+            status, _ = await control(emu, "POST", "faults", {"fault": "outage", "seconds": 30})
+            assert status == 200
+            with pytest.raises(ccxt.NetworkError):  # the websocket is dropped ...
+                await asyncio.wait_for(pending, WAIT)
+            with pytest.raises(ccxt.NetworkError):  # ... and cannot come back
+                await asyncio.wait_for(ex.watch_order_book(PERP), WAIT)
+            with pytest.raises(ccxt.ExchangeNotAvailable):  # every REST request: 503
+                await ex.fetch_order(order["id"], PERP)
+            with pytest.raises(ccxt.ExchangeNotAvailable):
+                await ex.create_order(PERP, "limit", "buy", 0.05, float(bid - 50), {"postOnly": True})
+            status, state = await control(emu, "GET", "state")  # the control API still answers
+            assert status == 200 and state["outage_seconds_left"] == 30
+            emu.advance(30.0)  # it is over: the order rests as it did, nothing else reached the venue
+            assert (await ex.fetch_order(order["id"], PERP))["status"] == "open"
+            assert [o.client_order_id for o in emu.engine.all_orders()] == ["kept"]
+            await control(emu, "POST", "faults", {"fault": "outage", "seconds": 30})
+            await control(emu, "POST", "faults", {"clear": True})  # ends it at once
+            assert (await ex.fetch_order(order["id"], PERP))["status"] == "open"
+
+    run(scenario)
+
+
 def test_spot_user_stream_with_a_bad_signature_is_refused() -> None:
     async def scenario(emu: Emulator) -> None:
         url = emu.ccxt_urls("binance")["ws"]["ws-api"]["spot"]

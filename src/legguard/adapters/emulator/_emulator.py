@@ -76,7 +76,7 @@ FUNDING_INTERVAL = 8 * 3600.0  # seconds between funding times (Binance's defaul
 LISTEN_KEY_TTL = 3600.0  # seconds without keepalive before a futures listenKey expires
 
 FAULT_KINDS = frozenset(
-    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill"}
+    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill", "outage"}
 )
 
 
@@ -263,6 +263,10 @@ def parse_fault(spec: Mapping[str, Any]) -> Fault:
         status = params.get("status", 503)
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"status: an http_error fault needs an HTTP status 400-599, got {status!r}")
+    if kind == "outage":
+        seconds = params.get("seconds", 10)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+            raise ValueError(f"seconds: an outage fault needs a number of seconds > 0, got {seconds!r}")
     if kind == "partial_fill":
         ratio = params.get("ratio", 0.5)
         if not isinstance(ratio, int | float) or not 0 < ratio < 1:
@@ -332,6 +336,9 @@ class Emulator:
     Use `serve_emulator(...)`; with `autoclock=False` nothing moves until `advance(seconds)` (tests).
     """
 
+    # USDⓈ-M position mode: hedge (True: stored and reported, new orders refused -4061) or one-way (the default)
+    dual_side_position: bool = False
+
     def __init__(
         self,
         *,
@@ -365,7 +372,6 @@ class Emulator:
         perps = [s for s, m in sorted(self.engine.markets.items()) if m.kind is MarketKind.LINEAR]
         self.leverage: dict[str, int] = dict.fromkeys(perps, self.engine.leverage)  # unified symbol -> leverage
         self.margin_type: dict[str, str] = dict.fromkeys(perps, "CROSSED")  # CROSSED | ISOLATED
-        self.dual_side = False  # hedge mode (stored and reported; positions are one-way)
         self.income: list[dict[str, Any]] = []  # TRANSFER and FUNDING_FEE rows of /fapi/v1/income
         self.transfers: list[dict[str, Any]] = []  # rows of GET /sapi/v1/asset/transfer
         self._tran_ids = itertools.count(9_689_322_392)
@@ -389,6 +395,7 @@ class Emulator:
         self._weights: dict[MarketKind, tuple[int, int]] = {}  # kind -> (minute, used weight)
         self.closing = asyncio.Event()
         self.held = 0  # requests currently held by a delay / ack_timeout fault
+        self.outage_until = -math.inf  # emulator clock (`scheduler.elapsed`): every API request fails before it
         self._activity = asyncio.Event()
         self.host = DEFAULT_HOST
         self.port = 0
@@ -404,6 +411,7 @@ class Emulator:
             mids[m.symbol] = spot_mid if m.kind is MarketKind.SPOT else Decimal(str(gen.perp_mid(m.base)))
             premiums[m.symbol] = mids[m.symbol] / spot_mid - 1
         self.data.backfill(self.now_ms(), mids, premiums)
+        self._epoch0 = time.time()  # the emulator's clock starts now, not before the backfill (~0.3 s)
         self.driver.step(0.0, self.now())  # books exist before the first request
         self.pump()
         self._schedule_tick()
@@ -694,13 +702,13 @@ class Emulator:
         self.margin_type[m.symbol] = margin_type
 
     def set_position_mode(self, dual: bool) -> None:
-        if dual == self.dual_side:
+        if dual == self.dual_side_position:
             raise w.WireError(400, -4059, "No need to change position side.")
         if any(m.kind is MarketKind.LINEAR for m in (self.engine.markets[o.symbol] for o in self.engine.open_orders())):
             raise w.WireError(400, -4067, "Position side cannot be changed if there exists open orders.")
         if any(self.engine.positions().values()):
             raise w.WireError(400, -4068, "Position side cannot be changed if there exists position.")
-        self.dual_side = dual
+        self.dual_side_position = dual
 
     def check_margin(self, m: Market, notional: Decimal) -> None:
         """Initial margin with each symbol's own leverage: positions at mark and open non-reduce-only orders
@@ -1072,8 +1080,34 @@ class Emulator:
                 return fault
         return None
 
+    @property
+    def down(self) -> bool:
+        """Inside an `outage`: every REST request and websocket handshake is answered 503."""
+        return self.scheduler.elapsed() < self.outage_until
+
+    def begin_outage(self, seconds: float) -> None:
+        """The venue goes away for `seconds` of emulator time, as a real one does: every connection is dropped,
+        every request and handshake meanwhile gets 503, and updates meanwhile are lost; books, orders, balances
+        and positions are kept, and the market goes on (resting orders can fill)."""
+        self.outage_until = max(self.outage_until, self.scheduler.elapsed() + seconds)
+        for kind in (MarketKind.SPOT, MarketKind.LINEAR):
+            self.hub.drop(kind)
+        self.notify()
+
+    def end_outage(self) -> None:
+        self.outage_until = -math.inf
+        self.notify()
+
+    def clear_faults(self) -> None:
+        """Every pending fault removed, and an outage ended now."""
+        self.faults.clear()
+        self.end_outage()
+
     def add_fault(self, spec: Mapping[str, Any]) -> Fault:
         fault = parse_fault(spec)
+        if fault.fault == "outage":
+            self.begin_outage(float(fault.params.get("seconds", 10)))
+            return fault  # acts once, now, for a while
         if fault.fault == "ws_drop":
             kinds = [MarketKind.SPOT, MarketKind.LINEAR] if fault.market == "all" else [MarketKind(fault.market)]
             for kind in kinds:
@@ -1121,6 +1155,7 @@ class Emulator:
             "faults": [f.to_json() for f in self.faults],
             "countdowns": sorted(self.countdowns),
             "scenario": list(self.scenario_log),
+            "outage_seconds_left": round(max(0.0, self.outage_until - self.scheduler.elapsed()), 3),
         }
 
     # --- ccxt ---

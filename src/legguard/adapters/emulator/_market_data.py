@@ -234,23 +234,65 @@ class MarketData:
             raise ValueError(f"funding_interval: must be > 0 seconds, got {funding_interval}")
         self.seed = seed
         self.funding_interval_ms = round(funding_interval * 1000)
-        self.tapes: dict[str, Tape] = {m.symbol: Tape(m) for m in markets}
-        self.marks: dict[str, CandleSeries] = {}  # perp symbol -> mark price candles
-        self.indexes: dict[str, CandleSeries] = {}  # perp symbol -> index price candles
-        self.premium_index: dict[str, CandleSeries] = {}  # perp symbol -> (mark - index) / index candles
+        # Live trade ids of each market start here; the backfill numbers its trades just below.
+        markets = list(markets)
+        self._tapes: dict[str, Tape] = {m.symbol: Tape(m, next_id=_first_live_id(m)) for m in markets}
+        self._marks: dict[str, CandleSeries] = {}  # perp symbol -> mark price candles
+        self._indexes: dict[str, CandleSeries] = {}  # perp symbol -> index price candles
+        self._premium_index: dict[str, CandleSeries] = {}  # perp symbol -> (mark - index) / index candles
         self.premiums: dict[str, list[Decimal]] = {}  # perp symbol -> premium samples this funding interval
         self.funding_override: dict[str, Decimal] = {}  # perp symbol -> the rate settled at the next times
-        self.funding_history: list[FundingEvent] = []
-        self.base_open_interest: dict[str, Decimal] = {}
+        self._funding_history: list[FundingEvent] = []
+        self._base_open_interest: dict[str, Decimal] = {}
+        for m in markets:
+            if m.kind is MarketKind.LINEAR:
+                self.premiums[m.symbol] = []
+        self._pending: tuple[int, Mapping[str, Decimal], Mapping[str, Decimal]] | None = None
+
+    # --- what the REST and stream handlers read (the history is generated on first use) ---
+
+    @property
+    def tapes(self) -> dict[str, Tape]:
+        self._ensure()
+        return self._tapes
+
+    @property
+    def marks(self) -> dict[str, CandleSeries]:
+        self._ensure()
+        return self._marks
+
+    @property
+    def indexes(self) -> dict[str, CandleSeries]:
+        self._ensure()
+        return self._indexes
+
+    @property
+    def premium_index(self) -> dict[str, CandleSeries]:
+        self._ensure()
+        return self._premium_index
+
+    @property
+    def funding_history(self) -> list[FundingEvent]:
+        self._ensure()
+        return self._funding_history
+
+    def _ensure(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._backfill(*pending)
 
     # --- start ---
 
     def backfill(self, start_ms: int, mids: Mapping[str, Decimal], premiums: Mapping[str, Decimal]) -> None:
         """Seeded history before `start_ms`: one random walk per base asset ending at today's spot mid, the
-        perp at the current premium; candle volumes and trade counts drawn, trade ids numbered through."""
+        perp at the current premium; candle volumes and trade counts drawn, trade ids numbered up to the live
+        ones. Generated on first use (most emulators in tests never ask), identical whenever that is."""
+        self._pending = (start_ms, dict(mids), dict(premiums))
+
+    def _backfill(self, start_ms: int, mids: Mapping[str, Decimal], premiums: Mapping[str, Decimal]) -> None:
         start_minute = bucket_open(start_ms, MINUTE_MS)
         by_base: dict[str, list[Market]] = {}
-        for tape in self.tapes.values():
+        for tape in self._tapes.values():
             by_base.setdefault(tape.market.base, []).append(tape.market)
         for base, markets in sorted(by_base.items()):
             rng = random.Random(self.seed * 1_000_003 + zlib.crc32(base.encode()))
@@ -265,9 +307,9 @@ class MarketData:
             path.reverse()  # path[0] = oldest open, path[-1] = anchor
             for market in markets:
                 premium = float(premiums.get(market.symbol, ZERO)) if market.kind is MarketKind.LINEAR else 0.0
-                tape = self.tapes[market.symbol]
+                tape = self._tapes[market.symbol]
                 usd_per_minute = 2_000_000.0 if market.kind is MarketKind.LINEAR else 600_000.0
-                ids = 1_000_000 * (1 + zlib.crc32(market.symbol.encode()) % 900)
+                candles: list[Candle] = []
                 for i in range(BACKFILL_MINUTES):
                     o, c = path[i] * (1 + premium), path[i + 1] * (1 + premium)
                     wick = abs(rng.gauss(0.0, 0.0003))
@@ -289,16 +331,13 @@ class MarketData:
                         count,
                         buy,
                         (buy * vwap).quantize(Decimal("0.00000001")),
-                        ids,
-                        ids + count - 1,
                     )
-                    ids += count
-                    tape.candles.put(candle)
+                    candles.append(candle)
                     if market.kind is MarketKind.LINEAR:
                         flat = Candle(candle.open_ms, candle.open, candle.high, candle.low, candle.close, count=60)
-                        self.marks.setdefault(market.symbol, CandleSeries()).put(flat)
+                        self._marks.setdefault(market.symbol, CandleSeries()).put(flat)
                         index = [_on_grid(x / (1 + premium), market.tick_size) for x in (o, h, lo, c)]
-                        self.indexes.setdefault(market.symbol, CandleSeries()).put(
+                        self._indexes.setdefault(market.symbol, CandleSeries()).put(
                             Candle(candle.open_ms, index[0], max(index), min(index), index[3], count=60)
                         )
                         prem = [
@@ -306,13 +345,17 @@ class MarketData:
                             for p, i in zip(price, index, strict=True)
                             if i > 0
                         ] or [ZERO]
-                        self.premium_index.setdefault(market.symbol, CandleSeries()).put(
+                        self._premium_index.setdefault(market.symbol, CandleSeries()).put(
                             Candle(candle.open_ms, prem[0], max(prem), min(prem), prem[-1], count=60)
                         )
-                tape.next_id = ids
+                last_id = _first_live_id(market) - 1  # the live trades continue the numbering
+                for candle in reversed(candles):
+                    candle.first_id, candle.last_id = last_id - candle.count + 1, last_id
+                    last_id -= candle.count
+                for candle in candles:
+                    tape.candles.put(candle)
                 if market.kind is MarketKind.LINEAR:
-                    self.premiums[market.symbol] = []
-                    self.base_open_interest[market.symbol] = Decimal(
+                    self._base_open_interest[market.symbol] = Decimal(
                         str(round(rng.uniform(40_000_000, 90_000_000) / path[-1], 3))
                     ).quantize(market.step_size)
         first_time = self.next_funding_ms(start_ms) - self.funding_interval_ms
@@ -323,13 +366,14 @@ class MarketData:
             for symbol in sorted(self.premiums):
                 rng = random.Random(self.seed * 7 + when + zlib.crc32(symbol.encode()))
                 rate = INTEREST_RATE if rng.random() < 0.7 else Decimal(str(round(rng.uniform(-0.0003, 0.0006), 6)))
-                mark = self.marks[symbol].close_before(when) or ZERO
-                self.funding_history.append(FundingEvent(symbol, rate, when, mark))
+                mark = self._marks[symbol].close_before(when) or ZERO
+                self._funding_history.append(FundingEvent(symbol, rate, when, mark))
+        self._funding_history.sort(key=lambda e: (e.time_ms, e.symbol))  # before any settled live
 
     # --- flow ---
 
     def record_trade(self, symbol: str, price: Decimal, quantity: Decimal, t_ms: int, *, buyer_maker: bool) -> Trade:
-        tape = self.tapes[symbol]
+        tape = self._tapes[symbol]
         trade = Trade(tape.next_id, price, quantity, t_ms, buyer_maker)
         tape.next_id += 1
         tape.trades.append(trade)
@@ -338,12 +382,12 @@ class MarketData:
 
     def sample(self, symbol: str, t_ms: int, mark: Decimal, index: Decimal) -> None:
         """One mark / index observation of a perp (each market step); the premium feeds the funding rate."""
-        self.marks.setdefault(symbol, CandleSeries()).update(t_ms, mark, ZERO, taker_buy=False, trade_id=None)
-        self.indexes.setdefault(symbol, CandleSeries()).update(t_ms, index, ZERO, taker_buy=False, trade_id=None)
+        self._marks.setdefault(symbol, CandleSeries()).update(t_ms, mark, ZERO, taker_buy=False, trade_id=None)
+        self._indexes.setdefault(symbol, CandleSeries()).update(t_ms, index, ZERO, taker_buy=False, trade_id=None)
         if index > 0:
             premium = (mark - index) / index
             self.premiums.setdefault(symbol, []).append(premium)
-            self.premium_index.setdefault(symbol, CandleSeries()).update(
+            self._premium_index.setdefault(symbol, CandleSeries()).update(
                 t_ms, premium.quantize(PREMIUM_QUANTUM, ROUND_HALF_UP), ZERO, taker_buy=False, trade_id=None
             )
 
@@ -367,7 +411,7 @@ class MarketData:
 
     def settle(self, symbol: str, time_ms: int, mark: Decimal) -> FundingEvent:
         event = FundingEvent(symbol, self.predicted_rate(symbol), time_ms, mark)
-        self.funding_history.append(event)
+        self._funding_history.append(event)
         self.premiums[symbol] = []
         return event
 
@@ -376,22 +420,29 @@ class MarketData:
     def ticker_window(self, symbol: str, now_ms: int) -> tuple[int, Candle | None, Decimal | None]:
         """The rolling 24 h window (whole minutes: from the first minute starting within the last 24 h): its
         open time, the window as one candle, and the close before it."""
-        series = self.tapes[symbol].candles
+        self._ensure()
+        series = self._tapes[symbol].candles
         start = -(-(now_ms - DAY_MS) // MINUTE_MS) * MINUTE_MS
         return start, series.window(start, now_ms), series.close_before(start)
 
     def last_trade(self, symbol: str) -> Trade | None:
-        tape = self.tapes[symbol]
+        self._ensure()
+        tape = self._tapes[symbol]
         return tape.trades[-1] if tape.trades else None
 
     def open_interest(self, symbol: str, t_ms: int, position: Decimal) -> Decimal:
         """Everyone's open contracts: a seeded level swinging slowly (a few % over hours) plus our position."""
-        base = self.base_open_interest.get(symbol, ZERO)
+        self._ensure()
+        base = self._base_open_interest.get(symbol, ZERO)
         phase = (zlib.crc32(symbol.encode()) % 1000) / 1000 * 2 * math.pi
         swing = Decimal(str(round(1 + 0.03 * math.sin(t_ms / 3_600_000 + phase), 6)))
-        market = self.tapes[symbol].market
+        market = self._tapes[symbol].market
         return (base * swing + abs(position)).quantize(market.step_size, ROUND_HALF_UP)
 
 
+def _first_live_id(m: Market) -> int:
+    return 10_000_000 * (1 + zlib.crc32(m.symbol.encode()) % 900)
+
+
 def _on_grid(value: float, tick: Decimal) -> Decimal:
-    return (Decimal(str(value)) / tick).to_integral_value(ROUND_HALF_UP) * tick
+    return Decimal(round(value / float(tick))) * tick

@@ -2,7 +2,9 @@
 Binance's authentication (X-MBX-APIKEY, HMAC-SHA256 over query + body, timestamp / recvWindow), request
 weights and error codes, plus the loopback-only test control API under `/_emulator/`.
 
-Faults are applied in the middleware, around the handler: `reject`, `http_error` and `delay` act before
+An `outage` answers every request and websocket handshake 503 for a while (the emulator keeping its books,
+orders and balances). Other faults are applied in the middleware, around the handler: `reject`, `http_error`
+and `delay` act before
 the request is processed; `ack_timeout` and `malformed_response` after it took effect (the outcome is
 then unknown to the client, which is the point).
 """
@@ -518,7 +520,7 @@ class _Rest:
             post_only=tif == "GTX",
             reduce_only=reduce_only,
         )
-        if self.emu.dual_side:
+        if self.emu.dual_side_position:
             raise w.WireError(400, -4061, "Order's position side does not match user's setting.")
         if not reduce_only:
             self.emu.check_margin(m, (price or self.emu.engine.mark_price(m.symbol) or ZERO) * quantity)
@@ -630,7 +632,7 @@ class _Rest:
 
     async def position_mode(self, request: web.Request) -> web.Response:
         await self.signed(request)
-        return _json({"dualSidePosition": self.emu.dual_side})
+        return _json({"dualSidePosition": self.emu.dual_side_position})
 
     async def symbol_config(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
@@ -1123,7 +1125,7 @@ class _Rest:
             return _json({"faults": [f.to_json() for f in self.emu.faults]})
         spec = await _json_body(request)
         if spec.get("clear") is True:
-            self.emu.faults.clear()
+            self.emu.clear_faults()  # an outage ends too
             return _json({"faults": []})
         try:
             fault = self.emu.add_fault(spec)
@@ -1282,6 +1284,9 @@ def _middleware(emulator: Emulator) -> Any:
             if not _loopback(request):
                 return _json({"error": "the control API answers loopback clients only"}, status=403)
             return await handler(request)
+        if emulator.down:
+            # The whole venue is away: REST, websocket handshakes, everything but the control API.
+            return _http_error({"status": 503, "body": "503 Service Unavailable (emulator fault: outage)"})
         kind = _kind_of(request.path)
         if kind is None:
             return await handler(request)
