@@ -363,3 +363,26 @@ def test_the_kline_stream_closes_each_candle_as_rest_reports_it() -> None:
             ]
 
     run(scenario)
+
+
+def test_array_streams_cover_every_market_and_mark_price_keeps_its_cadence() -> None:
+    async def scenario(emu: Emulator) -> None:
+        streams = "!miniTicker@arr/ethusdt@markPrice/ethusdt@markPrice@1s/!markPrice@arr"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"ws://127.0.0.1:{emu.port}/fstream/stream?streams={streams}") as ws,
+        ):
+            await asyncio.wait_for(emu.wait_until(lambda: len(emu.hub.subscribed(MarketKind.LINEAR)) == 4), WAIT)
+            got: dict[str, list[Any]] = {}
+            for _ in range(6):
+                emu.advance(1.0)
+                for _ in range(2 if emu._stream_ticks % 3 else 4):  # the 3 s streams join every third second
+                    message = await asyncio.wait_for(ws.receive_json(), WAIT)
+                    got.setdefault(message["stream"], []).append(message["data"])
+        assert len(got["ethusdt@markPrice@1s"]) == 6 and len(got["ethusdt@markPrice"]) == 2
+        assert len(got["!miniTicker@arr"]) == 6 and len(got["!markPrice@arr"]) == 2
+        assert {t["s"] for t in got["!miniTicker@arr"][-1]} == {"BTCUSDT", "ETHUSDT"}
+        assert {t["s"] for t in got["!markPrice@arr"][-1]} == {"BTCUSDT", "ETHUSDT"}
+        assert got["ethusdt@markPrice@1s"][-1]["p"] == got["ethusdt@markPrice"][-1]["p"]
+
+    run(scenario)

@@ -614,10 +614,13 @@ class Emulator:
                     self.hub.publish(kind, f"{name}@markPrice", event)
                 arrays["!markPrice@arr"].append(event)
         for stream, events in arrays.items():
-            if events:
-                self.hub.publish(kind, stream, events)
-                if stream == "!markPrice@arr":
-                    self.hub.publish(kind, "!markPrice@arr@1s", events)
+            if not events:
+                continue
+            if stream == "!markPrice@arr":
+                self.hub.publish(kind, "!markPrice@arr@1s", events)
+                if not every_3s:
+                    continue
+            self.hub.publish(kind, stream, events)
 
     def _push_kline(self, m: Market, stream: str, interval: str, now_ms: int) -> None:
         """The candle in progress; first, when a new one has begun, the final state of the one that closed."""
