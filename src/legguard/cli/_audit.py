@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legguard.engine.app._config import ConfigError, load_config
 from legguard.engine.journal import (
     FUNDING,
     GROUPINGS,
@@ -27,6 +28,14 @@ from legguard.engine.journal import (
     ledger,
     package_pnl,
     replay_package,
+)
+from legguard.engine.journal._anchors import (
+    AnchorCheck,
+    default_anchors_path,
+    load_key,
+    parse_public_key,
+    public_key_text,
+    verify_anchors,
 )
 from legguard.engine.journal._binding import bound_identity
 from legguard.engine.journal._pnl import funding_amount
@@ -274,22 +283,85 @@ def pnl(
 
 
 @audit_app.command("verify")
-def verify(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """Check the hash chain and replay every package through the decision core. Exit 0 only if OK."""
+def verify(
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors",
+            help="Signed anchors file the engine wrote (see docs/audit.md): fail unless the journal still holds "
+            "every anchored head, i.e. nothing up to the last anchor was deleted or rewritten.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The anchor key to trust: 'ed25519:...' (`legguard audit public-key`) or a file holding it. "
+            "Without it the key in the anchors file is trusted, which a forger can replace.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The run config: check the anchors where it keeps them (journal.anchors, default <db>.anchors), "
+            "pinned to the public half of its journal.anchor_key. --anchors / --public-key override.",
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain and replay every package through the decision core; with --anchors (or --config),
+    also that the journal extends every signed anchor. Exit 0 only if OK."""
+    pinned = _guard(lambda: parse_public_key(public_key)) if public_key is not None else None
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_NO_JOURNAL) from None
+        if anchors is None:
+            anchors = cfg.anchors or default_anchors_path(db)
+        if pinned is None and cfg.anchor_key is not None and cfg.anchor_key.exists():
+            key_path = cfg.anchor_key
+            pinned = _guard(lambda: load_key(key_path)).public_key()
+    if anchors is not None and not anchors.is_file():
+        raise _fail(f"no anchors file at {str(anchors)!r}", EXIT_NO_JOURNAL)
     report = _guard(lambda: verify_journal(db))
+    check: AnchorCheck | None = None
+    if anchors is not None:
+        with _reader(db) as journal:
+            check = verify_anchors(journal, anchors, pinned)
+    ok = report.ok and (check is None or check.ok)
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), "ok": ok, "anchors": None if check is None else check.to_dict()})
     else:
         out = _out()
         summary = f"{report.rows_checked} rows, {report.packages_checked} packages, journal {report.journal_id}"
-        if report.ok:
+        if check is not None and not check.ok:
+            out.print(f"[red]FAILED[/red] anchors: {escape(check.problem or '')}")
+        if report.ok and ok:
             out.print(f"[green]OK[/green] {summary}; head seq {report.head_seq} hash {report.head_hash}")
-        else:
+            if check is not None:
+                out.print(f"  {escape(check.summary())}")
+            else:
+                out.print("  not checked against signed anchors (--anchors): a rewrite of the whole file passes")
+        elif not report.ok:
             count = len(report.problems) + report.omitted
             out.print(f"[red]FAILED[/red] {summary}: {count} problem(s), first bad row first")
             for problem in report.problems:
                 out.print(f"  - {problem}", markup=False)
             if report.omitted:
                 out.print(f"  ... and {report.omitted} more")
-    if not report.ok:
+    if not ok:
         raise typer.Exit(EXIT_PROBLEMS)
+
+
+@audit_app.command("public-key")
+def public_key_cmd(
+    key: Annotated[Path, typer.Option("--key", help="The anchor key file (journal.anchor_key / run --anchor-key).")],
+) -> None:
+    """Print the public half of the anchor key ('ed25519:...'), to pin with `audit verify --public-key`."""
+    if not key.is_file():
+        raise _fail(f"--key: no key file at {str(key)!r}", EXIT_NO_JOURNAL)
+    private = _guard(lambda: load_key(key))
+    typer.echo(public_key_text(private.public_key()))

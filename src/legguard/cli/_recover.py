@@ -18,6 +18,7 @@ from legguard.engine._engine import Engine
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
 from legguard.engine.app._runner import open_checked_venue
+from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
 from legguard.engine.journal._store import Durability, Journal
 
 from ._edge import ExitCode, note_trading
@@ -76,12 +77,16 @@ def recover(
 async def _recover(cfg: RunConfig, db: Path, wait: float | None, *, rebind: bool = False) -> RecoveryReport:
     durability = Durability.POWER if cfg.durability == "power" else Durability.PROCESS
     journal = Journal.open(db, durability=durability)
+    key = load_or_create_key(cfg.anchor_key) if cfg.anchor_key is not None else None
     try:
         async with open_checked_venue(cfg, journal, rebind=rebind) as venue:
             note_trading()
             engine = Engine(venue, journal, cfg.engine)
             async with engine.running():
-                return await settle_recovered(engine, await engine.recover(), wait)
+                report = await settle_recovered(engine, await engine.recover(), wait)
+        if key is not None:  # what recovery journaled is anchored like any run's rows
+            Anchorer(journal, key, cfg.anchors or default_anchors_path(db)).anchor("recovered")
+        return report
     finally:
         journal.close()
 
@@ -116,6 +121,10 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
             f"stray order {escape(stray['client_order_id'])} ({stray['symbol']} {stray['side']}, filled "
             f"{stray['filled']}): {escape(stray['outcome'])}{escape(unwind)}"
         )
+    for cid, pid in report.lost_orders.items():
+        console.print(f"[yellow]{escape(cid)} ({pid}): sent, but the journal had lost it; found and adopted[/yellow]")
+    if report.unprobed:
+        console.print(f"[red]may exist at the venue, could not be asked:[/red] {escape(', '.join(report.unprobed))}")
     if report.unreachable:
         console.print(f"[yellow]asked again later (venue did not answer):[/yellow] {', '.join(report.unreachable)}")
     if not report.positions_verified:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from functools import partial
@@ -25,11 +26,29 @@ def run(
     seconds: Annotated[float | None, typer.Option(help="Stop gracefully after N seconds (like Ctrl-C).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
     rebind: RebindOption = False,
+    anchor_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchor-key",
+            help="Ed25519 key file (outside the journal; created 0600 if absent) that signs the journal's head "
+            "(overrides journal.anchor_key). The key is never printed.",
+        ),
+    ] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors", help="Append-only file of signed anchors (overrides journal.anchors; default <db>.anchors)."
+        ),
+    ] = None,
 ) -> None:
     """Run the engine: preflight checks first (nothing is sent if one fails), then packages open on the
     premium trigger; Ctrl-C cancels entries, finishes unwinds, keeps hedges."""
     console = Console(stderr=True)
     cfg = load_config(config)
+    if anchor_key is not None:
+        cfg = dataclasses.replace(cfg, anchor_key=anchor_key)
+    if anchors is not None:
+        cfg = dataclasses.replace(cfg, anchors=anchors)
     if seconds is not None and not seconds > 0:
         raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
     cfg.venue.credentials()  # a missing variable is a config error before anything is opened

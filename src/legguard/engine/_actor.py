@@ -163,7 +163,7 @@ class PackageActor:
         else:
             engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
         if CRASH_ARMED:
-            _crashpoints.after_step(self.core, commands)
+            _crashpoints.after_step(self.core, commands, engine.journal)
         self._track_exposure(now)
         if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
             # One leg has filled more than the other: that is naked exposure, so the other leg gets only the

@@ -162,3 +162,17 @@ def test_testnet_is_refused_for_other_kinds() -> None:
     text = BINANCE.format(extra="testnet = true").replace('kind = "binance"', 'kind = "emulator"')
     with pytest.raises(ConfigError, match=re.escape("venue.testnet: only applies to kind 'binance'")):
         parse_config(tomllib.loads(text))
+
+
+def test_anchor_settings_resolve_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = GOOD + '[journal]\nanchor_key = "keys/a.key"\nanchors = "/var/tmp/x.anchors"\nanchor_interval = 30\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.anchor_key == tmp_path / "keys" / "a.key"
+    assert cfg.anchors == Path("/var/tmp/x.anchors")
+    assert cfg.anchor_interval == 30.0
+    assert load_config(write(tmp_path, GOOD)).anchor_key is None  # off unless configured
+
+
+def test_a_bad_anchor_interval_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"journal\.anchor_interval"):
+        load_config(write(tmp_path, GOOD + "[journal]\nanchor_interval = 0\n"))

@@ -96,6 +96,10 @@ class RunConfig:
     premium_threshold: Decimal = Decimal("0.0005")
     cooldown: float = 0.5
     durability: str = "process"
+    # Signed anchors of the journal's head (engine/journal/_anchors.py): off unless a key file is configured.
+    anchor_key: Path | None = None  # Ed25519 private key, outside the journal; created 0600 if absent
+    anchors: Path | None = None  # the append-only anchors file (default: <db>.anchors)
+    anchor_interval: float = 60.0  # seconds between anchors while the engine runs (and one at shutdown)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -107,7 +111,7 @@ _SCHEMA: dict[str, set[str]] = {
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
     "deadlines": {"ack", "fill", "unwind", "leg"},
     "breaker": {"max_orphans", "window"},
-    "journal": {"durability"},
+    "journal": {"durability", "anchor_key", "anchors", "anchor_interval"},
     "deadman": {"enabled", "countdown", "heartbeat"},
 }
 
@@ -240,6 +244,15 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
     )
+
+    def path(name: str) -> Path | None:
+        text = _str(journal_t, name)
+        if text is None:
+            return None
+        value = Path(text).expanduser()
+        # Relative to the config file, so the config means the same wherever `legguard` is started from.
+        return value if value.is_absolute() or source is None else source.parent / value
+
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
@@ -247,6 +260,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
         cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
         durability=durability,
+        anchor_key=path("journal.anchor_key"),
+        anchors=path("journal.anchors"),
+        anchor_interval=_seconds(journal_t, "journal.anchor_interval", 60.0),
         source=source,
     )
 

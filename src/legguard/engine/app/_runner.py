@@ -3,6 +3,7 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from legguard.domain import VenueError
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import PackageSpec, SpecError, validate_spec
-from legguard.engine.journal import Durability, Journal
+from legguard.engine.journal import Durability, Journal, JournalError
+from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
 from legguard.engine.journal._binding import (
     SIM_ACCOUNT,
     VenueIdentity,
@@ -28,6 +30,8 @@ from legguard.engine.journal._binding import (
 from ._config import ConfigError, RunConfig, VenueConfig
 from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
 from ._strategy import PremiumTrigger
+
+log = logging.getLogger("legguard.engine.runner")
 
 
 @asynccontextmanager
@@ -166,6 +170,7 @@ class RunStatus:
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
+    anchorer: Anchorer | None = None  # signs the journal's head, if a key is configured
 
 
 async def run_engine(
@@ -182,7 +187,10 @@ async def run_engine(
 ) -> dict[str, Any]:
     status = status or RunStatus()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
+    key = load_or_create_key(config.anchor_key) if config.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
+    anchorer = None if key is None else Anchorer(journal, key, config.anchors or default_anchors_path(db))
+    status.anchorer = anchorer
     try:
         async with open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as venue:
             if on_trading is not None:
@@ -209,6 +217,9 @@ async def run_engine(
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
                 async with trio.open_nursery() as nursery:
+                    if anchorer is not None:
+                        anchorer.anchor("start")
+                        nursery.start_soon(_anchor_loop, anchorer, config.anchor_interval)
                     nursery.start_soon(_trade, running, trigger, status)
                     if on_tick is not None:
                         nursery.start_soon(_ticker, status, on_tick)
@@ -222,9 +233,23 @@ async def run_engine(
                 report["needs_recovery"].update(status.recovery.unsafe)
                 if not status.recovery.ok_so_far:
                     report["needs_operator"] = status.recovery.needs_operator()
+            if anchorer is not None:
+                last = anchorer.anchor("shutdown") or anchorer.last
+                report["anchors"] = {"file": str(anchorer.path), "written": anchorer.written,
+                                     "last_seq": None if last is None else last.seq}  # fmt: skip
             return report
     finally:
         journal.close()
+
+
+async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
+    """A signed anchor of the journal's head every `interval` seconds (none while nothing was written)."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            anchorer.anchor("periodic")
+        except JournalError as exc:  # an unwritable anchors file must not stop the engine: say so loudly
+            log.error("journal anchor failed: %s", exc)
 
 
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
