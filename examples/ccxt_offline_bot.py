@@ -161,6 +161,14 @@ async def bot_calls(c: Calls, spot: Any, perp: Any) -> None:
         lambda: perp.fetch_index_ohlcv(PERP, "1m", limit=10),
         lambda r: f"{len(r)} candles, close {r[-1][4]}",
     )
+    await c.run("fetch_status", spot.fetch_status, lambda r: r["status"])
+    await c.run(
+        "fetch_leverage perp", lambda: perp.fetch_leverage(PERP), lambda r: f"{r['longLeverage']}x {r['marginMode']}"
+    )
+    await c.run("fetch_funding_rates", perp.fetch_funding_rates, lambda r: f"{len(r)} perps")
+    await c.run("fetch_funding_interval", lambda: perp.fetch_funding_interval(PERP), lambda r: str(r["interval"]))
+    await c.run("fetch_last_prices perp", lambda: perp.fetch_last_prices([PERP]), lambda r: f"{len(r)} prices")
+    await c.run("fetch_trading_fees perp", perp.fetch_trading_fees, lambda r: f"{len(r)} perps")
     await c.run(
         "fetch_premium_index_ohlcv",
         lambda: perp.fetch_premium_index_ohlcv(PERP, "1m", limit=10),

@@ -162,6 +162,14 @@ REST_PAIRS: list[tuple[str, str, str, dict[str, Any], str, set[str]]] = [
         set(),
     ),
     # market data (issue 17)
+    (
+        "GET /fapi/v2/ticker/price",
+        "binanceusdm",
+        "fapiPublicV2GetTickerPrice",
+        {"symbol": "BTCUSDT"},
+        "http_futures_market_ticker_price.json",
+        set(),
+    ),
     ("GET /api/v3/trades", "binance", "publicGetTrades", {"symbol": "ETHUSDT"}, "http_spot_market_trades.json", set()),
     (
         "GET /api/v3/historicalTrades",
@@ -659,6 +667,17 @@ DOCUMENTED_REST: dict[str, Any] = {
     },
     "POST /fapi/v1/leverage": {"leverage": 21, "maxNotionalValue": "1000000", "symbol": "BTCUSDT"},
     "POST /fapi/v1/marginType": {"code": 200, "msg": "success"},
+    "GET /sapi/v1/system/status": {"status": 0, "msg": "normal"},
+    "GET /fapi/v1/accountConfig": {
+        "feeTier": 0,
+        "canTrade": True,
+        "canDeposit": True,
+        "canWithdraw": True,
+        "dualSidePosition": True,
+        "updateTime": 0,
+        "multiAssetsMargin": False,
+        "tradeGroupId": -1,
+    },
     "GET /fapi/v1/premiumIndexKlines": [
         [
             1691603820000,
@@ -765,6 +784,8 @@ def test_account_endpoints_and_user_events_have_the_documented_shapes() -> None:
                 rest["GET /fapi/v1/premiumIndexKlines"] = await perp.fapiPublicGetPremiumIndexKlines(
                     {"symbol": "ETHUSDT", "interval": "1m", "limit": 3}
                 )
+                rest["GET /sapi/v1/system/status"] = await spot.sapiGetSystemStatus()
+                rest["GET /fapi/v1/accountConfig"] = await perp.fapiPrivateGetAccountConfig()
                 rest["POST /fapi/v1/leverage"] = await perp.fapiPrivatePostLeverage(
                     {"symbol": "ETHUSDT", "leverage": 4}
                 )
@@ -810,3 +831,27 @@ def test_account_endpoints_and_user_events_have_the_documented_shapes() -> None:
         if found := differences(documented, events[label]):
             problems[label] = found
     assert problems == {}
+
+
+def test_funding_info_has_the_documented_shape() -> None:
+    documented = [
+        {
+            "symbol": "BLZUSDT",
+            "adjustedFundingRateCap": "0.02500000",
+            "adjustedFundingRateFloor": "-0.02500000",
+            "fundingIntervalHours": 8,
+            "disclaimer": False,
+        }
+    ]
+
+    async def main() -> Any:
+        async with (
+            serve_emulator(seed=5, autoclock=False, tls_port=None) as emu,
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{emu.port}/fapi/v1/fundingInfo") as resp,
+        ):
+            return await resp.json()
+
+    ours = asyncio.run(main())
+    assert differences(documented, ours) == []
+    assert {row["symbol"] for row in ours} == {"BTCUSDT", "ETHUSDT"}

@@ -1079,6 +1079,40 @@ class _Rest:
         keys = ("symbol", "incomeType", "income", "asset", "info", "time", "tranId", "tradeId")
         return [{k: r[k] for k in keys} for r in rows]
 
+    async def system_status(self, request: web.Request) -> web.Response:
+        return _json({"status": 0, "msg": "normal"})
+
+    async def funding_info(self, request: web.Request) -> web.Response:
+        hours = self.emu.data.funding_interval_ms / 3_600_000
+        return _json(
+            [
+                {
+                    "symbol": m.venue_symbol,
+                    "adjustedFundingRateCap": "0.00750000",
+                    "adjustedFundingRateFloor": "-0.00750000",
+                    # Binance's intervals are whole hours; a scenario's shorter one is given as a fraction.
+                    "fundingIntervalHours": int(hours) if hours == int(hours) else hours,
+                    "disclaimer": False,
+                }
+                for m in self.emu.markets(MarketKind.LINEAR)
+            ]
+        )
+
+    async def perp_account_config(self, request: web.Request) -> web.Response:
+        await self.signed(request)
+        return _json(
+            {
+                "feeTier": 0,
+                "canTrade": True,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "dualSidePosition": self.emu.dual_side_position,
+                "updateTime": 0,
+                "multiAssetsMargin": False,
+                "tradeGroupId": -1,
+            }
+        )
+
     async def transfer(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
         for name in ("type", "asset"):
@@ -1377,6 +1411,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/api/v3/myTrades", rest.my_trades)
     # spot wallet (SAPI)
     r.add_get("/sapi/v1/asset/tradeFee", rest.spot_trade_fee)
+    r.add_get("/sapi/v1/system/status", rest.system_status)
     r.add_post("/sapi/v1/asset/transfer", rest.transfer)
     r.add_get("/sapi/v1/asset/transfer", rest.transfer_history)
     # USDⓈ-M
@@ -1386,6 +1421,9 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v1/depth", rest.depth)
     r.add_get("/fapi/v1/ticker/bookTicker", rest.book_ticker)
     r.add_get("/fapi/v1/ticker/price", rest.ticker_price)
+    r.add_get("/fapi/v2/ticker/price", rest.ticker_price)
+    r.add_get("/fapi/v1/fundingInfo", rest.funding_info)
+    r.add_get("/fapi/v1/accountConfig", rest.perp_account_config)
     r.add_get("/fapi/v1/premiumIndex", rest.premium_index)
     r.add_get("/fapi/v1/fundingRate", rest.funding_rate)
     r.add_get("/fapi/v1/ticker/24hr", rest.ticker_24hr)
