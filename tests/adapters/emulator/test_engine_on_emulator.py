@@ -457,20 +457,25 @@ def process(args: list[str], env: dict[str, str], **kwargs: Any) -> Iterator[sub
 
 
 def read_port(proc: subprocess.Popen[str], timeout: float) -> int:
-    """The plain HTTP port from `legguard emulator`'s banner."""
+    """The plain HTTP port from `legguard emulator`'s banner. Reads the pipe's bytes directly: a buffered
+    `readline` may pull the port line into Python's buffer together with the line before it, and `select` on
+    the pipe would then wait for output that never comes (the banner is all the emulator prints)."""
     assert proc.stdout is not None
     seen: list[str] = []
+    text = ""
     deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
                 break
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if m := re.search(r"REST \+ websockets\s+http://127\.0\.0\.1:(\d+)", line):
+            text += chunk.decode("utf-8", errors="replace")
+            seen = [text]
+            if m := re.search(r"REST \+ websockets\s+http://127\.0\.0\.1:(\d+)", text):
                 return int(m.group(1))
     raise AssertionError(f"no port in the emulator's banner: {''.join(seen)!r}")
 
