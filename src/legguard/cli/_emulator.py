@@ -7,6 +7,8 @@ import asyncio
 import json
 import signal
 from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,8 +19,11 @@ from legguard.adapters.emulator._emulator import (
     DEFAULT_API_SECRET,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    FUNDING_INTERVAL,
     Emulator,
 )
+from legguard.adapters.emulator._routes import routes_markdown
+from legguard.adapters.emulator._scenario import Scenario, ScenarioError
 from legguard.adapters.emulator._server import serve_emulator
 
 
@@ -50,9 +55,23 @@ def emulator(
     ] = DEFAULT_API_SECRET,
     tick: Annotated[float, typer.Option(help="Seconds between market moves.")] = 1.0,
     seconds: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until interrupted).")] = 0.0,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(help="TOML timeline to play (price moves, funding flips, faults, stream lag): docs/emulator.md."),
+    ] = None,
+    funding_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between funding times (default: the scenario's, else 8 h)."),
+    ] = None,
+    routes: Annotated[
+        bool, typer.Option("--routes", help="Print the served endpoints and streams (Markdown) and exit.")
+    ] = False,
 ) -> None:
     """Serve Binance spot + USDⓈ-M (REST and websockets) on loopback; prints the ccxt configuration to use."""
     console = Console(soft_wrap=True)  # URLs and paths stay copyable
+    if routes:
+        print(routes_markdown())  # plain: it is pasted into docs/emulator.md
+        return
     if tls_port is None:
         tls_port = 0  # any free port: a second emulator on another --port must not collide on TLS
     for name, value, ok in (
@@ -60,35 +79,61 @@ def emulator(
         ("tls-port", tls_port, -1 <= tls_port <= 65535),
         ("tick", tick, tick > 0),
         ("seconds", seconds, seconds >= 0),
+        ("funding-interval", funding_interval, funding_interval is None or funding_interval > 0),
     ):
         if not ok:
             console.print(f"[red]error:[/red] --{name}: {value!r} is out of range")
             raise typer.Exit(2)
+    timeline: Scenario | None = None
+    if scenario is not None:
+        try:
+            timeline = Scenario.load(scenario)
+        except ScenarioError as exc:
+            console.print(f"[red]error:[/red] --scenario {scenario}: {exc}")
+            raise typer.Exit(2) from None
+    interval = funding_interval or (timeline.funding_interval if timeline else None) or FUNDING_INTERVAL
+    options = _Options(seed, api_key, api_secret, tick, seconds, interval, timeline)
     try:
-        asyncio.run(
-            _serve(console, host, port, None if tls_port < 0 else tls_port, seed, api_key, api_secret, tick, seconds)
-        )
+        asyncio.run(_serve(console, host, port, None if tls_port < 0 else tls_port, options))
     except OSError as exc:  # typically: the port is taken
         err = Console(stderr=True, soft_wrap=True, highlight=False)
         err.print(f"[red]error:[/red] cannot listen on {host}: {exc.strerror or exc} (choose another --port)")
         raise typer.Exit(2) from None
 
 
-async def _serve(
-    console: Console,
-    host: str,
-    port: int,
-    tls_port: int | None,
-    seed: int,
-    api_key: str,
-    api_secret: str,
-    tick: float,
-    seconds: float,
-) -> None:
+@dataclass(frozen=True)
+class _Options:
+    seed: int
+    api_key: str
+    api_secret: str
+    tick: float
+    seconds: float
+    funding_interval: float
+    scenario: Scenario | None
+
+
+async def _serve(console: Console, host: str, port: int, tls_port: int | None, o: _Options) -> None:
     async with serve_emulator(
-        host, port, tls_port=tls_port, seed=seed, api_key=api_key, api_secret=api_secret, tick_seconds=tick
+        host,
+        port,
+        tls_port=tls_port,
+        seed=o.seed,
+        api_key=o.api_key,
+        api_secret=o.api_secret,
+        tick_seconds=o.tick,
+        funding_interval=o.funding_interval,
     ) as emu:
-        _banner(console, emu, secret_is_default=api_secret == DEFAULT_API_SECRET)
+        _banner(console, emu, secret_is_default=o.api_secret == DEFAULT_API_SECRET)
+        if o.scenario is not None:
+            try:
+                o.scenario.install(emu)
+            except ScenarioError as exc:
+                console.print(f"[red]error:[/red] scenario: {exc}")
+                raise typer.Exit(2) from None
+            console.print(f"scenario [bold]{o.scenario.name}[/bold] (funding every {o.funding_interval:g} s):")
+            for line in o.scenario.describe():
+                console.print(f"  {line}")
+        seconds = o.seconds
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,5 +163,8 @@ def _banner(console: Console, emu: Emulator, *, secret_is_default: bool) -> None
         config = emu.ccxt_config("binanceusdm")
         hint = {"hostname": config["hostname"], "cafile": config["cafile"]}
         console.print(f"                     {json.dumps(hint)} + urls from ccxt-config")
-    console.print(f"  control            {base}/_emulator/state | faults | move | trade | liquidate")
+    console.print(
+        f"  control            {base}/_emulator/state | faults | move | trade | liquidate | funding | lag | advance"
+    )
+    console.print("  endpoints, streams, faults, scenarios: docs/emulator.md")
     console.print("Ctrl-C to stop.")

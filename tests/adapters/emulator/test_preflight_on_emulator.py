@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from conftest import ETH, ETH_PERP, emulated
 
+from legguard.adapters.emulator._emulator import Emulator
 from legguard.domain import MarketKind
 from legguard.engine.app._preflight import preflight
 from legguard.engine.app._strategy import Pair
@@ -13,8 +15,15 @@ from legguard.engine.app._strategy import Pair
 PAIRS = (Pair(ETH, ETH_PERP, Decimal("0.05")),)
 
 
+def sync_clock(emu: Emulator) -> None:
+    """The rig's emulator runs a manual clock, frozen since it was built; the clock check compares it with the
+    wall clock, so bring it to now first (else a slow rig setup under load reads as a skewed venue clock)."""
+    emu.advance(max(0.0, time.time() - emu.now()))
+
+
 async def test_a_healthy_emulator_account_passes_every_check() -> None:
     async with emulated(stream_ready_timeout=0) as rig:
+        sync_clock(rig.emu)
         report = await preflight(rig.venue, PAIRS, where="emulator", leverage=rig.emu.engine.leverage,
                                  margin_type="cross")  # fmt: skip
 
@@ -28,6 +37,7 @@ async def test_a_healthy_emulator_account_passes_every_check() -> None:
 async def test_hedge_mode_and_wrong_leverage_are_refused_and_nothing_is_sent() -> None:
     async with emulated(stream_ready_timeout=0) as rig:
         rig.emu.dual_side_position = True
+        sync_clock(rig.emu)
         report = await preflight(rig.venue, PAIRS, where="emulator", leverage=rig.emu.engine.leverage + 1)
         orders = [rig.orders(kind) for kind in (MarketKind.SPOT, MarketKind.LINEAR)]
 
@@ -39,6 +49,7 @@ async def test_hedge_mode_and_wrong_leverage_are_refused_and_nothing_is_sent() -
 
 async def test_a_wrong_secret_fails_both_credential_checks() -> None:
     async with emulated(stream_ready_timeout=0, secret="not-the-emulator-secret") as rig:
+        sync_clock(rig.emu)
         report = await preflight(rig.venue, PAIRS, where="emulator")
         orders = [rig.orders(kind) for kind in (MarketKind.SPOT, MarketKind.LINEAR)]
 

@@ -58,6 +58,7 @@ from legguard.domain import (
 )
 
 from . import _wire as w
+from ._market_data import INTERVALS, Candle, MarketData, Trade, bucket_open
 from ._ws import Hub
 
 DEFAULT_HOST = "127.0.0.1"
@@ -71,7 +72,7 @@ URL_LABEL = "legguard-emulator"
 # Where the books start: prices of the recorded fixtures (BTC: http_spot_market_depth.json,
 # ETH: http_futures_account_trades.json).
 START_PRICES: Mapping[str, Decimal] = {"BTC": Decimal("60650.00"), "ETH": Decimal("2778.35")}
-FUNDING_RATE = Decimal("0.00010000")  # constant: the emulator books no funding payments
+FUNDING_INTERVAL = 8 * 3600.0  # seconds between funding times (Binance's default for most symbols)
 LISTEN_KEY_TTL = 3600.0  # seconds without keepalive before a futures listenKey expires
 
 FAULT_KINDS = frozenset(
@@ -158,6 +159,11 @@ class MarketDriver:
         self.generator = MarketGenerator(engine.markets, config or GeneratorConfig(prices=prices), seed)
         self.offsets: dict[str, int] = {}  # unified symbol -> ticks the book is shifted by
         self._last: dict[str, MarketTick] = {}
+        # The hook through which every print of the wider market reaches the engine (and the emulator's tape).
+        self.printer: Callable[[str, Side, Decimal, Decimal, float], None] = self._trade_through
+
+    def _trade_through(self, symbol: str, aggressor: Side, price: Decimal, quantity: Decimal, now: float) -> None:
+        self.engine.trade_through(symbol, aggressor, price, quantity, now)
 
     def step(self, dt: float, now: float) -> None:
         for tick in self.generator.step(dt):
@@ -173,7 +179,7 @@ class MarketDriver:
         if prints:
             for trade in tick.trades:
                 if trade.price + shift > 0:
-                    self.engine.trade_through(tick.symbol, trade.aggressor, trade.price + shift, trade.quantity, now)
+                    self.printer(tick.symbol, trade.aggressor, trade.price + shift, trade.quantity, now)
 
     def mid_of(self, market: Market) -> Decimal:
         """The market's current mid (its book as last generated, shifted)."""
@@ -330,7 +336,8 @@ class Emulator:
     Use `serve_emulator(...)`; with `autoclock=False` nothing moves until `advance(seconds)` (tests).
     """
 
-    dual_side_position: bool = False  # USDⓈ-M position mode: hedge (True) or one-way (False, the default)
+    # USDⓈ-M position mode: hedge (True: stored and reported, new orders refused -4061) or one-way (the default)
+    dual_side_position: bool = False
 
     def __init__(
         self,
@@ -342,6 +349,7 @@ class Emulator:
         autoclock: bool = True,
         tick_seconds: float = 1.0,
         market: GeneratorConfig | None = None,
+        funding_interval: float = FUNDING_INTERVAL,
     ) -> None:
         if not api_key or not api_secret:
             raise ValueError("api_key and api_secret must be non-empty")
@@ -358,7 +366,20 @@ class Emulator:
         self.driver = MarketDriver(self.engine, seed, market)
         self.hub = Hub(self)
         self.faults: list[Fault] = []
-        self.funding_rate = FUNDING_RATE
+        self.data = MarketData(self.engine.markets.values(), seed, funding_interval)
+        self.user_stream_lag = 0.0  # seconds user-data events trail the REST view (scenarios)
+        self.scenario_log: list[dict[str, Any]] = []  # events a scenario (`_scenario.py`) has played
+        perps = [s for s, m in sorted(self.engine.markets.items()) if m.kind is MarketKind.LINEAR]
+        self.leverage: dict[str, int] = dict.fromkeys(perps, self.engine.leverage)  # unified symbol -> leverage
+        self.margin_type: dict[str, str] = dict.fromkeys(perps, "CROSSED")  # CROSSED | ISOLATED
+        self.income: list[dict[str, Any]] = []  # TRANSFER and FUNDING_FEE rows of /fapi/v1/income
+        self.transfers: list[dict[str, Any]] = []  # rows of GET /sapi/v1/asset/transfer
+        self._tran_ids = itertools.count(9_689_322_392)
+        self._taped: set[int] = set()  # engine trade ids of our fills already on the public tape
+        self._tops: dict[str, tuple[tuple[Decimal, Decimal], tuple[Decimal, Decimal]]] = {}
+        self._stream_ticks = 0
+        self._kline_open: dict[str, int] = {}  # kline stream -> open time of the candle last pushed
+        self.driver.printer = self._print
         self.meta: dict[tuple[str, str], w.WireOrder] = {}  # (unified symbol, client id) -> metadata
         self._by_order_id: dict[int, tuple[str, str]] = {}
         self._progress: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}  # published (filled, cost)
@@ -384,9 +405,19 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._tmpdir: Path | None = None
         self._ticker: asyncio.Task[None] | None = None
+        gen = self.driver.generator
+        mids, premiums = {}, {}
+        for m in self.engine.markets.values():
+            spot_mid = Decimal(str(gen.spot_mid(m.base)))
+            mids[m.symbol] = spot_mid if m.kind is MarketKind.SPOT else Decimal(str(gen.perp_mid(m.base)))
+            premiums[m.symbol] = mids[m.symbol] / spot_mid - 1
+        self.data.backfill(self.now_ms(), mids, premiums)
+        self._epoch0 = time.time()  # the emulator's clock starts now, not before the backfill (~0.3 s)
         self.driver.step(0.0, self.now())  # books exist before the first request
         self.pump()
         self._schedule_tick()
+        self._schedule_streams()
+        self._schedule_funding()
 
     def __repr__(self) -> str:  # never the secret
         return f"Emulator(http://{self.host}:{self.port}, api_key={self.api_key!r}, seed={self.seed})"
@@ -438,6 +469,10 @@ class Emulator:
     async def _wait_closing(self) -> None:
         await self.closing.wait()
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run `fn` after `delay` seconds of emulator time."""
+        self.scheduler.call_later(delay, fn)
+
     def advance(self, seconds: float) -> None:
         """Manual clock (autoclock=False): run every timer falling within the next `seconds`."""
         self.scheduler.advance(seconds)
@@ -459,6 +494,298 @@ class Emulator:
             wakeup.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=wait)
+
+    # --- public market data (the tape; `_emulator_market.py`) ---
+
+    def _print(self, symbol: str, aggressor: Side, price: Decimal, quantity: Decimal, now: float) -> None:
+        """A print of the wider market: the engine fills our resting orders it reaches (those fills are
+        trades on the tape at our price), the rest of the print is a trade of the others."""
+        before = len(self.engine.fills(symbol))
+        self.engine.trade_through(symbol, aggressor, price, quantity, now)
+        t_ms, left = w.ms(now), quantity
+        for fill in self.engine.fills(symbol)[before:]:
+            self._taped.add(fill.trade_id)
+            self._tape(symbol, fill.price, fill.quantity, t_ms, buyer_maker=fill.side is Side.BUY)
+            left -= fill.quantity
+        if left > 0:
+            self._tape(symbol, price, left, t_ms, buyer_maker=aggressor is Side.SELL)
+
+    def _tape(self, symbol: str, price: Decimal, quantity: Decimal, t_ms: int, *, buyer_maker: bool) -> Trade:
+        trade = self.data.record_trade(symbol, price, quantity, t_ms, buyer_maker=buyer_maker)
+        m = self.engine.markets[symbol]
+        subscribed = self.hub.subscribed(m.kind)
+        if subscribed:
+            name = m.venue_symbol.lower()
+            if f"{name}@trade" in subscribed:
+                self.hub.publish(m.kind, f"{name}@trade", w.stream_trade(m, trade, self.now_ms()))
+            if f"{name}@aggTrade" in subscribed:
+                self.hub.publish(m.kind, f"{name}@aggTrade", w.stream_agg_trade(m, trade, self.now_ms()))
+        return trade
+
+    def index_price(self, m: Market) -> Decimal:
+        """A perp's index: the spot mid of its base asset here (the mark price if there is no spot book)."""
+        spot = next((s for s in self.markets(MarketKind.SPOT) if s.base == m.base), None)
+        mid = self.engine.mid(spot.symbol) if spot is not None else None
+        if mid is None:
+            return self.engine.mark_price(m.symbol) or ZERO
+        return mid.quantize(m.tick_size, ROUND_HALF_UP)
+
+    def stats(self, m: Market) -> w.Stats24h:
+        now_ms = self.now_ms()
+        open_ms, window, prev_close = self.data.ticker_window(m.symbol, now_ms)
+        last = self.data.last_trade(m.symbol)
+        bids, asks = self.feeds[m.symbol].snapshot(1)
+        bid, ask = (bids[0] if bids else (ZERO, ZERO)), (asks[0] if asks else (ZERO, ZERO))
+        last_price = last.price if last is not None else (window.close if window is not None else ZERO)
+        if window is None:
+            window = _flat(now_ms, last_price)
+        return w.Stats24h(
+            market=m,
+            open=window.open,
+            high=window.high,
+            low=window.low,
+            last=last_price,
+            last_qty=last.quantity if last is not None else ZERO,
+            prev_close=prev_close if prev_close is not None else window.open,
+            volume=window.volume,
+            quote_volume=window.quote_volume,
+            open_ms=open_ms,
+            close_ms=now_ms,
+            first_id=window.first_id,
+            last_id=window.last_id,
+            count=window.count,
+            bid=bid,
+            ask=ask,
+        )
+
+    def _schedule_streams(self) -> None:
+        def tick() -> None:
+            self._stream_tick()
+            self._schedule_streams()
+
+        self.scheduler.call_later(1.0, tick)
+
+    def _stream_tick(self) -> None:
+        """Once a second of emulator time: sample mark and index, push tickers, klines and mark prices."""
+        now_ms = self.now_ms()
+        self._stream_ticks += 1
+        for m in self.markets(MarketKind.LINEAR):
+            mark = self.engine.mark_price(m.symbol)
+            if mark is not None:
+                self.data.sample(m.symbol, now_ms, mark, self.index_price(m))
+        for kind in (MarketKind.SPOT, MarketKind.LINEAR):
+            subscribed = self.hub.subscribed(kind)
+            if subscribed:
+                self._push_streams(kind, subscribed, now_ms)
+
+    def _push_streams(self, kind: MarketKind, subscribed: set[str], now_ms: int) -> None:
+        arrays: dict[str, list[Any]] = {"!miniTicker@arr": [], "!ticker@arr": [], "!markPrice@arr": []}
+        every_3s = self._stream_ticks % 3 == 0
+        for m in self.markets(kind):
+            name = m.venue_symbol.lower()
+            mine = {s for s in subscribed if s.startswith(name + "@")}
+            if (
+                mine & {f"{name}@ticker", f"{name}@miniTicker"}
+                or "!ticker@arr" in subscribed
+                or ("!miniTicker@arr" in subscribed)
+            ):
+                stats = self.stats(m)
+                ticker, mini = w.stream_ticker(stats, now_ms), w.stream_mini_ticker(stats, now_ms)
+                self.hub.publish(kind, f"{name}@ticker", ticker)
+                self.hub.publish(kind, f"{name}@miniTicker", mini)
+                arrays["!ticker@arr"].append(ticker)
+                arrays["!miniTicker@arr"].append(mini)
+            for stream in mine:
+                _, _, channel = stream.partition("@")
+                family, _, interval = channel.partition("_")
+                if family == "kline" and interval in INTERVALS:
+                    self._push_kline(m, stream, interval, now_ms)
+            if kind is MarketKind.LINEAR:
+                mark = self.engine.mark_price(m.symbol) or ZERO
+                event = w.mark_price_update(
+                    m,
+                    mark,
+                    self.index_price(m),
+                    self.data.predicted_rate(m.symbol),
+                    self.data.next_funding_ms(now_ms),
+                    now_ms,
+                )
+                self.hub.publish(kind, f"{name}@markPrice@1s", event)
+                if every_3s:
+                    self.hub.publish(kind, f"{name}@markPrice", event)
+                arrays["!markPrice@arr"].append(event)
+        for stream, events in arrays.items():
+            if not events:
+                continue
+            if stream == "!markPrice@arr":
+                self.hub.publish(kind, "!markPrice@arr@1s", events)
+                if not every_3s:
+                    continue
+            self.hub.publish(kind, stream, events)
+
+    def _push_kline(self, m: Market, stream: str, interval: str, now_ms: int) -> None:
+        """The candle in progress; first, when a new one has begun, the final state of the one that closed."""
+        step, series = INTERVALS[interval], self.data.tapes[m.symbol].candles
+        current, last = bucket_open(now_ms, step), self._kline_open.get(stream)
+        self._kline_open[stream] = current
+        start = last if last is not None and last < current else current
+        for candle in series.klines(interval, start, None, 2, now_ms):
+            self.hub.publish(m.kind, stream, w.stream_kline(m, candle, interval, step, now_ms))
+
+    def _book_ticker(self, market: Market, update_id: int, now_ms: int) -> None:
+        stream = market.venue_symbol.lower() + "@bookTicker"
+        if stream not in self.hub.subscribed(market.kind):
+            return
+        bids, asks = self.feeds[market.symbol].snapshot(1)
+        top = (bids[0] if bids else (ZERO, ZERO), asks[0] if asks else (ZERO, ZERO))
+        if self._tops.get(market.symbol) != top:
+            self._tops[market.symbol] = top
+            self.hub.publish(market.kind, stream, w.stream_book_ticker(market, update_id, top[0], top[1], now_ms))
+
+    # --- funding ---
+
+    def _schedule_funding(self) -> None:
+        now_ms = self.now_ms()
+        due = self.data.next_funding_ms(now_ms)
+        self.scheduler.call_later((due - now_ms) / 1000, lambda: self._settle_funding(due))
+
+    def _settle_funding(self, time_ms: int) -> None:
+        """A funding time: every perp's rate is settled; positions pay or receive `position x mark x rate`
+        (longs pay a positive rate), booked as income FUNDING_FEE and told by ACCOUNT_UPDATE FUNDING_FEE."""
+        paid: set[str] = set()
+        for m in self.markets(MarketKind.LINEAR):
+            mark = self.engine.mark_price(m.symbol) or ZERO
+            event = self.data.settle(m.symbol, time_ms, mark)
+            position = self.engine.positions()[m.symbol]
+            if position == 0:
+                continue
+            amount = (-position * mark * event.rate).quantize(Decimal("0.00000001"), ROUND_HALF_UP)
+            self.engine.credit_perp_wallet(amount)
+            self._book_income(m.venue_symbol, "FUNDING_FEE", amount, time_ms)
+            paid.add(m.symbol)
+        if paid:
+            self.hub.perp_user(self._account_update(paid, self.now_ms(), reason="FUNDING_FEE"))
+        self._schedule_funding()
+
+    def _book_income(self, venue_symbol: str, kind: str, amount: Decimal, time_ms: int, trade_id: str = "") -> None:
+        self.income.append(
+            {
+                "symbol": venue_symbol,
+                "incomeType": kind,
+                "income": w.fixed(amount, 8),
+                "asset": "USDT",
+                "info": kind,
+                "time": time_ms,
+                "tranId": next(self._tran_ids),
+                "tradeId": trade_id,
+            }
+        )
+
+    # --- account settings and transfers ---
+
+    def set_leverage(self, m: Market, leverage: int) -> None:
+        if not 1 <= leverage <= w.BRACKETS[0][0]:
+            raise w.WireError(400, -4028, f"Leverage {leverage} is not valid")
+        self.leverage[m.symbol] = leverage
+        # The engine's own (single) check stays the looser one; `check_margin` applies each symbol's.
+        self.engine.leverage = max(self.leverage.values())
+        now_ms = self.now_ms()
+        self.hub.perp_user(
+            {"e": "ACCOUNT_CONFIG_UPDATE", "E": now_ms, "T": now_ms, "ac": {"s": m.venue_symbol, "l": leverage}}
+        )
+
+    def set_margin_type(self, m: Market, margin_type: str) -> None:
+        if margin_type not in ("ISOLATED", "CROSSED"):
+            raise w.WireError(400, -4044, "The margin type is invalid.")
+        if self.margin_type[m.symbol] == margin_type:
+            raise w.WireError(400, -4046, "No need to change margin type.")
+        if self.engine.open_orders(m.symbol):
+            raise w.WireError(400, -4047, "Margin type cannot be changed if there exists open orders.")
+        if self.engine.positions()[m.symbol]:
+            raise w.WireError(400, -4048, "Margin type cannot be changed if there exists position.")
+        self.margin_type[m.symbol] = margin_type
+
+    def set_position_mode(self, dual: bool) -> None:
+        if dual == self.dual_side_position:
+            raise w.WireError(400, -4059, "No need to change position side.")
+        if any(m.kind is MarketKind.LINEAR for m in (self.engine.markets[o.symbol] for o in self.engine.open_orders())):
+            raise w.WireError(400, -4067, "Position side cannot be changed if there exists open orders.")
+        if any(self.engine.positions().values()):
+            raise w.WireError(400, -4068, "Position side cannot be changed if there exists position.")
+        self.dual_side_position = dual
+
+    def check_margin(self, m: Market, notional: Decimal) -> None:
+        """Initial margin with each symbol's own leverage: positions at mark and open non-reduce-only orders
+        at their price, plus the new order, must fit in the wallet; else -2019."""
+        required = notional / self.leverage[m.symbol]
+        positions = self.engine.positions()
+        for perp in self.markets(MarketKind.LINEAR):
+            exposure = abs(positions[perp.symbol]) * (self.engine.mark_price(perp.symbol) or ZERO)
+            for o in self.engine.open_orders(perp.symbol):
+                meta = self.meta.get((perp.symbol, o.client_order_id))
+                if meta is not None and not meta.reduce_only:
+                    exposure += (meta.price or self.engine.mark_price(perp.symbol) or ZERO) * o.remaining
+            required += exposure / self.leverage[perp.symbol]
+        if required > self.engine.perp_wallet():
+            raise w.PERP_MARGIN
+
+    def transfer(self, transfer_type: str, asset: str, amount: Decimal) -> int:
+        """Universal transfer between the spot wallet and the USDⓈ-M wallet (USDT only: the perp wallet is
+        USDT); the user streams of both sides hear of it."""
+        if transfer_type not in ("MAIN_UMFUTURE", "UMFUTURE_MAIN"):
+            # Binance knows more types (margin, funding, COIN-M, options); the emulator has only these wallets.
+            raise w.WireError(
+                400,
+                -1100,
+                f"Illegal characters found in parameter 'type' ({transfer_type}); served: MAIN_UMFUTURE, UMFUTURE_MAIN",
+            )
+        if asset != "USDT":
+            raise w.WireError(400, -5011, f"Asset {asset} cannot be transferred to or from the USDⓈ-M wallet here.")
+        if amount <= 0:
+            raise w.WireError(400, -1100, "Illegal characters found in parameter 'amount'.")
+        now_ms = self.now_ms()
+        to_perp = transfer_type == "MAIN_UMFUTURE"
+        if to_perp:
+            if self.engine.balances().get(asset, None) is None or self.engine.balances()[asset].free < amount:
+                raise w.WireError(400, -5013, "Asset transfer failed: insufficient balance")
+            self.engine.credit_spot(asset, -amount)
+            self.engine.credit_perp_wallet(amount)
+        else:
+            if self._perp_available() < amount:
+                raise w.WireError(400, -5013, "Asset transfer failed: insufficient balance")
+            self.engine.credit_perp_wallet(-amount)
+            self.engine.credit_spot(asset, amount)
+        tran_id = next(self._tran_ids)
+        self.transfers.append(
+            {
+                "asset": asset,
+                "amount": w.fixed(amount, 8),
+                "type": transfer_type,
+                "status": "CONFIRMED",
+                "tranId": tran_id,
+                "timestamp": now_ms,
+            }
+        )
+        self._book_income("", "TRANSFER", amount if to_perp else -amount, now_ms)
+        self.income[-1]["tranId"] = tran_id
+        delta = amount if not to_perp else -amount
+        self.hub.spot_user({"e": "balanceUpdate", "E": now_ms, "a": asset, "d": w.fixed(delta, 8), "T": now_ms})
+        self.hub.spot_user(self._account_position({asset}, now_ms))
+        self.hub.perp_user(self._account_update(set(), now_ms, reason="DEPOSIT" if to_perp else "WITHDRAW"))
+        return tran_id
+
+    def _perp_available(self) -> Decimal:
+        used = ZERO
+        positions = self.engine.positions()
+        for perp in self.markets(MarketKind.LINEAR):
+            exposure = abs(positions[perp.symbol]) * (self.engine.mark_price(perp.symbol) or ZERO)
+            for o in self.engine.open_orders(perp.symbol):
+                meta = self.meta.get((perp.symbol, o.client_order_id))
+                if meta is not None and not meta.reduce_only:
+                    exposure += (meta.price or ZERO) * o.remaining
+            used += exposure / self.leverage[perp.symbol]
+        upnl = sum((self.engine.unrealized_pnl(p.symbol) for p in self.markets(MarketKind.LINEAR)), ZERO)
+        return self.engine.perp_wallet() + min(upnl, ZERO) - used
 
     # --- markets ---
 
@@ -642,6 +969,11 @@ class Emulator:
         pending: dict[tuple[str, str], deque[Fill]] = {}
         by_order: dict[tuple[str, str], list[Fill]] = {}
         for fill in new_fills:
+            if fill.trade_id in self._taped:
+                self._taped.discard(fill.trade_id)
+            else:  # taker fills, and maker fills of a book that moved through our price
+                buyer_maker = (fill.side is Side.BUY) == fill.maker
+                self._tape(fill.symbol, fill.price, fill.quantity, w.ms(fill.timestamp), buyer_maker=buyer_maker)
             key = (fill.symbol, fill.client_order_id)
             pending.setdefault(key, deque()).append(fill)
             by_order.setdefault(key, []).append(fill)
@@ -676,6 +1008,7 @@ class Emulator:
             event = feed.refresh(self.engine, now_ms)
             if event is not None:
                 self.hub.depth(feed.market, event)
+                self._book_ticker(feed.market, feed.update_id, now_ms)
         return by_order
 
     def _executions(self, meta: w.WireOrder, update: OrderUpdate, fills: deque[Fill]) -> list[w.Execution]:
@@ -712,7 +1045,7 @@ class Emulator:
             ],
         }
 
-    def _account_update(self, symbols: set[str], now_ms: int) -> dict[str, Any]:
+    def _account_update(self, symbols: set[str], now_ms: int, reason: str = "ORDER") -> dict[str, Any]:
         wallet = self.engine.perp_wallet()
         positions = self.engine.positions()
         return {
@@ -720,7 +1053,7 @@ class Emulator:
             "E": now_ms,
             "T": now_ms,
             "a": {
-                "m": "ORDER",
+                "m": reason,
                 "B": [{"a": "USDT", "wb": w.fixed(wallet, 8), "cw": w.fixed(wallet, 8), "bc": "0"}],
                 "P": [
                     {
@@ -730,7 +1063,7 @@ class Emulator:
                         "bep": w.fixed(self.engine.position_entry_price(s) or ZERO, 8),
                         "cr": "0",
                         "up": w.fixed(self.engine.unrealized_pnl(s), 8),
-                        "mt": "cross",
+                        "mt": "isolated" if self.margin_type[s] == "ISOLATED" else "cross",
                         "iw": "0",
                         "ps": "BOTH",
                     }
@@ -840,6 +1173,7 @@ class Emulator:
             },
             "faults": [f.to_json() for f in self.faults],
             "countdowns": sorted(self.countdowns),
+            "scenario": list(self.scenario_log),
             "outage_seconds_left": round(max(0.0, self.outage_until - self.scheduler.elapsed()), 3),
         }
 
@@ -1002,6 +1336,10 @@ def _with_status(update: OrderUpdate, status: OrderStatus) -> OrderUpdate:
     import dataclasses
 
     return dataclasses.replace(update, status=status)
+
+
+def _flat(now_ms: int, price: Decimal) -> Candle:
+    return Candle(now_ms, price, price, price, price)
 
 
 def _s(value: Decimal) -> str:

@@ -25,6 +25,7 @@ from legguard.adapters.market._matching import Fill
 from legguard.domain import ZERO, Market, MarketKind, OrderOrigin, OrderRequest, OrderType, Side
 
 from . import _wire as w
+from ._market_data import INTERVALS
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
@@ -37,6 +38,7 @@ _SPOT_CLIENT_ID = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
 _PERP_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _MARKET_PREFIXES = {"/api/": MarketKind.SPOT, "/fapi/": MarketKind.LINEAR, "/futures/": MarketKind.LINEAR}
 _OTHER_API_PREFIXES = ("/sapi/", "/dapi/", "/eapi/", "/papi/")
+_OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 
 def _kind_of(path: str) -> MarketKind | None:
@@ -519,6 +521,10 @@ class _Rest:
             post_only=tif == "GTX",
             reduce_only=reduce_only,
         )
+        if self.emu.dual_side_position:
+            raise w.WireError(400, -4061, "Order's position side does not match user's setting.")
+        if not reduce_only:
+            self.emu.check_margin(m, (price or self.emu.engine.mark_price(m.symbol) or ZERO) * quantity)
         meta = w.WireOrder(m, cid, order_type, tif, price, self.emu.now_ms(), reduce_only=reduce_only)
         self.emu.place(order, meta)
         meta, update = self.emu.wire_update((m.symbol, cid))
@@ -590,35 +596,41 @@ class _Rest:
     def _premium(self, m: Market) -> dict[str, Any]:
         now = self.emu.now_ms()
         mark = self.emu.engine.mark_price(m.symbol) or ZERO
-        index = self._index(m)
+        index = self.emu.index_price(m)
         return {
             "symbol": m.venue_symbol,
             "markPrice": w.fixed(mark, 8),
             "indexPrice": w.fixed(index, 8),
             "estimatedSettlePrice": w.fixed(index, 8),
-            "lastFundingRate": w.fixed(self.emu.funding_rate, 8),
-            "nextFundingTime": (now // w.FUNDING_INTERVAL_MS + 1) * w.FUNDING_INTERVAL_MS,
+            "lastFundingRate": w.fixed(self.emu.data.predicted_rate(m.symbol), 8),
+            "nextFundingTime": self.emu.data.next_funding_ms(now),
             "interestRate": "0.00010000",
             "time": now,
         }
 
-    def _index(self, m: Market) -> Decimal:
-        spot = next((s for s in self.emu.markets(MarketKind.SPOT) if s.base == m.base), None)
-        mid = self.emu.engine.mid(spot.symbol) if spot is not None else None
-        return mid if mid is not None else (self.emu.engine.mark_price(m.symbol) or ZERO)
-
     async def funding_rate(self, request: web.Request) -> web.Response:
         params, _, _ = await _read(request)
-        markets = self._selected(MarketKind.LINEAR, params)
+        symbol = self.emu.market(MarketKind.LINEAR, params["symbol"]).symbol if params.get("symbol") else None
+        start, end = _int(params, "startTime"), _int(params, "endTime")
         limit = min(_int(params, "limit", 100) or 100, 1000)
-        last = self.emu.now_ms() // w.FUNDING_INTERVAL_MS * w.FUNDING_INTERVAL_MS
-        times = [last - i * w.FUNDING_INTERVAL_MS for i in range(limit)][::-1]
-        out = [
-            {"symbol": m.venue_symbol, "fundingRate": w.fixed(self.emu.funding_rate, 8), "fundingTime": t}
-            for t in times
-            for m in markets
+        rows = [
+            e
+            for e in self.emu.data.funding_history
+            if (symbol is None or e.symbol == symbol)
+            and (start is None or e.time_ms >= start)
+            and (end is None or e.time_ms <= end)
         ]
-        return _json(out[-limit:])
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        return _json(
+            [
+                {
+                    "symbol": self.emu.engine.markets[e.symbol].venue_symbol,
+                    "fundingRate": w.fixed(e.rate, 8),
+                    "fundingTime": e.time_ms,
+                }
+                for e in rows
+            ]
+        )
 
     async def leverage_bracket(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
@@ -641,25 +653,16 @@ class _Rest:
         await self.signed(request)
         return _json({"dualSidePosition": self.emu.dual_side_position})
 
-    async def change_position_mode(self, request: web.Request) -> web.Response:
-        """`POST /fapi/v1/positionSide/dual` (the preflight reads the mode; tests set hedge mode with this)."""
-        params = await self.signed(request)
-        value = params.get("dualSidePosition")
-        if value not in ("true", "false"):
-            raise w.missing_param("dualSidePosition") if value is None else w.illegal_chars("dualSidePosition")
-        self.emu.dual_side_position = value == "true"
-        return _json({"code": 200, "msg": "success"})
-
     async def symbol_config(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
         return _json(
             [
                 {
                     "symbol": m.venue_symbol,
-                    "marginType": "CROSSED",
+                    "marginType": self.emu.margin_type[m.symbol],
                     "isAutoAddMargin": False,
-                    "leverage": self.emu.engine.leverage,
-                    "maxNotionalValue": str(_max_notional(self.emu.engine.leverage)),
+                    "leverage": self.emu.leverage[m.symbol],
+                    "maxNotionalValue": str(_max_notional(self.emu.leverage[m.symbol])),
                 }
                 for m in self._selected(MarketKind.LINEAR, params)
             ]
@@ -688,12 +691,12 @@ class _Rest:
             else:
                 asks += notional_open
             if not (meta and meta.reduce_only):
-                order_im += notional_open / engine.leverage
+                order_im += notional_open / self.emu.leverage[m.symbol]
         return {
             "position": position,
             "mark": mark,
             "notional": notional,
-            "initial": abs(notional) / engine.leverage,
+            "initial": abs(notional) / self.emu.leverage[m.symbol],
             "maint": abs(notional) * w.MAINT_MARGIN_RATIO,
             "order_im": order_im,
             "bids": bids,
@@ -720,13 +723,13 @@ class _Rest:
         if v2:
             return {
                 "entryPrice": w.fixed(g["entry"], 8),
-                "marginType": "cross",
+                "marginType": "isolated" if self.emu.margin_type[m.symbol] == "ISOLATED" else "cross",
                 "isAutoAddMargin": "false",
                 "isolatedMargin": "0.00000000",
-                "leverage": str(self.emu.engine.leverage),
+                "leverage": str(self.emu.leverage[m.symbol]),
                 "liquidationPrice": w.fixed(liq, 8),
                 "markPrice": w.fixed(g["mark"], 8),
-                "maxNotionalValue": str(_max_notional(self.emu.engine.leverage)),
+                "maxNotionalValue": str(_max_notional(self.emu.leverage[m.symbol])),
                 "positionAmt": w.fmt_qty(m, g["position"]),
                 "symbol": m.venue_symbol,
                 "unRealizedProfit": w.fixed(g["upnl"], 8),
@@ -845,11 +848,11 @@ class _Rest:
             if v2:
                 row.update(
                     {
-                        "leverage": str(self.emu.engine.leverage),
-                        "isolated": False,
+                        "leverage": str(self.emu.leverage[m.symbol]),
+                        "isolated": self.emu.margin_type[m.symbol] == "ISOLATED",
                         "entryPrice": f(g["entry"], 8),
                         "breakEvenPrice": f(g["entry"], 8),
-                        "maxNotional": str(_max_notional(self.emu.engine.leverage)),
+                        "maxNotional": str(_max_notional(self.emu.leverage[m.symbol])),
                         "bidNotional": f(g["bids"], 8),
                         "askNotional": f(g["asks"], 8),
                         "positionInitialMargin": f(g["initial"], 8),
@@ -880,6 +883,279 @@ class _Rest:
                 }
             ]
         )
+
+    # --- market data (`_emulator_market.py`): one small handler per endpoint ---
+
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        kind = _request_kind(request)
+        params, _, _ = await _read(request)
+        out = [w.rest_ticker_24h(self.emu.stats(m)) for m in self._selected(kind, params)]
+        return _json(out[0] if params.get("symbol") else out)
+
+    async def trades(self, request: web.Request) -> web.Response:
+        """GET /api/v3/trades, /api/v3/historicalTrades, /fapi/v1/trades, /fapi/v1/historicalTrades."""
+        kind = _request_kind(request)
+        params, _, _ = await _read(request)
+        if request.path.endswith("/historicalTrades"):
+            self._check_key(request)  # MARKET_DATA: API key, no signature
+        m = self.emu.market(kind, params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        from_id = _int(params, "fromId")
+        tape = list(self.emu.data.tapes[m.symbol].trades)
+        if from_id is not None:
+            tape = [t for t in tape if t.id >= from_id][:limit]
+        return _json([w.rest_trade(m, t) for t in tape[-limit:]])
+
+    async def agg_trades(self, request: web.Request) -> web.Response:
+        kind = _request_kind(request)
+        params, _, _ = await _read(request)
+        m = self.emu.market(kind, params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        from_id, start, end = _int(params, "fromId"), _int(params, "startTime"), _int(params, "endTime")
+        if start is not None and end is not None and end - start > 3_600_000:
+            raise w.WireError(400, -1127, "More than 1 hours between startTime and endTime.")
+        tape = [
+            t
+            for t in self.emu.data.tapes[m.symbol].trades
+            if (from_id is None or t.id >= from_id)
+            and (start is None or t.time_ms >= start)
+            and (end is None or t.time_ms <= end)
+        ]
+        tape = tape[:limit] if (from_id is not None or start is not None) else tape[-limit:]
+        return _json([w.rest_agg_trade(m, t) for t in tape])
+
+    def _limit(self, params: Params, default: int, maximum: int) -> int:
+        limit = _int(params, "limit", default)
+        assert limit is not None
+        if not 1 <= limit <= maximum:
+            raise w.WireError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        return limit
+
+    def _interval(self, params: Params) -> str:
+        interval = params.get("interval")
+        if not interval:
+            raise w.missing_param("interval")
+        if interval not in INTERVALS:
+            raise w.WireError(400, -1120, "Invalid interval.")
+        return interval
+
+    async def klines(self, request: web.Request) -> web.Response:
+        kind = _request_kind(request)
+        params, _, _ = await _read(request)
+        m = self.emu.market(kind, params.get("symbol"))
+        interval = self._interval(params)
+        limit = self._limit(params, 500, 1000 if kind is MarketKind.SPOT else 1500)
+        candles = self.emu.data.tapes[m.symbol].candles.klines(
+            interval, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms()
+        )
+        return _json([w.kline_row(m, c, INTERVALS[interval]) for c in candles])
+
+    async def mark_price_klines(self, request: web.Request) -> web.Response:
+        return self._price_klines(await _read(request), index=False)
+
+    async def index_price_klines(self, request: web.Request) -> web.Response:
+        return self._price_klines(await _read(request), index=True)
+
+    def _price_klines(self, read: tuple[Params, str, str], *, index: bool) -> web.Response:
+        params = read[0]
+        m = self.emu.market(MarketKind.LINEAR, params.get("pair" if index else "symbol"))
+        interval = self._interval(params)
+        limit = self._limit(params, 500, 1500)
+        series = (self.emu.data.indexes if index else self.emu.data.marks)[m.symbol]
+        candles = series.klines(interval, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms())
+        return _json([w.kline_row(m, c, INTERVALS[interval], prices_only=True) for c in candles])
+
+    async def premium_index_klines(self, request: web.Request) -> web.Response:
+        params, _, _ = await _read(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        interval = self._interval(params)
+        limit = self._limit(params, 500, 1500)
+        series = self.emu.data.premium_index[m.symbol]
+        candles = series.klines(interval, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms())
+        return _json([w.premium_kline_row(c, INTERVALS[interval]) for c in candles])
+
+    async def open_interest(self, request: web.Request) -> web.Response:
+        params, _, _ = await _read(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        now = self.emu.now_ms()
+        oi = self.emu.data.open_interest(m.symbol, now, self.emu.engine.positions()[m.symbol])
+        return _json({"openInterest": w.fmt_qty(m, oi), "symbol": m.venue_symbol, "time": now})
+
+    async def open_interest_hist(self, request: web.Request) -> web.Response:
+        params, _, _ = await _read(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        period = params.get("period")
+        if period not in _OI_PERIODS:
+            raise w.WireError(400, -1120, "Invalid period.") if period else w.missing_param("period")
+        step = INTERVALS[period]
+        limit = self._limit(params, 30, 500)
+        marks = self.emu.data.marks[m.symbol].klines(
+            period, _int(params, "startTime"), _int(params, "endTime"), limit, self.emu.now_ms()
+        )
+        out = []
+        for c in marks:
+            stamp = c.open_ms + step
+            if stamp > self.emu.now_ms():
+                continue
+            oi = self.emu.data.open_interest(m.symbol, stamp, ZERO)
+            out.append(
+                {
+                    "symbol": m.venue_symbol,
+                    "sumOpenInterest": w.fixed(oi, 8),
+                    "sumOpenInterestValue": w.fixed(oi * c.close, 8),
+                    "timestamp": str(stamp),
+                }
+            )
+        return _json(out)
+
+    # --- account settings, fees, income, transfers: one small handler per endpoint ---
+
+    async def set_leverage(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        leverage = _int(params, "leverage")
+        if leverage is None:
+            raise w.missing_param("leverage")
+        self.emu.set_leverage(m, leverage)
+        return _json({"leverage": leverage, "maxNotionalValue": str(_max_notional(leverage)), "symbol": m.venue_symbol})
+
+    async def set_margin_type(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        m = self.emu.market(MarketKind.LINEAR, params.get("symbol"))
+        margin_type = params.get("marginType")
+        if not margin_type:
+            raise w.missing_param("marginType")
+        self.emu.set_margin_type(m, margin_type.upper())
+        return _json({"code": 200, "msg": "success"})
+
+    async def set_position_mode(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        raw = params.get("dualSidePosition")
+        if not raw:
+            raise w.missing_param("dualSidePosition")
+        if raw.lower() not in ("true", "false"):
+            raise w.WireError(400, -1100, "Illegal characters found in parameter 'dualSidePosition'.")
+        self.emu.set_position_mode(raw.lower() == "true")
+        return _json({"code": 200, "msg": "success"})
+
+    async def spot_trade_fee(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        markets = [self.emu.market(MarketKind.SPOT, params["symbol"])] if params.get("symbol") else None
+        rows = [
+            {
+                "symbol": m.venue_symbol,
+                "makerCommission": w._plain(m.maker_fee),
+                "takerCommission": w._plain(m.taker_fee),
+            }
+            for m in (markets or self.emu.markets(MarketKind.SPOT))
+        ]
+        return _json(rows)
+
+    async def income(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        symbol = self.emu.market(MarketKind.LINEAR, params["symbol"]).venue_symbol if params.get("symbol") else None
+        kind = params.get("incomeType")
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        limit = self._limit(params, 100, 1000)
+        rows = [
+            r
+            for r in self._income_rows()
+            if (symbol is None or r["symbol"] == symbol)
+            and (kind is None or r["incomeType"] == kind)
+            and (start is None or r["time"] >= start)
+            and (end is None or r["time"] <= end)
+        ]
+        rows.sort(key=lambda r: (r["time"], r["tranId"]))
+        return _json(rows[:limit] if start is not None else rows[-limit:])
+
+    def _income_rows(self) -> list[dict[str, Any]]:
+        """REALIZED_PNL and COMMISSION from our perp fills, TRANSFER and FUNDING_FEE as booked."""
+        rows = list(self.emu.income)
+        for m in self.emu.markets(MarketKind.LINEAR):
+            for f in self.emu.engine.fills(m.symbol):
+                stamp = w.ms(f.timestamp)
+                base = {"symbol": m.venue_symbol, "asset": f.fee_asset, "time": stamp, "tradeId": str(f.trade_id)}
+                if f.realized_pnl:
+                    rows.append(
+                        {
+                            **base,
+                            "incomeType": "REALIZED_PNL",
+                            "income": w.fixed(f.realized_pnl, 8),
+                            "info": "REALIZED_PNL",
+                            "tranId": 2 * f.trade_id,
+                        }
+                    )
+                if f.fee:
+                    rows.append(
+                        {
+                            **base,
+                            "incomeType": "COMMISSION",
+                            "income": w.fixed(-f.fee, 8),
+                            "info": "COMMISSION",
+                            "tranId": 2 * f.trade_id + 1,
+                        }
+                    )
+        keys = ("symbol", "incomeType", "income", "asset", "info", "time", "tranId", "tradeId")
+        return [{k: r[k] for k in keys} for r in rows]
+
+    async def system_status(self, request: web.Request) -> web.Response:
+        return _json({"status": 0, "msg": "normal"})
+
+    async def funding_info(self, request: web.Request) -> web.Response:
+        hours = self.emu.data.funding_interval_ms / 3_600_000
+        return _json(
+            [
+                {
+                    "symbol": m.venue_symbol,
+                    "adjustedFundingRateCap": "0.00750000",
+                    "adjustedFundingRateFloor": "-0.00750000",
+                    # Binance's intervals are whole hours; a scenario's shorter one is given as a fraction.
+                    "fundingIntervalHours": int(hours) if hours == int(hours) else hours,
+                    "disclaimer": False,
+                }
+                for m in self.emu.markets(MarketKind.LINEAR)
+            ]
+        )
+
+    async def perp_account_config(self, request: web.Request) -> web.Response:
+        await self.signed(request)
+        return _json(
+            {
+                "feeTier": 0,
+                "canTrade": True,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "dualSidePosition": self.emu.dual_side_position,
+                "updateTime": 0,
+                "multiAssetsMargin": False,
+                "tradeGroupId": -1,
+            }
+        )
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        for name in ("type", "asset"):
+            if not params.get(name):
+                raise w.missing_param(name)
+        amount = _decimal(params, "amount")
+        assert amount is not None
+        return _json({"tranId": self.emu.transfer(params["type"], params["asset"], amount)})
+
+    async def transfer_history(self, request: web.Request) -> web.Response:
+        params = await self.signed(request)
+        kind = params.get("type")
+        if not kind:
+            raise w.missing_param("type")
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        size = min(_int(params, "size", 10) or 10, 100)
+        rows = [
+            r
+            for r in self.emu.transfers
+            if r["type"] == kind
+            and (start is None or r["timestamp"] >= start)
+            and (end is None or r["timestamp"] <= end)
+        ]
+        return _json({"total": len(rows), "rows": rows[-size:]})
 
     # --- control (loopback only) ---
 
@@ -958,6 +1234,35 @@ class _Rest:
         except (RuntimeError, ValueError) as exc:
             return _json({"error": str(exc)}, status=409 if isinstance(exc, RuntimeError) else 400)
         return _json({"now": self.emu.now_ms()})
+
+    async def control_funding(self, request: web.Request) -> web.Response:
+        """Set the rate the next funding times settle at (`"rate": null`: back to the premium formula)."""
+        spec = await _json_body(request)
+        try:
+            m = self._control_market({**spec, "market": "linear"})
+            if spec.get("rate") is None:
+                self.emu.data.funding_override.pop(m.symbol, None)
+            else:
+                self.emu.data.funding_override[m.symbol] = _control_decimal(spec, "rate")
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
+        now = self.emu.now_ms()
+        return _json(
+            {
+                "symbol": m.venue_symbol,
+                "predictedRate": str(self.emu.data.predicted_rate(m.symbol)),
+                "nextFundingTime": self.emu.data.next_funding_ms(now),
+            }
+        )
+
+    async def control_lag(self, request: web.Request) -> web.Response:
+        """User-data events trail the REST view by `user_stream_ms` (0: delivered at once)."""
+        spec = await _json_body(request)
+        lag = spec.get("user_stream_ms")
+        if not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0:
+            return _json({"error": f"user_stream_ms: must be a number >= 0, got {lag!r}"}, status=400)
+        self.emu.user_stream_lag = float(lag) / 1000
+        return _json({"user_stream_ms": lag})
 
     def _control_market(self, spec: Mapping[str, Any]) -> Market:
         kind_name = spec.get("market", "spot")
@@ -1094,7 +1399,8 @@ def _loopback(request: web.Request) -> bool:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    return web.Response(status=404, text="Not Found")
+    """Anything not served: Binance's own answer to an unknown path (JSON error, never an HTML page)."""
+    return _error(w.UNKNOWN_PATH)
 
 
 def make_app(emulator: Emulator) -> web.Application:
@@ -1108,6 +1414,12 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/api/v3/ticker/bookTicker", rest.book_ticker)
     r.add_get("/api/v3/ticker/price", rest.ticker_price)
     r.add_get("/api/v3/avgPrice", rest.avg_price)
+    r.add_get("/api/v3/ticker/24hr", rest.ticker_24hr)
+    r.add_get("/api/v3/trades", rest.trades)
+    r.add_get("/api/v3/historicalTrades", rest.trades)
+    r.add_get("/api/v3/aggTrades", rest.agg_trades)
+    r.add_get("/api/v3/klines", rest.klines)
+    r.add_get("/api/v3/uiKlines", rest.klines)
     r.add_post("/api/v3/order", rest.spot_new_order)
     r.add_get("/api/v3/order", rest.spot_query_order)
     r.add_delete("/api/v3/order", rest.spot_cancel_order)
@@ -1116,6 +1428,11 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/api/v3/allOrders", rest.all_orders)
     r.add_get("/api/v3/account", rest.spot_account)
     r.add_get("/api/v3/myTrades", rest.my_trades)
+    # spot wallet (SAPI)
+    r.add_get("/sapi/v1/asset/tradeFee", rest.spot_trade_fee)
+    r.add_get("/sapi/v1/system/status", rest.system_status)
+    r.add_post("/sapi/v1/asset/transfer", rest.transfer)
+    r.add_get("/sapi/v1/asset/transfer", rest.transfer_history)
     # USDⓈ-M
     r.add_get("/fapi/v1/ping", rest.ping)
     r.add_get("/fapi/v1/time", rest.server_time)
@@ -1123,8 +1440,21 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v1/depth", rest.depth)
     r.add_get("/fapi/v1/ticker/bookTicker", rest.book_ticker)
     r.add_get("/fapi/v1/ticker/price", rest.ticker_price)
+    r.add_get("/fapi/v2/ticker/price", rest.ticker_price)
+    r.add_get("/fapi/v1/fundingInfo", rest.funding_info)
+    r.add_get("/fapi/v1/accountConfig", rest.perp_account_config)
     r.add_get("/fapi/v1/premiumIndex", rest.premium_index)
     r.add_get("/fapi/v1/fundingRate", rest.funding_rate)
+    r.add_get("/fapi/v1/ticker/24hr", rest.ticker_24hr)
+    r.add_get("/fapi/v1/trades", rest.trades)
+    r.add_get("/fapi/v1/historicalTrades", rest.trades)
+    r.add_get("/fapi/v1/aggTrades", rest.agg_trades)
+    r.add_get("/fapi/v1/klines", rest.klines)
+    r.add_get("/fapi/v1/markPriceKlines", rest.mark_price_klines)
+    r.add_get("/fapi/v1/indexPriceKlines", rest.index_price_klines)
+    r.add_get("/fapi/v1/premiumIndexKlines", rest.premium_index_klines)
+    r.add_get("/fapi/v1/openInterest", rest.open_interest)
+    r.add_get("/futures/data/openInterestHist", rest.open_interest_hist)
     r.add_post("/fapi/v1/order", rest.perp_new_order)
     r.add_get("/fapi/v1/order", rest.perp_query_order)
     r.add_delete("/fapi/v1/order", rest.perp_cancel_order)
@@ -1140,7 +1470,10 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v2/leverageBracket", rest.leverage_bracket)
     r.add_get("/fapi/v1/commissionRate", rest.commission_rate)
     r.add_get("/fapi/v1/positionSide/dual", rest.position_mode)
-    r.add_post("/fapi/v1/positionSide/dual", rest.change_position_mode)
+    r.add_post("/fapi/v1/positionSide/dual", rest.set_position_mode)
+    r.add_post("/fapi/v1/leverage", rest.set_leverage)
+    r.add_post("/fapi/v1/marginType", rest.set_margin_type)
+    r.add_get("/fapi/v1/income", rest.income)
     r.add_get("/fapi/v1/symbolConfig", rest.symbol_config)
     r.add_get("/fapi/v2/positionRisk", rest.position_risk)
     r.add_get("/fapi/v3/positionRisk", rest.position_risk)
@@ -1151,11 +1484,11 @@ def make_app(emulator: Emulator) -> web.Application:
     # COIN-M: an empty market list, so ccxt.binance's default load_markets works
     r.add_get("/dapi/v1/exchangeInfo", rest.inverse_exchange_info)
     # websockets
-    r.add_get("/stream/ws", hub.market_stream)
-    r.add_get("/stream/ws/{tail:.*}", hub.market_stream)
-    for base in ("/fstream/ws", "/fstream/public/ws", "/fstream/market/ws"):
+    for base in ("/ws", "/stream/ws", "/fstream/ws", "/fstream/public/ws", "/fstream/market/ws"):
         r.add_get(base, hub.market_stream)
         r.add_get(base + "/{tail:.*}", hub.market_stream)
+    for combined in ("/stream", "/fstream/stream", "/fstream/public/stream", "/fstream/market/stream"):
+        r.add_get(combined, hub.market_stream)
     r.add_get("/fstream/private/ws", hub.perp_user_stream)
     r.add_get("/ws-api/v3", hub.spot_api)
     # control
@@ -1168,5 +1501,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_post("/_emulator/trade", rest.control_trade)
     r.add_post("/_emulator/liquidate", rest.control_liquidate)
     r.add_post("/_emulator/advance", rest.control_advance)
+    r.add_post("/_emulator/funding", rest.control_funding)
+    r.add_post("/_emulator/lag", rest.control_lag)
     r.add_route("*", "/{tail:.*}", _not_found)
     return app

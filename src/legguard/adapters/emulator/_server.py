@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from legguard.adapters.market import GeneratorConfig, MatchingEngine
 
-from ._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, DEFAULT_HOST, Emulator
+from ._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, DEFAULT_HOST, FUNDING_INTERVAL, Emulator
 from ._rest import make_app
 
 
@@ -26,6 +26,7 @@ async def serve_emulator(
     tick_seconds: float = 1.0,
     engine: MatchingEngine | None = None,
     market: GeneratorConfig | None = None,
+    funding_interval: float = FUNDING_INTERVAL,
 ) -> AsyncIterator[Emulator]:
     """Run an emulator on an asyncio loop for the duration of the block (port 0: any free port)."""
     emulator = Emulator(
@@ -36,6 +37,7 @@ async def serve_emulator(
         autoclock=autoclock,
         tick_seconds=tick_seconds,
         market=market,
+        funding_interval=funding_interval,
     )
     await emulator.start(make_app(emulator), host, port, tls_port)
     try:

@@ -20,7 +20,6 @@ from legguard.domain import ZERO, Market, MarketKind, OrderOrigin, OrderStatus, 
 JSON = dict[str, Any]
 
 SPOT_PLACES = 8
-FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -741,3 +740,317 @@ def leverage_brackets(m: Market) -> JSON:
         )
         floor, prev_mmr = cap, mmr
     return {"symbol": m.venue_symbol, "notionalCoef": 1.0, "brackets": out}
+
+
+# --- public market data -------------------------------------------------------------------------------
+# Shapes of Binance's market-data REST responses and stream events, from the `Trade` / `Candle` records of
+# `_emulator_market.py` (imported lazily by type only, so this module stays free of the emulator).
+
+
+def _amount(m: Market, value: Decimal) -> str:
+    return fmt_qty(m, value.quantize(m.step_size)) if value == value.quantize(m.step_size) else fixed(value, 8)
+
+
+def rest_trade(m: Market, t: Any) -> JSON:
+    """GET /api/v3/trades, /api/v3/historicalTrades, /fapi/v1/trades."""
+    row: JSON = {
+        "id": t.id,
+        "price": fmt_price(m, t.price),
+        "qty": _amount(m, t.quantity),
+        "quoteQty": fmt_quote(m, t.price * t.quantity),
+        "time": t.time_ms,
+        "isBuyerMaker": t.buyer_maker,
+    }
+    if m.kind is MarketKind.SPOT:
+        row["isBestMatch"] = True
+    return row
+
+
+def rest_agg_trade(m: Market, t: Any) -> JSON:
+    """GET /api/v3/aggTrades, /fapi/v1/aggTrades: one aggregate per print (first = last trade id)."""
+    row: JSON = {
+        "a": t.id,
+        "p": fmt_price(m, t.price),
+        "q": _amount(m, t.quantity),
+        "f": t.id,
+        "l": t.id,
+        "T": t.time_ms,
+        "m": t.buyer_maker,
+    }
+    if m.kind is MarketKind.SPOT:
+        row["M"] = True
+    return row
+
+
+def kline_row(m: Market, c: Any, interval_ms: int, *, prices_only: bool = False) -> list[Any]:
+    """One kline array; mark / index price klines carry zeros for volumes and the sample count."""
+    row: list[Any] = [
+        c.open_ms,
+        fmt_price(m, c.open),
+        fmt_price(m, c.high),
+        fmt_price(m, c.low),
+        fmt_price(m, c.close),
+    ]
+    if prices_only:
+        return [*row, "0", c.open_ms + interval_ms - 1, "0", c.count, "0", "0", "0"]
+    return [
+        *row,
+        _amount(m, c.volume),
+        c.open_ms + interval_ms - 1,
+        fixed(c.quote_volume, 8),
+        c.count,
+        _amount(m, c.taker_buy_volume),
+        fixed(c.taker_buy_quote, 8),
+        "0",
+    ]
+
+
+def premium_kline_row(c: Any, interval_ms: int) -> list[Any]:
+    """One premium index kline: the premium as a fraction, 8 decimals."""
+    prices = [fixed(x, 8) for x in (c.open, c.high, c.low, c.close)]
+    return [c.open_ms, *prices, "0", c.open_ms + interval_ms - 1, "0", c.count, "0", "0", "0"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats24h:
+    """The rolling 24 h statistics of one market, as both the REST ticker and the stream tickers use them."""
+
+    market: Market
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    last: Decimal
+    last_qty: Decimal
+    prev_close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    open_ms: int
+    close_ms: int
+    first_id: int
+    last_id: int
+    count: int
+    bid: tuple[Decimal, Decimal]
+    ask: tuple[Decimal, Decimal]
+
+    @property
+    def change(self) -> Decimal:
+        return self.last - self.open
+
+    @property
+    def change_pct(self) -> str:
+        return fixed(self.change / self.open * 100, 3) if self.open else "0.000"
+
+    @property
+    def vwap(self) -> Decimal:
+        return self.quote_volume / self.volume if self.volume else self.last
+
+
+def rest_ticker_24h(s: Stats24h) -> JSON:
+    m = s.market
+    row: JSON = {
+        "symbol": m.venue_symbol,
+        "priceChange": fmt_price(m, s.change),
+        "priceChangePercent": s.change_pct,
+        "weightedAvgPrice": fmt_price(m, s.vwap.quantize(m.tick_size)),
+    }
+    if m.kind is MarketKind.SPOT:
+        row["prevClosePrice"] = fmt_price(m, s.prev_close)
+    row.update({"lastPrice": fmt_price(m, s.last), "lastQty": _amount(m, s.last_qty)})
+    if m.kind is MarketKind.SPOT:
+        row.update(
+            {
+                "bidPrice": fmt_price(m, s.bid[0]),
+                "bidQty": fmt_qty(m, s.bid[1]),
+                "askPrice": fmt_price(m, s.ask[0]),
+                "askQty": fmt_qty(m, s.ask[1]),
+            }
+        )
+    row.update(
+        {
+            "openPrice": fmt_price(m, s.open),
+            "highPrice": fmt_price(m, s.high),
+            "lowPrice": fmt_price(m, s.low),
+            "volume": _amount(m, s.volume),
+            "quoteVolume": fixed(s.quote_volume, 8),
+            "openTime": s.open_ms,
+            "closeTime": s.close_ms,
+            "firstId": s.first_id,
+            "lastId": s.last_id,
+            "count": s.count,
+        }
+    )
+    return row
+
+
+def stream_ticker(s: Stats24h, event_ms: int) -> JSON:
+    """`<symbol>@ticker` (24hrTicker)."""
+    m = s.market
+    event: JSON = {
+        "e": "24hrTicker",
+        "E": event_ms,
+        "s": m.venue_symbol,
+        "p": fmt_price(m, s.change),
+        "P": s.change_pct,
+        "w": fmt_price(m, s.vwap.quantize(m.tick_size)),
+    }
+    if m.kind is MarketKind.SPOT:
+        event["x"] = fmt_price(m, s.prev_close)
+    event.update({"c": fmt_price(m, s.last), "Q": _amount(m, s.last_qty)})
+    if m.kind is MarketKind.SPOT:
+        event.update(
+            {
+                "b": fmt_price(m, s.bid[0]),
+                "B": fmt_qty(m, s.bid[1]),
+                "a": fmt_price(m, s.ask[0]),
+                "A": fmt_qty(m, s.ask[1]),
+            }
+        )
+    event.update(
+        {
+            "o": fmt_price(m, s.open),
+            "h": fmt_price(m, s.high),
+            "l": fmt_price(m, s.low),
+            "v": _amount(m, s.volume),
+            "q": fixed(s.quote_volume, 8),
+            "O": s.open_ms,
+            "C": s.close_ms,
+            "F": s.first_id,
+            "L": s.last_id,
+            "n": s.count,
+        }
+    )
+    if m.kind is MarketKind.LINEAR:
+        event["st"] = 1
+    return event
+
+
+def stream_mini_ticker(s: Stats24h, event_ms: int) -> JSON:
+    """`<symbol>@miniTicker` (24hrMiniTicker)."""
+    m = s.market
+    return {
+        "e": "24hrMiniTicker",
+        "E": event_ms,
+        "s": m.venue_symbol,
+        "c": fmt_price(m, s.last),
+        "o": fmt_price(m, s.open),
+        "h": fmt_price(m, s.high),
+        "l": fmt_price(m, s.low),
+        "v": _amount(m, s.volume),
+        "q": fixed(s.quote_volume, 8),
+    }
+
+
+def stream_trade(m: Market, t: Any, event_ms: int) -> JSON:
+    """`<symbol>@trade`."""
+    if m.kind is MarketKind.SPOT:
+        return {
+            "e": "trade",
+            "E": event_ms,
+            "s": m.venue_symbol,
+            "t": t.id,
+            "p": fmt_price(m, t.price),
+            "q": _amount(m, t.quantity),
+            "b": 2 * t.id + (0 if t.buyer_maker else 1),  # order ids of the two sides (synthetic)
+            "a": 2 * t.id + (1 if t.buyer_maker else 0),
+            "T": t.time_ms,
+            "m": t.buyer_maker,
+            "M": True,
+        }
+    return {
+        "e": "trade",
+        "E": event_ms,
+        "T": t.time_ms,
+        "s": m.venue_symbol,
+        "t": t.id,
+        "p": fmt_price(m, t.price),
+        "q": _amount(m, t.quantity),
+        "X": "MARKET",
+        "m": t.buyer_maker,
+    }
+
+
+def stream_agg_trade(m: Market, t: Any, event_ms: int) -> JSON:
+    """`<symbol>@aggTrade`."""
+    event: JSON = {
+        "e": "aggTrade",
+        "E": event_ms,
+        "s": m.venue_symbol,
+        "a": t.id,
+        "p": fmt_price(m, t.price),
+        "q": _amount(m, t.quantity),
+        "f": t.id,
+        "l": t.id,
+        "T": t.time_ms,
+        "m": t.buyer_maker,
+    }
+    if m.kind is MarketKind.SPOT:
+        event.update({"M": True, "st": 1})
+    return event
+
+
+def stream_book_ticker(
+    m: Market, update_id: int, bid: tuple[Decimal, Decimal], ask: tuple[Decimal, Decimal], event_ms: int
+) -> JSON:
+    """`<symbol>@bookTicker`."""
+    top = {
+        "b": fmt_price(m, bid[0]),
+        "B": fmt_qty(m, bid[1]),
+        "a": fmt_price(m, ask[0]),
+        "A": fmt_qty(m, ask[1]),
+    }
+    if m.kind is MarketKind.SPOT:
+        return {"u": update_id, "s": m.venue_symbol, **top, "T": event_ms, "E": event_ms}
+    return {
+        "e": "bookTicker",
+        "u": update_id,
+        "E": event_ms,
+        "T": event_ms,
+        "s": m.venue_symbol,
+        **top,
+        "st": 1,
+        "ps": m.venue_symbol,
+    }
+
+
+def stream_kline(m: Market, c: Any, interval: str, interval_ms: int, event_ms: int) -> JSON:
+    """`<symbol>@kline_<interval>`: the candle in progress (`x` false) or just closed."""
+    return {
+        "e": "kline",
+        "E": event_ms,
+        "s": m.venue_symbol,
+        "k": {
+            "t": c.open_ms,
+            "T": c.open_ms + interval_ms - 1,
+            "s": m.venue_symbol,
+            "i": interval,
+            "f": c.first_id,
+            "L": c.last_id,
+            "o": fmt_price(m, c.open),
+            "c": fmt_price(m, c.close),
+            "h": fmt_price(m, c.high),
+            "l": fmt_price(m, c.low),
+            "v": _amount(m, c.volume),
+            "n": c.count,
+            "x": event_ms >= c.open_ms + interval_ms - 1,
+            "q": fixed(c.quote_volume, 8),
+            "V": _amount(m, c.taker_buy_volume),
+            "Q": fixed(c.taker_buy_quote, 8),
+            "B": "0",
+        },
+    }
+
+
+def mark_price_update(
+    m: Market, mark: Decimal, index: Decimal, rate: Decimal, next_funding_ms: int, event_ms: int
+) -> JSON:
+    """`<symbol>@markPrice[@1s]` (markPriceUpdate)."""
+    return {
+        "e": "markPriceUpdate",
+        "E": event_ms,
+        "s": m.venue_symbol,
+        "p": fixed(mark, 8),
+        "i": fixed(index, 8),
+        "P": fixed(index, 8),
+        "r": fixed(rate, 8),
+        "T": next_funding_ms,
+    }

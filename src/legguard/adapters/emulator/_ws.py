@@ -1,7 +1,10 @@
-"""The emulator's websockets, as ccxt.pro drives them: market streams (`SUBSCRIBE` to `<symbol>@depth`
-diffs on `/stream/ws/<n>` for spot, `/fstream/public/ws/<n>` for USDⓈ-M), the spot WebSocket API's
-`userDataStream.subscribe.signature` (`/ws-api/v3`), and the USDⓈ-M listenKey stream
-(`/fstream/private/ws?listenKey=...`).
+"""The emulator's websockets, as ccxt.pro drives them: market streams (raw: `SUBSCRIBE` on `/stream/ws/<n>`
+for spot, `/fstream/public/ws/<n>` or `/fstream/market/ws/<n>` for USDⓈ-M, or the streams named in the path;
+combined: `/stream?streams=a/b` and `/fstream/stream?streams=a/b`, each event wrapped as
+`{"stream": name, "data": event}`), the spot WebSocket API's `userDataStream.subscribe.signature`
+(`/ws-api/v3`), and the USDⓈ-M listenKey stream (`/fstream/private/ws?listenKey=...`).
+
+The market streams served are listed in `STREAMS` (docs/emulator.md is generated from it).
 
 Each connection gets a queue drained by its own sender task, so publishing from the (synchronous) engine
 glue never blocks and each client sees events in the order they happened.
@@ -13,6 +16,7 @@ import asyncio
 import itertools
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -21,7 +25,46 @@ from legguard.domain import Market, MarketKind
 
 from . import _wire as w
 
-_DEPTH_STREAM = re.compile(r"^([a-z0-9]+)@depth(@(?:0|100|250|500|1000)ms)?$")
+_INTERVALS = "1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w"
+# Stream name templates per market ("<symbol>" is the lower-case venue symbol), and how each is matched.
+STREAMS: dict[MarketKind, tuple[tuple[str, str], ...]] = {
+    MarketKind.SPOT: (
+        ("<symbol>@depth[@<n>ms]", r"@depth(@(?:0|100|250|500|1000)ms)?"),
+        ("<symbol>@trade", r"@trade"),
+        ("<symbol>@aggTrade", r"@aggTrade"),
+        ("<symbol>@kline_<interval>", rf"@kline_(?:{_INTERVALS})"),
+        ("<symbol>@miniTicker", r"@miniTicker"),
+        ("<symbol>@ticker", r"@ticker"),
+        ("<symbol>@bookTicker", r"@bookTicker"),
+        ("!miniTicker@arr", r"!miniTicker@arr"),
+        ("!ticker@arr", r"!ticker@arr"),
+    ),
+    MarketKind.LINEAR: (
+        ("<symbol>@depth[@<n>ms]", r"@depth(@(?:0|100|250|500|1000)ms)?"),
+        ("<symbol>@trade", r"@trade"),
+        ("<symbol>@aggTrade", r"@aggTrade"),
+        ("<symbol>@kline_<interval>", rf"@kline_(?:{_INTERVALS})"),
+        ("<symbol>@miniTicker", r"@miniTicker"),
+        ("<symbol>@ticker", r"@ticker"),
+        ("<symbol>@bookTicker", r"@bookTicker"),
+        ("<symbol>@markPrice[@1s]", r"@markPrice(@1s)?"),
+        ("!miniTicker@arr", r"!miniTicker@arr"),
+        ("!ticker@arr", r"!ticker@arr"),
+        ("!markPrice@arr[@1s]", r"!markPrice@arr(@1s)?"),
+    ),
+}
+_MATCHERS = {
+    kind: [re.compile(("^" if p.startswith("!") else r"^([a-z0-9]+)") + p + "$") for _, p in table]
+    for kind, table in STREAMS.items()
+}
+
+
+def stream_served(kind: MarketKind, stream: str, symbols: set[str]) -> bool:
+    for matcher in _MATCHERS[kind]:
+        match = matcher.match(stream)
+        if match is not None:
+            return stream.startswith("!") or match.group(1) in symbols
+    return False
 
 
 class StreamHost(Protocol):
@@ -29,6 +72,9 @@ class StreamHost(Protocol):
 
     api_key: str
     listen_key: str | None
+    user_stream_lag: float  # seconds user-data events trail the REST view
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
 
     def notify(self) -> None: ...
 
@@ -40,12 +86,13 @@ class StreamHost(Protocol):
 
 
 class _Session:
-    def __init__(self, ws: web.WebSocketResponse, kind: MarketKind, role: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, kind: MarketKind, role: str, *, combined: bool = False) -> None:
         self.ws = ws
         self.kind = kind
         self.role = role  # "market", "user" (listenKey stream) or "api" (spot WebSocket API)
+        self.combined = combined  # /stream?streams=...: events wrapped as {"stream", "data"}
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.depth: set[str] = set()  # subscribed stream names
+        self.streams: set[str] = set()  # subscribed stream names
         self.subscriptions: set[int] = set()  # spot user-data subscription ids on this connection
         self.listen_key: str | None = None
         self._sub_ids = itertools.count()
@@ -70,10 +117,28 @@ class Hub:
     def depth(self, market: Market, event: dict[str, Any]) -> None:
         prefix = market.venue_symbol.lower() + "@depth"
         for s in self.sessions:
-            if s.kind is market.kind and s.role == "market" and any(d.startswith(prefix) for d in s.depth):
-                s.send(event)
+            if s.kind is market.kind and s.role == "market":
+                for name in s.streams:
+                    if name.startswith(prefix):
+                        s.send({"stream": name, "data": event} if s.combined else event)
+
+    def subscribed(self, kind: MarketKind) -> set[str]:
+        """Every market stream name some connection of this market is subscribed to."""
+        out: set[str] = set()
+        for s in self.sessions:
+            if s.kind is kind and s.role == "market":
+                out |= s.streams
+        return out
+
+    def publish(self, kind: MarketKind, stream: str, event: Any) -> None:
+        for s in self.sessions:
+            if s.kind is kind and s.role == "market" and stream in s.streams:
+                s.send({"stream": stream, "data": event} if s.combined else event)
 
     def spot_user(self, event: dict[str, Any]) -> None:
+        self._lagged(lambda: self._spot_user_now(event))
+
+    def _spot_user_now(self, event: dict[str, Any]) -> None:
         for s in self.sessions:
             if s.role == "api":
                 for sub in sorted(s.subscriptions):
@@ -83,9 +148,21 @@ class Hub:
         key = listen_key if listen_key is not None else self.emulator.listen_key
         if key is None:
             return
+        self._lagged(lambda: self._perp_user_now(event, key))
+
+    def _perp_user_now(self, event: dict[str, Any], key: str) -> None:
         for s in self.sessions:
             if s.role == "user" and s.listen_key == key:
                 s.send(event)
+
+    def _lagged(self, deliver: Callable[[], None]) -> None:
+        """User-data events go out now, or `user_stream_lag` seconds of emulator time later (a scenario's
+        "the user stream lags REST"); timers due at the same time run in order, so the order is kept."""
+        lag = self.emulator.user_stream_lag
+        if lag > 0:
+            self.emulator.call_later(lag, deliver)
+        else:
+            deliver()
 
     def close_user_streams(self, listen_key: str) -> None:
         for s in list(self.sessions):
@@ -106,7 +183,7 @@ class Hub:
             if s.kind is kind
             and s.role == role
             and (role != "api" or s.subscriptions)
-            and (role != "market" or s.depth)
+            and (role != "market" or s.streams)
         )
 
     def _close(self, session: _Session, code: int, reason: bytes) -> None:
@@ -158,12 +235,14 @@ class Hub:
                 return
 
     async def market_stream(self, request: web.Request) -> web.WebSocketResponse:
-        kind = MarketKind.SPOT if request.path.startswith("/stream/") else MarketKind.LINEAR
+        kind = MarketKind.LINEAR if request.path.startswith("/fstream") else MarketKind.SPOT
+        combined = request.path.rstrip("/").endswith("/stream")
         tail = request.match_info.get("tail", "")
         if kind is MarketKind.LINEAR and tail and tail == self.emulator.listen_key:
             return await self._user(request, tail)  # the legacy /ws/<listenKey> form
-        initial = [s for s in tail.split("/") if "@" in s]
-        session = _Session(web.WebSocketResponse(), kind, "market")
+        named = request.query.get("streams", "") if combined else tail
+        initial = [s for s in named.split("/") if "@" in s]
+        session = _Session(web.WebSocketResponse(), kind, "market", combined=combined)
         return await self._serve(request, session, initial)
 
     async def perp_user_stream(self, request: web.Request) -> web.WebSocketResponse:
@@ -194,25 +273,25 @@ class Hub:
         if method == "SUBSCRIBE" and isinstance(params, list):
             self._subscribe(session, [str(p) for p in params], rid)
         elif method == "UNSUBSCRIBE" and isinstance(params, list):
-            session.depth -= {str(p) for p in params}
+            session.streams -= {str(p) for p in params}
             session.send({"result": None, "id": rid})
         elif method == "LIST_SUBSCRIPTIONS":
-            session.send({"result": sorted(session.depth), "id": rid})
+            session.send({"result": sorted(session.streams), "id": rid})
         else:
             session.send({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": rid})
 
     def _subscribe(self, session: _Session, streams: list[str], rid: Any) -> None:
         symbols = {m.venue_symbol.lower() for m in self.emulator.markets(session.kind)}
         for stream in streams:
-            match = _DEPTH_STREAM.match(stream)
-            if match is None or match.group(1) not in symbols:
-                # Only diff-depth streams are served; saying so beats a subscription that never delivers.
+            if not stream_served(session.kind, stream, symbols):
+                # Saying so beats a subscription that never delivers (docs/emulator.md lists what is served).
                 session.send(
                     {"error": {"code": 2, "msg": f"Invalid request: stream {stream!r} is not served"}, "id": rid}
                 )
                 return
-        session.send({"result": None, "id": rid})
-        session.depth |= set(streams)
+        if rid is not None:
+            session.send({"result": None, "id": rid})
+        session.streams |= set(streams)
         self.emulator.notify()
 
     # --- spot WebSocket API ---

@@ -573,6 +573,16 @@ class MatchingEngine:
             return ZERO
         return position * (mark - entry)
 
+    def credit_spot(self, asset: str, amount: Decimal) -> None:
+        """Move `amount` (negative: out) into the free spot balance of `asset` (transfers, deposits)."""
+        if self._free.get(asset, ZERO) + amount < 0:
+            raise ValueError(f"credit_spot: {asset} free {self._free.get(asset, ZERO)} cannot cover {-amount}")
+        self._credit(asset, amount)
+
+    def credit_perp_wallet(self, amount: Decimal) -> None:
+        """Move `amount` (negative: out) into the USDT perp wallet (transfers, funding payments)."""
+        self._wallet += amount
+
     # --- event stream -------------------------------------------------------------------------------
 
     def drain_updates(self) -> list[OrderUpdate]:
