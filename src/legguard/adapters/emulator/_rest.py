@@ -570,24 +570,6 @@ class _Rest:
         self.emu.close_listen_key()
         return _json({})
 
-    async def asset_transfer(self, request: web.Request) -> web.Response:
-        """`POST /sapi/v1/asset/transfer`: quote between the spot account and the USDⓈ-M wallet."""
-        params = await self.signed(request)
-        kind = params.get("type")
-        if kind not in ("MAIN_UMFUTURE", "UMFUTURE_MAIN"):
-            raise w.missing_param("type") if not kind else w.WireError(400, -1100, f"Illegal type {kind}.")
-        asset = params.get("asset")
-        if not asset:
-            raise w.missing_param("asset")
-        amount = _decimal(params, "amount")
-        assert amount is not None
-        try:
-            self.emu.engine.transfer(asset, amount, to_perp=kind == "MAIN_UMFUTURE")
-        except ValueError:
-            raise w.WireError(400, -5013, "Asset transfer failed: insufficient balance") from None
-        self._transfers += 1
-        return _json({"tranId": self._transfers})
-
     async def premium_index(self, request: web.Request) -> web.Response:
         params, _, _ = await _read(request)
         out = [self._premium(m) for m in self._selected(MarketKind.LINEAR, params)]
@@ -1463,7 +1445,6 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v1/allOrders", rest.all_orders)
     r.add_get("/fapi/v1/userTrades", rest.my_trades)
     r.add_post("/fapi/v1/countdownCancelAll", rest.countdown_cancel_all)
-    r.add_post("/sapi/v1/asset/transfer", rest.asset_transfer)
     for method in ("POST", "PUT", "DELETE"):
         r.add_route(method, "/fapi/v1/listenKey", rest.listen_key)
     r.add_get("/fapi/v1/leverageBracket", rest.leverage_bracket)
