@@ -240,3 +240,23 @@ async def test_leg_deadline_bounds_naked_exposure(autojump_clock: MockClock, tmp
     # not the 30 s fill deadline: the leg deadline, plus the cancel round trip and the unwind
     assert 0 < handle.max_naked <= deadlines.leg + 0.1
     journal.close()
+
+
+async def test_liquidation_seen_by_rest_before_the_stream_is_charged_once(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 1: the position check finds a liquidation before the (lagging) order stream reports
+    it; the stream's report must not charge the same 0.02 again to the other, innocent package."""
+    first = rig.engine.submit(rig.spec())
+    second = rig.engine.submit(rig.spec())
+    assert await rig.settle(first) is State.HEDGED
+    assert await rig.settle(second) is State.HEDGED
+    rig.venue.inject("stream_lag", seconds=0.3)
+    rig.venue.inject("liquidation", symbol=ETH_PERP, quantity=Decimal("0.02"))
+    await rig.engine.reconcile_short(ETH_PERP)  # REST sees it first
+    await trio.sleep(5.0)  # the stream's report arrives and everything it causes runs
+    states = sorted([await rig.settle(first), await rig.settle(second)])
+    assert states == [State.FLAT, State.HEDGED]
+    charged = sum((h.core.venue_reduced for h in rig.engine.handles.values()), Decimal(0))
+    assert charged == Decimal("0.02")
+    rig.assert_safe()
+    assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.05")
+    assert_journal_verifies(rig.db)

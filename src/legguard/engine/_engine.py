@@ -92,7 +92,11 @@ class Engine:
         self.stats = EngineStats()
         self._orders: dict[str, PackageHandle] = {}  # client order id -> package
         self._orphan_times: deque[float] = deque()
-        self._liquidations: dict[str, Decimal] = {}  # venue-originated order id -> filled already attributed
+        # (symbol, venue-originated order id) -> filled already accounted for (liquidation / ADL)
+        self._liquidations: dict[tuple[str, str], Decimal] = {}
+        # symbol -> perp short the position check found missing and charged before the order stream reported
+        # the venue reduction behind it: the stream's later report of that reduction is not charged again.
+        self._charged_ahead: dict[str, Decimal] = {}
         self._service: trio.Nursery | None = None
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
@@ -386,17 +390,24 @@ class Engine:
             self._attribute_reduction(update)
 
     def _attribute_reduction(self, update: OrderUpdate) -> None:
-        """The venue bought back part of the perp short by itself (liquidation / ADL)."""
-        seen = self._liquidations.get(update.client_order_id, Decimal(0))
+        """The venue bought back part of the perp short by itself (liquidation / ADL). One accounting with the
+        position check: what it already charged ahead of this report is not charged a second time."""
+        key = (update.symbol, update.client_order_id)
+        seen = self._liquidations.get(key, Decimal(0))
         delta = update.filled - seen
         if delta <= 0:
             return
-        self._liquidations[update.client_order_id] = update.filled
-        remaining = self.charge_reduction(update.symbol, delta, update.origin.value)
+        self._liquidations[key] = update.filled
+        ahead = min(self._charged_ahead.get(update.symbol, Decimal(0)), delta)
+        if ahead > 0:
+            self._charged_ahead[update.symbol] -= ahead
+        remaining = (
+            self.charge_reduction(update.symbol, delta - ahead, update.origin.value) if delta > ahead else Decimal(0)
+        )
         self.journal.record(
             "engine", None,
             {"event": "venue_reduction", "order": update.client_order_id, "symbol": update.symbol,
-             "quantity": str(delta), "unattributed": str(remaining)},
+             "quantity": str(delta), "charged_already": str(ahead), "unattributed": str(remaining)},
             trio.current_time(),
         )  # fmt: skip
 
@@ -470,6 +481,8 @@ class Engine:
         if missing <= 0:
             return
         remaining = self.charge_reduction(symbol, missing, "found by position reconcile", prefer)
+        # The stream may still report the reduction behind this: remember that it is paid for.
+        self._charged_ahead[symbol] = self._charged_ahead.get(symbol, Decimal(0)) + missing - remaining
         self.journal.record(
             "engine", None,
             {"event": "position_reconcile", "symbol": symbol, "venue_short": str(venue_short),
