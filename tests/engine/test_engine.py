@@ -260,3 +260,44 @@ async def test_liquidation_seen_by_rest_before_the_stream_is_charged_once(autoju
     rig.assert_safe()
     assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.05")
     assert_journal_verifies(rig.db)
+
+
+async def test_entry_landing_late_at_the_venue_is_not_left_unhedged(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 2: the perp entry reaches the matching engine 1.5 s after the client gave up on it
+    (inside the 5 s recvWindow). "Not found" at 1 s is not final: the order is found, settled by the kill
+    switch, and the venue ends with what the package believes."""
+    rig.venue.inject("late_landing", symbol=ETH_PERP, seconds=1.5)
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) in (State.FLAT, State.HEDGED)
+    await trio.sleep(30.0)  # long after: whatever landed late has rested and filled by now
+    assert rig.venue.faults_injected["late_landing"] == 1
+    rig.assert_safe()
+    assert rig.venue.engine.positions().get(ETH_PERP, Decimal(0)) == rig.engine.handles[pid].core.exposure().perp
+    assert not rig.venue.engine.open_orders()
+    assert_journal_verifies(rig.db)
+
+
+async def test_order_landing_after_its_package_is_flat_is_still_settled(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Issue 10, defect 2 (second half): even when "not found" was concluded too early (here: a venue
+    configured with a recvWindow shorter than the landing delay), the order's later updates are not dropped
+    by the gateway: the engine halts, cancels it and closes what it filled; the venue ends flat."""
+    journal = Journal.open(tmp_path / "j.db")
+    deadlines = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=0.4, clock_allowance=0.1)
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=deadlines))
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            venue.inject("late_landing", symbol=ETH_PERP, seconds=1.5)
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+            with trio.fail_after(30):
+                await engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
+            await trio.sleep(30.0)
+            assert venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+            assert not venue.engine.open_orders()
+            assert engine.mode is EngineMode.HALTED
+    events = [r.payload.get("event") for r in journal.engine_log()]
+    assert "late_order" in events
+    assert "late_order_settled" in events
+    journal.close()

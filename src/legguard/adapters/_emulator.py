@@ -367,6 +367,7 @@ class Emulator:
         self._weights: dict[MarketKind, tuple[int, int]] = {}  # kind -> (minute, used weight)
         self.closing = asyncio.Event()
         self.held = 0  # requests currently held by a delay / ack_timeout fault
+        self.late_requests: set[asyncio.Future[Any]] = set()  # delayed requests running past their client
         self._activity = asyncio.Event()
         self.host = DEFAULT_HOST
         self.port = 0

@@ -371,13 +371,16 @@ class PackageActor:
             with trio.fail_after(engine.config.deadlines.ack):
                 update = await engine.venue.fetch_order(symbol, cid)
         except OrderNotFound:
-            # A request can still land a little after an error answer (a 5xx from a busy gateway): "not
-            # found" is final only once a grace period (the ack deadline, at most 1 s) has passed since the
-            # request left.
+            # A request can still reach the matching engine long after an error answer or a timeout (a busy
+            # gateway holds it): "not found" is final only once the order can no longer be accepted, i.e. its
+            # recvWindow from the signed timestamp (never later than the release) has passed, plus how far the
+            # venue's clock may lag ours. Until then keep asking.
             sent = h.sent_at.get(cid)
-            grace_until = None if sent is None else sent + min(engine.config.deadlines.ack, 1.0)
+            d = engine.config.deadlines
+            grace_until = None if sent is None else sent + d.recv_window + d.clock_allowance
             if grace_until is not None and trio.current_time() < grace_until:
-                self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), grace_until - trio.current_time()))
+                wait = min(max(backoff * 2, 0.05), 1.0, grace_until - trio.current_time())
+                self._spawn(self._query, cid, symbol, wait)
                 return
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
             return

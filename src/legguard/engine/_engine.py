@@ -6,13 +6,14 @@ it into the kill switch. A circuit breaker halts new packages when orphan events
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import trio
@@ -20,7 +21,9 @@ import trio
 from legguard.adapters._types import (
     BookSnapshot,
     Market,
+    OrderNotFound,
     OrderOrigin,
+    OrderStatus,
     OrderUpdate,
     RateLimited,
     Side,
@@ -97,6 +100,7 @@ class Engine:
         # symbol -> perp short the position check found missing and charged before the order stream reported
         # the venue reduction behind it: the stream's later report of that reduction is not charged again.
         self._charged_ahead: dict[str, Decimal] = {}
+        self._late_seen: set[tuple[str, str]] = set()  # orders of finished packages being settled
         self._service: trio.Nursery | None = None
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
@@ -331,9 +335,8 @@ class Engine:
         elif t.source is State.UNWINDING and t.dest in (State.FLAT, State.HEDGED):
             self.stats.unwound += 1
             handle.unwinding_since = None
-        if t.dest is State.FLAT:
-            for o in handle.core.orders:
-                self._orders.pop(o, None)
+        # A flat package's orders stay registered: an order that reaches the venue after the package gave up
+        # on it must still be seen (`route` -> `_late_update`), never dropped.
 
     def _breaker(self, now: float) -> None:
         b = self.config.breaker
@@ -384,10 +387,63 @@ class Engine:
 
     def route(self, update: OrderUpdate) -> None:
         handle = self._orders.get(update.client_order_id)
-        if handle is not None:
+        if handle is not None and handle.done.is_set():
+            self._late_update(handle, update)
+        elif handle is not None:
             handle.post(to_order_event(update))
         elif update.origin in (OrderOrigin.LIQUIDATION, OrderOrigin.ADL):
             self._attribute_reduction(update)
+
+    def _late_update(self, handle: PackageHandle, update: OrderUpdate) -> None:
+        """An update for a finished package: harmless if it tells what its core already knows; otherwise an
+        order lives or filled at the venue that the package no longer accounts for. Never ignored: journaled,
+        the engine halts, and the order is cancelled and whatever it filled beyond the package's account is
+        closed at market (`_settle_late`)."""
+        facts = handle.core.orders.get(update.client_order_id)
+        known = Decimal(0) if facts is None else facts.filled
+        if update.filled <= known and (update.status.is_terminal or update.status is OrderStatus.UNKNOWN):
+            return
+        key = (update.symbol, update.client_order_id)
+        if key in self._late_seen:
+            return  # being settled already
+        self._late_seen.add(key)
+        log.critical("package %s: order %s %s at the venue after the package finished (filled %s, knew %s)",
+                     handle.package_id, update.client_order_id, update.status.value, update.filled, known)  # fmt: skip
+        self.journal.record(
+            "engine", None,
+            {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id, "symbol": update.symbol,
+             "status": update.status.value, "filled": str(update.filled), "known_filled": str(known)},
+            trio.current_time(),
+        )  # fmt: skip
+        self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
+        assert self._service is not None
+        self._service.start_soon(self._settle_late, handle, update, known)
+
+    async def _settle_late(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+        from ._recovery import unwind_stray
+
+        cid, symbol = update.client_order_id, update.symbol
+        final = update
+        for attempt in range(5):
+            try:
+                with trio.fail_after(self.config.deadlines.ack):
+                    if not final.status.is_terminal:
+                        with contextlib.suppress(OrderNotFound):
+                            await self.venue.cancel_order(symbol, cid)
+                    final = await self.venue.fetch_order(symbol, cid)
+            except (trio.TooSlowError, VenueError) as exc:
+                log.warning("late order %s: %s (attempt %d)", cid, exc, attempt + 1)
+                await trio.sleep(min(0.1 * 2**attempt, 2.0))
+                continue
+            if final.status.is_terminal:
+                break
+        extra = final.filled - known
+        fee = final.fee_base if known == 0 else Decimal(0)
+        outcome: dict[str, str] = {"filled": str(final.filled), "status": final.status.value}
+        if extra > 0 and final.status.is_terminal:
+            outcome.update(await unwind_stray(self, replace(final, filled=extra, fee_base=fee), None))
+        self.journal.record("engine", None, {"event": "late_order_settled", "package": handle.package_id,
+                            "client_order_id": cid, **outcome}, trio.current_time())  # fmt: skip
 
     def _attribute_reduction(self, update: OrderUpdate) -> None:
         """The venue bought back part of the perp short by itself (liquidation / ADL). One accounting with the

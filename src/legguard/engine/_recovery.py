@@ -364,7 +364,7 @@ async def _adopt(engine: Engine, update: OrderUpdate, prefix: str) -> dict[str, 
     if owner is not None:
         journal.record(RECOVERY, owner, {"step": "stray_order", **entry}, now)
     if final.filled > 0 and entry["outcome"] == "cancelled":
-        entry.update(await _unwind_stray(engine, final, owner))
+        entry.update(await unwind_stray(engine, final, owner))
     return entry
 
 
@@ -381,7 +381,7 @@ def _owner(engine: Engine, cid: str, prefix: str) -> str | None:
     return pid
 
 
-async def _unwind_stray(engine: Engine, order: OrderUpdate, owner: str | None) -> dict[str, str]:
+async def unwind_stray(engine: Engine, order: OrderUpdate, owner: str | None) -> dict[str, str]:
     """Close what an adopted order filled: the opposite side, at market (reduce-only on the perp)."""
     market = engine.markets.get(order.symbol)
     if market is None:
