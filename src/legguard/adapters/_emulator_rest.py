@@ -10,7 +10,6 @@ then unknown to the client, which is the point).
 from __future__ import annotations
 
 import asyncio
-
 import ipaddress
 import json
 import re

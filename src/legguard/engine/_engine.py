@@ -411,8 +411,8 @@ class Engine:
                      handle.package_id, update.client_order_id, update.status.value, update.filled, known)  # fmt: skip
         self.journal.record(
             "engine", None,
-            {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id, "symbol": update.symbol,
-             "status": update.status.value, "filled": str(update.filled), "known_filled": str(known)},
+            {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id,
+             "symbol": update.symbol, "status": update.status.value, "filled": str(update.filled), "known_filled": str(known)},
             trio.current_time(),
         )  # fmt: skip
         self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
