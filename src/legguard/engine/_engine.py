@@ -412,7 +412,8 @@ class Engine:
         self.journal.record(
             "engine", None,
             {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id,
-             "symbol": update.symbol, "status": update.status.value, "filled": str(update.filled), "known_filled": str(known)},
+             "symbol": update.symbol, "status": update.status.value, "filled": str(update.filled),
+             "known_filled": str(known)},
             trio.current_time(),
         )  # fmt: skip
         self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
