@@ -19,7 +19,7 @@ from legguard.engine._spec import BreakerConfig
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
-DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0)
+DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=2.0, clock_allowance=0.5)
 # Tests price regardless of the simulated basis: the spread rule itself is covered in test_pricing.
 ANY_SPREAD = Decimal(-1)
 
@@ -226,7 +226,7 @@ async def test_risk_cap_refuses_before_any_order(autojump_clock: MockClock, tmp_
 
 async def test_leg_deadline_bounds_naked_exposure(autojump_clock: MockClock, tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.db")
-    deadlines = Deadlines(ack=1.0, fill=30.0, unwind=5.0, leg=0.5)
+    deadlines = Deadlines(ack=1.0, fill=30.0, unwind=5.0, leg=0.5, recv_window=2.0, clock_allowance=0.5)
     async with open_sim_venue(SimConfig(seed=11)) as venue:
         engine = Engine(venue, journal, EngineConfig(deadlines=deadlines))
         async with engine.running([ETH, ETH_PERP]):

@@ -34,7 +34,7 @@ from legguard.fsm import State
 
 PAIRS = {"ETH": ("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")), "BTC": ("BTC/USDT", "BTC/USDT:USDT", Decimal("0.01"))}
 VENUE_FAULTS = ["reject", "postonly_cross", "partial_fill", "ack_timeout", "stream_drop", "price_jump"]
-DEADLINES = Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0)
+DEADLINES = Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0, recv_window=2.0, clock_allowance=0.5)
 BREAKER = BreakerConfig(max_orphans=3, window=20.0)
 
 action = st.one_of(

@@ -48,7 +48,7 @@ from legguard.fsm import (
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
 QTY = Decimal("0.05")
-DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0)
+DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, recv_window=2.0, clock_allowance=0.5)
 
 
 @dataclass

@@ -743,3 +743,23 @@ def test_fingerprint_and_clone_cover_every_field() -> None:
         setattr(twin, name, value)
         assert twin.fingerprint() != base, name
         assert getattr(twin.clone(), name) == value, name
+
+
+def test_trim_rounds_what_stays_hedged_to_the_grid_both_markets_share() -> None:
+    """Issue 10, defect 3: spot 0.00123 against perp 0.002 used to end "hedged" short 0.00077 with nothing
+    sent (the perp excess rounded down to zero). What stays hedged is on the common 0.001 grid: the excess
+    of both legs is closed, and the legs then match."""
+    d = Driver(OrphanPolicy.TRIM)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN))
+    d(ev(PE0, OrderStatus.CLOSED, Q), ev(SE0, OrderStatus.OPEN, "0.00123"))
+    d(FillDeadline())
+    cmds = d(ev(SE0, OrderStatus.CANCELED, "0.00123"))
+
+    assert cmds[: len(KILL)] == KILL
+    assert cmds[len(KILL) :] == send(unwind(LegRole.SPOT, 0, "0.00023"), unwind(LegRole.PERP, 0, "0.001"))
+    d(ev(SU0, OrderStatus.CLOSED, "0.00023"))
+    assert d(ev(PU0, OrderStatus.CLOSED, "0.001")) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+    spot, perp, unknown = d.exposure()
+    assert perp == -HALF
+    assert abs(spot + perp) < D("0.00001")
+    assert not unknown

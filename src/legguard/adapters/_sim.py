@@ -71,6 +71,10 @@ class SimConfig:
     # books keep its shape around the moving mid. A directory of depth csv files, or True for the fixtures.
     replay_depth: Path | bool = False
     name: str = "sim"
+    # How long after it was sent a request can still be accepted (Binance: the signed timestamp plus
+    # recvWindow); a `late_landing` request arriving later is refused. Engines on the sim use this as
+    # `deadlines.recv_window`.
+    recv_window: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "jitter_ms"):
@@ -286,6 +290,8 @@ class SimVenue:
 
     async def _land_late(self, request: OrderRequest, seconds: float) -> None:
         await trio.sleep(seconds)
+        if seconds > self.config.recv_window:
+            return  # outside its recvWindow: refused (-1021), and nobody is listening for the answer
         try:
             ack = self.engine.place(request, trio.current_time())
         except VenueError:

@@ -62,7 +62,7 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
         raise SpecError("--seconds", options.seconds, "must be > 0")
     run = DemoRun(options)
     config = EngineConfig(
-        deadlines=Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0),
+        deadlines=Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0, recv_window=2.0, clock_allowance=0.5),
         breaker=BreakerConfig(max_orphans=8, window=10.0),
     )
     journal = Journal.open(options.db)

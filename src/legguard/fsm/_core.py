@@ -12,6 +12,7 @@ Rules it enforces (from the design card):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -99,6 +100,21 @@ class PackagePlan:
             perp=leg(data["perp"]),
             policy=OrphanPolicy(data["policy"]),
         )
+
+
+def common_step(a: Decimal, b: Decimal) -> Decimal:
+    """The finest quantity step on both grids: the least common multiple of two decimal steps."""
+    if a <= 0 or b <= 0:
+        return max(a, b, ZERO)
+    places = max(_places(a), _places(b))
+    scale = Decimal(10) ** places
+    ia, ib = int(a * scale), int(b * scale)
+    return Decimal(math.lcm(ia, ib)) / scale
+
+
+def _places(d: Decimal) -> int:
+    exponent = d.normalize().as_tuple().exponent
+    return max(-exponent, 0) if isinstance(exponent, int) else 0
 
 
 def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int) -> str:
@@ -428,10 +444,17 @@ class PackageCore:
     def _matched(self) -> Decimal:
         # Net of unwinds already done: after a trim, a later venue reduction leaves less matched than the
         # entry fills say (found by the model checker: trim, liquidation, then a naked spot "hedged").
-        return min(
+        # Rounded down to the grid both markets share: what stays hedged must be holdable on both legs, or
+        # the coarser leg's excess rounds to nothing and stays unhedged (issue 10: spot 0.00123 vs perp
+        # 0.002 ended "hedged" short one perp step).
+        matched = min(
             self._entry_filled(LegRole.SPOT) - self._unwound(LegRole.SPOT),
             self._entry_filled(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
         )
+        grid = common_step(self.plan.spot.step, self.plan.perp.step)
+        if matched <= 0 or grid <= 0:
+            return matched
+        return (matched / grid).to_integral_value(rounding=ROUND_DOWN) * grid
 
     def _trimming(self) -> bool:
         return self.plan.policy is OrphanPolicy.TRIM and not self.close_all
