@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import secrets
 import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import trio
 
@@ -23,7 +24,10 @@ from legguard.adapters._types import (
     Market,
     OrderNotFound,
     OrderOrigin,
+    OrderRejected,
+    OrderRequest,
     OrderStatus,
+    OrderType,
     OrderUpdate,
     RateLimited,
     Side,
@@ -65,6 +69,16 @@ class EngineMode(enum.StrEnum):
     STOPPING = "stopping"
 
 
+@dataclass(frozen=True, slots=True)
+class VenueBaseline:
+    spot: Mapping[str, Decimal]  # asset -> balance not held for any package
+    perp: Mapping[str, Decimal]  # perp symbol -> position not held for any package
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"spot": {k: str(v) for k, v in sorted(self.spot.items())},
+                "perp": {k: str(v) for k, v in sorted(self.perp.items())}}  # fmt: skip
+
+
 @dataclass(slots=True)
 class EngineStats:
     orphan_events: int = 0
@@ -73,6 +87,7 @@ class EngineStats:
     stream_drops: int = 0
     faults: int = 0
     unwind_overdue: int = 0
+    venue_mismatches: int = 0  # venue truth differed from the packages' beliefs (either direction)
     max_naked: float = 0.0
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
 
@@ -101,6 +116,12 @@ class Engine:
         # the venue reduction behind it: the stream's later report of that reduction is not charged again.
         self._charged_ahead: dict[str, Decimal] = {}
         self._late_seen: set[tuple[str, str]] = set()  # orders of finished packages being settled
+        self._settling = 0  # engine-sent orders in flight (late-order and surplus closes): venue in motion
+        # What the account held at the venue that no package of this engine accounts for (taken at start and
+        # after recovery, journaled as `venue_baseline`): the venue must equal it plus the packages' beliefs.
+        self.baseline: VenueBaseline | None = None
+        self._suspect: dict[tuple[str, str], Decimal] = {}  # (kind, key) -> mismatch seen on the last pass
+        self._surplus_seq = 0
         self._service: trio.Nursery | None = None
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
@@ -118,6 +139,7 @@ class Engine:
         cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
         self.markets = await self.venue.load_markets()
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
+        await self.take_baseline()
         async with trio.open_nursery() as service:
             self._service = service
             service.start_soon(self._gateway)
@@ -421,6 +443,13 @@ class Engine:
         self._service.start_soon(self._settle_late, handle, update, known)
 
     async def _settle_late(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+        self._settling += 1
+        try:
+            await self._settle_late_order(handle, update, known)
+        finally:
+            self._settling -= 1
+
+    async def _settle_late_order(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
         from ._recovery import unwind_stray
 
         cid, symbol = update.client_order_id, update.symbol
@@ -513,12 +542,13 @@ class Engine:
     async def _position_reconciler(self) -> None:
         """Every `reconcile_interval`, compare the venue's perp positions with what the live packages
         believe: a liquidation whose update never arrived (lost stream, venue hiccup) still reaches its
-        package. Only a short the venue no longer shows is ever charged, never the reverse."""
+        package. Then `reconcile_venue` compares positions and spot balances in both directions."""
         while True:
             await trio.sleep(self.config.reconcile_interval)
             symbols = {h.core.plan.perp.symbol for h in self.handles.values() if not h.done.is_set()}
             for symbol in sorted(symbols):
                 await self.reconcile_short(symbol)
+            await self.reconcile_venue()
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced
@@ -546,6 +576,150 @@ class Engine:
              "believed_short": str(believed), "charged": str(missing - remaining)},
             trio.current_time(),
         )  # fmt: skip
+
+    # --- venue truth in both directions ---------------------------------------------------------------
+
+    def _spot_base(self, handle: PackageHandle) -> str:
+        market = self.markets.get(handle.core.plan.spot.symbol)
+        return market.base if market is not None else handle.core.plan.spot.symbol.split("/")[0]
+
+    async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None:
+        """Record what the account holds at the venue beyond what the packages hold: the venue's balances and
+        positions minus each package's (spot, perp) exposure (`truth` overrides a package's, for recovered
+        packages whose cores have not yet been told what the venue answered). Journaled."""
+        try:
+            with trio.fail_after(self.config.deadlines.ack * 2):
+                balances = await self.venue.fetch_balance()
+                positions = await self.venue.fetch_positions()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("venue baseline unavailable: %s; spot balances go unreconciled", exc)
+            self.journal.record("engine", None, {"event": "venue_baseline_unavailable", "error": str(exc)},
+                                trio.current_time())  # fmt: skip
+            self.baseline = None
+            return
+        spot = {asset: b.total for asset, b in balances.items()}
+        perp = {symbol: qty for symbol, qty in positions.items()}
+        for h in self.handles.values():
+            exp = h.core.exposure()
+            held_spot, held_perp = (truth or {}).get(h.package_id, (exp.spot, exp.perp))
+            base, symbol = self._spot_base(h), h.core.plan.perp.symbol
+            spot[base] = spot.get(base, Decimal(0)) - held_spot
+            perp[symbol] = perp.get(symbol, Decimal(0)) - held_perp
+        self.baseline = VenueBaseline(spot, perp)
+        self._suspect.clear()
+        self.journal.record("engine", None, {"event": "venue_baseline", **self.baseline.to_dict()},
+                            trio.current_time())  # fmt: skip
+
+    def _settled(self, handles: list[PackageHandle]) -> bool:
+        """Nothing in flight for these packages: their beliefs are final until the venue acts by itself."""
+        for h in handles:
+            core = h.core
+            if core.open_orders() or core.exposure().unknown or h.reductions_posted != core.venue_reduced:
+                return False
+            if not h.done.is_set() and core.state not in (State.HEDGED, State.FLAT):
+                return False
+        return True
+
+    async def reconcile_venue(self) -> None:
+        """Compare the venue's perp positions and spot balances (net of the baseline) with the sum of the
+        packages' beliefs, per symbol / asset whose packages are all settled. A mismatch seen twice in a row
+        (once may be a report still on the way) is acted on: exposure the packages do not account for is
+        closed at market under the kill switch (the engine halts), missing spot halts the engine; every
+        finding is journaled. A short the venue no longer shows is charged by `reconcile_short`."""
+        baseline = self.baseline
+        if baseline is None or self._venue_in_motion():
+            return
+        by_perp: dict[str, list[PackageHandle]] = {}
+        by_base: dict[str, list[PackageHandle]] = {}
+        for h in self.handles.values():
+            by_perp.setdefault(h.core.plan.perp.symbol, []).append(h)
+            by_base.setdefault(self._spot_base(h), []).append(h)
+        perps = [s for s, hs in by_perp.items() if self._settled(hs)]
+        bases = [b for b, hs in by_base.items() if self._settled(hs)]
+        if not perps and not bases:
+            return
+        try:
+            with trio.fail_after(self.config.deadlines.ack * 2):
+                balances = await self.venue.fetch_balance()
+                positions = await self.venue.fetch_positions()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("venue reconcile failed: %s", exc)
+            return
+        if self._venue_in_motion():  # it may have changed while we awaited the venue
+            return
+        for symbol in sorted(perps):
+            if not self._settled(by_perp[symbol]):
+                continue
+            believed = sum((h.core.exposure().perp for h in by_perp[symbol]), Decimal(0))
+            expected = baseline.perp.get(symbol, Decimal(0)) + believed
+            diff = positions.get(symbol, Decimal(0)) - expected
+            if self._confirmed(("perp", symbol), diff):
+                await self._on_mismatch("perp", symbol, diff, expected, positions.get(symbol, Decimal(0)))
+        for base in sorted(bases):
+            if not self._settled(by_base[base]):
+                continue
+            believed = sum((h.core.exposure().spot for h in by_base[base]), Decimal(0))
+            expected = baseline.spot.get(base, Decimal(0)) + believed
+            held = balances[base].total if base in balances else Decimal(0)
+            diff = held - expected
+            spot_symbol = by_base[base][0].core.plan.spot.symbol
+            if abs(diff) < self._spot_dust(spot_symbol):
+                diff = Decimal(0)  # fee rounding: below what the venue would trade
+            if self._confirmed(("spot", base), diff):
+                await self._on_mismatch("spot", spot_symbol, diff, expected, held)
+
+    def _venue_in_motion(self) -> bool:
+        return self._settling > 0
+
+    def _confirmed(self, key: tuple[str, str], diff: Decimal) -> bool:
+        if diff == 0:
+            self._suspect.pop(key, None)
+            return False
+        seen = self._suspect.get(key)
+        self._suspect[key] = diff
+        return seen == diff
+
+    def _spot_dust(self, symbol: str) -> Decimal:
+        market = self.markets[symbol]
+        book = self.books.get(symbol)
+        price = book.best_bid if book is not None else None
+        return dust_threshold(market, price) if price else market.step_size
+
+    async def _on_mismatch(self, kind: str, symbol: str, diff: Decimal, expected: Decimal, held: Decimal) -> None:
+        self.stats.venue_mismatches += 1
+        self._suspect.pop((kind, symbol if kind == "perp" else self.markets[symbol].base), None)
+        surplus = diff < 0 if kind == "perp" else diff > 0  # more exposure at the venue than believed
+        payload: dict[str, object] = {"event": "venue_mismatch", "kind": kind, "symbol": symbol, "venue": str(held),
+                                      "expected": str(expected), "difference": str(diff)}  # fmt: skip
+        log.critical("venue %s %s holds %s, the packages account for %s", kind, symbol, held, expected)
+        if not surplus:
+            self.journal.record("engine", None, {**payload, "action": "halt"}, trio.current_time())
+            self.halt(f"venue {kind} {symbol} holds {held}, less than the packages believe ({expected})")
+            return
+        self.halt(f"venue {kind} {symbol} holds {held}, more than the packages account for ({expected})")
+        market = self.markets[symbol]
+        qty = (abs(diff) / market.step_size).to_integral_value(rounding=ROUND_DOWN) * market.step_size
+        if qty <= 0 or qty < market.min_qty or (kind == "spot" and qty < self._spot_dust(symbol)):
+            self.journal.record("engine", None, {**payload, "action": "below tradable size"}, trio.current_time())
+            return
+        self._surplus_seq += 1
+        # Never a package's id: `R`, a random component and a counter (unique across the journal's life).
+        cid = f"lg{self.journal.journal_id}R{secrets.token_hex(4)}-{self._surplus_seq}"
+        side = Side.BUY if kind == "perp" else Side.SELL
+        request = OrderRequest(cid, symbol, side, OrderType.MARKET, qty, reduce_only=kind == "perp")
+        self.journal.record("engine", None, {**payload, "action": "close", "client_order_id": cid,
+                            "side": side.value, "amount": str(qty)}, trio.current_time())  # fmt: skip
+        self._settling += 1
+        try:
+            with trio.fail_after(self.config.deadlines.ack):
+                ack = await self.venue.fire(self.venue.arm(request))
+            outcome = {"status": ack.status.value, "filled": str(ack.filled)}
+        except (OrderRejected, trio.TooSlowError, VenueError) as exc:
+            outcome = {"status": f"failed: {exc}"}
+        finally:
+            self._settling -= 1
+        self.journal.record("engine", None, {"event": "venue_mismatch_closed", "client_order_id": cid, **outcome},
+                            trio.current_time())  # fmt: skip
 
     def _reconcile_live(self) -> None:
         """After a stream drop, ask the venue for every order still live in some package."""

@@ -167,6 +167,16 @@ async def recover(engine: Engine) -> RecoveryReport:
         resumes.append(_Resume(handle, [*answers.values(), Recovered()], answers))
     await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
+    # The account beyond the packages, as recovery leaves it: each resumed package holds what the venue's
+    # answers say (its core learns them only once resumed).
+    truth: dict[str, tuple[Decimal, Decimal]] = {}
+    for r in resumes:
+        twin = r.handle.core.clone()
+        for event in r.events:
+            twin.handle(event)
+        exp = twin.exposure()
+        truth[r.handle.package_id] = (exp.spot, exp.perp)
+    await engine.take_baseline(truth)
     for r in resumes:
         pid = r.handle.package_id
         report.resumed.append(pid)
