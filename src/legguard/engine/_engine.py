@@ -423,7 +423,11 @@ class Engine:
         closed at market (`_settle_late`)."""
         facts = handle.core.orders.get(update.client_order_id)
         known = Decimal(0) if facts is None else facts.filled
-        if update.filled <= known and (update.status.is_terminal or update.status is OrderStatus.UNKNOWN):
+        if update.filled <= known and not (
+            # A stale "open" of an order since closed or cancelled tells nothing new; an order the package
+            # concluded rejected (never found) can never be open: that one landed late.
+            facts is not None and facts.status is OrderStatus.REJECTED and not update.status.is_terminal
+        ):
             return
         key = (update.symbol, update.client_order_id)
         if key in self._late_seen:
