@@ -17,6 +17,7 @@ from legguard.adapters._types import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
 from legguard.engine._journal import Journal, verify
 from legguard.engine._spec import BreakerConfig
+from legguard.engine._venue_truth import compare_venue
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
@@ -61,6 +62,7 @@ class Rig:
         positions = self.venue.engine.positions()
         for symbol, qty in expected.items():
             assert positions.get(symbol, Decimal(0)) == qty, (symbol, positions, expected)
+        assert_venue_agrees(self.venue, self.journal)
 
 
 @pytest.fixture
@@ -73,6 +75,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await trio.sleep(1.0)  # let the books fill
             yield Rig(venue, journal, engine, db)
     journal.close()
+
+
+def assert_venue_agrees(venue: SimVenue, journal: Journal) -> None:
+    """The venue-truth oracle: every order, balance and position at the venue as the journal tells it."""
+    truth = compare_venue(venue.engine, journal)
+    assert truth.ok, truth.problems
 
 
 def assert_journal_verifies(db: Path) -> None:

@@ -611,8 +611,8 @@ class Engine:
             perp[symbol] = perp.get(symbol, Decimal(0)) - held_perp
         self.baseline = VenueBaseline(spot, perp)
         self._suspect.clear()
-        self.journal.record("engine", None, {"event": "venue_baseline", **self.baseline.to_dict()},
-                            trio.current_time())  # fmt: skip
+        self.journal.record("engine", None, {"event": "venue_baseline", **self.baseline.to_dict(),
+                            "packages": sorted(self.handles)}, trio.current_time())  # fmt: skip
 
     def _settled(self, handles: list[PackageHandle]) -> bool:
         """Nothing in flight for these packages: their beliefs are final until the venue acts by itself."""
