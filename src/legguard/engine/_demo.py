@@ -2,7 +2,8 @@
 
 The premium trigger proposes packages; the fault plan gives some of them a fault (venue-side via
 `SimVenue.inject`, or an actor crash); at the end the report checks, from the venue's own books, that every
-package is hedged or flat and that nothing is left exposed.
+package is hedged or flat, that nothing is left exposed, and (the venue-truth oracle) that every order,
+balance and position at the venue is what the journal says.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._journal import Journal
 from ._pricing import round_down
 from ._spec import BreakerConfig, Deadlines, EngineConfig, SpecError
 from ._strategy import FaultPlan, Pair, PremiumTrigger
+from ._venue_truth import compare_venue
 
 DEMO_PAIRS = (
     Pair("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")),
@@ -115,6 +117,8 @@ async def _trade(run: DemoRun, plan: FaultPlan) -> None:
                         venue.inject("price_jump", symbol=spec.perp_symbol, pct=rng.choice((-0.6, 0.6)))
                     elif fault == "partial_fill":
                         venue.inject("partial_fill", symbol=leg, fraction=0.4)
+                    elif fault == "stream_lag":
+                        venue.inject("stream_lag", seconds=0.3, duration=3.0)
                     else:
                         venue.inject(fault, symbol=leg)
                 package_id = engine.submit(spec, crash_on_event=crash_at)
@@ -178,6 +182,8 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         if m.kind is MarketKind.LINEAR
         and positions.get(symbol, Decimal(0)) - hedged_perp.get(symbol, Decimal(0)) - dust.get(symbol, Decimal(0)) != 0
     }
+    # The venue-truth oracle: every order, balance and position at the venue against the journal.
+    truth = compare_venue(venue.engine, journal)
     stats = engine.stats
     return {
         "packages_total": len(engine.handles),
@@ -188,6 +194,8 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "open_exposure": {k: str(v) for k, v in sorted(open_exposure.items()) if v != 0},
         "dust": {k: str(v) for k, v in sorted(dust.items()) if v != 0},
         "venue_position_mismatch": venue_mismatch,
+        "venue_truth": truth.to_dict(),
+        "venue_mismatches_found_live": stats.venue_mismatches,
         "faults_injected": dict(sorted(_faults_injected(run).items())),
         "halts": stats.halts,
         "actor_faults": stats.faults,
