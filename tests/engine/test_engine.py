@@ -3,6 +3,7 @@ flat within the unwind deadline, with nothing unmatched, and the venue's own boo
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,9 +17,10 @@ from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
 from legguard.adapters._types import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
 from legguard.engine._journal import Journal, verify
+from legguard.engine._replay import replay_package
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
-from legguard.fsm import State
+from legguard.fsm import OrderEvent, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
 DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=2.0, clock_allowance=0.5)
@@ -344,3 +346,58 @@ async def test_more_spot_at_the_venue_than_believed_is_sold(autojump_clock: Mock
     assert abs(after - before) < Decimal("0.0001")  # the untracked 0.02 (less its fee) sold again
     assert rig.engine.mode is EngineMode.HALTED
     assert rig.engine.handles[pid].core.state is State.HEDGED
+
+
+async def test_shutdown_during_an_unwind_retry_back_off_still_ends_flat(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Issue 10, defect 6: the engine is cancelled while an unwind retry waits out its back-off; the retry
+    was journaled but never sent. The shutdown drain must still finish the kill switch (it used to wait for
+    an answer no task would ever post and leave the package unwinding)."""
+    journal = Journal.open(tmp_path / "j.db")
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+        with trio.CancelScope() as scope:
+            async with engine.running([ETH, ETH_PERP]):
+                await trio.sleep(1.0)
+                pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+                handle = engine.handles[pid]
+                with trio.fail_after(30):
+                    await handle.wait_until(lambda c: c.state is State.HEDGED and c.is_quiescent())
+                venue.inject("reject", symbol=ETH, reason="insufficient_funds")  # the first spot unwind
+                engine.request_close(pid, "test")
+                with trio.fail_after(30):
+                    await handle.wait_until(lambda c: any(o.intent.attempt == 1 and o.live for o in c.orders.values()))
+                assert handle.core.state is State.UNWINDING
+                scope.cancel()  # Ctrl-C while the retry sleeps
+                await trio.sleep(1)
+        assert handle.core.state is State.FLAT, handle.core.state
+        assert venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+    journal.close()
+
+
+async def test_a_failed_journal_write_leaves_the_core_where_the_journal_is(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 6: the step whose journal write fails must not have moved the core (write-ahead:
+    nothing is decided that is not durable). The actor faults, is rebuilt from what the journal holds, and
+    the kill switch finds the fill again by asking the venue."""
+    real = rig.journal.record_step
+    failed: list[object] = []
+
+    def flaky(package_id: str, event: object, *args: object, **kwargs: object) -> None:
+        if not failed and isinstance(event, OrderEvent) and event.filled > 0:
+            failed.append(event)
+            raise sqlite3.OperationalError("disk I/O error")
+        real(package_id, event, *args, **kwargs)  # type: ignore[arg-type]
+
+    rig.journal.record_step = flaky  # type: ignore[method-assign]
+    pid = rig.engine.submit(rig.spec())
+    handle = rig.engine.handles[pid]
+    with trio.fail_after(30):
+        await handle.wait_until(lambda core: handle.faults > 0)
+    assert failed
+    assert all(e is not failed[0] for e in handle.events)  # the core never saw what the journal does not hold
+    replayed = replay_package(rig.journal, pid)
+    assert replayed.fingerprint() == handle.core.fingerprint()
+    await rig.settle(pid)
+    rig.assert_safe()
+    assert_journal_verifies(rig.db)

@@ -214,18 +214,23 @@ class PackageActor:
     async def step(self, event: Event) -> None:
         h, engine = self.handle, self.engine
         now = trio.current_time()
-        commands = self.core.handle(event)
-        h.events.append(event)
+        # Decided on a twin that replaces the core only once the journal holds the step: a failed write
+        # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
+        twin = self.core.clone()
+        commands = twin.handle(event)
         # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
         # answers behind it (audited facts) commit in the same transaction, ahead of the step's rows.
         if h.facts:
-            facts, h.facts = h.facts, []
+            facts = h.facts
             with engine.journal.batch():
                 for kind, payload, at in facts:
                     engine.journal.record(kind, h.package_id, payload, at)
-                engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+                engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
+            h.facts = h.facts[len(facts) :]
         else:
-            engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+            engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
+        self.core = h.core = twin
+        h.events.append(event)
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands)
         self._track_exposure(now)
@@ -306,7 +311,15 @@ class PackageActor:
             self._spawn(self._send, a)
 
     async def _release_after(self, delay: float, intents: list[OrderIntent]) -> None:
-        await trio.sleep(delay)
+        try:
+            await trio.sleep(delay)
+        except trio.Cancelled:
+            # Cancelled during the back-off (shutdown): journaled, never sent. Say so, or the shutdown drain
+            # waits for an answer no task will post and leaves the package unwinding. Never released, the
+            # query that `unknown` leads to concludes at once (no recvWindow to wait out).
+            for intent in intents:
+                self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.UNKNOWN))
+            raise
         self._release(intents)
 
     async def _send(self, armed: ArmedOrder) -> None:
