@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from legguard.cli import app
-from legguard.engine import _demo
 from legguard.engine._venue_truth import VenueTruth
+from legguard.engine.app import _demo
 
 
 def test_demo_exits_zero_when_the_venue_agrees(tmp_path: Path) -> None:

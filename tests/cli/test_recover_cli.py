@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from legguard.adapters._types import Side
 from legguard.cli import app
+from legguard.domain import Side
 from legguard.engine import Journal, verify
 from legguard.fsm import Dispatch, LegPlan, PackageCore, PackagePlan
 

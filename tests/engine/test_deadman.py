@@ -15,17 +15,11 @@ import trio
 import trio_asyncio
 from trio.testing import MockClock
 
-from legguard.adapters._ccxt import EXCHANGE_IDS, CcxtVenueConfig, open_ccxt_venue
-from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, serve_emulator
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
-from legguard.adapters._types import (
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    OutcomeUnknown,
-    Side,
-    VenueError,
-)
+from legguard.adapters.ccxt._venue import EXCHANGE_IDS, CcxtVenueConfig, open_ccxt_venue
+from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from legguard.adapters.emulator._server import serve_emulator
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderRequest, OrderStatus, OrderType, OutcomeUnknown, Side, VenueError
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec
 from legguard.engine._deadman import CountdownVenue, DeadMan
 from legguard.engine._spec import DeadmanConfig, SpecError
@@ -258,7 +252,7 @@ async def test_countdown_cancel_all_over_ccxt_cancels_resting_perp_orders_when_i
 
 
 def test_the_run_config_reads_the_deadman_table() -> None:
-    from legguard.engine._config import ConfigError, parse_config
+    from legguard.engine.app._config import ConfigError, parse_config
 
     base: dict[str, Any] = {"venue": {"kind": "sim"}, "pairs": [{"spot": ETH, "perp": ETH_PERP, "quantity": "0.05"}]}
     assert parse_config(base).engine.deadman == DeadmanConfig()

@@ -13,13 +13,13 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
-from legguard.adapters._types import OrderRequest, OrderType, Side
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
-from legguard.engine._journal import Journal, verify
-from legguard.engine._replay import replay_package
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
+from legguard.engine.journal._replay import replay_package, verify
+from legguard.engine.journal._store import Journal
 from legguard.fsm import OrderEvent, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"

@@ -18,16 +18,8 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
-from legguard.adapters._types import (
-    OrderOrigin,
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    OrderUpdate,
-    OutcomeUnknown,
-    Side,
-)
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderOrigin, OrderRequest, OrderStatus, OrderType, OrderUpdate, OutcomeUnknown, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, verify
 from legguard.engine._actor import to_request
 from legguard.engine._recovery import RecoveryReport, settle_recovered

@@ -10,11 +10,11 @@ from pathlib import Path
 import trio
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
-from legguard.adapters._types import OrderRequest, OrderType, Side
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
-from legguard.engine._journal import Journal
 from legguard.engine._venue_truth import compare_venue
+from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legguard.engine._journal import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
-from legguard.engine._replay import verify as verify_journal
+from legguard.engine.journal._replay import verify as verify_journal
+from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
 from legguard.fsm._table import State
 
 audit_app = typer.Typer(

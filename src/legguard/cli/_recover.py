@@ -13,21 +13,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legguard.engine._config import ConfigError, RunConfig, load_config
 from legguard.engine._engine import Engine
-from legguard.engine._journal import Durability, Journal, JournalError
 from legguard.engine._recovery import RecoveryReport, settle_recovered
-from legguard.engine._runner import open_venue
 from legguard.engine._spec import SpecError
-
-from ._app import app
+from legguard.engine.app._config import ConfigError, RunConfig, load_config
+from legguard.engine.app._runner import open_venue
+from legguard.engine.journal._store import Durability, Journal, JournalError
 
 # Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
 EXIT_UNSAFE = 1
 EXIT_USAGE = 2
 
 
-@app.command()
 def recover(
     config: Annotated[Path, typer.Option("--config", help="TOML config of the run to recover (see examples/).")],
     db: Annotated[Path, typer.Option("--db", help="The journal the crashed run wrote.")] = Path("legguard.db"),

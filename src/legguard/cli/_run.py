@@ -11,15 +11,13 @@ import trio
 import typer
 from rich.console import Console
 
-from legguard.engine._config import ConfigError, load_config
-from legguard.engine._runner import RunStatus, run_engine
 from legguard.engine._spec import SpecError
+from legguard.engine.app._config import ConfigError, load_config
+from legguard.engine.app._runner import RunStatus, run_engine
 
-from ._app import app
 from ._recover import print_recovery
 
 
-@app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", help="TOML config (see examples/).")],
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from legguard.adapters._types import VenueError
+from legguard.domain import VenueError
 from legguard.fsm import LegRole, State
 
+from ._host import EngineHost
 from ._spec import DeadmanConfig
-
-if TYPE_CHECKING:
-    from ._engine import Engine
 
 log = logging.getLogger("legguard.engine.deadman")
 
@@ -40,7 +38,7 @@ class DeadMan:
     successfully; `_due[s]` is when `s` must be armed (again) next.
     """
 
-    def __init__(self, engine: Engine, config: DeadmanConfig) -> None:
+    def __init__(self, engine: EngineHost, config: DeadmanConfig) -> None:
         self.engine = engine
         self.config = config
         self.armed: set[str] = set()

@@ -14,12 +14,13 @@ import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, Decimal
 
 import trio
 
-from legguard.adapters._types import (
+from legguard.adapters._venue import Venue
+from legguard.domain import (
     BookSnapshot,
     Market,
     OrderNotFound,
@@ -32,11 +33,11 @@ from legguard.adapters._types import (
     RateLimited,
     Side,
     StreamDisconnected,
-    Venue,
     VenueError,
 )
 from legguard.fsm import (
     Abort,
+    CloseRequested,
     Dispatch,
     Event,
     LegPlan,
@@ -48,13 +49,15 @@ from legguard.fsm import (
     VenueReduction,
 )
 
-from ._actor import PackageActor, PackageHandle, crash_of, fault_event, to_order_event
+from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
-from ._journal import Journal
+from ._handle import PackageHandle
+from ._host import EngineStats
 from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
+from .journal import Journal
 
 log = logging.getLogger("legguard.engine")
 
@@ -77,22 +80,6 @@ class VenueBaseline:
     def to_dict(self) -> dict[str, dict[str, str]]:
         return {"spot": {k: str(v) for k, v in sorted(self.spot.items())},
                 "perp": {k: str(v) for k, v in sorted(self.perp.items())}}  # fmt: skip
-
-
-@dataclass(slots=True)
-class EngineStats:
-    orphan_events: int = 0
-    unwound: int = 0
-    halts: int = 0
-    stream_drops: int = 0
-    faults: int = 0
-    unwind_overdue: int = 0
-    venue_mismatches: int = 0  # venue truth differed from the packages' beliefs (either direction)
-    max_naked: float = 0.0
-    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
-
-    def note_naked(self, seconds: float) -> None:
-        self.max_naked = max(self.max_naked, seconds)
 
 
 class Engine:
@@ -318,8 +305,6 @@ class Engine:
         self._orders[client_order_id] = handle
 
     def request_close(self, package_id: str, reason: str = "operator") -> None:
-        from legguard.fsm import CloseRequested
-
         self.handles[package_id].post(CloseRequested(reason))
 
     # --- the engine's own state -----------------------------------------------------------------------

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from legguard.adapters._types import (
+from legguard.domain import (
     MarketKind,
     OrderNotFound,
     OrderRejected,
@@ -42,13 +42,12 @@ from legguard.fsm import (
     VenueReduction,
 )
 
-from ._actor import PackageHandle, to_order_event
+from ._actor import to_order_event
 from ._crashpoints import ARMED as CRASH_ARMED
 from ._crashpoints import reached as crash_point
-from ._journal import JournalError, UnknownPackage
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from ._handle import PackageHandle
+from ._host import EngineHost
+from .journal import JournalError, ReplayMismatch, UnknownPackage, replay_package
 
 log = logging.getLogger("legguard.engine.recovery")
 
@@ -111,7 +110,7 @@ class _Resume:
     answers: dict[str, OrderEvent]
 
 
-async def recover(engine: Engine) -> RecoveryReport:
+async def recover(engine: EngineHost) -> RecoveryReport:
     """For each package not flat: rebuild its core from the journal, ask the venue about every order not
     known to be finished (intents never acknowledged included), then resume its state machine with the
     answers and `Recovered`: dispatched packages decide (hedge / void / leg_broken), orphaned and unwinding
@@ -122,8 +121,6 @@ async def recover(engine: Engine) -> RecoveryReport:
 
     Nothing is resumed before every question is answered, so the position check sees the venue as the
     crash left it, not as the resumed packages change it."""
-    from ._replay import ReplayMismatch, replay_package
-
     packages = engine._packages
     assert packages is not None, "recover() runs inside `async with engine.running()`"
     journal = engine.journal
@@ -186,7 +183,7 @@ async def recover(engine: Engine) -> RecoveryReport:
     return report
 
 
-async def settle_recovered(engine: Engine, report: RecoveryReport, limit: float | None = None) -> RecoveryReport:
+async def settle_recovered(engine: EngineHost, report: RecoveryReport, limit: float | None = None) -> RecoveryReport:
     """Wait until every resumed package is flat, or hedged with nothing in flight, for at most `limit`
     seconds (default: the engine's shutdown grace, i.e. two acknowledgements and the unwind deadline), then
     journal each package's outcome (`recovery` row, step `resolved` or `unresolved`) and fill `report.final`."""
@@ -223,7 +220,7 @@ async def settle_recovered(engine: Engine, report: RecoveryReport, limit: float 
 # --- asking the venue ---------------------------------------------------------------------------------
 
 
-async def _ask_all(engine: Engine, core: PackageCore, report: RecoveryReport) -> dict[str, OrderEvent]:
+async def _ask_all(engine: EngineHost, core: PackageCore, report: RecoveryReport) -> dict[str, OrderEvent]:
     """The venue's word on every order of the package not known to be finished, asked together."""
     answers: dict[str, OrderEvent] = {}
 
@@ -240,7 +237,7 @@ async def _ask_all(engine: Engine, core: PackageCore, report: RecoveryReport) ->
     return {cid: answers[cid] for cid in core.orders if cid in answers}
 
 
-async def _ask(engine: Engine, cid: str, symbol: str) -> OrderEvent:
+async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent:
     """One order's state; `rejected` if the venue never received it (the crash came between journaling its
     intent and sending it); `unknown` if the venue cannot be asked (the kill switch asks again)."""
     try:
@@ -275,7 +272,7 @@ def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal
     return total
 
 
-async def _check_positions(engine: Engine, resumes: list[_Resume], report: RecoveryReport) -> None:
+async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: RecoveryReport) -> None:
     """Per perp symbol: what the venue holds against what the packages hold. A short the venue no longer
     shows was bought back while we were down (liquidation, ADL): charged to the packages newest first, as
     the gateway charges a live one. Anything else (a position no package holds included) is reported and
@@ -328,7 +325,7 @@ async def _check_positions(engine: Engine, resumes: list[_Resume], report: Recov
 # --- strays: our orders the journal does not know -----------------------------------------------------
 
 
-async def _sweep_strays(engine: Engine, report: RecoveryReport) -> None:
+async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
     """Open orders with this journal's client-id prefix that no package knows (the journal lost what it
     wrote about them, e.g. power loss under `durability = "process"`): cancel, then unwind whatever they
     filled with a market order, journaled before it is sent."""
@@ -347,7 +344,7 @@ async def _sweep_strays(engine: Engine, report: RecoveryReport) -> None:
             report.strays.append(await _adopt(engine, update, prefix))
 
 
-async def _adopt(engine: Engine, update: OrderUpdate, prefix: str) -> dict[str, str]:
+async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[str, str]:
     cid, symbol = update.client_order_id, update.symbol
     journal = engine.journal
     owner = _owner(engine, cid, prefix)
@@ -378,7 +375,7 @@ async def _adopt(engine: Engine, update: OrderUpdate, prefix: str) -> dict[str, 
     return entry
 
 
-def _owner(engine: Engine, cid: str, prefix: str) -> str | None:
+def _owner(engine: EngineHost, cid: str, prefix: str) -> str | None:
     """The journaled package a client id was derived from, if any (ids are `<prefix><number:06d>-...`)."""
     number = cid[len(prefix) : len(prefix) + 6]
     if not number.isdigit():
@@ -391,7 +388,7 @@ def _owner(engine: Engine, cid: str, prefix: str) -> str | None:
     return pid
 
 
-async def unwind_stray(engine: Engine, order: OrderUpdate, owner: str | None) -> dict[str, str]:
+async def unwind_stray(engine: EngineHost, order: OrderUpdate, owner: str | None) -> dict[str, str]:
     """Close what an adopted order filled: the opposite side, at market (reduce-only on the perp)."""
     market = engine.markets.get(order.symbol)
     if market is None:

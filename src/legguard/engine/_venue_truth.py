@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from legguard.adapters._types import Balance, Market, OrderStatus, OrderUpdate
+from legguard.domain import Balance, Market, OrderStatus, OrderUpdate
 from legguard.fsm import PackageCore
 
-from ._journal import Journal
-from ._replay import ReplayMismatch, replay_package
+from .journal._replay import ReplayMismatch, replay_package
+from .journal._store import Journal
 
 ZERO = Decimal(0)
 # Engine rows naming an order the engine sent itself or adopted (a stray whose fills it closed).

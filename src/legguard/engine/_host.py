@@ -1,0 +1,71 @@
+"""`EngineHost`: the small interface the engine offers to the parts it runs — the package actor, recovery and
+the dead-man's switch — so that none of them imports the engine back (the engine imports them). `Engine`
+implements it; `EngineStats` is the counters every part reports into.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import trio
+
+from legguard.adapters._venue import Venue
+from legguard.domain import Market, RateLimited
+from legguard.fsm import Event, Transitioned
+
+from ._handle import PackageHandle
+from ._spec import EngineConfig
+from .journal import Journal
+
+
+@dataclass(slots=True)
+class EngineStats:
+    orphan_events: int = 0
+    unwound: int = 0
+    halts: int = 0
+    stream_drops: int = 0
+    faults: int = 0
+    unwind_overdue: int = 0
+    venue_mismatches: int = 0  # venue truth differed from the packages' beliefs (either direction)
+    max_naked: float = 0.0
+    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
+
+    def note_naked(self, seconds: float) -> None:
+        self.max_naked = max(self.max_naked, seconds)
+
+
+class EngineHost(Protocol):
+    """What an actor, recovery and the dead-man's switch may use of the engine that runs them."""
+
+    venue: Venue
+    journal: Journal
+    config: EngineConfig
+    stats: EngineStats
+    markets: Mapping[str, Market]
+    handles: dict[str, PackageHandle]
+    live: set[str]
+    _orders: dict[str, PackageHandle]
+    _packages: trio.Nursery | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def register_order(self, client_order_id: str, handle: PackageHandle) -> None: ...
+
+    def journal_error(self, package_id: str, client_order_id: str, where: str, error: object) -> None: ...
+
+    def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None: ...
+
+    def on_rate_limited(self, exc: RateLimited) -> None: ...
+
+    def on_unwind_overdue(self, handle: PackageHandle) -> None: ...
+
+    async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None: ...
+
+    async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None: ...
+
+    async def _supervise(self, handle: PackageHandle, first: Sequence[Event]) -> None: ...
