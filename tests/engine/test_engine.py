@@ -401,3 +401,16 @@ async def test_a_failed_journal_write_leaves_the_core_where_the_journal_is(autoj
     await rig.settle(pid)
     rig.assert_safe()
     assert_journal_verifies(rig.db)
+
+
+async def test_venue_check_at_the_end_asks_the_venue_not_the_beliefs(autojump_clock: MockClock, rig: Rig) -> None:
+    """`legguard run`'s exit code: the venue's own answers against the journal, both ways."""
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.HEDGED
+    assert await rig.engine.venue_check() == []
+    now = trio.current_time()
+    rig.venue.engine.place(OrderRequest("outside-1", ETH_PERP, Side.SELL, OrderType.MARKET, Decimal("0.01")), now)
+    problems = await rig.engine.venue_check()
+    assert problems == ["position ETH/USDT:USDT: venue -0.06, journal accounts for -0.05"]
+    rows = [r.payload for r in rig.journal.engine_log() if r.payload["event"] == "venue_check"]
+    assert [r["ok"] for r in rows] == [True, False]

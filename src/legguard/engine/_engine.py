@@ -657,6 +657,47 @@ class Engine:
             if self._confirmed(("spot", base), diff):
                 await self._on_mismatch("spot", spot_symbol, diff, expected, held)
 
+    async def venue_check(self) -> list[str]:
+        """After shutdown: the venue's positions, balances and open orders (through the venue's own REST
+        answers) against the baseline plus every package's belief, at once and in both directions. Each
+        disagreement is one line (journaled too); none means the venue agrees."""
+        problems = [f"package {h.package_id} ended {h.core.state.value}" for h in self.handles.values()
+                    if h.core.state not in (State.HEDGED, State.FLAT) or h.core.exposure().unknown]  # fmt: skip
+        baseline = self.baseline
+        if baseline is None:
+            return [*problems, "no venue baseline was recorded: balances and positions unchecked"]
+        try:
+            with trio.fail_after(self.config.deadlines.ack * 3):
+                balances = await self.venue.fetch_balance()
+                positions = await self.venue.fetch_positions()
+                open_orders = await self.venue.fetch_open_orders()
+        except (trio.TooSlowError, VenueError) as exc:
+            return [*problems, f"the venue could not be asked: {exc}"]
+        perp: dict[str, Decimal] = dict(baseline.perp)
+        spot: dict[str, Decimal] = {}
+        spot_symbol: dict[str, str] = {}
+        for h in self.handles.values():
+            exp = h.core.exposure()
+            symbol, base = h.core.plan.perp.symbol, self._spot_base(h)
+            perp[symbol] = perp.get(symbol, Decimal(0)) + exp.perp
+            spot[base] = spot.get(base, baseline.spot.get(base, Decimal(0))) + exp.spot
+            spot_symbol[base] = h.core.plan.spot.symbol
+        for symbol in sorted(set(perp) | {s for s, q in positions.items() if q != 0}):
+            held, expected = positions.get(symbol, Decimal(0)), perp.get(symbol, Decimal(0))
+            if held != expected:
+                problems.append(f"position {symbol}: venue {held}, journal accounts for {expected}")
+        for base in sorted(spot):
+            held = balances[base].total if base in balances else Decimal(0)
+            if abs(held - spot[base]) >= self._spot_dust(spot_symbol[base]):
+                problems.append(f"balance {base}: venue {held}, journal accounts for {spot[base]}")
+        prefix = f"lg{self.journal.journal_id}"
+        for order in open_orders:
+            if order.client_order_id.startswith(prefix):
+                problems.append(f"order {order.client_order_id} still open at the venue")
+        self.journal.record("engine", None, {"event": "venue_check", "ok": not problems, "problems": problems},
+                            trio.current_time())  # fmt: skip
+        return problems
+
     def _venue_in_motion(self) -> bool:
         return self._settling > 0
 
