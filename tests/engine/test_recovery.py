@@ -522,3 +522,29 @@ async def test_a_position_without_any_package_is_reported_never_traded(
 
     assert report.unexplained_positions == {ETH_PERP: "-0.03"} and not report.ok
     assert w.venue.engine.positions()[ETH_PERP] == -Decimal("0.03")
+
+
+async def test_an_entry_not_found_at_recovery_but_landing_later_is_still_settled(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    """Issue 10, defect 2 at recovery: the crash came right after the perp entry left; the venue does not know
+    it yet when recovery asks, and places it a moment later (inside its recvWindow). "Not found" is not final
+    until the order can no longer be accepted: recovery asks again then, finds it and cancels it."""
+    w = crashed
+    core = w.package()
+    _spot, perp = w.dispatch(core)
+    landed: list[OrderUpdate] = []
+
+    async def land_late() -> None:
+        await trio.sleep(1.5)
+        landed.append(w.send(perp))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(land_late)
+        _engine, report = await restart(w)
+    assert landed and landed[0].status is OrderStatus.OPEN
+    assert not w.venue.engine.open_orders()
+    assert w.venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+    assert report.answers["P000001"][perp.client_order_id].startswith("open")
+    assert "not_found_yet" in [r.payload.get("step") for r in w.journal.timeline("P000001")]
+    assert verify(w.db).ok

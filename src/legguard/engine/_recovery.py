@@ -11,6 +11,7 @@ explain is reported, never traded.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -224,8 +225,25 @@ async def _ask_all(engine: EngineHost, core: PackageCore, report: RecoveryReport
     """The venue's word on every order of the package not known to be finished, asked together."""
     answers: dict[str, OrderEvent] = {}
 
+    # When each intent was journaled (wall clock: it spans the crash): an order the venue does not know may
+    # still be accepted until its recvWindow (plus clock allowance) from then has passed.
+    d = engine.config.deadlines
+    accept_until = {
+        str(row.payload.get("client_order_id")): row.wall_time + d.recv_window + d.clock_allowance
+        for row in engine.journal.timeline(core.plan.package_id)
+        if row.kind == "intent"
+    }
+
     async def ask(cid: str, symbol: str) -> None:
-        answers[cid] = await _ask(engine, cid, symbol)
+        answer = await _ask(engine, cid, symbol)
+        wait = accept_until.get(cid, 0.0) - time.time()
+        if _not_found(answer) and wait > 0:
+            # Not found yet, but it could still land: ask again once it no longer can.
+            engine.journal.record(RECOVERY, core.plan.package_id, {"step": "not_found_yet", "client_order_id": cid,
+                                  "ask_again_in": round(wait, 3)}, trio.current_time())  # fmt: skip
+            await trio.sleep(wait)
+            answer = await _ask(engine, cid, symbol)
+        answers[cid] = answer
         if answers[cid].status is OrderStatus.UNKNOWN:
             report.unreachable.append(cid)
 
@@ -248,6 +266,10 @@ async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent:
     except (trio.TooSlowError, VenueError) as exc:
         log.warning("recovery: cannot ask about %s: %s", cid, exc)
         return OrderEvent(cid, OrderStatus.UNKNOWN)
+
+
+def _not_found(ev: OrderEvent) -> bool:
+    return ev.status is OrderStatus.REJECTED and ev.reason is RejectReason.OTHER and ev.filled == 0
 
 
 def _describe(ev: OrderEvent) -> str:
