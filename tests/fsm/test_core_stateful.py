@@ -63,6 +63,7 @@ STEP = D("0.001")  # perp step: the package's grid
 QTY = 3 * STEP
 SPOT_STEP = D("0.00001")
 FEE = D("0.001")  # spot buy fee, charged in base
+SPOT_PARTS = (STEP, D("0.00023"), D("0.00123"), D("0.00001"))  # one perp step, and off its grid
 TABLE = transition_map()
 
 
@@ -310,10 +311,13 @@ class CoreMachine(RuleBasedStateMachine):
     def market_fill(self, data: st.DataObject, full: bool) -> None:
         cid = data.draw(st.sampled_from(self.open_at_venue()), label="resting")
         order = self.venue[cid]
-        if full or order.filled + STEP >= order.amount:
+        # Spot partial fills land anywhere on the spot's finer grid, off the grid both markets share (issue
+        # 10: on-grid partial fills only hid the trim policy ending "hedged" one perp step short).
+        part = STEP if order.role is LegRole.PERP else data.draw(st.sampled_from(SPOT_PARTS), label="spot part")
+        if full or order.filled + part >= order.amount:
             order.filled, order.status = order.amount, OrderStatus.CLOSED
         else:
-            order.filled += STEP
+            order.filled += part
         self.report_market(cid)
 
     @precondition(lambda self: self.live() and self.open_at_venue())
