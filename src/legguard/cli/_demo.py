@@ -126,5 +126,9 @@ def render_summary(report: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value")
     for key, value in report.items():
+        if key == "venue_truth":
+            verdict = "agrees" if value["ok"] else f"DISAGREES ({len(value['problems'])} problems)"
+            value = (f"{verdict}: {value['orders_checked']} orders, {len(value['positions'])} positions, "
+                     f"{len(value['balances'])} balances checked against the journal")  # fmt: skip
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     return table
