@@ -306,7 +306,9 @@ def test_after_intent_nothing_was_sent(crash: Crash) -> None:
     assert crash.assert_safe() == {"P000001": "flat"}
     answers = summary["recovery"]["answers"]["P000001"]
     assert all(a.startswith("rejected filled 0 (not found") for a in answers.values()), answers
-    assert crash.recovery_steps() == ["queried", "resolved"]
+    # Restarted within the entries' recvWindow: recovery waited it out before believing "not found".
+    steps = crash.recovery_steps()
+    assert [s for s in steps if s != "not_found_yet"] == ["queried", "resolved"], steps
 
 
 def test_after_send_before_the_acknowledgement(crash: Crash) -> None:
