@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from legguard.domain import OrderStatus, OrderType, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 
 from ._events import (
     Abort,
@@ -473,6 +473,21 @@ class PackageCore:
         for role, qty in wanted.items():
             leg = self.plan.leg(role)
             tradable = (qty / leg.step).to_integral_value(rounding=ROUND_DOWN) * leg.step if qty > 0 else ZERO
-            if tradable > 0 and tradable >= leg.dust:
+            if tradable > 0 and tradable >= leg.dust and not self._refused_as_dust(role, tradable):
                 todo[role] = tradable
         return todo
+
+    def _refused_as_dust(self, role: LegRole, amount: Decimal) -> bool:
+        """The plan's spot dust is the venue's minimum notional at the entry price; after a fall a residual
+        above it can be below the minimum at today's price. The venue's own refusal of exactly this residual
+        on its filters (`invalid_order`) says so: a residual under twice the entry dust that the venue refused
+        is dust at today's price, not something to retry until the attempts run out."""
+        if role is not LegRole.SPOT or amount >= 2 * self.plan.spot.dust:
+            return False
+        last = [o for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND]
+        return (
+            bool(last)
+            and last[-1].status is OrderStatus.REJECTED
+            and last[-1].reason == RejectReason.INVALID_ORDER.value
+            and (last[-1].intent.amount == amount)
+        )

@@ -22,7 +22,7 @@ import trio.lowlevel
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import MarketKind
 from legguard.engine._engine import Engine, EngineMode
-from legguard.engine._pricing import round_down
+from legguard.engine._pricing import dust_threshold, round_down
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, SpecError
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal import Journal
@@ -170,7 +170,12 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         for role, amount in ((LegRole.SPOT, exp.spot), (LegRole.PERP, exp.perp)):
             leg = core.plan.leg(role)
             tradable = round_down(abs(amount), leg.step)
-            bucket = open_exposure if tradable >= leg.dust and tradable > 0 else dust
+            book = engine.books.get(leg.symbol)
+            # What the venue would trade today (minimum notional at the current price, not the entry's).
+            today = leg.dust
+            if role is LegRole.SPOT and book is not None and book.best_bid:
+                today = max(leg.dust, dust_threshold(engine.markets[leg.symbol], book.best_bid))
+            bucket = open_exposure if tradable >= today and tradable > 0 else dust
             bucket[leg.symbol] = bucket.get(leg.symbol, Decimal(0)) + amount
     # The venue's own view: the perp position per symbol must equal the hedged packages' perp legs.
     positions = venue.engine.positions()
