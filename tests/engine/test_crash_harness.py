@@ -31,6 +31,7 @@ from typer.testing import CliRunner, Result
 
 from legguard.cli import app
 from legguard.engine import Journal
+from legguard.engine._venue_truth import EmulatorStateBooks, compare_venue
 
 pytestmark = pytest.mark.slow
 
@@ -265,6 +266,10 @@ heartbeat = {heartbeat}
                 intent,
                 o,
             )
+        # The venue-truth oracle over the emulator's own books: every order, balance and position.
+        with Journal.open(self.db, readonly=True) as journal:
+            truth = compare_venue(EmulatorStateBooks(self.emu.state()), journal)
+        assert truth.ok, truth.problems
         verify = self.audit("verify")
         assert verify.exit_code == 0 and verify.stdout.startswith("OK"), verify.output
         # The timeline an operator reads shows the recovery.

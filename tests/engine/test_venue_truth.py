@@ -11,9 +11,9 @@ import trio
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import OrderRequest, OrderType, Side
+from legguard.domain import OrderRequest, OrderStatus, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
-from legguard.engine._venue_truth import compare_venue
+from legguard.engine._venue_truth import EmulatorStateBooks, compare_venue
 from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
@@ -73,3 +73,26 @@ async def test_a_liquidation_the_journal_never_heard_of_is_a_position_problem(
         truth = compare_venue(venue.engine, journal)
     assert truth.problems == ["position ETH/USDT:USDT: venue -0.03, journal accounts for -0.05"]
     journal.close()
+
+
+def test_emulator_state_books_read_the_control_api_shape() -> None:
+    state = {
+        "spot": {
+            "balances": {"ETH": {"free": "100.04995", "locked": "0"}},
+            "orders": [{"symbol": "ETHUSDT", "clientOrderId": "lgab12000001-SE0", "side": "BUY", "status": "FILLED",
+                        "origQty": "0.0500", "executedQty": "0.0500"}],
+        },
+        "linear": {
+            "positions": {"ETHUSDT": "-0.050"},
+            "orders": [{"symbol": "ETHUSDT", "clientOrderId": "lgab12000001-PE0", "side": "SELL",
+                        "status": "PARTIALLY_FILLED", "origQty": "0.050", "executedQty": "0.020"}],
+        },
+    }  # fmt: skip
+    books = EmulatorStateBooks(state)
+    spot, perp = books.all_orders()
+    assert (spot.symbol, spot.side, spot.status, spot.filled) == (ETH, Side.BUY, OrderStatus.CLOSED, Decimal("0.05"))
+    assert (perp.symbol, perp.status, perp.amount, perp.filled) == (ETH_PERP, OrderStatus.OPEN, Decimal("0.05"),
+                                                                    Decimal("0.02"))  # fmt: skip
+    assert books.positions() == {ETH_PERP: Decimal("-0.05")}
+    assert books.balances()["ETH"].total == Decimal("100.04995")
+    assert [o.client_order_id for o in books.all_orders(ETH_PERP)] == ["lgab12000001-PE0"]

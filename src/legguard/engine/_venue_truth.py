@@ -1,6 +1,7 @@
 """The venue-truth oracle: does the venue agree with the journal's account of it?
 
-One comparison, used by the engine scenario tests, the whole-engine property test, the emulator tests and
+One comparison, used by the engine scenario tests, the whole-engine property test, the emulator tests, the
+crash harness (through `EmulatorStateBooks`, the emulator's control API in another process) and
 `legguard demo`'s exit code. It reads the venue's own books (the matching engine behind the sim venue or the
 emulator: every order, balance and position, not what the engine was told) and the journal only (never the
 engine's memory), and checks:
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from legguard.domain import Balance, Market, OrderStatus, OrderUpdate
+from legguard.domain import Balance, Market, OrderStatus, OrderUpdate, Side
 from legguard.fsm import PackageCore
 
 from .journal._replay import ReplayMismatch, replay_package
@@ -65,6 +66,52 @@ class VenueTruth:
             "positions": self.positions,
             "balances": self.balances,
         }
+
+
+_WIRE_STATUS: Mapping[str, OrderStatus] = {
+    "NEW": OrderStatus.OPEN,
+    "PARTIALLY_FILLED": OrderStatus.OPEN,
+    "FILLED": OrderStatus.CLOSED,
+    "CANCELED": OrderStatus.CANCELED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
+    "REJECTED": OrderStatus.REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorStateBooks:
+    """The emulator's books as its control API shows them (`GET /_emulator/state`), for a caller in another
+    process (the crash harness). Binance USDT markets only: `ETHUSDT` is `ETH/USDT` or `ETH/USDT:USDT`."""
+
+    state: Mapping[str, Any]
+
+    @property
+    def markets(self) -> Mapping[str, Market]:
+        return {}  # the oracle then takes the base asset from the symbol
+
+    @staticmethod
+    def _unified(venue_symbol: str, linear: bool) -> str:
+        base = venue_symbol.removesuffix("USDT")
+        return f"{base}/USDT:USDT" if linear else f"{base}/USDT"
+
+    def all_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
+        out: list[OrderUpdate] = []
+        for market, linear in (("spot", False), ("linear", True)):
+            for o in self.state[market]["orders"]:
+                unified = self._unified(str(o["symbol"]), linear)
+                if symbol is not None and unified != symbol:
+                    continue
+                out.append(OrderUpdate(str(o["clientOrderId"]), unified, Side(str(o["side"]).lower()),
+                                       _WIRE_STATUS[str(o["status"])], Decimal(str(o["origQty"])),
+                                       Decimal(str(o["executedQty"]))))  # fmt: skip
+        return out
+
+    def balances(self) -> dict[str, Balance]:
+        return {a: Balance(Decimal(b["free"]), Decimal(b["locked"])) for a, b in self.state["spot"]["balances"].items()}
+
+    def positions(self) -> dict[str, Decimal]:
+        return {self._unified(s, True): Decimal(q) for s, q in self.state["linear"]["positions"].items()}
 
 
 def compare_venue(books: VenueBooks, journal: Journal) -> VenueTruth:
