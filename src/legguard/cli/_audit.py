@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import enum
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +18,27 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legguard.engine.app._config import ConfigError, load_config
+from legguard.engine.journal import (
+    FUNDING,
+    GROUPINGS,
+    PackagePnl,
+    ReplayMismatch,
+    aggregate,
+    ledger,
+    package_pnl,
+    replay_package,
+)
+from legguard.engine.journal._anchors import (
+    AnchorCheck,
+    default_anchors_path,
+    load_key,
+    parse_public_key,
+    public_key_text,
+    verify_anchors,
+)
+from legguard.engine.journal._binding import bound_identity
+from legguard.engine.journal._pnl import funding_amount
 from legguard.engine.journal._replay import verify as verify_journal
 from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
 from legguard.fsm._table import State
@@ -87,10 +112,14 @@ def list_packages(
     with _reader(db) as journal:
         rows = journal.packages(state)
         journal_id = journal.journal_id
+        bound = bound_identity(journal)
     if as_json:
-        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows]})
+        binding = None if bound is None else bound.to_dict()
+        _emit_json({"journal_id": journal_id, "binding": binding, "packages": [r.to_dict() for r in rows]})
         return
-    table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
+    venue = "not bound to a venue" if bound is None else f"venue {bound.describe()}"
+    title = f"journal {journal_id} ({venue}): {len(rows)} package(s)" + (f" in {state.value}" if state else "")
+    table = Table(title=escape(title))
     table.add_column("package", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("spot", justify="right")
@@ -127,8 +156,15 @@ def show(
             hint = f"; known: {', '.join(known[-5:])}" + (" ..." if len(known) > 5 else "") if known else ""
             raise _fail(f"no package {package_id!r} in journal {journal.journal_id}{hint}", EXIT_PROBLEMS) from None
         rows = journal.timeline(package_id)
+        try:
+            funding = sum((funding_amount(r.payload) for r in rows if r.kind == FUNDING), Decimal(0))
+            accounting: PackagePnl | None = package_pnl(replay_package(journal, package_id), funding)
+            accounting_problem = ""
+        except (ReplayMismatch, KeyError, ValueError, ArithmeticError) as exc:
+            accounting, accounting_problem = None, str(exc)
     if as_json:
-        _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows]})
+        _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows],
+                    "pnl": None if accounting is None else accounting.to_dict()})  # fmt: skip
         return
     out = _out()
     e = package.exposure
@@ -150,25 +186,182 @@ def show(
             detail = f"[bold]{detail}[/bold]"
         table.add_row(str(r.seq), f"{r.wall_time - start:+.3f}", r.kind, detail)
     out.print(table)
+    if accounting is None:
+        out.print(f"[yellow]no accounting: the journal does not replay ({escape(accounting_problem)})[/yellow]")
+    else:
+        out.print(_accounting_table(accounting))
+
+
+def _money(value: Decimal | None) -> str:
+    """For reading: 4 decimals (JSON and CSV carry the exact figures)."""
+    return "-" if value is None else f"{value.quantize(QUOTE_DISPLAY):f}"
+
+
+def _accounting_table(p: PackagePnl) -> Table:
+    """Per leg: entry and exit VWAP, fees by currency, slippage; then funding, dust and realized P&L."""
+    table = Table(title=f"accounting ({p.state.value})", show_edge=False)
+    for column in ("leg", "entry qty @ vwap", "exit qty @ vwap", "cash", "fees (quote)", "fees by currency",
+                   "slippage"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("leg", "fees by currency") else "right")
+    for leg in (p.spot, p.perp):
+        table.add_row(
+            f"{leg.role.value} {escape(leg.symbol)}",
+            f"{leg.entry_qty} @ {_money(leg.entry_vwap)}",
+            f"{leg.exit_qty} @ {_money(leg.exit_vwap)}",
+            _money(leg.cash),
+            _money(leg.fees_quote),
+            ", ".join(f"{v} {k}" for k, v in sorted(leg.fees.items())) or "-",
+            _money(leg.slippage),
+        )
+    table.caption = (
+        f"funding {_money(p.funding)}  residual spot {p.residual_base} (~{_money(p.residual_value)})  "
+        f"realized {_money(p.realized) if p.realized is not None else 'open (hedged or unwinding)'}"
+    )
+    return table
+
+
+QUOTE_DISPLAY = Decimal("0.0001")
+
+
+class Grouping(enum.StrEnum):
+    PAIR = "pair"
+    DAY = "day"
+    EXIT_REASON = "exit-reason"
+
+
+assert tuple(g.value for g in Grouping) == GROUPINGS
+
+
+def _parse_since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or ISO time", param_hint="--since") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+@audit_app.command("pnl")
+def pnl(
+    db: DbOption = DEFAULT_DB,
+    by: Annotated[Grouping, typer.Option("--by", help="Group by pair, day (UTC) or exit reason.")] = Grouping.PAIR,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only packages opened at or after this UTC date/time.")
+    ] = None,
+    as_json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout (one row per group, then the total).")] = False,
+) -> None:
+    """Realized P&L, fees, funding and slippage per pair, day or exit reason, from the journal's facts."""
+    since_wall = _parse_since(since)
+    with _reader(db) as journal:
+        try:
+            entries = ledger(journal, since_wall)
+        except ReplayMismatch as exc:
+            raise _fail(f"{exc} (run `legguard audit verify`)", EXIT_PROBLEMS) from None
+        journal_id = journal.journal_id
+    rows = aggregate(entries, by.value)
+    if as_json:
+        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows,
+                    "packages": [e.pnl.to_dict() | {"exit_reason": e.exit_reason} for e in entries]})  # fmt: skip
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(title=f"journal {journal_id}: P&L by {by.value}, in quote (realized: flat packages only)")
+    headers = {"key": by.value, "packages": "pkgs", "dust_value": "dust"}
+    for column in rows[0]:
+        table.add_column(headers.get(column, column), justify="left" if column == "key" else "right")
+    for row in rows:
+        cells = [str(v) if k in ("key", "packages", "flat", "open") else _money(Decimal(v)) for k, v in row.items()]
+        table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
+    _out().print(table)
 
 
 @audit_app.command("verify")
-def verify(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """Check the hash chain and replay every package through the decision core. Exit 0 only if OK."""
+def verify(
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors",
+            help="Signed anchors file the engine wrote (see docs/audit.md): fail unless the journal still holds "
+            "every anchored head, i.e. nothing up to the last anchor was deleted or rewritten.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The anchor key to trust: 'ed25519:...' (`legguard audit public-key`) or a file holding it. "
+            "Without it the key in the anchors file is trusted, which a forger can replace.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The run config: check the anchors where it keeps them (journal.anchors, default <db>.anchors), "
+            "pinned to the public half of its journal.anchor_key. --anchors / --public-key override.",
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain and replay every package through the decision core; with --anchors (or --config),
+    also that the journal extends every signed anchor. Exit 0 only if OK."""
+    pinned = _guard(lambda: parse_public_key(public_key)) if public_key is not None else None
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_NO_JOURNAL) from None
+        if anchors is None:
+            anchors = cfg.anchors or default_anchors_path(db)
+        if pinned is None and cfg.anchor_key is not None and cfg.anchor_key.exists():
+            key_path = cfg.anchor_key
+            pinned = _guard(lambda: load_key(key_path)).public_key()
+    if anchors is not None and not anchors.is_file():
+        raise _fail(f"no anchors file at {str(anchors)!r}", EXIT_NO_JOURNAL)
     report = _guard(lambda: verify_journal(db))
+    check: AnchorCheck | None = None
+    if anchors is not None:
+        with _reader(db) as journal:
+            check = verify_anchors(journal, anchors, pinned)
+    ok = report.ok and (check is None or check.ok)
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), "ok": ok, "anchors": None if check is None else check.to_dict()})
     else:
         out = _out()
         summary = f"{report.rows_checked} rows, {report.packages_checked} packages, journal {report.journal_id}"
-        if report.ok:
+        if check is not None and not check.ok:
+            out.print(f"[red]FAILED[/red] anchors: {escape(check.problem or '')}")
+        if report.ok and ok:
             out.print(f"[green]OK[/green] {summary}; head seq {report.head_seq} hash {report.head_hash}")
-        else:
+            if check is not None:
+                out.print(f"  {escape(check.summary())}")
+            else:
+                out.print("  not checked against signed anchors (--anchors): a rewrite of the whole file passes")
+        elif not report.ok:
             count = len(report.problems) + report.omitted
             out.print(f"[red]FAILED[/red] {summary}: {count} problem(s), first bad row first")
             for problem in report.problems:
                 out.print(f"  - {problem}", markup=False)
             if report.omitted:
                 out.print(f"  ... and {report.omitted} more")
-    if not report.ok:
+    if not ok:
         raise typer.Exit(EXIT_PROBLEMS)
+
+
+@audit_app.command("public-key")
+def public_key_cmd(
+    key: Annotated[Path, typer.Option("--key", help="The anchor key file (journal.anchor_key / run --anchor-key).")],
+) -> None:
+    """Print the public half of the anchor key ('ed25519:...'), to pin with `audit verify --public-key`."""
+    if not key.is_file():
+        raise _fail(f"--key: no key file at {str(key)!r}", EXIT_NO_JOURNAL)
+    private = _guard(lambda: load_key(key))
+    typer.echo(public_key_text(private.public_key()))

@@ -14,6 +14,8 @@ Map:
 - `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
                     flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
 - `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
+- `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
+                    queries wait; every live order and position reconciled when it answers again.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
 - `_venue_truth.py` the venue-truth oracle: every order, balance and position in the venue's own books
                     against the journal's account (tests, property test, crash harness, `legguard demo`'s exit code).
@@ -22,7 +24,8 @@ Map:
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.
 - `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
 
-Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman` → `_actor` → `_host` → `_handle`, `journal`.
+Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage` → `_actor` → `_host` → `_handle`,
+`journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash

@@ -168,7 +168,7 @@ class PackageActor:
         self.core = h.core = twin
         h.events.append(event)
         if CRASH_ARMED:
-            _crashpoints.after_step(self.core, commands)
+            _crashpoints.after_step(self.core, commands, engine.journal)
         self._track_exposure(now)
         if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
             # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
@@ -264,7 +264,8 @@ class PackageActor:
         try:
             with trio.fail_after(engine.config.deadlines.ack):
                 ack = await engine.venue.fire(armed)
-        except trio.TooSlowError:
+        except trio.TooSlowError as exc:
+            engine.outage.suspect(exc)
             self._fact_error(cid, "send", "acknowledgement deadline passed")
             # Conservative on purpose: even when the order stream already showed the order, a lost answer
             # sends the package through the kill switch, which settles the order by client id.
@@ -287,6 +288,7 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
             return
         except VenueError as exc:
+            engine.outage.suspect(exc)
             self._fact_error(cid, "send", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
@@ -307,6 +309,7 @@ class PackageActor:
             await self._query(cid, symbol, 0.0)  # already finished (filled?) or never arrived
             return
         except (trio.TooSlowError, VenueError) as exc:
+            engine.outage.suspect(exc)
             engine.journal_error(h.package_id, cid, "cancel", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
@@ -316,6 +319,7 @@ class PackageActor:
         h, engine = self.handle, self.engine
         if backoff:
             await trio.sleep(backoff)
+            await engine.outage.wait_up()  # while the venue is down, ask again once it answers
         try:
             with trio.fail_after(engine.config.deadlines.ack):
                 update = await engine.venue.fetch_order(symbol, cid)
@@ -334,6 +338,7 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
             return
         except (trio.TooSlowError, VenueError) as exc:
+            engine.outage.suspect(exc)
             engine.journal_error(h.package_id, cid, "query", exc)
             # Escalate: back off and ask again; the core keeps the leg unknown meanwhile.
             self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), 2.0))
@@ -341,16 +346,24 @@ class PackageActor:
         h.post(to_order_event(update))
 
     async def _unwind_watchdog(self) -> None:
+        outage = self.engine.outage
         await trio.sleep(self.engine.config.deadlines.unwind)
+        while outage.down and self.core.state is State.UNWINDING:
+            # Nothing can be unwound while the venue does not answer: the deadline starts again when it does
+            # (the outage itself already stops new packages).
+            await outage.wait_up()
+            await trio.sleep(self.engine.config.deadlines.unwind)
         if self.core.state is State.UNWINDING:
             self.engine.on_unwind_overdue(self.handle)
 
     async def _leg_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.leg)
+        await self.engine.outage.wait_up()  # a cancel cannot reach a venue that is down: decide once it answers
         self.handle.post(FillDeadline())
 
     async def _fill_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.fill)
+        await self.engine.outage.wait_up()
         self.handle.post(FillDeadline())
 
 

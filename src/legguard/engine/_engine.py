@@ -53,11 +53,12 @@ from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
 from ._handle import PackageHandle
 from ._host import EngineStats
+from ._outage import VenueWatch
 from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import Journal
+from .journal import PNL, Journal, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
@@ -113,6 +114,7 @@ class Engine:
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
         self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
+        self.outage = VenueWatch(self)  # is the venue answering? (no new packages while it is not)
 
     @property
     def stopping(self) -> bool:
@@ -132,6 +134,7 @@ class Engine:
             service.start_soon(self._gateway)
             service.start_soon(self._position_reconciler)
             service.start_soon(self.deadman.run)
+            service.start_soon(self.outage.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
             try:
@@ -170,12 +173,20 @@ class Engine:
         self._service.start_soon(self._book_watcher, symbol)
 
     async def _book_watcher(self, symbol: str) -> None:
+        failures = 0
         while True:
             try:
                 self.books[symbol] = await self.venue.watch_order_book(symbol)
             except VenueError as exc:
-                log.warning("book stream %s: %s; resubscribing", symbol, exc)
-                await trio.sleep(0.1)
+                self.outage.suspect(exc)
+                if failures == 0:
+                    log.warning("book stream %s: %s; resubscribing", symbol, exc)
+                failures += 1
+                await trio.sleep(min(0.1 * 2 ** (failures - 1), 2.0))  # quietly, with back-off, while it fails
+                continue
+            if failures:
+                log.info("book stream %s back after %d failed attempt(s)", symbol, failures)
+                failures = 0
 
     # --- packages -------------------------------------------------------------------------------------
 
@@ -245,6 +256,8 @@ class Engine:
             return f"engine halted: {self.halt_reason}"
         if self.mode is EngineMode.STOPPING:
             return "engine stopping"
+        if self.outage.down:
+            return f"venue unreachable: {self.outage.last_error}"
         if now < self.paused_until:
             return "rate limited: new packages paused"
         live = len(self.live)
@@ -344,6 +357,8 @@ class Engine:
             handle.unwinding_since = None
         # A flat package's orders stay registered: an order that reaches the venue after the package gave up
         # on it must still be seen (`route` -> `_late_update`), never dropped.
+        if t.dest is State.FLAT:
+            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
     def _breaker(self, now: float) -> None:
         b = self.config.breaker
@@ -379,9 +394,14 @@ class Engine:
                 updates = await self.venue.watch_orders()
             except StreamDisconnected as exc:
                 self.stats.stream_drops += 1
-                self.journal.record("engine", None, {"event": "stream_drop", "error": str(exc)}, trio.current_time())
+                if not self.outage.down:  # one row per drop, not one per failed reconnect of an outage
+                    self.journal.record("engine", None, {"event": "stream_drop", "error": str(exc)},
+                                        trio.current_time())  # fmt: skip
+                self.outage.suspect(exc)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                if self.outage.down:
+                    continue  # the venue watch reconciles everything once the venue answers again
                 self._reconcile_live()
                 # Liquidations and ADL during the gap were on the lost stream too: ask for the positions.
                 assert self._service is not None
@@ -546,7 +566,9 @@ class Engine:
             with trio.fail_after(self.config.deadlines.ack):
                 positions = await self.venue.fetch_positions()
         except (trio.TooSlowError, VenueError) as exc:
-            log.warning("position reconcile %s failed: %s", symbol, exc)
+            self.outage.suspect(exc)
+            if not self.outage.down:
+                log.warning("position reconcile %s failed: %s", symbol, exc)
             return
         venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
         believed = sum(
@@ -766,11 +788,26 @@ class Engine:
             with trio.fail_after(self.config.deadlines.ack):
                 update = await self.venue.fetch_order(symbol, client_order_id)
         except (trio.TooSlowError, VenueError) as exc:
-            log.warning("reconcile %s failed: %s", client_order_id, exc)
+            self.outage.suspect(exc)
+            if not self.outage.down:
+                log.warning("reconcile %s failed: %s", client_order_id, exc)
             return
         handle.post(to_order_event(update))
 
     # --- reporting ------------------------------------------------------------------------------------
+
+    def needs_recovery(self) -> dict[str, str]:
+        """Packages that are not flat, or hedged with nothing in flight, or whose exposure is unknown: what
+        `legguard recover` (or the next `run`) must finish, with the state each is in."""
+        out: dict[str, str] = {}
+        for pid, h in sorted(self.handles.items()):
+            core = h.core
+            if core.state is State.PENDING and h.done.is_set():
+                continue  # never dispatched: nothing was sent
+            safe = core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
+            if not safe or core.exposure().unknown:
+                out[pid] = core.state.value + (" (exposure unknown)" if core.exposure().unknown else "")
+        return out
 
     def final_states(self) -> Counter[str]:
         return Counter(h.core.state.value for h in self.handles.values())

@@ -35,6 +35,7 @@ class PackageHandle:
     leg_timer_started: bool = False
     released: set[str] = field(default_factory=set)  # client ids handed to the venue (not just journaled)
     sent_at: dict[str, float] = field(default_factory=dict)  # client id -> when its request was released
+    funding: Decimal = Decimal(0)  # funding payments attributed to this package (quote, signed)
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as

@@ -38,8 +38,20 @@ class EngineStats:
         self.max_naked = max(self.max_naked, seconds)
 
 
+class VenueHealth(Protocol):
+    """Whether the venue answers (`_outage.VenueWatch`): what the parts that send requests tell and ask it."""
+
+    @property
+    def down(self) -> bool: ...
+
+    def suspect(self, error: BaseException | str) -> None: ...
+
+    async def wait_up(self) -> None: ...
+
+
 class EngineHost(Protocol):
-    """What an actor, recovery and the dead-man's switch may use of the engine that runs them."""
+    """What an actor, recovery, the dead-man's switch and the venue watch may use of the engine that runs
+    them."""
 
     venue: Venue
     journal: Journal
@@ -50,6 +62,9 @@ class EngineHost(Protocol):
     live: set[str]
     _orders: dict[str, PackageHandle]
     _packages: trio.Nursery | None
+
+    @property
+    def outage(self) -> VenueHealth: ...
 
     @property
     def stopping(self) -> bool: ...
@@ -64,8 +79,12 @@ class EngineHost(Protocol):
 
     def on_unwind_overdue(self, handle: PackageHandle) -> None: ...
 
+    def halt(self, reason: str) -> None: ...
+
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None: ...
 
     async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None: ...
+
+    async def _reconcile_order(self, handle: PackageHandle, client_order_id: str, symbol: str) -> None: ...
 
     async def _supervise(self, handle: PackageHandle, first: Sequence[Event]) -> None: ...

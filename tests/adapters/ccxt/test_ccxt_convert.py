@@ -346,3 +346,28 @@ async def test_budget_refuses_instead_of_waiting_and_keeps_a_reserve_for_risk_re
     budget.take(6.0, reducing=False, what="entry")  # back to a full burst, never more
     with pytest.raises(RateLimited):
         budget.take(0.5, reducing=False, what="entry")
+
+
+async def test_the_deadmans_share_is_spent_by_nothing_else_and_the_switch_is_never_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    budget = WeightBudget(rate_per_second=20.0, burst=100.0, reserve=20.0, deadman=20.0)
+    for _ in range(15):
+        budget.take(4.0, reducing=False, what="entry")  # 60 units: entries stop above both shares
+    with pytest.raises(RateLimited):
+        budget.take(4.0, reducing=False, what="entry")
+    for _ in range(20):
+        budget.take(1.0, reducing=True, what="query")  # risk reduction stops above the dead-man's share
+    with pytest.raises(RateLimited):
+        budget.take(1.0, reducing=True, what="cancel")
+    assert budget.tokens == 20.0
+    budget.take(10.0, reducing=True, what="countdownCancelAll", priority=True)
+    budget.take(10.0, reducing=True, what="countdownCancelAll", priority=True)
+    budget.exhaust()  # even after the venue said 429, the switch goes (into debt, which the others wait out)
+    budget.take(10.0, reducing=True, what="countdownCancelAll", priority=True)
+    assert budget.tokens == -10.0
+    with pytest.raises(RateLimited) as info:
+        budget.take(1.0, reducing=True, what="cancel")
+    assert info.value.retry_after == pytest.approx((1.0 + 20.0 + 10.0) / 20.0)
+    with pytest.raises(ValueError, match="deadman"):
+        WeightBudget(rate_per_second=20.0, burst=10.0, reserve=5.0, deadman=5.0)

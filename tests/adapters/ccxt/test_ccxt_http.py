@@ -242,7 +242,7 @@ async def test_release_writes_both_legs_before_the_caller_yields(tls: bool) -> N
 
 
 async def test_a_refusal_at_release_is_raised_by_fire_and_nothing_is_sent() -> None:
-    async with emulated(stream_ready_timeout=0, budget_burst=10.0, budget_reserve=9.9) as rig:
+    async with emulated(stream_ready_timeout=0, budget_burst=10.0, budget_reserve=9.9, budget_deadman=0.0) as rig:
         bid, *_ = await rig.books()
         stamps: list[tuple[str, str]] = []
         rig.venue.set_tap(lambda what, key, ns: stamps.append((what, key)))

@@ -236,6 +236,29 @@ def test_duplicate_client_order_id_is_rejected_and_the_first_order_stays(exchang
 
 
 @BOTH
+def test_a_closed_orders_client_id_is_accepted_again_as_a_new_order(exchange_id: str, symbol: str) -> None:
+    # Binance keeps client ids unique among OPEN orders only (issue 10, defect 5): a reused id is no proof
+    # that the earlier order never executed. Both orders show in the state dump; the id names the newest.
+    async def scenario(emu: Emulator) -> None:
+        bid, _ = best(emu, symbol)
+        params = {"postOnly": True, "clientOrderId": "again-1"}
+        async with client(emu, exchange_id) as ex:
+            first = await ex.create_order(symbol, "limit", "buy", 0.05, float(bid), params)
+            await ex.cancel_order(None, symbol, {"clientOrderId": "again-1"})
+            second = await ex.create_order(symbol, "limit", "buy", 0.07, float(bid - 1), params)
+            assert second["id"] != first["id"] and second["status"] == "open"
+            fetched = await ex.fetch_order(None, symbol, {"clientOrderId": "again-1"})
+            assert (fetched["amount"], fetched["status"]) == (0.07, "open")
+            with pytest.raises(ccxt.InvalidOrder, match=r"-2010|-4116"):  # open again: refused again
+                await ex.create_order(symbol, "limit", "buy", 0.05, float(bid - 2), params)
+        kind = "spot" if exchange_id == "binance" else "linear"
+        dump = [o for o in emu.state()[kind]["orders"] if o["clientOrderId"] == "again-1"]
+        assert [o["status"] for o in dump] == ["CANCELED", "NEW"]
+
+    run(scenario)
+
+
+@BOTH
 def test_unknown_orders_raise_order_not_found(exchange_id: str, symbol: str) -> None:
     async def scenario(emu: Emulator) -> None:
         async with client(emu, exchange_id) as ex:
@@ -628,6 +651,36 @@ def test_ws_drop_fault_breaks_the_streams_of_that_market() -> None:
             with pytest.raises(ccxt.NetworkError):
                 await asyncio.wait_for(pending, WAIT)
             assert emu.hub.count(MarketKind.LINEAR, "market") == 0
+
+    run(scenario)
+
+
+def test_outage_fault_answers_503_everywhere_for_a_while_and_keeps_the_account() -> None:
+    async def scenario(emu: Emulator) -> None:
+        bid, _ = best(emu, PERP)
+        async with client(emu, "binanceusdm", pro=True) as ex:
+            order = await ex.create_order(PERP, "limit", "buy", 0.05, float(bid - 50), {"postOnly": True,
+                                          "clientOrderId": "kept"})  # fmt: skip
+            await asyncio.wait_for(ex.watch_order_book(PERP), WAIT)
+            pending = asyncio.ensure_future(ex.watch_order_book(PERP))
+            status, _ = await control(emu, "POST", "faults", {"fault": "outage", "seconds": 30})
+            assert status == 200
+            with pytest.raises(ccxt.NetworkError):  # the websocket is dropped ...
+                await asyncio.wait_for(pending, WAIT)
+            with pytest.raises(ccxt.NetworkError):  # ... and cannot come back
+                await asyncio.wait_for(ex.watch_order_book(PERP), WAIT)
+            with pytest.raises(ccxt.ExchangeNotAvailable):  # every REST request: 503
+                await ex.fetch_order(order["id"], PERP)
+            with pytest.raises(ccxt.ExchangeNotAvailable):
+                await ex.create_order(PERP, "limit", "buy", 0.05, float(bid - 50), {"postOnly": True})
+            status, state = await control(emu, "GET", "state")  # the control API still answers
+            assert status == 200 and state["outage_seconds_left"] == 30
+            emu.advance(30.0)  # it is over: the order rests as it did, nothing else reached the venue
+            assert (await ex.fetch_order(order["id"], PERP))["status"] == "open"
+            assert [o.client_order_id for o in emu.engine.all_orders()] == ["kept"]
+            await control(emu, "POST", "faults", {"fault": "outage", "seconds": 30})
+            await control(emu, "POST", "faults", {"clear": True})  # ends it at once
+            assert (await ex.fetch_order(order["id"], PERP))["status"] == "open"
 
     run(scenario)
 

@@ -96,7 +96,7 @@ def spot_fee(rig: Rig, filled: Decimal = QTY) -> Decimal:
     return filled * rig.emu.engine.markets[ETH].maker_fee  # a spot buy pays its maker fee in ETH
 
 
-def journal_texts(db: Path, pid: str) -> list[str]:
+def journal_texts(db: Path, pid: str | None) -> list[str]:
     """Every journal row of the package, as JSON text."""
     with Journal.open(db, readonly=True) as journal:
         return [json.dumps(r.payload) for r in journal.rows() if r.package_id == pid]
@@ -384,6 +384,48 @@ async def test_unknown_placement_outcome_is_reconciled_by_client_id_and_ends_fla
         assert core.orders[cid].status is OrderStatus.REJECTED
     assert rig.orders(KIND[other])[entry(core, other)]["status"] == "CANCELED"
     assert_untouched(venue_state)
+    assert verify(tmp_path / "j.db").ok
+
+
+# --- 7. the venue goes away for a while -----------------------------------------------------------------
+
+
+async def test_outage_under_a_running_engine_is_survived_and_reconciled_when_the_venue_returns(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # Both entries rest; the emulator goes away (every request and handshake 503, websockets dropped) and,
+    # while it is away, both legs fill on its books: the fills reach nobody. When it returns the engine learns
+    # them by REST and the package ends hedged, the emulator's account agreeing.
+    async with emulated() as rig, engine_on(rig, tmp_path / "j.db") as engine:
+        pid, handle = submit(engine)
+        await until_core(handle, both_resting)
+        plan = handle.core.plan
+        spot_m, perp_m = rig.emu.engine.markets[ETH], rig.emu.engine.markets[ETH_PERP]
+        await rig.fault(fault="outage", seconds=600)
+        with trio.fail_after(STREAM_WAIT * 2):
+            await engine.outage.wait_down()
+        await rig.on_emulator(rig.emu.trade, spot_m, Side.SELL, plan.spot.price, QTY)
+        await rig.on_emulator(rig.emu.trade, perp_m, Side.BUY, plan.perp.price, QTY)
+        refused = engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+        await until_core(engine.handles[refused], lambda c: c.state is State.FLAT)
+        assert handle.core.state is State.DISPATCHED  # kept as it was: nothing can be learnt or sent
+        await rig.on_emulator(rig.emu.clear_faults)  # the venue is back
+        state = await settle(engine, pid)
+        with trio.fail_after(STREAM_WAIT * 2):
+            await engine.outage.wait_up()
+        core = handle.core
+        outages = engine.outage.outages
+        venue_state = rig.emu.state()
+
+    assert state is State.HEDGED and outages == 1
+    assert not engine.handles[refused].core.orders  # nothing was sent for it
+    assert (core.orders[entry(core, LegRole.SPOT)].filled, core.orders[entry(core, LegRole.PERP)].filled) == (QTY, QTY)
+    eth, _ = balance(venue_state, "ETH")
+    assert (eth, Decimal(venue_state["linear"]["positions"]["ETHUSDT"])) == (100 + QTY - spot_fee(rig), -QTY)
+    exposure = core.exposure()
+    assert (exposure.spot, exposure.perp, exposure.unknown) == (QTY - spot_fee(rig), -QTY, False)
+    events = [json.loads(t).get("event") for t in journal_texts(tmp_path / "j.db", None)]
+    assert events.count("venue_down") == 1 and events.count("venue_up") == 1
     assert verify(tmp_path / "j.db").ok
 
 

@@ -431,9 +431,11 @@ def test_same_seed_same_updates() -> None:
     assert run_virtual(22, 40) != first
 
 
-def test_a_virtual_minute_runs_in_well_under_a_second() -> None:
+def test_a_virtual_minute_does_not_wait_for_real_time() -> None:
+    # Not a speed check (that is `legguard bench`): a venue that slept on the wall clock would take the whole
+    # minute; the bound leaves a loaded CI machine 30x headroom.
     start = time.perf_counter()
     updates = run_virtual(5, 60)
     elapsed = time.perf_counter() - start
     assert updates
-    assert elapsed < 1.0, f"60 virtual seconds took {elapsed:.2f} s of real time"
+    assert elapsed < 30.0, f"60 virtual seconds took {elapsed:.2f} s of real time: something waits on the wall clock"

@@ -470,21 +470,28 @@ class WeightBudget:
     for: the engine, not ccxt's throttler, decides what to do when it runs out.
 
     Units are ccxt's own rate-limit costs (one unit per `rateLimit` ms at the advertised limit), so the
-    budget follows ccxt's per-endpoint weights. `reserve` units are kept for requests that reduce risk
-    (cancels, unwinds, queries): new entries cannot spend them.
+    budget follows ccxt's per-endpoint weights. Two shares are kept back: the bottom `deadman` units only for
+    the dead-man's switch (`countdownCancelAll`), and the `reserve` units above them for requests that reduce
+    risk (cancels, unwinds, queries); new entries can spend neither. A `priority` request (the dead-man's
+    switch) is never refused: if even its share is gone (the venue said 429), it runs the budget into debt,
+    which everything else waits out.
 
-    Invariant: 0 <= tokens <= burst after every refill; tokens only go below `reserve` through risk-reducing
-    requests.
+    Invariant: tokens <= burst after every refill; tokens only go below `deadman + reserve` through
+    risk-reducing requests, below `deadman` only through priority requests, below 0 only through priority
+    requests or `exhaust`.
     """
 
-    def __init__(self, rate_per_second: float, burst: float, reserve: float) -> None:
+    def __init__(self, rate_per_second: float, burst: float, reserve: float, deadman: float = 0.0) -> None:
         if not rate_per_second > 0:
             raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
         if not 0 <= reserve < burst:
             raise ValueError(f"reserve must be >= 0 and < burst ({burst}), got {reserve}")
+        if not 0 <= deadman < burst - reserve:
+            raise ValueError(f"deadman must be >= 0 and < burst - reserve ({burst - reserve}), got {deadman}")
         self.rate = rate_per_second
         self.burst = burst
         self.reserve = reserve
+        self.deadman = deadman
         self.tokens = burst
         self._last: float | None = None
 
@@ -494,9 +501,12 @@ class WeightBudget:
             self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
         self._last = now
 
-    def take(self, cost: float, *, reducing: bool, what: str) -> None:
+    def take(self, cost: float, *, reducing: bool, what: str, priority: bool = False) -> None:
         self._refill()
-        floor = 0.0 if reducing else self.reserve
+        if priority:
+            self.tokens -= cost  # never refused (see the class docstring)
+            return
+        floor = self.deadman + (0.0 if reducing else self.reserve)
         if self.tokens - cost < floor:
             retry_after = max((cost + floor - self.tokens) / self.rate, 0.001)
             raise RateLimited(f"{what}: local request budget exhausted", retry_after=retry_after)

@@ -75,7 +75,7 @@ FUNDING_RATE = Decimal("0.00010000")  # constant: the emulator books no funding 
 LISTEN_KEY_TTL = 3600.0  # seconds without keepalive before a futures listenKey expires
 
 FAULT_KINDS = frozenset(
-    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill"}
+    {"reject", "delay", "ack_timeout", "http_error", "malformed_response", "ws_drop", "partial_fill", "outage"}
 )
 
 
@@ -257,6 +257,10 @@ def parse_fault(spec: Mapping[str, Any]) -> Fault:
         status = params.get("status", 503)
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"status: an http_error fault needs an HTTP status 400-599, got {status!r}")
+    if kind == "outage":
+        seconds = params.get("seconds", 10)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+            raise ValueError(f"seconds: an outage fault needs a number of seconds > 0, got {seconds!r}")
     if kind == "partial_fill":
         ratio = params.get("ratio", 0.5)
         if not isinstance(ratio, int | float) or not 0 < ratio < 1:
@@ -326,6 +330,8 @@ class Emulator:
     Use `serve_emulator(...)`; with `autoclock=False` nothing moves until `advance(seconds)` (tests).
     """
 
+    dual_side_position: bool = False  # USDⓈ-M position mode: hedge (True) or one-way (False, the default)
+
     def __init__(
         self,
         *,
@@ -357,6 +363,7 @@ class Emulator:
         self._by_order_id: dict[int, tuple[str, str]] = {}
         self._progress: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}  # published (filled, cost)
         self._cancel_ids: dict[tuple[str, str], str] = {}
+        self.retired: list[tuple[w.WireOrder, OrderUpdate]] = []  # closed orders whose client id was reused
         self._fill_cursor = 0
         # Distinct id ranges per book, like Binance's (large, unrelated) update ids.
         self.feeds = {
@@ -369,6 +376,7 @@ class Emulator:
         self.closing = asyncio.Event()
         self.held = 0  # requests currently held by a delay / ack_timeout fault
         self.late_requests: set[asyncio.Future[Any]] = set()  # delayed requests running past their client
+        self.outage_until = -math.inf  # emulator clock (`scheduler.elapsed`): every API request fails before it
         self._activity = asyncio.Event()
         self.host = DEFAULT_HOST
         self.port = 0
@@ -476,20 +484,27 @@ class Emulator:
     def place(self, request: OrderRequest, meta: w.WireOrder) -> tuple[OrderUpdate, list[Fill]]:
         """Send one order to the engine; returns its state after the immediate matching and its fills."""
         market, key = meta.market, (request.symbol, request.client_order_id)
-        if key in self.meta:
+        # Binance keeps client ids unique among OPEN orders only: a closed order's id is taken again, as a
+        # new order (the earlier one stays in the state dump, under the same id).
+        earlier = self.meta.get(key)
+        if earlier is not None and self.engine.get(*key).status is OrderStatus.OPEN:
             raise self._duplicate(market.kind)
+        closed = self.wire_update(key) if earlier is not None else None
         self.meta[key] = meta
         try:
             self.engine.place(request, self.now())
-        except DuplicateOrder:
-            del self.meta[key]
-            raise self._duplicate(market.kind) from None
-        except OrderRejected as exc:
-            del self.meta[key]
-            raise reject_error(market, exc) from None
-        except BaseException:
-            del self.meta[key]
+        except BaseException as exc:
+            if earlier is None:
+                del self.meta[key]
+            else:
+                self.meta[key] = earlier
+            if isinstance(exc, DuplicateOrder):
+                raise self._duplicate(market.kind) from None
+            if isinstance(exc, OrderRejected):
+                raise reject_error(market, exc) from None
             raise
+        if closed is not None:
+            self._retire(key, closed)
         if meta.time_in_force == "IOC" and self.engine.get(*key).status is OrderStatus.OPEN:
             # Before the next pump: the unfilled rest of an IOC order never shows in the published book.
             self._cancel_ids[key] = ""
@@ -499,6 +514,15 @@ class Emulator:
         if update.status is OrderStatus.OPEN and meta.order_type != "MARKET":
             self._partial_fill_fault(market, request, update)
         return update, fills
+
+    def _retire(self, key: tuple[str, str], closed: tuple[w.WireOrder, OrderUpdate]) -> None:
+        """The closed order whose id a new order just took: kept for the state dump only (queries by client
+        id now find the new order; by its old venue order id, nothing)."""
+        self.retired.append(closed)
+        self._progress.pop(key, None)
+        self._cancel_ids.pop(key, None)
+        if closed[1].venue_order_id is not None:
+            self._by_order_id.pop(int(closed[1].venue_order_id), None)
 
     def _partial_fill_fault(self, market: Market, request: OrderRequest, update: OrderUpdate) -> None:
         fault = self.take_fault(market.kind, "POST", "order", only="partial_fill")
@@ -744,8 +768,34 @@ class Emulator:
                 return fault
         return None
 
+    @property
+    def down(self) -> bool:
+        """Inside an `outage`: every REST request and websocket handshake is answered 503."""
+        return self.scheduler.elapsed() < self.outage_until
+
+    def begin_outage(self, seconds: float) -> None:
+        """The venue goes away for `seconds` of emulator time, as a real one does: every connection is dropped,
+        every request and handshake meanwhile gets 503, and updates meanwhile are lost; books, orders, balances
+        and positions are kept, and the market goes on (resting orders can fill)."""
+        self.outage_until = max(self.outage_until, self.scheduler.elapsed() + seconds)
+        for kind in (MarketKind.SPOT, MarketKind.LINEAR):
+            self.hub.drop(kind)
+        self.notify()
+
+    def end_outage(self) -> None:
+        self.outage_until = -math.inf
+        self.notify()
+
+    def clear_faults(self) -> None:
+        """Every pending fault removed, and an outage ended now."""
+        self.faults.clear()
+        self.end_outage()
+
     def add_fault(self, spec: Mapping[str, Any]) -> Fault:
         fault = parse_fault(spec)
+        if fault.fault == "outage":
+            self.begin_outage(float(fault.params.get("seconds", 10)))
+            return fault  # acts once, now, for a while
         if fault.fault == "ws_drop":
             kinds = [MarketKind.SPOT, MarketKind.LINEAR] if fault.market == "all" else [MarketKind(fault.market)]
             for kind in kinds:
@@ -772,8 +822,7 @@ class Emulator:
     def state(self) -> dict[str, Any]:
         balances = self.engine.balances()
         spot_orders, perp_orders = [], []
-        for key in self.meta:
-            meta, update = self.wire_update(key)
+        for meta, update in [*self.retired, *(self.wire_update(key) for key in self.meta)]:
             if meta.market.kind is MarketKind.SPOT:
                 spot_orders.append(w.spot_order(meta, update))
             else:
@@ -792,6 +841,7 @@ class Emulator:
             },
             "faults": [f.to_json() for f in self.faults],
             "countdowns": sorted(self.countdowns),
+            "outage_seconds_left": round(max(0.0, self.outage_until - self.scheduler.elapsed()), 3),
         }
 
     # --- ccxt ---

@@ -2,7 +2,9 @@
 Binance's authentication (X-MBX-APIKEY, HMAC-SHA256 over query + body, timestamp / recvWindow), request
 weights and error codes, plus the loopback-only test control API under `/_emulator/`.
 
-Faults are applied in the middleware, around the handler: `reject`, `http_error` and `delay` act before
+An `outage` answers every request and websocket handshake 503 for a while (the emulator keeping its books,
+orders and balances). Other faults are applied in the middleware, around the handler: `reject`, `http_error`
+and `delay` act before
 the request is processed; `ack_timeout` and `malformed_response` after it took effect (the outcome is
 then unknown to the client, which is the point).
 """
@@ -619,7 +621,16 @@ class _Rest:
 
     async def position_mode(self, request: web.Request) -> web.Response:
         await self.signed(request)
-        return _json({"dualSidePosition": False})
+        return _json({"dualSidePosition": self.emu.dual_side_position})
+
+    async def change_position_mode(self, request: web.Request) -> web.Response:
+        """`POST /fapi/v1/positionSide/dual` (the preflight reads the mode; tests set hedge mode with this)."""
+        params = await self.signed(request)
+        value = params.get("dualSidePosition")
+        if value not in ("true", "false"):
+            raise w.missing_param("dualSidePosition") if value is None else w.illegal_chars("dualSidePosition")
+        self.emu.dual_side_position = value == "true"
+        return _json({"code": 200, "msg": "success"})
 
     async def symbol_config(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
@@ -873,7 +884,7 @@ class _Rest:
             return _json({"faults": [f.to_json() for f in self.emu.faults]})
         spec = await _json_body(request)
         if spec.get("clear") is True:
-            self.emu.faults.clear()
+            self.emu.clear_faults()  # an outage ends too
             return _json({"faults": []})
         try:
             fault = self.emu.add_fault(spec)
@@ -1003,6 +1014,9 @@ def _middleware(emulator: Emulator) -> Any:
             if not _loopback(request):
                 return _json({"error": "the control API answers loopback clients only"}, status=403)
             return await handler(request)
+        if emulator.down:
+            # The whole venue is away: REST, websocket handshakes, everything but the control API.
+            return _http_error({"status": 503, "body": "503 Service Unavailable (emulator fault: outage)"})
         kind = _kind_of(request.path)
         if kind is None:
             return await handler(request)
@@ -1122,6 +1136,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v2/leverageBracket", rest.leverage_bracket)
     r.add_get("/fapi/v1/commissionRate", rest.commission_rate)
     r.add_get("/fapi/v1/positionSide/dual", rest.position_mode)
+    r.add_post("/fapi/v1/positionSide/dual", rest.change_position_mode)
     r.add_get("/fapi/v1/symbolConfig", rest.symbol_config)
     r.add_get("/fapi/v2/positionRisk", rest.position_risk)
     r.add_get("/fapi/v3/positionRisk", rest.position_risk)

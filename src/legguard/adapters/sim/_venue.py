@@ -31,6 +31,7 @@ from legguard.domain import (
     OrderRequest,
     OrderStatus,
     OrderUpdate,
+    OutcomeUnknown,
     RejectReason,
     StreamDisconnected,
     VenueError,
@@ -47,9 +48,10 @@ FAULTS: Mapping[str, frozenset[str]] = {
     "liquidation": frozenset({"quantity", "adl"}),
     "stream_lag": frozenset({"seconds", "duration"}),
     "late_landing": frozenset({"seconds"}),
+    "outage": frozenset({"seconds"}),
 }
 # Faults that act once, at once (or at the next tick): `count` makes no sense for them.
-_SINGLE_SHOT = frozenset({"stream_drop", "price_jump", "liquidation", "stream_lag"})
+_SINGLE_SHOT = frozenset({"stream_drop", "price_jump", "liquidation", "stream_lag", "outage"})
 
 REPLAYED_SYMBOL = "BTC/USDT:USDT"  # the recorded depth is Binance's BTCUSDT perpetual
 
@@ -117,6 +119,7 @@ class SimVenue:
         self._drop_until = -math.inf
         self._lag_until = -math.inf  # stream_lag: the order stream runs `_lag` seconds behind REST until then
         self._lag = 0.0
+        self._outage_until = -math.inf  # the venue answers nothing before this (its market goes on)
         self._last_delivery = -math.inf
         self._book_changed = trio.Event()
         self._pipe_send, self._pipe_recv = trio.open_memory_channel[tuple[float, list[OrderUpdate]]](math.inf)
@@ -194,6 +197,18 @@ class SimVenue:
         if delay > 0:
             await trio.sleep(delay)
 
+    @property
+    def down(self) -> bool:
+        """Inside an `outage`: no request reaches the venue and its streams refuse to connect."""
+        return trio.current_time() < self._outage_until
+
+    async def _reach(self, what: str) -> None:
+        """One way to the venue; raise as a refused connection does if it is down (nothing reaches it)."""
+        await self._one_way()
+        if self.down:
+            await self._one_way()
+            raise OutcomeUnknown(f"{what}: cannot connect to the simulated venue (outage)")
+
     def _publish(self, batch: list[OrderUpdate]) -> None:
         """Send order updates down the user-data stream: they arrive one latency later, in order."""
         if not batch:
@@ -222,14 +237,14 @@ class SimVenue:
     # --- Venue: market data ---------------------------------------------------------------------------
 
     async def load_markets(self) -> Mapping[str, Market]:
-        await self._one_way()
+        await self._reach("markets")
         markets = dict(self.engine.markets)
         await self._one_way()
         return markets
 
     async def fetch_order_book(self, symbol: str, limit: int = 20) -> BookSnapshot:
         self._known(symbol)
-        await self._one_way()
+        await self._reach(f"book {symbol}")
         snap = self.engine.book(symbol, limit)
         await self._one_way()
         return snap
@@ -238,6 +253,9 @@ class SimVenue:
         """The book as of the next market step, one latency later."""
         self._known(symbol)
         await self._book_changed.wait()
+        if self.down:
+            await self._one_way()
+            raise StreamDisconnected(f"book stream {symbol}: the simulated venue is down (outage)")
         snap = self.engine.book(symbol)
         await self._one_way()
         return snap
@@ -261,7 +279,7 @@ class SimVenue:
             self._nursery.start_soon(self._land_late, request, float(late.params.get("seconds", 1.5)))
             await self._one_way()
             raise VenueError(f"{cid}: simulated gateway timeout; the request may still be executed")
-        await self._one_way()
+        await self._reach(f"place {cid}")
         now = trio.current_time()
         reject = self._take("reject", symbol)
         if reject is not None:
@@ -320,7 +338,7 @@ class SimVenue:
         self.faults_injected["partial_fill"] += 1
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
-        await self._one_way()
+        await self._reach(f"cancel {client_order_id}")
         try:
             update = self.engine.cancel(symbol, client_order_id, trio.current_time())
         except OrderNotFound:
@@ -331,7 +349,7 @@ class SimVenue:
         return update
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderUpdate:
-        await self._one_way()
+        await self._reach(f"query {client_order_id}")
         try:
             update = self.engine.get(symbol, client_order_id)
         except OrderNotFound:
@@ -341,26 +359,37 @@ class SimVenue:
         return update
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
-        await self._one_way()
+        await self._reach("open orders")
         orders = self.engine.open_orders(symbol)
+        await self._one_way()
+        return orders
+
+    async def fetch_orders(self, symbol: str) -> list[OrderUpdate]:
+        """Every order of `symbol` the venue knows, open and closed (recovery looks for unjournaled fills)."""
+        await self._reach(f"orders {symbol}")
+        orders = self.engine.all_orders(symbol)
         await self._one_way()
         return orders
 
     async def watch_orders(self) -> list[OrderUpdate]:
         """The next non-empty batch of order updates: ours, and the venue's own (liquidation, ADL)."""
+        if self.down:
+            # Reconnecting fails for as long as the venue is down, a little later each time.
+            await trio.sleep(min(0.5, self._outage_until - trio.current_time()))
+            raise StreamDisconnected("simulated user-data stream: cannot reconnect (outage)")
         batch = await self._stream_recv.receive()
         if batch is None:  # _DISCONNECT
             raise StreamDisconnected("simulated user-data stream dropped; updates may have been missed")
         return batch
 
     async def fetch_balance(self) -> Mapping[str, Balance]:
-        await self._one_way()
+        await self._reach("balance")
         balances = self.engine.balances()
         await self._one_way()
         return balances
 
     async def fetch_positions(self) -> Mapping[str, Decimal]:
-        await self._one_way()
+        await self._reach("positions")
         positions = self.engine.positions()
         await self._one_way()
         return positions
@@ -383,6 +412,10 @@ class SimVenue:
                         positions and fetch_order show what the stream reports only later
         late_landing    next `count` orders [on symbol] answer a gateway error at once but reach the
                         matching engine `seconds` (1.5) later and are placed then (inside recvWindow)
+        outage          for `seconds` (10) nothing reaches the venue: every request fails as a refused
+                        connection does (OutcomeUnknown, nothing placed), the order stream drops now and
+                        cannot reconnect, updates meanwhile are lost; the venue keeps its books, orders and
+                        balances, and its market goes on (resting orders can fill meanwhile)
         """
         if fault not in FAULTS:
             raise ValueError(f"inject: unknown fault {fault!r}; valid: {', '.join(sorted(FAULTS))}")
@@ -414,6 +447,14 @@ class SimVenue:
             self._drop_until = max(self._drop_until, now + seconds)
             self._stream_send.send_nowait(_DISCONNECT)
             self.faults_injected["stream_drop"] += 1
+        elif fault == "outage":
+            seconds = float(params.get("seconds", 10.0))
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"inject('outage'): seconds must be > 0, got {seconds!r}")
+            self._outage_until = max(self._outage_until, now + seconds)
+            self._drop_until = max(self._drop_until, self._outage_until)
+            self._stream_send.send_nowait(_DISCONNECT)
+            self.faults_injected["outage"] += 1
         elif fault == "price_jump":
             base = self._base_of(fault, symbol)
             pct = float(params.get("pct", 0.5))

@@ -3,7 +3,10 @@
 Map:
 - `_config.py`    `load_config`: the TOML file validated into `RunConfig` (ConfigError names the key).
 - `_strategy.py`  the premium trigger that turns books into package specs, and the demo's fault plan.
-- `_runner.py`    `run_engine` / `open_venue`: a venue, a journal and an `Engine` from a `RunConfig`.
+- `_runner.py`    `run_engine` / `open_venue` / `open_checked_venue`: a venue (opened only past the
+                  preflight, and only with a journal bound to it), a journal and an `Engine` from a `RunConfig`.
+- `_preflight.py` the checks before the first order (reachable, clock, keys, position mode, leverage,
+                  symbols, balances); `legguard check` runs them alone.
 - `_demo.py`      `run_demo`: the engine against the embedded simulated market with faults injected.
 
 Builds on the runtime (`legguard.engine`); the runtime never imports this room.

@@ -3,12 +3,28 @@
 Map:
 - `_store.py`   `Journal`: the append-only, hash-chained SQLite log, written before every effect (write-ahead
                 batches, typed writers, readers, the secret guard).
-- `_replay.py`  `verify()`: the hash chain plus every package replayed through a fresh core;
-                `replay_package()` rebuilds a core for recovery.
+- `_replay.py`  `verify()`: the hash chain plus every package replayed through a fresh core (and every
+                journaled `pnl` recomputed); `replay_package()` rebuilds a core for recovery.
+- `_ledger.py`  `ledger()`: every package's accounting rebuilt from the journal, with its exit reason;
+                `aggregate()` by pair, day or exit reason (`legguard audit pnl`).
+- `_anchors.py` signed checkpoints (Ed25519) of the chain head, kept outside the journal: `Anchorer` writes
+                them, `verify_anchors()` (`audit verify --anchors`) checks the journal still extends them.
+- `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
+                slippage, realized P&L (`package_pnl`); pure, used live and by `audit pnl` / `verify`.
+- `_binding.py` a journal belongs to one venue and one account: the `binding` row, checked by run/recover.
 
-Direction: `_replay` reads `_store`; the store knows nothing of replay.
+Direction: `_ledger` → `_replay` → `_store`, `_pnl`; `_anchors` → `_store`; the store knows nothing of replay,
+accounting or anchors.
 """
 
+from ._ledger import GROUPINGS as GROUPINGS
+from ._ledger import LedgerEntry as LedgerEntry
+from ._ledger import aggregate as aggregate
+from ._ledger import ledger as ledger
+from ._pnl import FUNDING as FUNDING
+from ._pnl import PNL as PNL
+from ._pnl import PackagePnl as PackagePnl
+from ._pnl import package_pnl as package_pnl
 from ._replay import ReplayMismatch as ReplayMismatch
 from ._replay import VerifyReport as VerifyReport
 from ._replay import replay_package as replay_package
@@ -16,6 +32,7 @@ from ._replay import verify as verify
 from ._store import Durability as Durability
 from ._store import Journal as Journal
 from ._store import JournalError as JournalError
+from ._store import JournalLocked as JournalLocked
 from ._store import JournalNotFound as JournalNotFound
 from ._store import JournalRow as JournalRow
 from ._store import PackageRow as PackageRow

@@ -17,6 +17,7 @@ from typing import Any, Final
 from legguard.fsm._core import PackageCore, PackagePlan
 from legguard.fsm._events import event_from_dict
 
+from ._pnl import FUNDING, PNL, funding_amount, package_pnl
 from ._store import (
     EVENT,
     FACT_KIND_RE,
@@ -89,6 +90,7 @@ class _PackageReplay:
         self.last_seq = 0
         self.last_transition: str | None = None
         self.failed: str | None = None
+        self.funding = Decimal(0)
 
     def feed(self, seq: int, kind: str, payload: dict[str, Any]) -> str | None:
         if self.failed is not None:
@@ -114,6 +116,17 @@ class _PackageReplay:
             return None
         if self.core is None:
             return f"{who}: {kind} row before the package was created"
+        if kind == FUNDING:
+            try:
+                self.funding += funding_amount(payload)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                return f"{who}: unreadable funding payload ({type(exc).__name__}: {exc})"
+            return None
+        if kind == PNL:  # the accounting journaled when the package went flat, recomputed from the same facts
+            recomputed = canonical_json(package_pnl(self.core, self.funding).to_dict())
+            if canonical_json(payload) != recomputed:
+                return f"{who}: journaled pnl {canonical_json(payload)} but the replayed facts give {recomputed}"
+            return None
         if kind not in REPLAYED_KINDS:
             return None  # audited facts (ack, fault, ...): not decisions, nothing to re-derive
         if kind == EVENT:
