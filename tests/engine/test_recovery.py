@@ -669,8 +669,8 @@ async def test_a_journal_the_venue_does_not_know_is_never_traded(autojump_clock:
     with Journal.open(w.db, readonly=True) as journal:
         assert {p.package_id: p.state for p in journal.open_packages()} == {
             held.plan.package_id: State.HEDGED, unwinding.plan.package_id: State.UNWINDING}  # fmt: skip
-    for pid in pids:
-        assert recovery_steps(w, pid) == ["queried", "unproven"]
+    for pid in pids:  # (an unwind only intended may still land: recovery waits out its recvWindow first)
+        assert [s for s in recovery_steps(w, pid) if s != "not_found_yet"] == ["queried", "unproven"]
     assert verify(w.db).ok
 
 

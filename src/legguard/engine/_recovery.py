@@ -331,8 +331,12 @@ async def _ask_all(
 
     async def ask(cid: str, symbol: str) -> None:
         answer = await _ask(engine, cid, symbol)
+        # Only an order the journal merely intended can still land; one the venue had answered for and now
+        # does not know is a contradiction (below), not a late arrival.
+        facts = core.orders[cid]
+        intended_only = facts.status not in _SEEN_BY_VENUE and facts.filled == 0
         wait = accept_until.get(cid, 0.0) - time.time()
-        if answer is None and wait > 0:
+        if answer is None and intended_only and wait > 0:
             # Not found yet, but it could still land: ask again once it no longer can.
             engine.journal.record(RECOVERY, core.plan.package_id, {"step": "not_found_yet", "client_order_id": cid,
                                   "ask_again_in": round(wait, 3)}, trio.current_time())  # fmt: skip
