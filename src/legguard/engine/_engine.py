@@ -688,13 +688,20 @@ class Engine:
         baseline = self.baseline
         if baseline is None:
             return [*problems, "no venue baseline was recorded: balances and positions unchecked"]
-        try:
-            with trio.fail_after(self.config.deadlines.ack * 3):
-                balances = await self.venue.fetch_balance()
-                positions = await self.venue.fetch_positions()
-                open_orders = await self.venue.fetch_open_orders()
-        except (trio.TooSlowError, VenueError) as exc:
-            return [*problems, f"the venue could not be asked: {exc}"]
+        symbols = sorted({s for h in self.handles.values() for s in (h.core.plan.spot.symbol, h.core.plan.perp.symbol)})
+        for attempt in range(4):
+            try:
+                with trio.fail_after(self.config.deadlines.ack * 3):
+                    balances = await self.venue.fetch_balance()
+                    positions = await self.venue.fetch_positions()
+                    open_orders = [o for s in symbols for o in await self.venue.fetch_open_orders(s)]
+                break
+            except RateLimited as exc:  # a busy account at exit: wait as told, then ask again
+                if attempt == 3:
+                    return [*problems, f"the venue could not be asked: {exc}"]
+                await trio.sleep(min(max(exc.retry_after, 0.5), 10.0))
+            except (trio.TooSlowError, VenueError) as exc:
+                return [*problems, f"the venue could not be asked: {exc}"]
         perp: dict[str, Decimal] = dict(baseline.perp)
         spot: dict[str, Decimal] = {}
         spot_symbol: dict[str, str] = {}
