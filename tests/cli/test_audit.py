@@ -88,7 +88,7 @@ def test_list_json_shape(db: Path) -> None:
 
     assert code == 0
     data = json.loads(out)
-    assert set(data) == {"journal_id", "binding", "packages"}
+    assert set(data) == {"journal_id", "binding", "packages", "control"}
     by_id = {p["package_id"]: p for p in data["packages"]}
     assert list(by_id) == ["pkg1", "pkg2", "pkg3"]
     assert (by_id["pkg1"]["state"], by_id["pkg1"]["spot"], by_id["pkg1"]["perp"]) == ("hedged", "0.5", "-0.5")
@@ -256,6 +256,25 @@ def test_default_db_is_legguard_db_in_the_working_directory(
     empty.mkdir()
     monkeypatch.chdir(empty)
     assert audit("verify")[0] == 2
+
+
+def test_operator_actions_show_in_list_and_in_show_engine(db: Path) -> None:
+    with Journal.open(db) as journal:
+        journal.record("engine", None, {"event": "halted", "reason": "news", "source": "operator"}, 10.0)
+        journal.record("control", None, {"action": "halt", "reason": "news", "via": "socket", "result": "halted"}, 10.0)
+        journal.record(
+            "control", "pkg1", {"action": "close", "reason": "eod", "via": "socket", "result": "closing"}, 11.0
+        )
+
+    _, listed, _ = audit("list", "--db", str(db))
+    _, listed_json, _ = audit("list", "--db", str(db), "--json")
+    _, engine, _ = audit("show", "engine", "--db", str(db))
+    _, package, _ = audit("show", "pkg1", "--db", str(db))
+
+    assert "1 operator action(s)" in listed and "operator halt via socket: 'news' -> halted" in listed
+    assert [c["payload"]["action"] for c in json.loads(listed_json)["control"]] == ["halt"]
+    assert "operator halt via socket: 'news' -> halted" in engine and "event=halted" in engine
+    assert "operator close via socket: 'eod' -> closing" in package
 
 
 # --- verify --anchors (issue 10, defect 7) ------------------------------------------------------------

@@ -12,6 +12,7 @@ import typer
 from ._audit import audit_app
 from ._bench import bench
 from ._check import check
+from ._control import close, halt, resume, status, stop
 from ._demo import demo
 from ._edge import STATE, EdgeGroup
 from ._emulator import emulator
@@ -31,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
-for command in (bench, check, demo, emulator, fsm, recover, run):
+for command in (bench, check, demo, emulator, fsm, recover, run, status, halt, resume, close, stop):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
 

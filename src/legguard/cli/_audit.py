@@ -112,10 +112,12 @@ def list_packages(
     with _reader(db) as journal:
         rows = journal.packages(state)
         journal_id = journal.journal_id
+        control = [r for r in journal.engine_log() if r.kind == "control"]
         bound = bound_identity(journal)
     if as_json:
         binding = None if bound is None else bound.to_dict()
-        _emit_json({"journal_id": journal_id, "binding": binding, "packages": [r.to_dict() for r in rows]})
+        _emit_json({"journal_id": journal_id, "binding": binding, "packages": [r.to_dict() for r in rows],
+                    "control": [r.to_dict() for r in control]})  # fmt: skip
         return
     venue = "not bound to a venue" if bound is None else f"venue {bound.describe()}"
     title = f"journal {journal_id} ({venue}): {len(rows)} package(s)" + (f" in {state.value}" if state else "")
@@ -139,6 +141,13 @@ def list_packages(
     _out().print(table)
     if any(r.exposure.unknown for r in rows):
         _out().print("[yellow]?[/yellow] some order's outcome is unknown: exposure is a lower bound")
+    if control:
+        last = control[-1]
+        what = escape(summarize(last.kind, last.payload))
+        _out().print(
+            f"{len(control)} operator action(s); last {_when(last.wall_time)} {what}"
+            " — all engine events: `legguard audit show engine`"
+        )
 
 
 @audit_app.command("show")
@@ -147,7 +156,11 @@ def show(
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """One package's timeline: every journaled row, in order."""
+    """One package's timeline: every journaled row, in order. `engine` shows the engine's own rows (start,
+    stop, halts, resumes, operator actions, outages)."""
+    if package_id == ENGINE:
+        _show_engine(db, as_json)
+        return
     with _reader(db) as journal:
         try:
             package = journal.package(package_id)
@@ -279,6 +292,29 @@ def pnl(
     for row in rows:
         cells = [str(v) if k in ("key", "packages", "flat", "open") else _money(Decimal(v)) for k, v in row.items()]
         table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
+    _out().print(table)
+
+
+ENGINE = "engine"
+
+
+def _show_engine(db: Path, as_json: bool) -> None:
+    with _reader(db) as journal:
+        rows = journal.engine_log()
+        journal_id = journal.journal_id
+    if as_json:
+        _emit_json({"journal_id": journal_id, "engine": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"journal {journal_id}: engine events", show_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        detail = escape(summarize(r.kind, r.payload))
+        if r.kind == "control" or r.payload.get("event") in ("halted", "resumed", "venue_outage"):
+            detail = f"[bold]{detail}[/bold]"
+        table.add_row(str(r.seq), _when(r.wall_time), r.kind, detail)
     _out().print(table)
 
 

@@ -23,6 +23,8 @@ from typer.core import TyperGroup
 from legguard.domain import AuthenticationFailed, VenueError
 from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError
+from legguard.engine.app._control import ControlError
+from legguard.engine.app._metrics import MetricsPortError
 from legguard.engine.app._preflight import PreflightFailed
 from legguard.engine.journal._binding import BindingMismatch
 from legguard.engine.journal._store import JournalError
@@ -58,10 +60,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 # Which leaf of a group matters most: an explicit exit a command chose, then a person's mistake, then the
 # venue, then an interruption, then anything else (a bug). trio.Cancelled is never the reason.
+_USAGE = (typer.TyperException, ConfigError, SpecError, JournalError, BindingMismatch, ControlError, MetricsPortError)
+
+
 def _rank(exc: BaseException) -> int:
     if isinstance(exc, typer.Exit | typer.Abort):
         return 0
-    if isinstance(exc, typer.TyperException | ConfigError | SpecError | JournalError | BindingMismatch):
+    if isinstance(exc, _USAGE):
         return 1
     if isinstance(exc, PreflightFailed):
         return 2
@@ -90,7 +95,8 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
         code = ExitCode.USAGE if exc.config_problem else ExitCode.VENUE
         head, *checks = exc.lines()
         return code, [f"error: {one_line(head)}", *(f"  - {one_line(line)}" for line in checks)]
-    if isinstance(exc, ConfigError | SpecError | BindingMismatch):
+    if isinstance(exc, ConfigError | SpecError | BindingMismatch | ControlError | MetricsPortError):
+        # another engine on the journal, a busy metrics port: nothing was sent, the operator chooses again
         return ExitCode.USAGE, [f"error: {one_line(str(exc))}"]
     if isinstance(exc, JournalError):
         return ExitCode.USAGE, [f"error: journal: {one_line(str(exc))}"]

@@ -17,6 +17,7 @@ from rich.table import Table
 from legguard.engine._engine import Engine
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
+from legguard.engine.app._control import claim_socket, socket_path
 from legguard.engine.app._runner import open_checked_venue
 from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
 from legguard.engine.journal._store import Durability, Journal
@@ -63,6 +64,7 @@ def recover(
         raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
     if not db.is_file():
         raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
+    claim_socket(socket_path(db))  # an engine running on this journal recovers by itself: never both
     cfg.venue.credentials()  # a missing variable is a config error before anything is opened
     Console(stderr=True, highlight=False, soft_wrap=True).print(banner(cfg, db))
     report = trio.run(partial(_recover, cfg, db, wait, rebind=rebind))

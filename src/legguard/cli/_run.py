@@ -1,4 +1,5 @@
-"""`legguard run --config FILE`: trade with the configured venue until --seconds, SIGINT or SIGTERM."""
+"""`legguard run --config FILE`: trade with the configured venue until --seconds, SIGINT, SIGTERM or
+`legguard stop`; serves the control socket, and metrics and alerts when configured."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import typer
 from rich.console import Console
 
 from legguard.engine.app._config import ConfigError, load_config
-from legguard.engine.app._runner import RunStatus, run_engine
+from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
 
 from ._edge import note_trading
+from ._logs import LEVELS, setup_logging
 from ._recover import RebindOption, banner, print_recovery
+from ._run_view import RunView
 
 
 def run(
@@ -40,10 +43,25 @@ def run(
             "--anchors", help="Append-only file of signed anchors (overrides journal.anchors; default <db>.anchors)."
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (overrides [metrics] port; 0: any).")
+    ] = None,
+    log_file: Annotated[Path | None, typer.Option(help="Also write JSON log lines here (rotated by size).")] = None,
+    log_level: Annotated[str, typer.Option(help=f"One of {', '.join(LEVELS)}.")] = "info",
+    status_interval: Annotated[
+        float, typer.Option(help="Outside a terminal: seconds between JSON status lines on stderr.")
+    ] = 10.0,
 ) -> None:
     """Run the engine: preflight checks first (nothing is sent if one fails), then packages open on the
-    premium trigger; Ctrl-C cancels entries, finishes unwinds, keeps hedges."""
+    premium trigger; Ctrl-C cancels entries, finishes unwinds, keeps hedges. Operate it from another terminal
+    with `legguard status | halt | resume | close | stop`."""
     console = Console(stderr=True)
+    if log_level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level: {log_level!r} is invalid; allowed: {', '.join(LEVELS)}")
+    if not status_interval > 0:
+        raise ConfigError(f"--status-interval: {status_interval!r} is invalid; must be > 0")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: {metrics_port!r} is invalid; must be 0..65535")
     cfg = load_config(config)
     if anchor_key is not None:
         cfg = dataclasses.replace(cfg, anchor_key=anchor_key)
@@ -52,21 +70,18 @@ def run(
     if seconds is not None and not seconds > 0:
         raise ConfigError(f"--seconds: {seconds!r} is invalid; must be > 0")
     cfg.venue.credentials()  # a missing variable is a config error before anything is opened
+    setup_logging(log_level.lower(), log_file)
     console.print(banner(cfg, db), highlight=False)
     status = RunStatus()
-
-    def tick(s: RunStatus) -> None:
-        e = s.engine
-        if e is not None:
-            states = dict(e.final_states())
-            console.print(f"[dim]{e.mode.value}[/dim] packages={len(e.handles)} {states}", highlight=False)
-
-    report = trio.run(
-        partial(
-            _with_signals, cfg, db, seconds, status, None if as_json else tick, lambda r: print_recovery(console, r),
-            rebind=rebind,
-        )
-    )  # fmt: skip
+    view = RunView(console, live=console.is_terminal and not as_json, interval=status_interval)
+    options = RunOptions(metrics_port=metrics_port, tick_interval=view.tick_interval)
+    with view:
+        report = trio.run(
+            partial(
+                _with_signals, cfg, db, seconds, status, view.tick, lambda r: print_recovery(console, r), options,
+                rebind=rebind,
+            )
+        )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -92,7 +107,15 @@ def run(
 
 
 async def _with_signals(
-    cfg: Any, db: Path, seconds: float | None, status: RunStatus, tick: Any, recovered: Any = None, *, rebind: bool
+    cfg: Any,
+    db: Path,
+    seconds: float | None,
+    status: RunStatus,
+    tick: Any,
+    recovered: Any = None,
+    options: RunOptions | None = None,
+    *,
+    rebind: bool,
 ) -> dict[str, Any]:
     async def watch() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -101,6 +124,7 @@ async def _with_signals(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        report = await run_engine(cfg, db, seconds, status, tick, recovered, rebind=rebind, on_trading=note_trading)
+        report = await run_engine(cfg, db, seconds, status, tick, recovered, options, rebind=rebind,
+                                  on_trading=note_trading)  # fmt: skip
         nursery.cancel_scope.cancel()
     return report

@@ -19,6 +19,8 @@ Map:
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
 - `_venue_truth.py` the venue-truth oracle: every order, balance and position in the venue's own books
                     against the journal's account (tests, property test, crash harness, `legguard demo`'s exit code).
+- `_observe.py`     `EngineObserver`: the hooks metrics and alerts implement (transition, halt, resume, ...);
+                    `HaltSource`.
 - `journal/`        the SQLite hash-chained audit journal (`_store.py`) and its proof: replay and verify
                     (`_replay.py`).
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.

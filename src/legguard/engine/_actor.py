@@ -9,6 +9,7 @@ decides, using only request/response calls (the venue's order stream may already
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import trio
@@ -120,6 +121,9 @@ class PackageActor:
 
     def _fact_error(self, cid: str, where: str, error: object) -> None:
         # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
+        if not (isinstance(error, OrderRejected) and error.reason is RejectReason.POST_ONLY_CROSS):
+            # A post-only entry the book moved through is routine, not an error for the operator's status.
+            self.engine.note_error(f"{self.handle.package_id} {cid} {where}: {error}")
         self.handle.facts.append(
             ("order_error", {"client_order_id": cid, "where": where, "error": str(error)}, trio.current_time())
         )
@@ -150,6 +154,7 @@ class PackageActor:
     async def step(self, event: Event) -> None:
         h, engine = self.handle, self.engine
         now = trio.current_time()
+        started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
         # Decided on a twin that replaces the core only once the journal holds the step: a failed write
         # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
         twin = self.core.clone()
@@ -204,6 +209,8 @@ class PackageActor:
                     self._spawn(self._fill_deadline)
                 elif command.dest is State.UNWINDING:
                     self._spawn(self._unwind_watchdog)
+                    if command.source is State.ORPHANED:
+                        engine.note_reaction(time.perf_counter() - started)
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
@@ -216,7 +223,7 @@ class PackageActor:
             h.naked_since = now
         elif not naked and h.naked_since is not None:
             h.max_naked = max(h.max_naked, now - h.naked_since)
-            self.engine.stats.note_naked(now - h.naked_since)
+            self.engine.note_naked(now - h.naked_since)
             h.naked_since = None
 
     def _spawn(self, fn: Callable[..., object], *args: object) -> None:

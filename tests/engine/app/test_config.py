@@ -105,6 +105,43 @@ def test_emulator_falls_back_to_its_documented_credentials() -> None:
     assert creds.api_key == EMULATOR_DEFAULT_KEY
 
 
+def test_operations_sections(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + """
+[breaker]
+resume_after = 300
+[metrics]
+port = 9464
+[alerts]
+webhook_url = "https://hooks.slack.com/services/T0/B0/s3cr3t"
+format = "slack"
+dedupe = 120
+"""))  # fmt: skip
+    assert cfg.engine.breaker.resume_after == 300.0
+    assert (cfg.metrics.port, cfg.metrics.host) == (9464, "127.0.0.1")
+    assert cfg.alerts.format == "slack" and cfg.alerts.dedupe == 120.0
+    defaults = load_config(write(tmp_path, GOOD))
+    assert defaults.metrics.port is None and defaults.alerts.webhook_url is None
+    assert defaults.engine.breaker.resume_after is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[metrics]\nport = 70000", "metrics.port: 70000 is invalid; must be 1..65535"),
+        ("[alerts]\nformat = 'pager'", "alerts.format: 'pager' is invalid; allowed: json, slack, discord, telegram"),
+        ("[alerts]\nwebhook_url = 'ftp://x/tok3n'", "alerts.webhook_url: invalid; expected an http:// or https://"),
+        ("[alerts]\nwebhook_url = 'https://api.telegram.org/bot1:tok3n/sendMessage'\nformat = 'telegram'",
+         "alerts.chat_id: missing"),
+        ("[breaker]\nresume_after = -1", "breaker.resume_after: -1 is invalid"),
+        ("[alerts]\nsms = 1", "alerts.sms: unknown key"),
+    ],
+)  # fmt: skip
+def test_operations_errors_name_the_key(tmp_path: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(write(tmp_path, GOOD + section))
+    assert "tok3n" not in str(info.value)  # a webhook URL is a credential: never echoed
+
+
 @pytest.mark.parametrize("kind", ["emulator", "binance"])
 def test_one_credential_variable_alone_is_refused_naming_the_missing_one(kind: str) -> None:
     venue = VenueConfig(kind=kind, api_key_env="K", api_secret_env="S", testnet=kind == "binance" or None)

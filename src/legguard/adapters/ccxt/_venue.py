@@ -47,6 +47,7 @@ import trio
 import trio_asyncio
 from ccxt.base.types import Entry
 
+from legguard.adapters._redact import SECRETS
 from legguard.adapters._venue import ArmedOrder
 from legguard.domain import (
     Balance,
@@ -463,6 +464,10 @@ class CcxtVenue:
         return order_update(order, self._markets, self.fees, symbol=symbol, client_order_id=cid, side=side)
 
     # --- markets ----------------------------------------------------------------------------------------
+
+    def request_budget(self) -> dict[str, float]:
+        """Request-weight units left per market kind (status and metrics)."""
+        return {"spot": self._spot.budget.available(), "perp": self._perp.budget.available()}
 
     async def load_markets(self) -> Mapping[str, Market]:
         if not self._markets:
@@ -1156,6 +1161,7 @@ async def open_ccxt_venue(
         venue = CcxtVenue(config)
         loop.set_exception_handler(functools.partial(_orphaned_error, venue._secrets))
         _REDACTOR.secrets.update(venue._secrets)
+        SECRETS.update(s for s in venue._secrets if s)
         try:
             async with trio.open_nursery() as nursery:
                 venue._nursery = nursery
@@ -1175,6 +1181,7 @@ async def open_ccxt_venue(
             with trio.CancelScope(shield=True):
                 await venue.aclose()
             _REDACTOR.secrets.difference_update(venue._secrets)
+            SECRETS.difference_update(venue._secrets)
 
 
 def _orphaned_error(secrets: tuple[str, str], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -88,6 +88,35 @@ class VenueConfig:
         raise ConfigError(f"venue: credentials: environment variable {problem}")
 
 
+ALERT_FORMATS = ("json", "slack", "discord", "telegram")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint: off unless a port is given; loopback unless a host is given."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """Webhook alerts: off unless `webhook_url` is given. `dedupe` seconds: the same alert (kind + subject)
+    is sent at most once per window; `rate` alerts per minute at most; `queue` alerts wait at most (the
+    oldest are dropped); `timeout` seconds per POST."""
+
+    webhook_url: str | None = None
+    format: str = "json"
+    chat_id: str | None = None  # telegram only
+    dedupe: float = 60.0
+    rate: int = 20
+    queue: int = 100
+    timeout: float = 5.0
+
+    def __repr__(self) -> str:  # a webhook URL is a credential (Slack, Discord, Telegram embed tokens in it)
+        return f"AlertsConfig(webhook_url={'***' if self.webhook_url else None}, format={self.format!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     venue: VenueConfig
@@ -101,16 +130,20 @@ class RunConfig:
     anchors: Path | None = None  # the append-only anchors file (default: <db>.anchors)
     anchor_interval: float = 60.0  # seconds between anchors while the engine runs (and one at shutdown)
     source: Path | None = field(default=None, compare=False)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman"},
+    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman", "metrics", "alerts"},
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
     "deadlines": {"ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"},
-    "breaker": {"max_orphans", "window"},
+    "breaker": {"max_orphans", "window", "resume_after"},
+    "metrics": {"port", "host"},
+    "alerts": {"webhook_url", "format", "chat_id", "dedupe", "rate", "queue", "timeout"},
     "journal": {"durability", "anchor_key", "anchors", "anchor_interval"},
     "deadman": {"enabled", "countdown", "heartbeat"},
 }
@@ -233,6 +266,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         breaker=BreakerConfig(
             max_orphans=_int(breaker_t, "breaker.max_orphans", default=5, minimum=1),
             window=_seconds(breaker_t, "breaker.window", 30.0),
+            resume_after=_seconds(breaker_t, "breaker.resume_after", 0.0) if "resume_after" in breaker_t else None,
         ),
         policy=OrphanPolicy(policy),
         min_spread=_decimal(engine_t, "engine.min_spread", Decimal(0)),
@@ -266,6 +300,43 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         anchors=path("journal.anchors"),
         anchor_interval=_seconds(journal_t, "journal.anchor_interval", 60.0),
         source=source,
+        metrics=_metrics(_table(data, "metrics")),
+        alerts=_alerts(_table(data, "alerts")),
+    )
+
+
+def _metrics(table: Mapping[str, Any]) -> MetricsConfig:
+    _check_keys("metrics", table)
+    port = None
+    if "port" in table:
+        port = _int(table, "metrics.port", default=0, minimum=1)
+        if port > 65535:
+            raise ConfigError(f"metrics.port: {port!r} is invalid; must be 1..65535")
+    return MetricsConfig(port=port, host=_str(table, "metrics.host") or "127.0.0.1")
+
+
+def _alerts(table: Mapping[str, Any]) -> AlertsConfig:
+    _check_keys("alerts", table)
+    url = _str(table, "alerts.webhook_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        # The value may embed a token: name the key, not the value.
+        raise ConfigError("alerts.webhook_url: invalid; expected an http:// or https:// URL")
+    fmt = _str(table, "alerts.format") or "json"
+    if fmt not in ALERT_FORMATS:
+        raise ConfigError(f"alerts.format: {fmt!r} is invalid; allowed: {', '.join(ALERT_FORMATS)}")
+    chat_id = table.get("chat_id")
+    if chat_id is not None and not isinstance(chat_id, str | int):
+        raise ConfigError(f"alerts.chat_id: {chat_id!r} is invalid; expected a string or an integer")
+    if fmt == "telegram" and url is not None and chat_id is None:
+        raise ConfigError("alerts.chat_id: missing; format 'telegram' needs the chat to post to")
+    return AlertsConfig(
+        webhook_url=url,
+        format=fmt,
+        chat_id=None if chat_id is None else str(chat_id),
+        dedupe=_seconds(table, "alerts.dedupe", 60.0),
+        rate=_int(table, "alerts.rate", default=20, minimum=1),
+        queue=_int(table, "alerts.queue", default=100, minimum=1),
+        timeout=_seconds(table, "alerts.timeout", 5.0),
     )
 
 

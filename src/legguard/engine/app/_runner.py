@@ -12,9 +12,11 @@ from typing import Any
 
 import trio
 
+from legguard.adapters._redact import SECRETS
 from legguard.adapters._venue import Venue
 from legguard.domain import VenueError
 from legguard.engine._engine import Engine, EngineMode
+from legguard.engine._observe import notify
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import PackageSpec, SpecError, validate_spec
 from legguard.engine.journal import Durability, Journal, JournalError
@@ -27,8 +29,13 @@ from legguard.engine.journal._binding import (
     record_binding,
 )
 
+from ._alerts import Alerter
 from ._config import ConfigError, RunConfig, VenueConfig
+from ._control import claim_socket, serve_control, socket_path
+from ._instrument import metered
+from ._metrics import EngineMetrics, open_metrics_listeners, serve_metrics
 from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
+from ._rpc import Rpc
 from ._strategy import PremiumTrigger
 
 log = logging.getLogger("legguard.engine.runner")
@@ -52,6 +59,16 @@ async def open_venue(
 
     async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
         yield venue
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How `run` is operated (the command line; the TOML config has the rest)."""
+
+    control: bool = True  # serve the control socket `<db>.sock` (legguard status / halt / resume / close / stop)
+    metrics_port: int | None = None  # overrides [metrics] port; 0 picks a free port
+    metrics_host: str | None = None  # overrides [metrics] host
+    tick_interval: float = 0.5  # seconds between on_tick calls
 
 
 PREFLIGHT_REFILL_LIMIT = 10.0  # seconds the start may wait for the request budget the preflight spent
@@ -165,10 +182,15 @@ def _opening_failure(exc: BaseException) -> BaseException | None:
 @dataclass(slots=True)
 class RunStatus:
     engine: Engine | None = None
+    rpc: Rpc | None = None
+    metrics: EngineMetrics | None = None
+    metrics_port: int | None = None  # the port actually bound
+    alerter: Alerter | None = None
     started: float = 0.0
     submitted: int = 0
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
+    ready: trio.Event = field(default_factory=trio.Event)  # set once trading starts (control, metrics up)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
     anchorer: Anchorer | None = None  # signs the journal's head, if a key is configured
 
@@ -180,24 +202,56 @@ async def run_engine(
     status: RunStatus | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
     on_recovered: Callable[[RecoveryReport], None] | None = None,
+    options: RunOptions | None = None,
     *,
     rebind: bool = False,
     on_preflight: Callable[[PreflightReport], None] | None = None,
     on_trading: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     status = status or RunStatus()
+    options = options or RunOptions()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
+    sock = socket_path(db)
+    if options.control:
+        claim_socket(sock)  # before the journal is opened for writing: one engine per journal
+    port = options.metrics_port if options.metrics_port is not None else config.metrics.port
+    host = options.metrics_host or config.metrics.host
+    webhook = config.alerts.webhook_url
     key = load_or_create_key(config.anchor_key) if config.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
     anchorer = None if key is None else Anchorer(journal, key, config.anchors or default_anchors_path(db))
     status.anchorer = anchorer
+    listeners: list[trio.SocketListener] | None = None
     try:
-        async with open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as venue:
+        if webhook is not None:
+            SECRETS.add(webhook)  # it embeds a token: masked in every log line
+        # Bound before the venue opens: a busy port is one clear error before anything is sent.
+        listeners = await open_metrics_listeners(host, port) if port is not None else None
+        async with (
+            open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as raw_venue,
+            trio.open_nursery() as operated,
+        ):
             if on_trading is not None:
                 on_trading()
+            venue = metered(raw_venue)
             engine = Engine(venue, journal, config.engine)
             status.engine = engine
             status.started = trio.current_time()
+            budget = getattr(raw_venue, "request_budget", None)
+            status.rpc = Rpc(engine, status.stop, db=str(db),
+                             extra={"budget": budget} if budget is not None else None)  # fmt: skip
+            if listeners is not None:
+                status.metrics = EngineMetrics(engine, budget)
+                venue.observe = status.metrics.observe_request
+                engine.observers.append(status.metrics)
+                status.metrics_port = await operated.start(serve_metrics, status.metrics, listeners)
+            if webhook is not None:
+                counted = status.metrics.count_alert if status.metrics is not None else None
+                status.alerter = Alerter(config.alerts, journal_id=journal.journal_id, count=counted)
+                engine.observers.append(status.alerter)
+                operated.start_soon(status.alerter.run)
+            if options.control:
+                await operated.start(serve_control, status.rpc, sock)
             symbols = [s for p in config.pairs for s in (p.spot_symbol, p.perp_symbol)]
             async with engine.running() as running:
                 # Unknown symbols are refused here, after the venue told us its markets, before any order.
@@ -211,18 +265,20 @@ async def run_engine(
                     status.recovery = await settle_recovered(running, await running.recover())
                     if on_recovered is not None:
                         on_recovered(status.recovery)
+                    notify(engine.observers, "on_recovery", status.recovery)
                     if not status.recovery.ok:  # recovery halts by itself for what it found; this for the rest
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
+                status.ready.set()
                 async with trio.open_nursery() as nursery:
                     if anchorer is not None:
                         anchorer.anchor("start")
                         nursery.start_soon(_anchor_loop, anchorer, config.anchor_interval)
                     nursery.start_soon(_trade, running, trigger, status)
                     if on_tick is not None:
-                        nursery.start_soon(_ticker, status, on_tick)
+                        nursery.start_soon(_ticker, status, on_tick, options.tick_interval)
                     with trio.move_on_after(seconds if seconds is not None else float("inf")):
                         await status.stop.wait()
                     nursery.cancel_scope.cancel()
@@ -240,9 +296,18 @@ async def run_engine(
                 last = anchorer.anchor("shutdown") or anchorer.last
                 report["anchors"] = {"file": str(anchorer.path), "written": anchorer.written,
                                      "last_seq": None if last is None else last.seq}  # fmt: skip
+            if status.alerter is not None:
+                await status.alerter.drain()  # what the shutdown alerted, within the POST timeout
+                report["alerts"] = status.alerter.counts()
+            operated.cancel_scope.cancel()
             return report
     finally:
         journal.close()
+        if listeners is not None:
+            for listener in listeners:
+                listener.socket.close()
+        if webhook is not None:
+            SECRETS.discard(webhook)
 
 
 async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
@@ -265,10 +330,10 @@ async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> 
             status.submitted += 1
 
 
-async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None]) -> None:
+async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None], interval: float) -> None:
     while True:
         on_tick(status)
-        await trio.sleep(0.5)
+        await trio.sleep(interval)
 
 
 def summary(engine: Engine, db: Path) -> dict[str, Any]:
@@ -280,6 +345,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "unwound_total": stats.unwound,
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
+        "auto_resumes": stats.auto_resumes,
+        "mode": engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopped",
         "stream_drops": stats.stream_drops,
         "venue_outages": engine.outage.outages,
         "venue_down_at_exit": engine.outage.down,

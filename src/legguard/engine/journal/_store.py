@@ -306,6 +306,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 )
             case "cancel" | "query":
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
+            case "control":
+                return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
@@ -554,6 +556,7 @@ class _Batch:
         if j._poisoned:
             j._abort(self._head)
             raise JournalError("journal batch rolled back: a write inside it failed and the error was swallowed")
+        started = time.perf_counter() if j.on_commit is not None else 0.0
         try:
             j._flush()
             if j._head != self._head:
@@ -562,6 +565,8 @@ class _Batch:
         except BaseException:
             j._abort(self._head)
             raise
+        if j.on_commit is not None:
+            j.on_commit(time.perf_counter() - started)
         if j._checkpointer is not None:
             j._committed()
 
@@ -601,6 +606,7 @@ class Journal:
         self._rows: list[tuple[Any, ...]] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
+        self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
         # Package numbers of the block reserved durably by this process (`next_package_number`).
         self._next_number, self._block_end = 1, 0
         self.durable_commits = 0  # commits made with an fsync whatever the durability (counter reservations)
