@@ -22,6 +22,7 @@ from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SE
 from legguard.adapters.emulator._server import serve_emulator
 from legguard.domain import MarketKind, OrderRequest, OrderType, OrderUpdate, Side, VenueError
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal
+from legguard.engine._venue_truth import compare_venue
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
@@ -154,6 +155,9 @@ async def engine_on(rig: Rig, db: Path, deadlines: Deadlines = ENGINE_DEADLINES)
         engine = Engine(rig.venue, journal, config)
         async with engine.running([ETH, ETH_PERP]):
             yield engine
+        # The venue-truth oracle: after a clean run, the emulator's own books are what the journal says.
+        truth = compare_venue(rig.emu.engine, journal)
+        assert truth.ok, truth.problems
     finally:
         journal.close()
 

@@ -31,6 +31,7 @@ from typer.testing import CliRunner, Result
 
 from legguard.cli import app
 from legguard.engine import Journal
+from legguard.engine._venue_truth import EmulatorStateBooks, compare_venue
 from legguard.fsm import Adopted
 
 pytestmark = pytest.mark.slow
@@ -285,6 +286,10 @@ heartbeat = {heartbeat}
                 intent,
                 o,
             )
+        # The venue-truth oracle over the emulator's own books: every order, balance and position.
+        with Journal.open(self.db, readonly=True) as journal:
+            truth = compare_venue(EmulatorStateBooks(self.emu.state()), journal)
+        assert truth.ok, truth.problems
         verify = self.audit("verify")
         assert verify.exit_code == 0 and verify.stdout.startswith("OK"), verify.output
         # The timeline an operator reads shows the recovery.
@@ -333,7 +338,9 @@ def test_after_intent_nothing_was_sent(crash: Crash) -> None:
     assert crash.assert_safe() == {"P000001": "flat"}
     answers = summary["recovery"]["answers"]["P000001"]
     assert all(a.startswith("rejected filled 0 (not found") for a in answers.values()), answers
-    assert crash.recovery_steps() == ["queried", "resolved"]
+    # Restarted within the entries' recvWindow: recovery waited it out before believing "not found".
+    steps = crash.recovery_steps()
+    assert [s for s in steps if s != "not_found_yet"] == ["queried", "resolved"], steps
 
 
 def test_after_send_before_the_acknowledgement(crash: Crash) -> None:

@@ -197,7 +197,11 @@ async def test_the_engine_arms_when_it_dispatches_and_disarms_after(autojump_clo
     journal = Journal.open(tmp_path / "j.db")
     async with open_sim_venue(SimConfig(seed=3)) as sim:
         venue = SimWithSwitch(sim)
-        engine = Engine(venue, journal, EngineConfig(deadlines=Deadlines(ack=1.0, fill=4.0, unwind=5.0)))  # type: ignore[arg-type]
+        engine = Engine(
+            venue,
+            journal,
+            EngineConfig(deadlines=Deadlines(ack=1.0, fill=4.0, unwind=5.0, recv_window=2.0, clock_allowance=0.5)),
+        )  # type: ignore[arg-type]
         async with engine.running([ETH, ETH_PERP]):
             await trio.sleep(1.0)
             t0 = trio.current_time()

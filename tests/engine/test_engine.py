@@ -3,6 +3,7 @@ flat within the unwind deadline, with nothing unmatched, and the venue's own boo
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,14 +14,16 @@ import trio
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
 from legguard.engine._spec import BreakerConfig
-from legguard.engine.journal._replay import verify
+from legguard.engine._venue_truth import compare_venue
+from legguard.engine.journal._replay import replay_package, verify
 from legguard.engine.journal._store import Journal
-from legguard.fsm import State
+from legguard.fsm import OrderEvent, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
-DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0)
+DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=2.0, clock_allowance=0.5)
 # Tests price regardless of the simulated basis: the spread rule itself is covered in test_pricing.
 ANY_SPREAD = Decimal(-1)
 
@@ -61,6 +64,7 @@ class Rig:
         positions = self.venue.engine.positions()
         for symbol, qty in expected.items():
             assert positions.get(symbol, Decimal(0)) == qty, (symbol, positions, expected)
+        assert_venue_agrees(self.venue, self.journal)
 
 
 @pytest.fixture
@@ -73,6 +77,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await trio.sleep(1.0)  # let the books fill
             yield Rig(venue, journal, engine, db)
     journal.close()
+
+
+def assert_venue_agrees(venue: SimVenue, journal: Journal) -> None:
+    """The venue-truth oracle: every order, balance and position at the venue as the journal tells it."""
+    truth = compare_venue(venue.engine, journal)
+    assert truth.ok, truth.problems
 
 
 def assert_journal_verifies(db: Path) -> None:
@@ -227,7 +237,7 @@ async def test_risk_cap_refuses_before_any_order(autojump_clock: MockClock, tmp_
 
 async def test_leg_deadline_bounds_naked_exposure(autojump_clock: MockClock, tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.db")
-    deadlines = Deadlines(ack=1.0, fill=30.0, unwind=5.0, leg=0.5)
+    deadlines = Deadlines(ack=1.0, fill=30.0, unwind=5.0, leg=0.5, recv_window=2.0, clock_allowance=0.5)
     async with open_sim_venue(SimConfig(seed=11)) as venue:
         engine = Engine(venue, journal, EngineConfig(deadlines=deadlines))
         async with engine.running([ETH, ETH_PERP]):
@@ -241,3 +251,167 @@ async def test_leg_deadline_bounds_naked_exposure(autojump_clock: MockClock, tmp
     # not the 30 s fill deadline: the leg deadline, plus the cancel round trip and the unwind
     assert 0 < handle.max_naked <= deadlines.leg + 0.1
     journal.close()
+
+
+async def test_liquidation_seen_by_rest_before_the_stream_is_charged_once(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 1: the position check finds a liquidation before the (lagging) order stream reports
+    it; the stream's report must not charge the same 0.02 again to the other, innocent package."""
+    first = rig.engine.submit(rig.spec())
+    second = rig.engine.submit(rig.spec())
+    assert await rig.settle(first) is State.HEDGED
+    assert await rig.settle(second) is State.HEDGED
+    rig.venue.inject("stream_lag", seconds=0.3)
+    rig.venue.inject("liquidation", symbol=ETH_PERP, quantity=Decimal("0.02"))
+    await rig.engine.reconcile_short(ETH_PERP)  # REST sees it first
+    await trio.sleep(5.0)  # the stream's report arrives and everything it causes runs
+    states = sorted([await rig.settle(first), await rig.settle(second)])
+    assert states == [State.FLAT, State.HEDGED]
+    charged = sum((h.core.venue_reduced for h in rig.engine.handles.values()), Decimal(0))
+    assert charged == Decimal("0.02")
+    rig.assert_safe()
+    assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.05")
+    assert_journal_verifies(rig.db)
+
+
+async def test_entry_landing_late_at_the_venue_is_not_left_unhedged(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 2: the perp entry reaches the matching engine 1.5 s after the client gave up on it
+    (inside the 5 s recvWindow). "Not found" at 1 s is not final: the order is found, settled by the kill
+    switch, and the venue ends with what the package believes."""
+    rig.venue.inject("late_landing", symbol=ETH_PERP, seconds=1.5)
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) in (State.FLAT, State.HEDGED)
+    await trio.sleep(30.0)  # long after: whatever landed late has rested and filled by now
+    assert rig.venue.faults_injected["late_landing"] == 1
+    rig.assert_safe()
+    assert rig.venue.engine.positions().get(ETH_PERP, Decimal(0)) == rig.engine.handles[pid].core.exposure().perp
+    assert not rig.venue.engine.open_orders()
+    assert_journal_verifies(rig.db)
+
+
+async def test_order_landing_after_its_package_is_flat_is_still_settled(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Issue 10, defect 2 (second half): even when "not found" was concluded too early (here: a venue
+    configured with a recvWindow shorter than the landing delay), the order's later updates are not dropped
+    by the gateway: the engine halts, cancels it and closes what it filled; the venue ends flat."""
+    journal = Journal.open(tmp_path / "j.db")
+    deadlines = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=0.4, clock_allowance=0.1)
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=deadlines))
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            venue.inject("late_landing", symbol=ETH_PERP, seconds=1.5)
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+            with trio.fail_after(30):
+                await engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
+            await trio.sleep(30.0)
+            assert venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+            assert not venue.engine.open_orders()
+            assert engine.mode is EngineMode.HALTED
+    events = [r.payload.get("event") for r in journal.engine_log()]
+    assert "late_order" in events
+    assert "late_order_settled" in events
+    journal.close()
+
+
+async def test_more_perp_short_at_the_venue_than_believed_is_closed_and_journaled(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    """Issue 10, venue truth at run time: a short no package accounts for (here 0.01 sold outside the
+    engine's view after the start) is found by the periodic reconciler and bought back under a halt."""
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.HEDGED
+    rig.venue.engine.place(
+        OrderRequest("untracked-1", ETH_PERP, Side.SELL, OrderType.MARKET, Decimal("0.01")), trio.current_time()
+    )
+    assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.06")
+    await trio.sleep(3 * rig.engine.config.reconcile_interval)
+    assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.05")
+    assert rig.engine.mode is EngineMode.HALTED
+    assert rig.engine.handles[pid].core.state is State.HEDGED  # the innocent hedge is kept
+    mismatches = [r.payload for r in rig.journal.engine_log() if r.payload["event"] == "venue_mismatch"]
+    assert [(m["kind"], m["difference"], m["action"]) for m in mismatches] == [("perp", "-0.01", "close")]
+    rig.assert_safe()
+
+
+async def test_more_spot_at_the_venue_than_believed_is_sold(autojump_clock: MockClock, rig: Rig) -> None:
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.HEDGED
+    before = rig.venue.engine.balances()["ETH"].total
+    rig.venue.engine.place(
+        OrderRequest("untracked-2", ETH, Side.BUY, OrderType.MARKET, Decimal("0.02")), trio.current_time()
+    )
+    await trio.sleep(3 * rig.engine.config.reconcile_interval)
+    after = rig.venue.engine.balances()["ETH"].total
+    assert abs(after - before) < Decimal("0.0001")  # the untracked 0.02 (less its fee) sold again
+    assert rig.engine.mode is EngineMode.HALTED
+    assert rig.engine.handles[pid].core.state is State.HEDGED
+
+
+async def test_shutdown_during_an_unwind_retry_back_off_still_ends_flat(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Issue 10, defect 6: the engine is cancelled while an unwind retry waits out its back-off; the retry
+    was journaled but never sent. The shutdown drain must still finish the kill switch (it used to wait for
+    an answer no task would ever post and leave the package unwinding)."""
+    journal = Journal.open(tmp_path / "j.db")
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+        with trio.CancelScope() as scope:
+            async with engine.running([ETH, ETH_PERP]):
+                await trio.sleep(1.0)
+                pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+                handle = engine.handles[pid]
+                with trio.fail_after(30):
+                    await handle.wait_until(lambda c: c.state is State.HEDGED and c.is_quiescent())
+                # the passive exit's spot limit, then the first spot unwind (the kill switch's market order)
+                venue.inject("reject", symbol=ETH, count=2, reason="insufficient_funds")
+                engine.request_close(pid, "test")
+                with trio.fail_after(30):
+                    await handle.wait_until(lambda c: any(o.intent.attempt == 1 and o.live for o in c.orders.values()))
+                assert handle.core.state is State.UNWINDING
+                scope.cancel()  # Ctrl-C while the retry sleeps
+                await trio.sleep(1)
+        assert handle.core.state is State.FLAT, handle.core.state
+        assert venue.engine.positions().get(ETH_PERP, Decimal(0)) == 0
+    journal.close()
+
+
+async def test_a_failed_journal_write_leaves_the_core_where_the_journal_is(autojump_clock: MockClock, rig: Rig) -> None:
+    """Issue 10, defect 6: the step whose journal write fails must not have moved the core (write-ahead:
+    nothing is decided that is not durable). The actor faults, is rebuilt from what the journal holds, and
+    the kill switch finds the fill again by asking the venue."""
+    real = rig.journal.record_step
+    failed: list[object] = []
+
+    def flaky(package_id: str, event: object, *args: object, **kwargs: object) -> None:
+        if not failed and isinstance(event, OrderEvent) and event.filled > 0:
+            failed.append(event)
+            raise sqlite3.OperationalError("disk I/O error")
+        real(package_id, event, *args, **kwargs)  # type: ignore[arg-type]
+
+    rig.journal.record_step = flaky  # type: ignore[method-assign]
+    pid = rig.engine.submit(rig.spec())
+    handle = rig.engine.handles[pid]
+    with trio.fail_after(30):
+        await handle.wait_until(lambda core: handle.faults > 0)
+    assert failed
+    assert all(e is not failed[0] for e in handle.events)  # the core never saw what the journal does not hold
+    replayed = replay_package(rig.journal, pid)
+    assert replayed.fingerprint() == handle.core.fingerprint()
+    await rig.settle(pid)
+    rig.assert_safe()
+    assert_journal_verifies(rig.db)
+
+
+async def test_venue_check_at_the_end_asks_the_venue_not_the_beliefs(autojump_clock: MockClock, rig: Rig) -> None:
+    """`legguard run`'s exit code: the venue's own answers against the journal, both ways."""
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.HEDGED
+    assert await rig.engine.venue_check() == []
+    now = trio.current_time()
+    rig.venue.engine.place(OrderRequest("outside-1", ETH_PERP, Side.SELL, OrderType.MARKET, Decimal("0.01")), now)
+    problems = await rig.engine.venue_check()
+    assert problems == ["position ETH/USDT:USDT: venue -0.06, journal accounts for -0.05"]
+    rows = [r.payload for r in rig.journal.engine_log() if r.payload["event"] == "venue_check"]
+    assert [r["ok"] for r in rows] == [True, False]

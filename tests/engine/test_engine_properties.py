@@ -11,6 +11,7 @@ Invariants, checked while the script runs and after it:
 - no package holds naked (unmatched) exposure longer than the leg deadline plus the unwind deadline;
 - at the end every package is hedged or flat, none has an unknown order, and the venue's perp positions equal
   the sum of the packages' perp legs (nothing exposed that the engine does not know about);
+- the venue-truth oracle: every order, balance and position at the venue is as the journal tells it;
 - the journal verifies: hash chain intact, replay of every package reproduces its state and exposure;
 - the circuit breaker halted exactly when its rule says, recomputed from the journal's own transitions.
 """
@@ -29,15 +30,18 @@ from hypothesis import strategies as st
 
 from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import BreakerConfig, Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
+from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
 PAIRS = {"ETH": ("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")), "BTC": ("BTC/USDT", "BTC/USDT:USDT", Decimal("0.01"))}
-VENUE_FAULTS = ["reject", "postonly_cross", "partial_fill", "ack_timeout", "stream_drop", "price_jump"]
-DEADLINES = Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0)
+VENUE_FAULTS = ["reject", "postonly_cross", "partial_fill", "ack_timeout", "stream_drop", "price_jump", "late_landing"]
+DEADLINES = Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0, recv_window=2.0, clock_allowance=0.5)
 BREAKER = BreakerConfig(max_orphans=3, window=20.0)
 
+# Besides the venue faults: late landing (an order placed after the client gave up on it), the stream lagging
+# REST, and a position check racing the stream (issue 10).
 action = st.one_of(
     st.tuples(
         st.just("open"),
@@ -47,6 +51,8 @@ action = st.one_of(
     ),
     st.tuples(st.just("wait"), st.floats(min_value=0.01, max_value=4.0)),
     st.tuples(st.just("liquidate"), st.sampled_from(sorted(PAIRS))),
+    st.tuples(st.just("lag"), st.sampled_from([0.3, 1.0])),  # the order stream runs behind REST
+    st.tuples(st.just("reconcile"), st.sampled_from(sorted(PAIRS))),  # a position check racing the stream
     st.tuples(st.just("jump"), st.sampled_from(sorted(PAIRS)), st.sampled_from([-0.8, 0.8])),
     st.tuples(st.just("close"), st.integers(min_value=0, max_value=30)),
     st.tuples(st.just("halt")),
@@ -69,6 +75,8 @@ async def play(script: list[tuple[Any, ...]], db: Path, seed: int) -> None:
             await trio.sleep(DEADLINES.fill + DEADLINES.unwind)
             check_naked(engine)
         check_final(engine)
+        truth = compare_venue(venue.engine, journal)
+        assert truth.ok, truth.problems
     journal.close()
     report = verify(db)
     assert report.ok, report.problems
@@ -90,6 +98,10 @@ async def run_action(engine: Engine, venue: Any, step: tuple[Any, ...]) -> None:
             await trio.sleep(0.05)
         case ("wait", seconds):
             await trio.sleep(seconds)
+        case ("lag", seconds):
+            venue.inject("stream_lag", seconds=seconds, duration=5.0)
+        case ("reconcile", base):
+            await engine.reconcile_short(PAIRS[base][1])
         case ("liquidate", base):
             _, perp, qty = PAIRS[base]
             short = -venue.engine.positions().get(perp, Decimal(0))

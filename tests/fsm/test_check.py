@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import pytest
 
@@ -220,7 +220,9 @@ def test_hedged_catches_the_old_trim_bug(monkeypatch: pytest.MonkeyPatch) -> Non
     def old_matched(self: PackageCore) -> Decimal:
         from legguard.fsm import LegRole
 
-        return min(self._entry_filled(LegRole.SPOT), self._entry_filled(LegRole.PERP) - self.venue_reduced)
+        matched = min(self._entry_filled(LegRole.SPOT), self._entry_filled(LegRole.PERP) - self.venue_reduced)
+        grid = self.plan.perp.step  # rounded like today's, so only the liquidation bug is left in
+        return (matched / grid).to_integral_value(rounding=ROUND_DOWN) * grid
 
     monkeypatch.setattr(PackageCore, "_matched", old_matched)
     bounds = replace(QUIET, partial_fills=1, expiries=1, liquidations=1, policies=(OrphanPolicy.TRIM,))
@@ -230,6 +232,27 @@ def test_hedged_catches_the_old_trim_bug(monkeypatch: pytest.MonkeyPatch) -> Non
     assert report.counts["hedged"] > 0
     assert "hedged but the legs differ at the venue" in report.examples["hedged"].message
     assert [s.action for s in report.examples["hedged"].trace][-1].startswith("liquidate")
+
+
+def test_hedged_catches_trim_off_the_common_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10, defect 3: `_matched` without rounding to the grid both markets share ends "hedged" with
+    the perp one step short of covered; the checker's off-grid spot partial fill (0.00123) finds it."""
+
+    def unrounded(self: PackageCore) -> Decimal:
+        from legguard.fsm import LegRole
+
+        return min(
+            self._entry_filled(LegRole.SPOT) - self._unwound(LegRole.SPOT),
+            self._entry_filled(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
+        )
+
+    monkeypatch.setattr(PackageCore, "_matched", unrounded)
+    bounds = replace(QUIET, partial_fills=1, expiries=1, policies=(OrphanPolicy.TRIM,))
+
+    report = run(bounds)
+
+    assert report.counts["hedged"] > 0
+    assert "spot 0.00123, perp short 0.002" in report.examples["hedged"].message
 
 
 def test_deadlock_catches_unknowns_never_queried(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -810,3 +810,51 @@ def test_the_exit_deadline_ends_the_passive_phase_and_a_late_one_is_harmless() -
     out = core.handle(ExitDeadline())
     assert [c.client_order_id for c in out if isinstance(c, CancelOrder)] == [sends[1].client_order_id]
     assert core.handle(ExitDeadline()) == []
+
+
+def test_trim_rounds_what_stays_hedged_to_the_grid_both_markets_share() -> None:
+    """Issue 10, defect 3: spot 0.00123 against perp 0.002 used to end "hedged" short 0.00077 with nothing
+    sent (the perp excess rounded down to zero). What stays hedged is on the common 0.001 grid: the excess
+    of both legs is closed, and the legs then match."""
+    d = Driver(OrphanPolicy.TRIM)
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN))
+    d(ev(PE0, OrderStatus.CLOSED, Q), ev(SE0, OrderStatus.OPEN, "0.00123"))
+    d(FillDeadline())
+    cmds = d(ev(SE0, OrderStatus.CANCELED, "0.00123"))
+
+    assert cmds[: len(KILL)] == KILL
+    assert cmds[len(KILL) :] == send(unwind(LegRole.SPOT, 0, "0.00023"), unwind(LegRole.PERP, 0, "0.001"))
+    d(ev(SU0, OrderStatus.CLOSED, "0.00023"))
+    assert d(ev(PU0, OrderStatus.CLOSED, "0.001")) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+    spot, perp, unknown = d.exposure()
+    assert perp == -HALF
+    assert abs(spot + perp) < D("0.00001")
+    assert not unknown
+
+
+def test_a_spot_residual_the_venue_refuses_as_too_small_after_a_fall_is_dust() -> None:
+    """Issue 10, defect 6: the spot dust is the minimum notional at the entry price. After a fall the venue
+    refuses a residual above it on its filters; the kill switch must not retry it until the attempts run out
+    (and stop silently in unwinding): a refused residual under twice the entry dust is today's dust."""
+    d = Driver(spot_dust="0.0015")  # the minimum notional at the entry price, in base units
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN), ev(SE0, OrderStatus.CLOSED, Q))
+    d(ev(PE0, OrderStatus.CLOSED, Q))
+    d(CloseRequested("operator"))
+    assert d(ev(PU0, OrderStatus.CLOSED, Q)) == []
+    # the price fell: 0.00199 is now below the venue's minimum notional
+    cmds = d(ev(SU0, OrderStatus.REJECTED, reason=RejectReason.INVALID_ORDER))
+    assert cmds == [(S.UNWINDING, T.FLATTENED, S.FLAT)]
+    spot, perp, unknown = d.exposure()
+    assert (perp, unknown) == (0, False)
+    assert 0 < spot < 2 * D("0.0015")
+
+
+def test_a_refused_spot_unwind_of_real_size_is_still_retried() -> None:
+    d = Driver(spot_dust="0.0005")  # 0.00199 is four times the entry dust: not dust whatever the venue says
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(PE0, OrderStatus.OPEN), ev(SE0, OrderStatus.CLOSED, Q))
+    d(ev(PE0, OrderStatus.CLOSED, Q))
+    d(CloseRequested("operator"))
+    d(ev(PU0, OrderStatus.CLOSED, Q))
+    assert d(ev(SU0, OrderStatus.REJECTED, reason=RejectReason.INVALID_ORDER)) == send(
+        unwind(LegRole.SPOT, 1, "0.00199")
+    )

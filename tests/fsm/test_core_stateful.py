@@ -64,6 +64,7 @@ STEP = D("0.001")  # perp step: the package's grid
 QTY = 3 * STEP
 SPOT_STEP = D("0.00001")
 FEE = D("0.001")  # spot buy fee, charged in base
+SPOT_PARTS = (STEP, D("0.00023"), D("0.00123"), D("0.00001"))  # one perp step, and off its grid
 TABLE = transition_map()
 
 
@@ -313,12 +314,15 @@ class CoreMachine(RuleBasedStateMachine):
         order = self.venue[cid]
         reduce_only = self.core.orders[cid].intent.reduce_only
         room = self.short() if reduce_only else order.amount  # a reduce-only buy never passes flat
+        # Spot partial fills land anywhere on the spot's finer grid, off the grid both markets share (issue
+        # 10: on-grid partial fills only hid the trim policy ending "hedged" one perp step short).
+        part = STEP if order.role is LegRole.PERP else data.draw(st.sampled_from(SPOT_PARTS), label="spot part")
         if reduce_only and order.amount - order.filled > room:
             order.filled, order.status = order.filled + max(room, D(0)), OrderStatus.EXPIRED
-        elif full or order.filled + STEP >= order.amount:
+        elif full or order.filled + part >= order.amount:
             order.filled, order.status = order.amount, OrderStatus.CLOSED
         else:
-            order.filled += STEP
+            order.filled += part
         self.report_market(cid)
 
     @precondition(lambda self: self.live() and self.open_at_venue())

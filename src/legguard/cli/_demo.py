@@ -44,6 +44,14 @@ def demo(
     if bad or report["open_exposure"]:
         console.print(f"[red]UNSAFE END: states {bad}, open exposure {report['open_exposure']}[/red]")
         raise typer.Exit(1)
+    truth = report["venue_truth"]
+    if report["venue_position_mismatch"] or not truth["ok"]:
+        # The engine's beliefs say safe; the venue's books say otherwise: that is the failure that matters.
+        problems = truth["problems"] or [f"positions {report['venue_position_mismatch']}"]
+        console.print("[red]VENUE DISAGREES WITH THE JOURNAL:[/red]")
+        for problem in problems[:20]:
+            console.print(f"  {problem}", markup=False)
+        raise typer.Exit(1)
 
 
 async def _run_with_signals(options: DemoOptions, on_tick: Any) -> dict[str, Any]:
@@ -119,5 +127,9 @@ def render_summary(report: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value")
     for key, value in report.items():
+        if key == "venue_truth":
+            verdict = "agrees" if value["ok"] else f"DISAGREES ({len(value['problems'])} problems)"
+            value = (f"{verdict}: {value['orders_checked']} orders, {len(value['positions'])} positions, "
+                     f"{len(value['balances'])} balances checked against the journal")  # fmt: skip
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     return table

@@ -86,6 +86,12 @@ def run(
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         console.print(report)
+    check = report.get("venue_check") or {"ok": True, "problems": []}
+    if not check["ok"]:
+        console.print("[red]VENUE DISAGREES WITH THE JOURNAL:[/red]")
+        for problem in check["problems"][:20]:
+            console.print(f"  {problem}", markup=False)
+        raise typer.Exit(1)
     unsafe = report.get("needs_recovery") or {}
     if report.get("needs_operator"):
         console.print(f"[red]NOT SAFE[/red] recovery found: {report['needs_operator']}", highlight=False)

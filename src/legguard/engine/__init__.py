@@ -19,6 +19,8 @@ Map:
 - `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
                     queries wait; every live order and position reconciled when it answers again.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
+- `_venue_truth.py` the venue-truth oracle: every order, balance and position in the venue's own books
+                    against the journal's account (tests, property test, crash harness, `legguard demo`'s exit code).
 - `_observe.py`     `EngineObserver`: the hooks metrics and alerts implement (transition, halt, resume, ...);
                     `HaltSource`.
 - `journal/`        the SQLite hash-chained audit journal (`_store.py`) and its proof: replay and verify

@@ -156,18 +156,23 @@ class PackageActor:
         h, engine = self.handle, self.engine
         now = trio.current_time()
         started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
-        commands = self.core.handle(event)
-        h.events.append(event)
+        # Decided on a twin that replaces the core only once the journal holds the step: a failed write
+        # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
+        twin = self.core.clone()
+        commands = twin.handle(event)
         # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
         # answers behind it (audited facts) commit in the same transaction, ahead of the step's rows.
         if h.facts:
-            facts, h.facts = h.facts, []
+            facts = h.facts
             with engine.journal.batch():
                 for kind, payload, at in facts:
                     engine.journal.record(kind, h.package_id, payload, at)
-                engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+                engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
+            h.facts = h.facts[len(facts) :]
         else:
-            engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
+            engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
+        self.core = h.core = twin
+        h.events.append(event)
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands, engine.journal)
         self._track_exposure(now)
@@ -258,7 +263,15 @@ class PackageActor:
             self._spawn(self._send, a)
 
     async def _release_after(self, delay: float, intents: list[OrderIntent]) -> None:
-        await trio.sleep(delay)
+        try:
+            await trio.sleep(delay)
+        except trio.Cancelled:
+            # Cancelled during the back-off (shutdown): journaled, never sent. Say so, or the shutdown drain
+            # waits for an answer no task will post and leaves the package unwinding. Never released, the
+            # query that `unknown` leads to concludes at once (no recvWindow to wait out).
+            for intent in intents:
+                self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.UNKNOWN))
+            raise
         self._release(intents)
 
     async def _send(self, armed: ArmedOrder) -> None:
@@ -327,13 +340,16 @@ class PackageActor:
             with trio.fail_after(engine.config.deadlines.ack):
                 update = await engine.venue.fetch_order(symbol, cid)
         except OrderNotFound:
-            # A request can still land a little after an error answer (a 5xx from a busy gateway): "not
-            # found" is final only once a grace period (the ack deadline, at most 1 s) has passed since the
-            # request left.
+            # A request can still reach the matching engine long after an error answer or a timeout (a busy
+            # gateway holds it): "not found" is final only once the order can no longer be accepted, i.e. its
+            # recvWindow from the signed timestamp (never later than the release) has passed, plus how far the
+            # venue's clock may lag ours. Until then keep asking.
             sent = h.sent_at.get(cid)
-            grace_until = None if sent is None else sent + min(engine.config.deadlines.ack, 1.0)
+            d = engine.config.deadlines
+            grace_until = None if sent is None else sent + d.recv_window + d.clock_allowance
             if grace_until is not None and trio.current_time() < grace_until:
-                self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), grace_until - trio.current_time()))
+                wait = min(max(backoff * 2, 0.05), 1.0, grace_until - trio.current_time())
+                self._spawn(self._query, cid, symbol, wait)
                 return
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
             return

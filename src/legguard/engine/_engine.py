@@ -6,15 +6,18 @@ it into the kill switch. A circuit breaker halts new packages when orphan events
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
+import secrets
 import time
 import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from decimal import Decimal
+from dataclasses import dataclass, replace
+from decimal import ROUND_DOWN, Decimal
 
 import trio
 
@@ -22,8 +25,12 @@ from legguard.adapters._venue import Venue
 from legguard.domain import (
     BookSnapshot,
     Market,
+    OrderNotFound,
     OrderOrigin,
+    OrderRejected,
+    OrderRequest,
     OrderStatus,
+    OrderType,
     OrderUpdate,
     RateLimited,
     Side,
@@ -70,6 +77,16 @@ class EngineMode(enum.StrEnum):
     STOPPING = "stopping"
 
 
+@dataclass(frozen=True, slots=True)
+class VenueBaseline:
+    spot: Mapping[str, Decimal]  # asset -> balance not held for any package
+    perp: Mapping[str, Decimal]  # perp symbol -> position not held for any package
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"spot": {k: str(v) for k, v in sorted(self.spot.items())},
+                "perp": {k: str(v) for k, v in sorted(self.perp.items())}}  # fmt: skip
+
+
 class Engine:
     def __init__(self, venue: Venue, journal: Journal, config: EngineConfig | None = None) -> None:
         self.venue = venue
@@ -85,7 +102,18 @@ class Engine:
         self.stats = EngineStats()
         self._orders: dict[str, PackageHandle] = {}  # client order id -> package
         self._orphan_times: deque[float] = deque()
-        self._liquidations: dict[str, Decimal] = {}  # venue-originated order id -> filled already attributed
+        # (symbol, venue-originated order id) -> filled already accounted for (liquidation / ADL)
+        self._liquidations: dict[tuple[str, str], Decimal] = {}
+        # symbol -> perp short the position check found missing and charged before the order stream reported
+        # the venue reduction behind it: the stream's later report of that reduction is not charged again.
+        self._charged_ahead: dict[str, Decimal] = {}
+        self._late_seen: set[tuple[str, str]] = set()  # orders of finished packages being settled
+        self._settling = 0  # engine-sent orders in flight (late-order and surplus closes): venue in motion
+        # What the account held at the venue that no package of this engine accounts for (taken at start and
+        # after recovery, journaled as `venue_baseline`): the venue must equal it plus the packages' beliefs.
+        self.baseline: VenueBaseline | None = None
+        self._suspect: dict[tuple[str, str], Decimal] = {}  # (kind, key) -> mismatch seen on the last pass
+        self._surplus_seq = 0
         self._service: trio.Nursery | None = None
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
@@ -116,6 +144,7 @@ class Engine:
         self.markets = await self.venue.load_markets()
         self.started_at = trio.current_time()
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
+        await self.take_baseline()
         async with trio.open_nursery() as service:
             self._service = service
             service.start_soon(self._gateway)
@@ -490,9 +519,9 @@ class Engine:
             handle.unwinding_since = None
             if handle.exit_policy is not None and t.dest is State.FLAT:
                 self.stats.closed += 1
+        # A flat package's orders stay registered: an order that reaches the venue after the package gave up
+        # on it must still be seen (`route` -> `_late_update`), never dropped.
         if t.dest is State.FLAT:
-            for o in handle.core.orders:
-                self._orders.pop(o, None)
             self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
     def breaker_count(self, now: float) -> int:
@@ -558,23 +587,95 @@ class Engine:
 
     def route(self, update: OrderUpdate) -> None:
         handle = self._orders.get(update.client_order_id)
-        if handle is not None:
+        if handle is not None and handle.done.is_set():
+            self._late_update(handle, update)
+        elif handle is not None:
             handle.post(to_order_event(update))
         elif update.origin in (OrderOrigin.LIQUIDATION, OrderOrigin.ADL):
             self._attribute_reduction(update)
 
+    def _late_update(self, handle: PackageHandle, update: OrderUpdate) -> None:
+        """An update for a finished package: harmless if it tells what its core already knows; otherwise an
+        order lives or filled at the venue that the package no longer accounts for. Never ignored: journaled,
+        the engine halts, and the order is cancelled and whatever it filled beyond the package's account is
+        closed at market (`_settle_late`)."""
+        facts = handle.core.orders.get(update.client_order_id)
+        known = Decimal(0) if facts is None else facts.filled
+        if update.filled <= known and not (
+            # A stale "open" of an order since closed or cancelled tells nothing new; an order the package
+            # concluded rejected (never found) can never be open: that one landed late.
+            facts is not None and facts.status is OrderStatus.REJECTED and not update.status.is_terminal
+        ):
+            return
+        key = (update.symbol, update.client_order_id)
+        if key in self._late_seen:
+            return  # being settled already
+        self._late_seen.add(key)
+        log.critical("package %s: order %s %s at the venue after the package finished (filled %s, knew %s)",
+                     handle.package_id, update.client_order_id, update.status.value, update.filled, known)  # fmt: skip
+        self.journal.record(
+            "engine", None,
+            {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id,
+             "symbol": update.symbol, "status": update.status.value, "filled": str(update.filled),
+             "known_filled": str(known)},
+            trio.current_time(),
+        )  # fmt: skip
+        self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
+        assert self._service is not None
+        self._service.start_soon(self._settle_late, handle, update, known)
+
+    async def _settle_late(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+        self._settling += 1
+        try:
+            await self._settle_late_order(handle, update, known)
+        finally:
+            self._settling -= 1
+
+    async def _settle_late_order(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+        from ._recovery import unwind_stray
+
+        cid, symbol = update.client_order_id, update.symbol
+        final = update
+        for attempt in range(5):
+            try:
+                with trio.fail_after(self.config.deadlines.ack):
+                    if not final.status.is_terminal:
+                        with contextlib.suppress(OrderNotFound):
+                            await self.venue.cancel_order(symbol, cid)
+                    final = await self.venue.fetch_order(symbol, cid)
+            except (trio.TooSlowError, VenueError) as exc:
+                log.warning("late order %s: %s (attempt %d)", cid, exc, attempt + 1)
+                await trio.sleep(min(0.1 * 2**attempt, 2.0))
+                continue
+            if final.status.is_terminal:
+                break
+        extra = final.filled - known
+        fee = final.fee_base if known == 0 else Decimal(0)
+        outcome: dict[str, str] = {"filled": str(final.filled), "status": final.status.value}
+        if extra > 0 and final.status.is_terminal:
+            outcome.update(await unwind_stray(self, replace(final, filled=extra, fee_base=fee), None))
+        self.journal.record("engine", None, {"event": "late_order_settled", "package": handle.package_id,
+                            "client_order_id": cid, **outcome}, trio.current_time())  # fmt: skip
+
     def _attribute_reduction(self, update: OrderUpdate) -> None:
-        """The venue bought back part of the perp short by itself (liquidation / ADL)."""
-        seen = self._liquidations.get(update.client_order_id, Decimal(0))
+        """The venue bought back part of the perp short by itself (liquidation / ADL). One accounting with the
+        position check: what it already charged ahead of this report is not charged a second time."""
+        key = (update.symbol, update.client_order_id)
+        seen = self._liquidations.get(key, Decimal(0))
         delta = update.filled - seen
         if delta <= 0:
             return
-        self._liquidations[update.client_order_id] = update.filled
-        remaining = self.charge_reduction(update.symbol, delta, update.origin.value)
+        self._liquidations[key] = update.filled
+        ahead = min(self._charged_ahead.get(update.symbol, Decimal(0)), delta)
+        if ahead > 0:
+            self._charged_ahead[update.symbol] -= ahead
+        remaining = (
+            self.charge_reduction(update.symbol, delta - ahead, update.origin.value) if delta > ahead else Decimal(0)
+        )
         self.journal.record(
             "engine", None,
             {"event": "venue_reduction", "order": update.client_order_id, "symbol": update.symbol,
-             "quantity": str(delta), "unattributed": str(remaining)},
+             "quantity": str(delta), "charged_already": str(ahead), "unattributed": str(remaining)},
             trio.current_time(),
         )  # fmt: skip
 
@@ -623,12 +724,13 @@ class Engine:
     async def _position_reconciler(self) -> None:
         """Every `reconcile_interval`, compare the venue's perp positions with what the live packages
         believe: a liquidation whose update never arrived (lost stream, venue hiccup) still reaches its
-        package. Only a short the venue no longer shows is ever charged, never the reverse."""
+        package. Then `reconcile_venue` compares positions and spot balances in both directions."""
         while True:
             await trio.sleep(self.config.reconcile_interval)
             symbols = {h.core.plan.perp.symbol for h in self.handles.values() if not h.done.is_set()}
             for symbol in sorted(symbols):
                 await self.reconcile_short(symbol)
+            await self.reconcile_venue()
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced
@@ -650,12 +752,206 @@ class Engine:
         if missing <= 0:
             return
         remaining = self.charge_reduction(symbol, missing, "found by position reconcile", prefer)
+        # The stream may still report the reduction behind this: remember that it is paid for.
+        self._charged_ahead[symbol] = self._charged_ahead.get(symbol, Decimal(0)) + missing - remaining
         self.journal.record(
             "engine", None,
             {"event": "position_reconcile", "symbol": symbol, "venue_short": str(venue_short),
              "believed_short": str(believed), "charged": str(missing - remaining)},
             trio.current_time(),
         )  # fmt: skip
+
+    # --- venue truth in both directions ---------------------------------------------------------------
+
+    def _spot_base(self, handle: PackageHandle) -> str:
+        market = self.markets.get(handle.core.plan.spot.symbol)
+        return market.base if market is not None else handle.core.plan.spot.symbol.split("/")[0]
+
+    async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None:
+        """Record what the account holds at the venue beyond what the packages hold: the venue's balances and
+        positions minus each package's (spot, perp) exposure (`truth` overrides a package's, for recovered
+        packages whose cores have not yet been told what the venue answered). Journaled."""
+        try:
+            with trio.fail_after(self.config.deadlines.ack * 2):
+                balances = await self.venue.fetch_balance()
+                positions = await self.venue.fetch_positions()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("venue baseline unavailable: %s; spot balances go unreconciled", exc)
+            self.journal.record("engine", None, {"event": "venue_baseline_unavailable", "error": str(exc)},
+                                trio.current_time())  # fmt: skip
+            self.baseline = None
+            return
+        spot = {asset: b.total for asset, b in balances.items()}
+        perp = {symbol: qty for symbol, qty in positions.items()}
+        for h in self.handles.values():
+            exp = h.core.exposure()
+            held_spot, held_perp = (truth or {}).get(h.package_id, (exp.spot, exp.perp))
+            base, symbol = self._spot_base(h), h.core.plan.perp.symbol
+            spot[base] = spot.get(base, Decimal(0)) - held_spot
+            perp[symbol] = perp.get(symbol, Decimal(0)) - held_perp
+        self.baseline = VenueBaseline(spot, perp)
+        self._suspect.clear()
+        self.journal.record("engine", None, {"event": "venue_baseline", **self.baseline.to_dict(),
+                            "packages": sorted(self.handles)}, trio.current_time())  # fmt: skip
+
+    def _settled(self, handles: list[PackageHandle]) -> bool:
+        """Nothing in flight for these packages: their beliefs are final until the venue acts by itself."""
+        for h in handles:
+            core = h.core
+            if core.open_orders() or core.exposure().unknown or h.reductions_posted != core.venue_reduced:
+                return False
+            if not h.done.is_set() and core.state not in (State.HEDGED, State.FLAT):
+                return False
+        return True
+
+    async def reconcile_venue(self) -> None:
+        """Compare the venue's perp positions and spot balances (net of the baseline) with the sum of the
+        packages' beliefs, per symbol / asset whose packages are all settled. A mismatch seen twice in a row
+        (once may be a report still on the way) is acted on: exposure the packages do not account for is
+        closed at market under the kill switch (the engine halts), missing spot halts the engine; every
+        finding is journaled. A short the venue no longer shows is charged by `reconcile_short`."""
+        baseline = self.baseline
+        if baseline is None or self._venue_in_motion():
+            return
+        by_perp: dict[str, list[PackageHandle]] = {}
+        by_base: dict[str, list[PackageHandle]] = {}
+        for h in self.handles.values():
+            by_perp.setdefault(h.core.plan.perp.symbol, []).append(h)
+            by_base.setdefault(self._spot_base(h), []).append(h)
+        perps = [s for s, hs in by_perp.items() if self._settled(hs)]
+        bases = [b for b, hs in by_base.items() if self._settled(hs)]
+        if not perps and not bases:
+            return
+        try:
+            with trio.fail_after(self.config.deadlines.ack * 2):
+                balances = await self.venue.fetch_balance()
+                positions = await self.venue.fetch_positions()
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("venue reconcile failed: %s", exc)
+            return
+        if self._venue_in_motion():  # it may have changed while we awaited the venue
+            return
+        for symbol in sorted(perps):
+            if not self._settled(by_perp[symbol]):
+                continue
+            believed = sum((h.core.exposure().perp for h in by_perp[symbol]), Decimal(0))
+            expected = baseline.perp.get(symbol, Decimal(0)) + believed
+            diff = positions.get(symbol, Decimal(0)) - expected
+            if self._confirmed(("perp", symbol), diff):
+                await self._on_mismatch("perp", symbol, diff, expected, positions.get(symbol, Decimal(0)))
+        for base in sorted(bases):
+            if not self._settled(by_base[base]):
+                continue
+            believed = sum((h.core.exposure().spot for h in by_base[base]), Decimal(0))
+            expected = baseline.spot.get(base, Decimal(0)) + believed
+            held = balances[base].total if base in balances else Decimal(0)
+            diff = held - expected
+            spot_symbol = by_base[base][0].core.plan.spot.symbol
+            if abs(diff) < self._spot_dust(spot_symbol):
+                diff = Decimal(0)  # fee rounding: below what the venue would trade
+            if self._confirmed(("spot", base), diff):
+                await self._on_mismatch("spot", spot_symbol, diff, expected, held)
+
+    async def venue_check(self) -> list[str]:
+        """After shutdown: the venue's positions, balances and open orders (through the venue's own REST
+        answers) against the baseline plus every package's belief, at once and in both directions. Each
+        disagreement is one line (journaled too); none means the venue agrees."""
+        problems = [f"package {h.package_id} ended {h.core.state.value}" for h in self.handles.values()
+                    if h.core.state not in (State.HEDGED, State.FLAT) or h.core.exposure().unknown]  # fmt: skip
+        baseline = self.baseline
+        if baseline is None:
+            return [*problems, "no venue baseline was recorded: balances and positions unchecked"]
+        symbols = sorted({s for h in self.handles.values() for s in (h.core.plan.spot.symbol, h.core.plan.perp.symbol)})
+        for attempt in range(4):
+            try:
+                with trio.fail_after(self.config.deadlines.ack * 3):
+                    balances = await self.venue.fetch_balance()
+                    positions = await self.venue.fetch_positions()
+                    open_orders = [o for s in symbols for o in await self.venue.fetch_open_orders(s)]
+                break
+            except RateLimited as exc:  # a busy account at exit: wait as told, then ask again
+                if attempt == 3:
+                    return [*problems, f"the venue could not be asked: {exc}"]
+                await trio.sleep(min(max(exc.retry_after, 0.5), 10.0))
+            except (trio.TooSlowError, VenueError) as exc:
+                return [*problems, f"the venue could not be asked: {exc}"]
+        perp: dict[str, Decimal] = dict(baseline.perp)
+        spot: dict[str, Decimal] = {}
+        spot_symbol: dict[str, str] = {}
+        for h in self.handles.values():
+            exp = h.core.exposure()
+            symbol, base = h.core.plan.perp.symbol, self._spot_base(h)
+            perp[symbol] = perp.get(symbol, Decimal(0)) + exp.perp
+            spot[base] = spot.get(base, baseline.spot.get(base, Decimal(0))) + exp.spot
+            spot_symbol[base] = h.core.plan.spot.symbol
+        for symbol in sorted(set(perp) | {s for s, q in positions.items() if q != 0}):
+            held, expected = positions.get(symbol, Decimal(0)), perp.get(symbol, Decimal(0))
+            if held != expected:
+                problems.append(f"position {symbol}: venue {held}, journal accounts for {expected}")
+        for base in sorted(spot):
+            held = balances[base].total if base in balances else Decimal(0)
+            if abs(held - spot[base]) >= self._spot_dust(spot_symbol[base]):
+                problems.append(f"balance {base}: venue {held}, journal accounts for {spot[base]}")
+        prefix = f"lg{self.journal.journal_id}"
+        for order in open_orders:
+            if order.client_order_id.startswith(prefix):
+                problems.append(f"order {order.client_order_id} still open at the venue")
+        self.journal.record("engine", None, {"event": "venue_check", "ok": not problems, "problems": problems},
+                            trio.current_time())  # fmt: skip
+        return problems
+
+    def _venue_in_motion(self) -> bool:
+        return self._settling > 0
+
+    def _confirmed(self, key: tuple[str, str], diff: Decimal) -> bool:
+        if diff == 0:
+            self._suspect.pop(key, None)
+            return False
+        seen = self._suspect.get(key)
+        self._suspect[key] = diff
+        return seen == diff
+
+    def _spot_dust(self, symbol: str) -> Decimal:
+        market = self.markets[symbol]
+        book = self.books.get(symbol)
+        price = book.best_bid if book is not None else None
+        return dust_threshold(market, price) if price else market.step_size
+
+    async def _on_mismatch(self, kind: str, symbol: str, diff: Decimal, expected: Decimal, held: Decimal) -> None:
+        self.stats.venue_mismatches += 1
+        self._suspect.pop((kind, symbol if kind == "perp" else self.markets[symbol].base), None)
+        surplus = diff < 0 if kind == "perp" else diff > 0  # more exposure at the venue than believed
+        payload: dict[str, object] = {"event": "venue_mismatch", "kind": kind, "symbol": symbol, "venue": str(held),
+                                      "expected": str(expected), "difference": str(diff)}  # fmt: skip
+        log.critical("venue %s %s holds %s, the packages account for %s", kind, symbol, held, expected)
+        if not surplus:
+            self.journal.record("engine", None, {**payload, "action": "halt"}, trio.current_time())
+            self.halt(f"venue {kind} {symbol} holds {held}, less than the packages believe ({expected})")
+            return
+        self.halt(f"venue {kind} {symbol} holds {held}, more than the packages account for ({expected})")
+        market = self.markets[symbol]
+        qty = (abs(diff) / market.step_size).to_integral_value(rounding=ROUND_DOWN) * market.step_size
+        if qty <= 0 or qty < market.min_qty or (kind == "spot" and qty < self._spot_dust(symbol)):
+            self.journal.record("engine", None, {**payload, "action": "below tradable size"}, trio.current_time())
+            return
+        self._surplus_seq += 1
+        # Never a package's id: `R`, a random component and a counter (unique across the journal's life).
+        cid = f"lg{self.journal.journal_id}R{secrets.token_hex(4)}-{self._surplus_seq}"
+        side = Side.BUY if kind == "perp" else Side.SELL
+        request = OrderRequest(cid, symbol, side, OrderType.MARKET, qty, reduce_only=kind == "perp")
+        self.journal.record("engine", None, {**payload, "action": "close", "client_order_id": cid,
+                            "side": side.value, "amount": str(qty)}, trio.current_time())  # fmt: skip
+        self._settling += 1
+        try:
+            with trio.fail_after(self.config.deadlines.ack):
+                ack = await self.venue.fire(self.venue.arm(request))
+            outcome = {"status": ack.status.value, "filled": str(ack.filled)}
+        except (OrderRejected, trio.TooSlowError, VenueError) as exc:
+            outcome = {"status": f"failed: {exc}"}
+        finally:
+            self._settling -= 1
+        self.journal.record("engine", None, {"event": "venue_mismatch_closed", "client_order_id": cid, **outcome},
+                            trio.current_time())  # fmt: skip
 
     def _reconcile_live(self) -> None:
         """After a stream drop, ask the venue for every order still live in some package."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 import trio
@@ -31,6 +32,7 @@ class EngineStats:
     unwind_overdue: int = 0
     exits: dict[str, int] = field(default_factory=dict)  # close requests by exit policy
     closed: int = 0  # packages closed flat after a close request
+    venue_mismatches: int = 0  # venue truth differed from the packages' beliefs (either direction)
     max_naked: float = 0.0
     auto_resumes: int = 0
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
@@ -91,6 +93,8 @@ class EngineHost(Protocol):
     def halt(self, reason: str) -> object: ...  # the engine's also takes who halted, returns whether it did
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None: ...
+
+    async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None: ...
 
     async def _reconcile_order(self, handle: PackageHandle, client_order_id: str, symbol: str) -> None: ...
 

@@ -17,6 +17,7 @@ The account is assumed to be dedicated to this journal's engine.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -252,6 +253,16 @@ async def recover(engine: EngineHost) -> RecoveryReport:
         resumes.append(resume)
     await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
+    # The account beyond the packages, as recovery leaves it: each resumed package holds what the venue's
+    # answers say (its core learns them only once resumed).
+    truth: dict[str, tuple[Decimal, Decimal]] = {}
+    for r in resumes:
+        twin = r.handle.core.clone()
+        for event in r.events:
+            twin.handle(event)
+        exp = twin.exposure()
+        truth[r.handle.package_id] = (exp.spot, exp.perp)
+    await engine.take_baseline(truth)
     if not report.ok_so_far:
         engine.halt(f"recovery: {report.needs_operator()}")
     for r in resumes:
@@ -309,8 +320,28 @@ async def _ask_all(
     answers: dict[str, OrderEvent] = {}
     not_found: set[str] = set()
 
+    # When each intent was journaled (wall clock: it spans the crash): an order the venue does not know may
+    # still be accepted until its recvWindow (plus clock allowance) from then has passed.
+    d = engine.config.deadlines
+    accept_until = {
+        str(row.payload.get("client_order_id")): row.wall_time + d.recv_window + d.clock_allowance
+        for row in engine.journal.timeline(core.plan.package_id)
+        if row.kind == "intent"
+    }
+
     async def ask(cid: str, symbol: str) -> None:
         answer = await _ask(engine, cid, symbol)
+        # Only an order the journal merely intended can still land; one the venue had answered for and now
+        # does not know is a contradiction (below), not a late arrival.
+        facts = core.orders[cid]
+        intended_only = facts.status not in _SEEN_BY_VENUE and facts.filled == 0
+        wait = accept_until.get(cid, 0.0) - time.time()
+        if answer is None and intended_only and wait > 0:
+            # Not found yet, but it could still land: ask again once it no longer can.
+            engine.journal.record(RECOVERY, core.plan.package_id, {"step": "not_found_yet", "client_order_id": cid,
+                                  "ask_again_in": round(wait, 3)}, trio.current_time())  # fmt: skip
+            await trio.sleep(wait)
+            answer = await _ask(engine, cid, symbol)
         if answer is None:
             not_found.add(cid)
             answer = OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER)
@@ -629,7 +660,7 @@ async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[s
     if owner is not None:
         journal.record(RECOVERY, owner, {"step": "stray_order", **entry}, now)
     if final.filled > 0 and entry["outcome"] == "cancelled":
-        entry.update(await _unwind_stray(engine, final, owner))
+        entry.update(await unwind_stray(engine, final, owner))
     return entry
 
 
@@ -646,7 +677,7 @@ def _owner(engine: EngineHost, cid: str, prefix: str) -> str | None:
     return pid
 
 
-async def _unwind_stray(engine: EngineHost, order: OrderUpdate, owner: str | None) -> dict[str, str]:
+async def unwind_stray(engine: EngineHost, order: OrderUpdate, owner: str | None) -> dict[str, str]:
     """Close what an adopted order filled: the opposite side, at market (reduce-only on the perp)."""
     market = engine.markets.get(order.symbol)
     if market is None:

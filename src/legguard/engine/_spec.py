@@ -53,9 +53,13 @@ class Deadlines:
     fill: float = 5.0  # resting post-only entries; past it both are cancelled and fills decide
     unwind: float = 10.0  # kill switch; past it the engine halts new packages and alerts (and keeps trying)
     leg: float = 1.0  # once one leg has filled more than the other, the other gets this long to catch up
+    # An order the venue does not know may still be accepted until its signed timestamp plus the venue's
+    # recvWindow has passed on the venue's clock (Binance: 5 s), plus how far that clock may lag ours.
+    recv_window: float = 5.0
+    clock_allowance: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("ack", "fill", "unwind", "leg"):
+        for name in ("ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"):
             positive_seconds(f"deadlines.{name}", getattr(self, name))
 
 

@@ -538,6 +538,17 @@ def _fee(role: LegRole, side: Side, filled: Decimal) -> Decimal:
     return filled * SPOT_FEE_RATE if role is LegRole.SPOT and side is Side.BUY else ZERO
 
 
+def _resting_partial(plan: PackagePlan, role: LegRole) -> Decimal:
+    """What one partial fill of a resting entry adds: half the package on the perp; on the spot, whose step
+    is finer, half plus a quarter perp step (0.00123 of 0.002), off the grid both markets share, as real
+    partial fills are (issue 10: every on-grid partial fill hid the trim policy's unhedged perp step)."""
+    half = plan.quantity / 2
+    if role is not LegRole.SPOT:
+        return half
+    off = (plan.perp.step * Decimal("0.23") / plan.spot.step).to_integral_value(rounding=ROUND_DOWN) * plan.spot.step
+    return half + off
+
+
 def _half(amount: Decimal, step: Decimal) -> Decimal:
     return (amount / 2 / step).to_integral_value(rounding=ROUND_DOWN) * step
 
@@ -726,7 +737,7 @@ class ModelChecker:
             else:
                 acts.append(Action("query_answer", cid))
         for order in w.open_orders():
-            step = core.plan.quantity / 2
+            step = _resting_partial(core.plan, order.role)
             if self._left(w, "partial_fills") and order.filled + step < order.amount:
                 acts.append(Action("rest_partial", order.cid, market=True))
             acts.append(Action("rest_fill", order.cid, market=True))
@@ -809,7 +820,7 @@ class ModelChecker:
                 exit_perp = order.purpose is Purpose.EXIT and order.role is LegRole.PERP
                 if a.kind == "rest_partial":
                     s.spend("partial_fills")
-                    more = core.plan.quantity / 2
+                    more = _resting_partial(core.plan, order.role)
                     if exit_perp:  # reduce-only: never past the short the venue still holds
                         more = max(min(more, -s.perp_position()), ZERO)
                     order = _with(order, filled=order.filled + more)

@@ -15,11 +15,12 @@ Rules it enforces (from the design card):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from legguard.domain import OrderStatus, OrderType, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 
 from ._events import (
     Abort,
@@ -105,6 +106,21 @@ class PackagePlan:
             perp=leg(data["perp"]),
             policy=OrphanPolicy(data["policy"]),
         )
+
+
+def common_step(a: Decimal, b: Decimal) -> Decimal:
+    """The finest quantity step on both grids: the least common multiple of two decimal steps."""
+    if a <= 0 or b <= 0:
+        return max(a, b, ZERO)
+    places = max(_places(a), _places(b))
+    scale = Decimal(10) ** places
+    ia, ib = int(a * scale), int(b * scale)
+    return Decimal(math.lcm(ia, ib)) / scale
+
+
+def _places(d: Decimal) -> int:
+    exponent = d.normalize().as_tuple().exponent
+    return max(-exponent, 0) if isinstance(exponent, int) else 0
 
 
 _PURPOSE_LETTER = {Purpose.ENTRY: "E", Purpose.UNWIND: "U", Purpose.EXIT: "X"}
@@ -526,10 +542,17 @@ class PackageCore:
     def _matched(self) -> Decimal:
         # Net of unwinds already done: after a trim, a later venue reduction leaves less matched than the
         # entry fills say (found by the model checker: trim, liquidation, then a naked spot "hedged").
-        return min(
+        # Rounded down to the grid both markets share: what stays hedged must be holdable on both legs, or
+        # the coarser leg's excess rounds to nothing and stays unhedged (issue 10: spot 0.00123 vs perp
+        # 0.002 ended "hedged" short one perp step).
+        matched = min(
             self._entry_filled(LegRole.SPOT) - self._unwound(LegRole.SPOT),
             self._entry_filled(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
         )
+        grid = common_step(self.plan.spot.step, self.plan.perp.step)
+        if matched <= 0 or grid <= 0:
+            return matched
+        return (matched / grid).to_integral_value(rounding=ROUND_DOWN) * grid
 
     def _trimming(self) -> bool:
         return self.plan.policy is OrphanPolicy.TRIM and not self.close_all
@@ -548,6 +571,21 @@ class PackageCore:
         for role, qty in wanted.items():
             leg = self.plan.leg(role)
             tradable = (qty / leg.step).to_integral_value(rounding=ROUND_DOWN) * leg.step if qty > 0 else ZERO
-            if tradable > 0 and tradable >= leg.dust:
+            if tradable > 0 and tradable >= leg.dust and not self._refused_as_dust(role, tradable):
                 todo[role] = tradable
         return todo
+
+    def _refused_as_dust(self, role: LegRole, amount: Decimal) -> bool:
+        """The plan's spot dust is the venue's minimum notional at the entry price; after a fall a residual
+        above it can be below the minimum at today's price. The venue's own refusal of exactly this residual
+        on its filters (`invalid_order`) says so: a residual under twice the entry dust that the venue refused
+        is dust at today's price, not something to retry until the attempts run out."""
+        if role is not LegRole.SPOT or amount >= 2 * self.plan.spot.dust:
+            return False
+        last = [o for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND]
+        return (
+            bool(last)
+            and last[-1].status is OrderStatus.REJECTED
+            and last[-1].reason == RejectReason.INVALID_ORDER.value
+            and (last[-1].intent.amount == amount)
+        )

@@ -432,6 +432,29 @@ def test_delay_fault_holds_the_request_on_the_emulator_clock() -> None:
     run(scenario)
 
 
+def test_delay_fault_places_a_held_request_even_after_the_client_gave_up() -> None:
+    """Issue 10, defect 2: a gateway holding a request still executes it when the client has hung up (no
+    real gateway unsends a request): the order appears late, inside its recvWindow."""
+
+    async def scenario(emu: Emulator) -> None:
+        bid = best(emu, PERP)[0] - 5
+        async with client(emu, "binanceusdm", timeout=300) as ex:
+            emu.add_fault({"market": "linear", "fault": "delay", "delay_ms": 1500, "count": 1})
+            with pytest.raises(ccxt.RequestTimeout):
+                await ex.create_order(PERP, "limit", "buy", 0.05, float(bid), {"postOnly": True, "clientOrderId": "g1"})
+        # the client is gone altogether (its connections closed) while the gateway still holds the request
+        assert emu.engine.all_orders() == []
+        await asyncio.sleep(0.1)
+        emu.advance(1.6)
+        await asyncio.wait_for(emu.wait_until(lambda: emu.held == 0), WAIT)
+        await asyncio.sleep(0.05)  # the held request runs its handler
+        async with client(emu, "binanceusdm") as ex:
+            order = await ex.fetch_order(None, PERP, {"clientOrderId": "g1"})
+            assert order["status"] == "open"
+
+    run(scenario)
+
+
 def test_partial_fill_fault_fills_part_and_the_rest_never_fills() -> None:
     async def scenario(emu: Emulator) -> None:
         bid, _ = best(emu, PERP)

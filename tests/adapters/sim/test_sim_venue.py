@@ -27,6 +27,7 @@ from legguard.domain import (
     RejectReason,
     Side,
     StreamDisconnected,
+    VenueError,
 )
 
 D = Decimal
@@ -317,8 +318,41 @@ async def test_liquidation_closes_perp_position_and_is_streamed(
     assert venue.faults_injected["liquidation"] == 2
 
 
+async def test_late_landing_answers_an_error_then_places_the_order_later(
+    venue: SimVenue, autojump_clock: trio.testing.MockClock
+) -> None:
+    venue.inject("late_landing", symbol=ETH_PERP, seconds=1.5)
+    start = trio.current_time()
+    with pytest.raises(VenueError):
+        await taker(venue, "late", ETH_PERP, Side.SELL, "0.05")
+    with pytest.raises(OrderNotFound):
+        await venue.fetch_order(ETH_PERP, "late")  # not there yet: the client gave up on it
+    await trio.sleep_until(start + 1.6)
+    landed = await venue.fetch_order(ETH_PERP, "late")
+    assert landed.filled == D("0.05")
+    assert venue.engine.positions()[ETH_PERP] == D("-0.05")
+    assert venue.faults_injected["late_landing"] == 1
+
+
+async def test_stream_lag_delivers_after_rest_shows_it(venue: SimVenue, autojump_clock: trio.testing.MockClock) -> None:
+    updates: list[OrderUpdate] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, venue, updates)
+        await taker(venue, "short", ETH_PERP, Side.SELL, "0.05")
+        await trio.sleep(0.1)
+        updates.clear()
+        venue.inject("stream_lag", seconds=0.3)
+        venue.inject("liquidation", symbol=ETH_PERP, quantity=D("0.02"))
+        assert (await venue.fetch_positions())[ETH_PERP] == D("-0.03")
+        await trio.sleep(0.2)
+        assert not updates  # REST shows the liquidation, the stream not yet
+        await trio.sleep(0.2)
+        assert [u.origin for u in updates] == [OrderOrigin.LIQUIDATION]
+        nursery.cancel_scope.cancel()
+
+
 async def test_bad_injections_say_what_is_valid(venue: SimVenue, autojump_clock: trio.testing.MockClock) -> None:
-    with pytest.raises(ValueError, match="valid: ack_timeout, liquidation") as err:
+    with pytest.raises(ValueError, match="valid: ack_timeout, late_landing, liquidation") as err:
         venue.inject("meteor")
     for name in FAULTS:
         assert name in str(err.value)

@@ -64,6 +64,8 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
         (GOOD.replace('kind = "sim"', 'kind = "ftx"'), "venue.kind: 'ftx' is invalid; allowed: sim, emulator, binance"),
         (GOOD + "\n[deadlines]\nack = -1\n", "deadlines.ack: -1 is invalid"),
         (GOOD + '\n[deadlines]\nfill = "soon"\n', "deadlines.fill: 'soon' is invalid"),
+        (GOOD + "\n[deadlines]\nrecv_window = 0\n", "deadlines.recv_window: 0 is invalid"),
+        (GOOD + "\n[deadlines]\nclock_allowance = -1\n", "deadlines.clock_allowance: -1 is invalid"),
         (GOOD + "\n[breaker]\nmax_orphans = 0\n", "breaker.max_orphans"),
         (GOOD + '\n[engine]\npolicy = "yolo"\n', "engine.policy: 'yolo' is invalid; allowed: flatten, trim"),
         (GOOD + '\n[journal]\ndurability = "maybe"\n', "journal.durability"),

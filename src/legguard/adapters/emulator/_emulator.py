@@ -396,6 +396,7 @@ class Emulator:
         self._weights: dict[MarketKind, tuple[int, int]] = {}  # kind -> (minute, used weight)
         self.closing = asyncio.Event()
         self.held = 0  # requests currently held by a delay / ack_timeout fault
+        self.late_requests: set[asyncio.Future[Any]] = set()  # delayed requests running past their client
         self.outage_until = -math.inf  # emulator clock (`scheduler.elapsed`): every API request fails before it
         self._activity = asyncio.Event()
         self.host = DEFAULT_HOST

@@ -11,6 +11,7 @@ then unknown to the client, which is the point).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -64,7 +65,7 @@ def _error(err: w.WireError) -> web.Response:
 async def _read(request: web.Request) -> tuple[Params, str, str]:
     """All parameters (query, then body), and the raw query and body as signed."""
     raw_query = request.raw_path.partition("?")[2]
-    body = await request.text() if request.can_read_body else ""
+    body = await request.text() if request.body_exists else ""
     params: Params = dict(parse_qsl(raw_query, keep_blank_values=True))
     params.update(parse_qsl(body, keep_blank_values=True))
     return params, raw_query, body
@@ -1332,9 +1333,16 @@ def _middleware(emulator: Emulator) -> Any:
             if fault is not None and fault.fault == "http_error" and not fault.params.get("process", False):
                 return _http_error(fault.params)
             if fault is not None and fault.fault == "delay":
-                await _held(emulator, emulator.sleep(float(fault.params["delay_ms"]) / 1000))
-            used = emulator.charge_weight(kind, _weight(request))
-            response = await handler(request)
+                # A real gateway that holds a request still executes it after the client hung up: the body
+                # is read now, and the wait and the handler run shielded from the connection's fate.
+                await request.read()
+                task = asyncio.ensure_future(_delayed(emulator, request, handler, kind, fault.params["delay_ms"]))
+                emulator.late_requests.add(task)
+                task.add_done_callback(emulator.late_requests.discard)
+                used, response = await asyncio.shield(task)
+            else:
+                used = emulator.charge_weight(kind, _weight(request))
+                response = await handler(request)
         except w.WireError as err:
             return _error(err)
         except web.HTTPException:
@@ -1354,6 +1362,14 @@ def _middleware(emulator: Emulator) -> Any:
         return response
 
     return middleware
+
+
+async def _delayed(
+    emulator: Emulator, request: web.Request, handler: Handler, kind: MarketKind, delay_ms: float
+) -> tuple[int, web.StreamResponse]:
+    await _held(emulator, emulator.sleep(float(delay_ms) / 1000))
+    used = emulator.charge_weight(kind, _weight(request))
+    return used, await handler(request)
 
 
 async def _held(emulator: Emulator, waiting: Awaitable[Any]) -> None:

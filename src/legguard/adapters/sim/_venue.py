@@ -47,10 +47,12 @@ FAULTS: Mapping[str, frozenset[str]] = {
     "stream_drop": frozenset({"seconds"}),
     "price_jump": frozenset({"pct"}),
     "liquidation": frozenset({"quantity", "adl"}),
+    "stream_lag": frozenset({"seconds", "duration"}),
+    "late_landing": frozenset({"seconds"}),
     "outage": frozenset({"seconds"}),
 }
 # Faults that act once, at once (or at the next tick): `count` makes no sense for them.
-_SINGLE_SHOT = frozenset({"stream_drop", "price_jump", "liquidation", "outage"})
+_SINGLE_SHOT = frozenset({"stream_drop", "price_jump", "liquidation", "stream_lag", "outage"})
 
 REPLAYED_SYMBOL = "BTC/USDT:USDT"  # the recorded depth is Binance's BTCUSDT perpetual
 
@@ -72,6 +74,10 @@ class SimConfig:
     # books keep its shape around the moving mid. A directory of depth csv files, or True for the fixtures.
     replay_depth: Path | bool = False
     name: str = "sim"
+    # How long after it was sent a request can still be accepted (Binance: the signed timestamp plus
+    # recvWindow); a `late_landing` request arriving later is refused. Engines on the sim use this as
+    # `deadlines.recv_window`.
+    recv_window: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "jitter_ms"):
@@ -112,12 +118,15 @@ class SimVenue:
         self._pending: list[_Pending] = []
         self._jumps: list[tuple[str, float]] = []
         self._drop_until = -math.inf
+        self._lag_until = -math.inf  # stream_lag: the order stream runs `_lag` seconds behind REST until then
+        self._lag = 0.0
         self._outage_until = -math.inf  # the venue answers nothing before this (its market goes on)
         self._last_delivery = -math.inf
         self._book_changed = trio.Event()
         self._pipe_send, self._pipe_recv = trio.open_memory_channel[tuple[float, list[OrderUpdate]]](math.inf)
         self._stream_send, self._stream_recv = trio.open_memory_channel[list[OrderUpdate] | None](math.inf)
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
 
     def _with_replay(self, gen: GeneratorConfig) -> tuple[GeneratorConfig, DepthReplay | None]:
         source = self.config.replay_depth
@@ -144,6 +153,7 @@ class SimVenue:
                 if bids and asks and bids[0][0] < asks[0][0]:
                     self.engine.set_book(REPLAYED_SYMBOL, bids, asks, trio.current_time())
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._drive)
                 nursery.start_soon(self._deliver)
                 task_status.started()
@@ -206,6 +216,8 @@ class SimVenue:
             return
         now = trio.current_time()
         delay = self._latency()
+        if now < self._lag_until:
+            delay += self._lag
         if delay == 0 and self._last_delivery <= now:
             self._arrive(batch)
             return
@@ -259,6 +271,15 @@ class SimVenue:
     async def fire(self, armed: ArmedOrder) -> OrderUpdate:
         request = armed.request
         cid, symbol = request.client_order_id, request.symbol
+        late = self._take("late_landing", symbol)
+        if late is not None:
+            # The request reaches the matching engine only after the client has given up on it: the client
+            # sees a gateway error at once, the order is placed `seconds` later (inside its recvWindow).
+            self.faults_injected["late_landing"] += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._land_late, request, float(late.params.get("seconds", 1.5)))
+            await self._one_way()
+            raise VenueError(f"{cid}: simulated gateway timeout; the request may still be executed")
         await self._reach(f"place {cid}")
         now = trio.current_time()
         reject = self._take("reject", symbol)
@@ -285,6 +306,18 @@ class SimVenue:
             await trio.sleep_forever()  # the order lives; its acknowledgement never comes back
         await self._one_way()
         return ack
+
+    async def _land_late(self, request: OrderRequest, seconds: float) -> None:
+        await trio.sleep(seconds)
+        if seconds > self.config.recv_window:
+            return  # outside its recvWindow: refused (-1021), and nobody is listening for the answer
+        try:
+            ack = self.engine.place(request, trio.current_time())
+        except VenueError:
+            return  # refused when it finally arrived: as if it never had
+        if ack.status is OrderStatus.OPEN:
+            self._maybe_cap(ack)
+        self._publish(self.engine.drain_updates())
 
     def _reject_detail(self, symbol: str, reason: RejectReason) -> str:
         if reason is RejectReason.INSUFFICIENT_FUNDS:
@@ -390,6 +423,10 @@ class SimVenue:
         price_jump      spot and perp of symbol's base jump by `pct` percent (0.5, signed) at the next tick
         liquidation     the venue closes `quantity` (default all) of the perp position on symbol, now;
                         `adl=True` for an auto-deleverage instead
+        stream_lag      the order stream runs `seconds` (0.3) behind REST for `duration` (5.0) seconds:
+                        positions and fetch_order show what the stream reports only later
+        late_landing    next `count` orders [on symbol] answer a gateway error at once but reach the
+                        matching engine `seconds` (1.5) later and are placed then (inside recvWindow)
         outage          for `seconds` (10) nothing reaches the venue: every request fails as a refused
                         connection does (OutcomeUnknown, nothing placed), the order stream drops now and
                         cannot reconnect, updates meanwhile are lost; the venue keeps its books, orders and
@@ -441,6 +478,12 @@ class SimVenue:
             self._jumps.append((base, pct))
         elif fault == "liquidation":
             self._liquidate(symbol, params, now)
+        elif fault == "stream_lag":
+            lag, duration = float(params.get("seconds", 0.3)), float(params.get("duration", 5.0))
+            if not (0 <= lag < math.inf and 0 <= duration < math.inf):
+                raise ValueError(f"inject('stream_lag'): seconds and duration must be >= 0, got {lag!r}, {duration!r}")
+            self._lag, self._lag_until = lag, now + duration
+            self.faults_injected["stream_lag"] += 1
         else:
             self._pending.append(_Pending(fault, symbol, count, params))
 

@@ -163,7 +163,7 @@ _SCHEMA: dict[str, set[str]] = {
     "pairs": {"spot", "perp", "quantity"},
     "strategy": {"premium_threshold", "cooldown"},
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
-    "deadlines": {"ack", "fill", "unwind", "leg"},
+    "deadlines": {"ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"},
     "breaker": {"max_orphans", "window", "resume_after"},
     "metrics": {"port", "host"},
     "alerts": {"webhook_url", "format", "chat_id", "dedupe", "rate", "queue", "timeout"},
@@ -304,6 +304,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             fill=_seconds(deadlines_t, "deadlines.fill", defaults.fill),
             unwind=_seconds(deadlines_t, "deadlines.unwind", defaults.unwind),
             leg=_seconds(deadlines_t, "deadlines.leg", defaults.leg),
+            recv_window=_seconds(deadlines_t, "deadlines.recv_window", defaults.recv_window),
+            clock_allowance=_seconds(deadlines_t, "deadlines.clock_allowance", defaults.clock_allowance),
         ),
         breaker=BreakerConfig(
             max_orphans=_int(breaker_t, "breaker.max_orphans", default=5, minimum=1),

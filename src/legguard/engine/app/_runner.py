@@ -283,6 +283,9 @@ async def run_engine(
                         await status.stop.wait()
                     nursery.cancel_scope.cancel()
             report = summary(engine, db)
+            # The venue's word, not the engine's beliefs, decides whether the run ended safe.
+            problems = await engine.venue_check()
+            report["venue_check"] = {"ok": not problems, "problems": problems}
             if status.recovery is not None:
                 report["recovery"] = status.recovery.to_dict()
                 # Packages recovery set aside are not the engine's, but they still need an operator.

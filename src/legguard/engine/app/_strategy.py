@@ -24,6 +24,8 @@ FAULT_NAMES: tuple[str, ...] = (
     "price_jump",
     "liquidation",
     "actor_crash",
+    "late_landing",  # the order reaches the venue after the engine gave up on it (issue 10)
+    "stream_lag",  # the order stream runs behind REST: position checks race it (issue 10)
 )
 
 # profile -> probability that a package gets a fault
