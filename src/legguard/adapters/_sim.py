@@ -165,8 +165,10 @@ class SimVenue:
         self._jumps.clear()
         for tick in self.generator.step(dt):
             self.engine.set_book(tick.symbol, tick.bids, tick.asks, now)
+            # The step's trade flow at the touch (tick_interval is short: applied at the step, in order). Our
+            # resting orders keep their queue position: they fill once the volume ahead of them has traded.
             for trade in tick.trades:
-                self.engine.trade_through(tick.symbol, trade.aggressor, trade.price, trade.quantity, now)
+                self.engine.print_trade(tick.symbol, trade.aggressor, trade.price, trade.quantity, now)
         self._publish(self.engine.drain_updates())
         self._book_changed.set()
         self._book_changed = trio.Event()

@@ -81,6 +81,7 @@ def to_request(intent: OrderIntent) -> OrderRequest:
         price=intent.price,
         post_only=intent.post_only,
         reduce_only=intent.reduce_only,
+        ioc=intent.ioc,
     )
 
 

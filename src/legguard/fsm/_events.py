@@ -155,6 +155,7 @@ class OrderIntent:
     price: Decimal | None
     post_only: bool
     reduce_only: bool
+    ioc: bool = False  # a taker leg: immediate-or-cancel limit, capped at `price`
 
     def to_dict(self) -> dict[str, Any]:
         # Explicit rather than dataclasses.asdict: this runs for every order on the journal's hot path.
@@ -170,6 +171,7 @@ class OrderIntent:
             "price": None if self.price is None else str(self.price),
             "post_only": self.post_only,
             "reduce_only": self.reduce_only,
+            "ioc": self.ioc,
         }
 
     @classmethod
@@ -186,6 +188,7 @@ class OrderIntent:
             price=None if data["price"] is None else Decimal(data["price"]),
             post_only=bool(data["post_only"]),
             reduce_only=bool(data["reduce_only"]),
+            ioc=bool(data.get("ioc", False)),  # journals written before execution styles have none
         )
 
 
