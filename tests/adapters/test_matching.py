@@ -690,7 +690,7 @@ _queue_ops = st.lists(
 class _Queued:
     price: Decimal
     ahead0: Decimal  # others' volume ahead of it when it joined the queue
-    traded: Decimal = Decimal(0)  # noqa: RUF009 - immutable; others' volume that has traded at its price since
+    traded: Decimal = Decimal(0)  # others' volume that has traded at its price since
     shrunk: bool = False  # a book move took volume off its level (cancels: the queue moved up for free)
 
 
