@@ -77,7 +77,7 @@ class GeneratorConfig:
     # Trade flow at the touch, calibrated on the recorded Binance trades (docs/market.md): BTCUSDT spot printed
     # 11,589 trades in 1,146.6 s (10.1 a second); the ten recorded prints have a median of $413.
     trade_rate: float = 10.0  # prints per second per symbol
-    trade_usd: float = 300.0  # median print (lognormal, sigma 1.2: mean ~$620)
+    trade_usd: float = 400.0  # median print (lognormal, sigma 1.2: mean ~$820)
     touch_life: float = 1.0  # seconds: mean life of the touch's size before it is redrawn (cancels, arrivals)
     shapes: Mapping[str, BookShape] = field(default_factory=dict)  # symbol -> book template
 

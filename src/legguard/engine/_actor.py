@@ -33,6 +33,7 @@ from legguard.adapters._types import (
 from legguard.fsm import (
     CancelOrder,
     Event,
+    ExecutionStyle,
     Fault,
     FillDeadline,
     OrderEvent,
@@ -230,7 +231,13 @@ class PackageActor:
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands)
         self._track_exposure(now)
-        if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
+        if (
+            self.core.state is State.DISPATCHED
+            and h.naked_since is not None
+            and not h.leg_timer_started
+            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
+            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
+        ):
             # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
             # (short) leg deadline to catch up, not what is left of the fill deadline.
             h.leg_timer_started = True

@@ -32,7 +32,9 @@ from legguard.fsm import (
     Abort,
     Dispatch,
     Event,
+    ExecutionStyle,
     LegPlan,
+    LegRole,
     PackageCore,
     PackagePlan,
     Shutdown,
@@ -176,6 +178,12 @@ class Engine:
         quantity = spec.quantity
         spot_price = perp_price = Decimal(0)
         priced: dict[str, str] = {}
+
+        def taker(role: LegRole) -> bool:
+            if spec.execution is ExecutionStyle.MAKER_TAKER:
+                return role is not spec.maker_leg
+            return spec.execution is ExecutionStyle.TAKER_TAKER
+
         if refusal is None:
             try:
                 p = price_package(
@@ -185,6 +193,9 @@ class Engine:
                     perp,
                     spec.quantity,
                     self.config.min_spread if spec.min_spread is None else spec.min_spread,
+                    spot_taker=taker(LegRole.SPOT),
+                    perp_taker=taker(LegRole.PERP),
+                    max_slippage=spec.max_slippage,
                 )
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
@@ -201,8 +212,13 @@ class Engine:
                          dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size),
             # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
             perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
-                         max(perp.step_size, perp.min_qty)),
+                         max(perp.step_size, perp.min_qty),
+                         # a taker hedge is a new order: the minimum notional applies to it
+                         dust_threshold(perp, perp_price)
+                         if perp_price > 0 and spec.execution is not ExecutionStyle.MAKER_MAKER else None),
             policy=spec.policy or self.config.policy,
+            style=spec.execution,
+            maker=spec.maker_leg,
         )  # fmt: skip
         self.journal.package_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)

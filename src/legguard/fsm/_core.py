@@ -25,9 +25,11 @@ from ._events import (
     Command,
     Dispatch,
     Event,
+    ExecutionStyle,
     Fault,
     FillDeadline,
     JournalIntent,
+    LegExecution,
     LegRole,
     OrderEvent,
     OrderIntent,
@@ -53,9 +55,10 @@ MAX_UNWIND_ATTEMPTS = 50
 class LegPlan:
     symbol: str
     side: Side  # entry side
-    price: Decimal  # post-only limit
+    price: Decimal  # post-only limit (maker leg), or the IOC limit that caps its slippage (taker leg)
     step: Decimal  # the market's quantity step
     dust: Decimal  # residual below this cannot be traded on the venue (step, min qty, min notional)
+    min_order: Decimal | None = None  # smallest new (not reduce-only) order the venue takes; None: dust
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +71,29 @@ class PackagePlan:
     spot: LegPlan
     perp: LegPlan
     policy: OrphanPolicy = OrphanPolicy.FLATTEN
+    style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker: LegRole = LegRole.SPOT  # maker-taker: the leg that rests (the other hedges its fills)
 
     def leg(self, role: LegRole) -> LegPlan:
         return self.spot if role is LegRole.SPOT else self.perp
 
+    def execution(self, role: LegRole) -> LegExecution:
+        """Whether `role`'s entry rests post-only (maker) or takes with a capped IOC limit (taker)."""
+        if self.style is ExecutionStyle.MAKER_MAKER:
+            return LegExecution.MAKER
+        if self.style is ExecutionStyle.TAKER_TAKER:
+            return LegExecution.TAKER
+        return LegExecution.MAKER if role is self.maker else LegExecution.TAKER
+
     def to_dict(self) -> dict[str, Any]:
         def leg(p: LegPlan) -> dict[str, str]:
-            return {"symbol": p.symbol, "side": p.side.value, "price": str(p.price), "step": str(p.step),
-                    "dust": str(p.dust)}  # fmt: skip
+            out = {"symbol": p.symbol, "side": p.side.value, "price": str(p.price), "step": str(p.step),
+                   "dust": str(p.dust)}  # fmt: skip
+            if p.min_order is not None:
+                out["min_order"] = str(p.min_order)
+            return out
 
-        return {
+        out = {
             "package_id": self.package_id,
             "client_id_prefix": self.client_id_prefix,
             "quantity": str(self.quantity),
@@ -85,11 +101,17 @@ class PackagePlan:
             "perp": leg(self.perp),
             "policy": self.policy.value,
         }
+        if self.style is not ExecutionStyle.MAKER_MAKER:  # older journals and readers know no style: the default
+            out["style"] = self.style.value
+            out["maker"] = self.maker.value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackagePlan:
         def leg(d: dict[str, str]) -> LegPlan:
-            return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]))
+            minimum = d.get("min_order")
+            return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]),
+                           None if minimum is None else Decimal(minimum))  # fmt: skip
 
         return cls(
             package_id=data["package_id"],
@@ -98,6 +120,8 @@ class PackagePlan:
             spot=leg(data["spot"]),
             perp=leg(data["perp"]),
             policy=OrphanPolicy(data["policy"]),
+            style=ExecutionStyle(data.get("style", ExecutionStyle.MAKER_MAKER.value)),
+            maker=LegRole(data.get("maker", LegRole.SPOT.value)),
         )
 
 
@@ -295,9 +319,15 @@ class PackageCore:
         if self.state is not State.PENDING:
             # Let the lifecycle produce the precise error.
             self.lifecycle.fire(Trigger.DISPATCH)
-        intents = [self._new_intent(role, Purpose.ENTRY, 0) for role in (LegRole.SPOT, LegRole.PERP)]
+        if self.plan.style is ExecutionStyle.MAKER_TAKER:
+            # Only the maker leg goes out; the taker leg follows each of its fills (`_decide_maker_taker`).
+            intents = [self._new_intent(self.plan.maker, Purpose.ENTRY, 0)]
+            why = f"{self.plan.maker} leg rests; the other hedges each fill"
+        else:
+            intents = [self._new_intent(role, Purpose.ENTRY, 0) for role in (LegRole.SPOT, LegRole.PERP)]
+            why = "both legs sent together"
         out.extend(JournalIntent(i) for i in intents)
-        self._fire(Trigger.DISPATCH, "both legs sent together", out)
+        self._fire(Trigger.DISPATCH, why, out)
         for i in intents:
             self.orders[i.client_order_id] = OrderFacts(i)
             self.entry[i.role] = i.client_order_id
@@ -307,9 +337,11 @@ class PackageCore:
         leg = self.plan.leg(role)
         cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt)
         if purpose is Purpose.ENTRY:
+            taker = self.plan.execution(role) is LegExecution.TAKER
             return OrderIntent(
                 cid, role, purpose, attempt, leg.symbol, leg.side, OrderType.LIMIT,
-                self.plan.quantity, leg.price, post_only=True, reduce_only=False,
+                self.plan.quantity if amount is None else amount, leg.price,
+                post_only=not taker, reduce_only=False, ioc=taker,
             )  # fmt: skip
         assert amount is not None
         return OrderIntent(
@@ -354,6 +386,9 @@ class PackageCore:
     # --- dispatched: hedge, void, or leg_broken -------------------------------------------------------
 
     def _decide_dispatched(self, out: list[Command]) -> None:
+        if self.plan.style is ExecutionStyle.MAKER_TAKER:
+            self._decide_maker_taker(out)
+            return
         spot = self.orders[self.entry[LegRole.SPOT]]
         perp = self.orders[self.entry[LegRole.PERP]]
         legs = (spot, perp)
@@ -379,6 +414,54 @@ class PackageCore:
                 if o.status is OrderStatus.OPEN and not o.cancel_sent:
                     o.cancel_sent = True
                     out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
+
+    def _decide_maker_taker(self, out: list[Command]) -> None:
+        """The maker leg rests; every fill of it is hedged at once by an IOC limit on the other leg, capped at
+        the plan's price. The taker leg never holds more than the maker leg filled, and a hedge that comes
+        back short (the book moved past its cap: it refuses to chase) hands the package to the kill switch."""
+        maker_role = self.plan.maker
+        taker_role = LegRole.PERP if maker_role is LegRole.SPOT else LegRole.SPOT
+        maker = self.orders[self.entry[maker_role]]
+        hedges = [o for o in self.leg_orders(taker_role) if o.intent.purpose is Purpose.ENTRY]
+        if any(o.status is OrderStatus.UNKNOWN for o in (maker, *hedges)):
+            self._fire(Trigger.LEG_BROKEN, "leg outcome unknown", out)
+            return
+        for h in hedges:
+            if h.status.is_terminal and h.filled < h.intent.amount:
+                reason = h.reason or h.status.value
+                self._fire(Trigger.LEG_BROKEN, f"{taker_role} hedge {reason}: {h.filled} of {h.intent.amount} "
+                           f"within its cap {h.intent.price}; no chasing past it", out)  # fmt: skip
+                return
+        taker = self.plan.leg(taker_role)
+        requested = sum((h.intent.amount for h in hedges), ZERO)
+        todo = (maker.filled - requested) / taker.step
+        chunk = todo.to_integral_value(rounding=ROUND_DOWN) * taker.step
+        minimum = taker.min_order if taker.min_order is not None else taker.dust
+        if chunk > 0 and (chunk >= minimum or maker.status.is_terminal):
+            if chunk < minimum:
+                self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
+                           f"{taker_role} minimum order {minimum}", out)  # fmt: skip
+                return
+            intent = self._new_intent(taker_role, Purpose.ENTRY, len(hedges), chunk)
+            out.append(JournalIntent(intent))
+            self.orders[intent.client_order_id] = OrderFacts(intent)
+            out.append(SendOrder(intent))
+            return
+        if not maker.status.is_terminal:
+            if self.entry_closing and maker.status is OrderStatus.OPEN and not maker.cancel_sent:
+                maker.cancel_sent = True
+                out.append(CancelOrder(maker.intent.client_order_id, maker.intent.symbol))
+            return
+        if any(h.live for h in hedges):
+            return
+        spot_filled = self._entry_filled(LegRole.SPOT)
+        perp_filled = self._entry_filled(LegRole.PERP) - self.venue_reduced
+        if maker.filled == 0 and not hedges:
+            self._fire(Trigger.VOID, f"no fills ({maker.status.value})", out)
+        elif spot_filled == perp_filled:
+            self._fire(Trigger.HEDGE, f"both legs filled {spot_filled} ({len(hedges)} hedge(s))", out)
+        else:
+            self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot_filled} perp {perp_filled}", out)
 
     # --- unwinding: the kill switch -------------------------------------------------------------------
 
@@ -419,8 +502,8 @@ class PackageCore:
         out.extend(SendOrder(i) for i in intents)
 
     def _entry_filled(self, role: LegRole) -> Decimal:
-        cid = self.entry.get(role)
-        return self.orders[cid].filled if cid is not None else ZERO
+        # Every entry order of the leg: maker-taker hedges one maker leg with several taker orders.
+        return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.ENTRY), ZERO)
 
     def _unwound(self, role: LegRole) -> Decimal:
         return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)

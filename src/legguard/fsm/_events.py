@@ -27,6 +27,19 @@ class Purpose(enum.StrEnum):
     UNWIND = "unwind"
 
 
+class ExecutionStyle(enum.StrEnum):
+    """How a package's two legs meet the market (one lifecycle and one kill switch for all three)."""
+
+    MAKER_MAKER = "maker-maker"  # both legs rest post-only at the touch (the default)
+    MAKER_TAKER = "maker-taker"  # one leg rests post-only; each of its fills is hedged at once by an IOC limit
+    TAKER_TAKER = "taker-taker"  # both legs IOC limits, capped at a slippage bound priced from L2
+
+
+class LegExecution(enum.StrEnum):
+    MAKER = "maker"  # rests post-only
+    TAKER = "taker"  # IOC limit at its price cap; never chases past it
+
+
 class OrphanPolicy(enum.StrEnum):
     FLATTEN = "flatten"  # close both legs entirely
     TRIM = "trim"  # close only the unmatched residual; the matched part stays hedged
