@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_engine import DEADLINES, ETH, ETH_PERP, Rig, assert_journal_verifies
 from trio.testing import MockClock
 
 from legguard.adapters._sim import SimConfig, open_sim_venue
@@ -17,8 +18,6 @@ from legguard.engine import Engine, EngineConfig, PackageSpec
 from legguard.engine._journal import Journal
 from legguard.engine._spec import BreakerConfig
 from legguard.fsm import ExecutionStyle, LegRole, Purpose, State
-
-from test_engine import DEADLINES, ETH, ETH_PERP, Rig, assert_journal_verifies
 
 ANY_SPREAD = Decimal(-1)
 STYLES = [

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from legguard.engine._demo import DemoOptions, DemoRun, run_demo
 from legguard.engine._spec import SpecError
-from legguard.fsm import State
+from legguard.fsm import ExecutionStyle, LegRole, State
 
 from ._app import app
 
@@ -30,11 +30,21 @@ def demo(
         str, typer.Option(help="none | light | heavy | comma-separated fault names (reject,partial_fill,...).")
     ] = "light",
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
+    execution: Annotated[
+        str, typer.Option(help="Execution style of every pair: maker-maker | maker-taker | taker-taker.")
+    ] = "maker-maker",
+    maker_leg: Annotated[str, typer.Option(help="maker-taker: the leg that rests (spot | perp).")] = "spot",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report at the end, no live table.")] = False,
 ) -> None:
     """Trade packages against the simulated market with faults injected; every package ends hedged or flat."""
-    options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db)
     console = Console(stderr=as_json)
+    styles = [style.value for style in ExecutionStyle]
+    for flag, value, allowed in (("--execution", execution, styles), ("--maker-leg", maker_leg, ["spot", "perp"])):
+        if value not in allowed:
+            console.print(f"[red]error:[/red] {flag}: {value!r} is invalid; allowed: {', '.join(allowed)}")
+            raise typer.Exit(2)
+    options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db, execution=ExecutionStyle(execution),
+                          maker_leg=LegRole(maker_leg))  # fmt: skip
     try:
         if as_json:
             report = trio.run(_run_with_signals, options, None)
@@ -95,6 +105,14 @@ def render(run: DemoRun) -> Group:
         str(engine.stats.unwound),
         f"{engine.stats.max_naked * 1000:.1f}",
     )
+    pairs = Table(title="pairs")
+    for col in ("spot", "perp", "quantity", "execution", "maker leg"):
+        pairs.add_column(col)
+    for p in run.options.pairs:
+        rests = "both" if p.execution is ExecutionStyle.MAKER_MAKER else "none"
+        if p.execution is ExecutionStyle.MAKER_TAKER:
+            rests = p.maker_leg.value
+        pairs.add_row(p.spot_symbol, p.perp_symbol, str(p.quantity), p.execution.value, rests)
     exposure = Table(title="exposure of packages not hedged (base units)")
     exposure.add_column("symbol")
     exposure.add_column("net", justify="right")
@@ -113,7 +131,7 @@ def render(run: DemoRun) -> Group:
     for t, pid, src, trig, dst in list(engine.stats.recent)[-10:]:
         style = "red" if dst == "orphaned" else "green" if dst in ("hedged", "flat") else ""
         recent.add_row(f"{t - run.started:6.2f}", pid, src, trig, Text(dst, style=style))
-    return Group(head, exposure, recent)
+    return Group(head, pairs, exposure, recent)
 
 
 def render_summary(report: dict[str, Any]) -> Table:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import trio.lowlevel
 
 from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
 from legguard.adapters._types import MarketKind
-from legguard.fsm import LegRole, State
+from legguard.fsm import ExecutionStyle, LegRole, State
 
 from ._engine import Engine, EngineMode
 from ._journal import Journal
@@ -42,6 +42,12 @@ class DemoOptions:
     db: Path = Path("legguard.db")
     threshold: Decimal = Decimal("0.0005")
     resume_after: float = 3.0  # the demo plays the operator: resume a halted engine after this cool-off
+    execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker_leg: LegRole = LegRole.SPOT
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        return tuple(replace(p, execution=self.execution, maker_leg=self.maker_leg) for p in DEMO_PAIRS)
 
 
 @dataclass(slots=True)
@@ -72,7 +78,7 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
             engine = Engine(venue, journal, config)
             run.engine = engine
             run.started = trio.current_time()
-            symbols = [s for p in DEMO_PAIRS for s in (p.spot_symbol, p.perp_symbol)]
+            symbols = [s for p in options.pairs for s in (p.spot_symbol, p.perp_symbol)]
             async with engine.running(symbols), trio.open_nursery() as nursery:
                 nursery.start_soon(_trade, run, plan)
                 nursery.start_soon(_operator, run)
@@ -94,7 +100,7 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
 async def _trade(run: DemoRun, plan: FaultPlan) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
-    trigger = PremiumTrigger(DEMO_PAIRS, threshold=run.options.threshold)
+    trigger = PremiumTrigger(run.options.pairs, threshold=run.options.threshold)
     rng = random.Random(run.options.seed + 1)
     async with trio.open_nursery() as nursery:
         while True:
@@ -193,6 +199,7 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "actor_faults": stats.faults,
         "stream_drops": stats.stream_drops,
         "unwind_overdue": stats.unwind_overdue,
+        "execution": run.options.execution.value,
         "seconds": run.options.seconds,
         "seed": run.options.seed,
         "db": str(run.options.db),
