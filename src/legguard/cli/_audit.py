@@ -16,6 +16,7 @@ from rich.table import Table
 
 from legguard.engine._journal import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
 from legguard.engine._replay import verify as verify_journal
+from legguard.fsm._events import LegRole
 from legguard.fsm._table import State
 
 audit_app = typer.Typer(
@@ -135,6 +136,13 @@ def show(
     out.print(
         f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
         + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else ""),
+    )
+    plan = package.plan
+    out.print(
+        f"execution [bold]{plan.style.value}[/bold]  "
+        + "  ".join(
+            f"{role.value} leg {escape(plan.leg(role).symbol)}: {plan.execution(role).value}" for role in LegRole
+        )
     )
     table = Table(show_edge=False)
     table.add_column("seq", justify="right")

@@ -31,6 +31,7 @@ from legguard.fsm._events import (
     Command,
     Event,
     JournalIntent,
+    LegRole,
     OrderIntent,
     QueryOrder,
     SendOrder,
@@ -252,7 +253,11 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
             case "intent":
                 price = f" @ {p['price']}" if p.get("price") is not None else ""
                 flags = "".join(
-                    [" post-only" if p.get("post_only") else "", " reduce-only" if p.get("reduce_only") else ""]
+                    [
+                        " post-only" if p.get("post_only") else "",
+                        " reduce-only" if p.get("reduce_only") else "",
+                        " ioc (taker, capped)" if p.get("ioc") else "",
+                    ]
                 )
                 return (
                     f"{p['client_order_id']} {p['role']} {p['purpose']} {p['side']} {p['type']} "
@@ -324,6 +329,9 @@ class PackageRow:
             "quantity": str(self.plan.quantity),
             "spot_symbol": self.plan.spot.symbol,
             "perp_symbol": self.plan.perp.symbol,
+            "execution": self.plan.style.value,
+            "spot_role": self.plan.execution(LegRole.SPOT).value,
+            "perp_role": self.plan.execution(LegRole.PERP).value,
             "created_seq": self.created_seq,
             "created_wall": self.created_wall,
             "created_mono": self.created_mono,
