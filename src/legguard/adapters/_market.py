@@ -35,7 +35,8 @@ class TradePrint:
 
 @dataclass(frozen=True, slots=True)
 class MarketTick:
-    """What one symbol's market did during one step: its new book and the prints that happened."""
+    """What one symbol's market did during one step: its new book, and the prints at that book's touch that
+    happen before the next step (each at `offset` of the interval)."""
 
     symbol: str
     bids: tuple[Level, ...]  # best first
@@ -74,10 +75,12 @@ class GeneratorConfig:
     basis_smoothing: float = 3.0  # seconds: the premium drifts rather than jumps from one tick to the next
     levels: int = 15  # per side
     level_usd: float = 15_000.0  # median size of one level
-    # Trade flow at the touch, calibrated on the recorded Binance trades (docs/market.md): BTCUSDT spot printed
-    # 11,589 trades in 1,146.6 s (10.1 a second); the ten recorded prints have a median of $413.
+    # Trade flow at the touch, calibrated in docs/market.md: the count on the recorded Binance trades (BTCUSDT
+    # spot printed 11,589 trades in 1,146.6 s: 10.1 a second); the size so that each side's flow turns the
+    # median touch over about twice a second, as the recorded BTCUSDT perp touch ($36k) against that market's
+    # traded notional does.
     trade_rate: float = 10.0  # prints per second per symbol
-    trade_usd: float = 400.0  # median print (lognormal, sigma 1.2: mean ~$820)
+    trade_usd: float = 1000.0  # median print (lognormal, sigma 1.2: mean ~$2,050)
     touch_life: float = 1.0  # seconds: mean life of the touch's size before it is redrawn (cancels, arrivals)
     shapes: Mapping[str, BookShape] = field(default_factory=dict)  # symbol -> book template
 

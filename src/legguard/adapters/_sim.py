@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ._market import RECORDED_DEPTH_DIR, DepthReplay, GeneratorConfig, MarketGenerator
+from ._market import RECORDED_DEPTH_DIR, DepthReplay, GeneratorConfig, MarketGenerator, TradePrint
 from ._matching import MSG_BALANCE, MSG_MARGIN, MSG_POST_ONLY, MatchingEngine
 from ._types import (
     ArmedOrder,
@@ -108,6 +108,7 @@ class SimVenue:
         self._latency_rng = random.Random(f"{cfg.seed}:latency")
         self._pending: list[_Pending] = []
         self._jumps: list[tuple[str, float]] = []
+        self._flow: list[tuple[str, TradePrint]] = []  # prints priced at the current books, due before the next move
         self._drop_until = -math.inf
         self._last_delivery = -math.inf
         self._book_changed = trio.Event()
@@ -163,12 +164,14 @@ class SimVenue:
             self.generator.jump(base, pct)
             self.faults_injected["price_jump"] += 1
         self._jumps.clear()
+        # The trade flow of the interval that just ended, against the book that stood during it, then the move.
+        # Our resting orders keep their queue position: they fill once the volume ahead of them has traded.
+        for symbol, trade in self._flow:
+            self.engine.print_trade(symbol, trade.aggressor, trade.price, trade.quantity, now)
+        self._flow = []
         for tick in self.generator.step(dt):
             self.engine.set_book(tick.symbol, tick.bids, tick.asks, now)
-            # The step's trade flow at the touch (tick_interval is short: applied at the step, in order). Our
-            # resting orders keep their queue position: they fill once the volume ahead of them has traded.
-            for trade in tick.trades:
-                self.engine.print_trade(tick.symbol, trade.aggressor, trade.price, trade.quantity, now)
+            self._flow.extend((tick.symbol, trade) for trade in tick.trades)
         self._publish(self.engine.drain_updates())
         self._book_changed.set()
         self._book_changed = trio.Event()
