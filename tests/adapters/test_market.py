@@ -84,8 +84,8 @@ def test_prints_happen_at_the_touch_at_the_configured_rate() -> None:
                 assert p.quantity > 0
                 assert 0 <= p.offset < 1
             assert [p.offset for p in t.trades] == sorted(p.offset for p in t.trades)
-    # 10 prints/s per symbol, 4 symbols, 60 s: 2400 expected (sd ~49)
-    assert 2200 < prints < 2600
+    # 25 prints/s per symbol, 4 symbols, 60 s: 6000 expected (sd ~77)
+    assert 5700 < prints < 6300
     assert sides == {Side.BUY, Side.SELL}
 
 

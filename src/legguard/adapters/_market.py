@@ -75,12 +75,11 @@ class GeneratorConfig:
     basis_smoothing: float = 3.0  # seconds: the premium drifts rather than jumps from one tick to the next
     levels: int = 15  # per side
     level_usd: float = 15_000.0  # median size of one level
-    # Trade flow at the touch, calibrated in docs/market.md: the count on the recorded Binance trades (BTCUSDT
-    # spot printed 11,589 trades in 1,146.6 s: 10.1 a second); the size so that each side's flow turns the
-    # median touch over about twice a second, as the recorded BTCUSDT perp touch ($36k) against that market's
-    # traded notional does.
-    trade_rate: float = 10.0  # prints per second per symbol
-    trade_usd: float = 1000.0  # median print (lognormal, sigma 1.2: mean ~$2,050)
+    # Trade flow at the touch, calibrated in docs/market.md: prints the size of the recorded Binance trades (median
+    # $413), and as many of them as turn each side's median touch over about twice a second, as the recorded
+    # BTCUSDT perp touch ($36k) against that market's traded notional does.
+    trade_rate: float = 25.0  # prints per second per symbol
+    trade_usd: float = 400.0  # median print (lognormal, sigma 1.2: mean ~$820)
     touch_life: float = 1.0  # seconds: mean life of the touch's size before it is redrawn (cancels, arrivals)
     shapes: Mapping[str, BookShape] = field(default_factory=dict)  # symbol -> book template
 
