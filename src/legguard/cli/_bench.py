@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from legguard.engine._bench import FULL, QUICK, Sizes, run_bench, target_checks
+from legguard.engine._bench_quality import quality_run, quality_table
 
 from ._app import app
 
@@ -32,9 +34,34 @@ def bench(
     write_docs: Annotated[
         Path | None, typer.Option(help="Rewrite the results section of this markdown file (docs/performance.md).")
     ] = None,
+    quality: Annotated[
+        int | None,
+        typer.Option(
+            help="Execution quality: packages per contestant (naive gather, each style); 0 skips it. "
+            "Default 200, 60 with --quick."
+        ),
+    ] = None,
+    quality_only: Annotated[
+        bool, typer.Option("--quality-only", help="Measure only the execution quality (virtual time, seconds).")
+    ] = False,
 ) -> None:
     """Measure legguard on this machine, side by side in one run; medians over repeated runs."""
     console = Console(stderr=json_out)
+    packages = quality if quality is not None else (60 if quick else 200)
+    if packages < 0:
+        console.print(f"[red]error:[/red] --quality: {packages!r} must be >= 0")
+        raise typer.Exit(2)
+    if quality_only:
+        if packages == 0:
+            console.print("[red]error:[/red] --quality-only needs --quality > 0")
+            raise typer.Exit(2)
+        with tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
+            got = quality_run(packages, Path(tmp), log=lambda line: console.print(f"[dim]{line}[/dim]"))
+        if json_out:
+            print(json.dumps(got, indent=2, default=str))
+        else:
+            typer.echo(quality_table(got))
+        return
     sizes: Sizes = QUICK if quick else FULL
     if runs is not None:
         if runs < 1:
@@ -42,7 +69,7 @@ def bench(
             raise typer.Exit(2)
         sizes = dataclasses.replace(sizes, runs=runs)
     niced = _raise_priority()
-    result = run_bench(sizes, lambda line: console.print(f"[dim]{line}[/dim]"), wire=wire)
+    result = run_bench(sizes, lambda line: console.print(f"[dim]{line}[/dim]"), wire=wire, quality=packages)
     result["machine"]["niced"] = niced
     result["targets"] = target_checks(result)
     if write_docs is not None:
@@ -54,6 +81,8 @@ def bench(
         console.print(_table(result))
         for line in _target_lines(result):
             console.print(line)
+        if "quality" in result:
+            typer.echo(quality_table(result["quality"]))
 
 
 def _raise_priority() -> int:
