@@ -145,3 +145,21 @@ def test_style_survives_the_journal_round_trip() -> None:
     data = legacy.to_dict()
     assert "style" not in data and "min_order" not in data["perp"]  # old readers see what they always saw
     assert PackagePlan.from_dict(data).style is ExecutionStyle.MAKER_MAKER
+
+
+def test_maker_fills_are_hedged_in_batches_one_in_flight_at_a_time() -> None:
+    core = PackageCore(replace(plan(ExecutionStyle.MAKER_TAKER), quantity=D("0.008")))  # batch: 0.002
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    assert sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.001")))) == []
+    (first,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.0025"))))
+    assert first.intent.amount == D("0.002")
+    assert sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.005")))) == []  # one in flight
+    (second,) = sends(core.handle(OrderEvent(first.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.002"))))
+    assert second.intent.amount == D("0.003")  # what filled meanwhile, together
+    core.handle(OrderEvent(second.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.003")))
+    (last,) = sends(core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=D("0.008"))))
+    assert last.intent.amount == D("0.003")
+    assert triggers(core.handle(OrderEvent(last.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.003")))) == [
+        Trigger.HEDGE
+    ]

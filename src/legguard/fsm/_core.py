@@ -49,6 +49,8 @@ ZERO = Decimal(0)
 # Attempts of unwind orders per leg before the core stops issuing new ones by itself. The engine's unwind
 # deadline escalates (alerts, operator) long before this is reached in practice.
 MAX_UNWIND_ATTEMPTS = 50
+# maker-taker: the maker leg's fills are hedged in chunks of at least 1/HEDGE_BATCHES of the package.
+HEDGE_BATCHES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +439,13 @@ class PackageCore:
         todo = (maker.filled - requested) / taker.step
         chunk = todo.to_integral_value(rounding=ROUND_DOWN) * taker.step
         minimum = taker.min_order if taker.min_order is not None else taker.dust
-        if chunk > 0 and (chunk >= minimum or maker.status.is_terminal):
+        # One hedge in flight at a time, at least a quarter of the package unless the maker is done: fills that
+        # arrive meanwhile are hedged together. A maker leg fills in many small prints; one order per print
+        # would spend the venue's request budget (Binance counts orders) faster than it refills.
+        batch = max(minimum, self.plan.quantity / HEDGE_BATCHES)
+        settled = maker.status.is_terminal or self.entry_closing
+        in_flight = any(h.live for h in hedges)
+        if chunk > 0 and not in_flight and (chunk >= batch or settled):
             if chunk < minimum:
                 self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
                            f"{taker_role} minimum order {minimum}", out)  # fmt: skip
@@ -447,12 +455,14 @@ class PackageCore:
             self.orders[intent.client_order_id] = OrderFacts(intent)
             out.append(SendOrder(intent))
             return
-        if not maker.status.is_terminal:
-            if self.entry_closing and maker.status is OrderStatus.OPEN and not maker.cancel_sent:
-                maker.cancel_sent = True
-                out.append(CancelOrder(maker.intent.client_order_id, maker.intent.symbol))
-            return
-        if any(h.live for h in hedges):
+        if self.entry_closing:
+            # Deadline, shutdown or recovery: nothing rests any longer. An IOC hedge never should, but one
+            # reported open (a venue that answers before it expires it) is cancelled like the maker.
+            for o in (maker, *hedges):
+                if o.status is OrderStatus.OPEN and not o.cancel_sent:
+                    o.cancel_sent = True
+                    out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
+        if not maker.status.is_terminal or any(h.live for h in hedges):
             return
         spot_filled = self._entry_filled(LegRole.SPOT)
         perp_filled = self._entry_filled(LegRole.PERP) - self.venue_reduced
