@@ -28,7 +28,7 @@ from legguard.fsm import (
 from ._app import app
 
 _FORMATS = ("table", "mermaid")
-_INT_BOUNDS = tuple(f.name for f in fields(Bounds) if f.name not in ("policies", "depth", "accidents"))
+_INT_BOUNDS = tuple(f.name for f in fields(Bounds) if f.name not in ("policies", "depth", "accidents", "style"))
 
 
 def _bad(param: str, message: str) -> typer.BadParameter:
