@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import trio
 
 from legguard.adapters._types import VenueError
-from legguard.fsm import LegRole, State
+from legguard.fsm import LegExecution, LegRole, State
 
 from ._spec import DeadmanConfig
 
@@ -69,6 +69,8 @@ class DeadMan:
             if h.done.is_set():
                 continue
             core = h.core
+            if core.plan.execution(LegRole.PERP) is LegExecution.TAKER:
+                continue  # the perp leg only takes (capped IOC): nothing of it ever rests
             if core.state is State.PENDING:
                 out.add(core.plan.perp.symbol)
                 continue
