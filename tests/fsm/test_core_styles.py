@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal as D
 
-from legguard.adapters._types import OrderStatus, OrderType, Side
+from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
 from legguard.fsm import (
     CancelOrder,
     Command,
@@ -26,6 +26,7 @@ from legguard.fsm import (
     Transitioned,
     Trigger,
 )
+from legguard.fsm._core import MAX_HEDGE_THROTTLES
 
 Q = D("0.003")
 CAP = D("60006")  # the perp taker leg sells at 60006 or better, never lower
@@ -163,3 +164,18 @@ def test_maker_fills_are_hedged_in_batches_one_in_flight_at_a_time() -> None:
     assert triggers(core.handle(OrderEvent(last.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.003")))) == [
         Trigger.HEDGE
     ]
+
+
+def test_a_hedge_refused_by_the_request_budget_is_sent_again_at_the_same_cap() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    (hedge,) = sends(core.handle(OrderEvent(maker.intent.client_order_id, OrderStatus.CLOSED, filled=Q)))
+    for attempt in range(1, MAX_HEDGE_THROTTLES + 1):
+        cmds = core.handle(
+            OrderEvent(hedge.intent.client_order_id, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED)
+        )
+        assert core.state is State.DISPATCHED and core.throttled_hedges() == attempt
+        (hedge,) = sends(cmds)
+        assert (hedge.intent.amount, hedge.intent.price, hedge.intent.attempt) == (Q, CAP, attempt)
+    cmds = core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
+    assert triggers(cmds)[:2] == [Trigger.LEG_BROKEN, Trigger.UNWIND]  # the budget keeps refusing: kill switch

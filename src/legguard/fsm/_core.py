@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from legguard.adapters._types import OrderStatus, OrderType, Side
+from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
 
 from ._events import (
     Abort,
@@ -51,6 +51,12 @@ ZERO = Decimal(0)
 MAX_UNWIND_ATTEMPTS = 50
 # maker-taker: the maker leg's fills are hedged in chunks of at least 1/HEDGE_BATCHES of the package.
 HEDGE_BATCHES = 4
+# maker-taker: hedges refused by the request budget (never sent) that are sent again before the kill switch.
+MAX_HEDGE_THROTTLES = 5
+
+
+def _throttled(o: OrderFacts) -> bool:
+    return o.status is OrderStatus.REJECTED and o.reason == RejectReason.RATE_LIMITED.value and o.filled == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +430,14 @@ class PackageCore:
         maker_role = self.plan.maker
         taker_role = LegRole.PERP if maker_role is LegRole.SPOT else LegRole.SPOT
         maker = self.orders[self.entry[maker_role]]
-        hedges = [o for o in self.leg_orders(taker_role) if o.intent.purpose is Purpose.ENTRY]
+        sent = [o for o in self.leg_orders(taker_role) if o.intent.purpose is Purpose.ENTRY]
+        # A hedge the request budget refused was never sent: it is sent again (same cap, after a back-off the
+        # actor applies), up to MAX_HEDGE_THROTTLES times; then the kill switch takes over.
+        throttled = self.throttled_hedges()
+        if throttled > MAX_HEDGE_THROTTLES:
+            self._fire(Trigger.LEG_BROKEN, f"{taker_role} hedge refused by the request budget {throttled} times", out)
+            return
+        hedges = [o for o in sent if not _throttled(o)]
         if any(o.status is OrderStatus.UNKNOWN for o in (maker, *hedges)):
             self._fire(Trigger.LEG_BROKEN, "leg outcome unknown", out)
             return
@@ -450,7 +463,7 @@ class PackageCore:
                 self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
                            f"{taker_role} minimum order {minimum}", out)  # fmt: skip
                 return
-            intent = self._new_intent(taker_role, Purpose.ENTRY, len(hedges), chunk)
+            intent = self._new_intent(taker_role, Purpose.ENTRY, len(sent), chunk)
             out.append(JournalIntent(intent))
             self.orders[intent.client_order_id] = OrderFacts(intent)
             out.append(SendOrder(intent))
@@ -472,6 +485,15 @@ class PackageCore:
             self._fire(Trigger.HEDGE, f"both legs filled {spot_filled} ({len(hedges)} hedge(s))", out)
         else:
             self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot_filled} perp {perp_filled}", out)
+
+    def throttled_hedges(self) -> int:
+        """maker-taker: hedges the venue's request budget refused whole (never sent)."""
+        if self.plan.style is not ExecutionStyle.MAKER_TAKER:
+            return 0
+        return sum(
+            1 for o in self.orders.values()
+            if o.intent.purpose is Purpose.ENTRY and o.intent.role is not self.plan.maker and _throttled(o)
+        )  # fmt: skip
 
     # --- unwinding: the kill switch -------------------------------------------------------------------
 
