@@ -115,3 +115,26 @@ async def test_a_taker_cap_with_no_room_refuses_to_chase_and_the_kill_switch_fla
         assert all(o.intent.price == core.plan.perp.price for o in perp_orders)
     assert state in (State.HEDGED, State.FLAT)
     rig.assert_safe()
+
+
+async def test_a_hedge_filled_while_positions_are_fetched_is_not_charged_as_a_reduction(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The position reconciler asks the venue for its perp positions; a package's IOC hedge fills while that
+    request is in flight, so the answer lacks a short the package (rightly) believes it holds. Charging it as
+    a venue reduction would unwind the spot and leave the perp short behind, owned by nobody."""
+    real = rig.venue.fetch_positions
+    late: list[str] = []
+
+    async def fetch_positions_then_a_hedge_fills() -> dict[str, Decimal]:
+        snapshot = dict(await real())
+        late.append(rig.engine.submit(spec(ExecutionStyle.MAKER_TAKER, LegRole.SPOT)))
+        await rig.settle(late[0])  # hedged before the answer arrives
+        return snapshot
+
+    monkeypatch.setattr(rig.venue, "fetch_positions", fetch_positions_then_a_hedge_fills)
+    await rig.engine.reconcile_short(ETH_PERP)
+    handle = rig.engine.handles[late[0]]
+    assert handle.core.state is State.HEDGED and handle.core.venue_reduced == 0
+    assert not handle.ever_orphaned
+    rig.assert_safe()

@@ -471,6 +471,12 @@ class Engine:
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced
         while we were not looking). Ask the venue and charge the difference."""
+        # What each package believed before the request, to compare with its belief after: a short that fills
+        # while the positions are fetched (an IOC hedge answers within a round trip) may be missing from the
+        # venue's answer though it is real. Only what was believed on both sides of the request is compared.
+        before = {
+            h.package_id: self.available_short(h) for h in self.handles.values() if h.core.plan.perp.symbol == symbol
+        }
         try:
             with trio.fail_after(self.config.deadlines.ack):
                 positions = await self.venue.fetch_positions()
@@ -479,7 +485,11 @@ class Engine:
             return
         venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
         believed = sum(
-            (self.available_short(h) for h in self.handles.values() if h.core.plan.perp.symbol == symbol),
+            (
+                min(self.available_short(h), before.get(h.package_id, Decimal(0)))
+                for h in self.handles.values()
+                if h.core.plan.perp.symbol == symbol
+            ),
             Decimal(0),
         )
         missing = believed - venue_short
