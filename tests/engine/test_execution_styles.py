@@ -134,6 +134,7 @@ async def test_a_hedge_filled_while_positions_are_fetched_is_not_charged_as_a_re
 
     monkeypatch.setattr(rig.venue, "fetch_positions", fetch_positions_then_a_hedge_fills)
     await rig.engine.reconcile_short(ETH_PERP)
+    await trio.sleep(2.0)  # whatever the reconciler charged reaches the package
     handle = rig.engine.handles[late[0]]
     assert handle.core.state is State.HEDGED and handle.core.venue_reduced == 0
     assert not handle.ever_orphaned
