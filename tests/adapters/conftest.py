@@ -17,16 +17,10 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from legguard.adapters._ccxt import EXCHANGE_IDS, CcxtVenue, CcxtVenueConfig, open_ccxt_venue
-from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, Emulator, serve_emulator
-from legguard.adapters._types import (
-    MarketKind,
-    OrderRequest,
-    OrderType,
-    OrderUpdate,
-    Side,
-    VenueError,
-)
+from legguard.adapters.ccxt._venue import EXCHANGE_IDS, CcxtVenue, CcxtVenueConfig, open_ccxt_venue
+from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, Emulator
+from legguard.adapters.emulator._server import serve_emulator
+from legguard.domain import MarketKind, OrderRequest, OrderType, OrderUpdate, Side, VenueError
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal
 from legguard.fsm import State
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from legguard.adapters._types import OrderStatus, RejectReason
 from legguard.cli import app
-from legguard.engine._journal import Journal
+from legguard.domain import OrderStatus, RejectReason
+from legguard.engine.journal._store import Journal
 from legguard.fsm import Abort, Dispatch, Event, OrderEvent, PackageCore, PackagePlan, State
 
 runner = CliRunner()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from legguard.adapters._types import Side
 from legguard.cli import app
+from legguard.domain import OrderStatus, Side
 from legguard.engine import Journal, verify
-from legguard.fsm import Dispatch, LegPlan, PackageCore, PackagePlan
+from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
 
 SIM_CONFIG = """
 [venue]
@@ -29,19 +29,7 @@ quantity = "0.05"
 def crashed_journal(db: Path) -> str:
     """A journal whose run died right after journaling its entry intents: package dispatched, nothing sent."""
     with Journal.open(db) as journal:
-        number = journal.next_package_number()
-        plan = PackagePlan(
-            package_id=f"P{number:06d}",
-            client_id_prefix=f"lg{journal.journal_id}{number:06d}",
-            quantity=Decimal("0.05"),
-            spot=LegPlan("ETH/USDT", Side.BUY, Decimal(1900), Decimal("0.0001"), Decimal("0.0001")),
-            perp=LegPlan("ETH/USDT:USDT", Side.SELL, Decimal(2100), Decimal("0.001"), Decimal("0.001")),
-        )
-        journal.package_created(plan, {}, 0.0)
-        core = PackageCore(plan)
-        commands = core.handle(Dispatch())
-        journal.record_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 0.0)
-        return plan.package_id
+        return crashed_journal_in(journal)
 
 
 def test_recover_brings_the_package_to_flat_and_prints_what_it_did(tmp_path: Path) -> None:
@@ -99,3 +87,59 @@ def test_recover_names_a_bad_option(tmp_path: Path) -> None:
     assert "deadman.heartbeat: 1.5 is invalid; must be at most half" in " ".join(bad_config.output.split())
     with Journal.open(db, readonly=True) as journal:
         assert journal.package("P000001").state.value == "dispatched"  # refused before touching anything
+
+
+def hedged_journal(db: Path) -> str:
+    """A journal whose package both legs filled, by its own account (on a venue that is not this one)."""
+    with Journal.open(db) as journal:
+        pid = crashed_journal_in(journal)
+        core = PackageCore(journal.package(pid).plan)
+        for event in journal.events(pid):
+            core.handle(event)
+        for cid in list(core.entry.values()):
+            event = OrderEvent(cid, OrderStatus.CLOSED, Decimal("0.05"))
+            commands = core.handle(event)
+            journal.record_step(pid, event, commands, core.state, core.exposure(), 1.0)
+        assert core.state is State.HEDGED
+        return pid
+
+
+def crashed_journal_in(journal: Journal) -> str:
+    number = journal.next_package_number()
+    plan = PackagePlan(
+        package_id=f"P{number:06d}",
+        client_id_prefix=f"lg{journal.journal_id}{number:06d}",
+        quantity=Decimal("0.05"),
+        spot=LegPlan("ETH/USDT", Side.BUY, Decimal(1900), Decimal("0.0001"), Decimal("0.0001")),
+        perp=LegPlan("ETH/USDT:USDT", Side.SELL, Decimal(2100), Decimal("0.001"), Decimal("0.001")),
+    )
+    journal.package_created(plan, {}, 0.0)
+    core = PackageCore(plan)
+    commands = core.handle(Dispatch())
+    journal.record_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 0.0)
+    return plan.package_id
+
+
+def test_recover_with_a_journal_the_venue_does_not_know_trades_nothing_and_exits_1(tmp_path: Path) -> None:
+    # The simulated venue starts empty each time: like a restarted emulator, or the journal of another account.
+    config, db = tmp_path / "sim.toml", tmp_path / "j.db"
+    config.write_text(SIM_CONFIG)
+    pid = hedged_journal(db)
+    with Journal.open(db, readonly=True) as journal:
+        intents_before = sum(1 for r in journal.rows() if r.kind == "intent")
+
+    result = CliRunner().invoke(app, ["recover", "--config", str(config), "--db", str(db), "--json"])
+
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and list(report["unproven"]) == [pid] and report["resumed"] == []
+    assert report["strays"] == [] and report["reduced"] == {}
+    with Journal.open(db, readonly=True) as journal:
+        assert sum(1 for r in journal.rows() if r.kind == "intent") == intents_before  # no order intended
+        assert journal.package(pid).state is State.HEDGED  # left where its journal says, for an operator
+        events = [r.payload["event"] for r in journal.engine_log()]
+    assert "stray_unwind_intent" not in events and "halted" in events
+    assert verify(db).ok
+    printed = CliRunner().invoke(app, ["recover", "--config", str(config), "--db", str(db)])
+    assert printed.exit_code == 1
+    assert "not traded" in " ".join(printed.output.split())

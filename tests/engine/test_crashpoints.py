@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from legguard.adapters._types import OrderStatus, Side
+from legguard.domain import OrderStatus, Side
 from legguard.engine import _crashpoints
 from legguard.engine._crashpoints import POINTS, CrashPointError, parse
 from legguard.fsm import Dispatch, LegPlan, LegRole, OrderEvent, PackageCore, PackagePlan

@@ -3,6 +3,7 @@ inside the countdown, disarmed when none rest; and the real wire call against th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -15,17 +16,11 @@ import trio
 import trio_asyncio
 from trio.testing import MockClock
 
-from legguard.adapters._ccxt import EXCHANGE_IDS, CcxtVenueConfig, open_ccxt_venue
-from legguard.adapters._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, serve_emulator
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
-from legguard.adapters._types import (
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    OutcomeUnknown,
-    Side,
-    VenueError,
-)
+from legguard.adapters.ccxt._venue import EXCHANGE_IDS, CcxtVenueConfig, open_ccxt_venue
+from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from legguard.adapters.emulator._server import serve_emulator
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import OrderRequest, OrderStatus, OrderType, OutcomeUnknown, RateLimited, Side, VenueError
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec
 from legguard.engine._deadman import CountdownVenue, DeadMan
 from legguard.engine._spec import DeadmanConfig, SpecError
@@ -86,7 +81,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     journal = Journal.open(tmp_path / "j.db")
     venue = CountdownRecorder()
     engine = SimpleNamespace(handles={}, venue=venue, journal=journal,
-                             config=EngineConfig(deadlines=Deadlines(ack=1.0)))  # fmt: skip
+                             config=EngineConfig(deadlines=Deadlines(ack=1.0)),
+                             outage=SimpleNamespace(suspect=lambda error: None))  # fmt: skip
     yield Rig(venue, journal, engine, DeadMan(engine, CONFIG))  # type: ignore[arg-type]
     journal.close()
 
@@ -114,8 +110,9 @@ async def test_armed_while_a_perp_entry_rests_heartbeat_then_disarmed(autojump_c
         nursery.cancel_scope.cancel()
 
     arms = [(round(t - t0, 2), ms) for t, s, ms in rig.venue.calls]
-    # Armed at once, re-armed every heartbeat, then disarmed as soon as nothing rests; nothing after.
-    assert arms == [(0.0, 10000), (2.5, 10000), (5.0, 10000), (7.5, 10000), (7.6, 0)]
+    # Armed at once, re-armed every heartbeat, then disarmed when the next heartbeat would have been due once
+    # nothing rests; nothing after.
+    assert arms == [(0.0, 10000), (2.5, 10000), (5.0, 10000), (7.5, 10000), (10.0, 0)]
     assert rig.events() == [("deadman_armed", ETH_PERP), ("deadman_disarmed", ETH_PERP)]
     assert rig.deadman.armed == set()
 
@@ -213,7 +210,7 @@ async def test_the_engine_arms_when_it_dispatches_and_disarms_after(autojump_clo
     journal.close()
     calls = venue.recorder.calls
     assert calls[0][1:] == (ETH_PERP, 10000) and calls[0][0] - t0 < 0.01
-    assert calls[-1][1:] == (ETH_PERP, 0) and calls[-1][0] - t_done < 0.01
+    assert calls[-1][1:] == (ETH_PERP, 0) and calls[-1][0] - t_done <= DeadmanConfig().heartbeat
     assert all(ms == 10000 for _, _, ms in calls[:-1])
 
 
@@ -253,8 +250,83 @@ async def test_countdown_cancel_all_over_ccxt_cancels_resting_perp_orders_when_i
     assert (before, after) == (OrderStatus.OPEN, OrderStatus.CANCELED)
 
 
+async def test_the_switch_is_rearmed_on_time_while_orders_saturate_the_request_budget(tmp_path: Path) -> None:
+    # Real time, real sockets: entries and queries hammer the perp budget as fast as it refills (each refused
+    # request waits out its retry_after and tries again), while the dead-man's switch keeps its heartbeat.
+    config = DeadmanConfig(countdown=2.0, heartbeat=0.5)
+    emulator = serve_emulator(tls_port=None, autoclock=False, seed=2)
+    async with trio_asyncio.open_loop(), trio_asyncio.aio_as_trio(emulator) as emu:
+        settings = CcxtVenueConfig(api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET,
+                                   urls={e: emu.ccxt_urls(e) for e in EXCHANGE_IDS}, close_grace=0,
+                                   stream_ready_timeout=0)  # fmt: skip
+        async with open_ccxt_venue(settings) as venue:
+            book = await venue.fetch_order_book(ETH_PERP)
+            assert book.best_ask is not None
+            far = book.best_ask + 10
+
+            def resting(cid: str) -> OrderRequest:
+                return OrderRequest(cid, ETH_PERP, Side.SELL, OrderType.LIMIT, Decimal("0.05"), far, post_only=True)
+
+            await venue.fire(venue.arm(resting("sat-0")))
+            refused: list[str] = []
+
+            async def entries() -> None:
+                for n in itertools.count(1):
+                    try:
+                        await venue.fire(venue.arm(resting(f"sat-{n}")))
+                    except RateLimited as exc:
+                        refused.append("entry")
+                        await trio.sleep(exc.retry_after)
+
+            async def queries() -> None:
+                while True:
+                    try:
+                        await venue.fetch_order(ETH_PERP, "sat-0")
+                    except RateLimited as exc:
+                        refused.append("query")
+                        await trio.sleep(exc.retry_after)
+
+            arms: list[float] = []
+            arms_refused: list[VenueError] = []
+            real = venue.countdown_cancel_all
+
+            async def countdown_cancel_all(symbol: str, countdown_ms: int) -> None:
+                try:
+                    await real(symbol, countdown_ms)
+                except VenueError as exc:
+                    if countdown_ms:
+                        arms_refused.append(exc)
+                    raise
+                if countdown_ms:
+                    arms.append(trio.current_time())
+
+            venue.countdown_cancel_all = countdown_cancel_all  # type: ignore[method-assign]
+            with Journal.open(tmp_path / "j.db") as journal:
+                engine = SimpleNamespace(handles={}, venue=venue, journal=journal,
+                                         config=EngineConfig(deadlines=Deadlines(ack=1.0)),
+                                         outage=SimpleNamespace(suspect=lambda error: None))  # fmt: skip
+                deadman = DeadMan(engine, config)  # type: ignore[arg-type]
+                engine.handles["P000001"] = SimpleNamespace(core=core(), done=trio.Event())  # about to dispatch
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(entries)
+                    nursery.start_soon(queries)
+                    await trio.sleep(0.5)  # saturated before the switch is first needed
+                    start = trio.current_time()
+                    nursery.start_soon(deadman.run)
+                    await trio.sleep(3.0)
+                    nursery.cancel_scope.cancel()
+            armed = emu.state()["countdowns"]
+
+    assert {"entry", "query"} <= set(refused), "the budget was never saturated"
+    assert arms_refused == []  # (the disarm at the end may wait its turn: it is not urgent)
+    assert len(arms) >= 6, arms
+    gaps = [b - a for a, b in zip([start, *arms], arms, strict=False)]
+    assert max(gaps) < config.countdown, gaps  # never left to expire
+    assert armed == ["ETHUSDT"] or armed == []  # disarmed at the end, unless that last call was cut short
+
+
 def test_the_run_config_reads_the_deadman_table() -> None:
-    from legguard.engine._config import ConfigError, parse_config
+    from legguard.engine.app._config import ConfigError, parse_config
 
     base: dict[str, Any] = {"venue": {"kind": "sim"}, "pairs": [{"spot": ETH, "perp": ETH_PERP, "quantity": "0.05"}]}
     assert parse_config(base).engine.deadman == DeadmanConfig()
@@ -280,3 +352,24 @@ async def test_a_perp_leg_that_only_takes_needs_no_switch(rig: Rig) -> None:
     resting.handle(Dispatch())
     rig.add(resting)
     assert rig.deadman.wanted() == {ETH_PERP}
+
+
+async def test_no_arm_disarm_churn_between_packages(autojump_clock: MockClock, rig: Rig) -> None:
+    # One package's entries end, the next one's start a moment later: the switch stays armed on its heartbeat,
+    # never disarmed and armed again in between (each call costs request budget).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        first = core(1)
+        first.handle(Dispatch())
+        t0 = trio.current_time()
+        rig.add(first)
+        await trio.sleep(1.0)
+        end_entries(first)
+        rig.deadman.poke()
+        await trio.sleep(0.5)
+        second = core(2)
+        second.handle(Dispatch())
+        rig.add(second)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    assert [(round(t - t0, 2), ms) for t, _, ms in rig.venue.calls] == [(0.0, 10000), (2.5, 10000), (3.0, 0)]

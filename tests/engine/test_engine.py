@@ -12,10 +12,11 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, SimVenue, open_sim_venue
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
-from legguard.engine._journal import Journal, verify
 from legguard.engine._spec import BreakerConfig
+from legguard.engine.journal._replay import verify
+from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"

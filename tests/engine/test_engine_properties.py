@@ -27,9 +27,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from legguard.adapters._sim import SimConfig, open_sim_venue
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import BreakerConfig, Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
-from legguard.engine._journal import Journal, verify
+from legguard.engine.journal._replay import verify
+from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
 PAIRS = {"ETH": ("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")), "BTC": ("BTC/USDT", "BTC/USDT:USDT", Decimal("0.01"))}

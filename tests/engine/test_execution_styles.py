@@ -12,11 +12,11 @@ import trio
 from test_engine import DEADLINES, ETH, ETH_PERP, Rig, assert_journal_verifies
 from trio.testing import MockClock
 
-from legguard.adapters._sim import SimConfig, open_sim_venue
-from legguard.adapters._types import OrderType
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+from legguard.domain import OrderType
 from legguard.engine import Engine, EngineConfig, PackageSpec
-from legguard.engine._journal import Journal
 from legguard.engine._spec import BreakerConfig
+from legguard.engine.journal._store import Journal
 from legguard.fsm import ExecutionStyle, LegRole, Purpose, State
 
 ANY_SPREAD = Decimal(-1)

@@ -12,7 +12,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.fsm import (
     Abort,
     CancelOrder,

@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from legguard.adapters._types import OrderStatus, RejectReason, Side
+from legguard.domain import OrderStatus, RejectReason, Side
 from legguard.fsm import (
     CancelOrder,
     CloseRequested,

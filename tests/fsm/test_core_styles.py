@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal as D
 
-from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.fsm import (
     CancelOrder,
     Command,

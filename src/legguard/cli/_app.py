@@ -1,8 +1,17 @@
-"""The `legguard` command: one typer app; each command lives in its own module and registers here."""
+"""The `legguard` command: one typer app, and the one place that registers every command on it. Each command
+lives in its own module as a plain function and knows nothing of the app."""
 
 from __future__ import annotations
 
 import typer
+
+from ._audit import audit_app
+from ._bench import bench
+from ._demo import demo
+from ._emulator import emulator
+from ._fsm import fsm
+from ._recover import recover
+from ._run import run
 
 app = typer.Typer(
     name="legguard",
@@ -12,14 +21,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
+for command in (bench, demo, emulator, fsm, recover, run):
+    app.command()(command)
+app.add_typer(audit_app, name="audit")
+
 
 def main() -> None:
     app()
-
-
-# --- command registration: each command module adds itself here --------------------------------------
-# (imports follow `app` on purpose: each module decorates commands onto it)
-from . import _bench, _demo, _emulator, _fsm, _recover, _run  # noqa: E402, F401
-from ._audit import audit_app  # noqa: E402
-
-app.add_typer(audit_app, name="audit")

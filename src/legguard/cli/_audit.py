@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import enum
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +18,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legguard.engine._journal import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
-from legguard.engine._replay import verify as verify_journal
+from legguard.engine.journal import (
+    FUNDING,
+    GROUPINGS,
+    PackagePnl,
+    ReplayMismatch,
+    aggregate,
+    ledger,
+    package_pnl,
+    replay_package,
+)
+from legguard.engine.journal._pnl import funding_amount
+from legguard.engine.journal._replay import verify as verify_journal
+from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
 from legguard.fsm._events import LegRole
 from legguard.fsm._table import State
 
@@ -128,8 +143,15 @@ def show(
             hint = f"; known: {', '.join(known[-5:])}" + (" ..." if len(known) > 5 else "") if known else ""
             raise _fail(f"no package {package_id!r} in journal {journal.journal_id}{hint}", EXIT_PROBLEMS) from None
         rows = journal.timeline(package_id)
+        try:
+            funding = sum((funding_amount(r.payload) for r in rows if r.kind == FUNDING), Decimal(0))
+            accounting: PackagePnl | None = package_pnl(replay_package(journal, package_id), funding)
+            accounting_problem = ""
+        except (ReplayMismatch, KeyError, ValueError, ArithmeticError) as exc:
+            accounting, accounting_problem = None, str(exc)
     if as_json:
-        _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows]})
+        _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows],
+                    "pnl": None if accounting is None else accounting.to_dict()})  # fmt: skip
         return
     out = _out()
     e = package.exposure
@@ -158,6 +180,100 @@ def show(
             detail = f"[bold]{detail}[/bold]"
         table.add_row(str(r.seq), f"{r.wall_time - start:+.3f}", r.kind, detail)
     out.print(table)
+    if accounting is None:
+        out.print(f"[yellow]no accounting: the journal does not replay ({escape(accounting_problem)})[/yellow]")
+    else:
+        out.print(_accounting_table(accounting))
+
+
+def _money(value: Decimal | None) -> str:
+    """For reading: 4 decimals (JSON and CSV carry the exact figures)."""
+    return "-" if value is None else f"{value.quantize(QUOTE_DISPLAY):f}"
+
+
+def _accounting_table(p: PackagePnl) -> Table:
+    """Per leg: entry and exit VWAP, fees by currency, slippage; then funding, dust and realized P&L."""
+    table = Table(title=f"accounting ({p.state.value})", show_edge=False)
+    for column in ("leg", "entry qty @ vwap", "exit qty @ vwap", "cash", "fees (quote)", "fees by currency",
+                   "slippage"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("leg", "fees by currency") else "right")
+    for leg in (p.spot, p.perp):
+        table.add_row(
+            f"{leg.role.value} {escape(leg.symbol)}",
+            f"{leg.entry_qty} @ {_money(leg.entry_vwap)}",
+            f"{leg.exit_qty} @ {_money(leg.exit_vwap)}",
+            _money(leg.cash),
+            _money(leg.fees_quote),
+            ", ".join(f"{v} {k}" for k, v in sorted(leg.fees.items())) or "-",
+            _money(leg.slippage),
+        )
+    table.caption = (
+        f"funding {_money(p.funding)}  residual spot {p.residual_base} (~{_money(p.residual_value)})  "
+        f"realized {_money(p.realized) if p.realized is not None else 'open (hedged or unwinding)'}"
+    )
+    return table
+
+
+QUOTE_DISPLAY = Decimal("0.0001")
+
+
+class Grouping(enum.StrEnum):
+    PAIR = "pair"
+    DAY = "day"
+    EXIT_REASON = "exit-reason"
+
+
+assert tuple(g.value for g in Grouping) == GROUPINGS
+
+
+def _parse_since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or ISO time", param_hint="--since") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+@audit_app.command("pnl")
+def pnl(
+    db: DbOption = DEFAULT_DB,
+    by: Annotated[Grouping, typer.Option("--by", help="Group by pair, day (UTC) or exit reason.")] = Grouping.PAIR,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only packages opened at or after this UTC date/time.")
+    ] = None,
+    as_json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout (one row per group, then the total).")] = False,
+) -> None:
+    """Realized P&L, fees, funding and slippage per pair, day or exit reason, from the journal's facts."""
+    since_wall = _parse_since(since)
+    with _reader(db) as journal:
+        try:
+            entries = ledger(journal, since_wall)
+        except ReplayMismatch as exc:
+            raise _fail(f"{exc} (run `legguard audit verify`)", EXIT_PROBLEMS) from None
+        journal_id = journal.journal_id
+    rows = aggregate(entries, by.value)
+    if as_json:
+        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows,
+                    "packages": [e.pnl.to_dict() | {"exit_reason": e.exit_reason} for e in entries]})  # fmt: skip
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(title=f"journal {journal_id}: P&L by {by.value}, in quote (realized: flat packages only)")
+    headers = {"key": by.value, "packages": "pkgs", "dust_value": "dust"}
+    for column in rows[0]:
+        table.add_column(headers.get(column, column), justify="left" if column == "key" else "right")
+    for row in rows:
+        cells = [str(v) if k in ("key", "packages", "flat", "open") else _money(Decimal(v)) for k, v in row.items()]
+        table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
+    _out().print(table)
 
 
 @audit_app.command("verify")

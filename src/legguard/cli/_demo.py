@@ -15,14 +15,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from legguard.engine._demo import DemoOptions, DemoRun, run_demo
 from legguard.engine._spec import SpecError
+from legguard.engine.app._demo import DemoOptions, DemoRun, run_demo
 from legguard.fsm import ExecutionStyle, LegRole, State
 
-from ._app import app
 
-
-@app.command()
 def demo(
     seconds: Annotated[float, typer.Option(help="How long to trade (real seconds).")] = 30.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated market and the fault plan.")] = 7,

@@ -12,19 +12,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from legguard.adapters._emulator import (
+from legguard.adapters.emulator._emulator import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
     DEFAULT_HOST,
     DEFAULT_PORT,
     Emulator,
-    serve_emulator,
 )
+from legguard.adapters.emulator._server import serve_emulator
 
-from ._app import app
 
-
-@app.command()
 def emulator(
     host: Annotated[str, typer.Option(help="Address to listen on (the control API answers loopback only).")] = (
         DEFAULT_HOST

@@ -25,8 +25,6 @@ from legguard.fsm import (
     render_table,
 )
 
-from ._app import app
-
 _FORMATS = ("table", "mermaid")
 _INT_BOUNDS = tuple(f.name for f in fields(Bounds) if f.name not in ("policies", "depth", "accidents", "style"))
 
@@ -62,7 +60,6 @@ def parse_bounds(items: list[str]) -> Bounds:
     return bounds
 
 
-@app.command()
 def fsm(
     format: Annotated[str, typer.Option("--format", help=f"Lifecycle output: {' or '.join(_FORMATS)}.")] = "table",
     check_: Annotated[bool, typer.Option("--check", help="Run the model checker over the decision core.")] = False,

@@ -13,21 +13,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legguard.engine._config import ConfigError, RunConfig, load_config
 from legguard.engine._engine import Engine
-from legguard.engine._journal import Durability, Journal, JournalError
 from legguard.engine._recovery import RecoveryReport, settle_recovered
-from legguard.engine._runner import open_venue
 from legguard.engine._spec import SpecError
-
-from ._app import app
+from legguard.engine.app._config import ConfigError, RunConfig, load_config
+from legguard.engine.app._runner import open_venue
+from legguard.engine.journal._store import Durability, Journal, JournalError
 
 # Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
 EXIT_UNSAFE = 1
 EXIT_USAGE = 2
 
 
-@app.command()
 def recover(
     config: Annotated[Path, typer.Option("--config", help="TOML config of the run to recover (see examples/).")],
     db: Annotated[Path, typer.Option("--db", help="The journal the crashed run wrote.")] = Path("legguard.db"),
@@ -84,6 +81,8 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
     table.add_column("now", no_wrap=True)
     table.add_column("the venue said", overflow="fold")
     for pid, state in report.at_restart.items():
+        if pid in report.unproven:
+            continue
         final = report.final.get(pid, "?")
         style = "green" if final in ("hedged", "flat") else "red"
         answers = "; ".join(f"{cid}: {text}" for cid, text in report.answers.get(pid, {}).items()) or "-"
@@ -92,6 +91,8 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
         table.add_row(escape(pid), state, f"[{style}]{final}[/{style}]", escape(answers))
     for pid, error in report.unrecoverable.items():
         table.add_row(escape(pid), "?", "[red]unrecoverable[/red]", escape(error))
+    for pid, why in report.unproven.items():
+        table.add_row(escape(pid), report.at_restart.get(pid, "?"), "[red]not traded[/red]", escape(why))
     console.print(table)
     for stray in report.strays:
         unwind = f", unwound by {stray['unwind']} ({stray.get('unwind_status', '?')})" if "unwind" in stray else ""
@@ -105,6 +106,11 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
         console.print("[red]perp positions could not be fetched: hedges unverified[/red]")
     for symbol, qty in report.unexplained_positions.items():
         console.print(f"[red]{symbol}: position {qty} that no package holds — left alone, for an operator[/red]")
+    if report.unproven:
+        console.print(
+            f"[red]{len(report.unproven)} package(s) the venue does not confirm were not traded[/red] "
+            "(is this the journal of this venue and account?); new packages stay halted"
+        )
     if report.ok:
         console.print("[green]OK[/green] every package hedged or flat")
     else:

@@ -11,15 +11,13 @@ import trio
 import typer
 from rich.console import Console
 
-from legguard.engine._config import ConfigError, load_config
-from legguard.engine._runner import RunStatus, run_engine
 from legguard.engine._spec import SpecError
+from legguard.engine.app._config import ConfigError, load_config
+from legguard.engine.app._runner import RunStatus, run_engine
 
-from ._app import app
 from ._recover import print_recovery
 
 
-@app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", help="TOML config (see examples/).")],
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
@@ -50,6 +48,18 @@ def run(
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         console.print(report)
+    unsafe = report.get("needs_recovery") or {}
+    if report.get("needs_operator"):
+        console.print(f"[red]NOT SAFE[/red] recovery found: {report['needs_operator']}", highlight=False)
+        if not unsafe:
+            raise typer.Exit(1)
+    if unsafe:
+        why = "the venue was still unreachable at exit; " if report.get("venue_down_at_exit") else ""
+        listed = ", ".join(f"{pid} ({state})" for pid, state in unsafe.items())
+        hint = f"run `legguard recover --config {config} --db {db}` once the venue answers"
+        console.print(f"[red]NOT SAFE[/red] {why}{len(unsafe)} package(s) need recovery: {listed}; {hint}",
+                      highlight=False)  # fmt: skip
+        raise typer.Exit(1)
 
 
 async def _with_signals(

@@ -1,46 +1,44 @@
 """legguard.engine — the actors that execute packages, on trio.
 
 Map:
-- `_spec.py`      PackageSpec / EngineConfig and their validation (SpecError names the field).
-- `_pricing.py`   pure pricing from L2 books: maker prices, common step rounding, spread after fees.
-- `_engine.py`    `Engine`: the supervisor (nursery of package actors), venue gateway (order stream ->
-                  mailboxes by client order id, liquidation attribution, stream-drop reconcile), book
-                  watchers, circuit breaker, halt/resume, graceful shutdown.
-- `_actor.py`     `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
-                  trio cancel scopes; shielded drain to safety on cancellation.
-- `_journal.py`   the SQLite hash-chained audit journal: write-ahead batches, typed writers, readers.
-- `_replay.py`    `verify()`: the hash chain plus every package replayed through a fresh core;
-                  `replay_package()` rebuilds a core for recovery.
-- `_recovery.py`  `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
-                  flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
-- `_deadman.py`   the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
+- `_spec.py`        PackageSpec / EngineConfig and their validation (SpecError names the field).
+- `_pricing.py`     pure pricing from L2 books: maker prices, common step rounding, spread after fees.
+- `_engine.py`      `Engine`: the supervisor (nursery of package actors), venue gateway (order stream ->
+                    mailboxes by client order id, liquidation attribution, stream-drop reconcile), book
+                    watchers, circuit breaker, halt/resume, graceful shutdown.
+- `_host.py`        `EngineHost`: the small interface the engine offers the parts it runs (actor, recovery,
+                    dead-man), so none of them imports the engine back; `EngineStats`.
+- `_handle.py`      `PackageHandle`: a package's mailbox, event log and timing facts across actor restarts.
+- `_actor.py`       `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
+                    trio cancel scopes; shielded drain to safety on cancellation.
+- `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
+                    flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
+- `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
+- `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
+                    queries wait; every live order and position reconciled when it answers again.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
-- `_strategy.py`  the demo's premium trigger and fault plan.
-- `_bench.py`     `legguard bench`: overhead, throughput, journal, memory, medians and targets;
-                  `_bench_wire.py` the skew and kill-switch measurements at the socket against the emulator.
+- `journal/`        the SQLite hash-chained audit journal (`_store.py`) and its proof: replay and verify
+                    (`_replay.py`).
+- `app/`            what turns a config file into a running engine: config, strategy, runner, demo.
+- `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
+
+Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage` → `_actor` → `_host` → `_handle`,
+`journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash
 from ._actor import PackageActor as PackageActor
-from ._actor import PackageHandle as PackageHandle
 from ._engine import Engine as Engine
 from ._engine import EngineMode as EngineMode
-from ._engine import EngineStats as EngineStats
-from ._journal import Durability as Durability
-from ._journal import Journal as Journal
-from ._journal import JournalError as JournalError
-from ._journal import JournalRow as JournalRow
-from ._journal import PackageRow as PackageRow
+from ._handle import PackageHandle as PackageHandle
+from ._host import EngineHost as EngineHost
+from ._host import EngineStats as EngineStats
 from ._pricing import Priced as Priced
 from ._pricing import PricingRefused as PricingRefused
 from ._pricing import common_step as common_step
 from ._pricing import price_package as price_package
 from ._recovery import RecoveryReport as RecoveryReport
 from ._recovery import settle_recovered as settle_recovered
-from ._replay import ReplayMismatch as ReplayMismatch
-from ._replay import VerifyReport as VerifyReport
-from ._replay import replay_package as replay_package
-from ._replay import verify as verify
 from ._spec import BreakerConfig as BreakerConfig
 from ._spec import Deadlines as Deadlines
 from ._spec import DeadmanConfig as DeadmanConfig
@@ -48,3 +46,12 @@ from ._spec import EngineConfig as EngineConfig
 from ._spec import PackageSpec as PackageSpec
 from ._spec import SpecError as SpecError
 from ._spec import validate_spec as validate_spec
+from .journal import Durability as Durability
+from .journal import Journal as Journal
+from .journal import JournalError as JournalError
+from .journal import JournalRow as JournalRow
+from .journal import PackageRow as PackageRow
+from .journal import ReplayMismatch as ReplayMismatch
+from .journal import VerifyReport as VerifyReport
+from .journal import replay_package as replay_package
+from .journal import verify as verify

@@ -8,18 +8,13 @@ decides, using only request/response calls (the venue's order stream may already
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import trio
 
-from legguard.adapters._types import (
-    ArmedOrder,
+from legguard.adapters._venue import ArmedOrder
+from legguard.domain import (
     DuplicateOrder,
     OrderNotFound,
     OrderRejected,
@@ -38,7 +33,6 @@ from legguard.fsm import (
     FillDeadline,
     OrderEvent,
     OrderIntent,
-    PackageCore,
     Purpose,
     QueryOrder,
     SendOrder,
@@ -49,9 +43,8 @@ from legguard.fsm import (
 
 from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from ._handle import PackageHandle
+from ._host import EngineHost
 
 log = logging.getLogger("legguard.engine")
 
@@ -86,67 +79,10 @@ def to_request(intent: OrderIntent) -> OrderRequest:
     )
 
 
-@dataclass(slots=True)
-class PackageHandle:
-    """What outlives any one actor incarnation: the mailbox, the event log for rebuilding the core after a
-    fault, and the timing facts the engine reports."""
-
-    package_id: str
-    core: PackageCore
-    send: trio.MemorySendChannel[Event]
-    receive: trio.MemoryReceiveChannel[Event]
-    events: list[Event] = field(default_factory=list)
-    created_at: float = 0.0
-    naked_since: float | None = None
-    max_naked: float = 0.0
-    unwinding_since: float | None = None
-    ever_orphaned: bool = False
-    faults: int = 0
-    leg_timer_started: bool = False
-    released: set[str] = field(default_factory=set)  # client ids handed to the venue (not just journaled)
-    sent_at: dict[str, float] = field(default_factory=dict)  # client id -> when its request was released
-    reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
-    crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
-    # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
-    # the step that acts on them: one commit less between an answer and the kill switch.
-    facts: list[tuple[str, dict[str, object], float]] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
-    stepped: trio.Event = field(default_factory=trio.Event)  # pulsed after every step (observers wait on it)
-
-    @classmethod
-    def create(cls, core: PackageCore, now: float) -> PackageHandle:
-        # Unbounded: posting must never block (and must work from a cancelled task, via send_nowait).
-        send, receive = trio.open_memory_channel[Event](math.inf)
-        return cls(core.plan.package_id, core, send, receive, created_at=now)
-
-    def pulse(self) -> None:
-        self.stepped.set()
-        self.stepped = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[PackageCore], bool]) -> None:
-        """Wait until `predicate(core)` holds (checked after every step) or the package is done."""
-        while not predicate(self.core):
-            if self.done.is_set():
-                return
-            stepped, done = self.stepped, self.done
-            async with trio.open_nursery() as nursery:
-
-                async def first(ev: trio.Event) -> None:
-                    await ev.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(first, stepped)
-                nursery.start_soon(first, done)
-
-    def post(self, event: Event) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # package finished
-            self.send.send_nowait(event)
-
-
 class PackageActor:
     """One incarnation of a package's actor. The supervisor starts a new one (same handle) after a fault."""
 
-    def __init__(self, engine: Engine, handle: PackageHandle, first: Sequence[Event] = ()) -> None:
+    def __init__(self, engine: EngineHost, handle: PackageHandle, first: Sequence[Event] = ()) -> None:
         self.engine = engine
         self.handle = handle
         self.core = handle.core
@@ -327,7 +263,8 @@ class PackageActor:
         try:
             with trio.fail_after(engine.config.deadlines.ack):
                 ack = await engine.venue.fire(armed)
-        except trio.TooSlowError:
+        except trio.TooSlowError as exc:
+            engine.outage.suspect(exc)
             self._fact_error(cid, "send", "acknowledgement deadline passed")
             # Conservative on purpose: even when the order stream already showed the order, a lost answer
             # sends the package through the kill switch, which settles the order by client id.
@@ -350,6 +287,7 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
             return
         except VenueError as exc:
+            engine.outage.suspect(exc)
             self._fact_error(cid, "send", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
@@ -370,6 +308,7 @@ class PackageActor:
             await self._query(cid, symbol, 0.0)  # already finished (filled?) or never arrived
             return
         except (trio.TooSlowError, VenueError) as exc:
+            engine.outage.suspect(exc)
             engine.journal_error(h.package_id, cid, "cancel", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
@@ -379,6 +318,7 @@ class PackageActor:
         h, engine = self.handle, self.engine
         if backoff:
             await trio.sleep(backoff)
+            await engine.outage.wait_up()  # while the venue is down, ask again once it answers
         try:
             with trio.fail_after(engine.config.deadlines.ack):
                 update = await engine.venue.fetch_order(symbol, cid)
@@ -394,6 +334,7 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER))
             return
         except (trio.TooSlowError, VenueError) as exc:
+            engine.outage.suspect(exc)
             engine.journal_error(h.package_id, cid, "query", exc)
             # Escalate: back off and ask again; the core keeps the leg unknown meanwhile.
             self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), 2.0))
@@ -401,16 +342,24 @@ class PackageActor:
         h.post(to_order_event(update))
 
     async def _unwind_watchdog(self) -> None:
+        outage = self.engine.outage
         await trio.sleep(self.engine.config.deadlines.unwind)
+        while outage.down and self.core.state is State.UNWINDING:
+            # Nothing can be unwound while the venue does not answer: the deadline starts again when it does
+            # (the outage itself already stops new packages).
+            await outage.wait_up()
+            await trio.sleep(self.engine.config.deadlines.unwind)
         if self.core.state is State.UNWINDING:
             self.engine.on_unwind_overdue(self.handle)
 
     async def _leg_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.leg)
+        await self.engine.outage.wait_up()  # a cancel cannot reach a venue that is down: decide once it answers
         self.handle.post(FillDeadline())
 
     async def _fill_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.fill)
+        await self.engine.outage.wait_up()
         self.handle.post(FillDeadline())
 
 

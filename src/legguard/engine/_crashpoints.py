@@ -12,7 +12,7 @@ import signal
 from collections.abc import Sequence
 from typing import Final
 
-from legguard.adapters._types import OrderStatus
+from legguard.domain import OrderStatus
 from legguard.fsm import (
     Command,
     JournalIntent,

@@ -1,7 +1,12 @@
 """The exchange-side dead-man's switch: while some package has an entry order live on a perp market, keep
 Binance's `countdownCancelAll` armed for that symbol, re-armed by a heartbeat well inside the countdown, so
 that if this process dies the venue cancels the resting entries by itself; disarmed (countdown 0) once none
-rest. Spot has no such switch: recovery cancels spot entries left resting.
+rest, at the time its next heartbeat would have been due (a package that starts meanwhile finds it armed:
+no arm/disarm churn, each call of which costs request budget). Spot has no such switch: recovery cancels spot
+entries left resting.
+
+The venue gives the heartbeat priority over everything else in the request budget (its own share, and never
+refused locally); a disarm has no such priority: if it fails, the countdown only cancels what no longer rests.
 
 A venue without `countdown_cancel_all` (the simulated venue) has no switch: the service then does nothing.
 """
@@ -10,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from legguard.adapters._types import VenueError
+from legguard.domain import VenueError
 from legguard.fsm import LegExecution, LegRole, State
 
+from ._host import EngineHost
 from ._spec import DeadmanConfig
-
-if TYPE_CHECKING:
-    from ._engine import Engine
 
 log = logging.getLogger("legguard.engine.deadman")
 
@@ -40,7 +43,7 @@ class DeadMan:
     successfully; `_due[s]` is when `s` must be armed (again) next.
     """
 
-    def __init__(self, engine: Engine, config: DeadmanConfig) -> None:
+    def __init__(self, engine: EngineHost, config: DeadmanConfig) -> None:
         self.engine = engine
         self.config = config
         self.armed: set[str] = set()
@@ -103,7 +106,7 @@ class DeadMan:
         now = trio.current_time()
         wanted = self.wanted()
         calls: list[tuple[str, int]] = [(s, self.countdown_ms) for s in sorted(wanted) if self._due.get(s, now) <= now]
-        calls += [(s, 0) for s in sorted((self.armed | set(self._due)) - wanted)]
+        calls += [(s, 0) for s in sorted((self.armed | set(self._due)) - wanted) if self._due.get(s, now) <= now]
         for symbol in wanted:
             self._due.setdefault(symbol, now)
         if not calls:
@@ -120,6 +123,7 @@ class DeadMan:
             with trio.fail_after(self.engine.config.deadlines.ack):
                 await venue.countdown_cancel_all(symbol, countdown_ms)
         except (trio.TooSlowError, VenueError) as exc:
+            self.engine.outage.suspect(exc)
             self.failures += 1
             # Retry soon; if the heartbeat keeps failing the venue cancels the resting entries, which is safe.
             if countdown_ms:

@@ -12,12 +12,12 @@ import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import trio
 
-from legguard.adapters._types import (
+from legguard.adapters._venue import Venue
+from legguard.domain import (
     BookSnapshot,
     Market,
     OrderOrigin,
@@ -25,11 +25,11 @@ from legguard.adapters._types import (
     RateLimited,
     Side,
     StreamDisconnected,
-    Venue,
     VenueError,
 )
 from legguard.fsm import (
     Abort,
+    CloseRequested,
     Dispatch,
     Event,
     ExecutionStyle,
@@ -43,13 +43,16 @@ from legguard.fsm import (
     VenueReduction,
 )
 
-from ._actor import PackageActor, PackageHandle, crash_of, fault_event, to_order_event
+from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
-from ._journal import Journal
+from ._handle import PackageHandle
+from ._host import EngineStats
+from ._outage import VenueWatch
 from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
+from .journal import PNL, Journal, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
@@ -62,21 +65,6 @@ class EngineMode(enum.StrEnum):
     RUNNING = "running"
     HALTED = "halted"  # no new packages; unwinds continue; an operator resumes
     STOPPING = "stopping"
-
-
-@dataclass(slots=True)
-class EngineStats:
-    orphan_events: int = 0
-    unwound: int = 0
-    halts: int = 0
-    stream_drops: int = 0
-    faults: int = 0
-    unwind_overdue: int = 0
-    max_naked: float = 0.0
-    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
-
-    def note_naked(self, seconds: float) -> None:
-        self.max_naked = max(self.max_naked, seconds)
 
 
 class Engine:
@@ -99,6 +87,7 @@ class Engine:
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
         self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
+        self.outage = VenueWatch(self)  # is the venue answering? (no new packages while it is not)
 
     @property
     def stopping(self) -> bool:
@@ -117,6 +106,7 @@ class Engine:
             service.start_soon(self._gateway)
             service.start_soon(self._position_reconciler)
             service.start_soon(self.deadman.run)
+            service.start_soon(self.outage.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
             try:
@@ -155,12 +145,20 @@ class Engine:
         self._service.start_soon(self._book_watcher, symbol)
 
     async def _book_watcher(self, symbol: str) -> None:
+        failures = 0
         while True:
             try:
                 self.books[symbol] = await self.venue.watch_order_book(symbol)
             except VenueError as exc:
-                log.warning("book stream %s: %s; resubscribing", symbol, exc)
-                await trio.sleep(0.1)
+                self.outage.suspect(exc)
+                if failures == 0:
+                    log.warning("book stream %s: %s; resubscribing", symbol, exc)
+                failures += 1
+                await trio.sleep(min(0.1 * 2 ** (failures - 1), 2.0))  # quietly, with back-off, while it fails
+                continue
+            if failures:
+                log.info("book stream %s back after %d failed attempt(s)", symbol, failures)
+                failures = 0
 
     # --- packages -------------------------------------------------------------------------------------
 
@@ -244,6 +242,8 @@ class Engine:
             return f"engine halted: {self.halt_reason}"
         if self.mode is EngineMode.STOPPING:
             return "engine stopping"
+        if self.outage.down:
+            return f"venue unreachable: {self.outage.last_error}"
         if now < self.paused_until:
             return "rate limited: new packages paused"
         live = len(self.live)
@@ -304,8 +304,6 @@ class Engine:
         self._orders[client_order_id] = handle
 
     def request_close(self, package_id: str, reason: str = "operator") -> None:
-        from legguard.fsm import CloseRequested
-
         self.handles[package_id].post(CloseRequested(reason))
 
     # --- the engine's own state -----------------------------------------------------------------------
@@ -346,6 +344,7 @@ class Engine:
         if t.dest is State.FLAT:
             for o in handle.core.orders:
                 self._orders.pop(o, None)
+            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
     def _breaker(self, now: float) -> None:
         b = self.config.breaker
@@ -381,9 +380,14 @@ class Engine:
                 updates = await self.venue.watch_orders()
             except StreamDisconnected as exc:
                 self.stats.stream_drops += 1
-                self.journal.record("engine", None, {"event": "stream_drop", "error": str(exc)}, trio.current_time())
+                if not self.outage.down:  # one row per drop, not one per failed reconnect of an outage
+                    self.journal.record("engine", None, {"event": "stream_drop", "error": str(exc)},
+                                        trio.current_time())  # fmt: skip
+                self.outage.suspect(exc)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                if self.outage.down:
+                    continue  # the venue watch reconciles everything once the venue answers again
                 self._reconcile_live()
                 # Liquidations and ADL during the gap were on the lost stream too: ask for the positions.
                 assert self._service is not None
@@ -481,7 +485,9 @@ class Engine:
             with trio.fail_after(self.config.deadlines.ack):
                 positions = await self.venue.fetch_positions()
         except (trio.TooSlowError, VenueError) as exc:
-            log.warning("position reconcile %s failed: %s", symbol, exc)
+            self.outage.suspect(exc)
+            if not self.outage.down:
+                log.warning("position reconcile %s failed: %s", symbol, exc)
             return
         venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
         believed = sum(
@@ -518,11 +524,26 @@ class Engine:
             with trio.fail_after(self.config.deadlines.ack):
                 update = await self.venue.fetch_order(symbol, client_order_id)
         except (trio.TooSlowError, VenueError) as exc:
-            log.warning("reconcile %s failed: %s", client_order_id, exc)
+            self.outage.suspect(exc)
+            if not self.outage.down:
+                log.warning("reconcile %s failed: %s", client_order_id, exc)
             return
         handle.post(to_order_event(update))
 
     # --- reporting ------------------------------------------------------------------------------------
+
+    def needs_recovery(self) -> dict[str, str]:
+        """Packages that are not flat, or hedged with nothing in flight, or whose exposure is unknown: what
+        `legguard recover` (or the next `run`) must finish, with the state each is in."""
+        out: dict[str, str] = {}
+        for pid, h in sorted(self.handles.items()):
+            core = h.core
+            if core.state is State.PENDING and h.done.is_set():
+                continue  # never dispatched: nothing was sent
+            safe = core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
+            if not safe or core.exposure().unknown:
+                out[pid] = core.state.value + (" (exposure unknown)" if core.exposure().unknown else "")
+        return out
 
     def final_states(self) -> Counter[str]:
         return Counter(h.core.state.value for h in self.handles.values())

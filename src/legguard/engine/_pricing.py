@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from math import lcm
 
-from legguard.adapters._types import BookSnapshot, Market, Side
+from legguard.domain import BookSnapshot, Market, Side
 
 
 class PricingRefused(Exception):

@@ -4,8 +4,14 @@ facts, journaling each step as a `recovery` row (`legguard audit show` prints th
 `Engine.recover()` is the entry point; `settle_recovered()` waits until the recovered packages are hedged or
 flat (both `legguard recover` and `legguard run` use it before anything new is opened).
 
-The account is assumed to be dedicated to this journal's engine: a perp position the packages do not
-explain is reported, never traded.
+Recovery acts only on evidence: it trades only quantities that the venue's own records of a package's client
+order ids prove. A package whose orders the venue does not know although the journal says it had them (or
+whose fills the venue puts lower than the journal does) is never traded: it is reported as unproven, left
+where the journal says it is, and the engine halts for new packages; so it does for a position no package
+explains and for a filled order with this journal's prefix that the journal never wrote. Everything an
+operator must look at makes the report not ok (`legguard recover` exits 1).
+
+The account is assumed to be dedicated to this journal's engine.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from legguard.adapters._types import (
+from legguard.domain import (
     MarketKind,
     OrderNotFound,
     OrderRejected,
@@ -42,17 +48,17 @@ from legguard.fsm import (
     VenueReduction,
 )
 
-from ._actor import PackageHandle, to_order_event
+from ._actor import to_order_event
 from ._crashpoints import ARMED as CRASH_ARMED
 from ._crashpoints import reached as crash_point
-from ._journal import JournalError, UnknownPackage
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from ._handle import PackageHandle
+from ._host import EngineHost
+from .journal import JournalError, ReplayMismatch, UnknownPackage, replay_package
 
 log = logging.getLogger("legguard.engine.recovery")
 
 RECOVERY = "recovery"  # the journal kind of every per-package recovery step
+UNJOURNALED = "filled and closed; the journal never wrote it: left alone, for an operator"
 
 
 @dataclass(slots=True)
@@ -66,8 +72,11 @@ class RecoveryReport:
     reduced: dict[str, str] = field(default_factory=dict)  # package -> perp bought back while we were down
     unexplained_positions: dict[str, str] = field(default_factory=dict)  # perp symbol -> quantity nobody owns
     positions_verified: bool = True
-    strays: list[dict[str, str]] = field(default_factory=list)  # open orders with our prefix, unknown
+    strays: list[dict[str, str]] = field(default_factory=list)  # orders with our prefix the journal never wrote
     unrecoverable: dict[str, str] = field(default_factory=dict)  # package -> why its journal cannot be replayed
+    # package -> what the venue contradicts (orders it does not know, lower fills): never traded
+    unproven: dict[str, str] = field(default_factory=dict)
+    in_flight: dict[str, str] = field(default_factory=dict)  # perp symbol -> gap left to unwinds of unknown outcome
     final: dict[str, str] = field(default_factory=dict)  # package -> state after settling
     # package -> length of its event log once its recovery events are stepped (settling waits for that)
     fed: dict[str, int] = field(default_factory=dict, repr=False)
@@ -77,15 +86,37 @@ class RecoveryReport:
         """Packages not (yet) hedged-and-quiet or flat after settling, with their state."""
         out = {pid: state for pid, state in self.final.items() if state not in (State.HEDGED.value, State.FLAT.value)}
         out.update({pid: "unrecoverable" for pid in self.unrecoverable})
+        out.update({pid: "unproven: not traded" for pid in self.unproven})
         return out
 
     @property
-    def ok(self) -> bool:
+    def ok_so_far(self) -> bool:
+        """Nothing found that needs an operator (before the resumed packages settle)."""
         return (
-            not self.unsafe
+            not self.unrecoverable
+            and not self.unproven
             and not self.unexplained_positions
             and all(s.get("outcome") == "cancelled" for s in self.strays)
         )
+
+    @property
+    def ok(self) -> bool:
+        return self.ok_so_far and not self.unsafe
+
+    def needs_operator(self) -> str:
+        """One line: what recovery found and left for an operator."""
+        parts = []
+        if self.unproven:
+            parts.append(f"{len(self.unproven)} package(s) the venue does not confirm: {', '.join(self.unproven)}")
+        if self.unrecoverable:
+            parts.append(f"{len(self.unrecoverable)} package(s) that cannot be replayed")
+        if self.unexplained_positions:
+            parts.append("unexplained position(s): "
+                         + ", ".join(f"{s} {q}" for s, q in self.unexplained_positions.items()))  # fmt: skip
+        bad = [s["client_order_id"] for s in self.strays if s.get("outcome") != "cancelled"]
+        if bad:
+            parts.append(f"order(s) with this journal's prefix it never wrote: {', '.join(bad)}")
+        return "; ".join(parts) or "nothing"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +130,8 @@ class RecoveryReport:
             "positions_verified": self.positions_verified,
             "strays": [dict(s) for s in self.strays],
             "unrecoverable": dict(self.unrecoverable),
+            "unproven": dict(self.unproven),
+            "in_flight": dict(self.in_flight),
             "final": dict(self.final),
             "unsafe": self.unsafe,
         }
@@ -111,7 +144,7 @@ class _Resume:
     answers: dict[str, OrderEvent]
 
 
-async def recover(engine: Engine) -> RecoveryReport:
+async def recover(engine: EngineHost) -> RecoveryReport:
     """For each package not flat: rebuild its core from the journal, ask the venue about every order not
     known to be finished (intents never acknowledged included), then resume its state machine with the
     answers and `Recovered`: dispatched packages decide (hedge / void / leg_broken), orphaned and unwinding
@@ -122,8 +155,6 @@ async def recover(engine: Engine) -> RecoveryReport:
 
     Nothing is resumed before every question is answered, so the position check sees the venue as the
     crash left it, not as the resumed packages change it."""
-    from ._replay import ReplayMismatch, replay_package
-
     packages = engine._packages
     assert packages is not None, "recover() runs inside `async with engine.running()`"
     journal = engine.journal
@@ -158,15 +189,23 @@ async def recover(engine: Engine) -> RecoveryReport:
             journal.record(RECOVERY, pid, {"step": "abort", "state": core.state.value}, now)
             resumes.append(_Resume(handle, [Abort("recovery: the crash came before any order was sent")], {}))
             continue
-        answers = await _ask_all(engine, core, report)
-        report.answers[pid] = {cid: _describe(ev) for cid, ev in answers.items()}
+        answers, not_found = await _ask_all(engine, core, report)
+        report.answers[pid] = {cid: _describe(ev, cid in not_found) for cid, ev in answers.items()}
         journal.record(RECOVERY, pid, {"step": "queried", "state": core.state.value, "orders": len(core.orders),
                        "answers": report.answers[pid]}, trio.current_time())  # fmt: skip
         if CRASH_ARMED:
             crash_point("during_recovery")
-        resumes.append(_Resume(handle, [*answers.values(), Recovered()], answers))
+        contradicted = _contradictions(core, answers, not_found)
+        if contradicted:
+            _set_aside(engine, handle, contradicted, report)
+            continue
+        # Only the orders the core still waits for are fed; the finished ones were asked for evidence only.
+        fed = {cid: ev for cid, ev in answers.items() if core.orders[cid].live}
+        resumes.append(_Resume(handle, [*fed.values(), Recovered()], answers))
     await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
+    if not report.ok_so_far:
+        engine.halt(f"recovery: {report.needs_operator()}")
     for r in resumes:
         pid = r.handle.package_id
         report.resumed.append(pid)
@@ -176,7 +215,7 @@ async def recover(engine: Engine) -> RecoveryReport:
     return report
 
 
-async def settle_recovered(engine: Engine, report: RecoveryReport, limit: float | None = None) -> RecoveryReport:
+async def settle_recovered(engine: EngineHost, report: RecoveryReport, limit: float | None = None) -> RecoveryReport:
     """Wait until every resumed package is flat, or hedged with nothing in flight, for at most `limit`
     seconds (default: the engine's shutdown grace, i.e. two acknowledgements and the unwind deadline), then
     journal each package's outcome (`recovery` row, step `resolved` or `unresolved`) and fill `report.final`."""
@@ -213,48 +252,90 @@ async def settle_recovered(engine: Engine, report: RecoveryReport, limit: float 
 # --- asking the venue ---------------------------------------------------------------------------------
 
 
-async def _ask_all(engine: Engine, core: PackageCore, report: RecoveryReport) -> dict[str, OrderEvent]:
-    """The venue's word on every order of the package not known to be finished, asked together."""
+async def _ask_all(
+    engine: EngineHost, core: PackageCore, report: RecoveryReport
+) -> tuple[dict[str, OrderEvent], set[str]]:
+    """The venue's word, asked together, on every order of the package that is not known to be finished or
+    that the journal says filled (the evidence for whatever recovery may trade); and which of them the venue
+    does not know."""
     answers: dict[str, OrderEvent] = {}
+    not_found: set[str] = set()
 
     async def ask(cid: str, symbol: str) -> None:
-        answers[cid] = await _ask(engine, cid, symbol)
-        if answers[cid].status is OrderStatus.UNKNOWN:
+        answer = await _ask(engine, cid, symbol)
+        if answer is None:
+            not_found.add(cid)
+            answer = OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER)
+        answers[cid] = answer
+        if answer.status is OrderStatus.UNKNOWN:
             report.unreachable.append(cid)
 
     async with trio.open_nursery() as nursery:
         for cid, facts in core.orders.items():
-            if facts.live:
+            if facts.live or facts.filled > 0:
                 nursery.start_soon(ask, cid, facts.intent.symbol)
     # Fed in the order the intents were journaled, so the replayed history is deterministic.
-    return {cid: answers[cid] for cid in core.orders if cid in answers}
+    return {cid: answers[cid] for cid in core.orders if cid in answers}, not_found
 
 
-async def _ask(engine: Engine, cid: str, symbol: str) -> OrderEvent:
-    """One order's state; `rejected` if the venue never received it (the crash came between journaling its
-    intent and sending it); `unknown` if the venue cannot be asked (the kill switch asks again)."""
+async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent | None:
+    """One order's state; None if the venue does not know it; `unknown` if the venue cannot be asked (the
+    kill switch asks again)."""
     try:
         with trio.fail_after(engine.config.deadlines.ack):
             return to_order_event(await engine.venue.fetch_order(symbol, cid))
     except OrderNotFound:
-        return OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.OTHER)
+        return None
     except (trio.TooSlowError, VenueError) as exc:
         log.warning("recovery: cannot ask about %s: %s", cid, exc)
         return OrderEvent(cid, OrderStatus.UNKNOWN)
 
 
-def _describe(ev: OrderEvent) -> str:
-    text = f"{ev.status.value} filled {ev.filled}"
-    if ev.status is OrderStatus.REJECTED and ev.reason is RejectReason.OTHER and ev.filled == 0:
-        text += " (not found: never sent)"
-    return text
+def _describe(ev: OrderEvent, not_found: bool = False) -> str:
+    if not_found:
+        return "rejected filled 0 (not found: never sent)"
+    return f"{ev.status.value} filled {ev.filled}"
+
+
+# Statuses only the venue's answer can have put in the journal: the order reached the venue.
+_SEEN_BY_VENUE = frozenset({OrderStatus.OPEN, OrderStatus.CLOSED, OrderStatus.CANCELED, OrderStatus.EXPIRED})
+
+
+def _contradictions(core: PackageCore, answers: Mapping[str, OrderEvent], not_found: set[str]) -> list[str]:
+    """Where the venue's records contradict the journal: an order the journal says the venue had (answered
+    it, or filled it) that the venue does not know, or a fill the venue puts lower than the journal does.
+    An order the journal only intended and the venue does not know was never sent: no contradiction."""
+    out: list[str] = []
+    for cid, answer in answers.items():
+        facts = core.orders[cid]
+        if cid in not_found:
+            if facts.status in _SEEN_BY_VENUE or facts.filled > 0:
+                out.append(f"{cid}: the venue does not know it (journal: {facts.status.value} filled {facts.filled})")
+        elif answer.status is not OrderStatus.UNKNOWN and answer.filled < facts.filled:
+            out.append(f"{cid}: the venue says filled {answer.filled}, the journal {facts.filled}")
+    return out
+
+
+def _set_aside(engine: EngineHost, handle: PackageHandle, contradicted: list[str], report: RecoveryReport) -> None:
+    """A package the venue does not confirm: never resumed, never traded, not counted against the venue's
+    positions; reported and journaled for an operator (it stays open in the journal)."""
+    pid = handle.package_id
+    engine.handles.pop(pid, None)
+    engine.live.discard(pid)
+    for cid in handle.core.orders:
+        engine._orders.pop(cid, None)
+    report.unproven[pid] = "; ".join(contradicted)
+    log.critical("recovery: package %s is not traded: %s", pid, report.unproven[pid])
+    engine.journal.record(RECOVERY, pid, {"step": "unproven", "state": handle.core.state.value,
+                          "contradictions": contradicted}, trio.current_time())  # fmt: skip
 
 
 # --- positions ----------------------------------------------------------------------------------------
 
 
 def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal:
-    """The package's signed perp position once the answers are applied (what `exposure().perp` will say)."""
+    """The package's signed perp position once the answers are applied (what `exposure().perp` will say):
+    proven fills only (an unanswered order counts what the journal knows)."""
     total = core.venue_reduced
     for cid, o in core.orders.items():
         if o.intent.role is not LegRole.PERP:
@@ -265,12 +346,29 @@ def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal
     return total
 
 
-async def _check_positions(engine: Engine, resumes: list[_Resume], report: RecoveryReport) -> None:
+def _closing(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal:
+    """Perp short that the package's own buy-backs (reduce-only unwinds) may have closed without anyone
+    saying so yet: the unfilled rest of each perp buy whose outcome is unknown or which may still fill. The
+    live gateway treats such orders the same way (`Engine.available_short`): a gap in the venue's short is
+    theirs to explain before it is charged to anyone as a liquidation."""
+    total = Decimal(0)
+    for cid, o in core.orders.items():
+        if o.intent.role is not LegRole.PERP or o.intent.side is not Side.BUY:
+            continue
+        answer = answers.get(cid)
+        status = answer.status if answer is not None else o.status
+        if status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTING, OrderStatus.OPEN):
+            filled = max(o.filled, answer.filled) if answer is not None else o.filled
+            total += max(o.intent.amount - filled, Decimal(0))
+    return total
+
+
+async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: RecoveryReport) -> None:
     """Per perp symbol: what the venue holds against what the packages hold. A short the venue no longer
     shows was bought back while we were down (liquidation, ADL): charged to the packages newest first, as
     the gateway charges a live one. Anything else (a position no package holds included) is reported and
     left alone."""
-    holders = [r for r in resumes if _perp_after(r.handle.core, r.answers) != 0]
+    holders = [r for r in resumes if _perp_after(r.handle.core, r.answers) != 0 or _closing(r.handle.core, r.answers)]
     try:
         with trio.fail_after(engine.config.deadlines.ack * 2):
             positions = await engine.venue.fetch_positions()
@@ -288,8 +386,18 @@ async def _check_positions(engine: Engine, resumes: list[_Resume], report: Recov
         held = positions.get(symbol, Decimal(0))
         missing = held - expected  # > 0: less short than the packages hold
         now = trio.current_time()
+        closing = sum((_closing(r.handle.core, r.answers) for r in group), Decimal(0))
+        if missing > 0 and closing > 0:
+            # The packages' own unwinds of unknown outcome may have bought it back: their kill switch asks
+            # about them by client id; nothing is charged for what they can explain.
+            pending = min(missing, closing)
+            missing -= pending
+            report.in_flight[symbol] = str(pending)
+            engine.journal.record("engine", None, {"event": "recovery_gap_in_flight", "symbol": symbol,
+                                  "quantity": str(pending), "venue_position": str(held),
+                                  "packages_position": str(expected)}, now)  # fmt: skip
         for r in sorted(group, key=lambda r: r.handle.package_id, reverse=True):
-            short = -_perp_after(r.handle.core, r.answers)
+            short = -_perp_after(r.handle.core, r.answers) - _closing(r.handle.core, r.answers)
             take = min(short, missing)
             if take <= 0:
                 continue
@@ -318,11 +426,14 @@ async def _check_positions(engine: Engine, resumes: list[_Resume], report: Recov
 # --- strays: our orders the journal does not know -----------------------------------------------------
 
 
-async def _sweep_strays(engine: Engine, report: RecoveryReport) -> None:
-    """Open orders with this journal's client-id prefix that no package knows (the journal lost what it
-    wrote about them, e.g. power loss under `durability = "process"`): cancel, then unwind whatever they
-    filled with a market order, journaled before it is sent."""
+async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
+    """Orders with this journal's client-id prefix that no package being recovered knows (the journal lost
+    what it wrote about them, e.g. power loss under `durability = "process"`). Open ones: cancelled, then
+    whatever they filled unwound with a market order, journaled before it is sent (the order's own record at
+    the venue proves the fill). Closed ones that filled and that the journal never wrote (no package's
+    intent, no earlier recovery's record): reported and left alone, for an operator."""
     prefix = f"lg{engine.journal.journal_id}"
+    set_aside = {cid for pid in report.unproven for cid in _intent_ids(engine, pid)}
     try:
         with trio.fail_after(engine.config.deadlines.ack * 2):
             open_orders = await engine.venue.fetch_open_orders()
@@ -331,13 +442,57 @@ async def _sweep_strays(engine: Engine, report: RecoveryReport) -> None:
         engine.journal.record("engine", None, {"event": "recovery_strays_unchecked", "error": str(exc)},
                               trio.current_time())  # fmt: skip
         return
+    swept: set[str] = set()
     for update in open_orders:
         cid = update.client_order_id
-        if cid.startswith(prefix) and cid not in engine._orders:
+        if cid.startswith(prefix) and cid not in engine._orders and cid not in set_aside:
+            swept.add(cid)
             report.strays.append(await _adopt(engine, update, prefix))
+    await _report_closed_strays(engine, report, prefix, swept)
 
 
-async def _adopt(engine: Engine, update: OrderUpdate, prefix: str) -> dict[str, str]:
+def _intent_ids(engine: EngineHost, package_id: str) -> set[str]:
+    return {i.client_order_id for i in engine.journal.intents(package_id)}
+
+
+async def _report_closed_strays(engine: EngineHost, report: RecoveryReport, prefix: str, swept: set[str]) -> None:
+    """Filled, closed orders with our prefix that the journal never wrote, on the journal's symbols (a
+    venue that cannot list closed orders is not asked)."""
+    fetch_orders = getattr(engine.venue, "fetch_orders", None)
+    if fetch_orders is None:
+        return
+    journal = engine.journal
+    symbols = sorted({s for p in journal.packages() for s in (p.plan.spot.symbol, p.plan.perp.symbol)})
+    recorded = {str(r.payload.get("client_order_id")) for r in journal.engine_log()
+                if r.payload.get("event") in ("adopted_stray_order", "stray_unwind_intent")}  # fmt: skip
+    owned: dict[str, set[str]] = {}
+    for symbol in symbols:
+        try:
+            with trio.fail_after(engine.config.deadlines.ack * 2):
+                orders: list[OrderUpdate] = await fetch_orders(symbol)
+        except (trio.TooSlowError, VenueError) as exc:
+            log.warning("recovery: cannot list the orders of %s: %s", symbol, exc)
+            journal.record("engine", None, {"event": "recovery_strays_unchecked", "symbol": symbol,
+                           "error": str(exc)}, trio.current_time())  # fmt: skip
+            continue
+        for update in orders:
+            cid = update.client_order_id
+            if not cid.startswith(prefix) or cid in swept or cid in recorded or update.filled == 0:
+                continue
+            if update.status is OrderStatus.OPEN or cid in engine._orders:
+                continue
+            owner = _owner(engine, cid, prefix)
+            if owner is not None and cid in owned.setdefault(owner, _intent_ids(engine, owner)):
+                continue
+            entry = {"client_order_id": cid, "symbol": update.symbol, "side": update.side.value,
+                     "filled": str(update.filled), "outcome": UNJOURNALED}  # fmt: skip
+            log.error("recovery: order %s (%s %s, filled %s) is not in the journal: left alone", cid,
+                      update.symbol, update.side.value, update.filled)  # fmt: skip
+            journal.record("engine", None, {"event": "unjournaled_filled_order", **entry}, trio.current_time())
+            report.strays.append(entry)
+
+
+async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[str, str]:
     cid, symbol = update.client_order_id, update.symbol
     journal = engine.journal
     owner = _owner(engine, cid, prefix)
@@ -368,7 +523,7 @@ async def _adopt(engine: Engine, update: OrderUpdate, prefix: str) -> dict[str, 
     return entry
 
 
-def _owner(engine: Engine, cid: str, prefix: str) -> str | None:
+def _owner(engine: EngineHost, cid: str, prefix: str) -> str | None:
     """The journaled package a client id was derived from, if any (ids are `<prefix><number:06d>-...`)."""
     number = cid[len(prefix) : len(prefix) + 6]
     if not number.isdigit():
@@ -381,7 +536,7 @@ def _owner(engine: Engine, cid: str, prefix: str) -> str | None:
     return pid
 
 
-async def _unwind_stray(engine: Engine, order: OrderUpdate, owner: str | None) -> dict[str, str]:
+async def _unwind_stray(engine: EngineHost, order: OrderUpdate, owner: str | None) -> dict[str, str]:
     """Close what an adopted order filled: the opposite side, at market (reduce-only on the perp)."""
     market = engine.markets.get(order.symbol)
     if market is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from legguard.adapters._types import Market, MarketKind, Side
+from legguard.domain import Market, MarketKind, Side
 from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
 

@@ -22,7 +22,7 @@ from decimal import ROUND_DOWN, Decimal
 from itertools import product
 from typing import Any, Final
 
-from legguard.adapters._types import OrderStatus, RejectReason, Side
+from legguard.domain import OrderStatus, RejectReason, Side
 
 from ._core import LegPlan, PackageCore, PackagePlan
 from ._events import (

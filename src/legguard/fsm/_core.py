@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 
 from ._events import (
     Abort,

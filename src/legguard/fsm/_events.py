@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from legguard.adapters._types import OrderStatus, OrderType, RejectReason, Side
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 
 from ._table import State, Trigger
 

@@ -1,0 +1,77 @@
+"""The `Venue` protocol — the only thing the engine knows about an exchange — and `ArmedOrder`, an order
+prepared for release. Every venue kind (`sim/`, `ccxt/`, and what the emulator serves) implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from legguard.domain import Balance, BookSnapshot, Market, OrderRequest, OrderUpdate
+
+
+@dataclass(slots=True)
+class ArmedOrder:
+    """An order prepared for release: validated, and for wire venues signed and serialised.
+
+    `Venue.arm` does every expensive step, so that `Venue.fire` on two armed legs releases both with as
+    little between them as possible. A venue may also offer `release(armed: Sequence[ArmedOrder]) -> None`:
+    put every armed order on the wire now, synchronously and back to back (refusals are kept and raised by
+    `fire`, which then only awaits the answer). The engine calls it, when present, before starting the sends;
+    likewise `release_cancel(symbol, client_order_id) -> None` writes a cancel at once, `cancel_order` then
+    only awaits its answer.
+    """
+
+    request: OrderRequest
+    payload: object = None  # venue-specific prepared request
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# --- the protocol -----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Venue(Protocol):
+    """Everything the engine may do at an exchange (spot and perp markets of one venue).
+
+    All methods are trio-async. Failures raise `VenueError` subclasses; a request that may or may not
+    have taken effect raises `OutcomeUnknown` (or is cancelled by trio), never `OrderRejected`.
+    """
+
+    name: str
+
+    async def load_markets(self) -> Mapping[str, Market]: ...
+
+    async def fetch_order_book(self, symbol: str, limit: int = 20) -> BookSnapshot: ...
+
+    async def watch_order_book(self, symbol: str) -> BookSnapshot:
+        """Wait for the next change of the book and return it."""
+        ...
+
+    def arm(self, request: OrderRequest) -> ArmedOrder:
+        """Validate and prepare an order without sending it. Raises OrderRejected for invalid orders."""
+        ...
+
+    async def fire(self, armed: ArmedOrder) -> OrderUpdate:
+        """Send an armed order; returns the acknowledgement (status open, closed or expired)."""
+        ...
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderUpdate: ...
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderUpdate: ...
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> list[OrderUpdate]: ...
+
+    async def watch_orders(self) -> list[OrderUpdate]:
+        """Wait for the next batch of order updates (ours, and the venue's own: liquidation, ADL)."""
+        ...
+
+    async def fetch_balance(self) -> Mapping[str, Balance]: ...
+
+    async def fetch_positions(self) -> Mapping[str, Decimal]:
+        """Signed base quantity per perp symbol (negative = short)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,86 @@
+"""`EngineHost`: the small interface the engine offers to the parts it runs — the package actor, recovery and
+the dead-man's switch — so that none of them imports the engine back (the engine imports them). `Engine`
+implements it; `EngineStats` is the counters every part reports into.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from legguard.adapters._venue import Venue
+from legguard.domain import Market, RateLimited
+from legguard.fsm import Event, Transitioned
+
+from ._handle import PackageHandle
+from ._spec import EngineConfig
+from .journal import Journal
+
+
+@dataclass(slots=True)
+class EngineStats:
+    orphan_events: int = 0
+    unwound: int = 0
+    halts: int = 0
+    stream_drops: int = 0
+    faults: int = 0
+    unwind_overdue: int = 0
+    max_naked: float = 0.0
+    recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
+
+    def note_naked(self, seconds: float) -> None:
+        self.max_naked = max(self.max_naked, seconds)
+
+
+class VenueHealth(Protocol):
+    """Whether the venue answers (`_outage.VenueWatch`): what the parts that send requests tell and ask it."""
+
+    @property
+    def down(self) -> bool: ...
+
+    def suspect(self, error: BaseException | str) -> None: ...
+
+    async def wait_up(self) -> None: ...
+
+
+class EngineHost(Protocol):
+    """What an actor, recovery, the dead-man's switch and the venue watch may use of the engine that runs
+    them."""
+
+    venue: Venue
+    journal: Journal
+    config: EngineConfig
+    stats: EngineStats
+    markets: Mapping[str, Market]
+    handles: dict[str, PackageHandle]
+    live: set[str]
+    _orders: dict[str, PackageHandle]
+    _packages: trio.Nursery | None
+
+    @property
+    def outage(self) -> VenueHealth: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def register_order(self, client_order_id: str, handle: PackageHandle) -> None: ...
+
+    def journal_error(self, package_id: str, client_order_id: str, where: str, error: object) -> None: ...
+
+    def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None: ...
+
+    def on_rate_limited(self, exc: RateLimited) -> None: ...
+
+    def on_unwind_overdue(self, handle: PackageHandle) -> None: ...
+
+    def halt(self, reason: str) -> None: ...
+
+    async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None: ...
+
+    async def _reconcile_order(self, handle: PackageHandle, client_order_id: str, symbol: str) -> None: ...
+
+    async def _supervise(self, handle: PackageHandle, first: Sequence[Event]) -> None: ...

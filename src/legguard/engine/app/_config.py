@@ -1,0 +1,294 @@
+"""`legguard run` configuration: one TOML file, validated completely before anything connects or trades.
+
+Every error names the key (or the TOML line) and the value; credentials are never in the file, only the names
+of the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from legguard.engine._spec import BreakerConfig, Deadlines, DeadmanConfig, EngineConfig, SpecError, to_decimal
+from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
+
+from ._strategy import Pair
+
+VENUE_KINDS = ("sim", "emulator", "binance")
+DURABILITIES = ("process", "power")
+# The emulator's documented default credentials (see `legguard emulator --help`); used for kind "emulator"
+# only, when the environment variables named in the config are unset.
+EMULATOR_DEFAULT_KEY = "legguard-emulator-key"
+EMULATOR_DEFAULT_SECRET = "legguard-emulator-secret"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and says what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    api_key: str
+    api_secret: str
+
+    def __repr__(self) -> str:  # never print secrets, not even by accident
+        return "Credentials(api_key=***, api_secret=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class VenueConfig:
+    kind: str
+    url: str | None = None
+    seed: int = 7
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+
+    def credentials(self, environ: Mapping[str, str] | None = None) -> Credentials | None:
+        env = os.environ if environ is None else environ
+        if self.kind == "sim":
+            return None
+        key = env.get(self.api_key_env or "", "")
+        secret = env.get(self.api_secret_env or "", "")
+        if key and secret:
+            return Credentials(key, secret)
+        if self.kind == "emulator":
+            return Credentials(EMULATOR_DEFAULT_KEY, EMULATOR_DEFAULT_SECRET)
+        raise ConfigError(
+            f"venue: environment variables {self.api_key_env!r} and {self.api_secret_env!r} must both be set "
+            "for kind 'binance'"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    venue: VenueConfig
+    pairs: tuple[Pair, ...]
+    engine: EngineConfig
+    premium_threshold: Decimal = Decimal("0.0005")
+    cooldown: float = 0.5
+    durability: str = "process"
+    source: Path | None = field(default=None, compare=False)
+
+
+_SCHEMA: dict[str, set[str]] = {
+    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman"},
+    "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env"},
+    "pairs": {"spot", "perp", "quantity", "execution", "maker_leg", "max_slippage"},
+    "strategy": {"premium_threshold", "cooldown"},
+    "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
+    "deadlines": {"ack", "fill", "unwind", "leg"},
+    "breaker": {"max_orphans", "window"},
+    "journal": {"durability"},
+    "deadman": {"enabled", "countdown", "heartbeat"},
+}
+
+
+def load_config(path: Path) -> RunConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data, source=path)
+    except SpecError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConfig:
+    _check_keys("", data)
+    venue_t = _table(data, "venue", required=True)
+    _check_keys("venue", venue_t)
+    kind = _str(venue_t, "venue.kind", required=True)
+    if kind not in VENUE_KINDS:
+        raise ConfigError(f"venue.kind: {kind!r} is invalid; allowed: {', '.join(VENUE_KINDS)}")
+    url = _str(venue_t, "venue.url")
+    if kind == "emulator" and url is None:
+        url = "http://127.0.0.1:8765"
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"venue.url: {url!r} is invalid; expected an http:// or https:// URL")
+    venue = VenueConfig(
+        kind=kind,
+        url=url,
+        seed=_int(venue_t, "venue.seed", default=7, minimum=0),
+        api_key_env=_str(venue_t, "venue.api_key_env", required=kind == "binance"),
+        api_secret_env=_str(venue_t, "venue.api_secret_env", required=kind == "binance"),
+    )
+
+    pairs_raw = data.get("pairs")
+    if not isinstance(pairs_raw, list) or not pairs_raw:
+        raise ConfigError("pairs: missing; add at least one [[pairs]] table with spot, perp and quantity")
+    pairs = []
+    for i, p in enumerate(pairs_raw):
+        where = f"pairs[{i}]"
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where}: expected a table")
+        _check_keys("pairs", p, where)
+        quantity = to_decimal(f"{where}.quantity", _required(p, f"{where}.quantity"))
+        if quantity <= 0:
+            raise ConfigError(f"{where}.quantity: {p['quantity']!r} is invalid; must be > 0")
+        execution = _str(p, f"{where}.execution") or ExecutionStyle.MAKER_MAKER.value
+        styles = [s.value for s in ExecutionStyle]
+        if execution not in styles:
+            raise ConfigError(f"{where}.execution: {execution!r} is invalid; allowed: {', '.join(styles)}")
+        maker_leg = _str(p, f"{where}.maker_leg")
+        if maker_leg is not None and execution != ExecutionStyle.MAKER_TAKER:
+            raise ConfigError(f'{where}.maker_leg: only applies to execution = "maker-taker" (got {execution!r})')
+        if maker_leg not in (None, *(r.value for r in LegRole)):
+            raise ConfigError(f"{where}.maker_leg: {maker_leg!r} is invalid; allowed: spot, perp")
+        slippage = _decimal(p, f"{where}.max_slippage", Decimal("0.0005"))
+        if not 0 <= slippage < Decimal("0.05"):
+            raise ConfigError(f"{where}.max_slippage: {p['max_slippage']!r} is invalid; a fraction in [0, 0.05), "
+                              "e.g. 0.0005 for 5 bp beyond the L2 price covering the quantity")  # fmt: skip
+        pairs.append(
+            Pair(
+                _str(p, f"{where}.spot", required=True) or "",
+                _str(p, f"{where}.perp", required=True) or "",
+                quantity,
+                execution=ExecutionStyle(execution),
+                maker_leg=LegRole(maker_leg or LegRole.SPOT.value),
+                max_slippage=slippage,
+            )
+        )
+
+    strategy_t = _table(data, "strategy")
+    _check_keys("strategy", strategy_t)
+    engine_t = _table(data, "engine")
+    _check_keys("engine", engine_t)
+    deadlines_t = _table(data, "deadlines")
+    _check_keys("deadlines", deadlines_t)
+    breaker_t = _table(data, "breaker")
+    _check_keys("breaker", breaker_t)
+    journal_t = _table(data, "journal")
+    _check_keys("journal", journal_t)
+    deadman_t = _table(data, "deadman")
+    _check_keys("deadman", deadman_t)
+    deadman_enabled = deadman_t.get("enabled", True)
+    if not isinstance(deadman_enabled, bool):
+        raise ConfigError(f"deadman.enabled: {deadman_enabled!r} is invalid; expected true or false")
+
+    policy = _str(engine_t, "engine.policy") or OrphanPolicy.FLATTEN.value
+    if policy not in {p.value for p in OrphanPolicy}:
+        raise ConfigError(f"engine.policy: {policy!r} is invalid; allowed: flatten, trim")
+    durability = _str(journal_t, "journal.durability") or "process"
+    if durability not in DURABILITIES:
+        raise ConfigError(f"journal.durability: {durability!r} is invalid; allowed: {', '.join(DURABILITIES)}")
+
+    defaults = Deadlines()
+    engine = EngineConfig(
+        deadlines=Deadlines(
+            ack=_seconds(deadlines_t, "deadlines.ack", defaults.ack),
+            fill=_seconds(deadlines_t, "deadlines.fill", defaults.fill),
+            unwind=_seconds(deadlines_t, "deadlines.unwind", defaults.unwind),
+            leg=_seconds(deadlines_t, "deadlines.leg", defaults.leg),
+        ),
+        breaker=BreakerConfig(
+            max_orphans=_int(breaker_t, "breaker.max_orphans", default=5, minimum=1),
+            window=_seconds(breaker_t, "breaker.window", 30.0),
+        ),
+        policy=OrphanPolicy(policy),
+        min_spread=_decimal(engine_t, "engine.min_spread", Decimal(0)),
+        max_book_age=_seconds(engine_t, "engine.max_book_age", 2.0),
+        max_live_packages=_int(engine_t, "engine.max_live_packages", default=50, minimum=1),
+        max_notional=_decimal(engine_t, "engine.max_notional", Decimal(1_000_000), positive=True),
+        reconcile_interval=_seconds(engine_t, "engine.reconcile_interval", 5.0),
+        deadman=DeadmanConfig(
+            enabled=deadman_enabled,
+            countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
+            heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
+        ),
+    )
+    return RunConfig(
+        venue=venue,
+        pairs=tuple(pairs),
+        engine=engine,
+        premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
+        cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
+        durability=durability,
+        source=source,
+    )
+
+
+# --- small typed readers; each error names the dotted key -------------------------------------------
+
+
+def _check_keys(section: str, table: Mapping[str, Any], where: str | None = None) -> None:
+    allowed = _SCHEMA[section]
+    for key in table:
+        if key not in allowed:
+            name = f"{where or section}.{key}" if (where or section) else key
+            raise ConfigError(f"{name}: unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+
+def _table(data: Mapping[str, Any], key: str, *, required: bool = False) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{key}: missing; add a [{key}] table")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _required(table: Mapping[str, Any], name: str) -> Any:
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        raise ConfigError(f"{name}: missing")
+    return table[key]
+
+
+def _str(table: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        if required:
+            raise ConfigError(f"{name}: missing")
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: {value!r} is invalid; expected a non-empty string")
+    return value
+
+
+def _int(table: Mapping[str, Any], name: str, *, default: int, minimum: int) -> int:
+    key = name.rsplit(".", 1)[-1]
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: {value!r} is invalid; expected an integer")
+    if value < minimum:
+        raise ConfigError(f"{name}: {value!r} is invalid; must be >= {minimum}")
+    return value
+
+
+def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:
+    key = name.rsplit(".", 1)[-1]
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: {value!r} is invalid; expected a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}: {value!r} is invalid; must be a number of seconds > 0")
+    return float(value)
+
+
+def _decimal(table: Mapping[str, Any], name: str, default: Decimal, *, positive: bool = False) -> Decimal:
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, float):
+        value = repr(value)  # TOML floats: keep the digits the user wrote
+    d = to_decimal(name, value)
+    if positive and d <= 0:
+        raise ConfigError(f"{name}: {table[key]!r} is invalid; must be > 0")
+    return d

@@ -1,0 +1,415 @@
+"""`legguard bench`: the performance numbers of this machine, measured side by side in one run — inter-leg
+skew and kill-switch reaction at the socket (`_bench_wire`), engine overhead, throughput with the journal
+on, journal appends, memory per live package — with medians over repeated runs, and the results table of
+`docs/performance.md`.
+
+Every number is measured through the engine's own path: the bench only adds time stamps (a venue wrapper
+that notes when `fire` is entered, the venue's socket tap, a count of settled packages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+import trio.lowlevel
+import trio.testing
+
+from legguard.adapters._venue import ArmedOrder, Venue
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+from legguard.domain import OrderUpdate
+from legguard.engine._engine import Engine
+from legguard.engine._handle import PackageHandle
+from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, PackageSpec
+from legguard.engine.journal import Durability, Journal
+from legguard.fsm import State, Transitioned
+
+SPOT, PERP = "BTC/USDT", "BTC/USDT:USDT"
+QTY = Decimal("0.01")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    runs: int
+    pairs: int  # skew samples per mode and run
+    reactions: int  # kill-switch samples per run
+    overhead: int  # engine-overhead samples per run
+    packages: int  # throughput run
+    journal_rows: int  # per durability mode
+    memory_packages: int
+
+
+FULL = Sizes(runs=3, pairs=280, reactions=60, overhead=300, packages=1500, journal_rows=20_000, memory_packages=3_000)
+QUICK = Sizes(runs=1, pairs=40, reactions=10, overhead=40, packages=150, journal_rows=2_000, memory_packages=300)
+
+# The issue's targets, checked in the table (value, "<=" or ">=").
+TARGETS: Mapping[str, tuple[float, str]] = {
+    "skew_legguard_p50_us": (25.0, "<="),
+    "skew_gather_over_legguard": (4.0, ">="),
+    "reaction_p99_us": (1000.0, "<="),
+    "packages_per_s": (2000.0, ">="),
+    "journal_events_per_s": (50_000.0, ">="),
+}
+
+
+def percentiles(xs: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 (linear interpolation) and the sample count."""
+    if not xs:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "n": 0}
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        k = (len(s) - 1) * p
+        lo = int(k)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+    return {"p50": round(q(0.5), 1), "p90": round(q(0.9), 1), "p99": round(q(0.99), 1), "n": len(s)}
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+# --- 3. engine overhead: signal -> both legs handed to the venue ------------------------------------------
+
+
+class _Stamping:
+    """The sim venue, unchanged, with the moment each `fire` is entered noted (perf_counter_ns)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.fired: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def fire(self, armed: ArmedOrder) -> OrderUpdate:
+        self.fired[armed.request.client_order_id] = time.perf_counter_ns()
+        result: OrderUpdate = await self._inner.fire(armed)
+        return result
+
+
+def _config(**changes: Any) -> EngineConfig:
+    base = dataclasses.replace(
+        EngineConfig(), max_live_packages=1_000_000, breaker=BreakerConfig(max_orphans=1_000_000)
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _spec() -> PackageSpec:
+    # Any spread: the bench wants every package dispatched, never refused by pricing.
+    return PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1))
+
+
+async def overhead_run(samples: int, directory: Path, warmup: int = 20) -> list[float]:
+    """µs from `Engine.submit` (the signal) to the second leg's `fire` being entered, on the real clock,
+    the sim venue at zero latency, the journal on (PROCESS)."""
+    out: list[float] = []
+    journal = Journal.open(directory / "overhead.db", Durability.PROCESS)
+    try:
+        async with open_sim_venue(SimConfig(seed=3, latency_ms=0, jitter_ms=0)) as sim:
+            venue = _Stamping(sim)
+            engine = Engine(cast(Venue, venue), journal, _config(deadlines=Deadlines(fill=0.005)))
+            async with engine.running([SPOT, PERP]):
+                for i in range(warmup + samples):
+                    t0 = time.perf_counter_ns()
+                    package_id = engine.submit(_spec())
+                    handle = engine.handles[package_id]
+                    await handle.wait_until(lambda core: core.state is not State.PENDING and len(core.orders) >= 2)
+                    with trio.fail_after(5):
+                        while len([c for c in handle.core.orders if c in venue.fired]) < 2:
+                            await trio.lowlevel.checkpoint()
+                    if i >= warmup:
+                        out.append((max(venue.fired[c] for c in handle.core.orders) - t0) / 1000)
+                    with trio.fail_after(10):  # hedged (both legs filled) or flat (cancelled at the deadline)
+                        await handle.wait_until(lambda core: core.state in (State.HEDGED, State.FLAT))
+    finally:
+        journal.close()
+    return out
+
+
+# --- 4. throughput in virtual time, journal on ----------------------------------------------------------
+
+
+class _Counting(Engine):
+    """The engine, counting packages that reached hedged or flat (a transition the engine reports)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settled: set[str] = set()
+        self.dispatched = 0
+
+    def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        super().on_transition(handle, t, now)
+        if t.source is State.PENDING and t.dest is State.DISPATCHED:
+            self.dispatched += 1
+        if t.dest in (State.HEDGED, State.FLAT):
+            self.settled.add(handle.package_id)
+
+
+async def _throughput(packages: int, directory: Path, live: int) -> dict[str, Any]:
+    journal = Journal.open(directory / "throughput.db", Durability.PROCESS)
+    try:
+        async with open_sim_venue(SimConfig(seed=7)) as sim:
+            engine = _Counting(sim, journal, _config())
+            async with engine.running([SPOT, PERP]):
+                await trio.sleep(0.5)  # a few market ticks: books and prints
+                start, submitted = time.perf_counter(), 0
+                while len(engine.settled) < packages:
+                    while submitted < packages and submitted - len(engine.settled) < live:
+                        engine.submit(_spec())
+                        submitted += 1
+                    await trio.sleep(0.01)
+                wall = time.perf_counter() - start
+                states = engine.final_states()
+            rows = journal.head[0]
+    finally:
+        journal.close()
+    return {
+        "packages_per_s": round(packages / wall, 1),
+        "wall_s": round(wall, 3),
+        "dispatched": engine.dispatched,
+        "final_states": dict(sorted(states.items())),
+        "journal_rows": rows,
+    }
+
+
+def throughput_run(packages: int, directory: Path, live: int = 200) -> dict[str, Any]:
+    """Packages per wall second through the whole engine (actors, core, journal PROCESS, sim venue with its
+    latency and market), time virtual (MockClock, autojump): the wall time is all CPU."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    result: dict[str, Any] = trio.run(_throughput, packages, directory, live, clock=clock)
+    return result
+
+
+# --- journal appends ------------------------------------------------------------------------------------
+
+
+def journal_run(rows: int, directory: Path, durability: Durability) -> dict[str, float]:
+    """Appends per second as the engine makes them outside a core step: `record()`, one transaction each;
+    and inside one `batch()` of 100 rows (how a core step's rows commit). POWER fsyncs every commit: it gets
+    a twentieth of the rows, or it would dominate the bench's run time."""
+    out: dict[str, float] = {}
+    if durability is Durability.POWER:
+        rows = max(rows // 20, 100)
+    payload = {"client_order_id": "lgab12000001-SE0", "status": "open", "filled": "0", "average": None}
+    with Journal.open(directory / f"journal-{durability.value}.db", durability) as journal:
+        start = time.perf_counter()
+        for i in range(rows):
+            journal.record("ack", None, payload, float(i))
+        out["single"] = round(rows / (time.perf_counter() - start), 1)
+        start = time.perf_counter()
+        for i in range(0, rows, 100):
+            with journal.batch():
+                for k in range(100):
+                    journal.record("ack", None, payload, float(i + k))
+        out["batched_100"] = round(rows // 100 * 100 / (time.perf_counter() - start), 1)
+    return out
+
+
+# --- 5. memory per live package -------------------------------------------------------------------------
+
+
+async def _memory(packages: int, directory: Path) -> dict[str, Any]:
+    journal = Journal.open(directory / "memory.db", Durability.PROCESS)
+    try:
+        async with open_sim_venue(SimConfig(seed=11, latency_ms=0, jitter_ms=0)) as sim:
+            engine = Engine(sim, journal, _config())
+            async with engine.running([SPOT, PERP]):
+                # Virtual time stands still (no autojump): acknowledged legs rest, every package stays live.
+                for _ in range(50):
+                    engine.submit(_spec())
+                await trio.testing.wait_all_tasks_blocked()
+                gc.collect()
+                before = tracemalloc.take_snapshot()
+                base = tracemalloc.get_traced_memory()[0]
+                for i in range(packages):
+                    engine.submit(_spec())
+                    if i % 100 == 99:
+                        await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                gc.collect()
+                used = tracemalloc.get_traced_memory()[0] - base
+                after = tracemalloc.take_snapshot()
+                live = sum(1 for h in engine.handles.values() if h.core.state is State.DISPATCHED)
+                by_area: dict[str, int] = {}
+                for stat in after.compare_to(before, "filename"):
+                    path = stat.traceback[0].filename.replace(os.sep, "/")
+                    if "/legguard/" in path:
+                        area = "legguard." + path.split("/legguard/", 1)[1].split("/")[0]
+                    elif "/site-packages/" in path:
+                        area = path.split("/site-packages/", 1)[1].split("/")[0]  # trio, transitions, ...
+                    else:
+                        area = "stdlib:" + path.rsplit("/", 1)[-1]
+                    by_area[area] = by_area.get(area, 0) + stat.size_diff
+    finally:
+        journal.close()
+    return {
+        "bytes_per_package": round(used / packages),
+        "live": live,
+        "by_area_per_package": {
+            k: round(v / packages) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1]) if abs(v) >= packages
+        },
+    }
+
+
+def memory_run(packages: int, directory: Path) -> dict[str, Any]:
+    """tracemalloc over `packages` packages held live (dispatched, both legs resting at the sim venue):
+    everything they cost, the engine's actors and cores as well as the venue's resting orders."""
+    tracemalloc.start()
+    try:
+        result: dict[str, Any] = trio.run(_memory, packages, directory, clock=trio.testing.MockClock())
+    finally:
+        tracemalloc.stop()
+    return result
+
+
+# --- orchestration ----------------------------------------------------------------------------------------
+
+
+def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) -> dict[str, Any]:
+    """Every measurement, `sizes.runs` times; the result holds medians over the runs and each run's values.
+    With `quality` > 0, also the execution quality of that many packages per contestant (`_quality`,
+    virtual time, deterministic: measured once)."""
+    from ._quality import quality_run
+    from ._wire import wire_run
+
+    started = time.perf_counter()
+    log = _timed(log, started)
+    info = machine()
+    log(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}")
+    runs: list[dict[str, Any]] = []
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    for n in range(sizes.runs):
+        log(f"run {n + 1}/{sizes.runs}")
+        run: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
+            directory = Path(tmp)
+            if wire:
+                try:
+                    got = trio.run(wire_run, sizes.pairs, sizes.reactions, log)
+                finally:
+                    if affinity is not None:
+                        os.sched_setaffinity(0, affinity)
+                run["skew_us"] = {mode: percentiles(xs) for mode, xs in got["skew"].items()}
+                r = got["reaction"]
+                run["reaction_us"] = percentiles(r.reaction_us)
+                run["unwind_us"] = percentiles(r.unwind_us)
+                run["reaction_reject_last"] = r.reject_last
+                run["reaction_skipped"] = r.skipped
+            log(f"engine overhead: {sizes.overhead} packages, sim venue at zero latency")
+            run["overhead_us"] = percentiles(trio.run(overhead_run, sizes.overhead, directory))
+            log(f"throughput: {sizes.packages} packages, virtual time, journal PROCESS")
+            run["throughput"] = throughput_run(sizes.packages, directory)
+            log(f"journal: {sizes.journal_rows} appends (process), {max(sizes.journal_rows // 20, 100)} (power)")
+            run["journal"] = {d.value: journal_run(sizes.journal_rows, directory, d) for d in Durability}
+            if n == 0:  # deterministic enough to measure once: it is slow under tracemalloc
+                log(f"memory: {sizes.memory_packages} live packages under tracemalloc")
+                run["memory"] = memory_run(sizes.memory_packages, directory)
+        runs.append(run)
+    result = summarize(runs)
+    if quality > 0:
+        with tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
+            result["quality"] = quality_run(quality, Path(tmp), log=log)
+    result["machine"] = info
+    result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    result["sizes"] = dataclasses.asdict(sizes)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["runs"] = runs
+    return result
+
+
+def _timed(log: Log, started: float) -> Log:
+    def timed(line: str) -> None:
+        log(f"[{time.perf_counter() - started:6.1f} s] {line}")
+
+    return timed
+
+
+def _median(values: Sequence[float]) -> float:
+    xs = [v for v in values if v == v]  # NaN-free
+    return round(statistics.median(xs), 1) if xs else float("nan")
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs of every headline number, in the shape `--json` promises."""
+
+    def med(path: Sequence[str]) -> float:
+        vals = []
+        for run in runs:
+            node: Any = run
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, int | float):
+                vals.append(float(node))
+        return _median(vals)
+
+    out: dict[str, Any] = {}
+    if all("skew_us" in r for r in runs):
+        out["skew_us"] = {
+            mode: {q: med(["skew_us", mode, q]) for q in ("p50", "p90", "p99")}
+            for mode in ("sequential", "gather", "legguard")
+        }
+        leg = out["skew_us"]["legguard"]["p50"]
+        out["skew_ratio"] = {
+            "sequential_over_legguard": round(out["skew_us"]["sequential"]["p50"] / leg, 1) if leg else None,
+            "gather_over_legguard": round(out["skew_us"]["gather"]["p50"] / leg, 1) if leg else None,
+        }
+        out["reaction_us"] = {q: med(["reaction_us", q]) for q in ("p50", "p90", "p99")}
+        out["unwind_us"] = {q: med(["unwind_us", q]) for q in ("p50", "p90", "p99")}
+    out["overhead_us"] = {q: med(["overhead_us", q]) for q in ("p50", "p90", "p99")}
+    out["packages_per_s"] = med(["throughput", "packages_per_s"])
+    out["journal_events_per_s"] = med(["journal", "process", "single"])
+    out["journal"] = {d.value: {k: med(["journal", d.value, k]) for k in ("single", "batched_100")} for d in Durability}
+    out["bytes_per_package"] = med(["memory", "bytes_per_package"])
+    return out
+
+
+def target_checks(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of the issue: the measured value, the target, met or missed and by how much."""
+    values: dict[str, float | None] = {
+        "skew_legguard_p50_us": result.get("skew_us", {}).get("legguard", {}).get("p50"),
+        "skew_gather_over_legguard": result.get("skew_ratio", {}).get("gather_over_legguard"),
+        "reaction_p99_us": result.get("reaction_us", {}).get("p99"),
+        "packages_per_s": result.get("packages_per_s"),
+        "journal_events_per_s": result.get("journal_events_per_s"),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, (target, op) in TARGETS.items():
+        value = values.get(name)
+        if value is None or value != value:
+            continue
+        met = value <= target if op == "<=" else value >= target
+        factor = value / target if op == "<=" else target / value if value else float("inf")
+        out[name] = {"value": value, "target": f"{op} {target:g}", "met": met,
+                     "off_by": None if met else f"{factor:.1f}x"}  # fmt: skip
+    return out

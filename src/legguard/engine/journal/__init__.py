@@ -1,0 +1,34 @@
+"""legguard.engine.journal — the audit journal and the proof read back from it.
+
+Map:
+- `_store.py`   `Journal`: the append-only, hash-chained SQLite log, written before every effect (write-ahead
+                batches, typed writers, readers, the secret guard).
+- `_replay.py`  `verify()`: the hash chain plus every package replayed through a fresh core (and every
+                journaled `pnl` recomputed); `replay_package()` rebuilds a core for recovery.
+- `_ledger.py`  `ledger()`: every package's accounting rebuilt from the journal, with its exit reason;
+                `aggregate()` by pair, day or exit reason (`legguard audit pnl`).
+- `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
+                slippage, realized P&L (`package_pnl`); pure, used live and by `audit pnl` / `verify`.
+
+Direction: `_ledger` → `_replay` → `_store`, `_pnl`; the store knows nothing of replay or accounting.
+"""
+
+from ._ledger import GROUPINGS as GROUPINGS
+from ._ledger import LedgerEntry as LedgerEntry
+from ._ledger import aggregate as aggregate
+from ._ledger import ledger as ledger
+from ._pnl import FUNDING as FUNDING
+from ._pnl import PNL as PNL
+from ._pnl import PackagePnl as PackagePnl
+from ._pnl import package_pnl as package_pnl
+from ._replay import ReplayMismatch as ReplayMismatch
+from ._replay import VerifyReport as VerifyReport
+from ._replay import replay_package as replay_package
+from ._replay import verify as verify
+from ._store import Durability as Durability
+from ._store import Journal as Journal
+from ._store import JournalError as JournalError
+from ._store import JournalNotFound as JournalNotFound
+from ._store import JournalRow as JournalRow
+from ._store import PackageRow as PackageRow
+from ._store import UnknownPackage as UnknownPackage

@@ -1,0 +1,108 @@
+"""The journal's ledger: every package's accounting (`_pnl.py`) rebuilt from its journaled facts, with when it
+opened and closed and why it closed; and the aggregates `legguard audit pnl` prints (by pair, day or exit
+reason)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from legguard.domain import ZERO
+from legguard.fsm import State
+
+from ._pnl import FUNDING, PackagePnl, funding_amount, package_pnl
+from ._replay import replay_package
+from ._store import EVENT, TRANSITION, Journal
+
+GROUPINGS: Final = ("pair", "day", "exit-reason")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    pnl: PackagePnl
+    opened_wall: float
+    closed_wall: float | None  # when it went flat
+    exit_reason: str  # open | void | kill_switch | close:<reason>
+
+    @property
+    def day(self) -> str:
+        return dt.datetime.fromtimestamp(self.closed_wall or self.opened_wall, tz=dt.UTC).strftime("%Y-%m-%d")
+
+    def key(self, by: str) -> str:
+        if by == "pair":
+            return self.pnl.pair
+        if by == "day":
+            return self.day
+        if by == "exit-reason":
+            return self.exit_reason
+        raise ValueError(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
+
+
+def ledger(journal: Journal, since: float | None = None) -> list[LedgerEntry]:
+    """Every package opened at or after `since` (wall time, seconds), oldest first. Raises ReplayMismatch when
+    a package's journal does not replay (run `legguard audit verify`)."""
+    out: list[LedgerEntry] = []
+    for row in journal.packages():
+        if since is not None and row.created_wall < since:
+            continue
+        core = replay_package(journal, row.package_id)
+        funding = ZERO
+        closed: float | None = None
+        close_reason: str | None = None
+        orphaned = False
+        for r in journal.timeline(row.package_id):
+            if r.kind == FUNDING:
+                funding += funding_amount(r.payload)
+            elif r.kind == EVENT and r.payload.get("kind") == "close_requested":
+                close_reason = close_reason or str(r.payload.get("reason") or "requested")
+            elif r.kind == TRANSITION:
+                orphaned = orphaned or r.payload.get("dest") == State.ORPHANED.value
+                if r.payload.get("dest") == State.FLAT.value:
+                    closed = r.wall_time
+        pnl = package_pnl(core, funding)
+        if core.state is not State.FLAT:
+            reason = "open"
+        elif close_reason is not None:
+            reason = f"close:{close_reason}"
+        elif orphaned:
+            reason = "kill_switch"
+        elif pnl.spot.entry_qty == 0 and pnl.perp.entry_qty == 0:
+            reason = "void"
+        else:
+            reason = "flat"
+        out.append(LedgerEntry(pnl, row.created_wall, closed, reason))
+    return out
+
+
+def aggregate(entries: Iterable[LedgerEntry], by: str) -> list[dict[str, Any]]:
+    """One row per group (sorted by key) plus a final `total` row; money as exact decimal strings."""
+    if by not in GROUPINGS:
+        raise ValueError(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
+    groups: dict[str, list[LedgerEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.key(by), []).append(e)
+    rows = [_sum(key, members) for key, members in sorted(groups.items())]
+    rows.append(_sum("total", [e for members in groups.values() for e in members]))
+    return rows
+
+
+def _sum(key: str, entries: list[LedgerEntry]) -> dict[str, Any]:
+    def total(values: Iterable[Decimal]) -> Decimal:
+        return sum(values, ZERO)
+
+    flat = [e for e in entries if e.pnl.realized is not None]
+    return {
+        "key": key,
+        "packages": len(entries),
+        "flat": len(flat),
+        "open": len(entries) - len(flat),
+        "realized": str(total(e.pnl.realized for e in flat if e.pnl.realized is not None)),
+        "fees": str(total(e.pnl.fees_quote for e in entries)),
+        "funding": str(total(e.pnl.funding for e in entries)),
+        "slippage": str(total(e.pnl.slippage for e in entries)),
+        "dust_value": str(total(e.pnl.residual_value for e in flat)),
+        "notional": str(total(e.pnl.spot.notional + e.pnl.perp.notional for e in entries)),
+    }

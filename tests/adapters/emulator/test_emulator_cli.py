@@ -1,0 +1,34 @@
+"""`legguard emulator`: it serves, tells the user how to point ccxt at it, and never prints the secret."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from legguard.adapters.emulator._emulator import DEFAULT_API_SECRET
+from legguard.cli import app
+
+
+def test_emulator_command_serves_and_never_prints_the_secret() -> None:
+    secret = "s3cr3t-given-on-the-command-line"
+    result = CliRunner().invoke(
+        app, ["emulator", "--port", "0", "--tls-port", "0", "--seconds", "0.05", "--api-secret", secret, "--seed", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())  # rich wraps long lines
+    assert "legguard-emulator-key" in out
+    assert "/_emulator/ccxt-urls" in out and '"hostname": "legguard-emulator@127.0.0.1:' in out
+    assert "emulator stopped" in out
+    assert secret not in result.output and DEFAULT_API_SECRET not in result.output
+
+
+def test_emulator_command_names_a_bad_option() -> None:
+    result = CliRunner().invoke(app, ["emulator", "--port", "70000", "--seconds", "0.01"])
+    assert result.exit_code == 2
+    assert "--port: 70000" in result.output
+
+
+def test_help_documents_the_default_key_but_not_the_secret() -> None:
+    result = CliRunner().invoke(app, ["emulator", "--help"])
+    assert result.exit_code == 0
+    assert "legguard-emulator-key" in result.output
+    assert DEFAULT_API_SECRET not in result.output

@@ -1,0 +1,134 @@
+"""`legguard bench` machinery on tiny sizes: that each measurement measures what it says (samples per mode,
+stamps from both legs, rows really journaled, packages really live), and that results aggregate and render.
+No timing assertions: the numbers themselves belong to `make bench`."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+import trio_asyncio
+
+from legguard.adapters.emulator._server import serve_emulator
+from legguard.cli._bench import BEGIN, END, _write_docs, markdown, rows
+from legguard.engine.bench import _harness as b
+from legguard.engine.bench import _wire as bw
+from legguard.engine.journal._store import Durability
+
+# --- aggregation ----------------------------------------------------------------------------------------
+
+
+def test_percentiles_interpolate_and_count() -> None:
+    got = b.percentiles([float(x) for x in range(1, 101)])
+    assert got == {"p50": 50.5, "p90": 90.1, "p99": 99.0, "n": 100}
+    assert b.percentiles([7.0]) == {"p50": 7.0, "p90": 7.0, "p99": 7.0, "n": 1}
+    assert math.isnan(b.percentiles([])["p50"])
+
+
+def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
+    pct = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "n": 3}
+    return {
+        "skew_us": {"sequential": {**pct, "p50": 300.0}, "gather": {**pct, "p50": 120.0},
+                    "legguard": {**pct, "p50": skew_leg}},
+        "reaction_us": {**pct, "p99": reaction_p99},
+        "unwind_us": pct,
+        "overhead_us": pct,
+        "throughput": {"packages_per_s": pps},
+        "journal": {"process": {"single": 5000.0, "batched_100": 30000.0},
+                    "power": {"single": 200.0, "batched_100": 9000.0}},
+        "memory": {"bytes_per_package": 100.0},
+    }  # fmt: skip
+
+
+def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
+    runs = [_run(10.0, 500.0, 100.0), _run(30.0, 5000.0, 300.0), _run(20.0, 900.0, 200.0)]
+    result = b.summarize(runs)
+    assert result["skew_us"]["legguard"]["p50"] == 20.0
+    assert result["skew_ratio"] == {"sequential_over_legguard": 15.0, "gather_over_legguard": 6.0}
+    assert result["reaction_us"]["p99"] == 900.0 and result["packages_per_s"] == 200.0
+    assert result["journal_events_per_s"] == 5000.0 and result["bytes_per_package"] == 100.0
+    checks = b.target_checks(result)
+    assert checks["skew_legguard_p50_us"]["met"] and checks["skew_gather_over_legguard"]["met"]
+    assert checks["reaction_p99_us"]["met"]
+    assert checks["packages_per_s"] == {"value": 200.0, "target": ">= 2000", "met": False, "off_by": "10.0x"}
+
+
+def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> None:
+    sizes = {"runs": 1, "pairs": 2, "reactions": 1, "packages": 3, "memory_packages": 4}
+    result = {**b.summarize([_run(20.0, 900.0, 200.0)]), "machine": b.machine(), "date": "2026-01-01 00:00 UTC",
+              "sizes": sizes, "seconds": 1.0}  # fmt: skip
+    result["targets"] = b.target_checks(result)
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Performance\n\nprose before\n\n{BEGIN}\nold table\n{END}\n\nprose after\n")
+    _write_docs(doc, result)
+    text = doc.read_text()
+    assert "old table" not in text and "prose before" in text and "prose after" in text
+    assert markdown(result) in text and text.count(BEGIN) == 1
+    assert len(rows(result)) == 10 and "missed by 10.0x" in text
+
+
+# --- local measurements ---------------------------------------------------------------------------------
+
+
+def test_journal_rates_come_from_rows_really_written(tmp_path: Path) -> None:
+    for durability in Durability:
+        rates = b.journal_run(200, tmp_path, durability)
+        assert rates["single"] > 0 and rates["batched_100"] > 0
+        with sqlite3.connect(tmp_path / f"journal-{durability.value}.db") as conn:
+            written = conn.execute("SELECT count(*) FROM journal WHERE kind = 'ack'").fetchone()[0]
+        assert written == (400 if durability is Durability.PROCESS else 200)  # POWER runs max(rows // 20, 100)
+
+
+def test_throughput_counts_packages_through_the_whole_engine(tmp_path: Path) -> None:
+    got = b.throughput_run(8, tmp_path, live=4)
+    assert got["dispatched"] == 8 and sum(got["final_states"].values()) == 8
+    assert set(got["final_states"]) <= {"hedged", "flat"} and got["packages_per_s"] > 0
+    assert got["journal_rows"] > 8 * 5  # created, dispatched, acks, fills or cancels: the journal was on
+
+
+def test_overhead_samples_one_per_package(tmp_path: Path) -> None:
+    samples = trio.run(b.overhead_run, 3, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(samples) == 3 and all(s > 0 for s in samples)
+
+
+def test_memory_holds_every_package_live(tmp_path: Path) -> None:
+    got = b.memory_run(20, tmp_path)
+    assert got["live"] == 70  # 50 to warm up, 20 measured: all dispatched, legs resting
+    assert got["bytes_per_package"] > 0 and "legguard.engine" in got["by_area_per_package"]
+
+
+# --- the wire: skew and kill switch against an in-process emulator ----------------------------------------
+
+
+@asynccontextmanager
+async def in_process_rig(tmp_path: Path) -> AsyncIterator[bw.WireRig]:
+    async with trio_asyncio.open_loop():
+        served = serve_emulator(tls_port=None, autoclock=False, seed=11)
+        async with (
+            trio_asyncio.aio_as_trio(served) as emu,
+            bw.wire_rig(f"http://127.0.0.1:{emu.port}", tmp_path) as rig,
+        ):
+            yield rig
+
+
+async def test_skew_samples_every_mode_from_socket_stamps(tmp_path: Path) -> None:
+    async with in_process_rig(tmp_path) as rig:
+        skew = await bw.measure_skew(rig, 2, warmup=0)
+        assert {m: len(xs) for m, xs in skew.items()} == {"sequential": 2, "gather": 2, "legguard": 2}
+        assert all(x > 0 for xs in skew.values() for x in xs)
+        # Every legguard leg's bytes were stamped at the socket, spot and perp alike.
+        entry = {k for k in rig.stamps.sends if k.endswith(("-SE0", "-PE0")) and not k.startswith("cancel:")}
+        assert len(entry) == 4
+
+
+async def test_reaction_follows_the_scripted_kill_switch(tmp_path: Path) -> None:
+    async with in_process_rig(tmp_path) as rig:
+        got = await bw.measure_reaction(rig, 2, warmup=0)
+        assert got.skipped == 0 and len(got.reaction_us) == 2 and len(got.unwind_us) == 2
+        assert all(x > 0 for x in got.reaction_us + got.unwind_us)

@@ -1,0 +1,797 @@
+"""The audit journal (`engine/_journal.py`) and its verifier (`engine/_replay.py`): journals are built by driving
+real `PackageCore`s and recording every step the way the engine does."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from legguard.domain import OrderStatus, RejectReason
+from legguard.engine.journal._replay import ReplayMismatch, replay_package, verify
+from legguard.engine.journal._store import (
+    DuplicatePackage,
+    Durability,
+    InvalidKind,
+    Journal,
+    JournalError,
+    JournalNotFound,
+    NotAJournal,
+    SecretInPayload,
+    UnknownPackage,
+    _Checkpointer,
+    canonical_json,
+    row_hash,
+)
+from legguard.fsm import (
+    Abort,
+    Dispatch,
+    Event,
+    Fault,
+    FillDeadline,
+    OrderEvent,
+    PackageCore,
+    PackagePlan,
+    State,
+    Transitioned,
+    Trigger,
+)
+
+# --- building journals the way the engine does ------------------------------------------------------
+
+
+@dataclass
+class Desk:
+    """A journal plus the live cores the 'engine' drives; `mono` is the engine's (virtual) clock."""
+
+    journal: Journal
+    cores: dict[str, PackageCore] = field(default_factory=dict)
+    mono: float = 100.0
+
+    def new_package(self, policy: str = "flatten") -> PackageCore:
+        n = self.journal.next_package_number()
+        plan = PackagePlan.from_dict(
+            {
+                "package_id": f"pkg{n}",
+                "client_id_prefix": f"lg{self.journal.journal_id}{n:06d}",
+                "quantity": "0.5",
+                "spot": {"symbol": "ETH/USDT", "side": "buy", "price": "3000", "step": "0.0001", "dust": "0.0001"},
+                "perp": {"symbol": "ETH/USDT:USDT", "side": "sell", "price": "3003", "step": "0.001", "dust": "0.001"},
+                "policy": policy,
+            }
+        )
+        core = PackageCore(plan)
+        self.journal.package_created(plan, {"base": "ETH", "quantity": "0.5", "source": "test"}, self.mono)
+        self.cores[plan.package_id] = core
+        return core
+
+    def step(self, core: PackageCore, event: Event) -> None:
+        self.mono += 0.25
+        commands = core.handle(event)
+        self.journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), self.mono)
+
+
+def cid(core: PackageCore, leg: str) -> str:
+    return f"{core.plan.client_id_prefix}-{leg}"
+
+
+def build_scenario(journal: Journal) -> Desk:
+    """Three packages: A leg-broken (perp rejected post-only) then unwound to flat; B hedged; C void (both
+    rejected). Plus an ack, a fault and engine rows, as the engine writes them."""
+    desk = Desk(journal)
+    journal.record("engine", None, {"event": "started", "reason": "test"}, desk.mono)
+    a = desk.new_package()
+    desk.step(a, Dispatch())
+    journal.record("ack", "pkg1", {"client_order_id": cid(a, "SE0"), "status": "open"}, desk.mono)
+    desk.step(a, OrderEvent(cid(a, "SE0"), OrderStatus.CLOSED, D("0.5"), D("3000"), fee_base=D("0.0005")))
+    desk.step(a, OrderEvent(cid(a, "PE0"), OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+    assert a.state is State.UNWINDING
+    desk.step(a, OrderEvent(cid(a, "SU0"), OrderStatus.CLOSED, D("0.4995"), D("2999")))
+    assert a.state is State.FLAT
+
+    b = desk.new_package()
+    desk.step(b, Dispatch())
+    desk.step(b, OrderEvent(cid(b, "SE0"), OrderStatus.CLOSED, D("0.5"), D("3000")))
+    desk.step(b, OrderEvent(cid(b, "PE0"), OrderStatus.CLOSED, D("0.5"), D("3003")))
+    assert b.state is State.HEDGED
+
+    c = desk.new_package()
+    desk.step(c, Dispatch())
+    desk.step(c, OrderEvent(cid(c, "SE0"), OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+    desk.step(c, OrderEvent(cid(c, "PE0"), OrderStatus.REJECTED, reason=RejectReason.INSUFFICIENT_FUNDS))
+    assert c.state is State.FLAT
+    journal.record("fault", "pkg3", {"error": "RuntimeError('x')", "traceback": "Traceback...\n  line 1"}, desk.mono)
+    journal.record("engine", None, {"event": "stopped", "reason": "test over"}, desk.mono)
+    return desk
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+@pytest.fixture
+def desk(db: Path) -> Iterator[Desk]:
+    journal = Journal.open(db)
+    try:
+        yield build_scenario(journal)
+    finally:
+        journal.close()
+
+
+def raw(db: Path) -> sqlite3.Connection:
+    """A tamperer's connection: the append-only triggers are dropped first, as anyone with the file could."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER journal_no_update")
+    conn.execute("DROP TRIGGER journal_no_delete")
+    return conn
+
+
+def seq_of(db: Path, kind: str, package_id: str | None, nth: int = 0) -> int:
+    conn = sqlite3.connect(db)
+    rows = conn.execute(
+        "SELECT seq FROM journal WHERE kind = ? AND package_id IS ? ORDER BY seq", (kind, package_id)
+    ).fetchall()
+    conn.close()
+    return int(rows[nth][0])
+
+
+# --- chain intact -------------------------------------------------------------------------------------
+
+
+def test_untouched_journal_verifies(desk: Desk, db: Path) -> None:
+    # Arrange: the scenario journal, closed and reopened from disk
+    head = desk.journal.head
+    desk.journal.close()
+
+    # Act
+    report = verify(db)
+
+    # Assert
+    assert report.problems == []
+    assert report.ok
+    assert report.rows_checked == head[0]
+    assert report.packages_checked == 3
+    assert (report.head_seq, report.head_hash) == head
+
+
+def test_packages_table_matches_the_cores(desk: Desk) -> None:
+    rows = {r.package_id: r for r in desk.journal.packages()}
+
+    for pid, core in desk.cores.items():
+        assert rows[pid].state is core.state
+        assert rows[pid].exposure == core.exposure()
+    assert rows["pkg1"].exposure.spot == D("0")  # 0.5 bought, 0.0005 fee in base, 0.4995 sold
+    assert rows["pkg1"].last_transition == "unwinding->flat (flattened)"
+    assert rows["pkg2"].exposure.perp == D("-0.5")
+
+
+def test_every_row_links_to_the_previous_one(desk: Desk) -> None:
+    rows = list(desk.journal.rows())
+
+    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
+    for before, after in itertools.pairwise(rows):
+        assert after.prev_hash == before.hash
+    last = rows[-1]
+    text = canonical_json(last.payload)
+    assert last.hash == row_hash(last.prev_hash, last.seq, last.kind, last.package_id, text, last.wall_time,
+                                 last.mono_time)  # fmt: skip
+
+
+# --- tampering ----------------------------------------------------------------------------------------
+
+
+def test_edited_payload_is_detected_naming_its_seq(desk: Desk, db: Path) -> None:
+    # Arrange: make the unwind order of package 1 look twice as big
+    target = seq_of(db, "intent", "pkg1", nth=2)
+    desk.journal.close()
+    conn = raw(db)
+    (payload,) = conn.execute("SELECT payload FROM journal WHERE seq = ?", (target,)).fetchone()
+    assert '"amount":"0.4995"' in payload
+    conn.execute("UPDATE journal SET payload = ? WHERE seq = ?", (payload.replace("0.4995", "0.999"), target))
+
+    # Act
+    report = verify(db)
+
+    # Assert: the chain names the row first; the replay also disowns it
+    assert not report.ok
+    assert report.problems[0].startswith(f"seq {target}: hash does not match")
+    assert any(p.startswith(f"seq {target}: package pkg1") and "replayed core issued" in p for p in report.problems)
+
+
+def test_edit_with_recomputed_hash_breaks_the_link_to_the_next_row(desk: Desk, db: Path) -> None:
+    # Arrange: a careful tamperer rewrites a transition reason AND fixes that row's hash
+    target = seq_of(db, "transition", "pkg2", nth=1)
+    desk.journal.close()
+    conn = raw(db)
+    row = conn.execute("SELECT * FROM journal WHERE seq = ?", (target,)).fetchone()
+    seq, kind, pid, payload, wall, mono, prev, _ = row
+    forged = payload.replace("both legs filled", "all good")
+    conn.execute(
+        "UPDATE journal SET payload = ?, hash = ? WHERE seq = ?",
+        (forged, row_hash(prev, seq, kind, pid, forged, wall, mono), target),
+    )
+
+    # Act
+    report = verify(db)
+
+    # Assert
+    assert not report.ok
+    assert report.problems[0].startswith(f"seq {target + 1}: prev_hash does not match the hash of seq {target}")
+    assert any(p.startswith(f"seq {target}: package pkg2: journal has transition") for p in report.problems)
+
+
+def test_deleted_row_is_detected(desk: Desk, db: Path) -> None:
+    target = seq_of(db, "ack", "pkg1")
+    desk.journal.close()
+    raw(db).execute("DELETE FROM journal WHERE seq = ?", (target,))
+
+    report = verify(db)
+
+    assert not report.ok
+    assert report.problems[0] == f"seq {target + 1}: follows seq {target - 1}; row(s) {target} are missing (deleted)"
+
+
+def test_deleted_tail_row_is_detected(desk: Desk, db: Path) -> None:
+    last = desk.journal.head[0]
+    desk.journal.close()
+    raw(db).execute("DELETE FROM journal WHERE seq = ?", (last,))
+
+    report = verify(db)
+
+    assert not report.ok
+    assert report.problems[0].startswith(f"journal ends at seq {last - 1} but the head anchor says seq {last}")
+
+
+def test_deleted_command_row_fails_replay(desk: Desk, db: Path) -> None:
+    # Even if the chain were re-forged, a missing decision is caught by replay: here the chain also breaks.
+    target = seq_of(db, "transition", "pkg3", nth=1)  # dispatched -> flat (void)
+    desk.journal.close()
+    raw(db).execute("DELETE FROM journal WHERE seq = ?", (target,))
+
+    report = verify(db)
+
+    assert not report.ok
+    assert any("package pkg3" in p and "not in the journal" in p for p in report.problems), report.problems
+
+
+def test_inserted_row_is_detected(desk: Desk, db: Path) -> None:
+    last_seq, last_hash = desk.journal.head
+    desk.journal.close()
+    conn = raw(db)
+    payload = canonical_json({"client_order_id": "x", "status": "open"})
+    conn.execute(
+        "INSERT INTO journal VALUES (?, 'ack', 'pkg2', ?, 1.0, 1.0, ?, ?)",
+        (last_seq + 1, payload, last_hash, row_hash(last_hash, last_seq + 1, "ack", "pkg2", payload, 1.0, 1.0)),
+    )
+
+    report = verify(db)
+
+    assert not report.ok
+    assert report.problems == [
+        f"journal ends at seq {last_seq + 1} but the head anchor says seq {last_seq}: rows were deleted from the "
+        f"end or appended behind the journal writer's back"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("state", "flat", "packages table says state 'flat' but replaying its 3 event(s) gives 'hedged'"),
+        ("perp", "0", "packages table says exposure spot 0.5 perp 0 unknown False but replaying"),
+        ("last_transition", "pending->dispatched (dispatch)", "packages table says last transition"),
+    ],
+)
+def test_tampered_packages_table_names_the_package(
+    desk: Desk, db: Path, column: str, value: str, expected: str
+) -> None:
+    desk.journal.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(f"UPDATE packages SET {column} = ? WHERE package_id = 'pkg2'", (value,))
+
+    report = verify(db)
+
+    assert not report.ok
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"package pkg2: {expected}")
+
+
+def test_missing_packages_row_is_detected(desk: Desk, db: Path) -> None:
+    desk.journal.close()
+    sqlite3.connect(db, isolation_level=None).execute("DELETE FROM packages WHERE package_id = 'pkg3'")
+
+    report = verify(db)
+
+    assert report.problems == [f"package pkg3: journaled at seq {seq_of(db, 'package_created', 'pkg3')} but missing "
+                               "from the packages table"]  # fmt: skip
+
+
+def test_packages_row_without_history_is_detected(desk: Desk, db: Path) -> None:
+    desk.journal.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO packages SELECT 'pkg9', state, spot, perp, unknown, plan, created_seq, created_wall, "
+                 "created_mono, updated_seq, updated_wall, updated_mono, last_transition FROM packages "
+                 "WHERE package_id = 'pkg2'")  # fmt: skip
+
+    report = verify(db)
+
+    assert report.problems == ["package pkg9: in the packages table but the journal has no package_created row for it"]
+
+
+def test_replay_disowns_a_decision_the_core_did_not_make(db: Path) -> None:
+    # Arrange: a buggy engine journals a hedge after only the spot leg filled; the chain is perfectly intact
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        desk.step(core, Dispatch())
+        fill = OrderEvent(cid(core, "SE0"), OrderStatus.CLOSED, D("0.5"), D("3000"))
+        core.handle(fill)
+        bogus = [Transitioned(State.DISPATCHED, Trigger.HEDGE, State.HEDGED, "looks fine")]
+        journal.record_step("pkg1", fill, bogus, State.HEDGED, core.exposure(), 1.0)
+        bad_seq = journal.head[0]
+
+    # Act
+    report = verify(db)
+
+    # Assert
+    assert report.problems == [
+        f"seq {bad_seq}: package pkg1: journal has transition [dispatched -> hedged (hedge): looks fine] that the "
+        "replayed core did not issue"
+    ]
+
+
+def test_replay_reports_a_core_that_refuses_a_journaled_event(db: Path) -> None:
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        desk.step(core, Dispatch())
+        # an event the core cannot accept (dispatch twice), journaled with no commands
+        journal.record_step("pkg1", Dispatch(), [], core.state, core.exposure(), 1.0)
+        bad_seq = journal.head[0]
+
+    report = verify(db)
+
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"seq {bad_seq}: package pkg1: replaying event [dispatch] raised "
+                                         "InvalidTransition")  # fmt: skip
+
+
+# --- durability and transactions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [(Durability.PROCESS, 1), (Durability.POWER, 2)])
+def test_durability_sets_the_pragmas(db: Path, durability: Durability, synchronous: int) -> None:
+    with Journal.open(db, durability) as journal:
+        assert journal.pragma("journal_mode") == "wal"
+        assert journal.pragma("synchronous") == synchronous
+        assert journal.durability is durability
+
+
+def test_durability_accepts_config_spelling_and_refuses_nonsense(db: Path) -> None:
+    with Journal.open(db, "power") as journal:  # type: ignore[arg-type]  # TOML hands strings
+        assert journal.pragma("synchronous") == 2
+    with pytest.raises(ValueError, match="'fast' is not a valid Durability"):
+        Journal.open(db, "fast")  # type: ignore[arg-type]
+
+
+def test_default_durability_is_process(db: Path) -> None:
+    with Journal.open(db) as journal:
+        assert journal.durability is Durability.PROCESS
+        assert journal.pragma("synchronous") == 1
+
+
+def test_batch_rolls_back_on_exception(db: Path) -> None:
+    # Arrange
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        before = journal.head
+
+        def doomed() -> None:
+            with journal.batch():
+                desk.step(core, Dispatch())
+                journal.record("note", "pkg1", {"text": "inside"}, 1.0)
+                raise RuntimeError("boom")
+
+        # Act: the block fails after a step and a fact were appended
+        with pytest.raises(RuntimeError, match="boom"):
+            doomed()
+
+        # Assert: nothing of it is on disk, and the chain continues from where it was
+        assert journal.head == before
+        assert [r.kind for r in journal.timeline("pkg1")] == ["package_created"]
+        assert journal.package("pkg1").state is State.PENDING
+        journal.record("note", "pkg1", {"text": "after"}, 2.0)
+    assert verify(db).ok
+
+
+def test_batch_commits_once_at_exit(db: Path) -> None:
+    with Journal.open(db) as journal, Journal.open(db, readonly=True) as reader:
+        Desk(journal).new_package()
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": 1}, 1.0)
+            journal.record("note", "pkg1", {"n": 2}, 1.0)
+            assert len(reader.timeline("pkg1")) == 1  # another connection sees nothing yet
+        assert len(reader.timeline("pkg1")) == 3
+
+
+def test_nested_batch_failure_rolls_back_only_the_inner_rows(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+
+        def inner() -> None:
+            with journal.batch():
+                journal.record("note", "pkg1", {"n": "inner"}, 1.0)
+                raise KeyError("inner")
+
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": "outer"}, 1.0)
+            with pytest.raises(KeyError):
+                inner()
+            journal.record("note", "pkg1", {"n": "outer again"}, 1.0)
+        notes = [r.payload["n"] for r in journal.timeline("pkg1") if r.kind == "note"]
+    assert notes == ["outer", "outer again"]
+    assert verify(db).ok
+
+
+def test_a_batch_reads_its_own_rows_before_commit(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": 1}, 1.0)
+            inside = [r.kind for r in journal.timeline("pkg1")]
+            journal.record("note", "pkg1", {"n": 2}, 1.0)
+        after = [r.payload.get("n") for r in journal.timeline("pkg1")]
+    assert inside == ["package_created", "note"]
+    assert after == [None, 1, 2]
+    assert verify(db).ok
+
+
+def test_inner_rollback_after_a_read_flushed_the_inner_rows(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+
+        def inner() -> None:
+            with journal.batch():
+                journal.record("note", "pkg1", {"n": "inner"}, 1.0)
+                assert len(journal.timeline("pkg1")) == 3  # the read hands the inner row to SQLite
+                raise KeyError("inner")
+
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": "outer"}, 1.0)
+            with pytest.raises(KeyError):
+                inner()
+        notes = [r.payload["n"] for r in journal.timeline("pkg1") if r.kind == "note"]
+    assert notes == ["outer"]
+    assert verify(db).ok
+
+
+def test_swallowed_write_failure_poisons_the_batch(db: Path) -> None:
+    # Arrange: the packages update will fail AFTER the step's journal rows were inserted
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        before = journal.head
+        journal._conn.execute(  # a fault only a test can inject: the disk refuses the second write
+            "CREATE TEMP TRIGGER fail_update BEFORE UPDATE ON packages BEGIN SELECT RAISE(ABORT, 'disk'); END"
+        )
+
+        def swallowing() -> None:
+            with journal.batch(), contextlib.suppress(sqlite3.DatabaseError):
+                desk.step(core, Dispatch())
+
+        # Act: an engine bug swallows the error inside its batch
+        with pytest.raises(JournalError, match="rolled back"):
+            swallowing()
+
+        # Assert: the half-written step did not commit
+        assert journal.head == before
+        assert [r.kind for r in journal.timeline("pkg1")] == ["package_created"]
+    assert verify(db).ok
+
+
+def test_package_counter_and_journal_id_survive_reopen(db: Path) -> None:
+    with Journal.open(db) as journal:
+        numbers = [journal.next_package_number() for _ in range(3)]
+        journal_id = journal.journal_id
+    with Journal.open(db, Durability.POWER) as journal:
+        assert journal.next_package_number() == 4
+        assert journal.journal_id == journal_id
+    assert numbers == [1, 2, 3]
+    assert len(journal_id) == 4
+    assert all(ch in "0123456789abcdefghijklmnopqrstuvwxyz" for ch in journal_id)
+
+
+def test_counter_taken_in_a_rolled_back_batch_is_given_back(db: Path) -> None:
+    # The number and the package it names commit together or not at all.
+    with Journal.open(db) as journal:
+        taken = []
+
+        def doomed() -> None:
+            with journal.batch():
+                taken.append(journal.next_package_number())
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            doomed()
+        assert taken == [1]
+        assert journal.next_package_number() == 1
+
+
+def test_head_is_reread_when_another_writer_appended(db: Path) -> None:
+    with Journal.open(db) as first, Journal.open(db) as second:
+        Desk(first).new_package()
+        second.record("note", "pkg1", {"from": "second"}, 1.0)
+        first.record("note", "pkg1", {"from": "first"}, 1.0)
+    assert verify(db).ok
+
+
+def test_writer_leaves_checkpoints_to_the_background_thread(db: Path) -> None:
+    with Journal.open(db) as journal:
+        assert journal.pragma("wal_autocheckpoint") == 0
+    with Journal.open(db, background_checkpoint=False) as journal:
+        assert journal.pragma("wal_autocheckpoint") == 1000  # SQLite's inline default
+
+
+def test_checkpointer_copies_committed_frames_into_the_database(db: Path) -> None:
+    with Journal.open(db, background_checkpoint=False) as journal:
+        journal._conn.execute("PRAGMA wal_autocheckpoint=0")
+        Desk(journal).new_package()
+        for n in range(20):
+            journal.record("note", "pkg1", {"n": n}, 1.0)
+        checkpointer = _Checkpointer(db, synchronous=1, start=False)
+        try:
+            result = checkpointer.run_once()
+        finally:
+            checkpointer.close()
+    assert result is not None
+    busy, frames, done = result
+    assert busy == 0
+    assert frames > 0
+    assert done == frames
+    assert checkpointer.checkpoints == 1
+
+
+def test_writer_checkpoints_inline_again_if_the_thread_died(db: Path) -> None:
+    with Journal.open(db) as journal:
+        checkpointer = journal._checkpointer
+        assert checkpointer is not None
+        checkpointer.close()  # as if the thread had died
+        checkpointer.pending = 10 * checkpointer.every
+
+        journal.record("engine", None, {"event": "started"}, 1.0)
+
+        assert journal._checkpointer is None
+        assert journal.pragma("wal_autocheckpoint") == 1000
+
+
+# --- guards ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"api_key": "AKIA-not-for-the-journal"},
+        {"venue": {"apiSecret": "AKIA-not-for-the-journal"}},
+        {"accounts": [{"name": "a", "Password": "AKIA-not-for-the-journal"}]},
+        {"private-key": "AKIA-not-for-the-journal"},
+    ],
+)
+def test_secret_keys_are_refused_without_echoing_the_value(db: Path, payload: dict[str, object]) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+        before = journal.head
+
+        with pytest.raises(SecretInPayload, match="looks like a credential") as info:
+            journal.record("note", "pkg1", payload, 1.0)
+
+        assert "AKIA" not in str(info.value)
+        assert journal.head == before
+
+
+def test_secret_in_a_package_spec_is_refused(db: Path) -> None:
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        plan = PackagePlan.from_dict({**core.plan.to_dict(), "package_id": "other"})
+
+        with pytest.raises(SecretInPayload, match=r"payload\.spec\.api_secret"):
+            journal.package_created(plan, {"base": "ETH", "api_secret": "hunter2"}, 1.0)
+
+        assert journal.package_ids() == ["pkg1"]
+
+
+def test_record_refuses_replayed_and_malformed_kinds(db: Path) -> None:
+    with Journal.open(db) as journal:
+        Desk(journal).new_package()
+        with pytest.raises(InvalidKind, match="record_step"):
+            journal.record("transition", "pkg1", {"source": "pending"}, 1.0)
+        with pytest.raises(InvalidKind, match="lowercase identifier"):
+            journal.record("Weird Kind", None, {}, 1.0)
+
+
+def test_unknown_and_duplicate_packages_are_refused(db: Path) -> None:
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        core = desk.new_package()
+        with pytest.raises(UnknownPackage, match="'ghost'"):
+            journal.record("ack", "ghost", {}, 1.0)
+        with pytest.raises(UnknownPackage, match="'ghost'"):
+            journal.record_step("ghost", Dispatch(), [], State.PENDING, core.exposure(), 1.0)
+        with pytest.raises(DuplicatePackage, match="'pkg1'"):
+            journal.package_created(core.plan, {}, 1.0)
+        assert journal.head[0] == 1
+
+
+def test_nan_time_is_refused(db: Path) -> None:
+    with Journal.open(db) as journal, pytest.raises(ValueError, match="not a finite number"):
+        journal.record("engine", None, {"event": "started"}, float("nan"))
+
+
+def test_readonly_journal_refuses_writes(desk: Desk, db: Path) -> None:
+    with Journal.open(db, readonly=True) as reader, pytest.raises(JournalError, match="read-only"):
+        reader.record("engine", None, {"event": "x"}, 1.0)
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(JournalNotFound, match="no journal at"):
+        Journal.open(tmp_path / "absent.db", readonly=True)
+    with pytest.raises(JournalNotFound):
+        verify(tmp_path / "absent.db")
+    assert not (tmp_path / "absent.db").exists()  # reading never creates the file
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+    with pytest.raises(NotAJournal, match="not a legguard journal"):
+        Journal.open(other)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, definitely not sqlite " * 100)
+    with pytest.raises(NotAJournal):
+        verify(text)
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+
+def test_readers(desk: Desk) -> None:
+    journal = desk.journal
+
+    assert journal.package_ids() == ["pkg1", "pkg2", "pkg3"]
+    assert [r.package_id for r in journal.packages(State.FLAT)] == ["pkg1", "pkg3"]
+    assert [r.package_id for r in journal.open_packages()] == ["pkg2"]  # hedged holds exposure
+    assert [i.client_order_id for i in journal.intents("pkg1")] == [cid(desk.cores["pkg1"], x)
+                                                                     for x in ("SE0", "PE0", "SU0")]  # fmt: skip
+    assert [e.kind for e in journal.events("pkg2")] == ["dispatch", "order", "order"]
+    kinds = [r.kind for r in journal.timeline("pkg3")]
+    assert kinds[:5] == ["package_created", "event", "intent", "intent", "transition"]
+    assert kinds[-1] == "fault"
+    assert [r.payload["event"] for r in journal.engine_log()] == ["started", "stopped"]
+    assert journal.timeline("pkg1")[0].payload["spec"]["source"] == "test"
+
+
+def test_replay_package_rebuilds_the_core(desk: Desk) -> None:
+    for pid, live in desk.cores.items():
+        rebuilt = replay_package(desk.journal, pid)
+        assert rebuilt.state is live.state
+        assert rebuilt.exposure() == live.exposure()
+        assert rebuilt.orders == live.orders
+
+
+def test_replay_package_refuses_a_journal_that_disagrees(db: Path) -> None:
+    with Journal.open(db) as journal:
+        core = Desk(journal).new_package()
+        journal.record_step("pkg1", Dispatch(), [], State.DISPATCHED, core.exposure(), 1.0)  # commands dropped
+        with pytest.raises(ReplayMismatch, match="not in the journal"):
+            replay_package(journal, "pkg1")
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+
+@given(
+    seq=st.integers(1, 2**53),
+    kind=st.text(max_size=12),
+    package_id=st.none() | st.text(max_size=12),
+    payload=st.text(max_size=40),
+    wall=st.floats(allow_nan=False, allow_infinity=False),
+    mono=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_row_hash_is_the_canonical_json_spelling(
+    seq: int, kind: str, package_id: str | None, payload: str, wall: float, mono: float
+) -> None:
+    body = canonical_json([seq, kind, package_id, payload, wall, mono])
+    expected = hashlib.sha256(("p" * 64 + body).encode()).hexdigest()
+    assert row_hash("p" * 64, seq, kind, package_id, payload, wall, mono) == expected
+
+
+_STATUSES = [OrderStatus.OPEN, OrderStatus.CLOSED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED,
+             OrderStatus.UNKNOWN]  # fmt: skip
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> list[tuple[int, str, object]]:
+    """Per step: (package index, action, detail) — resolved against the live core when played."""
+    return draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2),
+                st.sampled_from(["order", "order", "order", "deadline", "fault", "abort"]),
+                st.tuples(st.integers(0, 9), st.sampled_from(_STATUSES), st.integers(0, 4)),
+            ),
+            max_size=25,
+        )
+    )
+
+
+def play(journal: Journal, script: list[tuple[int, str, object]]) -> Desk:
+    desk = Desk(journal)
+    cores = [desk.new_package(policy) for policy in ("flatten", "trim", "flatten")]
+    for core in cores[:2]:
+        desk.step(core, Dispatch())
+    dead: set[int] = set()
+    for index, action, detail in script:
+        core = cores[index]
+        if index in dead:
+            continue
+        assert isinstance(detail, tuple)
+        pick, status, fifths = detail
+        event: Event
+        if action == "order" and core.orders:
+            facts = list(core.orders.values())[pick % len(core.orders)]
+            filled = facts.intent.amount * fifths / 4 if status is not OrderStatus.REJECTED else D(0)
+            filled = max(filled, facts.filled) if status is OrderStatus.CLOSED else filled
+            event = OrderEvent(facts.intent.client_order_id, status, filled.quantize(D("0.0001")))
+        elif action == "deadline":
+            event = FillDeadline()
+        elif action == "fault":
+            event = Fault(detail="injected")
+        elif action == "abort" and core.state is State.PENDING:
+            event = Abort(reason="refused")
+        else:
+            continue
+        try:
+            commands = core.handle(event)
+        except Exception:
+            # The engine would not journal a step the core refused; its state is now suspect: stop feeding it.
+            dead.add(index)
+            continue
+        desk.mono += 0.1
+        journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), desk.mono)
+        journal.record("ack", core.plan.package_id, {"status": status.value}, desk.mono)
+    return desk
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=scripts(), victim=st.integers(0, 10_000))
+def test_any_journal_the_engine_writes_verifies_and_any_edit_is_named(
+    tmp_path_factory: pytest.TempPathFactory, script: list[tuple[int, str, object]], victim: int
+) -> None:
+    # Arrange: a journal from a random interleaving of venue answers across three packages
+    db = tmp_path_factory.mktemp("prop") / "j.db"
+    with Journal.open(db) as journal:
+        play(journal, script)
+        rows = journal.head[0]
+
+    # Act / Assert: intact -> ok
+    assert verify(db).problems == []
+
+    # Act / Assert: flip one byte of one row's payload -> the first problem names that row
+    target = victim % rows + 1
+    conn = raw(db)
+    (payload,) = conn.execute("SELECT payload FROM journal WHERE seq = ?", (target,)).fetchone()
+    tampered = json.dumps({**json.loads(payload), "tampered": True}, sort_keys=True, separators=(",", ":"))
+    conn.execute("UPDATE journal SET payload = ? WHERE seq = ?", (tampered, target))
+    conn.close()
+    report = verify(db)
+    assert not report.ok
+    assert report.problems[0].startswith(f"seq {target}: hash does not match")

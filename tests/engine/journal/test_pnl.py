@@ -1,0 +1,189 @@
+"""Per-package accounting (engine/journal/_pnl.py, _ledger.py): P&L equals a wallet's cash flows, the engine
+journals it when a package goes flat, `audit verify` recomputes it, `audit pnl` aggregates it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal as D
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from legguard.cli import app
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
+from legguard.engine import verify
+from legguard.engine.journal import PNL, Journal, aggregate, ledger, package_pnl
+from legguard.engine.journal._pnl import pnl_of
+from legguard.fsm import (
+    Dispatch,
+    Event,
+    LegRole,
+    OrderEvent,
+    OrderFacts,
+    OrderIntent,
+    PackageCore,
+    PackagePlan,
+    Purpose,
+    State,
+)
+
+runner = CliRunner()
+
+
+def _plan(prefix: str = "lgtest000001", package_id: str = "P1") -> PackagePlan:
+    return PackagePlan.from_dict(
+        {
+            "package_id": package_id,
+            "client_id_prefix": prefix,
+            "quantity": "0.5",
+            "spot": {"symbol": "ETH/USDT", "side": "buy", "price": "3000", "step": "0.0001", "dust": "0.0001"},
+            "perp": {"symbol": "ETH/USDT:USDT", "side": "sell", "price": "3003", "step": "0.001", "dust": "0.001"},
+            "policy": "flatten",
+        }
+    )
+
+
+# --- the accounting against an independent wallet ------------------------------------------------------
+
+prices = st.decimals(min_value=D("100"), max_value=D("5000"), places=2)
+qtys = st.decimals(min_value=D("0.001"), max_value=D("2"), places=3)
+fee_rates = st.sampled_from([D(0), D("0.001"), D("0.00075"), D("0.0002")])
+
+
+def _facts(
+    side: str, role: LegRole, purpose: Purpose, n: int, q: D, p: D, fb: D, fq: D, limit: D | None = None
+) -> OrderFacts:
+    symbol = "ETH/USDT" if role is LegRole.SPOT else "ETH/USDT:USDT"
+    intent = OrderIntent(f"lgtest000001-X{n}", role, purpose, 0, symbol, Side(side), OrderType.LIMIT, q,
+                         p if limit is None else limit, True, False)  # fmt: skip
+    return OrderFacts(intent, OrderStatus.CLOSED, q, p, fb, fq)
+
+
+@settings(max_examples=200, deadline=None)
+@given(q=qtys, p_in=prices, p_out=prices, f_in=prices, f_out=prices, spot_fee=fee_rates, perp_fee=fee_rates,
+       funding=st.decimals(min_value=D("-50"), max_value=D("50"), places=4))  # fmt: skip
+def test_realized_pnl_equals_the_wallets_change(
+    q: D, p_in: D, p_out: D, f_in: D, f_out: D, spot_fee: D, perp_fee: D, funding: D
+) -> None:
+    # Arrange: spot bought q (fee in base), everything held sold (fee in quote); perp sold q, bought back q.
+    fee_base = q * spot_fee
+    held = q - fee_base
+    orders = [
+        _facts("buy", LegRole.SPOT, Purpose.ENTRY, 1, q, p_in, fee_base, D(0)),
+        _facts("sell", LegRole.SPOT, Purpose.UNWIND, 2, held, p_out, D(0), held * p_out * spot_fee),
+        _facts("sell", LegRole.PERP, Purpose.ENTRY, 3, q, f_in, D(0), q * f_in * perp_fee),
+        _facts("buy", LegRole.PERP, Purpose.UNWIND, 4, q, f_out, D(0), q * f_out * perp_fee),
+    ]
+    # The wallet, step by step: quote and base balances.
+    quote = -q * p_in  # spot buy
+    base = q - fee_base
+    quote += held * p_out - held * p_out * spot_fee  # spot sell
+    base -= held
+    quote += q * f_in - q * f_in * perp_fee  # perp short opened (linear: cash-settled in quote)
+    quote += -q * f_out - q * f_out * perp_fee  # perp short closed
+    quote += funding
+
+    # Act
+    pnl = pnl_of(_plan(), orders, State.FLAT, funding)
+
+    # Assert
+    assert base == 0
+    assert pnl.realized == quote
+    assert pnl.spot.fees.get("ETH", D(0)) == fee_base
+    assert pnl.spot.entry_vwap == p_in and pnl.perp.exit_vwap == f_out
+
+
+def test_open_package_has_no_realized_pnl_and_residual_is_the_hedge() -> None:
+    bought = _facts("buy", LegRole.SPOT, Purpose.ENTRY, 1, D("0.5"), D("3000"), D("0.0005"), D(0))
+    pnl = pnl_of(_plan(), [bought], State.HEDGED)
+    assert pnl.realized is None
+    assert pnl.residual_base == D("0.4995")
+    assert pnl.residual_value == D("0.4995") * D("3000")
+
+
+def test_entry_slippage_counts_only_adverse_price_against_the_limit() -> None:
+    worse = _facts("buy", LegRole.SPOT, Purpose.ENTRY, 1, D("1"), D("3001"), D(0), D(0), limit=D("3000"))
+    better = _facts("sell", LegRole.PERP, Purpose.ENTRY, 2, D("1"), D("3004"), D(0), D(0), limit=D("3003"))
+    pnl = pnl_of(_plan(), [worse, better], State.HEDGED)
+    assert pnl.spot.slippage == D("1") and pnl.perp.slippage == D("-1")
+
+
+# --- journaled, verified, aggregated --------------------------------------------------------------------
+
+
+def _run(journal: Journal, core: PackageCore, events: list[Event], mono: float = 1.0) -> None:
+    for event in events:
+        mono += 0.5
+        commands = core.handle(event)
+        journal.record_step(core.plan.package_id, event, commands, core.state, core.exposure(), mono)
+
+
+def _orphaned_then_flat(journal: Journal, n: int) -> PackageCore:
+    plan = _plan(f"lg{journal.journal_id}{n:06d}", f"P{n}")
+    journal.package_created(plan, {}, 1.0)
+    core = PackageCore(plan)
+    p = plan.client_id_prefix
+    _run(journal, core, [
+        Dispatch(),
+        OrderEvent(f"{p}-SE0", OrderStatus.CLOSED, D("0.5"), D("3000"), fee_base=D("0.0005")),
+        OrderEvent(f"{p}-PE0", OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS),
+    ])  # fmt: skip
+    assert core.state is State.UNWINDING
+    unwind = next(cid for cid, o in core.orders.items() if o.intent.purpose is Purpose.UNWIND)
+    _run(journal, core, [OrderEvent(unwind, OrderStatus.CLOSED, D("0.4995"), D("2990"), fee_quote=D("1.4985"))])
+    assert core.state is State.FLAT
+    return core
+
+
+def test_verify_recomputes_every_journaled_pnl_and_catches_a_wrong_one(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal.open(path) as journal:
+        good = _orphaned_then_flat(journal, 1)
+        journal.record(PNL, "P1", package_pnl(good).to_dict(), 9.0)
+    assert verify(path).ok
+
+    with Journal.open(path) as journal:
+        bad = _orphaned_then_flat(journal, 2)
+        wrong = package_pnl(bad).to_dict() | {"realized": "1000"}
+        journal.record(PNL, "P2", wrong, 9.0)
+    report = verify(path)
+    assert not report.ok
+    assert any("journaled pnl" in p and "P2" in p for p in report.problems)
+
+
+def test_ledger_and_audit_pnl_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal.open(path) as journal:
+        cores = [_orphaned_then_flat(journal, n) for n in (1, 2)]
+        entries = ledger(journal)
+    expected = sum((package_pnl(c).realized or D(0) for c in cores), D(0))
+    # spot: -1500 + 0.4995 * 2990 - 1.4985 quote fee = -7.0035 each
+    assert expected == 2 * (D("0.4995") * D("2990") - D("1500") - D("1.4985"))
+    assert [e.exit_reason for e in entries] == ["kill_switch", "kill_switch"]
+    total = aggregate(entries, "pair")[-1]
+    assert total["key"] == "total" and D(total["realized"]) == expected and total["flat"] == 2
+
+    result = runner.invoke(app, ["audit", "pnl", "--db", str(path), "--csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows[0]["key"] == "ETH/USDT" and D(rows[-1]["realized"]) == expected
+
+    result = runner.invoke(app, ["audit", "pnl", "--db", str(path), "--json", "--by", "exit-reason"])
+    data = json.loads(result.stdout)
+    assert [g["key"] for g in data["groups"]] == ["kill_switch", "total"]
+
+    result = runner.invoke(app, ["audit", "show", "P1", "--db", str(path), "--json"])
+    assert D(json.loads(result.stdout)["pnl"]["realized"]) == expected / 2
+
+
+def test_audit_pnl_refuses_a_bad_grouping_and_date(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    Journal.open(path).close()
+    for args in (["--by", "week"], ["--since", "yesterday"]):
+        result = runner.invoke(app, ["audit", "pnl", "--db", str(path), *args])
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output
