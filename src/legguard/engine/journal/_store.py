@@ -234,6 +234,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 return (
                     f"{plan['quantity']} {spot['symbol']} {spot['side']} @ {spot['price']} / "
                     f"{perp['symbol']} {perp['side']} @ {perp['price']}, policy {plan['policy']}"
+                    + (f", {plan['style']} ({plan['maker']} rests)" if plan.get("style") == "maker-taker" else "")
+                    + (f", {plan['style']}" if plan.get("style") == "taker-taker" else "")
                 )
             case "event" if p.get("kind") == "order":
                 text = f"order {p['client_order_id']} {p['status']} filled {p['filled']}"
