@@ -179,3 +179,19 @@ def test_a_hedge_refused_by_the_request_budget_is_sent_again_at_the_same_cap() -
         assert (hedge.intent.amount, hedge.intent.price, hedge.intent.attempt) == (Q, CAP, attempt)
     cmds = core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
     assert triggers(cmds)[:2] == [Trigger.LEG_BROKEN, Trigger.UNWIND]  # the budget keeps refusing: kill switch
+
+
+def test_a_hedge_never_leaves_a_tail_below_the_taker_minimum() -> None:
+    p = plan(ExecutionStyle.MAKER_TAKER)
+    core = PackageCore(replace(p, quantity=D("0.010"), perp=replace(p.perp, min_order=D("0.004"))))
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    # 0.008 filled: hedging all of it would leave 0.002 to hedge later, below the 0.004 minimum; hedge 0.006.
+    (first,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.008"))))
+    assert first.intent.amount == D("0.006")
+    assert sends(core.handle(OrderEvent(first.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.006")))) == []
+    (last,) = sends(core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=D("0.010"))))
+    assert last.intent.amount == D("0.004")
+    assert triggers(core.handle(OrderEvent(last.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.004")))) == [
+        Trigger.HEDGE
+    ]

@@ -458,6 +458,11 @@ class PackageCore:
         batch = max(minimum, self.plan.quantity / HEDGE_BATCHES)
         settled = maker.status.is_terminal or self.entry_closing
         in_flight = any(h.live for h in hedges)
+        if not maker.status.is_terminal and requested + chunk < self.plan.quantity:
+            # Never leave a tail below the taker's minimum order for the last hedge: hold back enough of this
+            # one that the rest of the package, once the maker fills it, can still be hedged.
+            room = ((self.plan.quantity - minimum - requested) / taker.step).to_integral_value(rounding=ROUND_DOWN)
+            chunk = max(ZERO, min(chunk, room * taker.step))
         if chunk > 0 and not in_flight and (chunk >= batch or settled):
             if chunk < minimum:
                 self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
