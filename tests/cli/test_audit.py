@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from legguard.cli import app
 from legguard.domain import OrderStatus, RejectReason
+from legguard.engine.journal._anchors import Anchorer, load_or_create_key, public_key_text
 from legguard.engine.journal._store import Journal
 from legguard.fsm import Abort, Dispatch, Event, OrderEvent, PackageCore, PackagePlan, State
 
@@ -87,7 +88,7 @@ def test_list_json_shape(db: Path) -> None:
 
     assert code == 0
     data = json.loads(out)
-    assert set(data) == {"journal_id", "packages"}
+    assert set(data) == {"journal_id", "binding", "packages", "control"}
     by_id = {p["package_id"]: p for p in data["packages"]}
     assert list(by_id) == ["pkg1", "pkg2", "pkg3"]
     assert (by_id["pkg1"]["state"], by_id["pkg1"]["spot"], by_id["pkg1"]["perp"]) == ("hedged", "0.5", "-0.5")
@@ -274,3 +275,97 @@ def test_show_names_the_execution_style_and_each_legs_role(tmp_path: Path) -> No
     code, out, _ = audit("show", plan.package_id, "--db", str(path), "--json")
     package = json.loads(out)["package"]
     assert (package["execution"], package["spot_role"], package["perp_role"]) == ("maker-taker", "taker", "maker")
+
+
+def test_operator_actions_show_in_list_and_in_show_engine(db: Path) -> None:
+    with Journal.open(db) as journal:
+        journal.record("engine", None, {"event": "halted", "reason": "news", "source": "operator"}, 10.0)
+        journal.record("control", None, {"action": "halt", "reason": "news", "via": "socket", "result": "halted"}, 10.0)
+        journal.record(
+            "control", "pkg1", {"action": "close", "reason": "eod", "via": "socket", "result": "closing"}, 11.0
+        )
+
+    _, listed, _ = audit("list", "--db", str(db))
+    _, listed_json, _ = audit("list", "--db", str(db), "--json")
+    _, engine, _ = audit("show", "engine", "--db", str(db))
+    _, package, _ = audit("show", "pkg1", "--db", str(db))
+
+    assert "1 operator action(s)" in listed and "operator halt via socket: 'news' -> halted" in listed
+    assert [c["payload"]["action"] for c in json.loads(listed_json)["control"]] == ["halt"]
+    assert "operator halt via socket: 'news' -> halted" in engine and "event=halted" in engine
+    assert "operator close via socket: 'eod' -> closing" in package
+
+
+# --- verify --anchors (issue 10, defect 7) ------------------------------------------------------------
+
+
+@pytest.fixture
+def anchored(db: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The journal above plus a last `note` row, anchored at its head: (db, anchors file, key file)."""
+    keyfile, anchors = tmp_path / "secret" / "anchor.key", tmp_path / "legguard.db.anchors"
+    with Journal.open(db) as journal:
+        journal.record("note", None, {"what": "the last row"}, 99.0)
+        Anchorer(journal, load_or_create_key(keyfile), anchors).anchor("shutdown")
+    return db, anchors, keyfile
+
+
+def _cut_the_last_row(db: Path) -> None:
+    """Delete the newest row and point meta.head at the one before: the chain check cannot tell."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER journal_no_delete")
+    conn.execute("DELETE FROM journal WHERE seq = (SELECT MAX(seq) FROM journal)")
+    seq, digest = conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (f"{seq}:{digest}",))
+    conn.close()
+
+
+def test_verify_with_anchors_ok_names_the_last_anchor_and_the_key(anchored: tuple[Path, Path, Path]) -> None:
+    db, anchors, keyfile = anchored
+    code, public, _ = audit("public-key", "--key", str(keyfile))
+    assert code == 0 and public.startswith("ed25519:")
+    assert "PRIVATE" not in public
+
+    code, out, _ = audit("verify", "--db", str(db), "--anchors", str(anchors), "--public-key", public.strip())
+
+    assert code == 0, out
+    assert out.startswith("OK ")
+    assert "1 signed anchor(s)" in out and "pinned key" in out
+
+
+def test_verify_with_anchors_fails_in_one_line_when_the_last_rows_were_cut(anchored: tuple[Path, Path, Path]) -> None:
+    db, anchors, _ = anchored
+    _cut_the_last_row(db)
+    assert audit("verify", "--db", str(db))[0] == 0  # the chain alone is fooled
+
+    code, out, err = audit("verify", "--db", str(db), "--anchors", str(anchors))
+
+    assert code == 1
+    assert out.splitlines()[0].startswith("FAILED anchors: journal ") and "were deleted" in out.splitlines()[0]
+    assert len(out.splitlines()) == 1 and "Traceback" not in out + err
+
+
+def test_verify_with_anchors_refuses_a_key_that_did_not_sign_them(
+    anchored: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    db, anchors, _ = anchored
+    other = public_key_text(load_or_create_key(tmp_path / "other.key").public_key())
+
+    code, out, _ = audit("verify", "--db", str(db), "--anchors", str(anchors), "--public-key", other)
+
+    assert code == 1 and "not signed by the pinned key" in out
+
+
+def test_verify_json_carries_the_anchor_check(anchored: tuple[Path, Path, Path]) -> None:
+    db, anchors, _ = anchored
+    _cut_the_last_row(db)
+
+    code, out, _ = audit("verify", "--db", str(db), "--anchors", str(anchors), "--json")
+
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False and data["problems"] == []
+    assert data["anchors"]["ok"] is False and data["anchors"]["key_pinned"] is False
+
+
+def test_verify_with_a_missing_anchors_file_says_so(db: Path, tmp_path: Path) -> None:
+    code, _, err = audit("verify", "--db", str(db), "--anchors", str(tmp_path / "nope.anchors"))
+    assert code == 2 and "no anchors file" in err

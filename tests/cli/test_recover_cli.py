@@ -4,6 +4,7 @@ crashed run left behind (here against the simulated venue, which forgot every or
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from legguard.cli import app
 from legguard.domain import OrderStatus, Side
 from legguard.engine import Journal, verify
+from legguard.engine.journal._binding import SIM_IDENTITY, record_binding
 from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
 
 SIM_CONFIG = """
@@ -89,6 +91,38 @@ def test_recover_names_a_bad_option(tmp_path: Path) -> None:
         assert journal.package("P000001").state.value == "dispatched"  # refused before touching anything
 
 
+def test_recover_beside_a_live_writer_is_refused_naming_the_journal_and_its_pid(tmp_path: Path) -> None:
+    # Issue 10 (defect 6): `recover` beside a live `run` would drive the same packages and fork the chain.
+    config, db = tmp_path / "sim.toml", tmp_path / "j.db"
+    config.write_text(SIM_CONFIG)
+    crashed_journal(db)
+
+    with Journal.open(db):  # the live `run`
+        recover = CliRunner().invoke(app, ["recover", "--config", str(config), "--db", str(db)])
+        run = CliRunner().invoke(app, ["run", "--config", str(config), "--db", str(db), "--seconds", "1"])
+        audit = CliRunner().invoke(app, ["audit", "list", "--db", str(db)])
+
+    for result in (recover, run):
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "already open for writing by pid" in text and str(os.getpid()) in text and "j.db" in text
+        assert "Traceback" not in result.output
+    assert audit.exit_code == 0 and "P000001" in audit.stdout  # readers are not locked out
+
+
+def test_recover_anchors_what_it_journaled_when_a_key_is_configured(tmp_path: Path) -> None:
+    config, db = tmp_path / "sim.toml", tmp_path / "j.db"
+    config.write_text(SIM_CONFIG + '\n[journal]\nanchor_key = "anchor.key"\n')
+    crashed_journal(db)
+
+    result = CliRunner().invoke(app, ["recover", "--config", str(config), "--db", str(db)])
+
+    assert result.exit_code == 0, result.output
+    (anchor,) = [json.loads(line) for line in Path(f"{db}.anchors").read_text().splitlines()]
+    with Journal.open(db, readonly=True) as journal:
+        assert (anchor["reason"], anchor["seq"]) == ("recovered", journal.last_seq())
+
+
 def hedged_journal(db: Path) -> str:
     """A journal whose package both legs filled, by its own account (on a venue that is not this one)."""
     with Journal.open(db) as journal:
@@ -105,6 +139,7 @@ def hedged_journal(db: Path) -> str:
 
 
 def crashed_journal_in(journal: Journal) -> str:
+    record_binding(journal, SIM_IDENTITY, None, 0.0)  # the crashed run traded on the sim venue
     number = journal.next_package_number()
     plan = PackagePlan(
         package_id=f"P{number:06d}",

@@ -31,6 +31,7 @@ from typer.testing import CliRunner, Result
 
 from legguard.cli import app
 from legguard.engine import Journal
+from legguard.fsm import Adopted
 
 pytestmark = pytest.mark.slow
 
@@ -181,18 +182,34 @@ heartbeat = {heartbeat}
 """)
         return path
 
-    def start(self, *args: str, crash: str | None = None, name: str = "run") -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if k != "LEGGUARD_CRASH_AT"}
+    def start(
+        self, *args: str, crash: str | None = None, name: str = "run", durable: str | None = None
+    ) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("LEGGUARD_CRASH_AT", "LEGGUARD_DURABLE_AT")}
         if crash is not None:
             env["LEGGUARD_CRASH_AT"] = crash
+        if durable is not None:
+            env["LEGGUARD_DURABLE_AT"] = durable
         with (self.dir / f"{name}.log").open("a") as log:  # the child keeps its own descriptor
             return subprocess.Popen([LEGGUARD, *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
 
-    def run(self, crash: str | None = None, *, name: str = "crashing", **config: Any) -> subprocess.Popen[str]:
-        """`legguard run` that opens a package; with `crash`, it is expected to SIGKILL itself."""
+    def run(
+        self, crash: str | None = None, *, name: str = "crashing", durable: str | None = None, **config: Any
+    ) -> subprocess.Popen[str]:
+        """`legguard run` that opens a package; with `crash`, it is expected to SIGKILL itself; with `durable`,
+        it keeps a copy of its journal as of that point (see `power_loss`)."""
         cfg = self.config(name, trade=True, **config)
         return self.start("run", "--config", str(cfg), "--db", str(self.db), "--seconds", "60", crash=crash,
-                          name=name)  # fmt: skip
+                          name=name, durable=durable)  # fmt: skip
+
+    def power_loss(self) -> None:
+        """After the SIGKILL: the journal goes back to the copy the run kept (`LEGGUARD_DURABLE_AT`), as if the
+        machine had lost power and, under `durability = "process"`, every commit after the copy with it."""
+        durable = Path(f"{self.db}.durable")
+        assert durable.is_file(), f"the run kept no durable copy: {self.logs()}"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        durable.rename(self.db)
 
     def killed(self, proc: subprocess.Popen[str], point: str) -> None:
         try:
@@ -273,8 +290,15 @@ heartbeat = {heartbeat}
         return states
 
     def intents(self) -> dict[str, dict[str, Any]]:
+        """Every order the journal accounts for: its intents, and the orders recovery adopted from the venue
+        after a crash lost the commits that journaled them (their intent comes with the `adopted` event)."""
         with Journal.open(self.db, readonly=True) as journal:
-            return {i.client_order_id: i.to_dict() for pid in journal.package_ids() for i in journal.intents(pid)}
+            out = {i.client_order_id: i.to_dict() for pid in journal.package_ids() for i in journal.intents(pid)}
+            for pid in journal.package_ids():
+                for event in journal.events(pid):
+                    if isinstance(event, Adopted):
+                        out[event.intent.client_order_id] = event.intent.to_dict()
+            return out
 
     def recovery_steps(self, package_id: str = "P000001") -> list[str]:
         with Journal.open(self.db, readonly=True) as journal:
@@ -379,6 +403,26 @@ def test_mid_unwind(crash: Crash) -> None:
         sent[0]["clientOrderId"]
     ]  # found, not sent again
     assert summary["recovery"]["answers"]["P000001"][sent[0]["clientOrderId"]].startswith("closed")
+
+
+def test_a_power_loss_that_loses_the_unwinds_commits_never_sends_its_id_again(crash: Crash) -> None:
+    # Issue 10, defect 5. The journal keeps everything up to the dispatch; the commits after it (the spot's
+    # fill, the perp's rejection, the unwind's intent) are lost with the power. The unwind had reached the
+    # venue and filled; the venue accepts its id again once it is closed, as Binance does.
+    _break_the_perp_leg(crash.emu)
+    crash.killed(crash.run("mid_unwind", durable="after_intent:1"), "mid_unwind")
+    (sent,) = [o for o in crash.emu.orders() if "-SU" in o["clientOrderId"]]
+    assert sent["status"] == "FILLED"
+    crash.power_loss()
+
+    summary = crash.restart_run()
+
+    # Venue truth: the spot was sold once, no id names two orders (assert_safe), and the lost unwind was
+    # found by its id and adopted rather than sent again.
+    assert crash.assert_safe() == {"P000001": "flat"}
+    assert [o["clientOrderId"] for o in crash.emu.orders() if "-SU" in o["clientOrderId"]] == [sent["clientOrderId"]]
+    assert summary["recovery"]["lost_orders"] == {sent["clientOrderId"]: "P000001"}
+    assert "lost_order_found" in crash.recovery_steps()
 
 
 def test_hedged_stays_hedged(crash: Crash) -> None:

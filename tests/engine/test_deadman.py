@@ -354,6 +354,21 @@ async def test_a_perp_leg_that_only_takes_needs_no_switch(rig: Rig) -> None:
     assert rig.deadman.wanted() == {ETH_PERP}
 
 
+async def test_status_says_what_is_armed_and_when_the_venue_would_cancel(autojump_clock: MockClock, rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.deadman.run)
+        c = core()
+        c.handle(Dispatch())
+        rig.add(c)
+        await trio.sleep(1.0)  # armed at 0, next heartbeat at 2.5, the venue cancels at 10
+        status = rig.deadman.status(trio.current_time())
+        nursery.cancel_scope.cancel()
+
+    assert status["armed"] == [ETH_PERP] and status["heartbeats"] == 1
+    assert status["next_heartbeat_in_s"] == {ETH_PERP: pytest.approx(1.5)}
+    assert status["venue_cancels_in_s"] == {ETH_PERP: pytest.approx(9.0)}
+
+
 async def test_no_arm_disarm_churn_between_packages(autojump_clock: MockClock, rig: Rig) -> None:
     # One package's entries end, the next one's start a moment later: the switch stays armed on its heartbeat,
     # never disarmed and armed again in between (each call costs request budget).

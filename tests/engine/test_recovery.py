@@ -284,8 +284,84 @@ async def test_unwinding_with_the_unwind_never_sent_sends_the_next_attempt(
     assert report.at_restart == {pid: "unwinding"} and report.final == {pid: "flat"}
     assert report.answers[pid][unwind.client_order_id].startswith("rejected filled 0 (not found")
     unwinds = [cid for cid in ids_sent(w) if cid.startswith(core.plan.client_id_prefix + "-SU")]
-    assert unwinds == [core.plan.client_id_prefix + "-SU1"]  # attempt 0 never reached the venue
+    # attempt 0 never reached the venue; attempt 1 carries the restart epoch (see test_recovery_ids below)
+    assert unwinds == [core.plan.client_id_prefix + "-SU1e1"]
     assert_safe_and_verified(w, engine, report)
+
+
+async def test_a_lost_commit_never_makes_recovery_send_an_unwind_id_again(
+    autojump_clock: MockClock, crashed: Crashed, tmp_path: Path
+) -> None:
+    """Defect 5: the step that journaled an unwind (and the unwind's fill) is lost on a power loss under
+    `durability = "process"`; the unwind had reached the venue and filled. The venue accepts a closed
+    order's id again as a NEW order, so re-sending `-SU0` would sell the spot twice."""
+    # Arrange: spot filled, perp rejected; the journal is durable up to (not including) the reject's step.
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.fill(spot)
+    w.ack(core, _spot_update(w, spot))
+    durable = tmp_path / "durable.db"
+    w.journal.backup_to(durable) if hasattr(w.journal, "backup_to") else _backup(w.db, durable)
+    (unwind,) = sent(w.feed(core, OrderEvent(perp.client_order_id, OrderStatus.REJECTED)))
+    w.send(unwind)  # the market sell went out and filled: the spot bought is sold
+    eth_after_the_unwind = w.venue.engine.balances()["ETH"].total
+    pid = core.plan.package_id
+    # Act: power loss (the commits after the copy are gone), then a restart on what survived.
+    w.journal.close()
+    _power_loss(w.db, durable)
+    w.journal = Journal.open(w.db)
+    try:
+        engine, report = await restart(w)
+
+        # Assert: venue truth. The spot was sold once; no id names two orders; the lost unwind is adopted.
+        sold_again = eth_after_the_unwind - w.venue.engine.balances()["ETH"].total
+        assert sold_again == 0, f"the spot was sold again ({sold_again} ETH): ids sent {ids_sent(w)}"
+        ids = ids_sent(w)
+        assert len(ids) == len(set(ids)), f"a client id was sent twice: {ids}"
+        assert report.lost_orders == {unwind.client_order_id: pid}
+        assert report.final == {pid: "flat"}
+        assert "lost_order_found" in recovery_steps(w, pid)
+        assert_safe_and_verified(w, engine, report)
+
+        # A later recovery counts the adopted order as the journal's own, not as an unjournaled stray.
+        _, again = await restart(w)
+        assert again.strays == [] and again.ok, again.to_dict()
+    finally:
+        w.journal.close()
+
+
+async def test_a_new_unwind_after_a_restart_carries_the_restart_epoch(
+    autojump_clock: MockClock, crashed: Crashed
+) -> None:
+    # The unwind the crashed process journaled (and never sent) is not reused, and neither is its attempt's id
+    # at any earlier epoch: every id a recovered package makes carries the durable restart epoch.
+    w = crashed
+    core, _spot, _ = broken(w)
+
+    engine, report = await restart(w)
+
+    assert report.epoch == 1
+    new = [cid for cid in ids_sent(w) if cid != _spot.client_order_id]
+    assert new == [f"{core.plan.client_id_prefix}-SU1e1"], new
+    assert_safe_and_verified(w, engine, report)
+
+
+def _power_loss(db: Path, durable: Path) -> None:
+    """Only the durable copy of the journal is left."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    durable.rename(db)
+
+
+def _backup(db: Path, to: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(db) as source, sqlite3.connect(to) as target:
+        source.backup(target)
+    source.close()
+    target.close()
 
 
 async def test_unwinding_with_the_unwind_filled_while_down_sends_nothing(

@@ -734,7 +734,7 @@ def test_fingerprint_and_clone_cover_every_field() -> None:
         assert getattr(twin.clone().orders[SE0], name) == value, name
     core_changes: dict[str, object] = {
         "entry": {}, "unwind_attempts": {}, "venue_reduced": D("1"), "entry_closing": True, "close_all": True,
-        "orders": {},
+        "orders": {}, "epoch": 3,
     }  # fmt: skip
     constant = {"plan", "lifecycle", "edges", "initial"}  # fixed per package, or the state itself
     assert set(core_changes) | constant == {f.name for f in fields(PackageCore)}

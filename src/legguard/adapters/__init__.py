@@ -8,6 +8,8 @@ Map:
                 its books; shared by `sim/` and `emulator/`, knowing neither.
 - `sim/`        `SimVenue`: the in-process simulated venue on trio time (latency, faults).
 - `ccxt/`       `CcxtVenue`: Binance spot + USDⓈ-M through unmodified ccxt / ccxt.pro on trio via trio-asyncio.
+- `_redact.py`  the secret guard for text: credentials, signatures, listen keys masked in logs and errors
+                (one process-wide registry; the ccxt venue and `legguard run` register what they hold).
 - `emulator/`   `Emulator` / `serve_emulator`: the matching engine served over Binance's REST and websocket
                 protocols on loopback, so unmodified ccxt trades against it offline.
 

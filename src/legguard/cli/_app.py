@@ -1,13 +1,20 @@
 """The `legguard` command: one typer app, and the one place that registers every command on it. Each command
-lives in its own module as a plain function and knows nothing of the app."""
+lives in its own module as a plain function and knows nothing of the app. Every command's errors pass
+through `EdgeGroup` (`_edge.py`): one line on stderr, one exit code of the contract."""
 
 from __future__ import annotations
+
+import sys
+from typing import Annotated
 
 import typer
 
 from ._audit import audit_app
 from ._bench import bench
+from ._check import check
+from ._control import close, halt, resume, status, stop
 from ._demo import demo
+from ._edge import STATE, EdgeGroup
 from ._emulator import emulator
 from ._fsm import fsm
 from ._recover import recover
@@ -15,16 +22,33 @@ from ._run import run
 
 app = typer.Typer(
     name="legguard",
-    help="Execution engine for delta-neutral spot/perp trade packages.",
+    cls=EdgeGroup,  # every command's errors: one line, one exit code (see _edge.py)
+    help="Execution engine for delta-neutral spot/perp trade packages. Exit codes: 0 done and every package "
+    "hedged or flat; 1 something left unsafe or unexplained; 2 usage or config error; 3 venue refused or "
+    "unreachable before trading.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # errors are one line (EdgeGroup); --debug prints the traceback
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
-for command in (bench, demo, emulator, fsm, recover, run):
+for command in (bench, check, demo, emulator, fsm, recover, run, status, halt, resume, close, stop):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
 
 
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="LEGGUARD_DEBUG", help="Print the full traceback of an error.")
+    ] = False,
+) -> None:
+    STATE.debug = debug
+
+
 def main() -> None:
-    app()
+    # `legguard run ... --debug` reads as naturally as `legguard --debug run ...`: accept both.
+    args = sys.argv[1:]
+    if "--debug" in args and "--" not in args:
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    app(args=args)

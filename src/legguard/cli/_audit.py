@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legguard.engine.app._config import ConfigError, load_config
 from legguard.engine.journal import (
     FUNDING,
     GROUPINGS,
@@ -28,6 +29,15 @@ from legguard.engine.journal import (
     package_pnl,
     replay_package,
 )
+from legguard.engine.journal._anchors import (
+    AnchorCheck,
+    default_anchors_path,
+    load_key,
+    parse_public_key,
+    public_key_text,
+    verify_anchors,
+)
+from legguard.engine.journal._binding import bound_identity
 from legguard.engine.journal._pnl import funding_amount
 from legguard.engine.journal._replay import verify as verify_journal
 from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
@@ -103,10 +113,16 @@ def list_packages(
     with _reader(db) as journal:
         rows = journal.packages(state)
         journal_id = journal.journal_id
+        control = [r for r in journal.engine_log() if r.kind == "control"]
+        bound = bound_identity(journal)
     if as_json:
-        _emit_json({"journal_id": journal_id, "packages": [r.to_dict() for r in rows]})
+        binding = None if bound is None else bound.to_dict()
+        _emit_json({"journal_id": journal_id, "binding": binding, "packages": [r.to_dict() for r in rows],
+                    "control": [r.to_dict() for r in control]})  # fmt: skip
         return
-    table = Table(title=f"journal {journal_id}: {len(rows)} package(s)" + (f" in {state.value}" if state else ""))
+    venue = "not bound to a venue" if bound is None else f"venue {bound.describe()}"
+    title = f"journal {journal_id} ({venue}): {len(rows)} package(s)" + (f" in {state.value}" if state else "")
+    table = Table(title=escape(title))
     table.add_column("package", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("spot", justify="right")
@@ -126,6 +142,13 @@ def list_packages(
     _out().print(table)
     if any(r.exposure.unknown for r in rows):
         _out().print("[yellow]?[/yellow] some order's outcome is unknown: exposure is a lower bound")
+    if control:
+        last = control[-1]
+        what = escape(summarize(last.kind, last.payload))
+        _out().print(
+            f"{len(control)} operator action(s); last {_when(last.wall_time)} {what}"
+            " — all engine events: `legguard audit show engine`"
+        )
 
 
 @audit_app.command("show")
@@ -134,7 +157,11 @@ def show(
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """One package's timeline: every journaled row, in order."""
+    """One package's timeline: every journaled row, in order. `engine` shows the engine's own rows (start,
+    stop, halts, resumes, operator actions, outages)."""
+    if package_id == ENGINE:
+        _show_engine(db, as_json)
+        return
     with _reader(db) as journal:
         try:
             package = journal.package(package_id)
@@ -276,23 +303,109 @@ def pnl(
     _out().print(table)
 
 
-@audit_app.command("verify")
-def verify(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
-    """Check the hash chain and replay every package through the decision core. Exit 0 only if OK."""
-    report = _guard(lambda: verify_journal(db))
+ENGINE = "engine"
+
+
+def _show_engine(db: Path, as_json: bool) -> None:
+    with _reader(db) as journal:
+        rows = journal.engine_log()
+        journal_id = journal.journal_id
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({"journal_id": journal_id, "engine": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"journal {journal_id}: engine events", show_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        detail = escape(summarize(r.kind, r.payload))
+        if r.kind == "control" or r.payload.get("event") in ("halted", "resumed", "venue_outage"):
+            detail = f"[bold]{detail}[/bold]"
+        table.add_row(str(r.seq), _when(r.wall_time), r.kind, detail)
+    _out().print(table)
+
+
+@audit_app.command("verify")
+def verify(
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors",
+            help="Signed anchors file the engine wrote (see docs/audit.md): fail unless the journal still holds "
+            "every anchored head, i.e. nothing up to the last anchor was deleted or rewritten.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The anchor key to trust: 'ed25519:...' (`legguard audit public-key`) or a file holding it. "
+            "Without it the key in the anchors file is trusted, which a forger can replace.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The run config: check the anchors where it keeps them (journal.anchors, default <db>.anchors), "
+            "pinned to the public half of its journal.anchor_key. --anchors / --public-key override.",
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain and replay every package through the decision core; with --anchors (or --config),
+    also that the journal extends every signed anchor. Exit 0 only if OK."""
+    pinned = _guard(lambda: parse_public_key(public_key)) if public_key is not None else None
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_NO_JOURNAL) from None
+        if anchors is None:
+            anchors = cfg.anchors or default_anchors_path(db)
+        if pinned is None and cfg.anchor_key is not None and cfg.anchor_key.exists():
+            key_path = cfg.anchor_key
+            pinned = _guard(lambda: load_key(key_path)).public_key()
+    if anchors is not None and not anchors.is_file():
+        raise _fail(f"no anchors file at {str(anchors)!r}", EXIT_NO_JOURNAL)
+    report = _guard(lambda: verify_journal(db))
+    check: AnchorCheck | None = None
+    if anchors is not None:
+        with _reader(db) as journal:
+            check = verify_anchors(journal, anchors, pinned)
+    ok = report.ok and (check is None or check.ok)
+    if as_json:
+        _emit_json({**report.to_dict(), "ok": ok, "anchors": None if check is None else check.to_dict()})
     else:
         out = _out()
         summary = f"{report.rows_checked} rows, {report.packages_checked} packages, journal {report.journal_id}"
-        if report.ok:
+        if check is not None and not check.ok:
+            out.print(f"[red]FAILED[/red] anchors: {escape(check.problem or '')}")
+        if report.ok and ok:
             out.print(f"[green]OK[/green] {summary}; head seq {report.head_seq} hash {report.head_hash}")
-        else:
+            if check is not None:
+                out.print(f"  {escape(check.summary())}")
+            else:
+                out.print("  not checked against signed anchors (--anchors): a rewrite of the whole file passes")
+        elif not report.ok:
             count = len(report.problems) + report.omitted
             out.print(f"[red]FAILED[/red] {summary}: {count} problem(s), first bad row first")
             for problem in report.problems:
                 out.print(f"  - {problem}", markup=False)
             if report.omitted:
                 out.print(f"  ... and {report.omitted} more")
-    if not report.ok:
+    if not ok:
         raise typer.Exit(EXIT_PROBLEMS)
+
+
+@audit_app.command("public-key")
+def public_key_cmd(
+    key: Annotated[Path, typer.Option("--key", help="The anchor key file (journal.anchor_key / run --anchor-key).")],
+) -> None:
+    """Print the public half of the anchor key ('ed25519:...'), to pin with `audit verify --public-key`."""
+    if not key.is_file():
+        raise _fail(f"--key: no key file at {str(key)!r}", EXIT_NO_JOURNAL)
+    private = _guard(lambda: load_key(key))
+    typer.echo(public_key_text(private.public_key()))

@@ -62,8 +62,7 @@ def bench(
     sizes: Sizes = QUICK if quick else FULL
     if runs is not None:
         if runs < 1:
-            console.print(f"[red]error:[/red] --runs: {runs!r} must be >= 1")
-            raise typer.Exit(2)
+            raise typer.BadParameter(f"must be >= 1, got {runs}", param_hint="'--runs'")
         sizes = dataclasses.replace(sizes, runs=runs)
     niced = _raise_priority()
     result = run_bench(sizes, lambda line: console.print(f"[dim]{line}[/dim]"), wire=wire, quality=packages)

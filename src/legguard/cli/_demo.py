@@ -15,8 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from legguard.engine._spec import SpecError
-from legguard.engine.app._demo import DemoOptions, DemoRun, run_demo
+from legguard.engine.app._demo import DemoOptions, DemoRun, run_demo, validate_options
 from legguard.fsm import ExecutionStyle, LegRole, State
 
 
@@ -42,18 +41,15 @@ def demo(
             raise typer.Exit(2)
     options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db, execution=ExecutionStyle(execution),
                           maker_leg=LegRole(maker_leg))  # fmt: skip
-    try:
-        if as_json:
-            report = trio.run(_run_with_signals, options, None)
-            typer.echo(json.dumps(report, indent=2, sort_keys=True))
-        else:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                report = trio.run(_run_with_signals, options, lambda run: live.update(render(run)))
-            console.print()
-            console.print(render_summary(report))
-    except SpecError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    validate_options(options)  # bad options are refused before anything starts (exit 2)
+    if as_json:
+        report = trio.run(_run_with_signals, options, None)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            report = trio.run(_run_with_signals, options, lambda run: live.update(render(run)))
+        console.print()
+        console.print(render_summary(report))
     bad = {s: n for s, n in report["final_states"].items() if s not in (State.HEDGED, State.FLAT)}
     if bad or report["open_exposure"]:
         console.print(f"[red]UNSAFE END: states {bad}, open exposure {report['open_exposure']}[/red]")

@@ -30,9 +30,12 @@ def emulator(
         DEFAULT_PORT
     ),
     tls_port: Annotated[
-        int,
-        typer.Option(help="HTTPS port for ccxt's exact Binance error mapping (0: any free port, -1: none)."),
-    ] = DEFAULT_PORT + 1,
+        int | None,
+        typer.Option(
+            help="HTTPS port for ccxt's exact Binance error mapping (default or 0: any free port, -1: none).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the market driver (books, prices).")] = 0,
     api_key: Annotated[str, typer.Option(help="API key clients must send.", envvar="LEGGUARD_EMULATOR_KEY")] = (
         DEFAULT_API_KEY
@@ -50,6 +53,8 @@ def emulator(
 ) -> None:
     """Serve Binance spot + USDⓈ-M (REST and websockets) on loopback; prints the ccxt configuration to use."""
     console = Console(soft_wrap=True)  # URLs and paths stay copyable
+    if tls_port is None:
+        tls_port = 0  # any free port: a second emulator on another --port must not collide on TLS
     for name, value, ok in (
         ("port", port, 0 <= port <= 65535),
         ("tls-port", tls_port, -1 <= tls_port <= 65535),
@@ -64,8 +69,9 @@ def emulator(
             _serve(console, host, port, None if tls_port < 0 else tls_port, seed, api_key, api_secret, tick, seconds)
         )
     except OSError as exc:  # typically: the port is taken
-        console.print(f"[red]error:[/red] cannot listen on {host}: {exc.strerror or exc}")
-        raise typer.Exit(1) from None
+        err = Console(stderr=True, soft_wrap=True, highlight=False)
+        err.print(f"[red]error:[/red] cannot listen on {host}: {exc.strerror or exc} (choose another --port)")
+        raise typer.Exit(2) from None
 
 
 async def _serve(
@@ -107,6 +113,7 @@ def _banner(console: Console, emu: Emulator, *, secret_is_default: bool) -> None
     console.print(f"  API secret         {'the documented default' if secret_is_default else '(as given; not shown)'}")
     console.print(f"  ccxt urls['api']   GET {base}/_emulator/ccxt-urls   (plain http; ?tls=1 for the TLS ones)")
     if emu.tls_port is not None:
+        console.print(f"  TLS                https://{emu.host}:{emu.tls_port}")
         console.print(f"  ccxt config        GET {base}/_emulator/ccxt-config (TLS: Binance's exact exception mapping)")
         config = emu.ccxt_config("binanceusdm")
         hint = {"hostname": config["hostname"], "cafile": config["cafile"]}

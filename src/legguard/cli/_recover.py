@@ -4,6 +4,7 @@ hedged or flat from the venue's facts, print what was found and done, and exit (
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,14 +16,32 @@ from rich.table import Table
 
 from legguard.engine._engine import Engine
 from legguard.engine._recovery import RecoveryReport, settle_recovered
-from legguard.engine._spec import SpecError
 from legguard.engine.app._config import ConfigError, RunConfig, load_config
-from legguard.engine.app._runner import open_venue
-from legguard.engine.journal._store import Durability, Journal, JournalError
+from legguard.engine.app._control import claim_socket, socket_path
+from legguard.engine.app._runner import open_checked_venue
+from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
+from legguard.engine.journal._store import Durability, Journal
 
-# Exit codes: 0 every package hedged or flat, 1 something still needs an operator, 2 nothing to recover from.
-EXIT_UNSAFE = 1
-EXIT_USAGE = 2
+from ._edge import ExitCode, note_trading
+
+# Exit codes (the contract in _edge.py): 0 every package hedged or flat, 1 something still needs an operator.
+EXIT_UNSAFE = ExitCode.UNSAFE
+
+RebindOption = Annotated[
+    bool,
+    typer.Option(
+        "--rebind-journal",
+        help="Bind the journal to this config's venue and account although it belongs to another (or to none).",
+    ),
+]
+
+
+def banner(cfg: RunConfig, db: Path) -> str:
+    """Which venue and which money: printed before anything connects."""
+    money = ""
+    if cfg.venue.kind == "binance":
+        money = "  [yellow]TESTNET[/yellow]" if cfg.venue.testnet else "  [bold red]MAINNET: real money[/bold red]"
+    return f"legguard: venue {cfg.venue.endpoint}{money}; journal {db}"
 
 
 def recover(
@@ -35,21 +54,20 @@ def recover(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    rebind: RebindOption = False,
 ) -> None:
     """Recover after a crash: ask the venue about every order of every package not flat, resume each
     package's state machine from the facts until it is hedged or flat, cancel our stray orders, and exit.
-    `legguard run` does the same by itself at start."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        cfg = load_config(config)
-        if wait is not None and not wait > 0:
-            raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
-        if not db.is_file():
-            raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
-        report = trio.run(_recover, cfg, db, wait)
-    except (ConfigError, SpecError, JournalError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+    `legguard run` does the same by itself at start. Refuses a journal bound to another venue or account."""
+    cfg = load_config(config)
+    if wait is not None and not wait > 0:
+        raise ConfigError(f"--wait: {wait!r} is invalid; must be > 0")
+    if not db.is_file():
+        raise ConfigError(f"--db: no journal at {str(db)!r} (nothing to recover; pass the crashed run's --db)")
+    claim_socket(socket_path(db))  # an engine running on this journal recovers by itself: never both
+    cfg.venue.credentials()  # a missing variable is a config error before anything is opened
+    Console(stderr=True, highlight=False, soft_wrap=True).print(banner(cfg, db))
+    report = trio.run(partial(_recover, cfg, db, wait, rebind=rebind))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -58,14 +76,19 @@ def recover(
         raise typer.Exit(EXIT_UNSAFE)
 
 
-async def _recover(cfg: RunConfig, db: Path, wait: float | None) -> RecoveryReport:
+async def _recover(cfg: RunConfig, db: Path, wait: float | None, *, rebind: bool = False) -> RecoveryReport:
     durability = Durability.POWER if cfg.durability == "power" else Durability.PROCESS
     journal = Journal.open(db, durability=durability)
+    key = load_or_create_key(cfg.anchor_key) if cfg.anchor_key is not None else None
     try:
-        async with open_venue(cfg) as venue:
+        async with open_checked_venue(cfg, journal, rebind=rebind) as venue:
+            note_trading()
             engine = Engine(venue, journal, cfg.engine)
             async with engine.running():
-                return await settle_recovered(engine, await engine.recover(), wait)
+                report = await settle_recovered(engine, await engine.recover(), wait)
+        if key is not None:  # what recovery journaled is anchored like any run's rows
+            Anchorer(journal, key, cfg.anchors or default_anchors_path(db)).anchor("recovered")
+        return report
     finally:
         journal.close()
 
@@ -100,6 +123,10 @@ def print_recovery(console: Console, report: RecoveryReport) -> None:
             f"stray order {escape(stray['client_order_id'])} ({stray['symbol']} {stray['side']}, filled "
             f"{stray['filled']}): {escape(stray['outcome'])}{escape(unwind)}"
         )
+    for cid, pid in report.lost_orders.items():
+        console.print(f"[yellow]{escape(cid)} ({pid}): sent, but the journal had lost it; found and adopted[/yellow]")
+    if report.unprobed:
+        console.print(f"[red]may exist at the venue, could not be asked:[/red] {escape(', '.join(report.unprobed))}")
     if report.unreachable:
         console.print(f"[yellow]asked again later (venue did not answer):[/yellow] {', '.join(report.unreachable)}")
     if not report.positions_verified:

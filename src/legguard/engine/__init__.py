@@ -17,6 +17,8 @@ Map:
 - `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
                     queries wait; every live order and position reconciled when it answers again.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
+- `_observe.py`     `EngineObserver`: the hooks metrics and alerts implement (transition, halt, resume, ...);
+                    `HaltSource`.
 - `journal/`        the SQLite hash-chained audit journal (`_store.py`) and its proof: replay and verify
                     (`_replay.py`).
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.

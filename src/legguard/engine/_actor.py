@@ -9,6 +9,7 @@ decides, using only request/response calls (the venue's order stream may already
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import trio
@@ -122,6 +123,9 @@ class PackageActor:
 
     def _fact_error(self, cid: str, where: str, error: object) -> None:
         # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
+        if not (isinstance(error, OrderRejected) and error.reason is RejectReason.POST_ONLY_CROSS):
+            # A post-only entry the book moved through is routine, not an error for the operator's status.
+            self.engine.note_error(f"{self.handle.package_id} {cid} {where}: {error}")
         self.handle.facts.append(
             ("order_error", {"client_order_id": cid, "where": where, "error": str(error)}, trio.current_time())
         )
@@ -152,6 +156,7 @@ class PackageActor:
     async def step(self, event: Event) -> None:
         h, engine = self.handle, self.engine
         now = trio.current_time()
+        started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
         commands = self.core.handle(event)
         h.events.append(event)
         # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
@@ -165,7 +170,7 @@ class PackageActor:
         else:
             engine.journal.record_step(h.package_id, event, commands, self.core.state, self.core.exposure(), now)
         if CRASH_ARMED:
-            _crashpoints.after_step(self.core, commands)
+            _crashpoints.after_step(self.core, commands, engine.journal)
         self._track_exposure(now)
         if (
             self.core.state is State.DISPATCHED
@@ -211,6 +216,8 @@ class PackageActor:
                     self._spawn(self._fill_deadline)
                 elif command.dest is State.UNWINDING:
                     self._spawn(self._unwind_watchdog)
+                    if command.source is State.ORPHANED:
+                        engine.note_reaction(time.perf_counter() - started)
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
@@ -223,7 +230,7 @@ class PackageActor:
             h.naked_since = now
         elif not naked and h.naked_since is not None:
             h.max_naked = max(h.max_naked, now - h.naked_since)
-            self.engine.stats.note_naked(now - h.naked_since)
+            self.engine.note_naked(now - h.naked_since)
             h.naked_since = None
 
     def _spawn(self, fn: Callable[..., object], *args: object) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from typing import Final
+from pathlib import Path
+from typing import Final, Protocol
 
 from legguard.domain import OrderStatus
 from legguard.fsm import (
@@ -58,9 +59,34 @@ def parse(text: str) -> tuple[str, int] | None:
     return name, int(count)
 
 
+# `LEGGUARD_DURABLE_AT=name[:n]`: at that passage the process copies its journal, as committed, to
+# `<journal>.durable` and carries on. The crash harness then puts the copy back after the SIGKILL: the commits
+# made after it are lost, as a power loss loses them under `durability = "process"`.
+DURABLE_ENV: Final = "LEGGUARD_DURABLE_AT"
 _TARGET: Final = parse(os.environ.get(ENV, ""))
-ARMED: Final = _TARGET is not None
+_DURABLE: Final = parse(os.environ.get(DURABLE_ENV, ""))
+ARMED: Final = _TARGET is not None or _DURABLE is not None
 _passed = 0
+_durable_passed = 0
+
+
+class _Backup(Protocol):
+    path: Path
+
+    def backup_to(self, path: str | Path) -> None: ...
+
+
+def durable_point(name: str, journal: _Backup | None) -> None:
+    """The process passes `name`: copy the journal if `LEGGUARD_DURABLE_AT` names this passage."""
+    global _durable_passed
+    if _DURABLE is None or _DURABLE[0] != name or journal is None:
+        return
+    _durable_passed += 1
+    if _durable_passed == _DURABLE[1]:
+        target = Path(f"{journal.path}.durable")
+        target.unlink(missing_ok=True)
+        journal.backup_to(target)
+        os.write(2, f"legguard: durable point {name}:{_durable_passed}: journal copied to {target}\n".encode())
 
 
 def reached(name: str) -> None:
@@ -76,9 +102,10 @@ def reached(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def after_step(core: PackageCore, commands: Sequence[Command]) -> None:
+def after_step(core: PackageCore, commands: Sequence[Command], journal: _Backup | None = None) -> None:
     """The points that follow one journaled core step, before any of its effects start."""
     if any(isinstance(c, JournalIntent) for c in commands):
+        durable_point("after_intent", journal)
         reached("after_intent")
     for c in commands:
         if isinstance(c, Transitioned):

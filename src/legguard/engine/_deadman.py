@@ -64,6 +64,24 @@ class DeadMan:
         """Something changed: look at the packages again now (called from synchronous engine code)."""
         self._wake.set()
 
+    def status(self, now: float) -> dict[str, object]:
+        """For `legguard status`: which symbols are armed and when each must be re-armed next."""
+        return {
+            "enabled": self.config.enabled,
+            "supported": self.supported(),
+            "armed": sorted(self.armed),
+            "countdown_s": self.config.countdown,
+            "next_heartbeat_in_s": {s: round(max(t - now, 0.0), 3) for s, t in sorted(self._due.items())},
+            # The venue's own deadline: last successful arm + countdown (it cancels the entries then).
+            "venue_cancels_in_s": {
+                s: round(max(self._due[s] - self.config.heartbeat + self.config.countdown - now, 0.0), 3)
+                for s in sorted(self.armed)
+                if s in self._due
+            },
+            "heartbeats": self.heartbeats,
+            "failures": self.failures,
+        }
+
     def wanted(self) -> set[str]:
         """Perp symbols with an entry order that may rest: a package about to dispatch, or whose perp entry
         is not known to be finished."""

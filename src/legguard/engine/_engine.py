@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
+import time
 import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,6 +23,7 @@ from legguard.domain import (
     BookSnapshot,
     Market,
     OrderOrigin,
+    OrderStatus,
     OrderUpdate,
     RateLimited,
     Side,
@@ -47,6 +50,7 @@ from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
 from ._handle import PackageHandle
 from ._host import EngineStats
+from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
 from ._pricing import PricingRefused, dust_threshold, price_package
 from ._recovery import RecoveryReport
@@ -87,7 +91,15 @@ class Engine:
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
         self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
+        self.observers: list[EngineObserver] = []  # metrics, alerts (see _observe.py)
+        self.halt_source: HaltSource | None = None
+        self.resume_at: float | None = None  # breaker cool-off: when the engine resumes by itself
+        self._auto_resumed_at: float | None = None  # a trip within breaker.window of this stays halted
+        self._resume_wake = trio.Event()
+        self.stream_last_message: float | None = None  # trio time of the last order-stream batch
+        self.started_at = 0.0
         self.outage = VenueWatch(self)  # is the venue answering? (no new packages while it is not)
+        self.outage.on_change = self._venue_health_changed  # alerts, metrics
 
     @property
     def stopping(self) -> bool:
@@ -100,12 +112,14 @@ class Engine:
         """Run the engine's services for the duration of the block; on exit (normal, error, or
         cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
         self.markets = await self.venue.load_markets()
+        self.started_at = trio.current_time()
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
         async with trio.open_nursery() as service:
             self._service = service
             service.start_soon(self._gateway)
             service.start_soon(self._position_reconciler)
             service.start_soon(self.deadman.run)
+            service.start_soon(self._breaker_cooloff)
             service.start_soon(self.outage.run)
             for symbol in symbols or []:
                 await self.watch_book(symbol)
@@ -129,6 +143,7 @@ class Engine:
 
     async def _stop_packages(self) -> None:
         self.mode = EngineMode.STOPPING
+        self.resume_at = None
         self.journal.record("engine", None, {"event": "stopping"}, trio.current_time())
         for h in list(self.handles.values()):
             if not h.done.is_set():
@@ -283,6 +298,7 @@ class Engine:
         self.stats.faults += 1
         tb = "".join(traceback.format_exception(crash))
         log.error("package %s actor raised: %s", handle.package_id, crash)
+        self.note_error(f"package {handle.package_id} actor raised: {crash!r}")
         self.journal.record("fault", handle.package_id, {"error": repr(crash), "traceback": tb}, trio.current_time())
         core = PackageCore(handle.core.plan)
         for event in handle.events:
@@ -308,22 +324,90 @@ class Engine:
 
     # --- the engine's own state -----------------------------------------------------------------------
 
-    def halt(self, reason: str) -> None:
+    def halt(self, reason: str, source: HaltSource = HaltSource.ENGINE) -> bool:
+        """Stop taking new packages (unwinds continue). Returns False if the engine was not running -- except
+        that an operator's halt always takes over a halt that might resume by itself (breaker cool-off)."""
+        now = trio.current_time()
+        if self.mode is EngineMode.HALTED and source is HaltSource.OPERATOR:
+            self.halt_source, self.halt_reason, self.resume_at = source, reason, None
+            self.journal.record("engine", None, {"event": "halted", "reason": reason, "source": source.value,
+                                                 "already_halted": True}, now)  # fmt: skip
+            notify(self.observers, "on_halt", reason, source)
+            return True
         if self.mode is not EngineMode.RUNNING:
-            return
+            return False
         self.mode = EngineMode.HALTED
         self.halt_reason = reason
+        self.halt_source = source
         self.stats.halts += 1
         log.warning("engine HALTED: %s", reason)
-        self.journal.record("engine", None, {"event": "halted", "reason": reason}, trio.current_time())
+        self.note_error(f"engine halted: {reason}")
+        payload: dict[str, object] = {"event": "halted", "reason": reason, "source": source.value}
+        b = self.config.breaker
+        if source is HaltSource.BREAKER and b.resume_after is not None:
+            again = self._auto_resumed_at is not None and now - self._auto_resumed_at <= b.window
+            if again:
+                payload["auto_resume"] = f"none: tripped again within {b.window:g}s of an automatic resume"
+                log.warning("breaker tripped again after an automatic resume: halted until an operator resumes")
+            else:
+                self.resume_at = now + b.resume_after
+                payload["auto_resume_in"] = b.resume_after
+                self._resume_wake.set()
+        self.journal.record("engine", None, payload, now)
+        notify(self.observers, "on_halt", reason, source)
+        return True
 
-    def resume(self, reason: str = "operator") -> None:
+    def resume(self, reason: str = "operator", *, automatic: bool = False) -> bool:
+        """Take new packages again. Returns False if the engine was not halted."""
         if self.mode is not EngineMode.HALTED:
-            return
+            return False
+        now = trio.current_time()
         self.mode = EngineMode.RUNNING
         self.halt_reason = ""
+        self.halt_source = None
+        self.resume_at = None
+        self._auto_resumed_at = now if automatic else None
+        if automatic:
+            self.stats.auto_resumes += 1
         self._orphan_times.clear()
-        self.journal.record("engine", None, {"event": "resumed", "reason": reason}, trio.current_time())
+        log.warning("engine RESUMED: %s", reason)
+        self.journal.record("engine", None, {"event": "resumed", "reason": reason, "automatic": automatic}, now)
+        notify(self.observers, "on_resume", reason, automatic)
+        return True
+
+    async def _breaker_cooloff(self) -> None:
+        """`breaker.resume_after`: resume a breaker halt once its cool-off has passed (unless an operator
+        took the halt over meanwhile, which clears `resume_at`)."""
+        while True:
+            wake = self._resume_wake
+            with trio.move_on_at(self.resume_at if self.resume_at is not None else math.inf):
+                await wake.wait()
+            if wake.is_set():
+                self._resume_wake = trio.Event()
+                continue
+            if self.resume_at is not None and self.halt_source is HaltSource.BREAKER:
+                waited = self.config.breaker.resume_after
+                self.resume(f"circuit breaker cool-off of {waited:g}s passed", automatic=True)
+            self.resume_at = None
+
+    def note_error(self, text: str) -> None:
+        self.stats.errors.append((trio.current_time(), time.time(), text))
+
+    def note_reaction(self, seconds: float) -> None:
+        """A kill switch engaged: `seconds` from the event that broke the package to its orders going out
+        (decision, journal commit, release), measured on the wall clock."""
+        if self.observers:
+            notify(self.observers, "on_kill_switch", seconds)
+
+    def note_naked(self, seconds: float) -> None:
+        self.stats.note_naked(seconds)
+        notify(self.observers, "on_naked", seconds)
+
+    def _venue_health_changed(self, healthy: bool, detail: str) -> None:
+        """The venue watch declared the venue down, or reconciled it back (it journals both)."""
+        if not healthy:
+            self.note_error(f"venue unreachable: {detail}")
+        notify(self.observers, "on_venue_health", healthy, detail)
 
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
         if t.dest in (State.FLAT, State.HEDGED):
@@ -332,9 +416,15 @@ class Engine:
             self.live.add(handle.package_id)
         self.deadman.poke()  # entries start or stop resting on a transition
         self.stats.recent.append((now, handle.package_id, t.source.value, t.trigger.value, t.dest.value))
+        if self.observers:
+            notify(self.observers, "on_transition", handle, t, now)
         if t.dest is State.ORPHANED:
             handle.ever_orphaned = True
             self.stats.orphan_events += 1
+            exposure = handle.core.exposure()
+            if exposure.unknown and any(o.status is OrderStatus.UNKNOWN for o in handle.core.orders.values()):
+                detail = f"an order's outcome is unknown; exposure at least spot {exposure.spot} perp {exposure.perp}"
+                notify(self.observers, "on_unknown_exposure", handle.package_id, detail)
             self._breaker(now)
         elif t.dest is State.UNWINDING:
             handle.unwinding_since = now
@@ -346,13 +436,18 @@ class Engine:
                 self._orders.pop(o, None)
             self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
+    def breaker_count(self, now: float) -> int:
+        """Orphan events inside the breaker's window now."""
+        return sum(1 for t in self._orphan_times if t >= now - self.config.breaker.window)
+
     def _breaker(self, now: float) -> None:
         b = self.config.breaker
         self._orphan_times.append(now)
         while self._orphan_times and self._orphan_times[0] < now - b.window:
             self._orphan_times.popleft()
         if len(self._orphan_times) > b.max_orphans:
-            self.halt(f"circuit breaker: {len(self._orphan_times)} orphan events within {b.window:g}s")
+            self.halt(f"circuit breaker: {len(self._orphan_times)} orphan events within {b.window:g}s",
+                      HaltSource.BREAKER)  # fmt: skip
 
     def on_rate_limited(self, exc: RateLimited) -> None:
         self.paused_until = trio.current_time() + exc.retry_after
@@ -362,11 +457,14 @@ class Engine:
     def on_unwind_overdue(self, handle: PackageHandle) -> None:
         self.stats.unwind_overdue += 1
         log.critical("package %s still unwinding after the unwind deadline", handle.package_id)
+        self.note_error(f"package {handle.package_id} still unwinding after the unwind deadline")
+        notify(self.observers, "on_unwind_overdue", handle.package_id)
         self.journal.record("unwind_overdue", handle.package_id, {"state": handle.core.state.value},
                             trio.current_time())  # fmt: skip
         self.halt(f"unwind deadline exceeded on {handle.package_id}")
 
     def journal_error(self, package_id: str, client_order_id: str, where: str, error: object) -> None:
+        self.note_error(f"{package_id} {client_order_id} {where}: {error}")
         self.journal.record("order_error", package_id,
                             {"client_order_id": client_order_id, "where": where, "error": str(error)},
                             trio.current_time())  # fmt: skip
@@ -395,6 +493,7 @@ class Engine:
                     self._service.start_soon(self.reconcile_short, symbol)
                 continue
             backoff = 0.05
+            self.stream_last_message = trio.current_time()
             for update in updates:
                 self.route(update)
 

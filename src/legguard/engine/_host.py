@@ -30,7 +30,10 @@ class EngineStats:
     faults: int = 0
     unwind_overdue: int = 0
     max_naked: float = 0.0
+    auto_resumes: int = 0
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
+    # (trio time, wall time, text) of the latest errors worth an operator's eyes
+    errors: deque[tuple[float, float, str]] = field(default_factory=lambda: deque(maxlen=10))
 
     def note_naked(self, seconds: float) -> None:
         self.max_naked = max(self.max_naked, seconds)
@@ -77,7 +80,13 @@ class EngineHost(Protocol):
 
     def on_unwind_overdue(self, handle: PackageHandle) -> None: ...
 
-    def halt(self, reason: str) -> None: ...
+    def note_error(self, text: str) -> None: ...
+
+    def note_naked(self, seconds: float) -> None: ...
+
+    def note_reaction(self, seconds: float) -> None: ...
+
+    def halt(self, reason: str) -> object: ...  # the engine's also takes who halted, returns whether it did
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None: ...
 

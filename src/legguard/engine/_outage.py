@@ -13,6 +13,7 @@ those answers, and only then accepts new packages again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,6 +52,7 @@ class VenueWatch:
         self._up = trio.Event()
         self._up.set()
         self._down = trio.Event()  # set while down (a fresh one once the venue is back)
+        self.on_change: Callable[[bool, str], None] | None = None  # (up?, detail): the engine's observers
 
     @property
     def down(self) -> bool:
@@ -110,6 +112,8 @@ class VenueWatch:
                   self.engine.venue.name, self.last_error, len(live))  # fmt: skip
         self.engine.journal.record("engine", None, {"event": "venue_down", "error": self.last_error, "live": live},
                                    now)  # fmt: skip
+        if self.on_change is not None:
+            self.on_change(False, self.last_error)
 
     async def _came_back(self) -> None:
         """Reconcile, then accept new packages again. The orders first: a fill missed while down reaches its
@@ -133,3 +137,5 @@ class VenueWatch:
         self._up.set()
         engine.journal.record("engine", None, {"event": "venue_up", "down_seconds": round(down_for, 3)},
                               trio.current_time())  # fmt: skip
+        if self.on_change is not None:
+            self.on_change(True, f"answers again after {down_for:.1f}s; live orders and positions reconciled")

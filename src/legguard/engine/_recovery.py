@@ -37,15 +37,21 @@ from legguard.domain import (
     VenueError,
 )
 from legguard.fsm import (
+    MAX_UNWIND_ATTEMPTS,
     Abort,
+    Adopted,
     Event,
+    Fault,
     LegRole,
     OrderEvent,
+    OrderIntent,
     PackageCore,
     Purpose,
     Recovered,
+    Restarted,
     State,
     VenueReduction,
+    client_order_id,
 )
 
 from ._actor import to_order_event
@@ -74,6 +80,11 @@ class RecoveryReport:
     positions_verified: bool = True
     strays: list[dict[str, str]] = field(default_factory=list)  # orders with our prefix the journal never wrote
     unrecoverable: dict[str, str] = field(default_factory=dict)  # package -> why its journal cannot be replayed
+    # client id -> package: orders the venue knows that the journal lost (a crash lost their commits), adopted
+    lost_orders: dict[str, str] = field(default_factory=dict)
+    # client ids that may exist at the venue without the journal knowing, and the venue could not be asked
+    unprobed: list[str] = field(default_factory=list)
+    epoch: int = 0  # the restart epoch recovered packages' new client ids carry
     # package -> what the venue contradicts (orders it does not know, lower fills): never traded
     unproven: dict[str, str] = field(default_factory=dict)
     in_flight: dict[str, str] = field(default_factory=dict)  # perp symbol -> gap left to unwinds of unknown outcome
@@ -96,6 +107,7 @@ class RecoveryReport:
             not self.unrecoverable
             and not self.unproven
             and not self.unexplained_positions
+            and not self.unprobed
             and all(s.get("outcome") == "cancelled" for s in self.strays)
         )
 
@@ -116,6 +128,8 @@ class RecoveryReport:
         bad = [s["client_order_id"] for s in self.strays if s.get("outcome") != "cancelled"]
         if bad:
             parts.append(f"order(s) with this journal's prefix it never wrote: {', '.join(bad)}")
+        if self.unprobed:
+            parts.append(f"order id(s) that may exist at the venue and could not be asked: {', '.join(self.unprobed)}")
         return "; ".join(parts) or "nothing"
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +144,9 @@ class RecoveryReport:
             "positions_verified": self.positions_verified,
             "strays": [dict(s) for s in self.strays],
             "unrecoverable": dict(self.unrecoverable),
+            "lost_orders": dict(self.lost_orders),
+            "unprobed": list(self.unprobed),
+            "epoch": self.epoch,
             "unproven": dict(self.unproven),
             "in_flight": dict(self.in_flight),
             "final": dict(self.final),
@@ -142,6 +159,7 @@ class _Resume:
     handle: PackageHandle
     events: list[Event]
     answers: dict[str, OrderEvent]
+    adopted: dict[str, OrderIntent] = field(default_factory=dict)  # orders the journal lost, found at the venue
 
 
 async def recover(engine: EngineHost) -> RecoveryReport:
@@ -160,8 +178,11 @@ async def recover(engine: EngineHost) -> RecoveryReport:
     journal = engine.journal
     report = RecoveryReport()
     rows = journal.open_packages()
-    journal.record("engine", None, {"event": "recovery_started", "packages": [r.package_id for r in rows]},
-                   trio.current_time())  # fmt: skip
+    # Durable before anything is sent: no id a recovered package makes from now on can equal one the crashed
+    # process sent (the journal may have lost it, and the venue accepts a closed order's id again).
+    report.epoch = journal.next_epoch() if rows else 0
+    journal.record("engine", None, {"event": "recovery_started", "packages": [r.package_id for r in rows],
+                   "epoch": report.epoch}, trio.current_time())  # fmt: skip
     resumes: list[_Resume] = []
     for row in rows:
         pid = row.package_id
@@ -185,7 +206,18 @@ async def recover(engine: EngineHost) -> RecoveryReport:
         for cid in core.orders:
             engine.register_order(cid, handle)  # stream updates from now on queue in its mailbox
         if core.state is State.PENDING:
-            # Its intents are journaled in the same step as the dispatch: none exist, nothing was sent.
+            lost = await _probe_lost(engine, core, report)
+            _journal_lost(engine, pid, lost, report)
+            if lost:
+                # The dispatch was journaled and lost: the entries reached the venue. Resuming would re-send
+                # their ids; aborting would call the package flat. Neither: an operator decides.
+                report.unrecoverable[pid] = f"the venue knows entry orders the journal lost: {', '.join(lost)}"
+                log.critical("recovery: package %s: %s", pid, report.unrecoverable[pid])
+                journal.record(RECOVERY, pid, {"step": "unrecoverable", "error": report.unrecoverable[pid]}, now)
+                engine.live.discard(pid)
+                del engine.handles[pid]
+                continue
+            # Its intents are journaled in the same step as the dispatch, and the venue knows neither entry id.
             journal.record(RECOVERY, pid, {"step": "abort", "state": core.state.value}, now)
             resumes.append(_Resume(handle, [Abort("recovery: the crash came before any order was sent")], {}))
             continue
@@ -193,6 +225,8 @@ async def recover(engine: EngineHost) -> RecoveryReport:
         report.answers[pid] = {cid: _describe(ev, cid in not_found) for cid, ev in answers.items()}
         journal.record(RECOVERY, pid, {"step": "queried", "state": core.state.value, "orders": len(core.orders),
                        "answers": report.answers[pid]}, trio.current_time())  # fmt: skip
+        lost = await _probe_lost(engine, core, report)
+        _journal_lost(engine, pid, lost, report)
         if CRASH_ARMED:
             crash_point("during_recovery")
         contradicted = _contradictions(core, answers, not_found)
@@ -201,7 +235,21 @@ async def recover(engine: EngineHost) -> RecoveryReport:
             continue
         # Only the orders the core still waits for are fed; the finished ones were asked for evidence only.
         fed = {cid: ev for cid, ev in answers.items() if core.orders[cid].live}
-        resumes.append(_Resume(handle, [*fed.values(), Recovered()], answers))
+        # The restart epoch first, so every order the package makes from here on has a fresh id; then the
+        # orders the journal lost (adopted, with the venue's word on them), then the answers.
+        events: list[Event] = [Restarted(report.epoch)]
+        events += [Adopted(intent) for intent, _ in lost.values()]
+        events += [answer for _, answer in lost.values()]
+        events += [*fed.values(), Recovered()]
+        if lost:
+            # The journal's account of this package is incomplete: the kill switch flattens it from the venue's
+            # facts rather than trust a hedge decided without them.
+            events.append(Fault("recovery: the venue knows orders of this package the journal lost"))
+        for cid in lost:
+            engine.register_order(cid, handle)
+        resume = _Resume(handle, events, {**answers, **{cid: a for cid, (_, a) in lost.items()}})
+        resume.adopted = {cid: intent for cid, (intent, _) in lost.items()}
+        resumes.append(resume)
     await _sweep_strays(engine, report)  # first: unwinding a stray's fill changes the positions checked next
     await _check_positions(engine, resumes, report)
     if not report.ok_so_far:
@@ -291,6 +339,56 @@ async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent | None:
         return OrderEvent(cid, OrderStatus.UNKNOWN)
 
 
+def _journal_lost(
+    engine: EngineHost, pid: str, lost: Mapping[str, tuple[OrderIntent, OrderEvent]], report: RecoveryReport
+) -> None:
+    for cid, (intent, answer) in lost.items():
+        report.lost_orders[cid] = pid
+        log.error("recovery: package %s: the venue knows %s (%s), the journal lost it", pid, cid, _describe(answer))
+        payload = {"step": "lost_order_found", "client_order_id": cid, "answer": _describe(answer),
+                   "intent": intent.to_dict()}  # fmt: skip
+        engine.journal.record(RECOVERY, pid, payload, trio.current_time())
+
+
+async def _probe_lost(
+    engine: EngineHost, core: PackageCore, report: RecoveryReport
+) -> dict[str, tuple[OrderIntent, OrderEvent]]:
+    """Orders of the package the venue knows and the journal does not: the ids the core would have made next
+    (its next unwind attempt per leg, at the epoch it was in; both entries if it never dispatched) are asked
+    for one after the other until the venue does not know one. Only a crash that lost commits leaves any."""
+    found: dict[str, tuple[OrderIntent, OrderEvent]] = {}
+    prefix = core.plan.client_id_prefix
+    if core.state is State.PENDING:
+        candidates = [(role, Purpose.ENTRY, 0) for role in LegRole]
+    else:
+        candidates = [(role, Purpose.UNWIND, core.unwind_attempts[role]) for role in LegRole]
+    for role, purpose, attempt in candidates:
+        leg = core.plan.leg(role)
+        while attempt < MAX_UNWIND_ATTEMPTS:
+            cid = client_order_id(prefix, role, purpose, attempt, core.epoch)
+            if cid in core.orders:
+                break
+            try:
+                with trio.fail_after(engine.config.deadlines.ack):
+                    update = await engine.venue.fetch_order(leg.symbol, cid)
+            except OrderNotFound:
+                break
+            except (trio.TooSlowError, VenueError) as exc:
+                log.error("recovery: cannot ask whether %s exists (the journal may have lost it): %s", cid, exc)
+                report.unprobed.append(cid)
+                break
+            entry = purpose is Purpose.ENTRY  # what the core would have made: see PackageCore._new_intent
+            intent = OrderIntent(cid, role, purpose, attempt, leg.symbol, update.side,
+                                 OrderType.LIMIT if entry else OrderType.MARKET, update.amount,
+                                 leg.price if entry else None, post_only=entry,
+                                 reduce_only=not entry and role is LegRole.PERP)  # fmt: skip
+            found[cid] = (intent, to_order_event(update))
+            if purpose is Purpose.ENTRY:
+                break
+            attempt += 1
+    return found
+
+
 def _describe(ev: OrderEvent, not_found: bool = False) -> str:
     if not_found:
         return "rejected filled 0 (not found: never sent)"
@@ -333,16 +431,20 @@ def _set_aside(engine: EngineHost, handle: PackageHandle, contradicted: list[str
 # --- positions ----------------------------------------------------------------------------------------
 
 
-def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent]) -> Decimal:
+def _perp_after(core: PackageCore, answers: Mapping[str, OrderEvent],
+                adopted: Mapping[str, OrderIntent] | None = None) -> Decimal:  # fmt: skip
     """The package's signed perp position once the answers are applied (what `exposure().perp` will say):
-    proven fills only (an unanswered order counts what the journal knows)."""
+    proven fills only (an unanswered order counts what the journal knows); orders adopted from the venue
+    (the journal lost them) included."""
     total = core.venue_reduced
-    for cid, o in core.orders.items():
-        if o.intent.role is not LegRole.PERP:
+    intents = [(cid, o.intent, o.filled) for cid, o in core.orders.items()]
+    intents += [(cid, i, Decimal(0)) for cid, i in (adopted or {}).items()]
+    for cid, intent, known in intents:
+        if intent.role is not LegRole.PERP:
             continue
         answer = answers.get(cid)
-        filled = max(o.filled, answer.filled) if answer is not None else o.filled
-        total += filled if o.intent.side is Side.BUY else -filled
+        filled = max(known, answer.filled) if answer is not None else known
+        total += filled if intent.side is Side.BUY else -filled
     return total
 
 
@@ -368,7 +470,11 @@ async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: R
     shows was bought back while we were down (liquidation, ADL): charged to the packages newest first, as
     the gateway charges a live one. Anything else (a position no package holds included) is reported and
     left alone."""
-    holders = [r for r in resumes if _perp_after(r.handle.core, r.answers) != 0 or _closing(r.handle.core, r.answers)]
+    holders = [
+        r
+        for r in resumes
+        if _perp_after(r.handle.core, r.answers, r.adopted) != 0 or _closing(r.handle.core, r.answers)
+    ]
     try:
         with trio.fail_after(engine.config.deadlines.ack * 2):
             positions = await engine.venue.fetch_positions()
@@ -382,7 +488,7 @@ async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: R
     for r in holders:
         by_symbol.setdefault(r.handle.core.plan.perp.symbol, []).append(r)
     for symbol, group in sorted(by_symbol.items()):
-        expected = sum((_perp_after(r.handle.core, r.answers) for r in group), Decimal(0))
+        expected = sum((_perp_after(r.handle.core, r.answers, r.adopted) for r in group), Decimal(0))
         held = positions.get(symbol, Decimal(0))
         missing = held - expected  # > 0: less short than the packages hold
         now = trio.current_time()
@@ -397,7 +503,7 @@ async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: R
                                   "quantity": str(pending), "venue_position": str(held),
                                   "packages_position": str(expected)}, now)  # fmt: skip
         for r in sorted(group, key=lambda r: r.handle.package_id, reverse=True):
-            short = -_perp_after(r.handle.core, r.answers) - _closing(r.handle.core, r.answers)
+            short = -_perp_after(r.handle.core, r.answers, r.adopted) - _closing(r.handle.core, r.answers)
             take = min(short, missing)
             if take <= 0:
                 continue
@@ -452,7 +558,11 @@ async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
 
 
 def _intent_ids(engine: EngineHost, package_id: str) -> set[str]:
-    return {i.client_order_id for i in engine.journal.intents(package_id)}
+    """Every order the journal accounts for in the package: its intents, and the orders an earlier recovery
+    adopted after a crash lost their intents (`Adopted` events)."""
+    ids = {i.client_order_id for i in engine.journal.intents(package_id)}
+    ids |= {e.intent.client_order_id for e in engine.journal.events(package_id) if isinstance(e, Adopted)}
+    return ids
 
 
 async def _report_closed_strays(engine: EngineHost, report: RecoveryReport, prefix: str, swept: set[str]) -> None:

@@ -61,15 +61,20 @@ class Deadlines:
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    """More than `max_orphans` orphan events within `window` seconds halts new packages."""
+    """More than `max_orphans` orphan events within `window` seconds halts new packages. With `resume_after`
+    the engine resumes by itself after that cool-off; a second trip within `window` of such an automatic
+    resume stays halted until an operator resumes."""
 
     max_orphans: int = 5
     window: float = 30.0
+    resume_after: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_orphans, bool) or not isinstance(self.max_orphans, int) or self.max_orphans < 1:
             raise SpecError("breaker.max_orphans", self.max_orphans, "must be an integer >= 1")
         positive_seconds("breaker.window", self.window)
+        if self.resume_after is not None:
+            positive_seconds("breaker.resume_after", self.resume_after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from ._core import PackageCore as PackageCore
 from ._core import PackagePlan as PackagePlan
 from ._core import client_order_id as client_order_id
 from ._events import Abort as Abort
+from ._events import Adopted as Adopted
 from ._events import CancelOrder as CancelOrder
 from ._events import CloseRequested as CloseRequested
 from ._events import Command as Command
@@ -50,6 +51,7 @@ from ._events import OrphanPolicy as OrphanPolicy
 from ._events import Purpose as Purpose
 from ._events import QueryOrder as QueryOrder
 from ._events import Recovered as Recovered
+from ._events import Restarted as Restarted
 from ._events import SendOrder as SendOrder
 from ._events import Shutdown as Shutdown
 from ._events import Transitioned as Transitioned

@@ -20,6 +20,7 @@ from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 
 from ._events import (
     Abort,
+    Adopted,
     CancelOrder,
     CloseRequested,
     Command,
@@ -37,6 +38,7 @@ from ._events import (
     Purpose,
     QueryOrder,
     Recovered,
+    Restarted,
     SendOrder,
     Shutdown,
     Transitioned,
@@ -133,10 +135,15 @@ class PackagePlan:
         )
 
 
-def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int) -> str:
-    """Deterministic from (package, leg, purpose, attempt): retries are idempotent and recovery finds
-    every order ever sent. Fits Binance's `^[.A-Z:/a-z0-9_-]{1,36}$` (futures) and spot's alphabet."""
-    return f"{prefix}-{role.value[0].upper()}{purpose.value[0].upper()}{attempt}"
+def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int, epoch: int = 0) -> str:
+    """Deterministic from (package, leg, purpose, attempt, restart epoch): retries are idempotent and recovery
+    finds every order ever sent. Unique in the journal's whole life: the prefix names a package number never
+    handed out twice, and after a restart the epoch (reserved durably by recovery) makes every new id differ
+    from any the crashed process may have sent without the journal keeping it. Fits Binance's
+    `^[.A-Z:/a-z0-9_-]{1,36}$` (futures) and spot's `^[a-zA-Z0-9-_]{1,36}$`: at most
+    2 + 4 + 6 + 1 + 2 + 2 + 1 + 7 = 25 characters."""
+    cid = f"{prefix}-{role.value[0].upper()}{purpose.value[0].upper()}{attempt}"
+    return f"{cid}e{epoch}" if epoch else cid
 
 
 @dataclass(slots=True)
@@ -178,6 +185,7 @@ class PackageCore:
     venue_reduced: Decimal = ZERO  # perp short bought back by the venue (liquidation / ADL)
     entry_closing: bool = False  # fill deadline / shutdown / recovery: entries are being cancelled
     close_all: bool = False  # a close request or a fault: flatten whatever the orphan policy says
+    epoch: int = 0  # the restart epoch new client ids carry (`Restarted`); 0 before any restart
     edges: tuple[Edge, ...] = TRANSITIONS
     initial: State = State.PENDING
 
@@ -241,12 +249,13 @@ class PackageCore:
             self.venue_reduced,
             self.entry_closing,
             self.close_all,
+            self.epoch,
         )
 
     def clone(self) -> PackageCore:
         """An independent copy in the same state (the model checker branches on it)."""
         twin = PackageCore.__new__(PackageCore)
-        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "edges", "initial"):
+        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "epoch", "edges", "initial"):
             setattr(twin, name, getattr(self, name))
         # The checker clones tens of thousands of times a second: a plain constructor, not dataclasses.replace.
         twin.orders = {
@@ -265,6 +274,12 @@ class PackageCore:
     def handle(self, event: Event) -> list[Command]:
         out: list[Command] = []
         state = self.state
+        if isinstance(event, Restarted):
+            self.epoch = event.epoch
+            return out
+        if isinstance(event, Adopted):
+            self._adopt(event.intent)
+            return out
         if isinstance(event, OrderEvent):
             self._apply_order(event)
         elif isinstance(event, VenueReduction):
@@ -341,9 +356,20 @@ class PackageCore:
             self.entry[i.role] = i.client_order_id
         out.extend(SendOrder(i) for i in intents)
 
+    def _adopt(self, intent: OrderIntent) -> None:
+        """An order the journal lost: its outcome is unknown until the venue's word on it is fed; an unwind
+        attempt number it used is never used again."""
+        if intent.client_order_id in self.orders:
+            return
+        self.orders[intent.client_order_id] = OrderFacts(intent, status=OrderStatus.UNKNOWN)
+        if intent.purpose is Purpose.UNWIND:
+            self.unwind_attempts[intent.role] = max(self.unwind_attempts[intent.role], intent.attempt + 1)
+        elif intent.role not in self.entry:
+            self.entry[intent.role] = intent.client_order_id
+
     def _new_intent(self, role: LegRole, purpose: Purpose, attempt: int, amount: Decimal | None = None) -> OrderIntent:
         leg = self.plan.leg(role)
-        cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt)
+        cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt, self.epoch)
         if purpose is Purpose.ENTRY:
             taker = self.plan.execution(role) is LegExecution.TAKER
             return OrderIntent(

@@ -136,16 +136,41 @@ class Recovered(Event):
     kind: ClassVar[str] = "recovered"
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls
-    for cls in (Dispatch, Abort, OrderEvent, FillDeadline, Shutdown, Fault, VenueReduction, CloseRequested, Recovered)
-}
+@dataclass(frozen=True, slots=True)
+class Restarted(Event):
+    """Recovery's first event for a package: orders the package sends from now on carry `epoch` (a number the
+    journal reserved durably for this restart) in their client ids, so none can reuse an id the crashed
+    process sent and the journal lost (the venue would accept a reused id as a NEW order once the first one is
+    closed). Decides nothing by itself."""
+
+    kind: ClassVar[str] = "restarted"
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted(Event):
+    """Recovery found at the venue an order of this package that the journal does not know (a crash lost the
+    commits that journaled it): the core counts it from now on; the venue's word on it follows as an
+    OrderEvent. Decides nothing by itself."""
+
+    kind: ClassVar[str] = "adopted"
+    intent: OrderIntent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "intent": self.intent.to_dict()}
+
+
+_ALL_EVENTS: tuple[type[Event], ...] = (Dispatch, Abort, OrderEvent, FillDeadline, Shutdown, Fault, VenueReduction,
+                                       CloseRequested, Recovered, Restarted, Adopted)  # fmt: skip
+EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in _ALL_EVENTS}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
     data = dict(data)
     kind = data.pop("kind")
     cls = EVENT_TYPES[kind]
+    if cls is Adopted:
+        return Adopted(OrderIntent.from_dict(data["intent"]))
     kwargs = {f.name: _decode(f.name, data[f.name]) for f in fields(cls) if f.name in data}
     return cls(**kwargs)
 

@@ -236,6 +236,29 @@ def test_duplicate_client_order_id_is_rejected_and_the_first_order_stays(exchang
 
 
 @BOTH
+def test_a_closed_orders_client_id_is_accepted_again_as_a_new_order(exchange_id: str, symbol: str) -> None:
+    # Binance keeps client ids unique among OPEN orders only (issue 10, defect 5): a reused id is no proof
+    # that the earlier order never executed. Both orders show in the state dump; the id names the newest.
+    async def scenario(emu: Emulator) -> None:
+        bid, _ = best(emu, symbol)
+        params = {"postOnly": True, "clientOrderId": "again-1"}
+        async with client(emu, exchange_id) as ex:
+            first = await ex.create_order(symbol, "limit", "buy", 0.05, float(bid), params)
+            await ex.cancel_order(None, symbol, {"clientOrderId": "again-1"})
+            second = await ex.create_order(symbol, "limit", "buy", 0.07, float(bid - 1), params)
+            assert second["id"] != first["id"] and second["status"] == "open"
+            fetched = await ex.fetch_order(None, symbol, {"clientOrderId": "again-1"})
+            assert (fetched["amount"], fetched["status"]) == (0.07, "open")
+            with pytest.raises(ccxt.InvalidOrder, match=r"-2010|-4116"):  # open again: refused again
+                await ex.create_order(symbol, "limit", "buy", 0.05, float(bid - 2), params)
+        kind = "spot" if exchange_id == "binance" else "linear"
+        dump = [o for o in emu.state()[kind]["orders"] if o["clientOrderId"] == "again-1"]
+        assert [o["status"] for o in dump] == ["CANCELED", "NEW"]
+
+    run(scenario)
+
+
+@BOTH
 def test_unknown_orders_raise_order_not_found(exchange_id: str, symbol: str) -> None:
     async def scenario(emu: Emulator) -> None:
         async with client(emu, exchange_id) as ex:

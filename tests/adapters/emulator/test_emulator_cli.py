@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from legguard.adapters.emulator._emulator import DEFAULT_API_SECRET
+from legguard.adapters.emulator._emulator import DEFAULT_API_SECRET, DEFAULT_PORT
 from legguard.cli import app
 
 
@@ -32,3 +32,35 @@ def test_help_documents_the_default_key_but_not_the_secret() -> None:
     assert result.exit_code == 0
     assert "legguard-emulator-key" in result.output
     assert DEFAULT_API_SECRET not in result.output
+
+
+def test_without_tls_port_a_free_tls_port_is_picked() -> None:
+    """`--port P` alone used to fail when another emulator held the default TLS port 8766."""
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        try:
+            held.bind(("127.0.0.1", DEFAULT_PORT + 1))
+            held.listen()
+        except OSError:
+            pass  # already held by someone else: the case the test is about either way
+        result = CliRunner().invoke(app, ["emulator", "--port", "0", "--seconds", "0.05"])
+
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "TLS https://127.0.0.1:" in out and f"127.0.0.1:{DEFAULT_PORT + 1} " not in out + " "
+
+
+def test_a_taken_port_is_one_line_and_exit_2() -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = CliRunner().invoke(app, ["emulator", "--port", str(port), "--seconds", "0.05"])
+
+    assert result.exit_code == 2
+    assert "cannot listen on 127.0.0.1" in result.stderr and "choose another --port" in result.stderr
+    assert "Traceback" not in result.output

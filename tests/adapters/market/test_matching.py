@@ -196,13 +196,19 @@ def test_resting_reduce_only_expires_when_the_position_closes(eng: MatchingEngin
     assert eng.get(PERP, "ro").status is OrderStatus.EXPIRED
 
 
-def test_duplicate_client_order_id_live_or_past(eng: MatchingEngine) -> None:
+def test_client_order_id_is_unique_among_open_orders_only(eng: MatchingEngine) -> None:
+    # Binance: an id in use by an OPEN order is refused; once that order is closed, the id is accepted again
+    # as a NEW order (so a reused id proves nothing about the earlier order).
     eng.place(limit("dup", Side.BUY, "1999.00", "0.1"), now=1.0)
     with pytest.raises(DuplicateOrder):
         eng.place(limit("dup", Side.BUY, "1998.00", "0.1"), now=1.0)
     eng.cancel(SPOT, "dup", now=2.0)
-    with pytest.raises(DuplicateOrder):
-        eng.place(limit("dup", Side.BUY, "1998.00", "0.1"), now=3.0)
+    again = eng.place(limit("dup", Side.BUY, "1998.00", "0.1"), now=3.0)
+    assert again.status is OrderStatus.OPEN and again.filled == 0
+    assert eng.get(SPOT, "dup") == again  # the id names the newest order
+    both = [o for o in eng.all_orders(SPOT) if o.client_order_id == "dup"]
+    assert [o.status for o in both] == [OrderStatus.CANCELED, OrderStatus.OPEN]
+    assert both[0].venue_order_id != both[1].venue_order_id
     # A rejected order never existed: its id stays free.
     with pytest.raises(OrderRejected):
         eng.place(limit("free", Side.BUY, "2005.00", "0.1", post_only=True), now=3.0)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from legguard.engine.app._config import EMULATOR_DEFAULT_KEY, ConfigError, Credentials, VenueConfig, load_config
+from legguard.engine.app._config import (
+    EMULATOR_DEFAULT_KEY,
+    ConfigError,
+    Credentials,
+    VenueConfig,
+    load_config,
+    parse_config,
+)
 from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -59,7 +68,10 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
         (GOOD + '\n[engine]\npolicy = "yolo"\n', "engine.policy: 'yolo' is invalid; allowed: flatten, trim"),
         (GOOD + '\n[journal]\ndurability = "maybe"\n', "journal.durability"),
         ("[venue\nkind = 1", r"invalid TOML: .*line 1"),
-        ('[venue]\nkind = "binance"\n[[pairs]]\nspot="a"\nperp="b"\nquantity="1"\n', "venue.api_key_env: missing"),
+        (
+            '[venue]\nkind = "binance"\ntestnet = true\n[[pairs]]\nspot="a"\nperp="b"\nquantity="1"\n',
+            "venue.api_key_env: missing",
+        ),
         ("", "venue: missing"),
         (GOOD + 'execution = "yolo"\n', r"pairs\[0\]\.execution: 'yolo' is invalid; allowed: maker-maker, maker-taker"),
         (GOOD + 'execution = "maker-taker"\nmaker_leg = "both"\n', r"pairs\[0\]\.maker_leg: 'both' is invalid"),
@@ -84,7 +96,9 @@ def test_credentials_come_from_the_environment_and_never_print() -> None:
     assert isinstance(creds, Credentials)
     assert creds.api_key == "key-abcdef123456"
     assert "abcdef" not in repr(creds)
-    with pytest.raises(ConfigError, match="must both be set"):
+    with pytest.raises(
+        ConfigError, match=re.escape("'K' (venue.api_key_env) and 'S' (venue.api_secret_env) are not set")
+    ):
         venue.credentials({})
 
 
@@ -103,3 +117,115 @@ def test_execution_style_per_pair(tmp_path: Path) -> None:
                                                                 Decimal("0.001"))  # fmt: skip
     assert (btc.execution, btc.max_slippage) == (ExecutionStyle.MAKER_MAKER, Decimal("0.0005"))  # the default
     assert load_config(EXAMPLES / "emulator.toml").pairs[0].execution is ExecutionStyle.MAKER_TAKER
+
+
+def test_operations_sections(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + """
+[breaker]
+resume_after = 300
+[metrics]
+port = 9464
+[alerts]
+webhook_url = "https://hooks.slack.com/services/T0/B0/s3cr3t"
+format = "slack"
+dedupe = 120
+"""))  # fmt: skip
+    assert cfg.engine.breaker.resume_after == 300.0
+    assert (cfg.metrics.port, cfg.metrics.host) == (9464, "127.0.0.1")
+    assert cfg.alerts.format == "slack" and cfg.alerts.dedupe == 120.0
+    defaults = load_config(write(tmp_path, GOOD))
+    assert defaults.metrics.port is None and defaults.alerts.webhook_url is None
+    assert defaults.engine.breaker.resume_after is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[metrics]\nport = 70000", "metrics.port: 70000 is invalid; must be 1..65535"),
+        ("[alerts]\nformat = 'pager'", "alerts.format: 'pager' is invalid; allowed: json, slack, discord, telegram"),
+        ("[alerts]\nwebhook_url = 'ftp://x/tok3n'", "alerts.webhook_url: invalid; expected an http:// or https://"),
+        ("[alerts]\nwebhook_url = 'https://api.telegram.org/bot1:tok3n/sendMessage'\nformat = 'telegram'",
+         "alerts.chat_id: missing"),
+        ("[breaker]\nresume_after = -1", "breaker.resume_after: -1 is invalid"),
+        ("[alerts]\nsms = 1", "alerts.sms: unknown key"),
+    ],
+)  # fmt: skip
+def test_operations_errors_name_the_key(tmp_path: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(write(tmp_path, GOOD + section))
+    assert "tok3n" not in str(info.value)  # a webhook URL is a credential: never echoed
+
+
+@pytest.mark.parametrize("kind", ["emulator", "binance"])
+def test_one_credential_variable_alone_is_refused_naming_the_missing_one(kind: str) -> None:
+    venue = VenueConfig(kind=kind, api_key_env="K", api_secret_env="S", testnet=kind == "binance" or None)
+
+    with pytest.raises(ConfigError, match=re.escape("'S' (venue.api_secret_env) is not set but the other one is")):
+        venue.credentials({"K": "key"})
+    with pytest.raises(ConfigError, match=re.escape("'K' (venue.api_key_env) is not set but the other one is")):
+        venue.credentials({"S": "secret"})
+
+
+def test_emulator_uses_the_given_credentials_when_both_are_set() -> None:
+    creds = VenueConfig(kind="emulator", api_key_env="K", api_secret_env="S").credentials({"K": "k1", "S": "s1"})
+    assert creds is not None and (creds.api_key, creds.api_secret) == ("k1", "s1")
+
+
+BINANCE = """
+[venue]
+kind = "binance"
+api_key_env = "K"
+api_secret_env = "S"
+{extra}
+
+[[pairs]]
+spot = "ETH/USDT"
+perp = "ETH/USDT:USDT"
+quantity = "0.05"
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("", "venue.testnet: missing; kind 'binance' needs it: true (Binance testnet) or false (mainnet"),
+        ('testnet = "yes"', "venue.testnet: 'yes' is invalid; expected true or false"),
+        (
+            'testnet = true\nurl = "https://testnet.binancefuture.com"',
+            "venue.url: 'https://testnet.binancefuture.com' is not supported for kind 'binance'",
+        ),
+        ('testnet = true\nmargin_type = "hedge"', "venue.margin_type: 'hedge' is invalid; allowed: cross, isolated"),
+        ("testnet = true\nleverage = 0", "venue.leverage: 0 is invalid"),
+    ],
+)
+def test_binance_venue_must_say_testnet_or_mainnet_and_has_no_url(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(tomllib.loads(BINANCE.format(extra=extra)))
+
+
+@pytest.mark.parametrize(("testnet", "endpoint"), [(True, "binance testnet"), (False, "binance mainnet")])
+def test_binance_testnet_flag_names_the_endpoint(testnet: bool, endpoint: str) -> None:
+    extra = f'testnet = {str(testnet).lower()}\nleverage = 3\nmargin_type = "isolated"'
+    venue = parse_config(tomllib.loads(BINANCE.format(extra=extra))).venue
+
+    assert (venue.testnet, venue.endpoint, venue.leverage, venue.margin_type) == (testnet, endpoint, 3, "isolated")
+
+
+def test_testnet_is_refused_for_other_kinds() -> None:
+    text = BINANCE.format(extra="testnet = true").replace('kind = "binance"', 'kind = "emulator"')
+    with pytest.raises(ConfigError, match=re.escape("venue.testnet: only applies to kind 'binance'")):
+        parse_config(tomllib.loads(text))
+
+
+def test_anchor_settings_resolve_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = GOOD + '[journal]\nanchor_key = "keys/a.key"\nanchors = "/var/tmp/x.anchors"\nanchor_interval = 30\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.anchor_key == tmp_path / "keys" / "a.key"
+    assert cfg.anchors == Path("/var/tmp/x.anchors")
+    assert cfg.anchor_interval == 30.0
+    assert load_config(write(tmp_path, GOOD)).anchor_key is None  # off unless configured
+
+
+def test_a_bad_anchor_interval_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"journal\.anchor_interval"):
+        load_config(write(tmp_path, GOOD + "[journal]\nanchor_interval = 0\n"))

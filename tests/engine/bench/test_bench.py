@@ -131,4 +131,4 @@ async def test_reaction_follows_the_scripted_kill_switch(tmp_path: Path) -> None
     async with in_process_rig(tmp_path) as rig:
         got = await bw.measure_reaction(rig, 2, warmup=0)
         assert got.skipped == 0 and len(got.reaction_us) == 2 and len(got.unwind_us) == 2
-        assert all(x > 0 for x in got.reaction_us + got.unwind_us)
+        assert all(x > 0 for x in got.reaction_us + got.unwind_us), (got.reaction_us, got.unwind_us)

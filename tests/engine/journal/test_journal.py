@@ -7,7 +7,10 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal as D
@@ -20,11 +23,13 @@ from hypothesis import strategies as st
 from legguard.domain import OrderStatus, RejectReason
 from legguard.engine.journal._replay import ReplayMismatch, replay_package, verify
 from legguard.engine.journal._store import (
+    NUMBER_BLOCK,
     DuplicatePackage,
     Durability,
     InvalidKind,
     Journal,
     JournalError,
+    JournalLocked,
     JournalNotFound,
     NotAJournal,
     SecretInPayload,
@@ -505,35 +510,74 @@ def test_package_counter_and_journal_id_survive_reopen(db: Path) -> None:
         numbers = [journal.next_package_number() for _ in range(3)]
         journal_id = journal.journal_id
     with Journal.open(db, Durability.POWER) as journal:
-        assert journal.next_package_number() == 4
+        # A restart never reuses a number: it starts a fresh block (the old one's rest is skipped).
+        assert journal.next_package_number() == NUMBER_BLOCK + 1
         assert journal.journal_id == journal_id
     assert numbers == [1, 2, 3]
     assert len(journal_id) == 4
     assert all(ch in "0123456789abcdefghijklmnopqrstuvwxyz" for ch in journal_id)
 
 
-def test_counter_taken_in_a_rolled_back_batch_is_given_back(db: Path) -> None:
-    # The number and the package it names commit together or not at all.
+def test_a_number_taken_in_a_rolled_back_batch_is_not_given_back(db: Path) -> None:
     with Journal.open(db) as journal:
+        assert journal.next_package_number() == 1  # reserves the block (outside any batch)
         taken = []
 
         def doomed() -> None:
             with journal.batch():
-                taken.append(journal.next_package_number())
+                taken.append(journal.next_package_number())  # from the block: nothing written
                 raise RuntimeError
 
         with pytest.raises(RuntimeError):
             doomed()
-        assert taken == [1]
-        assert journal.next_package_number() == 1
+        assert taken == [2]
+        assert journal.next_package_number() == 3
 
 
-def test_head_is_reread_when_another_writer_appended(db: Path) -> None:
-    with Journal.open(db) as first, Journal.open(db) as second:
+def test_a_block_is_never_reserved_inside_a_batch(db: Path) -> None:
+    # The reservation must be its own fsync'd commit: inside a batch it would commit (or die) with the batch.
+    with Journal.open(db) as journal, journal.batch(), pytest.raises(JournalError, match=r"outside journal\.batch"):
+        journal.next_package_number()
+
+
+def test_each_block_reservation_and_each_epoch_is_an_fsynced_commit(db: Path) -> None:
+    with Journal.open(db, Durability.PROCESS) as journal:
+        assert journal.pragma("synchronous") == 1
+        for _ in range(NUMBER_BLOCK + 1):
+            journal.next_package_number()
+        assert journal.durable_commits == 2  # two blocks: one fsync per NUMBER_BLOCK packages
+        assert [journal.next_epoch(), journal.next_epoch()] == [1, 2]
+        assert journal.durable_commits == 4
+        assert journal.pragma("synchronous") == 1  # back to the journal's own durability
+    with Journal.open(db) as journal:
+        assert journal.next_epoch() == 3
+
+
+def test_a_second_writer_is_refused_naming_the_journal_and_the_holder(db: Path) -> None:
+    # Issue 10 (defect 6): a `recover` beside a live `run` drove the same packages and both wrote the chain.
+    with Journal.open(db) as first:
         Desk(first).new_package()
+        with pytest.raises(JournalLocked) as refused:
+            Journal.open(db, Durability.POWER)
+        message = str(refused.value)
+        assert str(db) in message and f"pid {os.getpid()}" in message and "\n" not in message
+        with Journal.open(db, readonly=True) as reader:  # readers need no lock
+            assert reader.package_ids() == ["pkg1"]
+        first.record("note", "pkg1", {"still": "writing"}, 1.0)
+    with Journal.open(db) as second:  # closing released it
         second.record("note", "pkg1", {"from": "second"}, 1.0)
-        first.record("note", "pkg1", {"from": "first"}, 1.0)
     assert verify(db).ok
+
+
+def test_the_lock_dies_with_its_process(db: Path) -> None:
+    code = (
+        "import os, sys; from legguard.engine import Journal; "
+        f"j = Journal.open({str(db)!r}); print('locked', flush=True); os._exit(0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "locked", done.stderr
+    with Journal.open(db) as journal:  # the writer died without closing: the kernel dropped its lock
+        journal.record("note", None, {"after": "the crash"}, 1.0)
 
 
 def test_writer_leaves_checkpoints_to_the_background_thread(db: Path) -> None:

@@ -6,9 +6,7 @@ the request-weight budget, and the URL-based choice of Binance's market-specific
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +17,9 @@ import ccxt
 import ccxt.async_support as ccxt_async
 import trio
 
+from legguard.adapters._redact import MAX_DETAIL as MAX_DETAIL
+from legguard.adapters._redact import Redactor as Redactor
+from legguard.adapters._redact import scrub as scrub
 from legguard.domain import (
     ZERO,
     AuthenticationFailed,
@@ -98,38 +99,7 @@ def exceptions_by_url(self: Any, url: str | None, exact_or_broad: str) -> dict[s
     return table
 
 
-# --- secrets ------------------------------------------------------------------------------------------
-
-_SIGNATURE_RE = re.compile(r"(signature=)[0-9a-zA-Z%]+")
-_LISTEN_KEY_RE = re.compile(r"(listenKey=|/ws/)[A-Za-z0-9]{16,}")
-MAX_DETAIL = 400
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with credentials, request signatures and listen keys masked, cut to a readable length."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _SIGNATURE_RE.sub(r"\1***", text)
-    text = _LISTEN_KEY_RE.sub(r"\1***", text)
-    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
-
-
-class Redactor(logging.Filter):
-    """Masks registered credentials in every record of the logger ccxt is given (ccxt logs request headers,
-    which carry the API key, at DEBUG)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = scrub(message, self.secrets)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
-        return True
-
+# --- secrets (the scrubber lives in _redact.py: the log sinks use it without importing ccxt) ---------------
 
 # --- errors -------------------------------------------------------------------------------------------
 
@@ -511,6 +481,11 @@ class WeightBudget:
             retry_after = max((cost + floor - self.tokens) / self.rate, 0.001)
             raise RateLimited(f"{what}: local request budget exhausted", retry_after=retry_after)
         self.tokens -= cost
+
+    def available(self) -> float:
+        """Units left now (for status and metrics)."""
+        self._refill()
+        return self.tokens
 
     def exhaust(self) -> None:
         """The venue said we are over its limit: spend everything, so we back off until refilled."""

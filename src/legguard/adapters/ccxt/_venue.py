@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import ssl
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import trio
 import trio_asyncio
 from ccxt.base.types import Entry
 
+from legguard.adapters._redact import SECRETS
 from legguard.adapters._venue import ArmedOrder
 from legguard.domain import (
     Balance,
@@ -93,6 +95,9 @@ EXCHANGE_IDS = (SPOT_ID, PERP_ID)
 # Binance's rule for newClientOrderId on both markets.
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
 PERP_BALANCE_PREFIX = "perp:"
+# Hosts of Binance's testnets (spot: binance.vision's testnet; USDⓈ-M: binancefuture.com). A testnet venue
+# refuses to exist if any URL of its ccxt instances points elsewhere: a run can never reach mainnet by accident.
+TESTNET_HOST_RE = re.compile(r"^([a-z0-9-]+\.)*(testnet\.binance\.vision|binancefuture\.com)$")
 
 
 def _handle_order_update(self: Any, client: Any, message: Any) -> None:
@@ -167,14 +172,16 @@ class CcxtVenueConfig:
     """How to reach Binance (or the emulator) through ccxt. Credentials are never shown by `repr`.
 
     `urls`: per exchange id (`binance`, `binanceusdm`), a replacement for ccxt's whole `urls['api']` (the
-    emulator's `GET /_emulator/ccxt-urls`); None talks to Binance itself. `ccxt_config`: extra constructor
-    settings per exchange id (e.g. `hostname`, `cafile`), merged last.
+    emulator's `GET /_emulator/ccxt-urls`); None talks to Binance itself. `testnet`: Binance's testnets
+    (ccxt's sandbox URLs, both markets) instead of mainnet. `ccxt_config`: extra constructor settings per
+    exchange id (e.g. `hostname`, `cafile`), merged last.
     """
 
     api_key: str
     secret: str
     urls: Mapping[str, Mapping[str, Any]] | None = None
     ccxt_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    testnet: bool = False
     name: str = "binance"
     timeout: float = 10.0  # seconds, per REST request (past it: OutcomeUnknown)
     book_depth: int = 20
@@ -193,6 +200,8 @@ class CcxtVenueConfig:
             if not isinstance(value, str) or not value.strip():
                 # Never echo the value: it is a credential.
                 raise ValueError(f"{name}: must be a non-empty string")
+        if self.testnet and self.urls is not None:
+            raise ValueError("testnet: Binance's testnet URLs and explicit urls exclude each other")
         for ident in (*(self.urls or {}), *self.ccxt_config):
             if ident not in EXCHANGE_IDS:
                 raise ValueError(f"urls/ccxt_config: exchange id {ident!r} is not one of {list(EXCHANGE_IDS)}")
@@ -214,8 +223,10 @@ class CcxtVenueConfig:
             raise ValueError(f"book_depth: must be an integer >= 1, got {self.book_depth!r}")
 
     def __repr__(self) -> str:
-        where = "binance.com" if self.urls is None else ", ".join(f"{k}={v.get('public') or v.get('fapiPublic')}"
-                                                                   for k, v in self.urls.items())  # fmt: skip
+        if self.urls is None:
+            where = "binance testnet" if self.testnet else "binance.com"
+        else:
+            where = ", ".join(f"{k}={v.get('public') or v.get('fapiPublic')}" for k, v in self.urls.items())
         return f"CcxtVenueConfig(name={self.name!r}, api_key=***, secret=***, urls=[{where}], timeout={self.timeout})"
 
     __str__ = __repr__
@@ -393,6 +404,11 @@ class CcxtVenue:
         }
         settings = ccxt.Exchange.deep_extend(settings, dict(c.ccxt_config.get(exchange_id, {})))
         ex = cls(settings)
+        if c.testnet:
+            ex.set_sandbox_mode(True)
+            mainnet = [url for url in _all_urls(ex.urls["api"]) if not _is_testnet_url(url)]
+            if mainnet:  # ccxt changed its sandbox URLs: refuse rather than trade real money
+                raise VenueError(f"{exchange_id}: testnet requested but ccxt's sandbox URLs include {mainnet[0]}")
         if c.urls is not None and exchange_id in c.urls:
             # Replace, never merge: a group left pointing at binance.com would send these credentials there.
             ex.urls["api"] = json.loads(json.dumps(c.urls[exchange_id]))
@@ -448,6 +464,10 @@ class CcxtVenue:
         return order_update(order, self._markets, self.fees, symbol=symbol, client_order_id=cid, side=side)
 
     # --- markets ----------------------------------------------------------------------------------------
+
+    def request_budget(self) -> dict[str, float]:
+        """Request-weight units left per market kind (status and metrics)."""
+        return {"spot": self._spot.budget.available(), "perp": self._perp.budget.available()}
 
     async def load_markets(self) -> Mapping[str, Market]:
         if not self._markets:
@@ -999,6 +1019,63 @@ class CcxtVenue:
                                 cost=side.cost("funding"))  # fmt: skip
         return dec(rate.get("fundingRate"), f"funding rate {symbol}")
 
+    # --- preflight reads (`legguard.engine.app._preflight.AccountProbe`); nothing here can place an order -------
+
+    async def clock_offset(self) -> float:
+        """Seconds the venue's clock is ahead of the one ccxt signs with (negative: ours is ahead); the
+        larger of the two markets' offsets, each measured at the middle of its round trip."""
+        worst = 0.0
+        for side in (self._spot, self._perp):
+            before = side.ex.milliseconds()
+            server = await self._call(side, f"{side.exchange_id} server time", side.ex.fetch_time, cost=1.0)
+            after = side.ex.milliseconds()
+            offset = (float(server) - (before + after) / 2) / 1000
+            worst = offset if abs(offset) > abs(worst) else worst
+        return worst
+
+    async def can_trade(self, kind: MarketKind) -> bool:
+        """A signed account read on one market (spot `GET /api/v3/account`, USDⓈ-M `GET /fapi/v2/account`)."""
+        side = self._spot if kind is MarketKind.SPOT else self._perp
+        fn = side.ex.privateGetAccount if kind is MarketKind.SPOT else side.ex.fapiPrivateV2GetAccount
+        params = {"omitZeroBalances": "true"} if kind is MarketKind.SPOT else {}
+        answer = await self._call(side, f"{side.exchange_id} account", fn, params, cost=side.cost("balance"))
+        if not isinstance(answer, dict) or "canTrade" not in answer:
+            raise MalformedResponse(f"{side.exchange_id} account: no canTrade in the answer")
+        return answer["canTrade"] in (True, "true")
+
+    async def dual_side_position(self) -> bool:
+        """`GET /fapi/v1/positionSide/dual`: True in hedge mode, False in one-way mode."""
+        side = self._perp
+        answer = await self._call(side, "position mode", side.ex.fapiPrivateGetPositionSideDual, {}, cost=30.0)
+        if not isinstance(answer, dict) or "dualSidePosition" not in answer:
+            raise MalformedResponse(f"position mode: unexpected answer {answer!r:.120}")
+        return answer["dualSidePosition"] in (True, "true")
+
+    async def refill_budgets(self) -> None:
+        """Wait until both local request budgets are full again (callers bound the wait): the preflight's
+        reads must not leave recovery, the first books and the dead-man's switch short of requests."""
+        wait = 0.0
+        for side in (self._spot, self._perp):
+            budget = side.budget
+            budget.take(0.0, reducing=True, what="refill")  # brings the tokens up to date
+            wait = max(wait, (budget.burst - budget.tokens) / budget.rate)
+        await trio.sleep(wait)
+
+    async def perp_symbol_settings(self, symbols: Sequence[str]) -> Mapping[str, tuple[int, str]]:
+        """`GET /fapi/v1/symbolConfig`: (leverage, `cross` | `isolated`) per perp symbol asked for."""
+        side = self._perp
+        answer = await self._call(side, "symbol config", side.ex.fapiPrivateGetSymbolConfig, {}, cost=5.0)
+        if not isinstance(answer, list):
+            raise MalformedResponse(f"symbol config: unexpected answer {answer!r:.120}")
+        by_venue = {self._markets[s].venue_symbol: s for s in symbols if s in self._markets}
+        out: dict[str, tuple[int, str]] = {}
+        for entry in answer:
+            symbol = by_venue.get(str(entry.get("symbol"))) if isinstance(entry, dict) else None
+            if symbol is not None:
+                margin = "isolated" if str(entry.get("marginType", "")).upper() == "ISOLATED" else "cross"
+                out[symbol] = (int(entry.get("leverage") or 0), margin)
+        return out
+
     # --- lifetime ---------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -1053,6 +1130,18 @@ def _stream_live(side: _Side) -> bool:
     return False
 
 
+def _all_urls(tree: Any) -> list[str]:
+    """Every URL string in ccxt's nested `urls['api']`."""
+    if isinstance(tree, Mapping):
+        return [url for value in tree.values() for url in _all_urls(value)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def _is_testnet_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return TESTNET_HOST_RE.match(host) is not None
+
+
 def _public_view(built: Mapping[str, Any]) -> dict[str, str]:
     """The order parameters as sent (for journals and tests); carries no credentials."""
     return {k: str(v) for k, v in built.items()}
@@ -1062,17 +1151,23 @@ def _public_view(built: Mapping[str, Any]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
+async def open_ccxt_venue(
+    config: CcxtVenueConfig, before_streams: Callable[[CcxtVenue], Awaitable[None]] | None = None
+) -> AsyncIterator[CcxtVenue]:
     """Open one trio-asyncio loop, both ccxt instances, their markets and (unless `stream_ready_timeout` is
-    0) both user-data streams; close everything on exit, whatever happens in the block."""
+    0) both user-data streams; close everything on exit, whatever happens in the block. `before_streams`
+    runs once the markets are loaded, before any stream is opened (the preflight: it may refuse)."""
     async with trio_asyncio.open_loop() as loop:
         venue = CcxtVenue(config)
         loop.set_exception_handler(functools.partial(_orphaned_error, venue._secrets))
         _REDACTOR.secrets.update(venue._secrets)
+        SECRETS.update(s for s in venue._secrets if s)
         try:
             async with trio.open_nursery() as nursery:
                 venue._nursery = nursery
                 await venue.load_markets()
+                if before_streams is not None:
+                    await before_streams(venue)
                 venue._warm_order_path()
                 if config.stream_ready_timeout > 0:
                     with trio.move_on_after(config.stream_ready_timeout) as waited:
@@ -1086,6 +1181,7 @@ async def open_ccxt_venue(config: CcxtVenueConfig) -> AsyncIterator[CcxtVenue]:
             with trio.CancelScope(shield=True):
                 await venue.aclose()
             _REDACTOR.secrets.difference_update(venue._secrets)
+            SECRETS.difference_update(venue._secrets)
 
 
 def _orphaned_error(secrets: tuple[str, str], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -1120,6 +1216,9 @@ class VenueSettings(Protocol):
     @property
     def url(self) -> str | None: ...
 
+    @property
+    def testnet(self) -> bool | None: ...
+
     def credentials(self) -> _Credentials | None: ...
 
 
@@ -1147,7 +1246,9 @@ def fetch_emulator_urls(base_url: str, timeout: float = 5.0) -> dict[str, dict[s
 
 
 @contextlib.asynccontextmanager
-async def open_ccxt_venue_from_config(settings: VenueSettings) -> AsyncIterator[CcxtVenue]:
+async def open_ccxt_venue_from_config(
+    settings: VenueSettings, before_streams: Callable[[CcxtVenue], Awaitable[None]] | None = None
+) -> AsyncIterator[CcxtVenue]:
     """The run config's venue: kind `binance` (Binance itself) or `emulator` (URLs asked from the emulator)."""
     credentials = settings.credentials()
     if credentials is None:
@@ -1160,7 +1261,9 @@ async def open_ccxt_venue_from_config(settings: VenueSettings) -> AsyncIterator[
         urls = await trio.to_thread.run_sync(fetch_emulator_urls, base)
     elif settings.kind != "binance":
         raise ValueError(f"venue.kind: {settings.kind!r} is not a ccxt venue (binance, emulator)")
-    config = CcxtVenueConfig(api_key=credentials.api_key, secret=credentials.api_secret, urls=urls,
-                             name="emulator" if settings.kind == "emulator" else "binance")  # fmt: skip
-    async with open_ccxt_venue(config) as venue:
+    testnet = settings.kind == "binance" and settings.testnet is True
+    name = "emulator" if settings.kind == "emulator" else "binance testnet" if testnet else "binance mainnet"
+    config = CcxtVenueConfig(api_key=credentials.api_key, secret=credentials.api_secret, urls=urls, testnet=testnet,
+                             name=name)  # fmt: skip
+    async with open_ccxt_venue(config, before_streams) as venue:
         yield venue

@@ -340,6 +340,8 @@ class Emulator:
     Use `serve_emulator(...)`; with `autoclock=False` nothing moves until `advance(seconds)` (tests).
     """
 
+    dual_side_position: bool = False  # USDⓈ-M position mode: hedge (True) or one-way (False, the default)
+
     def __init__(
         self,
         *,
@@ -371,6 +373,7 @@ class Emulator:
         self._by_order_id: dict[int, tuple[str, str]] = {}
         self._progress: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}  # published (filled, cost)
         self._cancel_ids: dict[tuple[str, str], str] = {}
+        self.retired: list[tuple[w.WireOrder, OrderUpdate]] = []  # closed orders whose client id was reused
         self._fill_cursor = 0
         # Distinct id ranges per book, like Binance's (large, unrelated) update ids.
         self.feeds = {
@@ -496,20 +499,27 @@ class Emulator:
     def place(self, request: OrderRequest, meta: w.WireOrder) -> tuple[OrderUpdate, list[Fill]]:
         """Send one order to the engine; returns its state after the immediate matching and its fills."""
         market, key = meta.market, (request.symbol, request.client_order_id)
-        if key in self.meta:
+        # Binance keeps client ids unique among OPEN orders only: a closed order's id is taken again, as a
+        # new order (the earlier one stays in the state dump, under the same id).
+        earlier = self.meta.get(key)
+        if earlier is not None and self.engine.get(*key).status is OrderStatus.OPEN:
             raise self._duplicate(market.kind)
+        closed = self.wire_update(key) if earlier is not None else None
         self.meta[key] = meta
         try:
             self.engine.place(request, self.now())
-        except DuplicateOrder:
-            del self.meta[key]
-            raise self._duplicate(market.kind) from None
-        except OrderRejected as exc:
-            del self.meta[key]
-            raise reject_error(market, exc) from None
-        except BaseException:
-            del self.meta[key]
+        except BaseException as exc:
+            if earlier is None:
+                del self.meta[key]
+            else:
+                self.meta[key] = earlier
+            if isinstance(exc, DuplicateOrder):
+                raise self._duplicate(market.kind) from None
+            if isinstance(exc, OrderRejected):
+                raise reject_error(market, exc) from None
             raise
+        if closed is not None:
+            self._retire(key, closed)
         if meta.time_in_force == "IOC" and self.engine.get(*key).status is OrderStatus.OPEN:
             # Before the next pump: the unfilled rest of an IOC order never shows in the published book.
             self._cancel_ids[key] = ""
@@ -519,6 +529,15 @@ class Emulator:
         if update.status is OrderStatus.OPEN and meta.order_type != "MARKET":
             self._partial_fill_fault(market, request, update)
         return update, fills
+
+    def _retire(self, key: tuple[str, str], closed: tuple[w.WireOrder, OrderUpdate]) -> None:
+        """The closed order whose id a new order just took: kept for the state dump only (queries by client
+        id now find the new order; by its old venue order id, nothing)."""
+        self.retired.append(closed)
+        self._progress.pop(key, None)
+        self._cancel_ids.pop(key, None)
+        if closed[1].venue_order_id is not None:
+            self._by_order_id.pop(int(closed[1].venue_order_id), None)
 
     def _partial_fill_fault(self, market: Market, request: OrderRequest, update: OrderUpdate) -> None:
         fault = self.take_fault(market.kind, "POST", "order", only="partial_fill")
@@ -818,8 +837,7 @@ class Emulator:
     def state(self) -> dict[str, Any]:
         balances = self.engine.balances()
         spot_orders, perp_orders = [], []
-        for key in self.meta:
-            meta, update = self.wire_update(key)
+        for meta, update in [*self.retired, *(self.wire_update(key) for key in self.meta)]:
             if meta.market.kind is MarketKind.SPOT:
                 spot_orders.append(w.spot_order(meta, update))
             else:

@@ -620,7 +620,16 @@ class _Rest:
 
     async def position_mode(self, request: web.Request) -> web.Response:
         await self.signed(request)
-        return _json({"dualSidePosition": False})
+        return _json({"dualSidePosition": self.emu.dual_side_position})
+
+    async def change_position_mode(self, request: web.Request) -> web.Response:
+        """`POST /fapi/v1/positionSide/dual` (the preflight reads the mode; tests set hedge mode with this)."""
+        params = await self.signed(request)
+        value = params.get("dualSidePosition")
+        if value not in ("true", "false"):
+            raise w.missing_param("dualSidePosition") if value is None else w.illegal_chars("dualSidePosition")
+        self.emu.dual_side_position = value == "true"
+        return _json({"code": 200, "msg": "success"})
 
     async def symbol_config(self, request: web.Request) -> web.Response:
         params = await self.signed(request)
@@ -1111,6 +1120,7 @@ def make_app(emulator: Emulator) -> web.Application:
     r.add_get("/fapi/v2/leverageBracket", rest.leverage_bracket)
     r.add_get("/fapi/v1/commissionRate", rest.commission_rate)
     r.add_get("/fapi/v1/positionSide/dual", rest.position_mode)
+    r.add_post("/fapi/v1/positionSide/dual", rest.change_position_mode)
     r.add_get("/fapi/v1/symbolConfig", rest.symbol_config)
     r.add_get("/fapi/v2/positionRisk", rest.position_risk)
     r.add_get("/fapi/v3/positionRisk", rest.position_risk)

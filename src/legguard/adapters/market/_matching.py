@@ -244,7 +244,10 @@ class MatchingEngine:
         self._entry: dict[str, Decimal] = {}
         self._books = {s: _Book(m) for s, m in self.markets.items()}
         self._by_id = {(m.venue_symbol, m.kind): m for m in self.markets.values()}
-        self._orders: dict[tuple[str, str], _Order] = {}  # (symbol, client order id) -> order, forever
+        # (symbol, client order id) -> the latest order with that id. Like Binance, an id is unique only among
+        # OPEN orders: once an order is closed its id may be sent again, as a new order.
+        self._orders: dict[tuple[str, str], _Order] = {}
+        self._every: list[_Order] = []  # every order ever, in placement order (reused ids included)
         self._fills: list[Fill] = []
         self._queue: list[OrderUpdate] = []
         self._order_ids = itertools.count(1)
@@ -409,7 +412,8 @@ class MatchingEngine:
         """
         cid = request.client_order_id
         market = self.validate(request)
-        if (market.symbol, cid) in self._orders:
+        earlier = self._orders.get((market.symbol, cid))
+        if earlier is not None and earlier.status is OrderStatus.OPEN:
             raise DuplicateOrder(cid)
         book = self._books[market.symbol]
         side = request.side
@@ -448,6 +452,7 @@ class MatchingEngine:
             timestamp=now,
         )
         self._orders[(market.symbol, cid)] = order
+        self._every.append(order)
         if market.kind is MarketKind.SPOT and request.type is OrderType.LIMIT:
             assert request.price is not None
             asset, reserve = (market.quote, request.price * amount) if side is Side.BUY else (market.base, amount)
@@ -527,7 +532,7 @@ class MatchingEngine:
         return [f for f in self._fills if symbol is None or f.symbol == symbol]
 
     def _select(self, symbol: str | None) -> Iterable[_Order]:
-        return (o for o in self._orders.values() if symbol is None or o.market.symbol == symbol)
+        return (o for o in self._every if symbol is None or o.market.symbol == symbol)
 
     # --- venue-originated actions -----------------------------------------------------------------------
 
@@ -563,6 +568,7 @@ class MatchingEngine:
             timestamp=now,
         )
         self._orders[(symbol, order.client_order_id)] = order
+        self._every.append(order)
         # No acknowledgement: the venue reports a liquidation as one finished order (Binance sends a single
         # FILLED ORDER_TRADE_UPDATE for `autoclose-` orders).
         self._execute(order, order.amount, mark, False, now)

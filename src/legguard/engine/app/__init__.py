@@ -3,8 +3,16 @@
 Map:
 - `_config.py`    `load_config`: the TOML file validated into `RunConfig` (ConfigError names the key).
 - `_strategy.py`  the premium trigger that turns books into package specs, and the demo's fault plan.
-- `_runner.py`    `run_engine` / `open_venue`: a venue, a journal and an `Engine` from a `RunConfig`.
+- `_runner.py`    `run_engine` / `open_venue` / `open_checked_venue`: a venue (opened only past the
+                  preflight, and only with a journal bound to it), a journal and an `Engine` from a `RunConfig`.
+- `_preflight.py` the checks before the first order (reachable, clock, keys, position mode, leverage,
+                  symbols, balances); `legguard check` runs them alone.
 - `_demo.py`      `run_demo`: the engine against the embedded simulated market with faults injected.
+- `_rpc.py`       `Rpc`: status / halt / resume / close / stop, implemented once, journaled as `control` rows.
+- `_control.py`   the control channel: a Unix socket `<db>.sock` (0600), newline-delimited JSON; the CLI client.
+- `_metrics.py`   Prometheus metrics on a per-engine registry, served over HTTP from the engine's nursery.
+- `_instrument.py` `MeteredVenue`: request latency and errors by endpoint; venue outage detection.
+- `_alerts.py`    webhook alerts (json / slack / discord / telegram), bounded queue, deduplicated, rate-limited.
 
 Builds on the runtime (`legguard.engine`); the runtime never imports this room.
 """

@@ -41,6 +41,9 @@ class Credentials:
         return "Credentials(api_key=***, api_secret=***)"
 
 
+MARGIN_TYPES = ("cross", "isolated")
+
+
 @dataclass(frozen=True, slots=True)
 class VenueConfig:
     kind: str
@@ -48,21 +51,70 @@ class VenueConfig:
     seed: int = 7
     api_key_env: str | None = None
     api_secret_env: str | None = None
+    testnet: bool | None = None  # kind binance only, and required there: which money is at stake
+    leverage: int | None = None  # the perp leverage the account must have (checked before trading)
+    margin_type: str | None = None  # "cross" | "isolated" (checked before trading)
+
+    @property
+    def endpoint(self) -> str:
+        """Which venue, in words that hold no secret: `sim`, `emulator http://...`, `binance testnet`."""
+        if self.kind == "binance":
+            return "binance testnet" if self.testnet else "binance mainnet"
+        if self.kind == "emulator":
+            return f"emulator {self.url}"
+        return self.kind
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> Credentials | None:
+        """Both environment variables set, or a ConfigError naming the missing one. The emulator's
+        documented defaults apply only to kind `emulator`, and only when both are unset."""
         env = os.environ if environ is None else environ
         if self.kind == "sim":
             return None
-        key = env.get(self.api_key_env or "", "")
-        secret = env.get(self.api_secret_env or "", "")
-        if key and secret:
-            return Credentials(key, secret)
-        if self.kind == "emulator":
+        names = (self.api_key_env, self.api_secret_env)
+        values = [env.get(name, "") if name else "" for name in names]
+        if all(values):
+            return Credentials(values[0], values[1])
+        if not any(values) and self.kind == "emulator":
             return Credentials(EMULATOR_DEFAULT_KEY, EMULATOR_DEFAULT_SECRET)
-        raise ConfigError(
-            f"venue: environment variables {self.api_key_env!r} and {self.api_secret_env!r} must both be set "
-            "for kind 'binance'"
-        )
+        missing = [
+            f"{name!r} (venue.{key})" if name else f"venue.{key}"
+            for name, value, key in zip(names, values, ("api_key_env", "api_secret_env"), strict=True)
+            if not value
+        ]
+        if any(values):
+            problem = f"{missing[0]} is not set but the other one is; set both"
+        else:
+            problem = f"{' and '.join(missing)} are not set; kind {self.kind!r} needs both"
+        raise ConfigError(f"venue: credentials: environment variable {problem}")
+
+
+ALERT_FORMATS = ("json", "slack", "discord", "telegram")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint: off unless a port is given; loopback unless a host is given."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """Webhook alerts: off unless `webhook_url` is given. `dedupe` seconds: the same alert (kind + subject)
+    is sent at most once per window; `rate` alerts per minute at most; `queue` alerts wait at most (the
+    oldest are dropped); `timeout` seconds per POST."""
+
+    webhook_url: str | None = None
+    format: str = "json"
+    chat_id: str | None = None  # telegram only
+    dedupe: float = 60.0
+    rate: int = 20
+    queue: int = 100
+    timeout: float = 5.0
+
+    def __repr__(self) -> str:  # a webhook URL is a credential (Slack, Discord, Telegram embed tokens in it)
+        return f"AlertsConfig(webhook_url={'***' if self.webhook_url else None}, format={self.format!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +125,26 @@ class RunConfig:
     premium_threshold: Decimal = Decimal("0.0005")
     cooldown: float = 0.5
     durability: str = "process"
+    # Signed anchors of the journal's head (engine/journal/_anchors.py): off unless a key file is configured.
+    anchor_key: Path | None = None  # Ed25519 private key, outside the journal; created 0600 if absent
+    anchors: Path | None = None  # the append-only anchors file (default: <db>.anchors)
+    anchor_interval: float = 60.0  # seconds between anchors while the engine runs (and one at shutdown)
     source: Path | None = field(default=None, compare=False)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman"},
-    "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env"},
+    "": {"venue", "pairs", "strategy", "engine", "deadlines", "breaker", "journal", "deadman", "metrics", "alerts"},
+    "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
     "pairs": {"spot", "perp", "quantity", "execution", "maker_leg", "max_slippage"},
     "strategy": {"premium_threshold", "cooldown"},
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
     "deadlines": {"ack", "fill", "unwind", "leg"},
-    "breaker": {"max_orphans", "window"},
-    "journal": {"durability"},
+    "breaker": {"max_orphans", "window", "resume_after"},
+    "metrics": {"port", "host"},
+    "alerts": {"webhook_url", "format", "chat_id", "dedupe", "rate", "queue", "timeout"},
+    "journal": {"durability", "anchor_key", "anchors", "anchor_interval"},
     "deadman": {"enabled", "countdown", "heartbeat"},
 }
 
@@ -114,6 +174,27 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
     if kind not in VENUE_KINDS:
         raise ConfigError(f"venue.kind: {kind!r} is invalid; allowed: {', '.join(VENUE_KINDS)}")
     url = _str(venue_t, "venue.url")
+    testnet = venue_t.get("testnet")
+    if kind == "binance":
+        if url is not None:
+            raise ConfigError(
+                f"venue.url: {url!r} is not supported for kind 'binance' (it would be ignored); remove it and set "
+                "venue.testnet = true for Binance's testnet or false for mainnet"
+            )
+        if testnet is None:
+            raise ConfigError(
+                "venue.testnet: missing; kind 'binance' needs it: true (Binance testnet) or false (mainnet, real money)"
+            )
+    elif testnet is not None:
+        raise ConfigError(f"venue.testnet: only applies to kind 'binance' (this venue is {kind!r}); remove it")
+    if testnet is not None and not isinstance(testnet, bool):
+        raise ConfigError(f"venue.testnet: {testnet!r} is invalid; expected true or false")
+    margin_type = _str(venue_t, "venue.margin_type")
+    if margin_type is not None and margin_type not in MARGIN_TYPES:
+        raise ConfigError(f"venue.margin_type: {margin_type!r} is invalid; allowed: {', '.join(MARGIN_TYPES)}")
+    leverage = _int(venue_t, "venue.leverage", default=0, minimum=0) or None
+    if "leverage" in venue_t and leverage is None:
+        raise ConfigError("venue.leverage: 0 is invalid; must be >= 1")
     if kind == "emulator" and url is None:
         url = "http://127.0.0.1:8765"
     if url is not None and not url.startswith(("http://", "https://")):
@@ -124,6 +205,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         seed=_int(venue_t, "venue.seed", default=7, minimum=0),
         api_key_env=_str(venue_t, "venue.api_key_env", required=kind == "binance"),
         api_secret_env=_str(venue_t, "venue.api_secret_env", required=kind == "binance"),
+        testnet=testnet,
+        leverage=leverage,
+        margin_type=margin_type,
     )
 
     pairs_raw = data.get("pairs")
@@ -196,6 +280,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         breaker=BreakerConfig(
             max_orphans=_int(breaker_t, "breaker.max_orphans", default=5, minimum=1),
             window=_seconds(breaker_t, "breaker.window", 30.0),
+            resume_after=_seconds(breaker_t, "breaker.resume_after", 0.0) if "resume_after" in breaker_t else None,
         ),
         policy=OrphanPolicy(policy),
         min_spread=_decimal(engine_t, "engine.min_spread", Decimal(0)),
@@ -209,6 +294,15 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
             heartbeat=_seconds(deadman_t, "deadman.heartbeat", 2.5),
         ),
     )
+
+    def path(name: str) -> Path | None:
+        text = _str(journal_t, name)
+        if text is None:
+            return None
+        value = Path(text).expanduser()
+        # Relative to the config file, so the config means the same wherever `legguard` is started from.
+        return value if value.is_absolute() or source is None else source.parent / value
+
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
@@ -216,7 +310,47 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         premium_threshold=_decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005")),
         cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
         durability=durability,
+        anchor_key=path("journal.anchor_key"),
+        anchors=path("journal.anchors"),
+        anchor_interval=_seconds(journal_t, "journal.anchor_interval", 60.0),
         source=source,
+        metrics=_metrics(_table(data, "metrics")),
+        alerts=_alerts(_table(data, "alerts")),
+    )
+
+
+def _metrics(table: Mapping[str, Any]) -> MetricsConfig:
+    _check_keys("metrics", table)
+    port = None
+    if "port" in table:
+        port = _int(table, "metrics.port", default=0, minimum=1)
+        if port > 65535:
+            raise ConfigError(f"metrics.port: {port!r} is invalid; must be 1..65535")
+    return MetricsConfig(port=port, host=_str(table, "metrics.host") or "127.0.0.1")
+
+
+def _alerts(table: Mapping[str, Any]) -> AlertsConfig:
+    _check_keys("alerts", table)
+    url = _str(table, "alerts.webhook_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        # The value may embed a token: name the key, not the value.
+        raise ConfigError("alerts.webhook_url: invalid; expected an http:// or https:// URL")
+    fmt = _str(table, "alerts.format") or "json"
+    if fmt not in ALERT_FORMATS:
+        raise ConfigError(f"alerts.format: {fmt!r} is invalid; allowed: {', '.join(ALERT_FORMATS)}")
+    chat_id = table.get("chat_id")
+    if chat_id is not None and not isinstance(chat_id, str | int):
+        raise ConfigError(f"alerts.chat_id: {chat_id!r} is invalid; expected a string or an integer")
+    if fmt == "telegram" and url is not None and chat_id is None:
+        raise ConfigError("alerts.chat_id: missing; format 'telegram' needs the chat to post to")
+    return AlertsConfig(
+        webhook_url=url,
+        format=fmt,
+        chat_id=None if chat_id is None else str(chat_id),
+        dedupe=_seconds(table, "alerts.dedupe", 60.0),
+        rate=_int(table, "alerts.rate", default=20, minimum=1),
+        queue=_int(table, "alerts.queue", default=100, minimum=1),
+        timeout=_seconds(table, "alerts.timeout", 5.0),
     )
 
 

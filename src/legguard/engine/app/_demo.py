@@ -24,6 +24,7 @@ from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._pricing import round_down
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, SpecError
 from legguard.engine.journal import Journal, package_pnl
+from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
 from legguard.fsm import ExecutionStyle, LegRole, State
 
 from ._strategy import FaultPlan, Pair, PremiumTrigger
@@ -62,10 +63,16 @@ class DemoRun:
     stop: trio.Event = field(default_factory=trio.Event)
 
 
-async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | None = None) -> dict[str, Any]:
+def validate_options(options: DemoOptions) -> FaultPlan:
+    """Refuse bad options (SpecError naming the option) before anything is opened; the fault plan."""
     plan = FaultPlan.parse(options.faults, options.seed)
-    if options.seconds <= 0:
-        raise SpecError("--seconds", options.seconds, "must be > 0")
+    if not options.seconds > 0 or options.seconds == float("inf"):
+        raise SpecError("--seconds", options.seconds, "must be a finite number of seconds > 0")
+    return plan
+
+
+async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | None = None) -> dict[str, Any]:
+    plan = validate_options(options)
     run = DemoRun(options)
     config = EngineConfig(
         deadlines=Deadlines(ack=1.0, fill=3.0, unwind=5.0, leg=1.0),
@@ -73,7 +80,9 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
     )
     journal = Journal.open(options.db)
     try:
+        previous = check_binding(journal, SIM_IDENTITY)  # a journal of another venue is never the demo's
         async with open_sim_venue(SimConfig(seed=options.seed)) as venue:
+            record_binding(journal, SIM_IDENTITY, previous, trio.current_time())
             run.venue = venue
             engine = Engine(venue, journal, config)
             run.engine = engine

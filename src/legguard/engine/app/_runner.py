@@ -3,7 +3,8 @@ to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful pat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,39 +12,187 @@ from typing import Any
 
 import trio
 
+from legguard.adapters._redact import SECRETS
 from legguard.adapters._venue import Venue
+from legguard.domain import VenueError
 from legguard.engine._engine import Engine, EngineMode
+from legguard.engine._observe import notify
 from legguard.engine._recovery import RecoveryReport, settle_recovered
 from legguard.engine._spec import PackageSpec, SpecError, validate_spec
-from legguard.engine.journal import Durability, Journal
+from legguard.engine.journal import Durability, Journal, JournalError
+from legguard.engine.journal._anchors import Anchorer, default_anchors_path, load_or_create_key
+from legguard.engine.journal._binding import (
+    SIM_ACCOUNT,
+    VenueIdentity,
+    account_fingerprint,
+    check_binding,
+    record_binding,
+)
 
-from ._config import ConfigError, RunConfig
+from ._alerts import Alerter
+from ._config import ConfigError, RunConfig, VenueConfig
+from ._control import claim_socket, serve_control, socket_path
+from ._instrument import metered
+from ._metrics import EngineMetrics, open_metrics_listeners, serve_metrics
+from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
+from ._rpc import Rpc
 from ._strategy import PremiumTrigger
+
+log = logging.getLogger("legguard.engine.runner")
 
 
 @asynccontextmanager
-async def open_venue(config: RunConfig) -> AsyncIterator[Venue]:
-    """The venue the config names. ccxt is imported only for the kinds that need it."""
+async def open_venue(
+    config: RunConfig, before_trading: Callable[[Venue], Awaitable[None]] | None = None
+) -> AsyncIterator[Venue]:
+    """The venue the config names. ccxt is imported only for the kinds that need it. `before_trading` (the
+    preflight) runs once the venue is open, before any user stream or order."""
     if config.venue.kind == "sim":
         from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 
         async with open_sim_venue(SimConfig(seed=config.venue.seed)) as sim:
+            if before_trading is not None:
+                await before_trading(sim)
             yield sim
         return
     from legguard.adapters.ccxt._venue import open_ccxt_venue_from_config
 
-    async with open_ccxt_venue_from_config(config.venue) as venue:
+    async with open_ccxt_venue_from_config(config.venue, before_trading) as venue:
         yield venue
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How `run` is operated (the command line; the TOML config has the rest)."""
+
+    control: bool = True  # serve the control socket `<db>.sock` (legguard status / halt / resume / close / stop)
+    metrics_port: int | None = None  # overrides [metrics] port; 0 picks a free port
+    metrics_host: str | None = None  # overrides [metrics] host
+    tick_interval: float = 0.5  # seconds between on_tick calls
+
+
+PREFLIGHT_REFILL_LIMIT = 10.0  # seconds the start may wait for the request budget the preflight spent
+
+
+def identity_of(venue: VenueConfig, journal_id: str, environ: Mapping[str, str] | None = None) -> VenueIdentity:
+    """Who the config trades as, without any secret (reads the credentials from the environment)."""
+    credentials = venue.credentials(environ)
+    account = SIM_ACCOUNT if credentials is None else account_fingerprint(credentials.api_key, journal_id)
+    return VenueIdentity(venue.kind, venue.endpoint, account)
+
+
+@asynccontextmanager
+async def open_checked_venue(
+    config: RunConfig,
+    journal: Journal | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+) -> AsyncIterator[Venue]:
+    """The configured venue, opened only if every preflight check passes (else PreflightFailed: nothing was
+    sent) and, with a journal, only if the journal belongs to this venue and account (else BindingMismatch,
+    before anything connects). The binding is journaled on first use, once the preflight has passed."""
+    identity = previous = None
+    if journal is not None:
+        identity = identity_of(config.venue, journal.journal_id)
+        previous = check_binding(journal, identity, rebind=rebind)
+    else:
+        config.venue.credentials()  # a missing variable is a config error before anything connects
+    where = config.venue.endpoint
+
+    async def check(venue: Venue) -> None:
+        report = await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                 margin_type=config.venue.margin_type)  # fmt: skip
+        if on_preflight is not None:
+            on_preflight(report)
+        if not report.ok:
+            raise PreflightFailed(report)
+        if isinstance(venue, BudgetedVenue):
+            with trio.move_on_after(PREFLIGHT_REFILL_LIMIT):
+                await venue.refill_budgets()
+
+    opened = False
+    try:
+        async with open_venue(config, check) as venue:
+            opened = True
+            if journal is not None and identity is not None:
+                record_binding(journal, identity, previous, trio.current_time())
+            yield venue
+    except BaseException as exc:
+        reason = None if opened else _opening_failure(exc)
+        if reason is None:
+            raise
+        if isinstance(reason, PreflightFailed):
+            raise reason from None
+        failed = unreachable(where, reason)
+        if on_preflight is not None:
+            on_preflight(failed)
+        raise PreflightFailed(failed) from None
+
+
+class _Checked(Exception):
+    """Stops `check_venue` right after the preflight: no user stream is opened for a check."""
+
+
+async def check_venue(config: RunConfig) -> PreflightReport:
+    """`legguard check`: open the venue only as far as the preflight, run it, close. Never raises for a venue
+    answer (it is a failed check in the report); a missing credential variable is a ConfigError."""
+    config.venue.credentials()
+    where = config.venue.endpoint
+    seen: list[PreflightReport] = []
+
+    async def check(venue: Venue) -> None:
+        seen.append(await preflight(venue, config.pairs, where=where, leverage=config.venue.leverage,
+                                    margin_type=config.venue.margin_type))  # fmt: skip
+        raise _Checked
+
+    try:
+        async with open_venue(config, check):
+            pass  # not reached: the check always stops the opening
+    except BaseException as exc:
+        if seen and _only(exc, _Checked):
+            return seen[-1]
+        reason = _opening_failure(exc)
+        if reason is None:
+            raise
+        return reason.report if isinstance(reason, PreflightFailed) else unreachable(where, reason)
+    return seen[-1]
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is `kind`, or a group of nothing but `kind` (and trio's cancellations)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(e, kind) or isinstance(e, trio.Cancelled) for e in exc.exceptions)
+    return isinstance(exc, kind)
+
+
+def _opening_failure(exc: BaseException) -> BaseException | None:
+    """The preflight refusal or venue error that stopped the venue from opening (trio may have wrapped it in
+    an ExceptionGroup); None for anything else, which is not ours to translate."""
+    if isinstance(exc, PreflightFailed | VenueError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_opening_failure(e) for e in exc.exceptions]
+        found = [leaf for leaf in leaves if leaf is not None]
+        others = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled) and _opening_failure(e) is None]
+        return found[0] if found and not others else None
+    return None
 
 
 @dataclass(slots=True)
 class RunStatus:
     engine: Engine | None = None
+    rpc: Rpc | None = None
+    metrics: EngineMetrics | None = None
+    metrics_port: int | None = None  # the port actually bound
+    alerter: Alerter | None = None
     started: float = 0.0
     submitted: int = 0
     refused_specs: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
+    ready: trio.Event = field(default_factory=trio.Event)  # set once trading starts (control, metrics up)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
+    anchorer: Anchorer | None = None  # signs the journal's head, if a key is configured
 
 
 async def run_engine(
@@ -53,15 +202,56 @@ async def run_engine(
     status: RunStatus | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
     on_recovered: Callable[[RecoveryReport], None] | None = None,
+    options: RunOptions | None = None,
+    *,
+    rebind: bool = False,
+    on_preflight: Callable[[PreflightReport], None] | None = None,
+    on_trading: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     status = status or RunStatus()
+    options = options or RunOptions()
     durability = Durability.POWER if config.durability == "power" else Durability.PROCESS
+    sock = socket_path(db)
+    if options.control:
+        claim_socket(sock)  # before the journal is opened for writing: one engine per journal
+    port = options.metrics_port if options.metrics_port is not None else config.metrics.port
+    host = options.metrics_host or config.metrics.host
+    webhook = config.alerts.webhook_url
+    key = load_or_create_key(config.anchor_key) if config.anchor_key is not None else None
     journal = Journal.open(db, durability=durability)
+    anchorer = None if key is None else Anchorer(journal, key, config.anchors or default_anchors_path(db))
+    status.anchorer = anchorer
+    listeners: list[trio.SocketListener] | None = None
     try:
-        async with open_venue(config) as venue:
+        if webhook is not None:
+            SECRETS.add(webhook)  # it embeds a token: masked in every log line
+        # Bound before the venue opens: a busy port is one clear error before anything is sent.
+        listeners = await open_metrics_listeners(host, port) if port is not None else None
+        async with (
+            open_checked_venue(config, journal, rebind=rebind, on_preflight=on_preflight) as raw_venue,
+            trio.open_nursery() as operated,
+        ):
+            if on_trading is not None:
+                on_trading()
+            venue = metered(raw_venue)
             engine = Engine(venue, journal, config.engine)
             status.engine = engine
             status.started = trio.current_time()
+            budget = getattr(raw_venue, "request_budget", None)
+            status.rpc = Rpc(engine, status.stop, db=str(db),
+                             extra={"budget": budget} if budget is not None else None)  # fmt: skip
+            if listeners is not None:
+                status.metrics = EngineMetrics(engine, budget)
+                venue.observe = status.metrics.observe_request
+                engine.observers.append(status.metrics)
+                status.metrics_port = await operated.start(serve_metrics, status.metrics, listeners)
+            if webhook is not None:
+                counted = status.metrics.count_alert if status.metrics is not None else None
+                status.alerter = Alerter(config.alerts, journal_id=journal.journal_id, count=counted)
+                engine.observers.append(status.alerter)
+                operated.start_soon(status.alerter.run)
+            if options.control:
+                await operated.start(serve_control, status.rpc, sock)
             symbols = [s for p in config.pairs for s in (p.spot_symbol, p.perp_symbol)]
             async with engine.running() as running:
                 # Unknown symbols are refused here, after the venue told us its markets, before any order.
@@ -75,15 +265,20 @@ async def run_engine(
                     status.recovery = await settle_recovered(running, await running.recover())
                     if on_recovered is not None:
                         on_recovered(status.recovery)
+                    notify(engine.observers, "on_recovery", status.recovery)
                     if not status.recovery.ok:  # recovery halts by itself for what it found; this for the rest
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
                 trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
+                status.ready.set()
                 async with trio.open_nursery() as nursery:
+                    if anchorer is not None:
+                        anchorer.anchor("start")
+                        nursery.start_soon(_anchor_loop, anchorer, config.anchor_interval)
                     nursery.start_soon(_trade, running, trigger, status)
                     if on_tick is not None:
-                        nursery.start_soon(_ticker, status, on_tick)
+                        nursery.start_soon(_ticker, status, on_tick, options.tick_interval)
                     with trio.move_on_after(seconds if seconds is not None else float("inf")):
                         await status.stop.wait()
                     nursery.cancel_scope.cancel()
@@ -94,9 +289,32 @@ async def run_engine(
                 report["needs_recovery"].update(status.recovery.unsafe)
                 if not status.recovery.ok_so_far:
                     report["needs_operator"] = status.recovery.needs_operator()
+            if anchorer is not None:
+                last = anchorer.anchor("shutdown") or anchorer.last
+                report["anchors"] = {"file": str(anchorer.path), "written": anchorer.written,
+                                     "last_seq": None if last is None else last.seq}  # fmt: skip
+            if status.alerter is not None:
+                await status.alerter.drain()  # what the shutdown alerted, within the POST timeout
+                report["alerts"] = status.alerter.counts()
+            operated.cancel_scope.cancel()
             return report
     finally:
         journal.close()
+        if listeners is not None:
+            for listener in listeners:
+                listener.socket.close()
+        if webhook is not None:
+            SECRETS.discard(webhook)
+
+
+async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
+    """A signed anchor of the journal's head every `interval` seconds (none while nothing was written)."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            anchorer.anchor("periodic")
+        except JournalError as exc:  # an unwritable anchors file must not stop the engine: say so loudly
+            log.error("journal anchor failed: %s", exc)
 
 
 async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
@@ -109,10 +327,10 @@ async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> 
             status.submitted += 1
 
 
-async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None]) -> None:
+async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None], interval: float) -> None:
     while True:
         on_tick(status)
-        await trio.sleep(0.5)
+        await trio.sleep(interval)
 
 
 def summary(engine: Engine, db: Path) -> dict[str, Any]:
@@ -124,6 +342,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "unwound_total": stats.unwound,
         "max_naked_ms": round(stats.max_naked * 1000, 3),
         "halts": stats.halts,
+        "auto_resumes": stats.auto_resumes,
+        "mode": engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopped",
         "stream_drops": stats.stream_drops,
         "venue_outages": engine.outage.outages,
         "venue_down_at_exit": engine.outage.down,

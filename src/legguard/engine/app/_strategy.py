@@ -105,7 +105,7 @@ class FaultPlan:
         unknown = [n for n in names if n not in FAULT_NAMES]
         if unknown or not names:
             allowed = ", ".join((*FAULT_PROFILES, *FAULT_NAMES))
-            raise SpecError("faults", text, f"use a profile or comma-separated names from: {allowed}")
+            raise SpecError("--faults", text, f"use a profile or comma-separated names from: {allowed}")
         return cls(FAULT_PROFILES["heavy"], names, random.Random(seed))
 
     def pick(self) -> str | None:

@@ -7,10 +7,14 @@ Map:
                 journaled `pnl` recomputed); `replay_package()` rebuilds a core for recovery.
 - `_ledger.py`  `ledger()`: every package's accounting rebuilt from the journal, with its exit reason;
                 `aggregate()` by pair, day or exit reason (`legguard audit pnl`).
+- `_anchors.py` signed checkpoints (Ed25519) of the chain head, kept outside the journal: `Anchorer` writes
+                them, `verify_anchors()` (`audit verify --anchors`) checks the journal still extends them.
 - `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
                 slippage, realized P&L (`package_pnl`); pure, used live and by `audit pnl` / `verify`.
+- `_binding.py` a journal belongs to one venue and one account: the `binding` row, checked by run/recover.
 
-Direction: `_ledger` → `_replay` → `_store`, `_pnl`; the store knows nothing of replay or accounting.
+Direction: `_ledger` → `_replay` → `_store`, `_pnl`; `_anchors` → `_store`; the store knows nothing of replay,
+accounting or anchors.
 """
 
 from ._ledger import GROUPINGS as GROUPINGS
@@ -28,6 +32,7 @@ from ._replay import verify as verify
 from ._store import Durability as Durability
 from ._store import Journal as Journal
 from ._store import JournalError as JournalError
+from ._store import JournalLocked as JournalLocked
 from ._store import JournalNotFound as JournalNotFound
 from ._store import JournalRow as JournalRow
 from ._store import PackageRow as PackageRow

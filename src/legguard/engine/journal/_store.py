@@ -1,17 +1,23 @@
 """The audit journal: an append-only, hash-chained SQLite log written BEFORE every effect it describes.
 
-Every row carries the hash of the row before it, so any edited, deleted or inserted row is detectable by
-`legguard audit verify`; the `packages` table is the queryable current view (state + exposure) that the
-replayer cross-checks against the journal.
+Every row carries the hash of the row before it, so `legguard audit verify` detects an edited, deleted or
+inserted row as long as nobody re-chained the rows after it; the `packages` table is the queryable current
+view (state + exposure) that the replayer cross-checks against the journal. The chain's head is kept in this
+same file, so the chain alone does NOT hold against someone who can write the file: they can drop the newest
+rows, or delete one in the middle and re-chain everything after it, and rewrite `meta.head` and the packages
+table. Against that, the head is anchored outside the journal: signed checkpoints in a separate file
+(`_anchors.py`, `audit verify --anchors`), which protect every row up to the last anchor (docs/audit.md).
 """
 
 from __future__ import annotations
 
 import enum
+import fcntl
 import functools
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import sqlite3
@@ -41,6 +47,9 @@ from legguard.fsm._events import (
 from legguard.fsm._table import TERMINAL_STATES, State
 
 SCHEMA_VERSION: Final = 1
+# Package numbers reserved per fsync'd commit (see `Journal.next_package_number`): a restart skips what is
+# left of its block (6-digit numbers in client ids: about 31,000 restarts' worth).
+NUMBER_BLOCK: Final = 32
 
 _T = TypeVar("_T")
 
@@ -110,6 +119,46 @@ class UnknownPackage(JournalError, KeyError):
 
 class DuplicatePackage(JournalError, ValueError):
     """`package_created` for a package id that already exists."""
+
+
+class JournalLocked(JournalError):
+    """Another process (or another `Journal` in this one) holds the journal open for writing."""
+
+
+class _WriterLock:
+    """One writer per journal: an exclusive `flock` on `<db>.lock`, holding the writer's pid. The kernel drops
+    it when the process dies, so a crashed writer never blocks its own recovery. `flock` locks belong to the
+    open file, so a second `Journal.open` in the same process is refused too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(f"{path}.lock")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open journal {str(path)!r}: lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder()
+            os.close(self._fd)
+            raise JournalLocked(
+                f"journal {str(path)!r} is already open for writing by pid {holder} (lock {str(self.path)!r}): "
+                f"one writer per journal; stop that process first (`legguard audit` can read meanwhile)"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _holder(self) -> str:
+        try:
+            text = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "unknown"
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the lock; the file stays (harmless)
+            self._fd = -1
 
 
 # --- canonical encoding -------------------------------------------------------------------------------
@@ -264,6 +313,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 )
             case "cancel" | "query":
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
+            case "control":
+                return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
@@ -515,6 +566,7 @@ class _Batch:
         if j._poisoned:
             j._abort(self._head)
             raise JournalError("journal batch rolled back: a write inside it failed and the error was swallowed")
+        started = time.perf_counter() if j.on_commit is not None else 0.0
         try:
             j._flush()
             if j._head != self._head:
@@ -523,12 +575,15 @@ class _Batch:
         except BaseException:
             j._abort(self._head)
             raise
+        if j.on_commit is not None:
+            j.on_commit(time.perf_counter() - started)
         if j._checkpointer is not None:
             j._committed()
 
 
 class Journal:
-    """One engine's journal. Single writer; readers (the `audit` CLI) may open the file concurrently.
+    """One engine's journal. Single writer (enforced: `open` locks `<db>.lock`); readers (the `audit` CLI)
+    may open the file concurrently.
 
     Outside `batch()`, every append is its own transaction. Inside, everything appended commits at once
     at exit, or not at all: the engine wraps the rows of one core step in a batch and sends orders only
@@ -550,6 +605,7 @@ class Journal:
     ) -> None:
         self._conn = conn
         self._checkpointer = checkpointer
+        self._lock: _WriterLock | None = None  # set by open() for a writer
         self.path = path
         self.durability = durability
         self.readonly = readonly
@@ -560,6 +616,10 @@ class Journal:
         self._rows: list[tuple[Any, ...]] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
+        self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
+        # Package numbers of the block reserved durably by this process (`next_package_number`).
+        self._next_number, self._block_end = 1, 0
+        self.durable_commits = 0  # commits made with an fsync whatever the durability (counter reservations)
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
         self._genesis = genesis_hash(self.journal_id)
@@ -583,7 +643,13 @@ class Journal:
         path = Path(path)
         if readonly and not path.is_file():
             raise JournalNotFound(f"no journal at {str(path)!r}")
-        conn = _connect(path, readonly=readonly)
+        lock = None if readonly else _WriterLock(path)
+        try:
+            conn = _connect(path, readonly=readonly)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             if not readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -598,15 +664,20 @@ class Journal:
                 readonly=readonly,
                 wall_clock=wall_clock,
             )
+            journal._lock = lock
             if background_checkpoint and not readonly:
                 journal._checkpointer = _Checkpointer(path, _SYNCHRONOUS[durability])
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             return journal
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if lock is not None:
+                lock.release()
             raise NotAJournal(f"{str(path)!r} is not a legguard journal: {exc}") from exc
         except BaseException:
             conn.close()
+            if lock is not None:
+                lock.release()
             raise
 
     @staticmethod
@@ -662,6 +733,9 @@ class Journal:
             self._checkpointer.close()
             self._checkpointer = None
         self._conn.close()  # the last connection to close checkpoints and removes the WAL
+        if self._lock is not None:
+            self._lock.release()  # after the last write: the next writer starts from a closed file
+            self._lock = None
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Checkpoint the WAL now on this connection (PASSIVE): (busy, wal frames, frames checkpointed)."""
@@ -837,10 +911,84 @@ class Journal:
         self._kinds_ok.add(kind)
 
     def next_package_number(self) -> int:
-        """Durably take the next package number (1, 2, ...): never reused, even across restarts."""
+        """The next package number (1, 2, ... within one process; a restart skips to a fresh block). Every
+        client order id is derived from it, so a number is never handed out twice in the journal's whole
+        life, even if a crash loses the last commits (`durability = "process"` on a power loss): numbers are
+        taken from blocks of `NUMBER_BLOCK` whose reservation is committed WITH an fsync before the first
+        number of the block is used, so the reservation outlives any commit that could mention a number of
+        it. A number taken is never given back (a rolled-back package leaves a gap)."""
         self._writable()
-        sql = "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'package_counter' RETURNING value"
-        return self._run_write(lambda: int(self._conn.execute(sql).fetchone()[0]))
+        if self._next_number > self._block_end:
+            start, self._block_end = self._reserve("package_counter", NUMBER_BLOCK)
+            self._next_number = start
+        number = self._next_number
+        self._next_number += 1
+        return number
+
+    def next_epoch(self) -> int:
+        """A fresh restart epoch (1, 2, ...), committed with an fsync before it is returned: recovery puts it
+        in the client ids of every order a recovered package sends from then on, so no such id can equal one
+        the crashed process sent and the journal lost."""
+        self._writable()
+        return self._reserve("epoch", 1)[0]
+
+    def _reserve(self, key: str, count: int) -> tuple[int, int]:
+        """Durably advance the counter `key` by `count`: (first, last) of the numbers reserved."""
+        if self._depth:
+            raise JournalError(f"journal {self.journal_id}: a {key} block is reserved outside journal.batch()")
+
+        def write() -> tuple[int, int]:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            last = int(row[0]) if row is not None else 0
+            self._set_meta(key, str(last + count))
+            return last + 1, last + count
+
+        return self._durably(write)
+
+    def sync(self) -> tuple[int, str]:
+        """Make every commit so far durable, whatever the durability (one fsync'd commit, recording the head
+        as meta 'synced_head'); returns the head. The anchorer signs only heads made durable this way."""
+        self._writable()
+        if self._depth:
+            raise JournalError(f"journal {self.journal_id}: sync() inside journal.batch()")
+
+        def write() -> tuple[int, str]:
+            head = self._head = self._read_head()
+            self._set_meta("synced_head", f"{head[0]}:{head[1]}")
+            return head
+
+        return self._durably(write)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _durably(self, write: Callable[[], _T]) -> _T:
+        """`write` in its own transaction, committed with synchronous=FULL whatever the journal's durability,
+        so it survives a power loss and every commit before it does too (the WAL is synced in order)."""
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = write()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability or Durability.PROCESS]}")
+        self.durable_commits += 1
+        return result
+
+    def backup_to(self, path: str | Path) -> None:
+        """A consistent copy of the journal as committed now (the crash harness keeps one as "what survived
+        a power loss")."""
+        self._flush()
+        with sqlite3.connect(Path(path)) as target:
+            self._conn.backup(target)
+        target.close()
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -931,6 +1079,15 @@ class Journal:
         """(seq, kind, payload text) of one package, in order."""
         sql = "SELECT seq, kind, payload FROM journal WHERE package_id = ? ORDER BY seq"
         yield from self._q(sql, (package_id,))
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of row `seq`, or None if there is no such row (anchors are checked against it)."""
+        row = self._q("SELECT hash FROM journal WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def last_seq(self) -> int:
+        row = self._q("SELECT MAX(seq) FROM journal").fetchone()
+        return int(row[0] or 0)
 
     def raw_packages(self) -> list[tuple[Any, ...]]:
         """The packages table as stored, columns as in `_PACKAGE_COLUMNS`."""
