@@ -118,10 +118,13 @@ class OrderRequest:
     price: Decimal | None = None
     post_only: bool = False
     reduce_only: bool = False
+    ioc: bool = False  # limit orders only: immediate-or-cancel, the unfilled rest expires at once
 
     def __post_init__(self) -> None:
         if self.type is OrderType.LIMIT and self.price is None:
             raise ValueError(f"order {self.client_order_id}: a limit order needs a price")
+        if self.ioc and (self.type is not OrderType.LIMIT or self.post_only):
+            raise ValueError(f"order {self.client_order_id}: ioc needs a limit order that is not post-only")
         if not self.amount.is_finite() or self.amount <= 0:
             raise ValueError(f"order {self.client_order_id}: amount must be > 0, got {self.amount}")
 

@@ -258,6 +258,25 @@ def test_default_db_is_legguard_db_in_the_working_directory(
     assert audit("verify")[0] == 2
 
 
+def test_show_names_the_execution_style_and_each_legs_role(tmp_path: Path) -> None:
+    path = tmp_path / "styles.db"
+    with Journal.open(path) as journal:
+        plan = PackagePlan.from_dict({**_plan(journal, journal.next_package_number()).to_dict(),
+                                      "style": "maker-taker", "maker": "perp"})  # fmt: skip
+        journal.package_created(plan, {}, 1.0)
+        core = PackageCore(plan)
+        commands = core.handle(Dispatch())
+        journal.record_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 1.5)
+    code, out, _ = audit("show", plan.package_id, "--db", str(path))
+    assert code == 0
+    assert "execution maker-taker" in out
+    assert "spot leg ETH/USDT: taker" in out and "perp leg ETH/USDT:USDT: maker" in out
+    assert "maker-taker (perp" in out  # the creation row (the table may wrap it)
+    code, out, _ = audit("show", plan.package_id, "--db", str(path), "--json")
+    package = json.loads(out)["package"]
+    assert (package["execution"], package["spot_role"], package["perp_role"]) == ("maker-taker", "taker", "maker")
+
+
 def test_operator_actions_show_in_list_and_in_show_engine(db: Path) -> None:
     with Journal.open(db) as journal:
         journal.record("engine", None, {"event": "halted", "reason": "news", "source": "operator"}, 10.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,7 @@ from legguard.domain import OrderRequest, OrderStatus, OrderType, OutcomeUnknown
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, PackageSpec
 from legguard.engine._deadman import CountdownVenue, DeadMan
 from legguard.engine._spec import DeadmanConfig, SpecError
-from legguard.fsm import Dispatch, LegPlan, OrderEvent, PackageCore, PackagePlan, State
+from legguard.fsm import Dispatch, ExecutionStyle, LegPlan, LegRole, OrderEvent, PackageCore, PackagePlan, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
 CONFIG = DeadmanConfig(countdown=10.0, heartbeat=2.5)
@@ -340,6 +340,22 @@ def test_the_run_config_reads_the_deadman_table() -> None:
         parse_config({**base, "deadman": {"enabled": "yes"}})
     with pytest.raises(ConfigError, match=r"deadman.countdwn: unknown key"):
         parse_config({**base, "deadman": {"countdwn": 4}})
+
+
+async def test_a_perp_leg_that_only_takes_needs_no_switch(rig: Rig) -> None:
+    """maker-taker with spot resting, and taker-taker: the perp leg is a capped IOC that never rests, so arming
+    (and re-arming) the countdown would only spend the request budget the hedges need."""
+    for number, style, maker in ((1, ExecutionStyle.MAKER_TAKER, LegRole.SPOT),
+                                 (2, ExecutionStyle.TAKER_TAKER, LegRole.SPOT)):  # fmt: skip
+        c = core(number)
+        c = PackageCore(replace(c.plan, style=style, maker=maker))
+        c.handle(Dispatch())
+        rig.add(c)
+    assert rig.deadman.wanted() == set()
+    resting = PackageCore(replace(core(3).plan, style=ExecutionStyle.MAKER_TAKER, maker=LegRole.PERP))
+    resting.handle(Dispatch())
+    rig.add(resting)
+    assert rig.deadman.wanted() == {ETH_PERP}
 
 
 async def test_status_says_what_is_armed_and_when_the_venue_would_cancel(autojump_clock: MockClock, rig: Rig) -> None:

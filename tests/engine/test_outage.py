@@ -158,15 +158,19 @@ async def test_a_run_ending_during_an_outage_names_what_needs_recovery_and_recov
         engine = Engine(sim, journal, EngineConfig(deadlines=DEADLINES))
         async with engine.running([ETH, ETH_PERP]):
             await trio.sleep(1.0)
-            pids = [engine.submit(spec()) for _ in range(2)]
+            pids = [engine.submit(spec()) for _ in range(4)]
             await trio.sleep(0.3)
+            # Maker orders fill from the trade flow at the touch: some packages may already be hedged. The ones
+            # still dispatched are what the outage catches with entries resting.
+            resting = {p for p in pids if engine.handles[p].core.state is State.DISPATCHED}
+            assert resting
             sim.inject("outage", seconds=120)
             await trio.sleep(3.0)
             assert engine.outage.down
         # The graceful shutdown could reach nothing: the packages are named, and left where the journal says.
         unsafe = engine.needs_recovery()
-        assert set(unsafe) == set(pids), unsafe
-        assert {r.package_id for r in journal.open_packages()} == set(pids)
+        assert set(unsafe) == resting, unsafe
+        assert {r.package_id for r in journal.open_packages()} >= resting
         await trio.sleep(120)  # the venue is back
         second = Engine(sim, journal, EngineConfig(deadlines=DEADLINES))
         async with second.running([ETH, ETH_PERP]):

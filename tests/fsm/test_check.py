@@ -20,6 +20,7 @@ from legguard.fsm import (
     CheckReport,
     Command,
     Event,
+    ExecutionStyle,
     InvalidTransition,
     OrphanPolicy,
     PackageCore,
@@ -406,3 +407,23 @@ def test_removing_the_escalate_edge_is_caught() -> None:
     assert not report.ok
     assert report.counts["transitions"] > 0
     assert "trigger 'escalate' is not allowed in state 'unwinding'" in report.examples["transitions"].message
+
+
+@pytest.mark.parametrize("style", [ExecutionStyle.MAKER_TAKER, ExecutionStyle.TAKER_TAKER])
+def test_the_other_execution_styles_are_clean_under_one_timeout_and_partial_fills(style: ExecutionStyle) -> None:
+    """The same lifecycle and properties with a taker leg: maker-taker hedges each batch of maker fills."""
+    report = run(replace(QUIET, timeouts=1, partial_fills=1, style=style))
+
+    assert report.ok, report.counterexample and report.counterexample.to_dict()
+    assert report.frontier == 0 and report.deadlocks == report.counts["stuck"] == 0
+    assert report.states_explored > 1000
+    assert report.bounds["custom"].to_dict()["style"] == style.value
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("style", [ExecutionStyle.MAKER_TAKER, ExecutionStyle.TAKER_TAKER])
+def test_default_suite_is_clean_in_every_style(style: ExecutionStyle) -> None:
+    report = check({name: replace(b, style=style) for name, b in PROFILES.items()})
+
+    assert report.ok, report.counterexample and report.counterexample.to_dict()
+    assert report.violations == report.deadlocks == report.counts["stuck"] == 0

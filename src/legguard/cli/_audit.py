@@ -41,6 +41,7 @@ from legguard.engine.journal._binding import bound_identity
 from legguard.engine.journal._pnl import funding_amount
 from legguard.engine.journal._replay import verify as verify_journal
 from legguard.engine.journal._store import Journal, JournalError, JournalNotFound, UnknownPackage, summarize
+from legguard.fsm._events import LegRole
 from legguard.fsm._table import State
 
 audit_app = typer.Typer(
@@ -186,6 +187,13 @@ def show(
         f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
         + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else "")
         + (f"  closed by [bold]{escape(str(closed_by))}[/bold]" if closed_by else ""),
+    )
+    plan = package.plan
+    out.print(
+        f"execution [bold]{plan.style.value}[/bold]  "
+        + "  ".join(
+            f"{role.value} leg {escape(plan.leg(role).symbol)}: {plan.execution(role).value}" for role in LegRole
+        )
     )
     table = Table(show_edge=False)
     table.add_column("seq", justify="right")

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from legguard.engine.app._demo import DemoOptions, DemoRun, run_demo, validate_options
-from legguard.fsm import State
+from legguard.fsm import ExecutionStyle, LegRole, State
 
 
 def demo(
@@ -26,12 +26,22 @@ def demo(
         str, typer.Option(help="none | light | heavy | comma-separated fault names (reject,partial_fill,...).")
     ] = "light",
     db: Annotated[Path, typer.Option(help="Journal file (SQLite).")] = Path("legguard.db"),
+    execution: Annotated[
+        str, typer.Option(help="Execution style of every pair: maker-maker | maker-taker | taker-taker.")
+    ] = "maker-maker",
+    maker_leg: Annotated[str, typer.Option(help="maker-taker: the leg that rests (spot | perp).")] = "spot",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report at the end, no live table.")] = False,
 ) -> None:
     """Trade packages against the simulated market with faults injected; every package ends hedged or flat."""
-    options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db)
-    validate_options(options)  # bad options are refused before anything starts (exit 2)
     console = Console(stderr=as_json)
+    styles = [style.value for style in ExecutionStyle]
+    for flag, value, allowed in (("--execution", execution, styles), ("--maker-leg", maker_leg, ["spot", "perp"])):
+        if value not in allowed:
+            console.print(f"[red]error:[/red] {flag}: {value!r} is invalid; allowed: {', '.join(allowed)}")
+            raise typer.Exit(2)
+    options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db, execution=ExecutionStyle(execution),
+                          maker_leg=LegRole(maker_leg))  # fmt: skip
+    validate_options(options)  # bad options are refused before anything starts (exit 2)
     if as_json:
         report = trio.run(_run_with_signals, options, None)
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
@@ -101,6 +111,14 @@ def render(run: DemoRun) -> Group:
     guard = engine.margin_guard
     margin = f"{guard.last.headroom:.4f}" if guard.last is not None else "-"
     head.caption = f"exits requested by policy: {exits}; margin headroom {margin} ({guard.level})"
+    pairs = Table(title="pairs")
+    for col in ("spot", "perp", "quantity", "execution", "maker leg"):
+        pairs.add_column(col)
+    for p in run.options.pairs:
+        rests = "both" if p.execution is ExecutionStyle.MAKER_MAKER else "none"
+        if p.execution is ExecutionStyle.MAKER_TAKER:
+            rests = p.maker_leg.value
+        pairs.add_row(p.spot_symbol, p.perp_symbol, str(p.quantity), p.execution.value, rests)
     exposure = Table(title="exposure of packages not hedged (base units)")
     exposure.add_column("symbol")
     exposure.add_column("net", justify="right")
@@ -119,7 +137,7 @@ def render(run: DemoRun) -> Group:
     for t, pid, src, trig, dst in list(engine.stats.recent)[-10:]:
         style = "red" if dst == "orphaned" else "green" if dst in ("hedged", "flat") else ""
         recent.add_row(f"{t - run.started:6.2f}", pid, src, trig, Text(dst, style=style))
-    return Group(head, exposure, recent)
+    return Group(head, pairs, exposure, recent)
 
 
 def render_summary(report: dict[str, Any]) -> Table:

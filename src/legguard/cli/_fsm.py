@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from legguard.fsm import (
+    PROFILES,
     Bounds,
     CheckReport,
     Counterexample,
+    ExecutionStyle,
     UnknownEdge,
     check,
     edges_without,
@@ -24,7 +26,7 @@ from legguard.fsm import (
 )
 
 _FORMATS = ("table", "mermaid")
-_INT_BOUNDS = tuple(f.name for f in fields(Bounds) if f.name not in ("policies", "depth", "accidents"))
+_INT_BOUNDS = tuple(f.name for f in fields(Bounds) if f.name not in ("policies", "depth", "accidents", "style"))
 
 
 def _bad(param: str, message: str) -> typer.BadParameter:
@@ -74,6 +76,9 @@ def fsm(
         typer.Option(help="Check one profile: the default bounds with NAME=VALUE changed (repeatable)."),
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Processes for --check (default: one per CPU).")] = None,
+    style: Annotated[
+        str, typer.Option(help="Execution style of the modelled package: maker-maker | maker-taker | taker-taker.")
+    ] = ExecutionStyle.MAKER_MAKER.value,
 ) -> None:
     """The package lifecycle table, and a model check of every reachable state of the decision core."""
     if format not in _FORMATS:
@@ -87,12 +92,19 @@ def fsm(
         edges = edges_without(parse_edge(w) for w in removed)
     except UnknownEdge as exc:
         raise _bad("--without", str(exc)) from None
+    styles = [s.value for s in ExecutionStyle]
+    if style not in styles:
+        raise _bad("--style", f"{style!r} is not one of: {', '.join(styles)}")
     if not check_:
         if bound:
             raise _bad("--bound", "only applies with --check")
+        if style != ExecutionStyle.MAKER_MAKER:
+            raise _bad("--style", "only applies with --check (every style shares the one lifecycle table)")
         _show_table(edges, format, json_)
         return
-    report = check(parse_bounds(bound) if bound else None, without=removed, depth=depth, jobs=jobs)
+    profiles = {"custom": parse_bounds(bound)} if bound else dict(PROFILES)
+    profiles = {name: replace(b, style=ExecutionStyle(style)) for name, b in profiles.items()}
+    report = check(profiles, without=removed, depth=depth, jobs=jobs)
     if json_:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -29,6 +29,7 @@ from legguard.domain import (
 from legguard.fsm import (
     CancelOrder,
     Event,
+    ExecutionStyle,
     ExitDeadline,
     Fault,
     FillDeadline,
@@ -76,6 +77,7 @@ def to_request(intent: OrderIntent) -> OrderRequest:
         price=intent.price,
         post_only=intent.post_only,
         reduce_only=intent.reduce_only,
+        ioc=intent.ioc,
     )
 
 
@@ -176,7 +178,13 @@ class PackageActor:
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands, engine.journal)
         self._track_exposure(now)
-        if self.core.state is State.DISPATCHED and h.naked_since is not None and not h.leg_timer_started:
+        if (
+            self.core.state is State.DISPATCHED
+            and h.naked_since is not None
+            and not h.leg_timer_started
+            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
+            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
+        ):
             # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
             # (short) leg deadline to catch up, not what is left of the fill deadline.
             h.leg_timer_started = True
@@ -205,6 +213,10 @@ class PackageActor:
                     self._spawn(self._query, cid, symbol, 0.0)
         if sends:
             delay = retry_backoff(sends)
+            throttled = self.core.throttled_hedges()
+            if throttled and any(i.ioc for i in sends):
+                # The request budget refused the last hedge: give it time to refill (20 units/s on Binance).
+                delay = max(delay, min(0.1 * 2 ** (throttled - 1), 1.0))
             if delay > 0:
                 self._spawn(self._release_after, delay, sends)
             else:

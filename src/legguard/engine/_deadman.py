@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from legguard.domain import VenueError
-from legguard.fsm import LegRole, State
+from legguard.fsm import LegExecution, LegRole, State
 
 from ._host import EngineHost
 from ._spec import DeadmanConfig
@@ -90,6 +90,8 @@ class DeadMan:
             if h.done.is_set():
                 continue
             core = h.core
+            if core.plan.execution(LegRole.PERP) is LegExecution.TAKER:
+                continue  # the perp leg only takes (capped IOC): nothing of it ever rests
             if core.state is State.PENDING:
                 out.add(core.plan.perp.symbol)
                 continue

@@ -42,7 +42,9 @@ from legguard.fsm import (
     CloseRequested,
     Dispatch,
     Event,
+    ExecutionStyle,
     LegPlan,
+    LegRole,
     PackageCore,
     PackagePlan,
     Shutdown,
@@ -226,6 +228,12 @@ class Engine:
         quantity = spec.quantity
         spot_price = perp_price = Decimal(0)
         priced: dict[str, str] = {}
+
+        def taker(role: LegRole) -> bool:
+            if spec.execution is ExecutionStyle.MAKER_TAKER:
+                return role is not spec.maker_leg
+            return spec.execution is ExecutionStyle.TAKER_TAKER
+
         if refusal is None:
             try:
                 p = price_package(
@@ -235,6 +243,9 @@ class Engine:
                     perp,
                     spec.quantity,
                     self.config.min_spread if spec.min_spread is None else spec.min_spread,
+                    spot_taker=taker(LegRole.SPOT),
+                    perp_taker=taker(LegRole.PERP),
+                    max_slippage=spec.max_slippage,
                 )
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
@@ -253,8 +264,13 @@ class Engine:
                          dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size),
             # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
             perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
-                         max(perp.step_size, perp.min_qty)),
+                         max(perp.step_size, perp.min_qty),
+                         # a taker hedge is a new order: the minimum notional applies to it
+                         dust_threshold(perp, perp_price)
+                         if perp_price > 0 and spec.execution is not ExecutionStyle.MAKER_MAKER else None),
             policy=spec.policy or self.config.policy,
+            style=spec.execution,
+            maker=spec.maker_leg,
         )  # fmt: skip
         self.journal.package_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)
@@ -735,6 +751,12 @@ class Engine:
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced
         while we were not looking). Ask the venue and charge the difference."""
+        # What each package believed before the request, to compare with its belief after: a short that fills
+        # while the positions are fetched (an IOC hedge answers within a round trip) may be missing from the
+        # venue's answer though it is real. Only what was believed on both sides of the request is compared.
+        before = {
+            h.package_id: self.available_short(h) for h in self.handles.values() if h.core.plan.perp.symbol == symbol
+        }
         try:
             with trio.fail_after(self.config.deadlines.ack):
                 positions = await self.venue.fetch_positions()
@@ -745,7 +767,11 @@ class Engine:
             return
         venue_short = max(-positions.get(symbol, Decimal(0)), Decimal(0))
         believed = sum(
-            (self.available_short(h) for h in self.handles.values() if h.core.plan.perp.symbol == symbol),
+            (
+                min(self.available_short(h), before.get(h.package_id, Decimal(0)))
+                for h in self.handles.values()
+                if h.core.plan.perp.symbol == symbol
+            ),
             Decimal(0),
         )
         missing = believed - venue_short

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from math import lcm
 
-from legguard.domain import BookSnapshot, Market
+from legguard.domain import BookSnapshot, Market, Side
 
 
 class PricingRefused(Exception):
@@ -65,10 +65,34 @@ def maker_sell_price(book: BookSnapshot, tick: Decimal) -> Decimal:
     return improved if improved > bid else ask
 
 
-def spread_after_fees(spot_price: Decimal, perp_price: Decimal, spot: Market, perp: Market) -> Decimal:
+def taker_cap(book: BookSnapshot, side: Side, quantity: Decimal, tick: Decimal, max_slippage: Decimal) -> Decimal:
+    """The limit of a taker (IOC) leg: the L2 level at which the book covers `quantity`, widened by
+    `max_slippage` (a fraction) and rounded onto the tick grid towards the book, so the cap never exceeds the
+    bound. The leg fills at that price or better, or (partly) not at all: it never chases past it."""
+    levels = book.asks if side is Side.BUY else book.bids
+    covered = Decimal(0)
+    reach: Decimal | None = None
+    for price, qty in levels:
+        covered += qty
+        if covered >= quantity:
+            reach = price
+            break
+    if reach is None:
+        raise PricingRefused(f"{book.symbol}: the book holds {covered} within its depth, less than {quantity}")
+    if side is Side.BUY:
+        return max(round_down(reach * (1 + max_slippage), tick), reach)
+    return min(round_up(reach * (1 - max_slippage), tick), reach)
+
+
+def spread_after_fees(
+    spot_price: Decimal, perp_price: Decimal, spot: Market, perp: Market, *, spot_taker: bool = False,
+    perp_taker: bool = False,
+) -> Decimal:  # fmt: skip
     """What buying spot at `spot_price` and selling the perp at `perp_price` earns per unit of spot notional,
-    after paying the maker fee on both legs."""
-    return (perp_price - spot_price) / spot_price - spot.maker_fee - perp.maker_fee * perp_price / spot_price
+    after paying each leg's fee (maker, or taker for a taker leg)."""
+    spot_fee = spot.taker_fee if spot_taker else spot.maker_fee
+    perp_fee = perp.taker_fee if perp_taker else perp.maker_fee
+    return (perp_price - spot_price) / spot_price - spot_fee - perp_fee * perp_price / spot_price
 
 
 def price_package(
@@ -78,20 +102,32 @@ def price_package(
     perp: Market,
     quantity: Decimal,
     min_spread: Decimal,
+    *,
+    spot_taker: bool = False,
+    perp_taker: bool = False,
+    max_slippage: Decimal = Decimal("0.0005"),
 ) -> Priced:
-    """Price a spot-buy / perp-sell package, or raise PricingRefused saying why."""
+    """Price a spot-buy / perp-sell package, or raise PricingRefused saying why. A maker leg rests post-only
+    at the touch; a taker leg's price is its IOC cap (`taker_cap`), and the spread is judged at that worst
+    case, after taker fees."""
     step = common_step(spot.step_size, perp.step_size)
     qty = round_down(quantity, step)
     if qty <= 0:
         raise PricingRefused(f"quantity {quantity} rounds to 0 on the common step {step}")
-    spot_price = maker_buy_price(spot_book, spot.tick_size)
-    perp_price = maker_sell_price(perp_book, perp.tick_size)
+    if spot_taker:
+        spot_price = taker_cap(spot_book, Side.BUY, qty, spot.tick_size, max_slippage)
+    else:
+        spot_price = maker_buy_price(spot_book, spot.tick_size)
+    if perp_taker:
+        perp_price = taker_cap(perp_book, Side.SELL, qty, perp.tick_size, max_slippage)
+    else:
+        perp_price = maker_sell_price(perp_book, perp.tick_size)
     for market, price in ((spot, spot_price), (perp, perp_price)):
         if qty < market.min_qty:
             raise PricingRefused(f"{market.symbol}: quantity {qty} below minimum {market.min_qty}")
         if qty * price < market.min_notional:
             raise PricingRefused(f"{market.symbol}: notional {qty * price} below minimum {market.min_notional}")
-    spread = spread_after_fees(spot_price, perp_price, spot, perp)
+    spread = spread_after_fees(spot_price, perp_price, spot, perp, spot_taker=spot_taker, perp_taker=perp_taker)
     if spread < min_spread:
         raise PricingRefused(f"spread after fees {spread:.6f} below minimum {min_spread}")
     return Priced(qty, spot_price, perp_price, spread)

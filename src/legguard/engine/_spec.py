@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from legguard.domain import Market, MarketKind, Side
-from legguard.fsm import OrphanPolicy
+from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
 
 class SpecError(ValueError):
@@ -238,6 +238,9 @@ class PackageSpec:
     perp_side: Side = Side.SELL
     min_spread: Decimal | None = None  # overrides EngineConfig.min_spread
     policy: OrphanPolicy | None = None  # overrides EngineConfig.policy
+    execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker_leg: LegRole = LegRole.SPOT  # maker-taker: the leg that rests
+    max_slippage: Decimal = Decimal("0.0005")  # taker legs: IOC cap beyond the L2 price covering the quantity
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +251,9 @@ class PackageSpec:
             "perp_side": self.perp_side.value,
             "min_spread": None if self.min_spread is None else str(self.min_spread),
             "policy": None if self.policy is None else self.policy.value,
+            "execution": self.execution.value,
+            "maker_leg": self.maker_leg.value,
+            "max_slippage": str(self.max_slippage),
         }
 
 
@@ -272,6 +278,9 @@ def validate_spec(spec: PackageSpec, markets: Mapping[str, Market]) -> tuple[Mar
         raise SpecError("spot_side", spec.spot_side.value, "only spot buy / perp sell packages are supported")
     if spec.min_spread is not None:
         to_decimal("min_spread", spec.min_spread)
+    slippage = to_decimal("max_slippage", spec.max_slippage)
+    if not 0 <= slippage < 1:
+        raise SpecError("max_slippage", spec.max_slippage, "must be a fraction in [0, 1), e.g. 0.0005 for 5 bp")
     for market in (spot, perp):
         if quantity < market.min_qty:
             raise SpecError("quantity", spec.quantity, f"below {market.symbol} minimum quantity {market.min_qty}")

@@ -39,10 +39,12 @@ from ._events import CloseRequested as CloseRequested
 from ._events import Command as Command
 from ._events import Dispatch as Dispatch
 from ._events import Event as Event
+from ._events import ExecutionStyle as ExecutionStyle
 from ._events import ExitDeadline as ExitDeadline
 from ._events import Fault as Fault
 from ._events import FillDeadline as FillDeadline
 from ._events import JournalIntent as JournalIntent
+from ._events import LegExecution as LegExecution
 from ._events import LegRole as LegRole
 from ._events import OrderEvent as OrderEvent
 from ._events import OrderIntent as OrderIntent

@@ -32,6 +32,7 @@ from ._events import (
     Command,
     Dispatch,
     Event,
+    ExecutionStyle,
     ExitDeadline,
     Fault,
     FillDeadline,
@@ -114,11 +115,17 @@ class Bounds:
     accidents: int | None = 1  # most timeouts + crashes + faults + shutdowns together on one path (None: no cap)
     depth: int | None = None  # most environment steps on a path (None: only the counts above bound it)
     policies: tuple[OrphanPolicy, ...] = (OrphanPolicy.FLATTEN, OrphanPolicy.TRIM)
+    # The execution style of the modelled package. The environment's entry orders rest, fill (partly) and
+    # expire in any order, which covers a taker leg's IOC answers as well as a maker leg's life.
+    style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "policies":
+            if f.name == "style":
+                if not isinstance(value, ExecutionStyle):
+                    raise ValueError(f"Bounds.style must be an ExecutionStyle, got {value!r}")
+            elif f.name == "policies":
                 if not value or not all(isinstance(p, OrphanPolicy) for p in value):
                     raise ValueError(f"Bounds.policies must be a non-empty tuple of OrphanPolicy, got {value!r}")
             elif not (value is None and f.name in ("accidents", "depth")) and (
@@ -129,6 +136,7 @@ class Bounds:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["policies"] = [p.value for p in self.policies]
+        out["style"] = self.style.value
         out["quantity_steps"] = 2
         out["spot_fee_rate"] = str(SPOT_FEE_RATE)
         return out
@@ -161,9 +169,11 @@ _SLOT: Final = {name: i for i, name in enumerate(_BUDGETS)}
 _ACCIDENTS: Final = ("timeouts", "crashes", "faults", "shutdowns")
 
 
-def model_plan(policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> PackagePlan:
+def model_plan(
+    policy: OrphanPolicy = OrphanPolicy.FLATTEN, style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+) -> PackagePlan:
     """BTC-like grids: the perp step is the coarse grid (2 steps per package); spot trades 100x finer, so
-    a spot fee in base leaves a residual the unwind can round away but not to zero."""
+    a spot fee in base leaves a residual the unwind can round away but not to zero. maker-taker rests spot."""
     return PackagePlan(
         package_id="mc",
         client_id_prefix="lg-mc",
@@ -171,6 +181,7 @@ def model_plan(policy: OrphanPolicy = OrphanPolicy.FLATTEN) -> PackagePlan:
         spot=LegPlan("BTC/USDT", Side.BUY, Decimal("60000"), step=Decimal("0.00001"), dust=Decimal("0.00001")),
         perp=LegPlan("BTC/USDT:USDT", Side.SELL, Decimal("60012"), step=Decimal("0.001"), dust=Decimal("0.001")),
         policy=policy,
+        style=style,
     )
 
 
@@ -610,7 +621,7 @@ class ModelChecker:
         expanded: list[bool] = []
         queue: deque[tuple[int, PackageCore]] = deque()
         for policy in self.bounds.policies:
-            core = PackageCore(model_plan(policy), edges=self.edges)
+            core = PackageCore(model_plan(policy, self.bounds.style), edges=self.edges)
             world = World((), (), (0,) * len(_BUDGETS), ZERO, frozenset(), frozenset(), True)
             key = (policy, core.fingerprint(), world)
             idx = self._add(_Node(world, -1, None, (), (), 0, core.state, policy), core)
@@ -1033,7 +1044,7 @@ class ModelChecker:
         while idx >= 0:
             chain.append(self.nodes[idx])
             idx = chain[-1].parent
-        core = PackageCore(model_plan(chain[-1].policy), edges=self.edges)
+        core = PackageCore(model_plan(chain[-1].policy, self.bounds.style), edges=self.edges)
         for node in reversed(chain):
             for event in node.events:
                 core.handle(event)

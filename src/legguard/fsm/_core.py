@@ -30,10 +30,12 @@ from ._events import (
     Command,
     Dispatch,
     Event,
+    ExecutionStyle,
     ExitDeadline,
     Fault,
     FillDeadline,
     JournalIntent,
+    LegExecution,
     LegRole,
     OrderEvent,
     OrderIntent,
@@ -54,15 +56,24 @@ ZERO = Decimal(0)
 # Attempts of unwind orders per leg before the core stops issuing new ones by itself. The engine's unwind
 # deadline escalates (alerts, operator) long before this is reached in practice.
 MAX_UNWIND_ATTEMPTS = 50
+# maker-taker: the maker leg's fills are hedged in chunks of at least 1/HEDGE_BATCHES of the package.
+HEDGE_BATCHES = 4
+# maker-taker: hedges refused by the request budget (never sent) that are sent again before the kill switch.
+MAX_HEDGE_THROTTLES = 5
+
+
+def _throttled(o: OrderFacts) -> bool:
+    return o.status is OrderStatus.REJECTED and o.reason == RejectReason.RATE_LIMITED.value and o.filled == 0
 
 
 @dataclass(frozen=True, slots=True)
 class LegPlan:
     symbol: str
     side: Side  # entry side
-    price: Decimal  # post-only limit
+    price: Decimal  # post-only limit (maker leg), or the IOC limit that caps its slippage (taker leg)
     step: Decimal  # the market's quantity step
     dust: Decimal  # residual below this cannot be traded on the venue (step, min qty, min notional)
+    min_order: Decimal | None = None  # smallest new (not reduce-only) order the venue takes; None: dust
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +86,29 @@ class PackagePlan:
     spot: LegPlan
     perp: LegPlan
     policy: OrphanPolicy = OrphanPolicy.FLATTEN
+    style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker: LegRole = LegRole.SPOT  # maker-taker: the leg that rests (the other hedges its fills)
 
     def leg(self, role: LegRole) -> LegPlan:
         return self.spot if role is LegRole.SPOT else self.perp
 
+    def execution(self, role: LegRole) -> LegExecution:
+        """Whether `role`'s entry rests post-only (maker) or takes with a capped IOC limit (taker)."""
+        if self.style is ExecutionStyle.MAKER_MAKER:
+            return LegExecution.MAKER
+        if self.style is ExecutionStyle.TAKER_TAKER:
+            return LegExecution.TAKER
+        return LegExecution.MAKER if role is self.maker else LegExecution.TAKER
+
     def to_dict(self) -> dict[str, Any]:
         def leg(p: LegPlan) -> dict[str, str]:
-            return {"symbol": p.symbol, "side": p.side.value, "price": str(p.price), "step": str(p.step),
-                    "dust": str(p.dust)}  # fmt: skip
+            out = {"symbol": p.symbol, "side": p.side.value, "price": str(p.price), "step": str(p.step),
+                   "dust": str(p.dust)}  # fmt: skip
+            if p.min_order is not None:
+                out["min_order"] = str(p.min_order)
+            return out
 
-        return {
+        out = {
             "package_id": self.package_id,
             "client_id_prefix": self.client_id_prefix,
             "quantity": str(self.quantity),
@@ -92,11 +116,17 @@ class PackagePlan:
             "perp": leg(self.perp),
             "policy": self.policy.value,
         }
+        if self.style is not ExecutionStyle.MAKER_MAKER:  # older journals and readers know no style: the default
+            out["style"] = self.style.value
+            out["maker"] = self.maker.value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackagePlan:
         def leg(d: dict[str, str]) -> LegPlan:
-            return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]))
+            minimum = d.get("min_order")
+            return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]),
+                           None if minimum is None else Decimal(minimum))  # fmt: skip
 
         return cls(
             package_id=data["package_id"],
@@ -105,6 +135,8 @@ class PackagePlan:
             spot=leg(data["spot"]),
             perp=leg(data["perp"]),
             policy=OrphanPolicy(data["policy"]),
+            style=ExecutionStyle(data.get("style", ExecutionStyle.MAKER_MAKER.value)),
+            maker=LegRole(data.get("maker", LegRole.SPOT.value)),
         )
 
 
@@ -345,9 +377,15 @@ class PackageCore:
         if self.state is not State.PENDING:
             # Let the lifecycle produce the precise error.
             self.lifecycle.fire(Trigger.DISPATCH)
-        intents = [self._new_intent(role, Purpose.ENTRY, 0) for role in (LegRole.SPOT, LegRole.PERP)]
+        if self.plan.style is ExecutionStyle.MAKER_TAKER:
+            # Only the maker leg goes out; the taker leg follows each of its fills (`_decide_maker_taker`).
+            intents = [self._new_intent(self.plan.maker, Purpose.ENTRY, 0)]
+            why = f"{self.plan.maker} leg rests; the other hedges each fill"
+        else:
+            intents = [self._new_intent(role, Purpose.ENTRY, 0) for role in (LegRole.SPOT, LegRole.PERP)]
+            why = "both legs sent together"
         out.extend(JournalIntent(i) for i in intents)
-        self._fire(Trigger.DISPATCH, "both legs sent together", out)
+        self._fire(Trigger.DISPATCH, why, out)
         for i in intents:
             self.orders[i.client_order_id] = OrderFacts(i)
             self.entry[i.role] = i.client_order_id
@@ -375,9 +413,11 @@ class PackageCore:
         leg = self.plan.leg(role)
         cid = client_order_id(self.plan.client_id_prefix, role, purpose, attempt, self.epoch)
         if purpose is Purpose.ENTRY:
+            taker = self.plan.execution(role) is LegExecution.TAKER
             return OrderIntent(
                 cid, role, purpose, attempt, leg.symbol, leg.side, OrderType.LIMIT,
-                self.plan.quantity, leg.price, post_only=True, reduce_only=False,
+                self.plan.quantity if amount is None else amount, leg.price,
+                post_only=not taker, reduce_only=False, ioc=taker,
             )  # fmt: skip
         assert amount is not None
         if purpose is Purpose.EXIT:
@@ -427,6 +467,9 @@ class PackageCore:
     # --- dispatched: hedge, void, or leg_broken -------------------------------------------------------
 
     def _decide_dispatched(self, out: list[Command]) -> None:
+        if self.plan.style is ExecutionStyle.MAKER_TAKER:
+            self._decide_maker_taker(out)
+            return
         spot = self.orders[self.entry[LegRole.SPOT]]
         perp = self.orders[self.entry[LegRole.PERP]]
         legs = (spot, perp)
@@ -486,6 +529,83 @@ class PackageCore:
         exits = [o for o in self.orders.values() if o.intent.purpose is Purpose.EXIT]
         return self.exit_passive and any(o.filled > 0 for o in exits) and any(o.live for o in exits)
 
+    def _decide_maker_taker(self, out: list[Command]) -> None:
+        """The maker leg rests; every fill of it is hedged at once by an IOC limit on the other leg, capped at
+        the plan's price. The taker leg never holds more than the maker leg filled, and a hedge that comes
+        back short (the book moved past its cap: it refuses to chase) hands the package to the kill switch."""
+        maker_role = self.plan.maker
+        taker_role = LegRole.PERP if maker_role is LegRole.SPOT else LegRole.SPOT
+        maker = self.orders[self.entry[maker_role]]
+        sent = [o for o in self.leg_orders(taker_role) if o.intent.purpose is Purpose.ENTRY]
+        # A hedge the request budget refused was never sent: it is sent again (same cap, after a back-off the
+        # actor applies), up to MAX_HEDGE_THROTTLES times; then the kill switch takes over.
+        throttled = self.throttled_hedges()
+        if throttled > MAX_HEDGE_THROTTLES:
+            self._fire(Trigger.LEG_BROKEN, f"{taker_role} hedge refused by the request budget {throttled} times", out)
+            return
+        hedges = [o for o in sent if not _throttled(o)]
+        if any(o.status is OrderStatus.UNKNOWN for o in (maker, *hedges)):
+            self._fire(Trigger.LEG_BROKEN, "leg outcome unknown", out)
+            return
+        for h in hedges:
+            if h.status.is_terminal and h.filled < h.intent.amount:
+                reason = h.reason or h.status.value
+                self._fire(Trigger.LEG_BROKEN, f"{taker_role} hedge {reason}: {h.filled} of {h.intent.amount} "
+                           f"within its cap {h.intent.price}; no chasing past it", out)  # fmt: skip
+                return
+        taker = self.plan.leg(taker_role)
+        requested = sum((h.intent.amount for h in hedges), ZERO)
+        todo = (maker.filled - requested) / taker.step
+        chunk = todo.to_integral_value(rounding=ROUND_DOWN) * taker.step
+        minimum = taker.min_order if taker.min_order is not None else taker.dust
+        # One hedge in flight at a time, at least a quarter of the package unless the maker is done: fills that
+        # arrive meanwhile are hedged together. A maker leg fills in many small prints; one order per print
+        # would spend the venue's request budget (Binance counts orders) faster than it refills.
+        batch = max(minimum, self.plan.quantity / HEDGE_BATCHES)
+        settled = maker.status.is_terminal or self.entry_closing
+        in_flight = any(h.live for h in hedges)
+        if not maker.status.is_terminal and requested + chunk < self.plan.quantity:
+            # Never leave a tail below the taker's minimum order for the last hedge: hold back enough of this
+            # one that the rest of the package, once the maker fills it, can still be hedged.
+            room = ((self.plan.quantity - minimum - requested) / taker.step).to_integral_value(rounding=ROUND_DOWN)
+            chunk = max(ZERO, min(chunk, room * taker.step))
+        if chunk > 0 and not in_flight and (chunk >= batch or settled):
+            if chunk < minimum:
+                self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
+                           f"{taker_role} minimum order {minimum}", out)  # fmt: skip
+                return
+            intent = self._new_intent(taker_role, Purpose.ENTRY, len(sent), chunk)
+            out.append(JournalIntent(intent))
+            self.orders[intent.client_order_id] = OrderFacts(intent)
+            out.append(SendOrder(intent))
+            return
+        if self.entry_closing:
+            # Deadline, shutdown or recovery: nothing rests any longer. An IOC hedge never should, but one
+            # reported open (a venue that answers before it expires it) is cancelled like the maker.
+            for o in (maker, *hedges):
+                if o.status is OrderStatus.OPEN and not o.cancel_sent:
+                    o.cancel_sent = True
+                    out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
+        if not maker.status.is_terminal or any(h.live for h in hedges):
+            return
+        spot_filled = self._entry_filled(LegRole.SPOT)
+        perp_filled = self._entry_filled(LegRole.PERP) - self.venue_reduced
+        if maker.filled == 0 and not hedges:
+            self._fire(Trigger.VOID, f"no fills ({maker.status.value})", out)
+        elif spot_filled == perp_filled:
+            self._fire(Trigger.HEDGE, f"both legs filled {spot_filled} ({len(hedges)} hedge(s))", out)
+        else:
+            self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot_filled} perp {perp_filled}", out)
+
+    def throttled_hedges(self) -> int:
+        """maker-taker: hedges the venue's request budget refused whole (never sent)."""
+        if self.plan.style is not ExecutionStyle.MAKER_TAKER:
+            return 0
+        return sum(
+            1 for o in self.orders.values()
+            if o.intent.purpose is Purpose.ENTRY and o.intent.role is not self.plan.maker and _throttled(o)
+        )  # fmt: skip
+
     # --- unwinding: the kill switch -------------------------------------------------------------------
 
     def _drive_unwind(self, out: list[Command]) -> None:
@@ -533,8 +653,8 @@ class PackageCore:
         out.extend(SendOrder(i) for i in intents)
 
     def _entry_filled(self, role: LegRole) -> Decimal:
-        cid = self.entry.get(role)
-        return self.orders[cid].filled if cid is not None else ZERO
+        # Every entry order of the leg: maker-taker hedges one maker leg with several taker orders.
+        return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.ENTRY), ZERO)
 
     def _unwound(self, role: LegRole) -> Decimal:
         return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)

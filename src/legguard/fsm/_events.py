@@ -28,6 +28,19 @@ class Purpose(enum.StrEnum):
     EXIT = "exit"  # the passive phase of closing a hedged package: post-only limits priced from L2
 
 
+class ExecutionStyle(enum.StrEnum):
+    """How a package's two legs meet the market (one lifecycle and one kill switch for all three)."""
+
+    MAKER_MAKER = "maker-maker"  # both legs rest post-only at the touch (the default)
+    MAKER_TAKER = "maker-taker"  # one leg rests post-only; each of its fills is hedged at once by an IOC limit
+    TAKER_TAKER = "taker-taker"  # both legs IOC limits, capped at a slippage bound priced from L2
+
+
+class LegExecution(enum.StrEnum):
+    MAKER = "maker"  # rests post-only
+    TAKER = "taker"  # IOC limit at its price cap; never chases past it
+
+
 class OrphanPolicy(enum.StrEnum):
     FLATTEN = "flatten"  # close both legs entirely
     TRIM = "trim"  # close only the unmatched residual; the matched part stays hedged
@@ -195,6 +208,7 @@ class OrderIntent:
     price: Decimal | None
     post_only: bool
     reduce_only: bool
+    ioc: bool = False  # a taker leg: immediate-or-cancel limit, capped at `price`
 
     def to_dict(self) -> dict[str, Any]:
         # Explicit rather than dataclasses.asdict: this runs for every order on the journal's hot path.
@@ -210,6 +224,7 @@ class OrderIntent:
             "price": None if self.price is None else str(self.price),
             "post_only": self.post_only,
             "reduce_only": self.reduce_only,
+            "ioc": self.ioc,
         }
 
     @classmethod
@@ -226,6 +241,7 @@ class OrderIntent:
             price=None if data["price"] is None else Decimal(data["price"]),
             post_only=bool(data["post_only"]),
             reduce_only=bool(data["reduce_only"]),
+            ioc=bool(data.get("ioc", False)),  # journals written before execution styles have none
         )
 
 

@@ -727,3 +727,25 @@ def test_plain_http_urls_lose_ccxts_futures_exception_table() -> None:
             await ex.close()
 
     run(scenario)
+
+
+def test_trade_flow_arrives_between_book_moves_and_fills_a_maker_order_behind_its_queue() -> None:
+    """The market prints at the touch at seeded offsets between two moves (not as one burst at the move), and a
+    post-only order at the touch fills only after the volume queued ahead of it has traded."""
+    emu = Emulator(seed=3, autoclock=False, tick_seconds=1.0)  # not served: the engine is driven directly
+    flow = emu.driver.step(1.0, emu.now())
+    delays = [d for d, _ in flow]
+    assert delays and all(0 <= d < 1.0 for d in delays) and delays == sorted(delays)
+    assert len({round(d, 6) for d in delays}) > len(delays) // 2  # spread out, not one instant
+    market = emu.engine.markets["ETH/USDT"]
+    bid = emu.engine.book(market.symbol).best_bid
+    assert bid is not None
+    emu.engine.place(OrderRequest("q1", market.symbol, Side.BUY, OrderType.LIMIT, Decimal("0.05"), bid,
+                                  post_only=True), emu.now())  # fmt: skip
+    ahead = emu.engine.queue_ahead(market.symbol, "q1")
+    assert ahead > 0
+    sold = Decimal(0)
+    while emu.engine.get(market.symbol, "q1").filled == 0:
+        emu.engine.print_trade(market.symbol, Side.SELL, bid, market.step_size * 10, emu.now())
+        sold += market.step_size * 10
+    assert sold > ahead  # it filled only once everything ahead of it had traded

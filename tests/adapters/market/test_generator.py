@@ -82,8 +82,10 @@ def test_prints_happen_at_the_touch_at_the_configured_rate() -> None:
                 sides.add(p.aggressor)
                 assert p.price == (t.asks[0][0] if p.aggressor is Side.BUY else t.bids[0][0])
                 assert p.quantity > 0
-    # 2 prints/s per symbol, 4 symbols, 60 s: 480 expected
-    assert 380 < prints < 580
+                assert 0 <= p.offset < 1
+            assert [p.offset for p in t.trades] == sorted(p.offset for p in t.trades)
+    # 25 prints/s per symbol, 4 symbols, 60 s: 6000 expected (sd ~77)
+    assert 5700 < prints < 6300
     assert sides == {Side.BUY, Side.SELL}
 
 

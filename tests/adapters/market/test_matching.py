@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -631,3 +631,133 @@ def test_engine_invariants_long() -> None:
     run_state_machine_as_test(
         EngineMachine, settings=settings(max_examples=2_000, stateful_step_count=80, deadline=None)
     )
+
+
+# --- queue position: others' trade flow at the touch (print_trade) ----------------------------------------
+
+
+def test_a_maker_order_at_the_touch_fills_only_after_the_volume_ahead_has_traded(eng: MatchingEngine) -> None:
+    eng.place(limit("q", Side.BUY, "1999.99", "0.3"), now=1.0)  # behind 1.0 of others at the best bid
+    assert eng.queue_ahead(SPOT, "q") == D(1)
+    eng.drain_updates()
+    assert eng.print_trade(SPOT, Side.SELL, D("1999.99"), D("0.6"), now=2.0) == []
+    assert eng.queue_ahead(SPOT, "q") == D("0.4")
+    ups = eng.print_trade(SPOT, Side.SELL, D("1999.99"), D("0.6"), now=3.0)
+    assert [(u.client_order_id, u.filled, u.status) for u in ups] == [("q", D("0.2"), OrderStatus.OPEN)]
+    assert eng.fills(SPOT)[-1].price == D("1999.99") and eng.fills(SPOT)[-1].maker
+    # Others' liquidity that traded left the book: 1.0 + 0.3 - 0.2 (ours) - 1.0 (theirs) = 0.1 left, ours
+    assert eng.book(SPOT).bids[0] == (D("1999.99"), D("0.1"))
+
+
+def test_an_order_improving_the_touch_is_first_in_its_queue(eng: MatchingEngine) -> None:
+    eng.place(limit("better", Side.BUY, "2000.00", "0.3"), now=1.0)
+    assert eng.queue_ahead(SPOT, "better") == 0
+    eng.drain_updates()
+    ups = eng.print_trade(SPOT, Side.SELL, D("1999.99"), D("0.5"), now=2.0)  # walks through our better bid
+    assert [(u.client_order_id, u.filled) for u in ups] == [("better", D("0.3"))]
+    assert eng.fills(SPOT)[-1].price == D("2000.00")
+    assert eng.book(SPOT).bids[0] == (D("1999.99"), D("0.8"))  # the rest of the print took others' 0.2
+
+
+def test_cancels_shrink_the_queue_ahead_and_arrivals_join_behind(eng: MatchingEngine) -> None:
+    eng.place(limit("q", Side.BUY, "1999.99", "0.3"), now=1.0)
+    bids, asks = book_around("2000.00")
+    eng.set_book(SPOT, [(bids[0][0], D(5)), *bids[1:]], asks, now=2.0)  # 4 more arrive: behind us
+    assert eng.queue_ahead(SPOT, "q") == D(1)
+    eng.set_book(SPOT, [(bids[0][0], D("0.25")), *bids[1:]], asks, now=3.0)  # cancels: at most 0.25 ahead
+    assert eng.queue_ahead(SPOT, "q") == D("0.25")
+    eng.set_book(SPOT, bids[1:], asks, now=4.0)  # the level emptied: we are alone at the front
+    assert eng.queue_ahead(SPOT, "q") == 0
+
+
+def test_an_ioc_limit_takes_up_to_its_cap_and_expires_the_rest(eng: MatchingEngine) -> None:
+    eng.place(limit("ioc", Side.BUY, "2000.02", "3", ioc=True), now=1.0)
+    order = eng.get(SPOT, "ioc")
+    assert order.status is OrderStatus.EXPIRED and order.filled == D(2)  # 2000.01 and 2000.02, not 2000.03
+    assert {f.price for f in eng.fills(SPOT)} == {D("2000.01"), D("2000.02")}
+    assert eng.open_orders(SPOT) == []
+    with pytest.raises(ValueError, match="ioc"):
+        limit("bad", Side.BUY, "2000.00", "1", ioc=True, post_only=True)
+
+
+_TICK = D("0.01")
+_queue_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("place"), st.integers(-2, 1), st.integers(1, 10)),  # price: best bid + k ticks
+        st.tuples(st.just("print"), st.integers(-3, 1), st.integers(1, 30)),
+        st.tuples(st.just("grow"), st.integers(-2, 0), st.integers(1, 10)),
+        st.tuples(st.just("move"), st.integers(-3, 3), st.integers(1, 30)),
+    ),
+    max_size=40,
+)
+
+
+@dataclasses.dataclass
+class _Queued:
+    price: Decimal
+    ahead0: Decimal  # others' volume ahead of it when it joined the queue
+    traded: Decimal = Decimal(0)  # others' volume that has traded at its price since
+    shrunk: bool = False  # a book move took volume off its level (cancels: the queue moved up for free)
+
+
+@given(_queue_ops)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_queue_fills_are_never_ahead_of_the_market_or_of_the_queue(ops: list[tuple[str, int, int]]) -> None:
+    """Random placements, prints, arrivals and book moves: (1) a fill is never at a price the market did not
+    trade at or through; (2) orders at one price fill in arrival order; (3) an order fills only once the others'
+    volume queued ahead of it has traded (checked while no cancel shrank its level)."""
+    eng = MatchingEngine()
+    best = D("1999.99")
+    eng.set_book(SPOT, *book_around("2000.00"), now=0.0)
+    placed: dict[str, _Queued] = {}
+
+    def others_at(price: Decimal) -> Decimal:
+        total = dict(eng.book(SPOT, depth=100).bids).get(price, D(0))
+        mine = sum((o.remaining for o in eng.open_orders(SPOT) if placed[o.client_order_id].price == price), D(0))
+        return total - mine
+
+    for i, (op, k, n) in enumerate(ops):
+        now = float(i + 1)
+        seen = len(eng.fills(SPOT))
+        before = {q.price: others_at(q.price) for q in placed.values()}
+        traded_at: Decimal | None = None  # the worst price the market traded at in this step
+        if op == "place":
+            cid = f"o{i:03d}"
+            try:
+                eng.place(limit(cid, Side.BUY, str(best + _TICK * k), str(D("0.1") * n), post_only=True), now=now)
+            except OrderRejected:
+                continue
+            placed[cid] = _Queued(best + _TICK * k, eng.queue_ahead(SPOT, cid))
+        elif op == "print":
+            traded_at = best + _TICK * k
+            eng.print_trade(SPOT, Side.SELL, traded_at, D("0.1") * n, now=now)
+        else:
+            if op == "move":
+                best += _TICK * k
+            bids = [(best - _TICK * j, D("0.1") * n if op == "move" else others_at(best - _TICK * j)) for j in range(5)]
+            if op == "grow":
+                bids = [(p, q + (D("0.1") * n if p == best + _TICK * k else 0)) for p, q in bids]
+            asks = [(best + _TICK * (2 + j), D(1)) for j in range(5)]
+            eng.set_book(SPOT, [(p, q) for p, q in bids if q > 0], asks, now=now)
+            traded_at = asks[0][0]
+        # (1) every fill is ours as maker, at our limit, at or above the price the market traded at
+        for f in eng.fills(SPOT)[seen:]:
+            assert traded_at is not None, f"a fill on {op}"
+            assert f.maker and f.price == placed[f.client_order_id].price >= traded_at
+        for q in placed.values():
+            after = others_at(q.price)
+            if q.price in before and op == "print":
+                q.traded += before[q.price] - after
+            elif q.price in before and after < before[q.price]:
+                q.shrunk = True
+        orders = {o.client_order_id: o for o in eng.all_orders(SPOT)}
+        for cid, q in placed.items():
+            if orders[cid].filled == 0:
+                continue
+            # (2) time priority at one price
+            for earlier, e in placed.items():
+                if earlier < cid and e.price == q.price:
+                    assert orders[earlier].status is OrderStatus.CLOSED, f"{cid} filled before earlier {earlier}"
+            # (3) never ahead of the volume that was ahead of it
+            if not q.shrunk:
+                assert q.traded >= q.ahead0, f"{cid} filled with {q.ahead0 - q.traded} still ahead"

@@ -17,7 +17,7 @@ from legguard.engine.app._config import (
     load_config,
     parse_config,
 )
-from legguard.fsm import OrphanPolicy
+from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
@@ -75,6 +75,11 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
             "venue.api_key_env: missing",
         ),
         ("", "venue: missing"),
+        (GOOD + 'execution = "yolo"\n', r"pairs\[0\]\.execution: 'yolo' is invalid; allowed: maker-maker, maker-taker"),
+        (GOOD + 'execution = "maker-taker"\nmaker_leg = "both"\n', r"pairs\[0\]\.maker_leg: 'both' is invalid"),
+        (GOOD + 'maker_leg = "perp"\n', r"pairs\[0\]\.maker_leg: only applies to execution = \"maker-taker\""),
+        (GOOD + 'execution = "taker-taker"\nmax_slippage = "0.5"\n', r"pairs\[0\]\.max_slippage: '0.5' is invalid"),
+        (GOOD + "execution = 1\n", r"pairs\[0\]\.execution: 1 is invalid; expected a non-empty string"),
     ],
 )
 def test_broken_config_names_the_key(tmp_path: Path, text: str, words: str) -> None:
@@ -103,6 +108,17 @@ def test_emulator_falls_back_to_its_documented_credentials() -> None:
     creds = VenueConfig(kind="emulator", api_key_env="K", api_secret_env="S").credentials({})
     assert creds is not None
     assert creds.api_key == EMULATOR_DEFAULT_KEY
+
+
+def test_execution_style_per_pair(tmp_path: Path) -> None:
+    text = GOOD + 'execution = "maker-taker"\nmaker_leg = "perp"\nmax_slippage = 0.001\n'
+    text += '[[pairs]]\nspot = "BTC/USDT"\nperp = "BTC/USDT:USDT"\nquantity = "0.01"\n'
+    cfg = load_config(write(tmp_path, text))
+    eth, btc = cfg.pairs
+    assert (eth.execution, eth.maker_leg, eth.max_slippage) == (ExecutionStyle.MAKER_TAKER, LegRole.PERP,
+                                                                Decimal("0.001"))  # fmt: skip
+    assert (btc.execution, btc.max_slippage) == (ExecutionStyle.MAKER_MAKER, Decimal("0.0005"))  # the default
+    assert load_config(EXAMPLES / "emulator.toml").pairs[0].execution is ExecutionStyle.MAKER_TAKER
 
 
 def test_operations_sections(tmp_path: Path) -> None:

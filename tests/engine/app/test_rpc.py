@@ -17,10 +17,11 @@ from legguard.engine._spec import BreakerConfig
 from legguard.engine.app._rpc import CONTROL, Rpc, RpcError
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
-from legguard.fsm import State
+from legguard.fsm import ExecutionStyle, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
-SPEC = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=Decimal(-1))
+# taker-taker: these tests need hedged packages, not the race of two maker legs against the market.
+SPEC = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=Decimal(-1), execution=ExecutionStyle.TAKER_TAKER)
 
 
 @pytest.fixture

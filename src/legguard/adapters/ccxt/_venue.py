@@ -537,7 +537,7 @@ class CcxtVenue:
             if request.post_only:
                 params["postOnly"] = True
             else:
-                params["timeInForce"] = "GTC"
+                params["timeInForce"] = "IOC" if request.ioc else "GTC"
         elif request.post_only:
             raise refuse("a market order cannot be post-only")
         if request.reduce_only:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import heapq
 import hmac
@@ -40,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from legguard.adapters.market._generator import GeneratorConfig, MarketGenerator, MarketTick
+from legguard.adapters.market._generator import GeneratorConfig, MarketGenerator, MarketTick, TradePrint
 from legguard.adapters.market._matching import Fill, MatchingEngine
 from legguard.domain import (
     ZERO,
@@ -160,26 +161,32 @@ class MarketDriver:
         self.offsets: dict[str, int] = {}  # unified symbol -> ticks the book is shifted by
         self._last: dict[str, MarketTick] = {}
         # The hook through which every print of the wider market reaches the engine (and the emulator's tape).
-        self.printer: Callable[[str, Side, Decimal, Decimal, float], None] = self._trade_through
+        self.printer: Callable[[str, Side, Decimal, Decimal, float], object] = engine.print_trade
 
-    def _trade_through(self, symbol: str, aggressor: Side, price: Decimal, quantity: Decimal, now: float) -> None:
-        self.engine.trade_through(symbol, aggressor, price, quantity, now)
-
-    def step(self, dt: float, now: float) -> None:
+    def step(self, dt: float, now: float) -> list[tuple[float, Callable[[float], None]]]:
+        """Move every book; returns the step's trade flow as (seconds from now, print) for the caller to
+        schedule between this step and the next, so resting orders see trades arrive, not one burst."""
+        flow: list[tuple[float, Callable[[float], None]]] = []
         for tick in self.generator.step(dt):
             self._last[tick.symbol] = tick
-            self._apply(tick, now, prints=True)
+            self._apply(tick, now)
+            for trade in tick.trades:
+                flow.append((trade.offset * dt, functools.partial(self._print, tick.symbol, trade)))
+        flow.sort(key=lambda item: item[0])
+        return flow
 
-    def _apply(self, tick: MarketTick, now: float, *, prints: bool) -> None:
+    def _print(self, symbol: str, trade: TradePrint, now: float) -> None:
+        """Someone else trades at the touch (shifted like the book); our orders keep their queue position."""
+        price = trade.price + self.engine.markets[symbol].tick_size * self.offsets.get(symbol, 0)
+        if price > 0:
+            self.printer(symbol, trade.aggressor, price, trade.quantity, now)
+
+    def _apply(self, tick: MarketTick, now: float) -> None:
         market = self.engine.markets[tick.symbol]
         shift = market.tick_size * self.offsets.get(tick.symbol, 0)
         bids = [(p + shift, q) for p, q in tick.bids if p + shift > 0]
         asks = [(p + shift, q) for p, q in tick.asks if p + shift > 0]
         self.engine.set_book(tick.symbol, bids, asks, now)
-        if prints:
-            for trade in tick.trades:
-                if trade.price + shift > 0:
-                    self.printer(tick.symbol, trade.aggressor, trade.price + shift, trade.quantity, now)
 
     def mid_of(self, market: Market) -> Decimal:
         """The market's current mid (its book as last generated, shifted)."""
@@ -203,7 +210,7 @@ class MarketDriver:
             )
             last = self._last.get(m.symbol)
             if last is not None:
-                self._apply(last, now, prints=False)
+                self._apply(last, now)
 
 
 # --- faults -------------------------------------------------------------------------------------------
@@ -414,7 +421,7 @@ class Emulator:
             premiums[m.symbol] = mids[m.symbol] / spot_mid - 1
         self.data.backfill(self.now_ms(), mids, premiums)
         self._epoch0 = time.time()  # the emulator's clock starts now, not before the backfill (~0.3 s)
-        self.driver.step(0.0, self.now())  # books exist before the first request
+        self.driver.step(0.0, self.now())  # books exist before the first request (no flow in no time)
         self.pump()
         self._schedule_tick()
         self._schedule_streams()
@@ -480,9 +487,15 @@ class Emulator:
 
     def _schedule_tick(self) -> None:
         def tick() -> None:
-            self.driver.step(self.tick_seconds, self.now())
+            flow = self.driver.step(self.tick_seconds, self.now())
             self.pump()
+            for delay, trade in flow:
+                self.scheduler.call_later(delay, functools.partial(print_one, trade))
             self._schedule_tick()
+
+        def print_one(trade: Callable[[float], None]) -> None:
+            trade(self.now())
+            self.pump()
 
         self.scheduler.call_later(self.tick_seconds, tick)
 
@@ -502,7 +515,7 @@ class Emulator:
         """A print of the wider market: the engine fills our resting orders it reaches (those fills are
         trades on the tape at our price), the rest of the print is a trade of the others."""
         before = len(self.engine.fills(symbol))
-        self.engine.trade_through(symbol, aggressor, price, quantity, now)
+        self.engine.print_trade(symbol, aggressor, price, quantity, now)
         t_ms, left = w.ms(now), quantity
         for fill in self.engine.fills(symbol)[before:]:
             self._taped.add(fill.trade_id)

@@ -30,11 +30,13 @@ class TradePrint:
     aggressor: Side
     price: Decimal
     quantity: Decimal
+    offset: float = 0.0  # when, as a fraction in [0, 1) of the interval until the next step (the emulator)
 
 
 @dataclass(frozen=True, slots=True)
 class MarketTick:
-    """What one symbol's market did during one step: its new book and the prints that happened."""
+    """What one symbol's market did during one step: its new book, and the prints at that book's touch that
+    happen before the next step (each at `offset` of the interval)."""
 
     symbol: str
     bids: tuple[Level, ...]  # best first
@@ -73,8 +75,12 @@ class GeneratorConfig:
     basis_smoothing: float = 3.0  # seconds: the premium drifts rather than jumps from one tick to the next
     levels: int = 15  # per side
     level_usd: float = 15_000.0  # median size of one level
-    trade_rate: float = 2.0  # prints per second per symbol
-    trade_usd: float = 300.0  # median print
+    # Trade flow at the touch, calibrated in docs/market.md: prints the size of the recorded Binance trades (median
+    # $413), and as many of them as turn each side's median touch over about twice a second, as the recorded
+    # BTCUSDT perp touch ($36k) against that market's traded notional does.
+    trade_rate: float = 25.0  # prints per second per symbol
+    trade_usd: float = 400.0  # median print (lognormal, sigma 1.2: mean ~$820)
+    touch_life: float = 1.0  # seconds: mean life of the touch's size before it is redrawn (cancels, arrivals)
     shapes: Mapping[str, BookShape] = field(default_factory=dict)  # symbol -> book template
 
     def __post_init__(self) -> None:
@@ -88,6 +94,7 @@ class GeneratorConfig:
             ("level_usd", self.level_usd, self.level_usd > 0),
             ("trade_rate", self.trade_rate, self.trade_rate >= 0),
             ("trade_usd", self.trade_usd, self.trade_usd > 0),
+            ("touch_life", self.touch_life, self.touch_life > 0),
         ]
         for name, value, ok in checks:
             if not ok or math.isnan(value):
@@ -186,7 +193,7 @@ class MarketGenerator:
         prof = self._profiles.get(market.symbol)
         if prof is None:
             prof = self._profiles[market.symbol] = _Profile.draw(rng, cfg.levels, level_qty)
-        prof.evolve(rng, level_qty)
+        prof.evolve(rng, level_qty, 1 - math.exp(-dt / cfg.touch_life))
         best_bid = math.floor(mid / float(market.tick_size) - prof.spread / 2)  # in ticks
         best_ask = best_bid + prof.spread
         # Books move by a few ticks per step: the same prices recur, and building a Decimal is not free.
@@ -229,7 +236,9 @@ class MarketGenerator:
         for _ in range(_poisson(rng, cfg.trade_rate * dt)):
             aggressor = Side.BUY if rng.random() < p_buy else Side.SELL
             price = asks[0][0] if aggressor is Side.BUY else bids[0][0]
-            trades.append(TradePrint(aggressor, price, qty(cfg.trade_usd * rng.lognormvariate(0, 1.2))))
+            size = qty(cfg.trade_usd * rng.lognormvariate(0, 1.2))
+            trades.append(TradePrint(aggressor, price, size, rng.random()))
+        trades.sort(key=lambda t: t.offset)
         return MarketTick(market.symbol, bids, asks, tuple(trades))
 
 
@@ -262,12 +271,14 @@ class _Profile:
 
         return cls(1, gaps(), gaps(), sizes(), sizes())
 
-    def evolve(self, rng: random.Random, size: Callable[[int], Decimal]) -> None:
+    def evolve(self, rng: random.Random, size: Callable[[int], Decimal], churn: float = 1.0) -> None:
+        """`churn`: the probability that the touch's size is redrawn in this step (it lives `touch_life`)."""
         r = rng.random()
         if r < 0.15:  # the spread mostly stays, sometimes widens or tightens by a tick (1..3)
             self.spread = min(3, max(1, self.spread + (1 if r < 0.075 else -1)))
         for sizes in (self.bid_qty, self.ask_qty):
-            sizes[0] = size(0)  # the touch churns every step
+            if rng.random() < churn:
+                sizes[0] = size(0)  # the touch churns
             if len(sizes) > 1:
                 i = rng.randrange(1, len(sizes))
                 sizes[i] = size(i)

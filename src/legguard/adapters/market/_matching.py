@@ -142,6 +142,9 @@ class _Order:
     # Invariant: the account's locked balance of an asset == sum of `reserved` of open orders locking it.
     reserved: Decimal = ZERO
     fill_cap: Decimal | None = None  # see MatchingEngine.cap_fills
+    # Queue position: others' resting quantity at this order's price that arrived before it (time priority).
+    # Invariant (resting orders): 0 <= ahead <= the others' quantity at its price level.
+    ahead: Decimal = ZERO
 
     @property
     def remaining(self) -> Decimal:
@@ -301,6 +304,10 @@ class MatchingEngine:
                     _take(opposite, level, taken)
                     if order.exhausted:
                         break
+        # Liquidity that left a level was cancelled, and a queue only shrinks from the front for us: what is
+        # ahead of our order can never exceed what is left at its price. New liquidity joins behind us.
+        for order in book.resting:
+            order.ahead = min(order.ahead, book.others(order.side).get(_price(order), ZERO))
         return self._queue[mark:]
 
     def trade_through(
@@ -321,6 +328,59 @@ class MatchingEngine:
                 continue  # expired by an earlier fill in this loop (reduce-only with nothing left to reduce)
             left -= self._execute(order, min(left, order.remaining), _price(order), True, now)
         return self._queue[mark:]
+
+    def print_trade(
+        self, symbol: str, aggressor: Side, price: Decimal, quantity: Decimal, now: float
+    ) -> list[OrderUpdate]:
+        """Someone else's aggressive order of `quantity` with limit `price` against the resting book, price-time
+        priority kept: levels best first down to `price`, and within a level others' volume queued ahead of our
+        order trades before it, ours before volume behind it. Others' liquidity it takes leaves the book.
+
+        Unlike `trade_through` (a print aimed at our orders), our order fills only once the volume ahead of it
+        has traded. Returns the updates of our orders it filled.
+        """
+        book = self._book(symbol)
+        if price <= 0 or quantity <= 0:
+            raise ValueError(f"print_trade({symbol}): price and quantity must be > 0, got {price} x {quantity}")
+        mark = len(self._queue)
+        book.timestamp = now
+        side = aggressor.opposite  # the resting side it trades with
+        others = book.others(side)
+        mine = book.ours(side)
+        levels = sorted({*others, *(_price(o) for o in mine)}, reverse=side is Side.BUY)
+        left = quantity
+        for level in levels:
+            if left <= 0 or not _crosses(aggressor, price, level):
+                break
+            here = [o for o in mine if _price(o) == level]  # time priority: `ours` keeps arrival order
+            available = others.get(level, ZERO)
+            consumed = ZERO  # others' volume traded at this level
+            for order in here:
+                gap = min(order.ahead, available) - consumed
+                if gap > 0:
+                    took = min(left, gap)
+                    consumed += took
+                    left -= took
+                if left <= 0:
+                    break
+                if order.status is OrderStatus.OPEN and not order.exhausted:
+                    left -= self._execute(order, min(left, order.remaining), level, True, now)
+            if left > 0 and available > consumed:
+                took = min(left, available - consumed)
+                consumed += took
+                left -= took
+            if consumed:
+                _take(others, level, consumed)
+                for order in here:
+                    order.ahead = max(ZERO, order.ahead - consumed)
+        return self._queue[mark:]
+
+    def queue_ahead(self, symbol: str, client_order_id: str) -> Decimal:
+        """Others' volume queued ahead of one of our resting orders at its price (tests, diagnostics)."""
+        order = self._orders.get((symbol, client_order_id))
+        if order is None or order.status is not OrderStatus.OPEN:
+            raise OrderNotFound(client_order_id, MSG_UNKNOWN_ORDER)
+        return order.ahead
 
     def book(self, symbol: str, depth: int = 20) -> BookSnapshot:
         """Others' and our resting liquidity aggregated per price level, best first."""
@@ -417,10 +477,12 @@ class MatchingEngine:
                 break
             _take(opposite, level, self._execute(order, qty, level, False, now))
         if order.status is OrderStatus.OPEN:
-            if request.type is OrderType.LIMIT:
+            if request.type is OrderType.LIMIT and not request.ioc:
+                # Joins the back of the queue at its price.
+                order.ahead = book.others(side).get(_price(order), ZERO)
                 book.resting.append(order)
             else:
-                self._finish(order, OrderStatus.EXPIRED, now)  # the book ran out
+                self._finish(order, OrderStatus.EXPIRED, now)  # the book ran out, or an IOC limit's rest
         book.sequence += 1
         return order.snapshot()
 

@@ -18,7 +18,13 @@ from typing import Any
 import trio
 
 from legguard.adapters._venue import ArmedOrder
-from legguard.adapters.market._generator import RECORDED_DEPTH_DIR, DepthReplay, GeneratorConfig, MarketGenerator
+from legguard.adapters.market._generator import (
+    RECORDED_DEPTH_DIR,
+    DepthReplay,
+    GeneratorConfig,
+    MarketGenerator,
+    TradePrint,
+)
 from legguard.adapters.market._matching import MSG_BALANCE, MSG_MARGIN, MSG_POST_ONLY, MatchingEngine
 from legguard.domain import (
     Balance,
@@ -117,6 +123,7 @@ class SimVenue:
         self._latency_rng = random.Random(f"{cfg.seed}:latency")
         self._pending: list[_Pending] = []
         self._jumps: list[tuple[str, float]] = []
+        self._flow: list[tuple[str, TradePrint]] = []  # prints priced at the current books, due before the next move
         self._drop_until = -math.inf
         self._lag_until = -math.inf  # stream_lag: the order stream runs `_lag` seconds behind REST until then
         self._lag = 0.0
@@ -177,10 +184,14 @@ class SimVenue:
             self.generator.jump(base, pct)
             self.faults_injected["price_jump"] += 1
         self._jumps.clear()
+        # The trade flow of the interval that just ended, against the book that stood during it, then the move.
+        # Our resting orders keep their queue position: they fill once the volume ahead of them has traded.
+        for symbol, trade in self._flow:
+            self.engine.print_trade(symbol, trade.aggressor, trade.price, trade.quantity, now)
+        self._flow = []
         for tick in self.generator.step(dt):
             self.engine.set_book(tick.symbol, tick.bids, tick.asks, now)
-            for trade in tick.trades:
-                self.engine.trade_through(tick.symbol, trade.aggressor, trade.price, trade.quantity, now)
+            self._flow.extend((tick.symbol, trade) for trade in tick.trades)
         self._publish(self.engine.drain_updates())
         self._book_changed.set()
         self._book_changed = trio.Event()

@@ -25,7 +25,7 @@ from legguard.engine._spec import (
     SpecError,
     to_decimal,
 )
-from legguard.fsm import OrphanPolicy
+from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
 from ._strategy import Pair
 
@@ -160,7 +160,7 @@ _SCHEMA: dict[str, set[str]] = {
         "risk",
     },
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
-    "pairs": {"spot", "perp", "quantity"},
+    "pairs": {"spot", "perp", "quantity", "execution", "maker_leg", "max_slippage"},
     "strategy": {"premium_threshold", "cooldown"},
     "engine": {"min_spread", "policy", "max_live_packages", "max_book_age", "max_notional", "reconcile_interval"},
     "deadlines": {"ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"},
@@ -266,11 +266,27 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         quantity = to_decimal(f"{where}.quantity", _required(p, f"{where}.quantity"))
         if quantity <= 0:
             raise ConfigError(f"{where}.quantity: {p['quantity']!r} is invalid; must be > 0")
+        execution = _str(p, f"{where}.execution") or ExecutionStyle.MAKER_MAKER.value
+        styles = [s.value for s in ExecutionStyle]
+        if execution not in styles:
+            raise ConfigError(f"{where}.execution: {execution!r} is invalid; allowed: {', '.join(styles)}")
+        maker_leg = _str(p, f"{where}.maker_leg")
+        if maker_leg is not None and execution != ExecutionStyle.MAKER_TAKER:
+            raise ConfigError(f'{where}.maker_leg: only applies to execution = "maker-taker" (got {execution!r})')
+        if maker_leg not in (None, *(r.value for r in LegRole)):
+            raise ConfigError(f"{where}.maker_leg: {maker_leg!r} is invalid; allowed: spot, perp")
+        slippage = _decimal(p, f"{where}.max_slippage", Decimal("0.0005"))
+        if not 0 <= slippage < Decimal("0.05"):
+            raise ConfigError(f"{where}.max_slippage: {p['max_slippage']!r} is invalid; a fraction in [0, 0.05), "
+                              "e.g. 0.0005 for 5 bp beyond the L2 price covering the quantity")  # fmt: skip
         pairs.append(
             Pair(
                 _str(p, f"{where}.spot", required=True) or "",
                 _str(p, f"{where}.perp", required=True) or "",
                 quantity,
+                execution=ExecutionStyle(execution),
+                maker_leg=LegRole(maker_leg or LegRole.SPOT.value),
+                max_slippage=slippage,
             )
         )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, ExitCo
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal import Journal, package_pnl
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
-from legguard.fsm import LegRole, State
+from legguard.fsm import ExecutionStyle, LegRole, State
 
 from ._strategy import FaultPlan, Pair, PremiumTrigger
 
@@ -49,6 +49,12 @@ class DemoOptions:
     db: Path = Path("legguard.db")
     threshold: Decimal = Decimal("0.0005")
     resume_after: float = 3.0  # the demo plays the operator: resume a halted engine after this cool-off
+    execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker_leg: LegRole = LegRole.SPOT
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        return tuple(replace(p, execution=self.execution, maker_leg=self.maker_leg) for p in DEMO_PAIRS)
 
 
 @dataclass(slots=True)
@@ -97,7 +103,7 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
             engine = Engine(venue, journal, config)
             run.engine = engine
             run.started = trio.current_time()
-            symbols = [s for p in DEMO_PAIRS for s in (p.spot_symbol, p.perp_symbol)]
+            symbols = [s for p in options.pairs for s in (p.spot_symbol, p.perp_symbol)]
             async with engine.running(symbols), trio.open_nursery() as nursery:
                 nursery.start_soon(_trade, run, plan)
                 nursery.start_soon(_operator, run)
@@ -119,7 +125,7 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
 async def _trade(run: DemoRun, plan: FaultPlan) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
-    trigger = PremiumTrigger(DEMO_PAIRS, threshold=run.options.threshold)
+    trigger = PremiumTrigger(run.options.pairs, threshold=run.options.threshold)
     rng = random.Random(run.options.seed + 1)
     async with trio.open_nursery() as nursery:
         while True:
@@ -238,6 +244,7 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "actor_faults": stats.faults,
         "stream_drops": stats.stream_drops,
         "unwind_overdue": stats.unwind_overdue,
+        "execution": run.options.execution.value,
         "pnl": _pnl_summary(engine),
         "seconds": run.options.seconds,
         "seed": run.options.seed,

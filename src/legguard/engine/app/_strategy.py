@@ -14,6 +14,7 @@ from decimal import Decimal
 from legguard.domain import BookSnapshot
 from legguard.engine._exits import premium as premium
 from legguard.engine._spec import PackageSpec, SpecError
+from legguard.fsm import ExecutionStyle, LegRole
 
 FAULT_NAMES: tuple[str, ...] = (
     "reject",
@@ -37,6 +38,9 @@ class Pair:
     spot_symbol: str
     perp_symbol: str
     quantity: Decimal
+    execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
+    maker_leg: LegRole = LegRole.SPOT  # maker-taker: the leg that rests
+    max_slippage: Decimal = Decimal("0.0005")  # taker legs' price cap beyond L2
 
 
 @dataclass(slots=True)
@@ -61,7 +65,16 @@ class PremiumTrigger:
             if now - self._last.get(pair.spot_symbol, -1e18) < self.cooldown:
                 continue
             self._last[pair.spot_symbol] = now
-            out.append(PackageSpec(pair.spot_symbol, pair.perp_symbol, pair.quantity))
+            out.append(
+                PackageSpec(
+                    pair.spot_symbol,
+                    pair.perp_symbol,
+                    pair.quantity,
+                    execution=pair.execution,
+                    maker_leg=pair.maker_leg,
+                    max_slippage=pair.max_slippage,
+                )
+            )
         return out
 
 

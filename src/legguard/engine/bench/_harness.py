@@ -296,8 +296,11 @@ def memory_run(packages: int, directory: Path) -> dict[str, Any]:
 # --- orchestration ----------------------------------------------------------------------------------------
 
 
-def run_bench(sizes: Sizes, log: Log, *, wire: bool = True) -> dict[str, Any]:
-    """Every measurement, `sizes.runs` times; the result holds medians over the runs and each run's values."""
+def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) -> dict[str, Any]:
+    """Every measurement, `sizes.runs` times; the result holds medians over the runs and each run's values.
+    With `quality` > 0, also the execution quality of that many packages per contestant (`_quality`,
+    virtual time, deterministic: measured once)."""
+    from ._quality import quality_run
     from ._wire import wire_run
 
     started = time.perf_counter()
@@ -334,6 +337,9 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True) -> dict[str, Any]:
                 run["memory"] = memory_run(sizes.memory_packages, directory)
         runs.append(run)
     result = summarize(runs)
+    if quality > 0:
+        with tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
+            result["quality"] = quality_run(quality, Path(tmp), log=log)
     result["machine"] = info
     result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     result["sizes"] = dataclasses.asdict(sizes)

@@ -37,6 +37,7 @@ from legguard.fsm._events import (
     Command,
     Event,
     JournalIntent,
+    LegRole,
     OrderIntent,
     QueryOrder,
     SendOrder,
@@ -282,6 +283,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 return (
                     f"{plan['quantity']} {spot['symbol']} {spot['side']} @ {spot['price']} / "
                     f"{perp['symbol']} {perp['side']} @ {perp['price']}, policy {plan['policy']}"
+                    + (f", {plan['style']} ({plan['maker']} rests)" if plan.get("style") == "maker-taker" else "")
+                    + (f", {plan['style']}" if plan.get("style") == "taker-taker" else "")
                 )
             case "event" if p.get("kind") == "order":
                 text = f"order {p['client_order_id']} {p['status']} filled {p['filled']}"
@@ -298,7 +301,11 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
             case "intent":
                 price = f" @ {p['price']}" if p.get("price") is not None else ""
                 flags = "".join(
-                    [" post-only" if p.get("post_only") else "", " reduce-only" if p.get("reduce_only") else ""]
+                    [
+                        " post-only" if p.get("post_only") else "",
+                        " reduce-only" if p.get("reduce_only") else "",
+                        " ioc (taker, capped)" if p.get("ioc") else "",
+                    ]
                 )
                 return (
                     f"{p['client_order_id']} {p['role']} {p['purpose']} {p['side']} {p['type']} "
@@ -376,6 +383,9 @@ class PackageRow:
             "quantity": str(self.plan.quantity),
             "spot_symbol": self.plan.spot.symbol,
             "perp_symbol": self.plan.perp.symbol,
+            "execution": self.plan.style.value,
+            "spot_role": self.plan.execution(LegRole.SPOT).value,
+            "perp_role": self.plan.execution(LegRole.PERP).value,
             "created_seq": self.created_seq,
             "created_wall": self.created_wall,
             "created_mono": self.created_mono,

@@ -1,0 +1,197 @@
+"""`PackageCore` under the maker-taker and taker-taker execution styles, synchronously: which orders go out
+(post-only maker, capped IOC taker), that each maker fill is hedged at once and never over-hedged, and that a
+taker leg that cannot fill within its cap hands the package to the kill switch instead of chasing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal as D
+
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
+from legguard.fsm import (
+    CancelOrder,
+    Command,
+    Dispatch,
+    ExecutionStyle,
+    FillDeadline,
+    LegExecution,
+    LegPlan,
+    LegRole,
+    OrderEvent,
+    PackageCore,
+    PackagePlan,
+    Purpose,
+    SendOrder,
+    State,
+    Transitioned,
+    Trigger,
+)
+from legguard.fsm._core import MAX_HEDGE_THROTTLES
+
+Q = D("0.003")
+CAP = D("60006")  # the perp taker leg sells at 60006 or better, never lower
+
+
+def plan(style: ExecutionStyle, maker: LegRole = LegRole.SPOT) -> PackagePlan:
+    return PackagePlan(
+        package_id="t",
+        client_id_prefix="lg-t",
+        quantity=Q,
+        spot=LegPlan("BTC/USDT", Side.BUY, D("60000"), step=D("0.00001"), dust=D("0.00001")),
+        perp=LegPlan("BTC/USDT:USDT", Side.SELL, CAP, step=D("0.001"), dust=D("0.001"), min_order=D("0.001")),
+        style=style,
+        maker=maker,
+    )
+
+
+def sends(cmds: list[Command]) -> list[SendOrder]:
+    return [c for c in cmds if isinstance(c, SendOrder)]
+
+
+def triggers(cmds: list[Command]) -> list[Trigger]:
+    return [c.trigger for c in cmds if isinstance(c, Transitioned)]
+
+
+def test_maker_taker_sends_only_the_maker_leg_and_hedges_each_fill_at_once() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    assert maker.intent.role is LegRole.SPOT and maker.intent.post_only and not maker.intent.ioc
+    assert core.plan.execution(LegRole.PERP) is LegExecution.TAKER
+    cid = maker.intent.client_order_id
+    core.handle(OrderEvent(cid, OrderStatus.OPEN))
+    assert sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.0005")))) == []  # below one perp step
+    (hedge,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.00123"))))
+    assert hedge.intent.role is LegRole.PERP and hedge.intent.ioc and not hedge.intent.post_only
+    assert (hedge.intent.amount, hedge.intent.price, hedge.intent.type) == (D("0.001"), CAP, OrderType.LIMIT)
+    # The taker leg's exposure is bounded by the maker's fills: nothing more goes out until the maker fills more.
+    assert sends(core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.001")))) == []
+    (hedge2,) = sends(core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=Q)))
+    assert hedge2.intent.amount == D("0.002") and hedge2.intent.attempt == 1
+    cmds = core.handle(OrderEvent(hedge2.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.002")))
+    assert triggers(cmds) == [Trigger.HEDGE] and core.state is State.HEDGED
+    assert core.unmatched() == 0
+
+
+def test_maker_taker_with_the_perp_resting_hedges_on_spot() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER, maker=LegRole.PERP))
+    (maker,) = sends(core.handle(Dispatch()))
+    assert maker.intent.role is LegRole.PERP and maker.intent.post_only
+    (hedge,) = sends(core.handle(OrderEvent(maker.intent.client_order_id, OrderStatus.CLOSED, filled=Q)))
+    assert hedge.intent.role is LegRole.SPOT and hedge.intent.ioc and hedge.intent.amount == Q
+
+
+def test_a_hedge_that_cannot_fill_within_its_cap_goes_to_the_kill_switch_without_chasing() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    (hedge,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.002"))))
+    # The book moved below the cap: the IOC fills half and expires. No second, lower-priced hedge follows.
+    cmds = core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.EXPIRED, filled=D("0.001")))
+    assert triggers(cmds) == [Trigger.LEG_BROKEN, Trigger.UNWIND]
+    assert core.state is State.UNWINDING
+    assert [c for c in cmds if isinstance(c, CancelOrder)] == [CancelOrder(cid, "BTC/USDT")]
+    assert all(s.intent.purpose is Purpose.UNWIND or s.intent.price == CAP for s in sends(cmds))
+    reason = next(c.reason for c in cmds if isinstance(c, Transitioned) and c.trigger is Trigger.LEG_BROKEN)
+    assert "no chasing" in reason and str(CAP) in reason
+
+
+def test_maker_taker_fill_deadline_cancels_the_maker_and_hedges_what_filled() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    (hedge,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.001"))))
+    core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.001")))
+    cmds = core.handle(FillDeadline())
+    assert [c for c in cmds if isinstance(c, CancelOrder)] == [CancelOrder(cid, "BTC/USDT")]
+    cmds = core.handle(OrderEvent(cid, OrderStatus.CANCELED, filled=D("0.001")))
+    assert triggers(cmds) == [Trigger.HEDGE]  # a smaller package, fully hedged
+
+
+def test_maker_taker_unfilled_maker_voids() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    cmds = core.handle(OrderEvent(maker.intent.client_order_id, OrderStatus.REJECTED))
+    assert triggers(cmds) == [Trigger.VOID] and core.state is State.FLAT
+
+
+def test_maker_taker_unknown_hedge_is_leg_broken() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    (hedge,) = sends(core.handle(OrderEvent(maker.intent.client_order_id, OrderStatus.CLOSED, filled=Q)))
+    cmds = core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.UNKNOWN))
+    assert triggers(cmds)[:2] == [Trigger.LEG_BROKEN, Trigger.UNWIND]
+
+
+def test_taker_taker_sends_both_legs_as_capped_iocs() -> None:
+    core = PackageCore(plan(ExecutionStyle.TAKER_TAKER))
+    out = sends(core.handle(Dispatch()))
+    assert [(s.intent.role, s.intent.ioc, s.intent.post_only) for s in out] == [
+        (LegRole.SPOT, True, False),
+        (LegRole.PERP, True, False),
+    ]
+    spot, perp = (s.intent.client_order_id for s in out)
+    core.handle(OrderEvent(spot, OrderStatus.CLOSED, filled=Q))
+    # The perp book ran past the cap: nothing filled, the IOC expired. Kill switch, no retry at a worse price.
+    cmds = core.handle(OrderEvent(perp, OrderStatus.EXPIRED))
+    assert triggers(cmds) == [Trigger.LEG_BROKEN, Trigger.UNWIND]
+    unwinds = sends(cmds)
+    assert [(s.intent.role, s.intent.purpose) for s in unwinds] == [(LegRole.SPOT, Purpose.UNWIND)]
+
+
+def test_style_survives_the_journal_round_trip() -> None:
+    p = plan(ExecutionStyle.MAKER_TAKER, maker=LegRole.PERP)
+    assert PackagePlan.from_dict(p.to_dict()) == p
+    legacy = plan(ExecutionStyle.MAKER_MAKER)
+    legacy = replace(legacy, perp=replace(legacy.perp, min_order=None))
+    data = legacy.to_dict()
+    assert "style" not in data and "min_order" not in data["perp"]  # old readers see what they always saw
+    assert PackagePlan.from_dict(data).style is ExecutionStyle.MAKER_MAKER
+
+
+def test_maker_fills_are_hedged_in_batches_one_in_flight_at_a_time() -> None:
+    core = PackageCore(replace(plan(ExecutionStyle.MAKER_TAKER), quantity=D("0.008")))  # batch: 0.002
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    assert sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.001")))) == []
+    (first,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.0025"))))
+    assert first.intent.amount == D("0.002")
+    assert sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.005")))) == []  # one in flight
+    (second,) = sends(core.handle(OrderEvent(first.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.002"))))
+    assert second.intent.amount == D("0.003")  # what filled meanwhile, together
+    core.handle(OrderEvent(second.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.003")))
+    (last,) = sends(core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=D("0.008"))))
+    assert last.intent.amount == D("0.003")
+    assert triggers(core.handle(OrderEvent(last.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.003")))) == [
+        Trigger.HEDGE
+    ]
+
+
+def test_a_hedge_refused_by_the_request_budget_is_sent_again_at_the_same_cap() -> None:
+    core = PackageCore(plan(ExecutionStyle.MAKER_TAKER))
+    (maker,) = sends(core.handle(Dispatch()))
+    (hedge,) = sends(core.handle(OrderEvent(maker.intent.client_order_id, OrderStatus.CLOSED, filled=Q)))
+    for attempt in range(1, MAX_HEDGE_THROTTLES + 1):
+        cmds = core.handle(
+            OrderEvent(hedge.intent.client_order_id, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED)
+        )
+        assert core.state is State.DISPATCHED and core.throttled_hedges() == attempt
+        (hedge,) = sends(cmds)
+        assert (hedge.intent.amount, hedge.intent.price, hedge.intent.attempt) == (Q, CAP, attempt)
+    cmds = core.handle(OrderEvent(hedge.intent.client_order_id, OrderStatus.REJECTED, reason=RejectReason.RATE_LIMITED))
+    assert triggers(cmds)[:2] == [Trigger.LEG_BROKEN, Trigger.UNWIND]  # the budget keeps refusing: kill switch
+
+
+def test_a_hedge_never_leaves_a_tail_below_the_taker_minimum() -> None:
+    p = plan(ExecutionStyle.MAKER_TAKER)
+    core = PackageCore(replace(p, quantity=D("0.010"), perp=replace(p.perp, min_order=D("0.004"))))
+    (maker,) = sends(core.handle(Dispatch()))
+    cid = maker.intent.client_order_id
+    # 0.008 filled: hedging all of it would leave 0.002 to hedge later, below the 0.004 minimum; hedge 0.006.
+    (first,) = sends(core.handle(OrderEvent(cid, OrderStatus.OPEN, filled=D("0.008"))))
+    assert first.intent.amount == D("0.006")
+    assert sends(core.handle(OrderEvent(first.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.006")))) == []
+    (last,) = sends(core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=D("0.010"))))
+    assert last.intent.amount == D("0.004")
+    assert triggers(core.handle(OrderEvent(last.intent.client_order_id, OrderStatus.CLOSED, filled=D("0.004")))) == [
+        Trigger.HEDGE
+    ]
