@@ -238,12 +238,20 @@ def _accounting_table(p: PackagePnl) -> Table:
         )
     table.caption = (
         f"funding {_money(p.funding)}  residual spot {p.residual_base} (~{_money(p.residual_value)})  "
-        f"realized {_money(p.realized) if p.realized is not None else 'open (hedged or unwinding)'}"
+        f"realized {_realized_text(p)}"
     )
     return table
 
 
 QUOTE_DISPLAY = Decimal("0.0001")
+
+
+def _realized_text(p: PackagePnl) -> str:
+    if p.realized is not None:
+        return _money(p.realized)
+    if p.venue_reduced:
+        return f"unknown: the venue bought back {p.venue_reduced} of the short itself (liquidation/ADL)"
+    return "open (hedged or unwinding)"
 
 
 class Grouping(enum.StrEnum):
@@ -300,7 +308,8 @@ def pnl(
     for column in rows[0]:
         table.add_column(headers.get(column, column), justify="left" if column == "key" else "right")
     for row in rows:
-        cells = [str(v) if k in ("key", "packages", "flat", "open") else _money(Decimal(v)) for k, v in row.items()]
+        counts = ("key", "packages", "flat", "open", "unpriced")
+        cells = [str(v) if k in counts else _money(Decimal(v)) for k, v in row.items()]
         table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
     _out().print(table)
 

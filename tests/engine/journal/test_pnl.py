@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from legguard.cli import app
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.engine import verify
-from legguard.engine.journal import PNL, Journal, aggregate, ledger, package_pnl
+from legguard.engine.journal import PNL, Journal, LedgerEntry, aggregate, ledger, package_pnl
 from legguard.engine.journal._pnl import pnl_of
 from legguard.fsm import (
     Dispatch,
@@ -187,3 +187,17 @@ def test_audit_pnl_refuses_a_bad_grouping_and_date(tmp_path: Path) -> None:
         result = runner.invoke(app, ["audit", "pnl", "--db", str(path), *args])
         assert result.exit_code == 2
         assert "Traceback" not in result.output
+
+
+def test_a_short_the_venue_bought_back_itself_leaves_the_pnl_unpriced_not_guessed() -> None:
+    # Arrange: entry both legs, then the venue liquidated 0.2 of the perp (no order of ours carries its price)
+    bought = _facts("buy", LegRole.SPOT, Purpose.ENTRY, 1, D("0.5"), D("3000"), D(0), D(0))
+    sold = _facts("sell", LegRole.SPOT, Purpose.UNWIND, 2, D("0.5"), D("2990"), D(0), D(0))
+    short = _facts("sell", LegRole.PERP, Purpose.ENTRY, 3, D("0.5"), D("3003"), D(0), D(0))
+    cover = _facts("buy", LegRole.PERP, Purpose.UNWIND, 4, D("0.3"), D("2995"), D(0), D(0))
+
+    pnl = pnl_of(_plan(), [bought, sold, short, cover], State.FLAT, venue_reduced=D("0.2"))
+
+    assert pnl.realized is None and pnl.venue_reduced == D("0.2")
+    row = aggregate([LedgerEntry(pnl, 0.0, 1.0, "kill_switch")], "pair")[-1]
+    assert (row["flat"], row["unpriced"], D(row["realized"])) == (1, 1, D(0))

@@ -25,7 +25,7 @@ class LedgerEntry:
     pnl: PackagePnl
     opened_wall: float
     closed_wall: float | None  # when it went flat
-    exit_reason: str  # open | void | kill_switch | close:<reason>
+    exit_reason: str  # open | void | kill_switch | flat | close:<policy> (basis, max_hold, operator, ...)
 
     @property
     def day(self) -> str:
@@ -57,7 +57,7 @@ def ledger(journal: Journal, since: float | None = None) -> list[LedgerEntry]:
             if r.kind == FUNDING:
                 funding += funding_amount(r.payload)
             elif r.kind == EVENT and r.payload.get("kind") == "close_requested":
-                close_reason = close_reason or str(r.payload.get("reason") or "requested")
+                close_reason = close_reason or str(r.payload.get("policy") or "operator")
             elif r.kind == TRANSITION:
                 orphaned = orphaned or r.payload.get("dest") == State.ORPHANED.value
                 if r.payload.get("dest") == State.FLAT.value:
@@ -93,13 +93,14 @@ def _sum(key: str, entries: list[LedgerEntry]) -> dict[str, Any]:
     def total(values: Iterable[Decimal]) -> Decimal:
         return sum(values, ZERO)
 
-    flat = [e for e in entries if e.pnl.realized is not None]
+    flat = [e for e in entries if e.pnl.state is State.FLAT]
     return {
         "key": key,
         "packages": len(entries),
         "flat": len(flat),
         "open": len(entries) - len(flat),
         "realized": str(total(e.pnl.realized for e in flat if e.pnl.realized is not None)),
+        "unpriced": sum(1 for e in flat if e.pnl.realized is None),  # the venue closed part at a price unknown
         "fees": str(total(e.pnl.fees_quote for e in entries)),
         "funding": str(total(e.pnl.funding for e in entries)),
         "slippage": str(total(e.pnl.slippage for e in entries)),

@@ -71,6 +71,7 @@ class PackagePnl:
     residual_base: Decimal  # spot base the package still holds (dust once flat; the hedge while hedged)
     residual_value: Decimal  # residual_base at the last spot fill price
     realized: Decimal | None  # once flat: cash - quote fees + funding + residual_value; None while open
+    venue_reduced: Decimal = ZERO  # perp short the venue bought back itself (liquidation / ADL), price unknown
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,6 +95,7 @@ class PackagePnl:
             "residual_base": str(self.residual_base),
             "residual_value": str(self.residual_value),
             "realized": None if self.realized is None else str(self.realized),
+            "venue_reduced": str(self.venue_reduced),
         }
 
 
@@ -139,10 +141,16 @@ def _leg(role: LegRole, symbol: str, orders: Iterable[OrderFacts]) -> tuple[LegP
 
 def package_pnl(core: PackageCore, funding: Decimal = ZERO) -> PackagePnl:
     """The package's accounting from its core's order facts (and the funding attributed to it)."""
-    return pnl_of(core.plan, core.orders.values(), core.state, funding)
+    return pnl_of(core.plan, core.orders.values(), core.state, funding, core.venue_reduced)
 
 
-def pnl_of(plan: PackagePlan, orders: Iterable[OrderFacts], state: State, funding: Decimal = ZERO) -> PackagePnl:
+def pnl_of(
+    plan: PackagePlan,
+    orders: Iterable[OrderFacts],
+    state: State,
+    funding: Decimal = ZERO,
+    venue_reduced: Decimal = ZERO,
+) -> PackagePnl:
     by_role: dict[LegRole, list[OrderFacts]] = {LegRole.SPOT: [], LegRole.PERP: []}
     for o in orders:
         by_role[o.intent.role].append(o)
@@ -150,14 +158,16 @@ def pnl_of(plan: PackagePlan, orders: Iterable[OrderFacts], state: State, fundin
     perp, _, _ = _leg(LegRole.PERP, plan.perp.symbol, by_role[LegRole.PERP])
     residual_value = spot_held * spot_last if spot_last is not None else ZERO
     realized: Decimal | None = None
-    if state is State.FLAT:
+    # A short the venue bought back itself (liquidation, ADL) left at a price none of our orders carries: the
+    # package's P&L is then unknown, never guessed (`venue_reduced` says how much).
+    if state is State.FLAT and venue_reduced == 0:
         # Fees charged in base are already in the cash: the venue kept part of what was bought, so less was
         # held and sold (and `residual_base` is net of them). Only fees paid in quote come off again.
         quote = assets_of(plan.spot.symbol)[1]
         quote_fees = spot.fees.get(quote, ZERO) + perp.fees.get(quote, ZERO)
         realized = spot.cash + perp.cash - quote_fees + funding + residual_value
     return PackagePnl(plan.package_id, plan.spot.symbol, state, spot, perp, funding, spot_held,
-                      residual_value, realized)  # fmt: skip
+                      residual_value, realized, venue_reduced)  # fmt: skip
 
 
 def funding_amount(payload: Mapping[str, Any]) -> Decimal:
