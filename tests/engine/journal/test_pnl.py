@@ -144,6 +144,9 @@ def test_verify_recomputes_every_journaled_pnl_and_catches_a_wrong_one(tmp_path:
     with Journal.open(path) as journal:
         good = _orphaned_then_flat(journal, 1)
         journal.record(PNL, "P1", package_pnl(good).to_dict(), 9.0)
+        older = package_pnl(good).to_dict()
+        del older["venue_reduced"]  # a row written before that figure joined the accounting
+        journal.record(PNL, "P1", older, 9.5)
     assert verify(path).ok
 
     with Journal.open(path) as journal:
