@@ -48,7 +48,7 @@ def emulator(
     api_secret: Annotated[
         str,
         typer.Option(
-            help="HMAC secret clients sign with (default: legguard.adapters._emulator.DEFAULT_API_SECRET).",
+            help="HMAC secret clients sign with (default: legguard.adapters.emulator.DEFAULT_API_SECRET).",
             envvar="LEGGUARD_EMULATOR_SECRET",
             show_default=False,
         ),

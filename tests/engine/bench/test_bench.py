@@ -132,3 +132,9 @@ async def test_reaction_follows_the_scripted_kill_switch(tmp_path: Path) -> None
         got = await bw.measure_reaction(rig, 2, warmup=0)
         assert got.skipped == 0 and len(got.reaction_us) == 2 and len(got.unwind_us) == 2
         assert all(x > 0 for x in got.reaction_us + got.unwind_us), (got.reaction_us, got.unwind_us)
+
+
+def test_the_wire_bench_starts_its_emulator_process() -> None:
+    # The child is started by module name: after a move that name must still be importable (it was not once).
+    with bw.emulator_process() as base:
+        assert base.startswith("http://127.0.0.1:")

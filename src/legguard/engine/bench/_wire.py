@@ -65,7 +65,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
 def emulator_process() -> Iterator[str]:
     """Start the emulator in a child process; yields its base URL, stops it on exit."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "legguard.engine._bench_wire"],
+        [sys.executable, "-m", __name__],  # this module's own name: it serves the emulator under __main__
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
