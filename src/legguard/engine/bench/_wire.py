@@ -71,6 +71,7 @@ def emulator_process() -> Iterator[str]:
         text=True,
     )
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    before = set(cpus)
     if len(cpus) >= 2:
         # Client and emulator on different cores: a request's wake-up of the emulator must not preempt the
         # client between its two writes.
@@ -90,6 +91,10 @@ def emulator_process() -> Iterator[str]:
         except subprocess.TimeoutExpired:  # pragma: no cover
             child.kill()
             child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        if len(before) >= 2:
+            os.sched_setaffinity(0, before)  # the caller gets its cores back
 
 
 def _control(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
