@@ -1,4 +1,4 @@
-"""The order path's HTTP/1.1 transport (`_ccxt_http`): framing of answers, serialisation of requests, and
+"""The order path's HTTP/1.1 transport (`adapters/ccxt/_http.py`): framing of answers, serialisation of requests, and
 keep-alive connections over real loopback sockets; then `CcxtVenue.release` against the emulator: both legs
 written before the caller yields, cancels signed while the order is in flight."""
 

@@ -1,4 +1,4 @@
-"""The audit journal (`engine/_journal.py`) and its verifier (`engine/_replay.py`): journals are built by driving
+"""The audit journal (`engine/journal/_store.py`) and its verifier (`engine/journal/_replay.py`): journals are built by driving
 real `PackageCore`s and recording every step the way the engine does."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Order path. `arm()` (synchronous) does all the work ccxt's `create_order` would:
 `timeInForce=GTX`; `reduceOnly`; our `newClientOrderId`), a check that precision changed nothing, ccxt's own
 `sign()` of the request, and its serialisation to HTTP/1.1 bytes with ccxt's default headers. `release()`
 (synchronous) charges the local request budget, re-signs if the signature has aged past `resign_after`, takes
-a warm keep-alive connection per order and then writes all of them back to back (`_ccxt_http`): the two legs
+a warm keep-alive connection per order and then writes all of them back to back (`_http.py`): the two legs
 of a package leave from one place, microseconds apart. `fire()` awaits the answer on trio and hands it to ccxt
 exactly as ccxt's `fetch` would (`handle_errors`, `handle_http_status_code`, `parse_json`), then
 `parse_order`. Cancels take the same path (the kill switch's first move). Only the transport is ours; every
