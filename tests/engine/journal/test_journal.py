@@ -1,5 +1,5 @@
-"""The audit journal (`engine/journal/_store.py`) and its verifier (`engine/journal/_replay.py`): journals are built by driving
-real `PackageCore`s and recording every step the way the engine does."""
+"""The audit journal (`engine/journal/_store.py`) and its verifier (`engine/journal/_replay.py`): journals are
+built by driving real `PackageCore`s and recording every step the way the engine does."""
 
 from __future__ import annotations
 
