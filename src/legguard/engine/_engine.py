@@ -753,12 +753,14 @@ class Engine:
             await self.reconcile_venue()
 
     async def _funding_poller(self, venue: FundingVenue) -> None:
-        """Right away (the baseline on a journal that never saw funding), then every `funding_interval`: book
+        """At once on a journal that never saw funding (the baseline), then every `funding_interval`: book
         the venue's new funding payments to the packages holding the short (see _funding.py)."""
         assert self.config.funding_interval is not None
-        while True:
+        if not self.funding.started:
             await self.poll_funding(venue)
+        while True:  # after a restart, the first poll comes once recovery has rebuilt the packages
             await trio.sleep(self.config.funding_interval)
+            await self.poll_funding(venue)
 
     async def poll_funding(self, venue: FundingVenue) -> int:
         """One poll of the venue's funding payments; returns how many were booked (0 when it did not answer)."""
