@@ -123,5 +123,3 @@ async def test_payments_split_booked_once_across_restart_and_audited(autojump_cl
     journal.close()
     report = verify(db)
     assert report.ok, report.problems
-
-
