@@ -113,7 +113,7 @@ async def test_payments_split_booked_once_across_restart_and_audited(autojump_cl
             with trio.fail_after(30):
                 await fresh.handles[small].wait_until(lambda core: core.state is State.FLAT)
             expected = fresh.handles[small].funding
-    seen = [r.payload["tran_id"] for r in journal.engine_log() if r.kind == FUNDING_PAYMENT]
+    seen = [r.payload["tran_id"] for r in journal.engine_log() if r.payload.get("event") == FUNDING_PAYMENT]
     assert seen == [paid.tran_id, missed.tran_id]
     [pnl] = [r.payload for r in journal.timeline(small) if r.kind == PNL]
     assert Decimal(pnl["funding"]) == expected != 0

@@ -26,8 +26,9 @@ from .journal import FUNDING, Journal
 
 log = logging.getLogger("legguard.engine.funding")
 
-FUNDING_PAYMENT: Final = "funding_payment"  # engine-wide: one payment seen, and how it was split
-FUNDING_BASELINE: Final = "funding_baseline"  # engine-wide: payments the venue listed before we watched
+# Engine-wide rows (kind `engine`, payload `event`):
+FUNDING_PAYMENT: Final = "funding_payment"  # one payment seen, and how it was split
+FUNDING_BASELINE: Final = "funding_baseline"  # the payments the venue listed before we watched
 UNIT: Final = Decimal("0.00000001")
 
 
@@ -53,10 +54,11 @@ class FundingBook:
         self.started = False  # a baseline (or a booked payment) is in the journal
         self.last_ms: int | None = None
         for row in journal.engine_log():
-            if row.kind not in (FUNDING_PAYMENT, FUNDING_BASELINE):
+            event = row.payload.get("event")
+            if row.kind != "engine" or event not in (FUNDING_PAYMENT, FUNDING_BASELINE):
                 continue
             self.started = True
-            ids = row.payload.get("tran_ids") if row.kind == FUNDING_BASELINE else [row.payload.get("tran_id")]
+            ids = row.payload.get("tran_ids") if event == FUNDING_BASELINE else [row.payload.get("tran_id")]
             self.seen.update(str(t) for t in ids or [])
             time_ms = row.payload.get("time_ms")
             if isinstance(time_ms, int) and (self.last_ms is None or time_ms > self.last_ms):
@@ -68,7 +70,7 @@ class FundingBook:
         times = [p.time_ms for p in listed]
         self.last_ms = max(times) if times else None
         self.seen.update(p.tran_id for p in listed)
-        self.journal.record(FUNDING_BASELINE, None, {"tran_ids": sorted(p.tran_id for p in listed),
+        self.journal.record("engine", None, {"event": FUNDING_BASELINE, "tran_ids": sorted(p.tran_id for p in listed),
                                                      "time_ms": self.last_ms}, now)  # fmt: skip
         self.started = True
 
@@ -82,8 +84,9 @@ class FundingBook:
             shares = {h.package_id: -h.core.exposure().perp for h in handles if h.core.plan.perp.symbol == p.symbol}
             parts = split_payment(p.amount, shares)
             with self.journal.batch():
-                self.journal.record(FUNDING_PAYMENT, None, {
-                    "tran_id": p.tran_id, "symbol": p.symbol, "amount": str(p.amount), "time_ms": p.time_ms,
+                self.journal.record("engine", None, {
+                    "event": FUNDING_PAYMENT, "tran_id": p.tran_id, "symbol": p.symbol, "amount": str(p.amount),
+                    "time_ms": p.time_ms,
                     "split": {pid: str(a) for pid, a in parts.items()},
                 }, now)  # fmt: skip
                 for pid, part in parts.items():
