@@ -4,15 +4,18 @@ journal), carried into the `pnl` row of a package that closes, replayed by `audi
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import trio
 from trio.testing import MockClock
+from typer.testing import CliRunner
 
 from legguard.adapters._venue import FundingVenue
 from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+from legguard.cli import app
 from legguard.engine import Deadlines, Engine, EngineConfig, ExitConfig, PackageSpec, RiskConfig
 from legguard.engine._funding import FUNDING_PAYMENT, split_payment
 from legguard.engine._recovery import settle_recovered
@@ -123,3 +126,8 @@ async def test_payments_split_booked_once_across_restart_and_audited(autojump_cl
     journal.close()
     report = verify(db)
     assert report.ok, report.problems
+    result = CliRunner().invoke(app, ["audit", "pnl", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    assert Decimal(json.loads(result.stdout)["groups"][-1]["funding"]) == paid.amount + missed.amount
+    result = CliRunner().invoke(app, ["audit", "verify", "--db", str(db)])
+    assert result.exit_code == 0, result.output
