@@ -562,7 +562,11 @@ async def test_recovery_with_nothing_open_reports_nothing(autojump_clock: MockCl
 
     assert report.to_dict()["ok"] is True
     assert report.resumed == [] and report.strays == []
-    events = [r.payload["event"] for r in crashed.journal.engine_log() if r.payload["event"] != "venue_baseline"]
+    events = [
+        r.payload["event"]
+        for r in crashed.journal.engine_log()
+        if r.payload["event"] not in ("venue_baseline", "funding_baseline")
+    ]
     assert events[:3] == ["started", "recovery_started", "recovered"]
 
 

@@ -84,3 +84,26 @@ class Venue(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# --- optional capability: funding payments ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPayment:
+    """One funding payment the venue booked to the account's perp position (Binance: income FUNDING_FEE)."""
+
+    symbol: str  # the perp's unified symbol (as in `Market.symbol`)
+    amount: Decimal  # quote received (+) or paid (-)
+    time_ms: int  # the venue's funding time, epoch milliseconds
+    tran_id: str  # the venue's transaction id: what makes booking it idempotent
+
+
+@runtime_checkable
+class FundingVenue(Protocol):
+    """A venue that can list the funding payments booked to the account (optional: the engine books funding
+    to packages only when its venue offers this)."""
+
+    async def fetch_funding(self, since_ms: int | None = None) -> list[FundingPayment]:
+        """Funding payments with `time_ms >= since_ms` (all the venue keeps when None), oldest first."""
+        ...

@@ -15,6 +15,8 @@ Map:
                     flat (`settle_recovered()` waits); strays adopted, unexplained positions reported.
 - `_exits.py`       from entry to exit: the exit policy (basis, holding time, loss limit), the margin guard,
                     and the inventory / balance limits checked before every entry (`[exit]`, `[risk]`).
+- `_funding.py`     `FundingBook`: a venue's funding payments split pro rata across the packages holding the
+                    short, journaled once per tran_id (`funding` rows), added to each handle's funding.
 - `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
 - `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
                     queries wait; every live order and position reconciled when it answers again.

@@ -21,7 +21,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import trio
 
-from legguard.adapters._venue import Venue
+from legguard.adapters._venue import FundingVenue, Venue
 from legguard.domain import (
     BookSnapshot,
     Market,
@@ -56,6 +56,7 @@ from legguard.fsm import (
 from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
 from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
+from ._funding import FundingBook
 from ._handle import PackageHandle
 from ._host import EngineStats
 from ._observe import EngineObserver, HaltSource, notify
@@ -132,6 +133,7 @@ class Engine:
         self.exit_policy = ExitPolicy(self)
         self.margin_guard = MarginGuard(self)
         self.balance_check = BalanceCheck(self, self.margin_guard if self.config.risk.margin_guard else None)
+        self.funding = FundingBook(journal)  # funding payments attributed to packages (a FundingVenue's)
 
     @property
     def stopping(self) -> bool:
@@ -154,6 +156,8 @@ class Engine:
             service.start_soon(self.deadman.run)
             service.start_soon(self._breaker_cooloff)
             service.start_soon(self.outage.run)
+            if isinstance(self.venue, FundingVenue) and self.config.funding_interval is not None:
+                service.start_soon(self._funding_poller, self.venue)
             if self.config.exit.enabled:
                 service.start_soon(self.exit_policy.run)
             if self.config.risk.margin_guard:
@@ -747,6 +751,29 @@ class Engine:
             for symbol in sorted(symbols):
                 await self.reconcile_short(symbol)
             await self.reconcile_venue()
+
+    async def _funding_poller(self, venue: FundingVenue) -> None:
+        """At once on a journal that never saw funding (the baseline), then every `funding_interval`: book
+        the venue's new funding payments to the packages holding the short (see _funding.py)."""
+        assert self.config.funding_interval is not None
+        if not self.funding.started:
+            await self.poll_funding(venue)
+        while True:  # after a restart, the first poll comes once recovery has rebuilt the packages
+            await trio.sleep(self.config.funding_interval)
+            await self.poll_funding(venue)
+
+    async def poll_funding(self, venue: FundingVenue) -> int:
+        """One poll of the venue's funding payments; returns how many were booked (0 when it did not answer)."""
+        try:
+            payments = await venue.fetch_funding(self.funding.last_ms)
+        except VenueError as exc:
+            log.warning("funding: the venue did not list its payments: %s", exc)
+            return 0
+        now = trio.current_time()
+        if not self.funding.started:
+            self.funding.baseline(payments, now)
+            return 0
+        return self.funding.book(payments, self.handles.values(), now)
 
     async def reconcile_short(self, symbol: str, prefer: PackageHandle | None = None) -> None:
         """A reduce-only unwind was refused: the venue's short is smaller than the packages believe (reduced

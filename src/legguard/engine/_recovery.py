@@ -60,7 +60,7 @@ from ._crashpoints import ARMED as CRASH_ARMED
 from ._crashpoints import reached as crash_point
 from ._handle import PackageHandle
 from ._host import EngineHost
-from .journal import JournalError, ReplayMismatch, UnknownPackage, replay_package
+from .journal import FUNDING, JournalError, ReplayMismatch, UnknownPackage, funding_amount, replay_package
 
 log = logging.getLogger("legguard.engine.recovery")
 
@@ -200,6 +200,8 @@ async def recover(engine: EngineHost) -> RecoveryReport:
         handle = PackageHandle.create(core, now)
         handle.events = list(journal.events(pid))
         handle.reductions_posted = core.venue_reduced
+        handle.funding = sum((funding_amount(r.payload) for r in journal.timeline(pid) if r.kind == FUNDING),
+                             Decimal(0))  # fmt: skip
         handle.ever_orphaned = any(o.intent.purpose is Purpose.UNWIND for o in core.orders.values())
         engine.handles[pid] = handle
         if core.state not in (State.FLAT, State.HEDGED):

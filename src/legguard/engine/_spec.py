@@ -222,6 +222,7 @@ class EngineConfig:
     max_live_packages: int = 50  # risk: packages not yet hedged or flat at once
     max_notional: Decimal = Decimal(1_000_000)  # risk: per-package spot notional cap (quote)
     reconcile_interval: float = 5.0  # seconds between perp position reconciliations against the venue
+    funding_interval: float | None = 60.0  # seconds between polls of the venue's funding payments (None: off)
     # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
     exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))
     risk: RiskConfig = field(default_factory=lambda: RiskConfig(check_balances=False, margin_guard=False))

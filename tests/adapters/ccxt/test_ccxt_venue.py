@@ -18,7 +18,7 @@ import trio.testing
 import trio_asyncio
 from conftest import ETH, ETH_PERP, QTY, STREAM_WAIT, emulated, engine_on, maker, settle
 
-from legguard.adapters._venue import Venue
+from legguard.adapters._venue import FundingPayment, FundingVenue, Venue
 from legguard.adapters.ccxt._venue import (
     EXCHANGE_IDS,
     CcxtVenue,
@@ -639,3 +639,16 @@ async def test_engine_flattens_when_the_perp_leg_is_rejected_post_only(tmp_path:
         assert venue_state["linear"]["positions"]["ETHUSDT"] == "0"
         assert venue_state["spot"]["balances"]["ETH"] == {"free": "100", "locked": "0"}
         assert verify(tmp_path / "journal.db").ok
+
+
+async def test_funding_payments_come_from_the_income_history_with_their_tran_id() -> None:
+    async with emulated(emulator={"funding_interval": 60.0}) as rig:
+        assert isinstance(rig.venue, FundingVenue)
+        _, _, _, perp_ask = await rig.books()
+        await rig.place(maker("t30-PE1", ETH_PERP, Side.SELL, perp_ask, QTY))
+        await rig.on_emulator(rig.emu.trade, rig.emu.engine.markets[ETH_PERP], Side.BUY, perp_ask, QTY)
+        assert await rig.venue.fetch_funding() == []
+        await rig.on_emulator(rig.emu.advance, 60.0)  # one funding time
+        [paid] = await rig.venue.fetch_funding()
+        [income] = [r for r in rig.emu.income if r["incomeType"] == "FUNDING_FEE"]
+        assert paid == FundingPayment(ETH_PERP, Decimal(income["income"]), income["time"], str(income["tranId"]))

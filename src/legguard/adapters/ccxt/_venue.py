@@ -48,7 +48,7 @@ import trio_asyncio
 from ccxt.base.types import Entry
 
 from legguard.adapters._redact import SECRETS
-from legguard.adapters._venue import ArmedOrder
+from legguard.adapters._venue import ArmedOrder, FundingPayment
 from legguard.domain import (
     Balance,
     BookSnapshot,
@@ -160,6 +160,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "balance": "fapiPrivateV3GetAccount",
         "positions": "fapiPrivateV3GetPositionRisk",
         "funding": "fapiPublicGetPremiumIndex",
+        "income": "fapiPrivateGetIncome",
         "markets": "fapiPublicGetExchangeInfo",
         "countdown": "fapiPrivatePostCountdownCancelAll",
     },
@@ -1036,6 +1037,26 @@ class CcxtVenue:
             initial_margin=field("totalInitialMargin"),
             available=field("availableBalance"),
         )
+
+    async def fetch_funding(self, since_ms: int | None = None) -> list[FundingPayment]:
+        """The account's funding payments (`GET /fapi/v1/income`, incomeType FUNDING_FEE, with its tranId),
+        oldest first; only the perps of this venue's markets."""
+        side = self._perp
+        params: dict[str, Any] = {"incomeType": "FUNDING_FEE", "limit": 1000}
+        if since_ms is not None:
+            params["startTime"] = int(since_ms)
+        rows = await self._call(side, "funding payments", side.ex.fapiPrivateGetIncome, params,
+                                cost=side.cost("income"))  # fmt: skip
+        by_id = {m.venue_symbol: m.symbol for m in self._markets.values() if m.kind is MarketKind.LINEAR}
+        out: list[FundingPayment] = []
+        for row in rows or []:
+            symbol = by_id.get(str(row.get("symbol", "")))
+            if symbol is None or row.get("incomeType") != "FUNDING_FEE":
+                continue
+            out.append(FundingPayment(symbol, dec(row.get("income"), f"funding income {symbol}"),
+                                      int(row.get("time", 0)), str(row.get("tranId"))))  # fmt: skip
+        out.sort(key=lambda p: (p.time_ms, p.tran_id))
+        return out
 
     async def fetch_funding_rate(self, symbol: str) -> Decimal:
         """The perp's current funding rate per interval (fraction; positive: longs pay shorts)."""

@@ -645,6 +645,16 @@ class MatchingEngine:
         """Move `amount` (negative: out) into the USDT perp wallet (transfers, funding payments)."""
         self._wallet += amount
 
+    def settle_funding(self, symbol: str, rate: Decimal) -> Decimal:
+        """A funding time for `symbol`: the position pays `position x mark x rate` (longs pay a positive
+        rate, shorts receive it), booked to the perp wallet. Returns the signed amount received."""
+        position, mark = self._position.get(symbol, ZERO), self.mark_price(symbol)
+        if position == 0 or mark is None:
+            return ZERO
+        amount = (-position * mark * rate).quantize(Decimal("0.00000001"))
+        self._wallet += amount
+        return amount
+
     # --- event stream -------------------------------------------------------------------------------
 
     def drain_updates(self) -> list[OrderUpdate]:

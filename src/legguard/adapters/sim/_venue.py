@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from legguard.adapters._venue import ArmedOrder
+from legguard.adapters._venue import ArmedOrder, FundingPayment
 from legguard.adapters.market._generator import (
     RECORDED_DEPTH_DIR,
     DepthReplay,
@@ -84,6 +84,10 @@ class SimConfig:
     # recvWindow); a `late_landing` request arriving later is refused. Engines on the sim use this as
     # `deadlines.recv_window`.
     recv_window: float = 2.0
+    # Funding: every `funding_interval` seconds (None: never) each perp position pays or receives
+    # `position x mark x rate`, the rate being the perp's premium over its spot mid, capped at +-funding_cap.
+    funding_interval: float | None = None
+    funding_cap: Decimal = Decimal("0.0075")
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "jitter_ms"):
@@ -130,6 +134,8 @@ class SimVenue:
         self._outage_until = -math.inf  # the venue answers nothing before this (its market goes on)
         self._last_delivery = -math.inf
         self._book_changed = trio.Event()
+        self.funding_paid: list[FundingPayment] = []  # every payment booked, oldest first (`fetch_funding`)
+        self._next_funding = self.config.funding_interval if self.config.funding_interval else math.inf
         self._pipe_send, self._pipe_recv = trio.open_memory_channel[tuple[float, list[OrderUpdate]]](math.inf)
         self._stream_send, self._stream_recv = trio.open_memory_channel[list[OrderUpdate] | None](math.inf)
         self._scope: trio.CancelScope | None = None
@@ -193,8 +199,44 @@ class SimVenue:
             self.engine.set_book(tick.symbol, tick.bids, tick.asks, now)
             self._flow.extend((tick.symbol, trade) for trade in tick.trades)
         self._publish(self.engine.drain_updates())
+        if now >= self._next_funding and self.config.funding_interval:
+            self._next_funding += self.config.funding_interval
+            self.settle_funding()
         self._book_changed.set()
         self._book_changed = trio.Event()
+
+    # --- funding ------------------------------------------------------------------------------------------
+
+    def funding_rate(self, symbol: str) -> Decimal:
+        """The perp's rate now: its mark's premium over the spot mid of the same base, capped."""
+        perp = self.engine.markets[symbol]
+        spot = next((m.symbol for m in self.engine.markets.values()
+                     if m.kind is MarketKind.SPOT and m.base == perp.base), None)  # fmt: skip
+        mark, index = self.engine.mark_price(symbol), self.engine.mid(spot) if spot else None
+        if mark is None or not index:
+            return Decimal(0)
+        cap = self.config.funding_cap
+        return max(-cap, min(cap, ((mark - index) / index).quantize(Decimal("0.00000001"))))
+
+    def settle_funding(self, rates: Mapping[str, Decimal] | None = None) -> list[FundingPayment]:
+        """A funding time now: every perp position pays or receives at `rates` (default: `funding_rate`)."""
+        time_ms = int(trio.current_time() * 1000)
+        paid: list[FundingPayment] = []
+        for symbol, market in self.engine.markets.items():
+            if market.kind is not MarketKind.LINEAR:
+                continue
+            rate = rates[symbol] if rates is not None and symbol in rates else self.funding_rate(symbol)
+            amount = self.engine.settle_funding(symbol, rate)
+            if amount != 0:
+                paid.append(FundingPayment(symbol, amount, time_ms, f"sim-funding-{len(self.funding_paid) + 1}"))
+                self.funding_paid.append(paid[-1])
+        return paid
+
+    async def fetch_funding(self, since_ms: int | None = None) -> list[FundingPayment]:
+        await self._reach("funding")
+        out = [p for p in self.funding_paid if since_ms is None or p.time_ms >= since_ms]
+        await self._one_way()
+        return out
 
     # --- latency and the order stream ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from ._ledger import ledger as ledger
 from ._pnl import FUNDING as FUNDING
 from ._pnl import PNL as PNL
 from ._pnl import PackagePnl as PackagePnl
+from ._pnl import funding_amount as funding_amount
 from ._pnl import package_pnl as package_pnl
 from ._replay import ReplayMismatch as ReplayMismatch
 from ._replay import VerifyReport as VerifyReport
