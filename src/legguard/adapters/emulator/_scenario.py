@@ -116,7 +116,8 @@ class Scenario:
         interval = emulator.get("funding_interval")
         if interval is not None and (not _number(interval) or interval <= 0):
             raise ScenarioError(f"emulator.funding_interval: must be a number of seconds > 0, got {interval!r}")
-        wallet = None if "perp_wallet" not in emulator else parse_wallet(emulator["perp_wallet"], "emulator.perp_wallet")
+        wallet = emulator.get("perp_wallet")
+        wallet = None if wallet is None else parse_wallet(wallet, "emulator.perp_wallet")
         raw = data.get("events", [])
         if not isinstance(raw, list):
             raise ScenarioError("events: must be an array of tables ([[events]])")
