@@ -8,6 +8,7 @@ import json
 import signal
 from contextlib import suppress
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from legguard.adapters.emulator._emulator import (
     Emulator,
 )
 from legguard.adapters.emulator._routes import routes_markdown
-from legguard.adapters.emulator._scenario import Scenario, ScenarioError
+from legguard.adapters.emulator._scenario import Scenario, ScenarioError, parse_wallet, set_perp_wallet
 from legguard.adapters.emulator._server import serve_emulator
 
 
@@ -63,6 +64,10 @@ def emulator(
         float | None,
         typer.Option(help="Seconds between funding times (default: the scenario's, else 8 h)."),
     ] = None,
+    perp_wallet: Annotated[
+        str | None,
+        typer.Option(help="USDT in the USDⓈ-M wallet at start (default: the scenario's, else 1,000,000)."),
+    ] = None,
     routes: Annotated[
         bool, typer.Option("--routes", help="Print the served endpoints and streams (Markdown) and exit.")
     ] = False,
@@ -91,8 +96,16 @@ def emulator(
         except ScenarioError as exc:
             console.print(f"[red]error:[/red] --scenario {scenario}: {exc}")
             raise typer.Exit(2) from None
+    wallet: Decimal | None = None
+    if perp_wallet is not None:
+        try:
+            wallet = parse_wallet(perp_wallet, "--perp-wallet")
+        except ScenarioError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    wallet = wallet or (timeline.perp_wallet if timeline else None)
     interval = funding_interval or (timeline.funding_interval if timeline else None) or FUNDING_INTERVAL
-    options = _Options(seed, api_key, api_secret, tick, seconds, interval, timeline)
+    options = _Options(seed, api_key, api_secret, tick, seconds, interval, timeline, wallet)
     try:
         asyncio.run(_serve(console, host, port, None if tls_port < 0 else tls_port, options))
     except OSError as exc:  # typically: the port is taken
@@ -110,6 +123,7 @@ class _Options:
     seconds: float
     funding_interval: float
     scenario: Scenario | None
+    perp_wallet: Decimal | None = None
 
 
 async def _serve(console: Console, host: str, port: int, tls_port: int | None, o: _Options) -> None:
@@ -133,6 +147,9 @@ async def _serve(console: Console, host: str, port: int, tls_port: int | None, o
             console.print(f"scenario [bold]{o.scenario.name}[/bold] (funding every {o.funding_interval:g} s):")
             for line in o.scenario.describe():
                 console.print(f"  {line}")
+        if o.perp_wallet is not None:  # after the scenario's own: --perp-wallet wins
+            set_perp_wallet(emu, o.perp_wallet)
+            console.print(f"USDⓈ-M wallet {o.perp_wallet} USDT")
         seconds = o.seconds
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

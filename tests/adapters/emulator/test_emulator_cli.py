@@ -64,3 +64,14 @@ def test_a_taken_port_is_one_line_and_exit_2() -> None:
     assert result.exit_code == 2
     assert "cannot listen on 127.0.0.1" in result.stderr and "choose another --port" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_perp_wallet_option_is_validated_naming_it_and_shown_when_given() -> None:
+    bad = CliRunner().invoke(app, ["emulator", "--port", "0", "--tls-port", "-1", "--seconds", "0.01",
+                                   "--perp-wallet", "-3"])  # fmt: skip
+    assert bad.exit_code == 2
+    assert "--perp-wallet: must be an amount of USDT > 0" in " ".join(bad.output.split())
+    ok = CliRunner().invoke(app, ["emulator", "--port", "0", "--tls-port", "-1", "--seconds", "0.05",
+                                  "--perp-wallet", "250"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert "USDⓈ-M wallet 250 USDT" in ok.output

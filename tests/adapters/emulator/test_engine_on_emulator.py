@@ -482,30 +482,54 @@ def read_port(proc: subprocess.Popen[str], timeout: float) -> int:
 
 @pytest.mark.slow
 def test_legguard_run_against_legguard_emulator_ends_every_package_hedged_or_flat(tmp_path: Path) -> None:
-    run_against_the_emulator(tmp_path, [])
+    _, summary = run_against_the_emulator(tmp_path, [])
+    assert summary["venue_check"]["ok"], summary["venue_check"]
 
 
 @pytest.mark.slow
 def test_legguard_run_through_a_scripted_perp_crash_ends_every_package_hedged_or_flat(tmp_path: Path) -> None:
     """The shipped quick crash (perp -8 % over 5 s at 8 s, spot -4 %, funding every 20 s, then flipped) under a
     20 s run: whatever the engine does about it, every package ends hedged or flat and the venue agrees."""
-    venue_state = run_against_the_emulator(tmp_path, ["--scenario", str(SCENARIOS / "perp_crash_quick.toml")])
+    venue_state, _ = run_against_the_emulator(tmp_path, ["--scenario", str(SCENARIOS / "perp_crash_quick.toml")])
     assert [e["action"] for e in venue_state["scenario"]] == ["move", "move", "funding"]
 
 
-def run_against_the_emulator(tmp_path: Path, extra: list[str]) -> dict[str, Any]:
+@pytest.mark.slow
+def test_legguard_run_through_a_perp_squeeze_has_the_margin_guard_close_packages(tmp_path: Path) -> None:
+    """The shipped squeeze (perp_squeeze.toml: 200 USDT perp wallet at 20x, both perps +15 % over 10 s at 12 s,
+    spots +12.5 %) under examples/emulator-squeeze.toml for 40 s: the margin guard reaches its act level and
+    closes packages (exits journaled with policy margin_guard), every package ends hedged or flat, the run's
+    own venue check and the emulator's account agree with the journal."""
+    squeeze = EXAMPLE.parent / "emulator-squeeze.toml"
+    venue_state, summary = run_against_the_emulator(
+        tmp_path, ["--scenario", str(SCENARIOS / "perp_squeeze.toml")], config=squeeze, seconds=40
+    )
+    assert [e["action"] for e in venue_state["scenario"]] == ["move"] * 4
+    assert Decimal(venue_state["linear"]["wallet"]) < 1000  # the scenario's small wallet, not the default
+    assert summary["exits_by_policy"].get("margin_guard", 0) >= 1, summary
+    assert set(summary["final_states"]) <= {"hedged", "flat"}, summary
+    assert summary["venue_check"]["ok"], summary["venue_check"]
+    with Journal.open(tmp_path / "journal.db", readonly=True) as journal:
+        rows = [r.payload for r in journal.rows()]
+    levels = [p.get("level") for p in rows if p.get("event") == "level"]
+    assert "act" in levels, levels
+
+
+def run_against_the_emulator(
+    tmp_path: Path, extra: list[str], *, config: Path = EXAMPLE, seconds: int = 20
+) -> tuple[dict[str, Any], dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEGGUARD_")}  # the default credentials
     env["PYTHONUNBUFFERED"] = "1"
     db = tmp_path / "journal.db"
     emulator_args = [*LEGGUARD, "emulator", "--port", "0", "--tls-port", "-1", "--seconds", "120", *extra]
     with process(emulator_args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as emulator:
         port = read_port(emulator, timeout=30)
-        config = tmp_path / "emulator.toml"
+        pointed = tmp_path / "emulator.toml"
         text, n = re.subn(r'(?m)^url = "http://127\.0\.0\.1:\d+"', f'url = "http://127.0.0.1:{port}"',
-                          EXAMPLE.read_text(encoding="utf-8"))  # fmt: skip
-        assert n == 1, "examples/emulator.toml has no venue url line to point at the test's emulator"
-        config.write_text(text, encoding="utf-8")
-        run_args = [*LEGGUARD, "run", "--config", str(config), "--db", str(db), "--seconds", "20", "--json"]
+                          config.read_text(encoding="utf-8"))  # fmt: skip
+        assert n == 1, f"{config.name} has no venue url line to point at the test's emulator"
+        pointed.write_text(text, encoding="utf-8")
+        run_args = [*LEGGUARD, "run", "--config", str(pointed), "--db", str(db), "--seconds", str(seconds), "--json"]
         with process(run_args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as run:
             out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err[-4000:]
@@ -536,4 +560,4 @@ def run_against_the_emulator(tmp_path: Path, extra: list[str]) -> dict[str, Any]
         assert position == sum((Decimal(p["perp"]) for p in mine), Decimal(0)), base
     assert not [o for k in ("spot", "linear") for o in venue_state[k]["orders"]
                 if o["status"] in ("NEW", "PARTIALLY_FILLED")]  # fmt: skip
-    return dict(venue_state)
+    return dict(venue_state), summary

@@ -47,6 +47,24 @@ def test_every_shipped_scenario_parses() -> None:
         assert Scenario.load(path).events, path
 
 
+def test_the_squeeze_scenario_sets_a_small_perp_wallet_at_20x_and_moves_the_perps_up() -> None:
+    timeline = Scenario.load(EXAMPLES / "perp_squeeze.toml")
+    assert (timeline.perp_wallet, timeline.leverage) == (D(200), 20)
+    linear = [e for e in timeline.events if e.action == "move" and e.spec["market"] == "linear"]
+    assert linear and all(e.spec["pct"] > 0 for e in linear)  # up: a move against the short
+
+    async def scenario(emu: Emulator) -> None:
+        timeline.install(emu)
+        assert emu.engine.perp_wallet() == 200
+        assert set(emu.leverage.values()) == {20}
+
+    async def main() -> None:
+        async with serve_emulator(seed=0, autoclock=False, tls_port=None) as emu:
+            await scenario(emu)
+
+    asyncio.run(main())
+
+
 def test_perp_crash_drops_the_perp_8_percent_over_5_seconds_and_funding_flips() -> None:
     async def scenario(emu: Emulator) -> list[Any]:
         perp, spot = emu.engine.markets["ETH/USDT:USDT"], emu.engine.markets["ETH/USDT"]
@@ -140,6 +158,10 @@ def test_lagged_user_events_arrive_only_after_the_lag_and_in_order() -> None:
         ),
         ({"events": [{"at": 1, "action": "funding", "symbol": "ETHUSDT", "rate": 0.5}]}, "beyond +-3 %"),
         ({"emulator": {"funding_interval": 0}}, "emulator.funding_interval: must be a number"),
+        ({"emulator": {"perp_wallet": "-5"}}, "emulator.perp_wallet: must be an amount of USDT > 0"),
+        ({"emulator": {"perp_wallet": "lots"}}, "emulator.perp_wallet: 'lots' is not a number of USDT"),
+        ({"emulator": {"leverage": 200}}, "emulator.leverage: must be a whole number 1..125"),
+        ({"emulator": {"wallet": 1}}, "emulator: a table with at most 'funding_interval', 'perp_wallet'"),
         ({"events": [{"at": 1, "action": "lag", "user_stream_ms": 1, "pct": 3}]}, "unknown key(s) ['pct']"),
     ],
 )

@@ -3,6 +3,8 @@
     name = "ETH perp crash"
     [emulator]
     funding_interval = 60          # seconds between funding times (optional)
+    perp_wallet = "400"            # USDT in the USDⓈ-M wallet at start (optional; default 1,000,000)
+    leverage = 20                  # every perp's leverage at start (optional; default 5; clients may change it)
 
     [[events]]
     at = 60                        # seconds after the emulator started
@@ -89,6 +91,8 @@ class Scenario:
     name: str
     events: list[Event]
     funding_interval: float | None = None
+    perp_wallet: Decimal | None = None  # the USDⓈ-M wallet's USDT at start (None: the emulator's default)
+    leverage: int | None = None  # every perp's leverage at start (None: the emulator's default)
     log: list[dict[str, Any]] = field(default_factory=list)  # what has been played, in order
 
     @classmethod
@@ -107,21 +111,34 @@ class Scenario:
         if unknown:
             raise ScenarioError(f"scenario: unknown key(s) {sorted(unknown)}")
         emulator = data.get("emulator", {})
-        if not isinstance(emulator, dict) or set(emulator) - {"funding_interval"}:
-            raise ScenarioError("emulator: a table with at most 'funding_interval'")
+        if not isinstance(emulator, dict) or set(emulator) - {"funding_interval", "perp_wallet", "leverage"}:
+            raise ScenarioError("emulator: a table with at most 'funding_interval', 'perp_wallet' and 'leverage'")
         interval = emulator.get("funding_interval")
         if interval is not None and (not _number(interval) or interval <= 0):
             raise ScenarioError(f"emulator.funding_interval: must be a number of seconds > 0, got {interval!r}")
+        wallet = emulator.get("perp_wallet")
+        wallet = None if wallet is None else parse_wallet(wallet, "emulator.perp_wallet")
         raw = data.get("events", [])
         if not isinstance(raw, list):
             raise ScenarioError("events: must be an array of tables ([[events]])")
         events = [_event(i, e) for i, e in enumerate(raw)]
-        return cls(str(data.get("name", "scenario")), events, None if interval is None else float(interval))
+        leverage = emulator.get("leverage")
+        if leverage is not None and (not isinstance(leverage, int) or isinstance(leverage, bool)
+                                     or not 1 <= leverage <= w.BRACKETS[0][0]):  # fmt: skip
+            raise ScenarioError(f"emulator.leverage: must be a whole number 1..{w.BRACKETS[0][0]}, got {leverage!r}")
+        name = str(data.get("name", "scenario"))
+        return cls(name, events, None if interval is None else float(interval), wallet, leverage)
 
     def install(self, emulator: Emulator) -> None:
-        """Check every event against this emulator's markets, then schedule them from now."""
+        """Check every event against this emulator's markets, set the perp wallet (if the scenario gives one),
+        then schedule the events from now."""
         for event in self.events:
             _check_against(emulator, event)
+        if self.perp_wallet is not None:
+            set_perp_wallet(emulator, self.perp_wallet)
+        if self.leverage is not None:
+            for m in emulator.markets(MarketKind.LINEAR):
+                emulator.set_leverage(m, self.leverage)
         for event in self.events:
             emulator.call_later(event.at, functools.partial(self._fire, emulator, event))
         self.log = emulator.scenario_log  # GET /_emulator/state shows what has been played
@@ -170,6 +187,22 @@ class Scenario:
 
     def describe(self) -> list[str]:
         return [f"t+{e.at:g}s {e.action} {_summary(e)}" for e in self.events]
+
+
+def parse_wallet(value: Any, key: str) -> Decimal:
+    """A USDT amount > 0 (a TOML string such as "400", or a number); errors name `key`."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ScenarioError(f"{key}: {value!r} is not a number of USDT") from None
+    if isinstance(value, bool) or not amount.is_finite() or amount <= 0:
+        raise ScenarioError(f"{key}: must be an amount of USDT > 0, got {value!r}")
+    return amount
+
+
+def set_perp_wallet(emulator: Emulator, amount: Decimal) -> None:
+    """Set the USDⓈ-M wallet's USDT to `amount` (at start, before any client trades)."""
+    emulator.engine.credit_perp_wallet(amount - emulator.engine.perp_wallet())
 
 
 def _event(index: int, raw: Any) -> Event:
