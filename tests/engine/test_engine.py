@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
@@ -105,17 +106,7 @@ async def test_normal_package_hedges(autojump_clock: MockClock, rig: Rig) -> Non
 
 
 @pytest.mark.parametrize("leg", [ETH, ETH_PERP])
-@pytest.mark.parametrize(
-    ("fault", "params"),
-    [
-        ("reject", {}),
-        ("postonly_cross", {}),
-        ("partial_fill", {"fraction": 0.4}),
-        ("ack_timeout", {}),
-        ("stream_drop", {"seconds": 2.0}),
-        ("price_jump", {"pct": 0.6}),
-    ],
-)
+@pytest.mark.parametrize(("fault", "params"), LEG_FAULTS)
 async def test_fault_on_either_leg_ends_hedged_or_flat(
     autojump_clock: MockClock, rig: Rig, leg: str, fault: str, params: dict[str, float]
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from leg_faults import LEG_FAULTS
 from test_engine import DEADLINES, ETH, ETH_PERP, Rig, assert_journal_verifies
 from trio.testing import MockClock
 
@@ -70,17 +71,7 @@ async def test_each_style_hedges_with_its_legs_in_their_roles(
 
 @pytest.mark.parametrize(("style", "maker"), STYLES)
 @pytest.mark.parametrize("leg", [ETH, ETH_PERP])
-@pytest.mark.parametrize(
-    ("fault", "params"),
-    [
-        ("reject", {}),
-        ("postonly_cross", {}),
-        ("partial_fill", {"fraction": 0.4}),
-        ("ack_timeout", {}),
-        ("stream_drop", {"seconds": 2.0}),
-        ("price_jump", {"pct": 0.6}),
-    ],
-)
+@pytest.mark.parametrize(("fault", "params"), LEG_FAULTS)
 async def test_fault_on_either_leg_ends_hedged_or_flat_in_every_style(
     autojump_clock: MockClock,
     rig: Rig,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
 
 from legguard.adapters.market import GeneratorConfig
@@ -158,17 +159,7 @@ async def test_unknown_package_is_refused_by_name(autojump_clock: MockClock, rig
 
 
 @pytest.mark.parametrize("leg", [ETH, ETH_PERP])
-@pytest.mark.parametrize(
-    ("fault", "params"),
-    [
-        ("reject", {}),
-        ("postonly_cross", {}),
-        ("partial_fill", {"fraction": 0.4}),
-        ("ack_timeout", {}),
-        ("stream_drop", {"seconds": 2.0}),
-        ("price_jump", {"pct": 0.6}),
-    ],
-)
+@pytest.mark.parametrize(("fault", "params"), LEG_FAULTS)
 async def test_exit_under_a_fault_on_either_leg_ends_flat(
     autojump_clock: MockClock, rig: Rig, leg: str, fault: str, params: dict[str, float]
 ) -> None:
