@@ -4,7 +4,7 @@ flat within the unwind deadline, with nothing unmatched, and the venue's own boo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -376,16 +376,22 @@ async def test_a_failed_journal_write_leaves_the_core_where_the_journal_is(autoj
     """Issue 10, defect 6: the step whose journal write fails must not have moved the core (write-ahead:
     nothing is decided that is not durable). The actor faults, is rebuilt from what the journal holds, and
     the kill switch finds the fill again by asking the venue."""
-    real = rig.journal.record_step
+    real = rig.journal.prepare_step
     failed: list[object] = []
 
-    def flaky(package_id: str, event: object, *args: object, **kwargs: object) -> None:
-        if not failed and isinstance(event, OrderEvent) and event.filled > 0:
+    def flaky(package_id: str, event: object, *args: object, **kwargs: object) -> Callable[[], None]:
+        write = real(package_id, event, *args, **kwargs)  # type: ignore[arg-type]
+        if failed or not (isinstance(event, OrderEvent) and event.filled > 0):
+            return write
+
+        def failing() -> None:  # fails inside the group's transaction, after the step's first rows
+            write()
             failed.append(event)
             raise sqlite3.OperationalError("disk I/O error")
-        real(package_id, event, *args, **kwargs)  # type: ignore[arg-type]
 
-    rig.journal.record_step = flaky  # type: ignore[method-assign]
+        return failing
+
+    rig.journal.prepare_step = flaky  # type: ignore[method-assign]
     pid = rig.engine.submit(rig.spec())
     handle = rig.engine.handles[pid]
     with trio.fail_after(30):

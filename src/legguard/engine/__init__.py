@@ -8,6 +8,8 @@ Map:
                     watchers, circuit breaker, halt/resume, graceful shutdown.
 - `_host.py`        `EngineHost`: the small interface the engine offers the parts it runs (actor, recovery,
                     dead-man), so none of them imports the engine back; `EngineStats`.
+- `_group.py`       `GroupCommit`: the journal rows of every actor step of one scheduler round commit in one
+                    transaction before any of their effects is released (write-ahead, grouped).
 - `_handle.py`      `PackageHandle`: a package's mailbox, event log and timing facts across actor restarts.
 - `_actor.py`       `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
                     trio cancel scopes; shielded drain to safety on cancellation.
@@ -31,7 +33,7 @@ Map:
 - `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
 
 Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage`, `_exits` → `_actor` → `_host` →
-`_handle`, `journal`.
+`_group`, `_handle`, `journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash

@@ -162,17 +162,15 @@ class PackageActor:
         # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
         twin = self.core.clone()
         commands = twin.handle(event)
-        # Write-ahead: the event and everything it caused are durable before any effect starts; the venue's
-        # answers behind it (audited facts) commit in the same transaction, ahead of the step's rows.
-        if h.facts:
-            facts = h.facts
-            with engine.journal.batch():
-                for kind, payload, at in facts:
-                    engine.journal.record(kind, h.package_id, payload, at)
-                engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
-            h.facts = h.facts[len(facts) :]
-        else:
-            engine.journal.record_step(h.package_id, event, commands, twin.state, twin.exposure(), now)
+        # Write-ahead, grouped: the event and everything it caused are durable before any effect starts; the
+        # venue's answers behind it (audited facts) commit in the same transaction, ahead of the step's rows;
+        # the transaction is shared with the other steps of this scheduler round (`_group.GroupCommit`).
+        journal, facts = engine.journal, len(h.facts)
+        writes = [journal.prepare_fact(kind, h.package_id, payload, at) for kind, payload, at in h.facts]
+        writes.append(journal.prepare_step(h.package_id, event, commands, twin.state, twin.exposure(), now))
+        await engine.group.commit(writes)
+        if facts:
+            del h.facts[:facts]  # answers that arrived while the group committed wait for the next step
         self.core = h.core = twin
         h.events.append(event)
         if CRASH_ARMED:

@@ -31,6 +31,7 @@ ENV: Final = "LEGGUARD_CRASH_AT"
 # name -> where it is (the harness and `--help` texts quote these)
 POINTS: Final[dict[str, str]] = {
     "after_intent": "order intents journaled, nothing sent yet",
+    "group_committed": "a group commit (the steps of one scheduler round) committed, no effect of it released",
     "after_send": "an order request answered by the venue, the answer not yet processed or journaled",
     "one_leg_filled": "one entry leg (partly) filled while the other rests unfilled",
     "one_leg_rejected": "one entry leg filled, the other rejected: leg_broken journaled, no unwind order sent",

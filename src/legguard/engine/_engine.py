@@ -57,6 +57,7 @@ from ._actor import PackageActor, crash_of, fault_event, to_order_event
 from ._deadman import DeadMan
 from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
 from ._funding import FundingBook
+from ._group import GroupCommit
 from ._handle import PackageHandle
 from ._host import EngineStats
 from ._observe import EngineObserver, HaltSource, notify
@@ -94,6 +95,7 @@ class Engine:
     def __init__(self, venue: Venue, journal: Journal, config: EngineConfig | None = None) -> None:
         self.venue = venue
         self.journal = journal
+        self.group = GroupCommit(journal)  # the actors' steps commit per scheduler round (write-ahead)
         self.config = config or EngineConfig()
         self.markets: Mapping[str, Market] = {}
         self.books: dict[str, BookSnapshot] = {}
@@ -276,7 +278,8 @@ class Engine:
             style=spec.execution,
             maker=spec.maker_leg,
         )  # fmt: skip
-        self.journal.package_created(plan, {**spec.to_dict(), **priced}, now)
+        # Journaled with the package's first step (its dispatch), in that step's group commit.
+        self.journal.defer_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)
         handle = PackageHandle.create(core, now)
         handle.crash_on_event = crash_on_event

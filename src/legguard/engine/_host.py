@@ -17,6 +17,7 @@ from legguard.adapters._venue import Venue
 from legguard.domain import Market, RateLimited
 from legguard.fsm import Event, Transitioned
 
+from ._group import GroupCommit
 from ._handle import PackageHandle
 from ._spec import EngineConfig
 from .journal import Journal
@@ -60,6 +61,7 @@ class EngineHost(Protocol):
 
     venue: Venue
     journal: Journal
+    group: GroupCommit
     config: EngineConfig
     stats: EngineStats
     markets: Mapping[str, Market]

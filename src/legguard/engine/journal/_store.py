@@ -526,7 +526,7 @@ class _Checkpointer:
 class _Batch:
     """`Journal.batch()`. A class rather than a generator: the engine enters one for every core step."""
 
-    __slots__ = ("_head", "_journal", "_poisoned", "_savepoint")
+    __slots__ = ("_created", "_head", "_journal", "_poisoned", "_savepoint")
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
@@ -535,7 +535,7 @@ class _Batch:
     def __enter__(self) -> None:
         j = self._journal
         j._writable()
-        self._head, self._poisoned = j._head, j._poisoned
+        self._head, self._poisoned, self._created = j._head, j._poisoned, len(j._created)
         if j._depth == 0:
             j._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -563,6 +563,7 @@ class _Batch:
                 j._conn.execute(f"ROLLBACK TO {savepoint}")
                 j._conn.execute(f"RELEASE {savepoint}")
                 j._head, j._poisoned = self._head, self._poisoned
+                j._restore_created(self._created)
             return
         if exc_type is not None:
             j._abort(self._head)
@@ -579,6 +580,7 @@ class _Batch:
         except BaseException:
             j._abort(self._head)
             raise
+        j._created.clear()
         if j.on_commit is not None:
             j.on_commit(time.perf_counter() - started)
         if j._checkpointer is not None:
@@ -619,6 +621,10 @@ class Journal:
         # Rows chained but not yet handed to SQLite; flushed before COMMIT, savepoints and every read.
         self._rows: list[tuple[Any, ...]] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
+        # `defer_created`: package id -> its creation write, run by the first transaction that mentions the
+        # package; `_created` lists those run by the open transaction (put back if it rolls back).
+        self._deferred: dict[str, Callable[[], None]] = {}
+        self._created: list[tuple[str, Callable[[], None]]] = []
         self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
         self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
         # Package numbers of the block reserved durably by this process (`next_package_number`).
@@ -801,6 +807,14 @@ class Journal:
             self._conn.execute("ROLLBACK")
         self._head = head
         self._poisoned = False
+        self._restore_created(0)
+
+    def _restore_created(self, mark: int) -> None:
+        """Deferred creations written since `mark` were rolled back: they wait for the next transaction."""
+        while len(self._created) > mark:
+            pid, write = self._created.pop()
+            self._known.discard(pid)
+            self._deferred[pid] = write
 
     def _writable(self) -> None:
         if self.readonly:
@@ -818,6 +832,11 @@ class Journal:
 
     def _insert(self, kind: str, package_id: str | None, text: str, wall: float, mono: float) -> int:
         """Chain and insert one prepared row (inside `_run_write`). Returns its seq."""
+        if self._deferred and package_id in self._deferred:
+            # The package's creation row goes first, in this same transaction (`defer_created`).
+            write = self._deferred.pop(package_id)
+            self._created.append((package_id, write))
+            write()
         seq = self._head[0] + 1
         prev = self._head[1]
         digest = row_hash(prev, seq, kind, package_id, text, wall, mono)
@@ -826,7 +845,7 @@ class Journal:
         return seq
 
     def _require_package(self, package_id: str) -> None:
-        if package_id in self._known:
+        if package_id in self._known or package_id in self._deferred:
             return
         if self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (package_id,)).fetchone() is None:
             raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
@@ -836,11 +855,27 @@ class Journal:
 
     def package_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> None:
         """Journal a new package (state pending, no exposure)."""
+        self._run_write(self._prepare_created(plan, spec, mono))
+
+    def defer_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> None:
+        """Validate a new package now and journal it (as `package_created` would) in the first transaction
+        that writes a row of it — the engine's dispatch step, so creation and dispatch commit together. A
+        package nothing was ever journaled for (cancelled before its first step) is never written: nothing
+        of it can have reached the venue, since every order is journaled first. A transaction that rolls
+        back puts the creation back in waiting."""
+        write = self._prepare_created(plan, spec, mono)
+        self._deferred[plan.package_id] = write
+
+    def _prepare_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> Callable[[], None]:
         self._writable()
         pid = plan.package_id
         plan_dict = plan.to_dict()
         kind, text = self._prepare(PACKAGE_CREATED, {"plan": plan_dict, "spec": dict(spec)})
-        if pid in self._known or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone():
+        if (
+            pid in self._known
+            or pid in self._deferred
+            or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone()
+        ):
             raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
         wall, mono = _finite(self._wall()), _finite(mono)  # SQLite REAL hands floats back: hash what is read
         plan_text = canonical_json(plan_dict)
@@ -849,9 +884,9 @@ class Journal:
             seq = self._insert(kind, pid, text, wall, mono)
             row = (pid, State.PENDING.value, "0", "0", 0, plan_text, seq, wall, mono, seq, wall, mono)
             self._conn.execute(_INSERT_PACKAGE, row)
+            self._known.add(pid)
 
-        self._run_write(write)
-        self._known.add(pid)
+        return write
 
     def record_step(
         self,
@@ -864,6 +899,19 @@ class Journal:
     ) -> None:
         """Journal one core step: the event fed to the core, one row per command it returned (SendOrder is
         covered by its intent row), and the package's new state + exposure. One transaction."""
+        self._run_write(self.prepare_step(package_id, event, commands, state, exposure, mono))
+
+    def prepare_step(
+        self,
+        package_id: str,
+        event: Event,
+        commands: Sequence[Command],
+        state: State,
+        exposure: Exposure,
+        mono: float,
+    ) -> Callable[[], None]:
+        """`record_step` validated and encoded now, written by the returned function inside `commit()` (the
+        engine's group commit): a bad step fails here, alone, never inside the group's transaction."""
         self._writable()
         state = State(state)
         rows = [self._prepare(EVENT, event.to_dict(), free_form=False)]
@@ -885,7 +933,31 @@ class Journal:
             if cur.rowcount != 1:
                 raise UnknownPackage(f"package_id {package_id!r}: row vanished from the packages table")
 
-        self._run_write(write)
+        return write
+
+    def prepare_fact(
+        self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float
+    ) -> Callable[[], None]:
+        """`record` validated and encoded now, written by the returned function inside `commit()`."""
+        if kind not in self._kinds_ok:
+            self._check_kind(kind)
+        check_no_secrets(payload)
+        text = canonical_json(payload)
+        if package_id is not None and package_id not in self._known:
+            self._require_package(package_id)
+        wall, mono = _finite(self._wall()), _finite(mono)
+
+        def write() -> None:
+            self._insert(kind, package_id, text, wall, mono)
+
+        return write
+
+    def commit(self, writes: Sequence[Callable[[], None]]) -> None:
+        """Run prepared writes (`prepare_step`, `prepare_fact`) as ONE transaction, in order: all commit or
+        none does (the engine's group commit: the steps of one scheduler round)."""
+        with _Batch(self):
+            for write in writes:
+                self._run_write(write)
 
     def record(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> None:
         """Journal an audited fact that is not replayed (see FACT_KIND_RE): per package (`ack`,

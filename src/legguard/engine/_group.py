@@ -1,0 +1,90 @@
+"""Group commit: the journal rows of every actor step taken in one trio scheduler round commit in ONE
+transaction, and no step releases an effect before that transaction has committed (write-ahead, grouped).
+
+How a group forms: the first step to reach `GroupCommit.commit` opens a group and leads it. If other tasks are
+runnable in this round, the leader yields once (`cancel_shielded_checkpoint`: one scheduler hop, never a timer)
+so they can append their prepared writes to the same group; then it commits the group (one `BEGIN IMMEDIATE`
+... `COMMIT`) and wakes them. A step alone in its round (the kill switch's) commits at once, without the hop.
+
+Failure and cancellation: the writes are validated and encoded by each step before it joins (a malformed step
+fails alone); a failed commit rolls the whole group back, and every member raises, so no member swaps in its
+decided core nor releases anything: every core stays where the journal is. Waiting for the commit is shielded
+from cancellation: it lasts one scheduler round at most, and a step cancelled there would otherwise have rows
+committed for effects it never releases (or release effects it has not committed); the cancellation is
+delivered at the step's next checkpoint, after it released what it committed, exactly as before grouping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import trio
+
+from . import _crashpoints
+from ._crashpoints import ARMED as CRASH_ARMED
+from .journal import Journal, JournalError
+
+Write = Callable[[], None]
+
+
+class GroupCommitFailed(JournalError):
+    """The transaction of a group this step belonged to did not commit; nothing of the group was written."""
+
+
+class _Group:
+    __slots__ = ("done", "error", "members", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.members = 0
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """One per engine (one journal writer): `await commit(writes)` returns once `writes` are durable, in a
+    transaction shared with the other steps of the same scheduler round."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._open: _Group | None = None
+        self.groups = 0  # transactions committed
+        self.members = 0  # steps committed in them (members / groups = the mean group size)
+        self.largest = 0
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        group = self._open
+        if group is not None:  # a leader is yielding: join its transaction and wait for it
+            group.writes.extend(writes)
+            group.members += 1
+            with trio.CancelScope(shield=True):
+                await group.done.wait()
+            if group.error is not None:
+                raise GroupCommitFailed(
+                    f"journal {self.journal.journal_id}: the group commit of {group.members} steps failed "
+                    f"({type(group.error).__name__}: {group.error}); none of its rows was written"
+                )
+            return
+        group = _Group()
+        group.writes.extend(writes)
+        group.members = 1
+        if trio.lowlevel.current_statistics().tasks_runnable:
+            # Others can still run this round: let them append (shielded, so this hop never raises).
+            self._open = group
+            try:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            finally:
+                self._open = None
+        try:
+            self.journal.commit(group.writes)
+        except BaseException as exc:
+            group.error = exc
+            raise
+        finally:
+            group.done.set()  # the members run only after this task's next checkpoint
+        self.groups += 1
+        self.members += group.members
+        self.largest = max(self.largest, group.members)
+        if CRASH_ARMED:
+            # Committed, and not one effect of any member released yet.
+            _crashpoints.reached("group_committed")
