@@ -343,6 +343,21 @@ def test_after_intent_nothing_was_sent(crash: Crash) -> None:
     assert [s for s in steps if s != "not_found_yet"] == ["queried", "resolved"], steps
 
 
+def test_group_committed_nothing_of_the_group_was_sent(crash: Crash) -> None:
+    """Killed between a group commit and its first released effect: the package's creation and dispatch (one
+    transaction) are journaled, no order reached the venue; recovery settles it flat."""
+    crash.killed(crash.run("group_committed"), "group_committed")
+    assert crash.emu.orders() == []  # committed, never released
+    with Journal.open(crash.db, readonly=True) as journal:
+        kinds = [r.kind for r in journal.timeline("P000001")]
+    assert kinds[:2] == ["package_created", "event"] and "intent" in kinds, kinds
+
+    summary = crash.restart_run()
+
+    assert summary["recovery"]["at_restart"] == {"P000001": "dispatched"}
+    assert crash.assert_safe() == {"P000001": "flat"}
+
+
 def test_after_send_before_the_acknowledgement(crash: Crash) -> None:
     crash.killed(crash.run("after_send"), "after_send")
 

@@ -28,7 +28,7 @@ def test_a_bad_value_is_refused_with_the_variable_named(text: str) -> None:
 
 def test_the_harness_points_all_exist() -> None:
     assert set(POINTS) >= {"after_intent", "after_send", "one_leg_filled", "one_leg_rejected", "mid_unwind",
-                           "hedged", "during_recovery"}  # fmt: skip
+                           "hedged", "during_recovery", "group_committed"}  # fmt: skip
     assert _crashpoints.ARMED is False  # the test run itself never crashes
 
 

@@ -1,10 +1,10 @@
 """Group commit: the journal rows of every actor step taken in one trio scheduler round commit in ONE
 transaction, and no step releases an effect before that transaction has committed (write-ahead, grouped).
 
-How a group forms: the first step to reach `GroupCommit.commit` opens a group and leads it. If other tasks are
-runnable in this round, the leader yields once (`cancel_shielded_checkpoint`: one scheduler hop, never a timer)
-so they can append their prepared writes to the same group; then it commits the group (one `BEGIN IMMEDIATE`
-... `COMMIT`) and wakes them. A step alone in its round (the kill switch's) commits at once, without the hop.
+How a group forms: the first step to reach `GroupCommit.commit` opens a group and leads it. It yields once
+(`cancel_shielded_checkpoint`: one scheduler hop, never a timer) so the other tasks of this round can append
+their prepared writes to the same group; then it commits the group (one `BEGIN IMMEDIATE` ... `COMMIT`) and
+wakes them. A step alone in its round (the kill switch's) pays that one hop and nothing else.
 
 Failure and cancellation: the writes are validated and encoded by each step before it joins (a malformed step
 fails alone); a failed commit rolls the whole group back, and every member raises, so no member swaps in its
@@ -68,13 +68,14 @@ class GroupCommit:
         group = _Group()
         group.writes.extend(writes)
         group.members = 1
-        if trio.lowlevel.current_statistics().tasks_runnable:
-            # Others can still run this round: let them append (shielded, so this hop never raises).
-            self._open = group
-            try:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            finally:
-                self._open = None
+        # Let the rest of this round append (trio cannot say whether any is left: the statistics count only
+        # the next round's tasks). Shielded, so this hop never raises; no timer, so a lone step (the kill
+        # switch's) waits one scheduler pass at most.
+        self._open = group
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._open = None
         try:
             self.journal.commit(group.writes)
         except BaseException as exc:

@@ -1,0 +1,221 @@
+"""Group commit: the steps of one scheduler round share one transaction; nothing of a step leaves before that
+transaction has committed; a failed commit rolls back every member; a member cancelled while the commit is
+pending still releases exactly what it committed; grouped journals replay and verify as before."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+from legguard.engine import Engine, EngineConfig, PackageSpec
+from legguard.engine._group import GroupCommit, GroupCommitFailed
+from legguard.engine.journal._replay import replay_package, verify
+from legguard.engine.journal._store import Journal
+from legguard.fsm import State
+
+ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
+PAYLOAD = {"client_order_id": "lgab12000001-SE0", "status": "open", "filled": "0", "average": None}
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Any:
+    j = Journal.open(tmp_path / "j.db")
+    commits: list[float] = []
+    j.on_commit = commits.append
+    j.commits = commits  # type: ignore[attr-defined]
+    yield j
+    j.close()
+
+
+def committed_rows(db: Path) -> list[tuple[str, str | None]]:
+    """What another connection sees: committed rows only."""
+    with sqlite3.connect(db) as conn:
+        return [(r[0], r[1]) for r in conn.execute("SELECT kind, package_id FROM journal ORDER BY seq")]
+
+
+async def test_the_steps_of_one_round_share_one_transaction(journal: Journal) -> None:
+    group = GroupCommit(journal)
+    done: list[int] = []
+
+    async def step(i: int) -> None:
+        await group.commit([journal.prepare_fact("ack", None, {**PAYLOAD, "n": i}, float(i))])
+        done.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(step, i)
+    assert sorted(done) == list(range(20))
+    assert (group.groups, group.members, group.largest) == (1, 20, 20)
+    assert len(journal.commits) == 1  # type: ignore[attr-defined]
+    assert journal.head[0] == 20
+
+
+async def test_a_lone_step_commits_alone(journal: Journal) -> None:
+    group = GroupCommit(journal)
+    for i in range(3):  # sequential: each step is alone in its round
+        await group.commit([journal.prepare_fact("ack", None, PAYLOAD, float(i))])
+    assert (group.groups, group.largest) == (3, 1)
+
+
+async def test_a_failed_commit_rolls_back_every_member(journal: Journal) -> None:
+    group = GroupCommit(journal)
+    outcomes: dict[int, str] = {}
+    head = journal.head
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def step(i: int) -> None:
+        writes = [journal.prepare_fact("ack", None, PAYLOAD, float(i))]
+        if i == 3:
+            writes.append(broken)
+        try:
+            await group.commit(writes)
+        except (GroupCommitFailed, sqlite3.OperationalError) as exc:
+            outcomes[i] = type(exc).__name__
+        else:
+            outcomes[i] = "committed"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(step, i)
+    assert "committed" not in outcomes.values() and len(outcomes) == 6, outcomes
+    assert list(outcomes.values()).count("OperationalError") == 1  # the leader's own; members get the summary
+    assert journal.head == head and committed_rows(journal.path) == []
+    # The journal is healthy afterwards: the next group commits.
+    await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 9.0)])
+    assert committed_rows(journal.path) == [("ack", None)]
+
+
+async def test_a_step_cancelled_while_its_commit_is_pending_keeps_what_it_committed(journal: Journal) -> None:
+    group = GroupCommit(journal)
+    released: list[int] = []
+    cancelled: list[int] = []
+
+    with trio.CancelScope() as scope:
+
+        def cancel_during_the_commit() -> None:
+            scope.cancel()  # Ctrl-C / shutdown arrives while every member waits for the transaction
+
+        async def step(i: int) -> None:
+            writes = [journal.prepare_fact("ack", None, PAYLOAD, float(i))]
+            if i == 0:
+                writes.append(cancel_during_the_commit)
+            try:
+                await group.commit(writes)
+                released.append(i)  # the effects of a committed step are released...
+                await trio.lowlevel.checkpoint()  # ...and the cancellation lands at the next checkpoint
+            except trio.Cancelled:
+                cancelled.append(i)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(step, i)
+    assert sorted(released) == sorted(cancelled) == list(range(5))
+    assert group.groups == 1 and journal.head[0] == 5
+
+
+async def test_a_member_cancelled_before_the_group_commits_cannot_skip_the_commit(journal: Journal) -> None:
+    """The wait is shielded: a member whose scope is cancelled does not return before its rows commit (nor
+    raise: its effects must leave). Trio runs a round's tasks in either order, so the member joins as a
+    follower in some of the rounds: at least one is required."""
+    group = GroupCommit(journal)
+    roles: list[str] = []
+
+    async def member() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()  # cancelled before it even reaches the group
+            role = "follower" if group._open is not None else "leader"
+            await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 2.0)])
+            # Back from commit(): its rows are committed, and no Cancelled was raised on the way.
+            assert committed_rows(journal.path).count(("ack", None)) == journal.head[0]
+            roles.append(role)
+
+    async def leader() -> None:
+        await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 1.0)])
+
+    for _ in range(16):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leader)
+            nursery.start_soon(member)
+    assert len(roles) == 16 and "follower" in roles, roles
+    assert journal.head[0] == 32 and group.groups == 16
+
+
+# --- the engine: write-ahead holds across the group -----------------------------------------------------
+
+
+class WriteAheadVenue:
+    """The sim venue, with every effect checked against what the journal has COMMITTED (another connection
+    sees nothing else) at the moment it leaves: an order's intent row, a cancel's and a query's rows."""
+
+    def __init__(self, inner: Any, db: Path) -> None:
+        self._inner = inner
+        self._db = db
+        self.checked: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _committed(self, kind: str, cid: str) -> None:
+        with sqlite3.connect(self._db) as conn:
+            rows = conn.execute("SELECT payload FROM journal WHERE kind = ?", (kind,)).fetchall()
+        assert any(json.loads(r[0])["client_order_id"] == cid for r in rows), f"{kind} {cid} left before its commit"
+        self.checked.append(f"{kind} {cid}")
+
+    def arm(self, request: Any) -> Any:
+        self._committed("intent", request.client_order_id)
+        return self._inner.arm(request)
+
+    def release(self, armed: list[Any]) -> None:
+        for a in armed:
+            self._committed("intent", a.request.client_order_id)
+        self._inner.release(armed)
+
+    def release_cancel(self, symbol: str, cid: str) -> None:
+        self._committed("cancel", cid)
+        self._inner.release_cancel(symbol, cid)
+
+    async def cancel_order(self, symbol: str, cid: str) -> Any:
+        self._committed("cancel", cid)
+        return await self._inner.cancel_order(symbol, cid)
+
+
+async def test_no_effect_of_a_group_leaves_before_its_commit(autojump_clock: MockClock, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    journal = Journal.open(db)
+    async with open_sim_venue(SimConfig(seed=5)) as sim:
+        venue = WriteAheadVenue(sim, db)
+        sim.inject("partial_fill", symbol=ETH, fraction=0.5)  # some packages go through the kill switch
+        engine = Engine(venue, journal, EngineConfig())  # type: ignore[arg-type]
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            spec = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=Decimal(-1))
+            pids = [engine.submit(spec) for _ in range(12)]
+            with trio.fail_after(60):
+                for pid in pids:
+                    await engine.handles[pid].wait_until(
+                        lambda c: c.state is State.FLAT or (c.state is State.HEDGED and c.is_quiescent())
+                    )
+            assert engine.group.largest > 1  # several packages' steps shared a transaction
+            assert engine.group.groups < engine.group.members
+            for pid in pids:  # the grouped journal replays to the cores the engine holds
+                assert replay_package(journal, pid).fingerprint() == engine.handles[pid].core.fingerprint()
+    journal.close()
+    assert any(c.startswith("intent") for c in venue.checked)
+    report = verify(db)
+    assert report.ok, report.problems
+    # Each package's creation row committed with its dispatch step: first row of the package, then its event.
+    with sqlite3.connect(db) as conn:
+        for pid in pids:
+            kinds = [r[0] for r in conn.execute("SELECT kind FROM journal WHERE package_id = ? ORDER BY seq", (pid,))]
+            assert kinds[:2] == ["package_created", "event"], (pid, kinds[:4])
