@@ -119,12 +119,14 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     o = result["overhead_us"]
     out.append(("engine overhead: signal → both legs at venue (µs)", _fmt(o["p50"]), _fmt(o["p90"]), _fmt(o["p99"]),
                 "sim venue, zero latency"))  # fmt: skip
-    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "", "virtual time, journal PROCESS"))
+    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "",
+                f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"))  # fmt: skip
     j = result["journal"]
-    out.append(("journal appends/s, process", _fmt(j["process"]["single"]), "", "",
-                f"{_fmt(j['process']['batched_100'])}/s in batches of 100"))  # fmt: skip
-    out.append(("journal appends/s, power", _fmt(j["power"]["single"]), "", "",
-                f"{_fmt(j['power']['batched_100'])}/s in batches of 100"))  # fmt: skip
+    for d in ("process", "power"):
+        jd = j[d]
+        out.append((f"journal appends/s, {d}, group commit", _fmt(jd.get("grouped")), "", "",
+                    f"{_fmt(jd.get('group_size'))} steps per commit; {_fmt(jd['single'])}/s one transaction "
+                    f"each, {_fmt(jd['batched_100'])}/s in batches of 100"))  # fmt: skip
     out.append(("memory (bytes per live package)", _fmt(result["bytes_per_package"]), "", "", "tracemalloc"))
     return out
 

@@ -32,13 +32,20 @@ class GroupCommitFailed(JournalError):
 
 
 class _Group:
-    __slots__ = ("done", "error", "members", "writes")
+    __slots__ = ("error", "members", "waiters", "writes")
 
     def __init__(self) -> None:
         self.writes: list[Write] = []
-        self.members = 0
-        self.done = trio.Event()
+        self.members = 1
+        self.waiters: list[trio.lowlevel.Task] = []
         self.error: BaseException | None = None
+
+
+def _uncancellable(_: object) -> trio.lowlevel.Abort:
+    # A member waiting for its group's commit cannot be cancelled there: the leader commits within this
+    # round and then reschedules it; the cancellation is delivered at its next checkpoint. (The same as a
+    # shielded `Event.wait()`, without a cancel scope per step.)
+    return trio.lowlevel.Abort.FAILED
 
 
 class GroupCommit:
@@ -57,8 +64,8 @@ class GroupCommit:
         if group is not None:  # a leader is yielding: join its transaction and wait for it
             group.writes.extend(writes)
             group.members += 1
-            with trio.CancelScope(shield=True):
-                await group.done.wait()
+            group.waiters.append(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(_uncancellable)
             if group.error is not None:
                 raise GroupCommitFailed(
                     f"journal {self.journal.journal_id}: the group commit of {group.members} steps failed "
@@ -67,7 +74,6 @@ class GroupCommit:
             return
         group = _Group()
         group.writes.extend(writes)
-        group.members = 1
         # Let the rest of this round append (trio cannot say whether any is left: the statistics count only
         # the next round's tasks). Shielded, so this hop never raises; no timer, so a lone step (the kill
         # switch's) waits one scheduler pass at most.
@@ -82,7 +88,8 @@ class GroupCommit:
             group.error = exc
             raise
         finally:
-            group.done.set()  # the members run only after this task's next checkpoint
+            for task in group.waiters:  # they run only after this task's next checkpoint
+                trio.lowlevel.reschedule(task)
         self.groups += 1
         self.members += group.members
         self.largest = max(self.largest, group.members)

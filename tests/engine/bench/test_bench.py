@@ -39,9 +39,9 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "reaction_us": {**pct, "p99": reaction_p99},
         "unwind_us": pct,
         "overhead_us": pct,
-        "throughput": {"packages_per_s": pps},
-        "journal": {"process": {"single": 5000.0, "batched_100": 30000.0},
-                    "power": {"single": 200.0, "batched_100": 9000.0}},
+        "throughput": {"packages_per_s": pps, "steps_per_commit": 3.0},
+        "journal": {"process": {"single": 5000.0, "batched_100": 30000.0, "grouped": 120000.0, "group_size": 150.0},
+                    "power": {"single": 200.0, "batched_100": 9000.0, "grouped": 15000.0, "group_size": 150.0}},
         "memory": {"bytes_per_package": 100.0},
     }  # fmt: skip
 
@@ -52,11 +52,13 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert result["skew_us"]["legguard"]["p50"] == 20.0
     assert result["skew_ratio"] == {"sequential_over_legguard": 15.0, "gather_over_legguard": 6.0}
     assert result["reaction_us"]["p99"] == 900.0 and result["packages_per_s"] == 200.0
-    assert result["journal_events_per_s"] == 5000.0 and result["bytes_per_package"] == 100.0
+    assert result["journal_events_per_s"] == 120000.0 and result["bytes_per_package"] == 100.0
+    assert result["journal_power_events_per_s"] == 15000.0 and result["steps_per_commit"] == 3.0
     checks = b.target_checks(result)
     assert checks["skew_legguard_p50_us"]["met"] and checks["skew_gather_over_legguard"]["met"]
     assert checks["reaction_p99_us"]["met"]
     assert checks["packages_per_s"] == {"value": 200.0, "target": ">= 2000", "met": False, "off_by": "10.0x"}
+    assert checks["journal_events_per_s"]["met"] and not checks["journal_power_events_per_s"]["met"]
 
 
 def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> None:
@@ -78,11 +80,13 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
 
 def test_journal_rates_come_from_rows_really_written(tmp_path: Path) -> None:
     for durability in Durability:
-        rates = b.journal_run(200, tmp_path, durability)
-        assert rates["single"] > 0 and rates["batched_100"] > 0
+        rates = b.journal_run(200, tmp_path, durability, actors=50)
+        assert rates["single"] > 0 and rates["batched_100"] > 0 and rates["grouped"] > 0
+        assert rates["group_size"] > 1  # the actors' steps really shared transactions
         with sqlite3.connect(tmp_path / f"journal-{durability.value}.db") as conn:
             written = conn.execute("SELECT count(*) FROM journal WHERE kind = 'ack'").fetchone()[0]
-        assert written == (400 if durability is Durability.PROCESS else 200)  # POWER runs max(rows // 20, 100)
+        # one each and batched: POWER runs max(rows // 20, 100); grouped: 50 actors x 4 steps in both
+        assert written == (400 if durability is Durability.PROCESS else 200) + 200
 
 
 def test_throughput_counts_packages_through_the_whole_engine(tmp_path: Path) -> None:
