@@ -839,3 +839,69 @@ def test_any_journal_the_engine_writes_verifies_and_any_edit_is_named(
     report = verify(db)
     assert not report.ok
     assert report.problems[0].startswith(f"seq {target}: hash does not match")
+
+
+# --- prepared writes and deferred creation (the engine's group commit) -----------------------------------
+
+
+def _plan(journal: Journal, n: int) -> PackagePlan:
+    return PackagePlan.from_dict(
+        {
+            "package_id": f"pkg{n}",
+            "client_id_prefix": f"lg{journal.journal_id}{n:06d}",
+            "quantity": "0.5",
+            "spot": {"symbol": "ETH/USDT", "side": "buy", "price": "3000", "step": "0.0001", "dust": "0.0001"},
+            "perp": {"symbol": "ETH/USDT:USDT", "side": "sell", "price": "3003", "step": "0.001", "dust": "0.001"},
+            "policy": "flatten",
+        }
+    )
+
+
+def test_a_deferred_creation_commits_with_the_packages_first_step(db: Path) -> None:
+    with Journal.open(db) as journal:
+        commits: list[float] = []
+        journal.on_commit = commits.append
+        plan = _plan(journal, 1)
+        journal.defer_created(plan, {"source": "test"}, 1.0)
+        with pytest.raises(DuplicatePackage, match="pkg1"):
+            journal.defer_created(plan, {"source": "test"}, 1.0)
+        assert journal.package_ids() == []  # nothing written yet
+        core = PackageCore(plan)
+        commands = core.handle(Dispatch())
+        journal.commit([journal.prepare_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 2.0)])
+        assert len(commits) == 1  # creation and dispatch: one transaction
+        kinds = [r.kind for r in journal.timeline("pkg1")]
+        assert kinds[:2] == ["package_created", "event"] and {"intent", "transition"} <= set(kinds)
+        assert journal.package("pkg1").state is State.DISPATCHED
+    assert verify(db).ok
+
+
+def test_a_rolled_back_first_step_puts_the_creation_back_in_waiting(db: Path) -> None:
+    with Journal.open(db) as journal:
+        plan = _plan(journal, 1)
+        journal.defer_created(plan, {"source": "test"}, 1.0)
+        core = PackageCore(plan)
+        commands = core.handle(Dispatch())
+        step = journal.prepare_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 2.0)
+
+        def disk_full() -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with pytest.raises(sqlite3.OperationalError):
+            journal.commit([step, disk_full])
+        assert journal.package_ids() == [] and journal.head[0] == 0
+        journal.commit([step])  # the retry writes the creation again, first
+        assert [r.kind for r in journal.timeline("pkg1")][:2] == ["package_created", "event"]
+        # A package never stepped is never written (nothing of it can have been sent).
+        journal.defer_created(_plan(journal, 2), {"source": "test"}, 3.0)
+    with Journal.open(db, readonly=True) as journal:
+        assert journal.package_ids() == ["pkg1"]
+    assert verify(db).ok
+
+
+def test_a_fact_about_a_deferred_package_writes_its_creation_first(db: Path) -> None:
+    with Journal.open(db) as journal:
+        journal.defer_created(_plan(journal, 1), {"source": "test"}, 1.0)
+        journal.record("control", "pkg1", {"action": "close", "via": "test", "reason": "r", "result": "ok"}, 2.0)
+        assert [r.kind for r in journal.timeline("pkg1")] == ["package_created", "control"]
+    assert verify(db).ok

@@ -956,8 +956,12 @@ class Journal:
         """Run prepared writes (`prepare_step`, `prepare_fact`) as ONE transaction, in order: all commit or
         none does (the engine's group commit: the steps of one scheduler round)."""
         with _Batch(self):
-            for write in writes:
-                self._run_write(write)
+            try:
+                for write in writes:
+                    write()
+            except BaseException:
+                self._poisoned = True  # as `_run_write`: partial rows never commit, even if swallowed
+                raise
 
     def record(self, kind: str, package_id: str | None, payload: Mapping[str, Any], mono: float) -> None:
         """Journal an audited fact that is not replayed (see FACT_KIND_RE): per package (`ack`,
