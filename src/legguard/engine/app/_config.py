@@ -412,8 +412,11 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
 
     strategy = parse_strategy(strategy_t, tuple(pairs), source)
     basis_below = engine.exit.basis_below
-    if strategy.kind == "premium" and engine.exit.enabled and basis_below is not None and (
-        basis_below >= strategy.premium_threshold
+    if (
+        strategy.kind == "premium"
+        and engine.exit.enabled
+        and basis_below is not None
+        and (basis_below >= strategy.premium_threshold)
     ):
         raise ConfigError(
             f"exit.basis_below: {str(basis_below)!r} is invalid; must be below strategy.premium_threshold "
@@ -484,7 +487,7 @@ def parse_strategy(t: Mapping[str, Any], pairs: tuple[Pair, ...], source: Path |
     max_age = _seconds(t, "strategy.max_funding_age", max(d.max_funding_age, 3 * poll))
     if max_age <= poll:
         raise ConfigError(
-            f"strategy.max_funding_age: {max_age!r} is invalid; must be more than strategy.funding_poll ({poll:g}), "
+            f"strategy.max_funding_age: {max_age:g} is invalid; must be more than strategy.funding_poll ({poll:g}), "
             "or every read would be too old before the next one"
         )
     funding = FundingParams(
