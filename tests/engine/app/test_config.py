@@ -335,7 +335,7 @@ def test_the_basis_exit_check_against_the_premium_threshold_applies_to_the_premi
     tmp_path: Path,
 ) -> None:
     exit_table = '[exit]\nbasis_below = "0.003"\n'
-    with pytest.raises(ConfigError, match="exit.basis_below"):
+    with pytest.raises(ConfigError, match=r"exit\.basis_below"):
         load_config(write(tmp_path, GOOD + '[strategy]\npremium_threshold = "0.002"\n' + exit_table))
 
     assert load_config(write(tmp_path, GOOD + '[strategy]\nkind = "funding"\n' + exit_table)).strategy.kind == "funding"
