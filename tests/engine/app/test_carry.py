@@ -123,10 +123,22 @@ def test_closes_the_oldest_package_held_long_enough_once_a_new_one_would_no_long
     assert decisions.entries == []
     [close] = decisions.closes  # P1 is closing already; one close per cooldown per pair
     assert close.package_id == "P2"
-    assert "below" in close.reason and D(close.why["edge"]) < 0 and close.why["carry"] == "-0.2000"
+    # Holding still earns carry -0.2 + basis 0.15 = -0.05: below close_below 0.
+    assert close.reason == "carry + basis -0.0500 below 0.0000" and close.why["hold"] == "-0.0500"
     assert [c.package_id for c in strategy.decide(view("-0.001", packages=packages[2:], now=NOW + 1)).closes] == ["P3"]
     # P4 has not been hedged for min_hold yet.
     assert strategy.decide(view("-0.001", packages=packages[3:], now=NOW + 2)).closes == []
+
+
+def test_costs_keep_a_package_out_but_do_not_close_one_that_still_earns() -> None:
+    # Carry 0.02 + basis 0.15: a new package does not pay the round trip (edge -0.0435), a held one earns 0.17.
+    strategy = FundingStrategy((PAIR,), PARAMS)
+
+    decisions = strategy.decide(view("0.0001", packages=(hedged("P1", NOW - 100),)))
+
+    last = strategy.last[ETH]
+    assert isinstance(last, Edge) and last.edge == D("-0.0435") and last.hold == D("0.17")
+    assert decisions.entries == [] and decisions.closes == []
 
 
 def test_holds_between_the_close_and_the_entry_threshold() -> None:

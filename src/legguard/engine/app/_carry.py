@@ -11,8 +11,12 @@ close when a package opened now would no longer pay.
     orphan    = (orphaned + orphan_prior x orphan_prior_weight) / (dispatched + orphan_prior_weight)
     edge      = carry + basis - fees - 2 x orphan x unwind        (entry and exit each risk one orphan)
 
-Enter when edge >= min_edge x notional (at most once per `cooldown` per pair); close the oldest hedged package
-of a pair (held at least `min_hold`) when edge < close_below x notional. Every decision carries its numbers
+    hold      = carry + basis                                      (what keeping a package still earns)
+
+Enter when edge >= min_edge x notional (at most once per `cooldown` per pair). Close the oldest hedged package
+of a pair (held at least `min_hold`) when hold < close_below x notional: a held package's entry costs are
+paid and its exit costs are due whenever it closes, so only what holding still earns decides (the funding
+turned against the short by more than the basis it would still gain). Every decision carries its numbers
 (`Edge.why`), journaled with the package or on its `exit` row. docs/strategy.md has the reasoning.
 """
 
@@ -39,7 +43,7 @@ DEFAULT_FUNDING_INTERVAL = 8 * 3600.0  # Binance's, when neither the config nor 
 class FundingParams:
     horizon: float = 8 * 3600.0  # seconds of carry counted
     min_edge: Decimal = Decimal("0.0005")  # enter when edge >= this fraction of the notional
-    close_below: Decimal = ZERO  # close when edge < this fraction of the notional (must be < min_edge)
+    close_below: Decimal = ZERO  # close when carry + basis < this fraction of the notional (< min_edge)
     min_hold: float = 60.0  # seconds hedged before the signal may close a package
     cooldown: float = 0.5  # seconds between entries (and between signal closes) on one pair
     funding_interval: float | None = None  # seconds between funding times (None: the venue's, else 8 h)
@@ -73,13 +77,19 @@ class Edge:
         return self.edge >= self.min_edge
 
     @property
+    def hold(self) -> Decimal:
+        """What keeping a package still earns over the horizon (its costs are paid or due either way)."""
+        return self.carry + self.basis
+
+    @property
     def closes(self) -> bool:
-        return self.edge < self.close_below
+        return self.hold < self.close_below
 
     def why(self) -> dict[str, str]:
         q = Decimal("0.0001")
         return {
             "edge": f"{self.edge.quantize(q)}",
+            "hold": f"{self.hold.quantize(q)}",
             "carry": f"{self.carry.quantize(q)}",
             "basis": f"{self.basis.quantize(q)}",
             "fees": f"{self.fees.quantize(q)}",
@@ -95,9 +105,11 @@ class Edge:
         }
 
     def text(self) -> str:
-        return (f"edge {self.edge:.4f} = carry {self.carry:.4f} + basis {self.basis:.4f} - fees {self.fees:.4f} "
-                f"- unwind {self.expected_unwind:.4f} (orphan rate {self.orphan_rate:.4f}); "
-                f"enter at >= {self.min_edge:.4f}, close below {self.close_below:.4f}")  # fmt: skip
+        return (
+            f"edge {self.edge:.4f} = carry {self.carry:.4f} + basis {self.basis:.4f} - fees {self.fees:.4f} - unwind "
+            f"{self.expected_unwind:.4f} (orphan rate {self.orphan_rate:.4f}), enter at >= {self.min_edge:.4f}; "
+            f"hold {self.hold:.4f} = carry + basis, close below {self.close_below:.4f}"
+        )
 
 
 def funding_intervals(next_in: float, horizon: float, interval: float) -> int:
@@ -218,8 +230,8 @@ class FundingStrategy:
                 ]  # fmt: skip
                 if held:
                     self._last_close[key] = view.now
-                    closes.append(Close(held[0].package_id, f"edge {result.edge:.4f} below {result.close_below:.4f}",
-                                        result.why()))  # fmt: skip
+                    reason = f"carry + basis {result.hold:.4f} below {result.close_below:.4f}"
+                    closes.append(Close(held[0].package_id, reason, result.why()))
         return Decisions(entries, closes)
 
     def _log_zone(self, key: str, zone: str, text: str) -> None:

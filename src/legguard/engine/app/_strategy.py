@@ -264,6 +264,9 @@ def build_user_strategy(cls: type[Any], pairs: tuple[Pair, ...], params: Mapping
 # --- the driver ---------------------------------------------------------------------------------------------
 
 
+FUNDING_READ_DEADLINE = 5.0  # seconds a funding-rate read may take
+
+
 class StrategyDriver:
     """Feeds a strategy from a running engine and carries out its close requests; the caller submits entries
     (the runner checks the entry limits first, the demo adds its faults) and reports them with `submitted`.
@@ -291,13 +294,17 @@ class StrategyDriver:
             log.warning("strategy %s needs funding rates, but venue %s cannot read them", self.name,
                         getattr(venue, "name", "?"))  # fmt: skip
             return
+        # Not urgent: a read may take longer than an order's acknowledgement (the first one per symbol also
+        # reads the funding history for the interval); the strategy ignores reads older than it accepts.
+        deadline = max(engine.config.deadlines.ack, FUNDING_READ_DEADLINE)
         while True:
             for symbol in self.perps:
                 try:
-                    with trio.fail_after(engine.config.deadlines.ack):
+                    with trio.fail_after(deadline):
                         rate = await venue.fetch_funding_rate(symbol)
                 except (trio.TooSlowError, VenueError) as exc:
-                    log.warning("funding rate of %s: read failed: %s", symbol, exc or type(exc).__name__)
+                    why = str(exc) or f"no answer within {deadline:g}s"
+                    log.warning("funding rate of %s: read failed: %s", symbol, why)
                     continue
                 self.funding[symbol] = FundingView(rate, trio.current_time())
             await trio.sleep(self.funding_poll)

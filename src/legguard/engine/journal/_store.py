@@ -330,7 +330,8 @@ def _why(spec: Any) -> str:
     why = spec.get("why") if isinstance(spec, dict) else None
     if not isinstance(why, dict) or not why:
         return ""
-    return "; why: " + " ".join(f"{k}={v}" for k, v in why.items())
+    first = [k for k in ("strategy", "edge") if k in why]  # the verdict before the terms
+    return "; why: " + " ".join(f"{k}={why[k]}" for k in [*first, *(k for k in why if k not in first)])
 
 
 def _short(value: Any, limit: int = 80) -> str:
