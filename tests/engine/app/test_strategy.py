@@ -206,3 +206,28 @@ def test_the_premium_trigger_is_a_strategy_and_decides_as_before() -> None:
     assert at(rich, 0.5).entries == []  # cooldown
     assert at(flat, 2.0).entries == [] and not at(flat, 2.0).closes  # it never closes: [exit] does
     assert len(at(rich, 2.0).entries) == 1
+
+
+DOC = Path(__file__).parents[3] / "docs" / "strategy.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    text = DOC.read_text().split("## A strategy of your own", 1)[1]
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language + "\n")]
+
+
+async def test_the_documented_user_strategy_runs_as_documented(autojump_clock: MockClock, tmp_path: Path) -> None:
+    [code] = doc_blocks("python")
+    [table] = doc_blocks("toml")
+    (tmp_path / "my_signal.py").write_text(code)
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[venue]\nkind = "sim"\n[[pairs]]\nspot = "{ETH}"\nperp = "{ETH_PERP}"\nquantity = "0.05"\n'
+        + table.replace("hold = 30", "hold = 3")  # a short holding time for a short run
+    )
+
+    report = await run_engine(load_config(config), tmp_path / "j.db", 20.0, options=RunOptions(control=False))
+
+    assert report["strategy"] == {"name": "rich-perp", "errors": 0}
+    assert report["packages_total"] >= 2 and report["exits_by_policy"].get("signal", 0) >= 1
+    assert report["venue_check"]["ok"] and not report["needs_recovery"]

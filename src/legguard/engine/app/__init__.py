@@ -19,3 +19,15 @@ Map:
 
 Builds on the runtime (`legguard.engine`); the runtime never imports this room.
 """
+
+# What a user-defined strategy imports (docs/strategy.md).
+from ._strategy import Close as Close
+from ._strategy import Decisions as Decisions
+from ._strategy import Entry as Entry
+from ._strategy import FundingView as FundingView
+from ._strategy import MarketView as MarketView
+from ._strategy import PackageView as PackageView
+from ._strategy import Pair as Pair
+from ._strategy import StatsView as StatsView
+from ._strategy import Strategy as Strategy
+from ._strategy import premium as premium

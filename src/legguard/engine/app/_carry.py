@@ -234,6 +234,10 @@ class FundingStrategy:
                     closes.append(Close(held[0].package_id, reason, result.why()))
         return Decisions(entries, closes)
 
+    def report(self) -> dict[str, dict[str, str] | str]:
+        """The latest evaluation of every pair (its numbers, or why it could not be evaluated)."""
+        return {k: v if isinstance(v, str) else v.why() for k, v in self.last.items()}
+
     def _log_zone(self, key: str, zone: str, text: str) -> None:
         if self._zone.get(key) != zone:
             self._zone[key] = zone

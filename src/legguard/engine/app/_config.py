@@ -475,7 +475,7 @@ def parse_strategy(t: Mapping[str, Any], pairs: tuple[Pair, ...], source: Path |
     if close_below >= min_edge:
         raise ConfigError(
             f"strategy.close_below: {str(close_below)!r} is invalid; must be below strategy.min_edge ({min_edge}), "
-            "or a package would be closed as soon as it is opened"
+            "so that a package is not closed on the next wobble of the rate after it opened"
         )
     min_hold = t.get("min_hold", d.min_hold)
     if isinstance(min_hold, bool) or not isinstance(min_hold, int | float) or not 0 <= min_hold < math.inf:

@@ -360,12 +360,15 @@ class StrategyDriver:
         return replace(entry.spec, why={"strategy": self.name, **entry.why})
 
     def report(self) -> dict[str, Any]:
-        """For the run's summary: the strategy, its errors, and its latest evaluation per pair if it keeps one
-        (`last`: pair -> an object with `why()`, or a text saying why it could not evaluate)."""
+        """For the run's summary: the strategy, its errors, and what its own `report()` says, if it has one
+        (optional; the funding signal's is its latest evaluation of every pair)."""
         out: dict[str, Any] = {"name": self.name, "errors": self.errors}
-        last = getattr(self.strategy, "last", None)
-        if isinstance(last, Mapping):
-            out["last"] = {str(k): v.why() if callable(getattr(v, "why", None)) else str(v) for k, v in last.items()}
+        own = getattr(self.strategy, "report", None)
+        if callable(own):
+            try:
+                out["last"] = own()
+            except Exception as exc:  # a report is not worth losing the run's summary over
+                out["last"] = f"report() raised {type(exc).__name__}: {exc}"
         return out
 
     def submitted(self, package_id: str, entry: Entry) -> None:
