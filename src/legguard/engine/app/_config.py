@@ -446,7 +446,7 @@ def parse_strategy(t: Mapping[str, Any], pairs: tuple[Pair, ...], source: Path |
         params = {k: v for k, v in t.items() if k != "kind"}
         poll = _seconds(t, "strategy.funding_poll", 10.0)
         try:
-            cls = load_strategy_class(kind, source.parent if source is not None else None)
+            cls = load_strategy_class(kind, source.resolve().parent if source is not None else None)
             build_user_strategy(cls, pairs, params)
         except StrategyLoadError as exc:
             raise ConfigError(f"strategy.kind: {kind!r}: {exc}") from None
