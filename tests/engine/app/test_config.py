@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["sim.toml", "emulator.toml"])
+@pytest.mark.parametrize("name", ["sim.toml", "emulator.toml", "funding.toml"])
 def test_examples_load(name: str) -> None:
     cfg = load_config(EXAMPLES / name)
     assert cfg.pairs[0].spot_symbol == "ETH/USDT"
@@ -285,6 +285,13 @@ def test_bad_exit_and_risk_keys_name_the_field(tmp_path: Path, section: str, nam
 
 
 # --- [strategy] ---------------------------------------------------------------------------------------
+
+
+def test_the_funding_example_runs_the_funding_signal() -> None:
+    cfg = load_config(EXAMPLES / "funding.toml")
+
+    assert cfg.strategy.kind == "funding" and cfg.strategy.funding.horizon == 60
+    assert cfg.strategy.funding_poll == 5 and cfg.strategy.funding.max_funding_age == 60
 
 
 def test_the_strategy_is_the_premium_trigger_unless_the_config_names_another(tmp_path: Path) -> None:
