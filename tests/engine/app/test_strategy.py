@@ -137,9 +137,12 @@ async def test_a_user_strategy_from_the_config_drives_the_runner(autojump_clock:
     config = load_config(user_config(tmp_path, "Mine", "hold = 2\n"))
     db = tmp_path / "j.db"
 
-    report = await run_engine(config, db, 8.0, RunStatus(), options=RunOptions(control=False))
+    status = RunStatus()
+
+    report = await run_engine(config, db, 8.0, status, options=RunOptions(control=False))
 
     assert report["strategy"] == {"name": "mine", "errors": 0}
+    assert status.rpc is not None and status.rpc.status()["strategy"] == {"name": "mine", "errors": 0}
     assert report["packages_total"] == 1 and report["final_states"] == {"flat": 1}
     assert report["exits_by_policy"] == {"signal": 1} and report["venue_check"]["ok"]
     with Journal.open(db, readonly=True) as journal:

@@ -274,6 +274,7 @@ async def run_engine(
                 driver = StrategyDriver(config.strategy.make(config.pairs), config.pairs,
                                         funding_poll=config.strategy.funding_poll)  # fmt: skip
                 status.strategy = driver
+                status.rpc.extra["strategy"] = driver.report  # `legguard status`: the strategy's latest numbers
                 status.ready.set()
                 async with trio.open_nursery() as nursery:
                     if anchorer is not None:
