@@ -47,7 +47,7 @@ def view(
                       StatsView(dispatched, orphaned, 0, "running"))  # fmt: skip
 
 
-def hedged(package_id: str, hedged_at: float, *, closing: bool = False) -> PackageView:
+def hedged(package_id: str, hedged_at: float | None, *, closing: bool = False) -> PackageView:
     return PackageView(package_id, ETH, ETH_PERP, State.HEDGED, D("0.05"), D("0.05"), D("-0.05"), D(2000),
                        D(2003), hedged_at, closing, D(0))  # fmt: skip
 
@@ -128,6 +128,12 @@ def test_closes_the_oldest_package_held_long_enough_once_a_new_one_would_no_long
     assert [c.package_id for c in strategy.decide(view("-0.001", packages=packages[2:], now=NOW + 1)).closes] == ["P3"]
     # P4 has not been hedged for min_hold yet.
     assert strategy.decide(view("-0.001", packages=packages[3:], now=NOW + 2)).closes == []
+
+
+def test_a_package_recovered_hedged_from_an_earlier_run_counts_as_held_long_enough() -> None:
+    decisions = FundingStrategy((PAIR,), PARAMS).decide(view("-0.001", packages=(hedged("P1", None),)))
+
+    assert [c.package_id for c in decisions.closes] == ["P1"]
 
 
 def test_costs_keep_a_package_out_but_do_not_close_one_that_still_earns() -> None:

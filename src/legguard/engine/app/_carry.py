@@ -222,11 +222,12 @@ class FundingStrategy:
                 self._last_entry[key] = view.now
                 entries.append(Entry(pair.spec(), result.why()))
             elif result.closes and view.now - self._last_close.get(key, -math.inf) >= self.params.cooldown:
+                # hedged_at None: hedged before this run (recovered at start), so held long enough.
                 held = [
                     p for p in view.packages
                     if p.spot_symbol == pair.spot_symbol and p.perp_symbol == pair.perp_symbol
-                    and p.state is State.HEDGED and not p.closing and p.hedged_at is not None
-                    and view.now - p.hedged_at >= self.params.min_hold
+                    and p.state is State.HEDGED and not p.closing
+                    and (p.hedged_at is None or view.now - p.hedged_at >= self.params.min_hold)
                 ]  # fmt: skip
                 if held:
                     self._last_close[key] = view.now
