@@ -234,3 +234,35 @@ async def test_the_documented_user_strategy_runs_as_documented(autojump_clock: M
     assert report["strategy"] == {"name": "rich-perp", "errors": 0}
     assert report["packages_total"] >= 2 and report["exits_by_policy"].get("signal", 0) >= 1
     assert report["venue_check"]["ok"] and not report["needs_recovery"]
+
+
+class EverySecond:
+    """Opens a package on the first pair every second and records what it saw."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.next_at = 0.0
+        self.views: list[MarketView] = []
+
+    def decide(self, view: MarketView) -> Decisions:
+        self.views.append(view)
+        if view.now < self.next_at or self.pair.spot_symbol not in view.books:
+            return Decisions()
+        self.next_at = view.now + 1.0
+        return Decisions(entries=[Entry(self.pair.spec())])
+
+
+async def test_the_view_counts_dispatched_and_orphaned_packages_as_the_engine_does(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    strategy = EverySecond(DemoOptions().pairs[0])
+    options = DemoOptions(seconds=12, faults="reject,partial_fill,ack_timeout", db=tmp_path / "d.db", strategy=strategy)
+
+    report = await run_demo(options)
+
+    stats = strategy.views[-1].stats
+    assert report["orphaned_total"] >= 1 and stats.orphaned == report["orphaned_total"]
+    assert 1 <= stats.dispatched <= report["packages_total"] and stats.orphan_rate is not None
+    # Only packages not flat are in the view; each once.
+    ids = [p.package_id for p in strategy.views[-1].packages]
+    assert len(ids) == len(set(ids)) and all(p.state is not State.FLAT for p in strategy.views[-1].packages)

@@ -26,8 +26,10 @@ from legguard.adapters._venue import FundingRate, FundingRateVenue
 from legguard.domain import BookSnapshot, Market, VenueError
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._exits import premium as premium
+from legguard.engine._handle import PackageHandle
+from legguard.engine._observe import EngineObserver
 from legguard.engine._spec import PackageSpec, SpecError
-from legguard.fsm import ExecutionStyle, LegRole, State
+from legguard.fsm import ExecutionStyle, LegRole, State, Transitioned
 
 log = logging.getLogger("legguard.engine.strategy")
 
@@ -267,12 +269,13 @@ def build_user_strategy(cls: type[Any], pairs: tuple[Pair, ...], params: Mapping
 FUNDING_READ_DEADLINE = 5.0  # seconds a funding-rate read may take
 
 
-class StrategyDriver:
+class StrategyDriver(EngineObserver):
     """Feeds a strategy from a running engine and carries out its close requests; the caller submits entries
     (the runner checks the entry limits first, the demo adds its faults) and reports them with `submitted`.
 
-    A strategy that raises is contained: the step makes no decision, the error is logged (once per distinct
-    message) and noted for `legguard status`; the engine keeps running."""
+    It watches the engine's transitions (`attach`), so that building a view costs the packages not flat, not
+    every package of the run. A strategy that raises is contained: the step makes no decision, the error is
+    logged (once per distinct message) and noted for `legguard status`; the engine keeps running."""
 
     def __init__(self, strategy: Strategy, pairs: Sequence[Pair], *, funding_poll: float = 10.0) -> None:
         self.strategy = strategy
@@ -282,6 +285,34 @@ class StrategyDriver:
         self.funding: dict[str, FundingView] = {}
         self.errors = 0
         self._last_error: str | None = None
+        self._open: dict[str, PackageHandle] = {}  # packages not flat (as far as transitions told)
+        self._dispatched = 0
+        self._orphaned: set[str] = set()
+        self._attached: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Count what the engine already has (recovered packages), then follow its transitions."""
+        if self._attached is engine:
+            return
+        self._attached = engine
+        for h in engine.handles.values():
+            self._dispatched += bool(h.released)
+            if h.ever_orphaned:
+                self._orphaned.add(h.package_id)
+            if h.core.state is not State.FLAT:
+                self._open[h.package_id] = h
+        engine.observers.append(self)
+
+    def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
+        pid = handle.package_id
+        if t.source is State.PENDING and t.dest is not State.FLAT:
+            self._dispatched += 1
+        if t.dest is State.ORPHANED:
+            self._orphaned.add(pid)
+        if t.dest is State.FLAT:
+            self._open.pop(pid, None)
+        else:
+            self._open[pid] = handle
 
     @property
     def needs_funding(self) -> bool:
@@ -310,23 +341,22 @@ class StrategyDriver:
             await trio.sleep(self.funding_poll)
 
     def view(self, engine: Engine, now: float) -> MarketView:
+        self.attach(engine)
         packages = []
-        dispatched = orphaned = 0
-        for h in sorted(engine.handles.values(), key=lambda h: h.created_at):
-            if h.released:
-                dispatched += 1
-                orphaned += h.ever_orphaned
+        for pid, h in list(self._open.items()):
             core = h.core
             if core.state is State.FLAT:
+                del self._open[pid]
                 continue
             exposure = core.exposure()
             plan = core.plan
             packages.append(PackageView(
-                h.package_id, plan.spot.symbol, plan.perp.symbol, core.state, plan.quantity, exposure.spot,
-                exposure.perp, plan.spot.price, plan.perp.price, h.hedged_at, h.exit_policy is not None, h.funding,
+                pid, plan.spot.symbol, plan.perp.symbol, core.state, plan.quantity, exposure.spot, exposure.perp,
+                plan.spot.price, plan.perp.price, h.hedged_at, h.exit_policy is not None, h.funding,
             ))  # fmt: skip
+        packages.sort(key=lambda p: self._open[p.package_id].created_at)  # oldest first
         mode = engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopping"
-        stats = StatsView(dispatched, orphaned, engine.stats.closed, mode)
+        stats = StatsView(self._dispatched, len(self._orphaned), engine.stats.closed, mode)
         return MarketView(now, engine.books, engine.markets, dict(self.funding), tuple(packages), stats)
 
     def decide(self, engine: Engine, now: float) -> Decisions:
