@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import ssl
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -1081,8 +1082,10 @@ class CcxtVenue:
         hours = row.get("fundingIntervalHours")
         interval = float(hours) * 3600 if hours is not None else await self._funding_interval(side, market)
         nxt = row.get("nextFundingTime")
+        # Binance always sends its time; without it, ours (the difference to the next funding time is what counts)
+        now_ms = int(row["time"]) if row.get("time") else int(time.time() * 1000)
         return FundingRate(symbol, dec(row.get("lastFundingRate"), f"{what} lastFundingRate"), predicted,
-                           int(nxt) if nxt else None, int(row.get("time") or 0), interval)  # fmt: skip
+                           int(nxt) if nxt else None, now_ms, interval)  # fmt: skip
 
     async def _funding_interval(self, side: _Side, market: Market) -> float | None:
         """Seconds between the last two settled funding times (cached: a symbol's interval rarely changes)."""
