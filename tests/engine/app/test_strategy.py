@@ -51,7 +51,7 @@ class OpenThenClose:
         self.views.append(view)
         if not self.opened and self.pair.spot_symbol in view.books:
             self.opened = True
-            return Decisions(entries=[Entry(self.pair.spec(), {"note": "first package"})])
+            return Decisions(entries=[Entry(self.pair.spec(), {"note": "first package", "n": 1})])
         closes = [
             Close(p.package_id, "held long enough", {"held_s": f"{view.now - p.hedged_at:.1f}"})
             for p in view.packages
@@ -77,7 +77,7 @@ async def test_a_user_strategy_drives_the_demo(autojump_clock: MockClock, tmp_pa
     with Journal.open(tmp_path / "demo.db", readonly=True) as journal:
         [pid] = journal.package_ids()
         created = journal.timeline(pid)[0].payload
-        assert created["spec"]["why"] == {"strategy": "open-then-close", "note": "first package"}
+        assert created["spec"]["why"] == {"strategy": "open-then-close", "note": "first package", "n": "1"}
         [exit_row] = exit_rows(journal, pid)
         assert exit_row["policy"] == "signal" and exit_row["reason"] == "open-then-close: held long enough"
         assert exit_row["detail"]["strategy"] == "open-then-close" and float(exit_row["detail"]["held_s"]) >= 2
@@ -116,6 +116,14 @@ class Broken:
     def decide(self, view):
         self.calls += 1
         raise RuntimeError("my bug")
+
+
+class Sloppy:
+    def __init__(self, pairs, params):
+        pass
+
+    def decide(self, view):
+        return Decisions(entries=[{"spot": "ETH/USDT"}])
 """
 
 _names = itertools.count()
@@ -162,6 +170,20 @@ async def test_a_strategy_that_raises_is_contained(autojump_clock: MockClock, tm
     assert status.engine is not None
     # Noted once for the operator (legguard status), not once per step.
     assert [e for _, _, e in status.engine.stats.errors] == ["strategy Broken raised RuntimeError: my bug"]
+
+
+async def test_a_malformed_answer_is_contained_and_nothing_of_it_acted_on(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    config = load_config(user_config(tmp_path, "Sloppy"))
+    status = RunStatus()
+
+    report = await run_engine(config, tmp_path / "j.db", 2.0, status, options=RunOptions(control=False))
+
+    assert report["strategy"]["errors"] > 10 and report["packages_total"] == 0
+    assert status.engine is not None
+    [error] = [e for _, _, e in status.engine.stats.errors]
+    assert error.startswith("strategy Sloppy raised TypeError: decide() proposed {'spot': 'ETH/USDT'}")
 
 
 @pytest.mark.parametrize(

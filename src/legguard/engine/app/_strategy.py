@@ -269,6 +269,24 @@ def build_user_strategy(cls: type[Any], pairs: tuple[Pair, ...], params: Mapping
 FUNDING_READ_DEADLINE = 5.0  # seconds a funding-rate read may take
 
 
+def _check(decisions: object) -> None:
+    """A strategy's answer is `Decisions` of `Entry(PackageSpec)` and `Close`, or a TypeError saying what is
+    not (contained like any other strategy error: nothing of a malformed answer is acted on)."""
+    if not isinstance(decisions, Decisions):
+        raise TypeError(f"decide() returned {type(decisions).__name__}, expected Decisions")
+    for entry in decisions.entries:
+        if not isinstance(entry, Entry) or not isinstance(entry.spec, PackageSpec):
+            raise TypeError(f"decide() proposed {entry!r}, expected Entry(PackageSpec, why)")
+    for close in decisions.closes:
+        if not isinstance(close, Close):
+            raise TypeError(f"decide() asked to close with {close!r}, expected Close(package_id, reason, why)")
+
+
+def _text(why: Mapping[Any, Any]) -> dict[str, str]:
+    """A strategy's reasons as text, whatever it put in them (the journal keeps text)."""
+    return {str(k): str(v) for k, v in why.items()}
+
+
 class StrategyDriver(EngineObserver):
     """Feeds a strategy from a running engine and carries out its close requests; the caller submits entries
     (the runner checks the entry limits first, the demo adds its faults) and reports them with `submitted`.
@@ -362,8 +380,7 @@ class StrategyDriver(EngineObserver):
     def decide(self, engine: Engine, now: float) -> Decisions:
         try:
             decisions = self.strategy.decide(self.view(engine, now))
-            if not isinstance(decisions, Decisions):
-                raise TypeError(f"decide() returned {type(decisions).__name__}, expected Decisions")
+            _check(decisions)
         except Exception as exc:
             self.errors += 1
             text = f"strategy {self.name} raised {type(exc).__name__}: {exc}"
@@ -379,7 +396,7 @@ class StrategyDriver(EngineObserver):
         """Ask the engine to close a package (exit policy `signal`, its numbers on the `exit` row)."""
         try:
             done = engine.request_close(close.package_id, f"{self.name}: {close.reason}", policy="signal",
-                                        detail={"strategy": self.name, **close.why})  # fmt: skip
+                                        detail={"strategy": self.name, **_text(close.why)})  # fmt: skip
         except KeyError:
             log.warning("strategy %s asked to close unknown package %r", self.name, close.package_id)
             return False
@@ -387,7 +404,7 @@ class StrategyDriver(EngineObserver):
 
     def with_why(self, entry: Entry) -> PackageSpec:
         """The entry's spec carrying the strategy's name and reasons (journaled with the package)."""
-        return replace(entry.spec, why={"strategy": self.name, **entry.why})
+        return replace(entry.spec, why={"strategy": self.name, **_text(entry.why)})
 
     def report(self) -> dict[str, Any]:
         """For the run's summary: the strategy, its errors, and what its own `report()` says, if it has one
