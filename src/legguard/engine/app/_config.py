@@ -212,7 +212,7 @@ _SCHEMA: dict[str, set[str]] = {
     },
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
     "pairs": {"spot", "perp", "quantity", "execution", "maker_leg", "max_slippage"},
-    "strategy": {"kind", *STRATEGY_KEYS["premium"], *STRATEGY_KEYS["funding"]},
+    # "strategy": its keys depend on its kind (STRATEGY_KEYS, checked by parse_strategy)
     "engine": {
         "min_spread",
         "policy",
@@ -412,12 +412,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
 
     strategy = parse_strategy(strategy_t, tuple(pairs), source)
     basis_below = engine.exit.basis_below
-    if (
-        strategy.kind == "premium"
-        and engine.exit.enabled
-        and basis_below is not None
-        and (basis_below >= strategy.premium_threshold)
-    ):
+    premium_kind = strategy.kind == "premium"
+    if premium_kind and engine.exit.enabled and basis_below is not None and basis_below >= strategy.premium_threshold:
         raise ConfigError(
             f"exit.basis_below: {str(basis_below)!r} is invalid; must be below strategy.premium_threshold "
             f"({strategy.premium_threshold}), or every package would be closed as soon as it is opened"
