@@ -165,8 +165,8 @@ def evaluate(
         next_in, intervals = math.inf, 0
     else:
         next_in = nxt - now
-        while next_in < 0:  # the read predates a funding time that has passed: the one after it is next
-            next_in += interval
+        if next_in < 0:  # the read predates a funding time that has passed: the first one after now is next
+            next_in += interval * math.ceil(-next_in / interval)
         intervals = funding_intervals(next_in, params.horizon, interval)
     carry = notional * (rate.rate * min(intervals, 1) + rate.predicted * max(intervals - 1, 0))
     basis = notional * (perp_mid / spot_mid - 1)
