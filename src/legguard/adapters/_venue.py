@@ -107,3 +107,40 @@ class FundingVenue(Protocol):
     async def fetch_funding(self, since_ms: int | None = None) -> list[FundingPayment]:
         """Funding payments with `time_ms >= since_ms` (all the venue keeps when None), oldest first."""
         ...
+
+
+# --- optional capability: the funding rate ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRate:
+    """What the venue says of a perp's funding now (Binance: `GET /fapi/v1/premiumIndex`). Rates are fractions
+    per funding interval; positive: longs pay shorts (a package's short receives)."""
+
+    symbol: str  # the perp's unified symbol
+    rate: Decimal  # the rate the next funding time settles at, as estimated now (Binance: lastFundingRate)
+    # The rate the premium right now implies for the intervals after the next one: premium + clamp(interest -
+    # premium, +-0.05 %) (Binance's formula on the instantaneous premium, mark over index), capped at +-0.75 %.
+    predicted: Decimal
+    next_funding_ms: int | None  # the venue's next funding time, epoch ms (None: the venue pays no funding)
+    time_ms: int  # the venue's clock when it answered, epoch ms (time to the next funding = the difference)
+    interval: float | None = None  # seconds between funding times, when the venue says (None: unknown)
+
+
+@runtime_checkable
+class FundingRateVenue(Protocol):
+    """A venue that can tell a perp's current and predicted funding rate (optional: strategies that weigh
+    funding need it)."""
+
+    async def fetch_funding_rate(self, symbol: str) -> FundingRate: ...
+
+
+FUNDING_CLAMP = Decimal("0.0005")  # Binance: F = P + clamp(I - P, -0.05 %, +0.05 %)
+FUNDING_CAP = Decimal("0.0075")  # |F| <= 0.75 % (most USDⓈ-M symbols)
+
+
+def implied_funding_rate(premium: Decimal, interest: Decimal) -> Decimal:
+    """The funding rate a premium `premium` (perp over index, fraction) and an interest component `interest`
+    (per interval) imply by Binance's formula, capped; 8 decimals."""
+    rate = premium + max(-FUNDING_CLAMP, min(FUNDING_CLAMP, interest - premium))
+    return max(-FUNDING_CAP, min(FUNDING_CAP, rate)).quantize(Decimal("0.00000001"))

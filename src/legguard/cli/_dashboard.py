@@ -116,6 +116,9 @@ def render(s: dict[str, Any]) -> RenderableType:
         health.add_row("budget", ", ".join(f"{k} {units:.1f}" for k, units in sorted(budget.items())))
     if v.get("paused_s"):
         health.add_row("paused", f"new packages paused {_age(v['paused_s'])} (rate limited)")
+    strategy = s.get("strategy")
+    if isinstance(strategy, dict):
+        health.add_row("strategy", _strategy_line(strategy))
     st = s["stats"]
     health.add_row(
         "so far",
@@ -149,3 +152,18 @@ def status_line(s: dict[str, Any]) -> str:
         "breaker": f"{s['breaker']['orphans_in_window']}/{s['breaker']['max_orphans']}",
     }
     return json.dumps(line, separators=(",", ":"))
+
+
+def _strategy_line(strategy: dict[str, Any]) -> str:
+    """The strategy's name, errors, and per pair its verdict in numbers when it reports them (the funding
+    signal: edge against the entry threshold, carry + basis against the close threshold)."""
+    text = f"{strategy.get('name')}, {strategy.get('errors', 0)} error(s)"
+    last = strategy.get("last")
+    if isinstance(last, dict):
+        for pair, why in sorted(last.items()):
+            if isinstance(why, dict) and {"edge", "min_edge", "hold", "close_below"} <= set(why):
+                text += (f"; {pair} edge {why['edge']} (enter >= {why['min_edge']}), "
+                         f"hold {why['hold']} (close < {why['close_below']})")  # fmt: skip
+            else:
+                text += f"; {pair}: {why}"
+    return text

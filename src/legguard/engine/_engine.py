@@ -385,12 +385,16 @@ class Engine:
             inventory_refusal(self, spec.spot_symbol, spec.quantity, price) if price is not None else None
         )
 
-    def request_close(self, package_id: str, reason: str = "operator", *, policy: str = "operator") -> bool:
+    def request_close(
+        self, package_id: str, reason: str = "operator", *, policy: str = "operator",
+        detail: Mapping[str, str] | None = None,
+    ) -> bool:  # fmt: skip
         """Close a hedged package: both closing legs as post-only limits priced from the books now (spot sell
         at the maker ask, perp buy at the maker bid), escalating into the kill switch on any trouble; without
         fresh books, straight to the kill switch's aggressive orders. `policy` names what asked (journaled as
-        an `exit` row and on the event). Returns False when the package is not hedged, already closing, or
-        the engine is stopping. Raises KeyError for an unknown package id."""
+        an `exit` row and on the event, with `detail`: the asker's numbers, if any). Returns False when the
+        package is not hedged, already closing, or the engine is stopping. Raises KeyError for an unknown
+        package id."""
         handle = self.handles.get(package_id)
         if handle is None:
             raise KeyError(f"no package {package_id!r}")
@@ -406,7 +410,8 @@ class Engine:
             "exit", package_id,
             {"policy": policy, "reason": reason, "passive": prices is not None,
              "spot_price": None if prices is None else str(prices[0]),
-             "perp_price": None if prices is None else str(prices[1])},
+             "perp_price": None if prices is None else str(prices[1]),
+             **({"detail": dict(detail)} if detail else {})},
             now,
         )  # fmt: skip
         log.info("package %s: close requested by %s (%s)", package_id, policy, reason)

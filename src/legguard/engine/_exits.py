@@ -30,7 +30,7 @@ log = logging.getLogger("legguard.engine")
 ZERO = Decimal(0)
 
 # The names a close is journaled under (`exit` rows, `CloseRequested.policy`).
-POLICIES = ("basis", "max_hold", "loss_limit", "margin_guard", "operator")
+POLICIES = ("basis", "max_hold", "loss_limit", "margin_guard", "operator", "signal")  # signal: the strategy
 
 
 class ExitHost(Protocol):

@@ -242,9 +242,11 @@ class PackageSpec:
     execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
     maker_leg: LegRole = LegRole.SPOT  # maker-taker: the leg that rests
     max_slippage: Decimal = Decimal("0.0005")  # taker legs: IOC cap beyond the L2 price covering the quantity
+    # Why the strategy proposed it (its numbers, as text): journaled with the package, shown by `audit show`.
+    why: Mapping[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "spot_symbol": self.spot_symbol,
             "perp_symbol": self.perp_symbol,
             "quantity": str(self.quantity),
@@ -256,6 +258,9 @@ class PackageSpec:
             "maker_leg": self.maker_leg.value,
             "max_slippage": str(self.max_slippage),
         }
+        if self.why is not None:
+            out["why"] = dict(self.why)
+        return out
 
 
 def validate_spec(spec: PackageSpec, markets: Mapping[str, Market]) -> tuple[Market, Market]:

@@ -516,7 +516,12 @@ async def test_balances_positions_and_funding() -> None:
         assert await rig.venue.fetch_positions() == {} or all(
             q == 0 for q in (await rig.venue.fetch_positions()).values()
         )
-        assert await rig.venue.fetch_funding_rate(ETH_PERP) == Decimal("0.0001")
+        funding = await rig.venue.fetch_funding_rate(ETH_PERP)
+        assert funding.rate == Decimal("0.0001") and funding.symbol == ETH_PERP
+        # The emulator's default 8 h interval, from its settled rates; the next funding time is ahead of its clock.
+        assert funding.interval == 8 * 3600
+        assert funding.next_funding_ms is not None and 0 < funding.next_funding_ms - funding.time_ms <= 8 * 3600_000
+        assert -Decimal("0.0075") <= funding.predicted <= Decimal("0.0075")
 
 
 async def test_a_failing_half_of_a_two_market_call_raises_the_venue_error_itself() -> None:

@@ -439,3 +439,22 @@ def test_a_virtual_minute_does_not_wait_for_real_time() -> None:
     elapsed = time.perf_counter() - start
     assert updates
     assert elapsed < 30.0, f"60 virtual seconds took {elapsed:.2f} s of real time: something waits on the wall clock"
+
+
+async def test_funding_rate_read_tells_the_rate_and_the_next_funding_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sim_venue(SimConfig(seed=2, funding_interval=60.0)) as v:
+        await trio.sleep(10)
+
+        funding = await v.fetch_funding_rate(ETH_PERP)
+
+        assert funding.symbol == ETH_PERP and funding.interval == 60.0
+        assert funding.rate == funding.predicted == v.funding_rate(ETH_PERP) != 0
+        assert funding.next_funding_ms is not None
+        assert funding.next_funding_ms - funding.time_ms == pytest.approx(50_000, abs=50)  # the first at t=60 s
+        with pytest.raises(VenueError, match="not a perp"):
+            await v.fetch_funding_rate(ETH)
+
+    async with open_sim_venue(SimConfig(seed=2)) as v:  # funding off: a rate, but no funding time
+        assert (await v.fetch_funding_rate(ETH_PERP)).next_funding_ms is None

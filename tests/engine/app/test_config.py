@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["sim.toml", "emulator.toml"])
+@pytest.mark.parametrize("name", ["sim.toml", "emulator.toml", "funding.toml"])
 def test_examples_load(name: str) -> None:
     cfg = load_config(EXAMPLES / name)
     assert cfg.pairs[0].spot_symbol == "ETH/USDT"
@@ -282,3 +282,67 @@ margin_act = "0.4"
 def test_bad_exit_and_risk_keys_name_the_field(tmp_path: Path, section: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(write(tmp_path, GOOD + section + "\n"))
+
+
+# --- [strategy] ---------------------------------------------------------------------------------------
+
+
+def test_the_funding_example_runs_the_funding_signal() -> None:
+    cfg = load_config(EXAMPLES / "funding.toml")
+
+    assert cfg.strategy.kind == "funding" and cfg.strategy.funding.horizon == 60
+    assert cfg.strategy.funding_poll == 5 and cfg.strategy.funding.max_funding_age == 60
+
+
+def test_the_strategy_is_the_premium_trigger_unless_the_config_names_another(tmp_path: Path) -> None:
+    from legguard.engine.app._carry import FundingStrategy
+    from legguard.engine.app._strategy import PremiumTrigger
+
+    premium = load_config(write(tmp_path, GOOD + '[strategy]\npremium_threshold = "0.002"\n'))
+    funding = load_config(write(tmp_path, GOOD + '[strategy]\nkind = "funding"\nhorizon = 3600\nmin_hold = 0\n'))
+
+    trigger = premium.strategy.make(premium.pairs)
+    assert isinstance(trigger, PremiumTrigger) and trigger.threshold == Decimal("0.002")
+    assert isinstance(load_config(write(tmp_path, GOOD)).strategy.make(premium.pairs), PremiumTrigger)
+    signal = funding.strategy.make(funding.pairs)
+    assert isinstance(signal, FundingStrategy) and signal.params.horizon == 3600 and signal.params.min_hold == 0
+    # Safe defaults: an edge of 5 bp of the notional to enter, a close only once a package would lose.
+    assert signal.params.min_edge == Decimal("0.0005") and signal.params.close_below == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "words"),
+    [
+        (
+            'kind = "fundng"',
+            "strategy.kind: 'fundng' is invalid; allowed: premium, funding, or python:<module>:<Class>",
+        ),
+        ('kind = "funding"\npremium_threshold = "0.001"', "strategy.premium_threshold: only applies to kind 'premium'"),
+        ("horizon = 3600", "strategy.horizon: only applies to kind 'funding' (kind is 'premium')"),
+        ('kind = "funding"\nhorizn = 3600', "strategy.horizn: unknown key; allowed for kind 'funding'"),
+        ('kind = "funding"\nhorizon = 0', "strategy.horizon: 0 is invalid"),
+        ('kind = "funding"\nhorizon = "8h"', "strategy.horizon: '8h' is invalid; expected a number of seconds"),
+        ('kind = "funding"\nmin_edge = "abc"', "strategy.min_edge"),
+        ('kind = "funding"\nclose_below = "0.001"', "strategy.close_below: '0.001' is invalid; must be below"),
+        ('kind = "funding"\nmin_hold = -1', "strategy.min_hold: -1 is invalid"),
+        ('kind = "funding"\norphan_prior = "1.5"', "strategy.orphan_prior: '1.5' is invalid; a fraction in [0, 1]"),
+        ('kind = "funding"\norphan_prior_weight = 0', "strategy.orphan_prior_weight: 0 is invalid; must be >= 1"),
+        ('kind = "funding"\nfunding_poll = 30\nmax_funding_age = 20', "strategy.max_funding_age: 20 is invalid"),
+        ("kind = 3", "strategy.kind: 3 is invalid"),
+    ],
+)
+def test_strategy_errors_name_the_key_and_the_value(tmp_path: Path, strategy: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD + f"[strategy]\n{strategy}\n"))
+
+    assert words in str(info.value)
+
+
+def test_the_basis_exit_check_against_the_premium_threshold_applies_to_the_premium_trigger_only(
+    tmp_path: Path,
+) -> None:
+    exit_table = '[exit]\nbasis_below = "0.003"\n'
+    with pytest.raises(ConfigError, match=r"exit\.basis_below"):
+        load_config(write(tmp_path, GOOD + '[strategy]\npremium_threshold = "0.002"\n' + exit_table))
+
+    assert load_config(write(tmp_path, GOOD + '[strategy]\nkind = "funding"\n' + exit_table)).strategy.kind == "funding"

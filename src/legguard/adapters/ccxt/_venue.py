@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import ssl
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -48,7 +49,7 @@ import trio_asyncio
 from ccxt.base.types import Entry
 
 from legguard.adapters._redact import SECRETS
-from legguard.adapters._venue import ArmedOrder, FundingPayment
+from legguard.adapters._venue import ArmedOrder, FundingPayment, FundingRate, implied_funding_rate
 from legguard.domain import (
     Balance,
     BookSnapshot,
@@ -160,6 +161,7 @@ _ENDPOINTS: Mapping[MarketKind, Mapping[str, str]] = {
         "balance": "fapiPrivateV3GetAccount",
         "positions": "fapiPrivateV3GetPositionRisk",
         "funding": "fapiPublicGetPremiumIndex",
+        "funding_history": "fapiPublicGetFundingRate",
         "income": "fapiPrivateGetIncome",
         "markets": "fapiPublicGetExchangeInfo",
         "countdown": "fapiPrivatePostCountdownCancelAll",
@@ -371,6 +373,7 @@ class CcxtVenue:
         self._spot = self._side(MarketKind.SPOT, SPOT_ID, _SpotExchange, ["spot"])
         self._perp = self._side(MarketKind.LINEAR, PERP_ID, _PerpExchange, ["linear"])
         self._markets: dict[str, Market] = {}
+        self._funding_intervals: dict[str, float | None] = {}  # perp symbol -> seconds between funding times
         self._by_symbol: dict[str, _Side] = {}
         self.fees = FeeLedger()
         self._updates_send, self._updates_recv = trio.open_memory_channel[list[OrderUpdate] | _Dropped](math.inf)
@@ -1058,14 +1061,43 @@ class CcxtVenue:
         out.sort(key=lambda p: (p.time_ms, p.tran_id))
         return out
 
-    async def fetch_funding_rate(self, symbol: str) -> Decimal:
-        """The perp's current funding rate per interval (fraction; positive: longs pay shorts)."""
+    async def fetch_funding_rate(self, symbol: str) -> FundingRate:
+        """The perp's funding now (`GET /fapi/v1/premiumIndex`): `lastFundingRate` is the rate the next funding
+        time settles at as estimated now; the predicted rate for later intervals is Binance's formula on the
+        instantaneous premium (markPrice over indexPrice) and `interestRate`. The interval between funding
+        times comes from `fundingIntervalHours` when the answer has it, else from the last two settled rates
+        (`GET /fapi/v1/fundingRate`, read once per symbol)."""
         side = self._side_for(symbol)
-        if side.kind is not MarketKind.LINEAR:
+        market = self._markets.get(symbol)
+        if side.kind is not MarketKind.LINEAR or market is None:
             raise VenueError(f"funding rate: {symbol} is not a perp market")
-        rate = await self._call(side, f"funding {symbol}", side.ex.fetch_funding_rate, symbol,
-                                cost=side.cost("funding"))  # fmt: skip
-        return dec(rate.get("fundingRate"), f"funding rate {symbol}")
+        what = f"funding {symbol}"
+        row = await self._call(side, what, side.ex.fapiPublicGetPremiumIndex, {"symbol": market.venue_symbol},
+                               cost=side.cost("funding"), reducing=False)  # fmt: skip
+        if not isinstance(row, dict):
+            raise MalformedResponse(f"{what}: expected an object, got {type(row).__name__}")
+        mark, index = dec(row.get("markPrice"), f"{what} markPrice"), dec(row.get("indexPrice"), f"{what} indexPrice")
+        interest = dec(row.get("interestRate", "0"), f"{what} interestRate")
+        predicted = implied_funding_rate(mark / index - 1, interest) if index > 0 else interest
+        hours = row.get("fundingIntervalHours")
+        interval = float(hours) * 3600 if hours is not None else await self._funding_interval(side, market)
+        nxt = row.get("nextFundingTime")
+        # Binance always sends its time; without it, ours (the difference to the next funding time is what counts)
+        now_ms = int(row["time"]) if row.get("time") else int(time.time() * 1000)
+        return FundingRate(symbol, dec(row.get("lastFundingRate"), f"{what} lastFundingRate"), predicted,
+                           int(nxt) if nxt else None, now_ms, interval)  # fmt: skip
+
+    async def _funding_interval(self, side: _Side, market: Market) -> float | None:
+        """Seconds between the last two settled funding times (cached: a symbol's interval rarely changes)."""
+        if market.symbol in self._funding_intervals:
+            return self._funding_intervals[market.symbol]
+        rows = await self._call(side, f"funding history {market.symbol}", side.ex.fapiPublicGetFundingRate,
+                                {"symbol": market.venue_symbol, "limit": 2}, cost=side.cost("funding_history"),
+                                reducing=False)  # fmt: skip
+        times = sorted(int(r.get("fundingTime", 0)) for r in rows or [] if isinstance(r, dict))
+        interval = (times[-1] - times[-2]) / 1000 if len(times) == 2 and times[-1] > times[-2] else None
+        self._funding_intervals[market.symbol] = interval
+        return interval
 
     # --- preflight reads (`legguard.engine.app._preflight.AccountProbe`); nothing here can place an order -------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from legguard.adapters._venue import ArmedOrder, FundingPayment
+from legguard.adapters._venue import ArmedOrder, FundingPayment, FundingRate
 from legguard.adapters.market._generator import (
     RECORDED_DEPTH_DIR,
     DepthReplay,
@@ -231,6 +231,20 @@ class SimVenue:
                 paid.append(FundingPayment(symbol, amount, time_ms, f"sim-funding-{len(self.funding_paid) + 1}"))
                 self.funding_paid.append(paid[-1])
         return paid
+
+    async def fetch_funding_rate(self, symbol: str) -> FundingRate:
+        """The perp's rate now (`funding_rate`), which is also what the sim predicts for later intervals (its
+        rate has no averaging), and the next funding time in trio milliseconds (None: funding is off)."""
+        await self._reach("funding")
+        market = self.engine.markets.get(symbol)
+        if market is None or market.kind is not MarketKind.LINEAR:
+            raise VenueError(f"funding rate: {symbol} is not a perp market")
+        rate = self.funding_rate(symbol)
+        interval = self.config.funding_interval
+        nxt = None if not interval or math.isinf(self._next_funding) else round(self._next_funding * 1000)
+        out = FundingRate(symbol, rate, rate, nxt, round(trio.current_time() * 1000), interval or None)
+        await self._one_way()
+        return out
 
     async def fetch_funding(self, since_ms: int | None = None) -> list[FundingPayment]:
         await self._reach("funding")

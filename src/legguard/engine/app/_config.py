@@ -27,7 +27,16 @@ from legguard.engine._spec import (
 )
 from legguard.fsm import ExecutionStyle, LegRole, OrphanPolicy
 
-from ._strategy import Pair
+from ._carry import FundingParams, FundingStrategy
+from ._strategy import (
+    PYTHON_PREFIX,
+    Pair,
+    PremiumTrigger,
+    Strategy,
+    StrategyLoadError,
+    build_user_strategy,
+    load_strategy_class,
+)
 
 ZERO = Decimal(0)
 VENUE_KINDS = ("sim", "emulator", "binance")
@@ -127,13 +136,55 @@ class AlertsConfig:
         return f"AlertsConfig(webhook_url={'***' if self.webhook_url else None}, format={self.format!r})"
 
 
+STRATEGY_KINDS = ("premium", "funding")
+# [strategy] keys by kind ("kind" itself is allowed for all; a python: strategy gets every other key as params).
+STRATEGY_KEYS: dict[str, set[str]] = {
+    "premium": {"premium_threshold", "cooldown"},
+    "funding": {
+        "cooldown",
+        "horizon",
+        "min_edge",
+        "close_below",
+        "min_hold",
+        "funding_interval",
+        "funding_poll",
+        "max_funding_age",
+        "orphan_prior",
+        "orphan_prior_weight",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyConfig:
+    """`[strategy]`: which signal opens (and may close) packages, and its parameters."""
+
+    kind: str = "premium"  # premium | funding | python:<module>:<Class>
+    premium_threshold: Decimal = Decimal("0.0005")  # premium
+    cooldown: float = 0.5  # premium
+    funding: FundingParams = field(default_factory=FundingParams)  # funding
+    user_class: type[Any] | None = field(default=None, compare=False)  # python:
+    params: Mapping[str, Any] = field(default_factory=dict)  # python: the other keys, as written
+    funding_poll: float = 10.0  # seconds between funding-rate reads (strategies that need funding)
+
+    def make(self, pairs: tuple[Pair, ...]) -> Strategy:
+        """A fresh strategy for a run (strategies keep state: cooldowns, the last evaluation)."""
+        if self.kind == "funding":
+            return FundingStrategy(pairs, self.funding)
+        if self.user_class is not None:
+            try:
+                return build_user_strategy(self.user_class, pairs, self.params)
+            except StrategyLoadError as exc:
+                raise ConfigError(f"strategy.kind: {self.kind!r}: {exc}") from None
+        return PremiumTrigger(pairs, threshold=self.premium_threshold, cooldown=self.cooldown)
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     venue: VenueConfig
     pairs: tuple[Pair, ...]
     engine: EngineConfig
-    premium_threshold: Decimal = Decimal("0.0005")
-    cooldown: float = 0.5
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     durability: str = "process"
     # Signed anchors of the journal's head (engine/journal/_anchors.py): off unless a key file is configured.
     anchor_key: Path | None = None  # Ed25519 private key, outside the journal; created 0600 if absent
@@ -161,7 +212,7 @@ _SCHEMA: dict[str, set[str]] = {
     },
     "venue": {"kind", "url", "seed", "api_key_env", "api_secret_env", "testnet", "leverage", "margin_type"},
     "pairs": {"spot", "perp", "quantity", "execution", "maker_leg", "max_slippage"},
-    "strategy": {"premium_threshold", "cooldown"},
+    # "strategy": its keys depend on its kind (STRATEGY_KEYS, checked by parse_strategy)
     "engine": {
         "min_spread",
         "policy",
@@ -299,7 +350,6 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         )
 
     strategy_t = _table(data, "strategy")
-    _check_keys("strategy", strategy_t)
     engine_t = _table(data, "engine")
     _check_keys("engine", engine_t)
     deadlines_t = _table(data, "deadlines")
@@ -360,19 +410,19 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         # Relative to the config file, so the config means the same wherever `legguard` is started from.
         return value if value.is_absolute() or source is None else source.parent / value
 
-    premium_threshold = _decimal(strategy_t, "strategy.premium_threshold", Decimal("0.0005"))
+    strategy = parse_strategy(strategy_t, tuple(pairs), source)
     basis_below = engine.exit.basis_below
-    if engine.exit.enabled and basis_below is not None and basis_below >= premium_threshold:
+    premium_kind = strategy.kind == "premium"
+    if premium_kind and engine.exit.enabled and basis_below is not None and basis_below >= strategy.premium_threshold:
         raise ConfigError(
             f"exit.basis_below: {str(basis_below)!r} is invalid; must be below strategy.premium_threshold "
-            f"({premium_threshold}), or every package would be closed as soon as it is opened"
+            f"({strategy.premium_threshold}), or every package would be closed as soon as it is opened"
         )
     return RunConfig(
         venue=venue,
         pairs=tuple(pairs),
         engine=engine,
-        premium_threshold=premium_threshold,
-        cooldown=_seconds(strategy_t, "strategy.cooldown", 0.5),
+        strategy=strategy,
         durability=durability,
         anchor_key=path("journal.anchor_key"),
         anchors=path("journal.anchors"),
@@ -381,6 +431,74 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         metrics=_metrics(_table(data, "metrics")),
         alerts=_alerts(_table(data, "alerts")),
     )
+
+
+def parse_strategy(t: Mapping[str, Any], pairs: tuple[Pair, ...], source: Path | None = None) -> StrategyConfig:
+    """`[strategy]`: `kind` premium (the default), funding, or python:<module>:<Class> (a user-defined strategy,
+    imported from the config file's directory or sys.path and built once here, so that a bad path or a refused
+    parameter is a config error before anything connects)."""
+    kind = _str(t, "strategy.kind") or "premium"
+    if kind.startswith(PYTHON_PREFIX):
+        params = {k: v for k, v in t.items() if k != "kind"}
+        poll = _seconds(t, "strategy.funding_poll", 10.0)
+        try:
+            cls = load_strategy_class(kind, source.resolve().parent if source is not None else None)
+            build_user_strategy(cls, pairs, params)
+        except StrategyLoadError as exc:
+            raise ConfigError(f"strategy.kind: {kind!r}: {exc}") from None
+        return StrategyConfig(kind=kind, user_class=cls, params=params, funding_poll=poll)
+    if kind not in STRATEGY_KINDS:
+        raise ConfigError(
+            f"strategy.kind: {kind!r} is invalid; allowed: {', '.join(STRATEGY_KINDS)}, or python:<module>:<Class> "
+            "for a strategy of your own (docs/strategy.md)"
+        )
+    allowed = STRATEGY_KEYS[kind] | {"kind"}
+    for key in t:
+        if key not in allowed:
+            other = next((k for k, keys in STRATEGY_KEYS.items() if key in keys), None)
+            if other is not None:
+                raise ConfigError(f"strategy.{key}: only applies to kind {other!r} (kind is {kind!r}); remove it")
+            raise ConfigError(f"strategy.{key}: unknown key; allowed for kind {kind!r}: {', '.join(sorted(allowed))}")
+    if kind == "premium":
+        return StrategyConfig(
+            kind=kind,
+            premium_threshold=_decimal(t, "strategy.premium_threshold", Decimal("0.0005")),
+            cooldown=_seconds(t, "strategy.cooldown", 0.5),
+        )
+    d = FundingParams()
+    min_edge = _decimal(t, "strategy.min_edge", d.min_edge)
+    close_below = _decimal(t, "strategy.close_below", d.close_below)
+    if close_below >= min_edge:
+        raise ConfigError(
+            f"strategy.close_below: {str(close_below)!r} is invalid; must be below strategy.min_edge ({min_edge}), "
+            "so that a package is not closed on the next wobble of the rate after it opened"
+        )
+    min_hold = t.get("min_hold", d.min_hold)
+    if isinstance(min_hold, bool) or not isinstance(min_hold, int | float) or not 0 <= min_hold < math.inf:
+        raise ConfigError(f"strategy.min_hold: {min_hold!r} is invalid; a number of seconds >= 0")
+    prior = _decimal(t, "strategy.orphan_prior", d.orphan_prior)
+    if not 0 <= prior <= 1:
+        raise ConfigError(f"strategy.orphan_prior: {t['orphan_prior']!r} is invalid; a fraction in [0, 1]")
+    poll = _seconds(t, "strategy.funding_poll", d.funding_poll)
+    max_age = _seconds(t, "strategy.max_funding_age", max(d.max_funding_age, 3 * poll))
+    if max_age <= poll:
+        raise ConfigError(
+            f"strategy.max_funding_age: {max_age:g} is invalid; must be more than strategy.funding_poll ({poll:g}), "
+            "or every read would be too old before the next one"
+        )
+    funding = FundingParams(
+        horizon=_seconds(t, "strategy.horizon", d.horizon),
+        min_edge=min_edge,
+        close_below=close_below,
+        min_hold=float(min_hold),
+        cooldown=_seconds(t, "strategy.cooldown", d.cooldown),
+        funding_interval=_seconds(t, "strategy.funding_interval", 1.0) if "funding_interval" in t else None,
+        funding_poll=poll,
+        max_funding_age=max_age,
+        orphan_prior=prior,
+        orphan_prior_weight=_int(t, "strategy.orphan_prior_weight", default=d.orphan_prior_weight, minimum=1),
+    )
+    return StrategyConfig(kind=kind, funding=funding, funding_poll=poll)
 
 
 def _metrics(table: Mapping[str, Any]) -> MetricsConfig:

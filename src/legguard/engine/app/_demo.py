@@ -29,7 +29,7 @@ from legguard.engine.journal import Journal, package_pnl
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
 from legguard.fsm import ExecutionStyle, LegRole, State
 
-from ._strategy import FaultPlan, Pair, PremiumTrigger
+from ._strategy import FaultPlan, Pair, PremiumTrigger, Strategy, StrategyDriver
 
 DEMO_PAIRS = (
     Pair("ETH/USDT", "ETH/USDT:USDT", Decimal("0.05")),
@@ -51,6 +51,7 @@ class DemoOptions:
     resume_after: float = 3.0  # the demo plays the operator: resume a halted engine after this cool-off
     execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
     maker_leg: LegRole = LegRole.SPOT
+    strategy: Strategy | None = None  # None: the premium trigger at `threshold` on the demo pairs
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
@@ -125,14 +126,21 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
 async def _trade(run: DemoRun, plan: FaultPlan) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
-    trigger = PremiumTrigger(run.options.pairs, threshold=run.options.threshold)
+    strategy = run.options.strategy or PremiumTrigger(run.options.pairs, threshold=run.options.threshold)
+    driver = StrategyDriver(strategy, run.options.pairs)
     rng = random.Random(run.options.seed + 1)
     async with trio.open_nursery() as nursery:
+        if driver.needs_funding:
+            nursery.start_soon(driver.poll_funding, engine)
         while True:
             await trio.sleep(0.05)
             if engine.mode is not EngineMode.RUNNING:
                 continue
-            for spec in trigger.propose(engine.books, trio.current_time()):
+            decisions = driver.decide(engine, trio.current_time())
+            for close in decisions.closes:
+                driver.close(engine, close)
+            for entry in decisions.entries:
+                spec = driver.with_why(entry)
                 fault = plan.pick()
                 crash_at = None
                 if fault is not None:
@@ -151,6 +159,7 @@ async def _trade(run: DemoRun, plan: FaultPlan) -> None:
                     else:
                         venue.inject(fault, symbol=leg)
                 package_id = engine.submit(spec, crash_on_event=crash_at)
+                driver.submitted(package_id, entry)
                 if fault == "liquidation":
                     nursery.start_soon(_liquidate_when_hedged, run, package_id)
 

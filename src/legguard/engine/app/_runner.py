@@ -1,5 +1,5 @@
-"""`legguard run`: open the configured venue and journal, run the engine with the premium trigger until told
-to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful path."""
+"""`legguard run`: open the configured venue and journal, run the engine with the configured strategy until
+told to stop (--seconds, SIGINT, SIGTERM), and shut down through the one graceful path."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ._instrument import metered
 from ._metrics import EngineMetrics, open_metrics_listeners, serve_metrics
 from ._preflight import BudgetedVenue, PreflightFailed, PreflightReport, preflight, unreachable
 from ._rpc import Rpc
-from ._strategy import PremiumTrigger
+from ._strategy import StrategyDriver
 
 log = logging.getLogger("legguard.engine.runner")
 
@@ -193,6 +193,7 @@ class RunStatus:
     ready: trio.Event = field(default_factory=trio.Event)  # set once trading starts (control, metrics up)
     recovery: RecoveryReport | None = None  # what the start-up recovery found and did, if it ran
     anchorer: Anchorer | None = None  # signs the journal's head, if a key is configured
+    strategy: StrategyDriver | None = None  # what proposes packages (set once trading starts)
 
 
 async def run_engine(
@@ -270,19 +271,25 @@ async def run_engine(
                         running.halt(f"recovery left package(s) unsafe: {status.recovery.unsafe}")
                 for symbol in symbols:
                     await running.watch_book(symbol)
-                trigger = PremiumTrigger(config.pairs, threshold=config.premium_threshold, cooldown=config.cooldown)
+                driver = StrategyDriver(config.strategy.make(config.pairs), config.pairs,
+                                        funding_poll=config.strategy.funding_poll)  # fmt: skip
+                status.strategy = driver
+                status.rpc.extra["strategy"] = driver.report  # `legguard status`: the strategy's latest numbers
                 status.ready.set()
                 async with trio.open_nursery() as nursery:
                     if anchorer is not None:
                         anchorer.anchor("start")
                         nursery.start_soon(_anchor_loop, anchorer, config.anchor_interval)
-                    nursery.start_soon(_trade, running, trigger, status)
+                    nursery.start_soon(_trade, running, driver, status)
+                    if driver.needs_funding:
+                        nursery.start_soon(driver.poll_funding, running)
                     if on_tick is not None:
                         nursery.start_soon(_ticker, status, on_tick, options.tick_interval)
                     with trio.move_on_after(seconds if seconds is not None else float("inf")):
                         await status.stop.wait()
                     nursery.cancel_scope.cancel()
             report = summary(engine, db)
+            report["strategy"] = driver.report()
             # The venue's word, not the engine's beliefs, decides whether the run ended safe.
             problems = await engine.venue_check()
             report["venue_check"] = {"ok": not problems, "problems": problems}
@@ -320,13 +327,17 @@ async def _anchor_loop(anchorer: Anchorer, interval: float) -> None:
             log.error("journal anchor failed: %s", exc)
 
 
-async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> None:
+async def _trade(engine: Engine, driver: StrategyDriver, status: RunStatus) -> None:
     held: dict[str, str] = {}  # pair -> the limit it is held back by (logged once per change)
     while True:
         await trio.sleep(0.05)
         if engine.mode is not EngineMode.RUNNING or engine.outage.down:
             continue
-        for spec in trigger.propose(engine.books, trio.current_time()):
+        decisions = driver.decide(engine, trio.current_time())
+        for close in decisions.closes:
+            driver.close(engine, close)
+        for entry in decisions.entries:
+            spec = driver.with_why(entry)
             limit = engine.entry_limit(spec)
             if limit is not None:
                 if held.get(spec.spot_symbol) != limit.split(":")[0]:
@@ -334,7 +345,16 @@ async def _trade(engine: Engine, trigger: PremiumTrigger, status: RunStatus) -> 
                     log.info("%s: not proposing while %s", spec.spot_symbol, limit)
                 continue
             held.pop(spec.spot_symbol, None)
-            engine.submit(spec)
+            try:
+                package_id = engine.submit(spec)
+            except SpecError as exc:  # a strategy's malformed proposal: refused before anything is journaled
+                text = f"{driver.name}: {exc}"
+                if text not in status.refused_specs[-10:]:
+                    log.warning("strategy proposal refused: %s", text)
+                status.refused_specs.append(text)
+                del status.refused_specs[:-100]
+                continue
+            driver.submitted(package_id, entry)
             status.submitted += 1
 
 

@@ -285,6 +285,7 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                     f"{perp['symbol']} {perp['side']} @ {perp['price']}, policy {plan['policy']}"
                     + (f", {plan['style']} ({plan['maker']} rests)" if plan.get("style") == "maker-taker" else "")
                     + (f", {plan['style']}" if plan.get("style") == "taker-taker" else "")
+                    + _why(p.get("spec"))
                 )
             case "event" if p.get("kind") == "order":
                 text = f"order {p['client_order_id']} {p['status']} filled {p['filled']}"
@@ -322,6 +323,15 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
     except (KeyError, TypeError):
         pass  # a malformed payload still gets the generic spelling below
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
+
+
+def _why(spec: Any) -> str:
+    """The strategy's reasons journaled with a package (`PackageSpec.why`), as `; why: k=v ...`."""
+    why = spec.get("why") if isinstance(spec, dict) else None
+    if not isinstance(why, dict) or not why:
+        return ""
+    first = [k for k in ("strategy", "edge") if k in why]  # the verdict before the terms
+    return "; why: " + " ".join(f"{k}={why[k]}" for k in [*first, *(k for k in why if k not in first)])
 
 
 def _short(value: Any, limit: int = 80) -> str:
