@@ -26,6 +26,7 @@ from ._ledger import journal_marks as journal_marks
 from ._ledger import ledger as ledger
 from ._ledger import unattributed_funding as unattributed_funding
 from ._pnl import FUNDING as FUNDING
+from ._pnl import LATE_FEE as LATE_FEE
 from ._pnl import PNL as PNL
 from ._pnl import PackagePnl as PackagePnl
 from ._pnl import funding_amount as funding_amount

@@ -22,6 +22,10 @@ from legguard.fsm import LegRole, OrderFacts, PackageCore, PackagePlan, Purpose,
 
 PNL: Final = "pnl"  # the journal fact written when a package goes flat
 FUNDING: Final = "funding"  # a funding payment attributed to a package: {"amount": quote, signed; ...}
+# Fees the venue reported for an order after its package finished ({client_order_id, fee_base, fee_quote},
+# cumulative): Binance's USD-M order answer carries no commission, so a market unwind can end a package before
+# the user stream's trade report with the fee arrives.
+LATE_FEE: Final = "late_fee"
 
 
 def assets_of(symbol: str) -> tuple[str, str]:
@@ -194,6 +198,13 @@ def pnl_of(
     last = {s: p for s, p in ((plan.spot.symbol, spot_last), (plan.perp.symbol, perp_last)) if p is not None}
     return PackagePnl(plan.package_id, plan.spot.symbol, state, spot, perp, funding, spot_held,
                       residual_value, realized, venue_reduced, residual_perp=perp_held, last_prices=last)  # fmt: skip
+
+
+def apply_late_fee(core: PackageCore, payload: Mapping[str, Any]) -> None:
+    """Raise one order's known fees to a journaled `late_fee` row's (cumulative per order: never lowered)."""
+    facts = core.orders[str(payload["client_order_id"])]
+    facts.fee_base = max(facts.fee_base, Decimal(str(payload["fee_base"])))
+    facts.fee_quote = max(facts.fee_quote, Decimal(str(payload["fee_quote"])))
 
 
 def funding_amount(payload: Mapping[str, Any]) -> Decimal:
