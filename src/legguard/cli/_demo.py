@@ -182,11 +182,12 @@ def render_pnl(pnl: dict[str, Any]) -> Table:
          f"the short; unattributed {_q(pnl['funding_unattributed'])}"),
         ("slippage", _q(pnl["slippage"]), "against the planned entry prices (+ adverse)"),
         ("dust", _q(pnl["dust_value"]), f"held by flat packages: {dust}"),
-        ("total", _q(pnl["total"]), "realized + unrealized, what is held at the marks"),
+        ("total", _q(pnl["total"]), "every package's cash, fees and funding, what is held at the marks"),
     ]  # fmt: skip
     if "venue_change" in pnl:
-        verdict = {True: "adds up", False: "DOES NOT ADD UP", None: "not comparable"}[pnl["reconciled"]]
-        why = f" ({pnl['unpriced']} package(s) the venue liquidated: price unknown)" if pnl["unpriced"] else ""
+        verdict = "adds up" if pnl["reconciled"] else "DOES NOT ADD UP"
+        why = (f"; {pnl['unpriced']} package(s) the venue liquidated: their buy-backs priced from the venue's fills "
+               f"({_q(pnl['liquidation_cash'])})" if pnl["unpriced"] else "")  # fmt: skip
         rows.append(("venue account change", _q(pnl["venue_change"]),
                      f"{verdict}: difference {pnl['difference']} (tolerance {pnl['tolerance']}){why}"))  # fmt: skip
     for item, value, note in rows:
