@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -116,6 +117,14 @@ def render(s: dict[str, Any]) -> RenderableType:
         health.add_row("budget", ", ".join(f"{k} {units:.1f}" for k, units in sorted(budget.items())))
     if v.get("paused_s"):
         health.add_row("paused", f"new packages paused {_age(v['paused_s'])} (rate limited)")
+    pnl = s.get("pnl")
+    if pnl:
+        unpriced = f", {pnl['unpriced']} unpriced (liquidated)" if pnl["unpriced"] else ""
+        health.add_row(
+            "open P&L",
+            f"{_quote(pnl['unrealized'])} mark-to-market at {pnl['marks']} (funding {_quote(pnl['funding'])} "
+            f"included){unpriced}; realized: `legguard audit pnl`",
+        )
     st = s["stats"]
     health.add_row(
         "so far",
@@ -132,6 +141,10 @@ def render(s: dict[str, Any]) -> RenderableType:
             errors.add_row(when, escape(e["text"]))
         parts.append(errors)
     return Group(*parts)
+
+
+def _quote(value: str) -> str:
+    return f"{Decimal(value).quantize(Decimal('0.0001')):f}"
 
 
 def status_line(s: dict[str, Any]) -> str:
