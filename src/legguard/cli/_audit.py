@@ -369,8 +369,8 @@ def pnl(
         cells = [str(v) if k in counts else _money(Decimal(v)) for k, v in row.items()]
         table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
     held = ", ".join(f"{s} {m.price} ({m.source})" for s, m in sorted(marks.items())) or "none journaled"
-    table.caption = (f"unrealized / value: what is still held (hedges, dust) at {held}; "
-                     f"funding while no package held the short: {_money(nobodys)}")  # fmt: skip
+    table.caption = (f"unrealized / value: what is still held (hedges, dust) at {held}; unpriced packages "
+                     f"are in neither; funding while no package held the short: {_money(nobodys)}")  # fmt: skip
     _out().print(table)
 
 
