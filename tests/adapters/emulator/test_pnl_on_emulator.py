@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from legguard.cli import app
 from legguard.domain import OrderStatus
-from legguard.engine import Engine, PackageHandle, PackageSpec
+from legguard.engine import Engine, ExitConfig, PackageHandle, PackageSpec
 from legguard.engine.journal import FUNDING, LATE_FEE, Journal, package_pnl
 from legguard.fsm import PackageCore, Purpose, State
 
@@ -123,7 +123,9 @@ async def test_audit_pnl_adds_up_to_the_emulator_accounts_change(
     deadlines = replace(ENGINE_DEADLINES, leg=3.0)
     async with emulated(emulator={"funding_interval": FUNDING_INTERVAL}) as rig:
         start = account(rig)
-        async with engine_on(rig, db, deadlines) as engine:
+        # No exit policy closes a package by itself, and a passive close rests until the test fills it (on a
+        # loaded machine the default 3 s could pass first).
+        async with engine_on(rig, db, deadlines, ExitConfig(enabled=False, deadline=60.0)) as engine:
             # Two packages hedged; a funding time passes while they hold the short; the engine books it.
             first, second = await hedge(rig, engine), await hedge(rig, engine)
             await rig.on_emulator(rig.emu.advance, FUNDING_INTERVAL)
