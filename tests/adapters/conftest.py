@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from legguard.adapters.ccxt._venue import EXCHANGE_IDS, CcxtVenue, CcxtVenueConf
 from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, Emulator
 from legguard.adapters.emulator._server import serve_emulator
 from legguard.domain import MarketKind, OrderRequest, OrderType, OrderUpdate, Side, VenueError
-from legguard.engine import Deadlines, Engine, EngineConfig, Journal
+from legguard.engine import Deadlines, Engine, EngineConfig, ExitConfig, Journal
 from legguard.engine._venue_truth import compare_venue
 from legguard.fsm import State
 
@@ -148,10 +148,14 @@ ENGINE_DEADLINES = Deadlines(ack=5.0, fill=30.0, unwind=30.0, leg=30.0)
 
 
 @asynccontextmanager
-async def engine_on(rig: Rig, db: Path, deadlines: Deadlines = ENGINE_DEADLINES) -> AsyncIterator[Engine]:
+async def engine_on(
+    rig: Rig, db: Path, deadlines: Deadlines = ENGINE_DEADLINES, exit: ExitConfig | None = None
+) -> AsyncIterator[Engine]:
     journal = Journal.open(db)
     try:
         config = EngineConfig(deadlines=deadlines, max_book_age=600.0)
+        if exit is not None:
+            config = replace(config, exit=exit)
         engine = Engine(rig.venue, journal, config)
         async with engine.running([ETH, ETH_PERP]):
             yield engine

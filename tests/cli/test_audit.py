@@ -134,6 +134,28 @@ def test_show_prints_markup_like_text_literally(db: Path) -> None:
     assert "risk [bold]limit[/bold] hit" in out
 
 
+def test_show_marks_an_open_package_to_market_at_the_journals_last_fill_prices(db: Path) -> None:
+    code, out, _ = audit("show", "pkg1", "--db", str(db))
+    assert code == 0
+    # Spot 0.5 bought at 3000, perp 0.5 sold at 3003; the last fills on each symbol (pkg2's spot at 3000).
+    assert "mark-to-market (open): 0.0000" in out
+    assert "at the journal's last known prices, not live marks: ETH/USDT 3000 (last fill" in out
+    code, out, _ = audit("show", "pkg1", "--db", str(db), "--json")
+    pnl = json.loads(out)["pnl"]
+    assert D(pnl["unrealized"]) == 0 and pnl["marks"]["ETH/USDT:USDT"]["price"] == "3003"
+
+
+def test_pnl_refuses_a_bad_mark_naming_the_option(db: Path) -> None:
+    code, _, err = audit("pnl", "--db", str(db), "--mark", "ETH/USDT")
+    assert code == 2 and "--mark" in err and "SYMBOL=PRICE" in err
+    code, out, _ = audit("pnl", "--db", str(db), "--json", "--mark", "ETH/USDT=3010", "--mark", "ETH/USDT:USDT=3013")
+    assert code == 0
+    data = json.loads(out)
+    assert data["marks"]["ETH/USDT"] == {"price": "3010", "source": "given", "wall_time": None}
+    # pkg1 hedged: +10 on 0.5 spot, -10 on the 0.5 short; pkg2 unwinding, still long 0.5 spot bought at 3000.
+    assert D(data["groups"][-1]["unrealized"]) == (D("0.5") * 10 - D("0.5") * 10) + D("0.5") * 10
+
+
 def test_show_json_shape(db: Path) -> None:
     code, out, _ = audit("show", "pkg1", "--db", str(db), "--json")
 

@@ -34,3 +34,20 @@ def test_demo_exits_one_when_the_venue_disagrees_with_the_journal(
     assert result.exit_code == 1
     assert "VENUE DISAGREES WITH THE JOURNAL" in result.output
     assert "venue -0.02, journal accounts for 0" in result.output
+
+
+def test_demo_refuses_a_negative_funding_interval_before_anything_starts(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    result = CliRunner().invoke(app, ["demo", "--funding-interval", "-1", "--db", str(db)])
+    assert result.exit_code == 2
+    assert "--funding-interval" in result.output and "-1" in result.output
+    assert not db.exists()
+
+
+def test_demo_without_funding_books_none_and_still_adds_up(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--seconds", "2", "--faults", "none", "--funding-interval", "0",
+                                      "--db", str(tmp_path / "d.db"), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pnl = json.loads(result.stdout)["pnl"]
+    assert pnl["funding_payments"] == 0 and pnl["funding"] == "0"
+    assert pnl["reconciled"] is True

@@ -22,12 +22,15 @@ from legguard.engine.app._config import ConfigError, load_config
 from legguard.engine.journal import (
     FUNDING,
     GROUPINGS,
+    Mark,
     PackagePnl,
     ReplayMismatch,
     aggregate,
+    journal_marks,
     ledger,
     package_pnl,
     replay_package,
+    unattributed_funding,
 )
 from legguard.engine.journal._anchors import (
     AnchorCheck,
@@ -176,9 +179,12 @@ def show(
             accounting_problem = ""
         except (ReplayMismatch, KeyError, ValueError, ArithmeticError) as exc:
             accounting, accounting_problem = None, str(exc)
+        # Mark-to-market of what the package holds, at the journal's last known prices (no live marks here).
+        marks = journal_marks(journal) if accounting is not None and accounting.state is not State.FLAT else {}
+    mtm = _mark_to_market(accounting, marks)
     if as_json:
         _emit_json({"package": package.to_dict(), "timeline": [r.to_dict() for r in rows],
-                    "pnl": None if accounting is None else accounting.to_dict()})  # fmt: skip
+                    "pnl": None if accounting is None else accounting.to_dict() | mtm})  # fmt: skip
         return
     out = _out()
     e = package.exposure
@@ -213,6 +219,42 @@ def show(
         out.print(f"[yellow]no accounting: the journal does not replay ({escape(accounting_problem)})[/yellow]")
     else:
         out.print(_accounting_table(accounting))
+        if mtm:
+            used = ", ".join(f"{escape(sym)} {m['price']} ({m['source']}{_seen(m)})" for sym, m in mtm["marks"].items())
+            value = mtm["unrealized"]
+            shown = _money(Decimal(value)) if value is not None else "unknown (the venue bought back part of the short)"
+            out.print(f"mark-to-market (open): {shown}")
+            out.print(f"  at the journal's last known prices, not live marks: {used or 'none journaled'}")
+
+
+def _seen(mark: dict[str, Any]) -> str:
+    return f", {_when(mark['wall_time'])} UTC" if mark.get("wall_time") is not None else ""
+
+
+def _mark_to_market(p: PackagePnl | None, marks: dict[str, Mark]) -> dict[str, Any]:
+    """For an open package: its value at the given marks (`PackagePnl.value_at`) and the marks used."""
+    if p is None or p.state is State.FLAT:
+        return {}
+    used = {s: marks[s] for s in (p.spot.symbol, p.perp.symbol) if s in marks}
+    value = p.value_at({s: m.price for s, m in used.items()})
+    return {"unrealized": None if value is None else str(value),
+            "marks": {s: {"price": str(m.price), "source": m.source, "wall_time": m.wall_time}
+                      for s, m in used.items()}}  # fmt: skip
+
+
+def _parse_marks(values: list[str] | None) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for text in values or []:
+        symbol, sep, price = text.partition("=")
+        try:
+            value = Decimal(price.strip())
+        except ArithmeticError:
+            value = Decimal("NaN")
+        if not sep or not symbol.strip() or not value.is_finite() or value <= 0:
+            raise typer.BadParameter(f"{text!r} is not SYMBOL=PRICE with a price > 0 (e.g. ETH/USDT=3000)",
+                                     param_hint="--mark")  # fmt: skip
+        out[symbol.strip()] = value
+    return out
 
 
 def _money(value: Decimal | None) -> str:
@@ -284,18 +326,33 @@ def pnl(
     ] = None,
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout (one row per group, then the total).")] = False,
+    mark: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mark",
+            help="SYMBOL=PRICE to value what is still held (hedges, dust) at; repeatable. "
+            "Default: the journal's last fill price on each symbol.",
+        ),
+    ] = None,
 ) -> None:
-    """Realized P&L, fees, funding and slippage per pair, day or exit reason, from the journal's facts."""
+    """Realized P&L, fees, funding and slippage per pair, day or exit reason, from the journal's facts; open
+    packages marked to market (at --mark prices or the journal's last fill prices)."""
     since_wall = _parse_since(since)
+    given = _parse_marks(mark)
     with _reader(db) as journal:
         try:
             entries = ledger(journal, since_wall)
         except ReplayMismatch as exc:
             raise _fail(f"{exc} (run `legguard audit verify`)", EXIT_PROBLEMS) from None
         journal_id = journal.journal_id
-    rows = aggregate(entries, by.value)
+        marks = journal_marks(journal) | {s: Mark(p, "given") for s, p in given.items()}
+        nobodys = unattributed_funding(journal, since_wall)
+    rows = aggregate(entries, by.value, {s: m.price for s, m in marks.items()})
     if as_json:
         _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows,
+                    "marks": {s: {"price": str(m.price), "source": m.source, "wall_time": m.wall_time}
+                              for s, m in sorted(marks.items())},
+                    "funding_unattributed": str(nobodys),
                     "packages": [e.pnl.to_dict() | {"exit_reason": e.exit_reason} for e in entries]})  # fmt: skip
         return
     if as_csv:
@@ -311,6 +368,9 @@ def pnl(
         counts = ("key", "packages", "flat", "open", "unpriced")
         cells = [str(v) if k in counts else _money(Decimal(v)) for k, v in row.items()]
         table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
+    held = ", ".join(f"{s} {m.price} ({m.source})" for s, m in sorted(marks.items())) or "none journaled"
+    table.caption = (f"unrealized / value: what is still held (hedges, dust) at {held}; unpriced packages "
+                     f"are in neither; funding while no package held the short: {_money(nobodys)}")  # fmt: skip
     _out().print(table)
 
 

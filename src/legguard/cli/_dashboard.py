@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -119,6 +120,14 @@ def render(s: dict[str, Any]) -> RenderableType:
     strategy = s.get("strategy")
     if isinstance(strategy, dict):
         health.add_row("strategy", _strategy_line(strategy))
+    pnl = s.get("pnl")
+    if pnl:
+        unpriced = f", {pnl['unpriced']} unpriced (liquidated)" if pnl["unpriced"] else ""
+        health.add_row(
+            "open P&L",
+            f"{_quote(pnl['unrealized'])} mark-to-market at {pnl['marks']} (funding {_quote(pnl['funding'])} "
+            f"included){unpriced}; realized: `legguard audit pnl`",
+        )
     st = s["stats"]
     health.add_row(
         "so far",
@@ -135,6 +144,10 @@ def render(s: dict[str, Any]) -> RenderableType:
             errors.add_row(when, escape(e["text"]))
         parts.append(errors)
     return Group(*parts)
+
+
+def _quote(value: str) -> str:
+    return f"{Decimal(value).quantize(Decimal('0.0001')):f}"
 
 
 def status_line(s: dict[str, Any]) -> str:

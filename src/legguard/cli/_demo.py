@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from legguard.engine.app._demo import DemoOptions, DemoRun, run_demo, validate_options
+from legguard.engine.app._demo import DEMO_FUNDING_INTERVAL, DemoOptions, DemoRun, run_demo, validate_options
 from legguard.fsm import ExecutionStyle, LegRole, State
 
 
@@ -30,6 +30,9 @@ def demo(
         str, typer.Option(help="Execution style of every pair: maker-maker | maker-taker | taker-taker.")
     ] = "maker-maker",
     maker_leg: Annotated[str, typer.Option(help="maker-taker: the leg that rests (spot | perp).")] = "spot",
+    funding_interval: Annotated[
+        float, typer.Option(help="Seconds between the simulated venue's funding payments (0: no funding).")
+    ] = DEMO_FUNDING_INTERVAL,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report at the end, no live table.")] = False,
 ) -> None:
     """Trade packages against the simulated market with faults injected; every package ends hedged or flat."""
@@ -40,7 +43,8 @@ def demo(
             console.print(f"[red]error:[/red] {flag}: {value!r} is invalid; allowed: {', '.join(allowed)}")
             raise typer.Exit(2)
     options = DemoOptions(seconds=seconds, seed=seed, faults=faults, db=db, execution=ExecutionStyle(execution),
-                          maker_leg=LegRole(maker_leg))  # fmt: skip
+                          maker_leg=LegRole(maker_leg),
+                          funding_interval=None if funding_interval == 0 else funding_interval)  # fmt: skip
     validate_options(options)  # bad options are refused before anything starts (exit 2)
     if as_json:
         report = trio.run(_run_with_signals, options, None)
@@ -50,6 +54,7 @@ def demo(
             report = trio.run(_run_with_signals, options, lambda run: live.update(render(run)))
         console.print()
         console.print(render_summary(report))
+        console.print(render_pnl(report["pnl"]))
     bad = {s: n for s, n in report["final_states"].items() if s not in (State.HEDGED, State.FLAT)}
     if bad or report["open_exposure"]:
         console.print(f"[red]UNSAFE END: states {bad}, open exposure {report['open_exposure']}[/red]")
@@ -149,5 +154,42 @@ def render_summary(report: dict[str, Any]) -> Table:
             verdict = "agrees" if value["ok"] else f"DISAGREES ({len(value['problems'])} problems)"
             value = (f"{verdict}: {value['orders_checked']} orders, {len(value['positions'])} positions, "
                      f"{len(value['balances'])} balances checked against the journal")  # fmt: skip
+        if key == "pnl":
+            value = f"see the P&L summary below (`legguard audit pnl --db {report['db']}` from the journal)"
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    return table
+
+
+def _q(value: str) -> str:
+    """Quote money for reading: 4 decimals (the --json report carries the exact figures)."""
+    return f"{Decimal(value).quantize(Decimal('0.0001')):f}"
+
+
+def render_pnl(pnl: dict[str, Any]) -> Table:
+    """The run's P&L in quote: what the packages made, and whether it adds up to the venue account's change."""
+    table = Table(title="P&L summary (USDT)")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    fees = ", ".join(f"{amount} {currency}" for currency, amount in pnl["fees_by_currency"].items()) or "-"
+    dust = ", ".join(f"{amount} {asset}" for asset, amount in pnl["dust"].items()) or "-"
+    rows = [
+        ("packages", str(pnl["packages"]), f"{pnl['hedged']} still hedged"),
+        ("realized", _q(pnl["realized"]), "flat packages (fees and funding included)"),
+        ("unrealized", _q(pnl["unrealized"]), "packages still hedged, at the venue's live marks"),
+        ("fees", _q(pnl["fees"]), f"charged: {fees}"),
+        ("funding", _q(pnl["funding"]), f"{pnl['funding_payments']} payment(s) booked to the packages holding "
+         f"the short; unattributed {_q(pnl['funding_unattributed'])}"),
+        ("slippage", _q(pnl["slippage"]), "against the planned entry prices (+ adverse)"),
+        ("dust", _q(pnl["dust_value"]), f"held by flat packages: {dust}"),
+        ("total", _q(pnl["total"]), "every package's cash, fees and funding, what is held at the marks"),
+    ]  # fmt: skip
+    if "venue_change" in pnl:
+        verdict = "adds up" if pnl["reconciled"] else "DOES NOT ADD UP"
+        why = (f"; {pnl['unpriced']} package(s) the venue liquidated: their buy-backs priced from the venue's fills "
+               f"({_q(pnl['liquidation_cash'])})" if pnl["unpriced"] else "")  # fmt: skip
+        rows.append(("venue account change", _q(pnl["venue_change"]),
+                     f"{verdict}: difference {pnl['difference']} (tolerance {pnl['tolerance']}){why}"))  # fmt: skip
+    for item, value, note in rows:
+        table.add_row(item, value, note)
     return table

@@ -66,7 +66,8 @@ from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sel
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import PNL, Journal, package_pnl
+from .journal import LATE_FEE, PNL, Journal, package_pnl
+from .journal._pnl import apply_late_fee
 
 log = logging.getLogger("legguard.engine")
 
@@ -615,7 +616,10 @@ class Engine:
 
     def route(self, update: OrderUpdate) -> None:
         handle = self._orders.get(update.client_order_id)
-        if handle is not None and handle.done.is_set():
+        # A flat core's actor reads its mailbox no more (`_finished`), though `done` is set only once it has
+        # wound down: an update in between (the trade report with the fee of a market unwind the order answer
+        # already told filled) would be lost there.
+        if handle is not None and (handle.done.is_set() or handle.core.state is State.FLAT):
             self._late_update(handle, update)
         elif handle is not None:
             handle.post(to_order_event(update))
@@ -634,6 +638,12 @@ class Engine:
             # concluded rejected (never found) can never be open: that one landed late.
             facts is not None and facts.status is OrderStatus.REJECTED and not update.status.is_terminal
         ):
+            if (
+                facts is not None
+                and update.filled == known
+                and (update.fee_base > facts.fee_base or update.fee_quote > facts.fee_quote)
+            ):
+                self._late_fee(handle, update)
             return
         key = (update.symbol, update.client_order_id)
         if key in self._late_seen:
@@ -651,6 +661,18 @@ class Engine:
         self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
         assert self._service is not None
         self._service.start_soon(self._settle_late, handle, update, known)
+
+    def _late_fee(self, handle: PackageHandle, update: OrderUpdate) -> None:
+        """The fees of a finished package's order, reported after it finished (the trade report of a market
+        unwind that the order answer had already told filled): journaled, applied, and the package's
+        accounting journaled again (`audit verify` replays both)."""
+        payload = {"client_order_id": update.client_order_id, "fee_base": str(update.fee_base),
+                   "fee_quote": str(update.fee_quote)}  # fmt: skip
+        now = trio.current_time()
+        with self.journal.batch():
+            self.journal.record(LATE_FEE, handle.package_id, payload, now)
+            apply_late_fee(handle.core, payload)
+            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
     async def _settle_late(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
         self._settling += 1

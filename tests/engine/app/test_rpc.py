@@ -15,6 +15,7 @@ from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
 from legguard.engine._spec import BreakerConfig
 from legguard.engine.app._rpc import CONTROL, Rpc, RpcError
+from legguard.engine.journal import package_pnl
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
 from legguard.fsm import ExecutionStyle, State
@@ -67,6 +68,29 @@ async def test_status_reports_mode_packages_exposure_and_health(autojump_clock: 
     assert s["journal"]["journal_id"] == rpc.engine.journal.journal_id
     assert s["live"] == []  # hedged is not in flight
     assert pid in rpc.engine.handles
+
+
+async def test_status_marks_open_packages_to_market_at_the_book_mids(autojump_clock: MockClock, rpc: Rpc) -> None:
+    [pid] = await hedged(rpc)
+    rpc.engine.handles[pid].funding = Decimal("1.5")  # as if a funding payment had been booked to it
+
+    s = rpc.handle("status", {}, via="test")
+
+    handle = rpc.engine.handles[pid]
+    mids = {sym: (b.best_bid + b.best_ask) / 2 for sym, b in rpc.engine.books.items() if b.best_bid and b.best_ask}
+    expected = package_pnl(handle.core, handle.funding).value_at(mids)
+    assert expected is not None
+    assert Decimal(s["pnl"]["unrealized"]) == expected
+    assert Decimal(s["pnl"]["funding"]) == Decimal("1.5") and s["pnl"]["unpriced"] == 0
+    # By hand: what was paid and received, funding, and what is held valued at the mids.
+    core = handle.core
+    cash = Decimal(0)
+    for o in core.orders.values():
+        if o.filled and o.average is not None:
+            cash += o.filled * o.average * (-1 if o.intent.side.value == "buy" else 1) - o.fee_quote
+    exposure = core.exposure()
+    by_hand = cash + Decimal("1.5") + exposure.spot * mids[ETH] + exposure.perp * mids[ETH_PERP]
+    assert by_hand == expected
 
 
 async def test_halt_refuses_new_packages_and_resume_takes_them_again(autojump_clock: MockClock, rpc: Rpc) -> None:

@@ -17,7 +17,7 @@ from legguard.cli import app
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.engine import verify
 from legguard.engine.journal import PNL, Journal, LedgerEntry, aggregate, ledger, package_pnl
-from legguard.engine.journal._pnl import pnl_of
+from legguard.engine.journal._pnl import LATE_FEE, apply_late_fee, pnl_of
 from legguard.fsm import (
     Dispatch,
     Event,
@@ -95,6 +95,36 @@ def test_realized_pnl_equals_the_wallets_change(
     assert pnl.realized == quote
     assert pnl.spot.fees.get("ETH", D(0)) == fee_base
     assert pnl.spot.entry_vwap == p_in and pnl.perp.exit_vwap == f_out
+
+
+@settings(max_examples=200, deadline=None)
+@given(q=qtys, p_in=prices, f_in=prices, spot_mark=prices, perp_mark=prices, spot_fee=fee_rates, perp_fee=fee_rates,
+       funding=st.decimals(min_value=D("-50"), max_value=D("50"), places=4))  # fmt: skip
+def test_mark_to_market_while_hedged_equals_the_wallet_valued_at_the_marks(
+    q: D, p_in: D, f_in: D, spot_mark: D, perp_mark: D, spot_fee: D, perp_fee: D, funding: D
+) -> None:
+    # Arrange: hedged (spot bought q, fee in base; perp sold q), funding received; marks anywhere.
+    orders = [
+        _facts("buy", LegRole.SPOT, Purpose.ENTRY, 1, q, p_in, q * spot_fee, D(0)),
+        _facts("sell", LegRole.PERP, Purpose.ENTRY, 2, q, f_in, D(0), q * f_in * perp_fee),
+    ]
+    # The wallet: quote paid and received, base held at the spot mark, the short's unrealized P&L at the perp's.
+    wallet = -q * p_in - q * f_in * perp_fee + funding + (q - q * spot_fee) * spot_mark + q * (f_in - perp_mark)
+
+    # Act
+    pnl = pnl_of(_plan(), orders, State.HEDGED, funding)
+
+    # Assert
+    assert pnl.realized is None and pnl.residual_perp == -q
+    assert pnl.value_at({"ETH/USDT": spot_mark, "ETH/USDT:USDT": perp_mark}) == wallet
+    # Without marks: each leg at its own last fill price.
+    assert pnl.value_at({}) == -q * f_in * perp_fee + funding - q * spot_fee * p_in
+
+
+def test_a_package_the_venue_reduced_has_no_value_at_marks() -> None:
+    sold = _facts("sell", LegRole.PERP, Purpose.ENTRY, 1, D("0.5"), D("3003"), D(0), D(0))
+    pnl = pnl_of(_plan(), [sold], State.FLAT, venue_reduced=D("0.5"))
+    assert pnl.realized is None and pnl.value_at({"ETH/USDT:USDT": D(3000)}) is None
 
 
 def test_open_package_has_no_realized_pnl_and_residual_is_the_hedge() -> None:
@@ -204,3 +234,25 @@ def test_a_short_the_venue_bought_back_itself_leaves_the_pnl_unpriced_not_guesse
     assert pnl.realized is None and pnl.venue_reduced == D("0.2")
     row = aggregate([LedgerEntry(pnl, 0.0, 1.0, "kill_switch")], "pair")[-1]
     assert (row["flat"], row["unpriced"], D(row["realized"])) == (1, 1, D(0))
+
+
+def test_a_late_fee_is_replayed_into_the_accounting_and_verified(tmp_path: Path) -> None:
+    # Arrange: the unwind's fee came after the package went flat (an order answer without commission).
+    path = tmp_path / "j.db"
+    with Journal.open(path) as journal:
+        core = _orphaned_then_flat(journal, 1)
+        unwind = next(cid for cid, o in core.orders.items() if o.intent.purpose is Purpose.UNWIND)
+        before = package_pnl(core)
+        journal.record(PNL, "P1", before.to_dict(), 9.0)
+        late = {"client_order_id": unwind, "fee_base": "0", "fee_quote": "2.0"}
+        journal.record(LATE_FEE, "P1", late, 9.5)
+        apply_late_fee(core, late)
+        journal.record(PNL, "P1", package_pnl(core).to_dict(), 9.5)
+        [entry] = ledger(journal)
+
+    # Assert: cumulative (2.0 replaces 1.4985), in the ledger, and both pnl rows verify at their place.
+    assert before.realized is not None and entry.pnl.realized == before.realized - (D("2.0") - D("1.4985"))
+    assert verify(path).ok
+    with Journal.open(path) as journal:
+        journal.record(PNL, "P1", before.to_dict(), 10.0)  # the old figure after the fee: wrong now
+    assert not verify(path).ok

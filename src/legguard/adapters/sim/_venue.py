@@ -160,6 +160,10 @@ class SimVenue:
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
+            if self.config.funding_interval:
+                # The first funding time is one interval after the venue opens, on whatever clock runs it (a
+                # real trio clock does not start at 0: counted from 0, every tick was a funding time).
+                self._next_funding = trio.current_time() + self.config.funding_interval
             self._step(0.0)  # books exist before the first caller looks
             if self._replay is not None:
                 bids, asks = self._replay.levels()

@@ -1,9 +1,11 @@
 """`legguard demo`: the whole engine against the embedded simulated market, with faults injected.
 
 The premium trigger proposes packages; the fault plan gives some of them a fault (venue-side via
-`SimVenue.inject`, or an actor crash); at the end the report checks, from the venue's own books, that every
-package is hedged or flat, that nothing is left exposed, and (the venue-truth oracle) that every order,
-balance and position at the venue is what the journal says.
+`SimVenue.inject`, or an actor crash); the simulated venue pays funding every `funding_interval` seconds and
+the engine books it to the packages holding the short. At the end the report checks, from the venue's own
+books, that every package is hedged or flat, that nothing is left exposed, and (the venue-truth oracle) that
+every order, balance and position at the venue is what the journal says; its P&L summary adds the packages'
+accounting up and sets it against the change of the venue account's value (docs/accounting.md).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import trio
 import trio.lowlevel
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import MarketKind
+from legguard.domain import MarketKind, Side
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._pricing import dust_threshold, round_down
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, ExitConfig, RiskConfig, SpecError
 from legguard.engine._venue_truth import compare_venue
-from legguard.engine.journal import Journal, package_pnl
+from legguard.engine.journal import Journal, PackagePnl, package_pnl, unattributed_funding
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
+from legguard.engine.journal._pnl import assets_of
 from legguard.fsm import ExecutionStyle, LegRole, State
 
 from ._strategy import FaultPlan, Pair, PremiumTrigger, Strategy, StrategyDriver
@@ -39,6 +42,9 @@ DEMO_PAIRS = (
 
 DEMO_PERP_WALLET = Decimal(2000)  # USDT in the simulated USDⓈ-M wallet
 OPERATOR_CLOSE_EVERY = 8.0  # the demo's operator closes the oldest hedged package this often (seconds)
+DEMO_FUNDING_INTERVAL = 5.0  # the simulated venue pays funding this often (Binance: every 8 hours)
+QUOTE = "USDT"
+ROUNDING_PER_ORDER = Decimal("0.00000001")  # the venue books each perp fill's realized P&L to 8 decimals
 
 
 @dataclass(slots=True)
@@ -52,6 +58,7 @@ class DemoOptions:
     execution: ExecutionStyle = ExecutionStyle.MAKER_MAKER
     maker_leg: LegRole = LegRole.SPOT
     strategy: Strategy | None = None  # None: the premium trigger at `threshold` on the demo pairs
+    funding_interval: float | None = DEMO_FUNDING_INTERVAL  # seconds between funding times (None: no funding)
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
@@ -68,6 +75,7 @@ class DemoRun:
     started: float = 0.0
     faults_planned: Counter[str] = field(default_factory=Counter)
     stop: trio.Event = field(default_factory=trio.Event)
+    account_start: tuple[Decimal, dict[str, Decimal]] | None = None  # the venue account before trading
 
 
 def validate_options(options: DemoOptions) -> FaultPlan:
@@ -75,6 +83,9 @@ def validate_options(options: DemoOptions) -> FaultPlan:
     plan = FaultPlan.parse(options.faults, options.seed)
     if not options.seconds > 0 or options.seconds == float("inf"):
         raise SpecError("--seconds", options.seconds, "must be a finite number of seconds > 0")
+    interval = options.funding_interval
+    if interval is not None and not (0 < interval < float("inf")):
+        raise SpecError("--funding-interval", interval, "must be a finite number of seconds > 0 (0 on the CLI: off)")
     return plan
 
 
@@ -94,13 +105,18 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
         risk=RiskConfig(
             margin_warn=Decimal("0.998"), margin_act=Decimal("0.996"), margin_interval=0.5, max_pair_packages=15
         ),
+        # Poll the venue's funding payments often against the demo's short interval, so that a payment is
+        # split across the packages that held the short when it was paid, not a while later.
+        funding_interval=None if options.funding_interval is None else min(1.0, options.funding_interval / 4),
     )
     journal = Journal.open(options.db)
     try:
         previous = check_binding(journal, SIM_IDENTITY)  # a journal of another venue is never the demo's
-        async with open_sim_venue(SimConfig(seed=options.seed, perp_wallet=DEMO_PERP_WALLET)) as venue:
+        sim = SimConfig(seed=options.seed, perp_wallet=DEMO_PERP_WALLET, funding_interval=options.funding_interval)
+        async with open_sim_venue(sim) as venue:
             record_binding(journal, SIM_IDENTITY, previous, trio.current_time())
             run.venue = venue
+            run.account_start = account_value(venue)
             engine = Engine(venue, journal, config)
             run.engine = engine
             run.started = trio.current_time()
@@ -113,7 +129,10 @@ async def run_demo(options: DemoOptions, on_tick: Callable[[DemoRun], None] | No
                 with trio.move_on_after(options.seconds):
                     await run.stop.wait()
                 nursery.cancel_scope.cancel()
-            # engine.running() has shut down: entries cancelled, unwinds done, hedges kept.
+            # engine.running() has shut down: entries cancelled, unwinds done, hedges kept. A payment made since
+            # the funding task's last poll is booked now, to the packages still holding the short.
+            if options.funding_interval is not None:
+                await engine.poll_funding(venue)
             await trio.lowlevel.checkpoint()
             report = build_report(run, journal)
             if on_tick is not None:
@@ -254,21 +273,101 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         "stream_drops": stats.stream_drops,
         "unwind_overdue": stats.unwind_overdue,
         "execution": run.options.execution.value,
-        "pnl": _pnl_summary(engine),
+        "pnl": pnl_summary(run, journal),
         "seconds": run.options.seconds,
         "seed": run.options.seed,
         "db": str(run.options.db),
     }
 
 
-def _pnl_summary(engine: Engine) -> dict[str, str]:
-    """Quote totals over every package (`legguard audit pnl` breaks them down from the journal)."""
-    pnls = [package_pnl(h.core, h.funding) for h in engine.handles.values()]
-    return {
-        "realized": str(sum((p.realized for p in pnls if p.realized is not None), Decimal(0))),
-        "fees": str(sum((p.fees_quote for p in pnls), Decimal(0))),
-        "funding": str(sum((p.funding for p in pnls), Decimal(0))),
+def account_value(venue: SimVenue) -> tuple[Decimal, dict[str, Decimal]]:
+    """The venue account in two parts: quote (spot USDT free + locked, the perp wallet, the perps' unrealized
+    P&L at the venue's mark) and every other asset held (base units)."""
+    book = venue.engine
+    quote = book.perp_wallet() + sum((book.unrealized_pnl(s) for s in book.positions()), Decimal(0))
+    base: dict[str, Decimal] = {}
+    for asset, b in book.balances().items():
+        if asset == QUOTE:
+            quote += b.free + b.locked
+        else:
+            base[asset] = b.free + b.locked
+    return quote, base
+
+
+def live_marks(venue: SimVenue) -> dict[str, Decimal]:
+    """Spot: the mid; perp: the venue's mark price (what it values positions at)."""
+    book = venue.engine
+    marks: dict[str, Decimal] = {}
+    for symbol, market in book.markets.items():
+        mark = book.mid(symbol) if market.kind is MarketKind.SPOT else book.mark_price(symbol)
+        if mark is not None:
+            marks[symbol] = mark
+    return marks
+
+
+def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
+    """Every package's accounting added up, open packages marked to market at the venue's live marks, and
+    set against the change of the venue account's value at the same marks (docs/accounting.md)."""
+    engine, venue = run.engine, run.venue
+    assert engine is not None and venue is not None
+    marks = live_marks(venue)
+    pnls: list[PackagePnl] = [package_pnl(h.core, h.funding) for h in engine.handles.values()]
+    zero = Decimal(0)
+    fees: dict[str, Decimal] = {}
+    dust: dict[str, Decimal] = {}
+    for p in pnls:
+        for leg in (p.spot, p.perp):
+            for currency, amount in leg.fees.items():
+                fees[currency] = fees.get(currency, zero) + amount
+        if p.state is State.FLAT and p.residual_base:
+            asset = assets_of(p.pair)[0]
+            dust[asset] = dust.get(asset, zero) + p.residual_base
+    values = [(p, p.value_at(marks)) for p in pnls]
+    nobodys = unattributed_funding(journal)
+    total = sum((v for _, v in values if v is not None), zero) + nobodys
+    # A short the venue bought back itself (liquidation, ADL) is priced in none of the journal's orders. The
+    # demo has the venue in hand: it takes those buy-backs' cash from the venue's own fills (in total, not per
+    # package) and values the packages as holding what they hold after them.
+    unpriced = [p for p, v in values if v is None]
+    liquidations = zero
+    if unpriced:
+        for fill in venue.engine.fills():
+            if fill.client_order_id.startswith(("autoclose-", "adl_autoclose-")):
+                cash = fill.quantity * fill.price
+                liquidations += (-cash if fill.side is Side.BUY else cash) - fill.fee
+        for p in unpriced:
+            after = replace(p, venue_reduced=zero, residual_perp=p.residual_perp + p.venue_reduced)
+            total += after.value_at(marks) or zero
+        total += liquidations
+    out: dict[str, Any] = {
+        "packages": len(pnls),
+        "hedged": sum(1 for p in pnls if p.state is State.HEDGED),
+        "realized": str(sum((p.realized for p in pnls if p.realized is not None), zero)),
+        "unrealized": str(sum((v for p, v in values if p.state is not State.FLAT and v is not None), zero)),
+        "fees": str(sum((p.fees_quote for p in pnls), zero)),
+        "fees_by_currency": {c: str(a) for c, a in sorted(fees.items())},
+        "funding": str(sum((p.funding for p in pnls), zero)),
+        "funding_payments": len(venue.funding_paid),
+        "funding_unattributed": str(nobodys),
+        "slippage": str(sum((p.slippage for p in pnls), zero)),
+        "dust": {a: str(q) for a, q in sorted(dust.items())},
+        "dust_value": str(sum((q * marks.get(f"{a}/{QUOTE}", zero) for a, q in dust.items()), zero)),
+        "unpriced": len(unpriced),
+        "liquidation_cash": str(liquidations),
+        "total": str(total),
+        "marks": {s: str(m) for s, m in sorted(marks.items())},
     }
+    if run.account_start is not None:
+        (q0, b0), (q1, b1) = run.account_start, account_value(venue)
+        change = q1 - q0 + sum(((b1.get(a, zero) - b0.get(a, zero)) * marks.get(f"{a}/{QUOTE}", zero)
+                                for a in b0.keys() | b1.keys()), zero)  # fmt: skip
+        filled = sum(1 for h in engine.handles.values() for o in h.core.orders.values() if o.filled)
+        tolerance = ROUNDING_PER_ORDER * max(filled, 1)
+        out["venue_change"] = str(change)
+        out["difference"] = str(change - total)
+        out["reconciled"] = abs(change - total) <= tolerance
+        out["tolerance"] = str(tolerance)
+    return out
 
 
 def _faults_injected(run: DemoRun) -> Counter[str]:

@@ -18,6 +18,7 @@ import trio
 from legguard.adapters._redact import SECRETS, scrub
 from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._observe import HaltSource
+from legguard.engine.journal import package_pnl
 from legguard.fsm import State
 
 CONTROL: str = "control"  # journal fact kind of every operator action
@@ -149,12 +150,22 @@ class Rpc:
         exposure: dict[str, dict[str, Decimal]] = {}
         live: list[dict[str, Any]] = []
         unknown = 0
+        # Open packages marked to market at the live book mids (`PackagePnl.value_at`): cheap, open ones only.
+        mids = {sym: (b.best_bid + b.best_ask) / 2 for sym, b in e.books.items() if b.best_bid and b.best_ask}
+        unrealized = funding = Decimal(0)
+        unpriced = 0
         for pid, h in e.handles.items():
             core = h.core
             state = core.state
             states[state.value] += 1
             if state is State.FLAT:
                 continue
+            value = package_pnl(core, h.funding).value_at(mids)
+            if value is None:
+                unpriced += 1
+            else:
+                unrealized += value
+            funding += h.funding
             exp = core.exposure()
             unknown += exp.unknown
             asset = _base(e, core.plan.spot.symbol)
@@ -207,6 +218,12 @@ class Rpc:
                 "unknown_exposure": unknown,
             },
             "exposure": {a: {k: _dec(v) for k, v in x.items()} for a, x in sorted(exposure.items())},
+            "pnl": {
+                "unrealized": _dec(unrealized),
+                "funding": _dec(funding),
+                "unpriced": unpriced,
+                "marks": "book mids",
+            },
             "live": live,
             "breaker": {
                 "orphans_in_window": e.breaker_count(now),

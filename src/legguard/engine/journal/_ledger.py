@@ -1,11 +1,15 @@
 """The journal's ledger: every package's accounting (`_pnl.py`) rebuilt from its journaled facts, with when it
 opened and closed and why it closed; and the aggregates `legguard audit pnl` prints (by pair, day or exit
-reason)."""
+reason), with what is still held (hedges, dust) valued at marks: given ones, or the journal's last fill prices.
+
+Reconciliation with the venue (docs/accounting.md): over the packages of a journal, the total `value` plus
+the funding nobody held (`unattributed_funding`) is the change of the account's value in quote at those marks
+(spot quote + perp wallet + unrealized perp P&L + base held x spot mark), to 1e-8 quote per filled order."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -16,6 +20,8 @@ from legguard.fsm import State
 from ._pnl import FUNDING, PackagePnl, funding_amount, package_pnl
 from ._replay import replay_package
 from ._store import EVENT, TRANSITION, Journal
+
+FUNDING_PAYMENT: Final = "funding_payment"  # the engine row of one payment and its split (engine/_funding.py)
 
 GROUPINGS: Final = ("pair", "day", "exit-reason")
 
@@ -77,23 +83,64 @@ def ledger(journal: Journal, since: float | None = None) -> list[LedgerEntry]:
     return out
 
 
-def aggregate(entries: Iterable[LedgerEntry], by: str) -> list[dict[str, Any]]:
-    """One row per group (sorted by key) plus a final `total` row; money as exact decimal strings."""
+@dataclass(frozen=True, slots=True)
+class Mark:
+    price: Decimal
+    source: str  # "last fill" (the journal's) or "given"
+    wall_time: float | None = None  # when the journal saw it
+
+
+def journal_marks(journal: Journal) -> dict[str, Mark]:
+    """The journal's last known price per symbol: the average price of the latest journaled order update with
+    a fill on it (one pass over the journal; the intents say which symbol each client order id trades)."""
+    symbols: dict[str, str] = {}
+    out: dict[str, Mark] = {}
+    for r in journal.rows():
+        p = r.payload
+        if r.kind == "intent" and "client_order_id" in p and "symbol" in p:
+            symbols[str(p["client_order_id"])] = str(p["symbol"])
+        elif r.kind == EVENT and p.get("kind") == "order" and p.get("average") is not None:
+            symbol = symbols.get(str(p.get("client_order_id")))
+            if symbol is not None and Decimal(str(p.get("filled") or 0)) > 0:
+                out[symbol] = Mark(Decimal(str(p["average"])), "last fill", r.wall_time)
+    return out
+
+
+def unattributed_funding(journal: Journal, since: float | None = None) -> Decimal:
+    """Funding the venue paid (or charged) while no package of this journal held the short: in the account,
+    in no package (payments listed before the journal's first poll, its `funding_baseline`, are not counted)."""
+    total = ZERO
+    for r in journal.engine_log():
+        nobodys = r.payload.get("event") == FUNDING_PAYMENT and not r.payload.get("split")
+        if nobodys and (since is None or r.wall_time >= since):
+            total += Decimal(str(r.payload.get("amount", "0")))
+    return total
+
+
+def aggregate(
+    entries: Iterable[LedgerEntry], by: str, marks: Mapping[str, Decimal] | None = None
+) -> list[dict[str, Any]]:
+    """One row per group (sorted by key) plus a final `total` row; money as exact decimal strings. What is
+    still held is valued at `marks` (symbol -> price; a symbol without one: the package's own last fill price
+    on it, see `PackagePnl.value_at`)."""
     if by not in GROUPINGS:
         raise ValueError(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
+    at = dict(marks or {})
     groups: dict[str, list[LedgerEntry]] = {}
     for e in entries:
         groups.setdefault(e.key(by), []).append(e)
-    rows = [_sum(key, members) for key, members in sorted(groups.items())]
-    rows.append(_sum("total", [e for members in groups.values() for e in members]))
+    rows = [_sum(key, members, at) for key, members in sorted(groups.items())]
+    rows.append(_sum("total", [e for members in groups.values() for e in members], at))
     return rows
 
 
-def _sum(key: str, entries: list[LedgerEntry]) -> dict[str, Any]:
+def _sum(key: str, entries: list[LedgerEntry], marks: Mapping[str, Decimal]) -> dict[str, Any]:
     def total(values: Iterable[Decimal]) -> Decimal:
         return sum(values, ZERO)
 
     flat = [e for e in entries if e.pnl.state is State.FLAT]
+    values = [(e, e.pnl.value_at(marks)) for e in entries]
+    open_values = [v for e, v in values if e.pnl.state is not State.FLAT]
     return {
         "key": key,
         "packages": len(entries),
@@ -106,4 +153,8 @@ def _sum(key: str, entries: list[LedgerEntry]) -> dict[str, Any]:
         "slippage": str(total(e.pnl.slippage for e in entries)),
         "dust_value": str(total(e.pnl.residual_value for e in flat)),
         "notional": str(total(e.pnl.spot.notional + e.pnl.perp.notional for e in entries)),
+        # Mark-to-market of the packages still open (hedged or unwinding), at the marks.
+        "unrealized": str(total(v for v in open_values if v is not None)),
+        # Every priced package (flat and open): cash, quote fees and funding, plus what it holds at the marks.
+        "value": str(total(v for _, v in values if v is not None)),
     }

@@ -22,6 +22,10 @@ from legguard.fsm import LegRole, OrderFacts, PackageCore, PackagePlan, Purpose,
 
 PNL: Final = "pnl"  # the journal fact written when a package goes flat
 FUNDING: Final = "funding"  # a funding payment attributed to a package: {"amount": quote, signed; ...}
+# Fees the venue reported for an order after its package finished ({client_order_id, fee_base, fee_quote},
+# cumulative): Binance's USD-M order answer carries no commission, so a market unwind can end a package before
+# the user stream's trade report with the fee arrives.
+LATE_FEE: Final = "late_fee"
 
 
 def assets_of(symbol: str) -> tuple[str, str]:
@@ -73,6 +77,30 @@ class PackagePnl:
     realized: Decimal | None  # once flat: cash - quote fees + funding + residual_value; None while open
     venue_reduced: Decimal = ZERO  # perp short the venue bought back itself (liquidation / ADL), price unknown
     extra: dict[str, Any] = field(default_factory=dict)
+    residual_perp: Decimal = ZERO  # perp position the package's own orders leave (the short while hedged)
+    last_prices: Mapping[str, Decimal] = field(default_factory=dict)  # symbol -> the leg's last fill price
+
+    @property
+    def net_cash(self) -> Decimal:
+        """Quote into (+) or out of (-) the account for this package: both legs' cash, less the fees paid in
+        quote, plus funding. Fees charged in base are in what is held (`residual_base`), not here."""
+        quote = assets_of(self.pair)[1]
+        return self.spot.cash + self.perp.cash - self.spot.fees.get(quote, ZERO) - self.perp.fees.get(quote, ZERO) + (
+            self.funding)  # fmt: skip
+
+    def value_at(self, marks: Mapping[str, Decimal]) -> Decimal | None:
+        """What the package changed the account's value by, with what it still holds valued at `marks`
+        (symbol -> price): `net_cash + residual_base x spot mark + residual_perp x perp mark`. Once flat with no
+        dust this is `realized`; while hedged it is the mark-to-market P&L. A symbol without a mark is valued at
+        the package's own last fill price on it. None when the venue bought back part of the short itself (the
+        price of that buy-back is in none of our orders)."""
+        if self.venue_reduced:
+            return None
+        value = self.net_cash
+        for held, symbol in ((self.residual_base, self.spot.symbol), (self.residual_perp, self.perp.symbol)):
+            if held:
+                value += held * marks.get(symbol, self.last_prices.get(symbol, ZERO))
+        return value
 
     @property
     def fees_quote(self) -> Decimal:
@@ -96,6 +124,7 @@ class PackagePnl:
             "residual_value": str(self.residual_value),
             "realized": None if self.realized is None else str(self.realized),
             "venue_reduced": str(self.venue_reduced),
+            "residual_perp": str(self.residual_perp),
         }
 
 
@@ -155,7 +184,7 @@ def pnl_of(
     for o in orders:
         by_role[o.intent.role].append(o)
     spot, spot_held, spot_last = _leg(LegRole.SPOT, plan.spot.symbol, by_role[LegRole.SPOT])
-    perp, _, _ = _leg(LegRole.PERP, plan.perp.symbol, by_role[LegRole.PERP])
+    perp, perp_held, perp_last = _leg(LegRole.PERP, plan.perp.symbol, by_role[LegRole.PERP])
     residual_value = spot_held * spot_last if spot_last is not None else ZERO
     realized: Decimal | None = None
     # A short the venue bought back itself (liquidation, ADL) left at a price none of our orders carries: the
@@ -166,8 +195,16 @@ def pnl_of(
         quote = assets_of(plan.spot.symbol)[1]
         quote_fees = spot.fees.get(quote, ZERO) + perp.fees.get(quote, ZERO)
         realized = spot.cash + perp.cash - quote_fees + funding + residual_value
+    last = {s: p for s, p in ((plan.spot.symbol, spot_last), (plan.perp.symbol, perp_last)) if p is not None}
     return PackagePnl(plan.package_id, plan.spot.symbol, state, spot, perp, funding, spot_held,
-                      residual_value, realized, venue_reduced)  # fmt: skip
+                      residual_value, realized, venue_reduced, residual_perp=perp_held, last_prices=last)  # fmt: skip
+
+
+def apply_late_fee(core: PackageCore, payload: Mapping[str, Any]) -> None:
+    """Raise one order's known fees to a journaled `late_fee` row's (cumulative per order: never lowered)."""
+    facts = core.orders[str(payload["client_order_id"])]
+    facts.fee_base = max(facts.fee_base, Decimal(str(payload["fee_base"])))
+    facts.fee_quote = max(facts.fee_quote, Decimal(str(payload["fee_quote"])))
 
 
 def funding_amount(payload: Mapping[str, Any]) -> Decimal:

@@ -17,7 +17,7 @@ from typing import Any, Final
 from legguard.fsm._core import PackageCore, PackagePlan
 from legguard.fsm._events import event_from_dict
 
-from ._pnl import FUNDING, PNL, funding_amount, package_pnl
+from ._pnl import FUNDING, LATE_FEE, PNL, apply_late_fee, funding_amount, package_pnl
 from ._store import (
     EVENT,
     FACT_KIND_RE,
@@ -121,6 +121,12 @@ class _PackageReplay:
                 self.funding += funding_amount(payload)
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 return f"{who}: unreadable funding payload ({type(exc).__name__}: {exc})"
+            return None
+        if kind == LATE_FEE:  # an order's fees reported after the package finished: part of its accounting
+            try:
+                apply_late_fee(self.core, payload)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                return f"{who}: unreadable late_fee payload ({type(exc).__name__}: {exc})"
             return None
         if kind == PNL:  # the accounting journaled when the package went flat, recomputed from the same facts
             # Every figure the row holds must be what the facts give; a figure a later version added to the
