@@ -64,12 +64,16 @@ EXIT_PROBLEMS = 1
 EXIT_NO_JOURNAL = 2
 
 
+# Piped into a file or `less`, rich would squeeze wide tables to 80 columns and cut every cell.
+PIPE_WIDTH = 240
+
+
 def _err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)  # paths must stay copy-pasteable
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if not sys.stdout.isatty() else None)
 
 
 def _fail(message: str, code: int) -> typer.Exit:

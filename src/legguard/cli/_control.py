@@ -5,6 +5,7 @@ package, nothing it could do), 2 usage, 3 no engine is running on that journal o
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,12 +28,16 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why (journaled with
 DEFAULT_DB = Path("legguard.db")
 
 
+# Piped into a file or `less`, rich would squeeze wide tables to 80 columns and cut every cell.
+PIPE_WIDTH = 240
+
+
 def _err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if not sys.stdout.isatty() else None)
 
 
 def _call(db: Path, cmd: str, **args: Any) -> Any:

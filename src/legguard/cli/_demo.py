@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from decimal import Decimal
@@ -15,7 +16,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from legguard.engine.app._demo import DEMO_FUNDING_INTERVAL, DemoOptions, DemoRun, run_demo, validate_options
+from legguard.engine.app._demo import (
+    DEMO_FUNDING_INTERVAL,
+    DemoOptions,
+    DemoRun,
+    demo_strategy,
+    run_demo,
+    validate_options,
+)
 from legguard.fsm import ExecutionStyle, LegRole, State
 
 
@@ -33,6 +41,9 @@ def demo(
     funding_interval: Annotated[
         float, typer.Option(help="Seconds between the simulated venue's funding payments (0: no funding).")
     ] = DEMO_FUNDING_INTERVAL,
+    strategy: Annotated[
+        str, typer.Option(help="premium (perp premium above a threshold) | funding (the funding-rate signal).")
+    ] = "premium",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report at the end, no live table.")] = False,
 ) -> None:
     """Trade packages against the simulated market with faults injected; every package ends hedged or flat."""
@@ -46,6 +57,7 @@ def demo(
                           maker_leg=LegRole(maker_leg),
                           funding_interval=None if funding_interval == 0 else funding_interval)  # fmt: skip
     validate_options(options)  # bad options are refused before anything starts (exit 2)
+    options = dataclasses.replace(options, strategy=demo_strategy(strategy, options))
     if as_json:
         report = trio.run(_run_with_signals, options, None)
         typer.echo(json.dumps(report, indent=2, sort_keys=True))

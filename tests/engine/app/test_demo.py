@@ -4,6 +4,7 @@ the same marks; `audit pnl` on the demo's journal gives the same total."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,9 @@ from trio.testing import MockClock
 from typer.testing import CliRunner
 
 from legguard.cli import app
-from legguard.engine.app._demo import DemoOptions, run_demo
+from legguard.engine._spec import SpecError
+from legguard.engine.app._carry import FundingStrategy
+from legguard.engine.app._demo import DemoOptions, demo_strategy, run_demo
 from legguard.engine.journal import FUNDING, Journal
 from legguard.engine.journal._store import TRANSITION
 
@@ -67,3 +70,35 @@ async def test_demo_pnl_adds_up_to_the_venue_accounts_change(
 def _payments(db: Path) -> list[dict[str, object]]:
     with Journal.open(db, readonly=True) as journal:
         return [r.payload for r in journal.engine_log() if r.payload.get("event") == "funding_payment"]
+
+
+async def test_the_demo_trades_on_the_funding_signal(autojump_clock: MockClock, tmp_path: Path) -> None:
+    options = DemoOptions(seconds=20.0, seed=5, faults="none", db=tmp_path / "demo.db", funding_interval=3.0)
+    strategy = demo_strategy("funding", options)
+    assert isinstance(strategy, FundingStrategy) and strategy.params.horizon == 9.0
+    report = await run_demo(dataclasses.replace(options, strategy=strategy))
+
+    assert report["venue_truth"]["ok"], report["venue_truth"]["problems"]
+    assert sum(report["final_states"].values()) > 0, "the funding signal never entered"
+    assert strategy.last, "the signal never evaluated a pair"
+    with Journal.open(tmp_path / "demo.db", readonly=True) as journal:
+        # Each package carries the numbers it was entered on (the signal's "why").
+        whys = [r.payload["spec"].get("why") for r in journal.rows() if r.kind == "package_created"]
+    assert whys and all(isinstance(w, dict) and w["strategy"] == "funding" and "edge" in w for w in whys), whys[:3]
+
+
+@pytest.mark.parametrize(
+    ("kind", "interval", "message"),
+    [("bogus", 3.0, "allowed: premium, funding"), ("funding", None, "--funding-interval must be > 0")],
+)
+def test_a_demo_strategy_that_cannot_run_is_refused_by_name(
+    tmp_path: Path, kind: str, interval: float | None, message: str
+) -> None:
+    options = DemoOptions(seconds=1.0, db=tmp_path / "demo.db", funding_interval=interval)
+    with pytest.raises(SpecError, match="--strategy") as refused:
+        demo_strategy(kind, options)
+    assert message in str(refused.value)
+    flags = ["--strategy", kind, "--funding-interval", str(interval or 0), "--seconds", "1", "--db", str(options.db)]
+    result = CliRunner().invoke(app, ["demo", *flags])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not options.db.exists()

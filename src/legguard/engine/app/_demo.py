@@ -32,6 +32,7 @@ from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record
 from legguard.engine.journal._pnl import assets_of
 from legguard.fsm import ExecutionStyle, LegRole, State
 
+from ._carry import FundingParams, FundingStrategy
 from ._strategy import FaultPlan, Pair, PremiumTrigger, Strategy, StrategyDriver
 
 DEMO_PAIRS = (
@@ -76,6 +77,24 @@ class DemoRun:
     faults_planned: Counter[str] = field(default_factory=Counter)
     stop: trio.Event = field(default_factory=trio.Event)
     account_start: tuple[Decimal, dict[str, Decimal]] | None = None  # the venue account before trading
+
+
+DEMO_STRATEGIES = ("premium", "funding")
+
+
+def demo_strategy(kind: str, options: DemoOptions) -> Strategy | None:
+    """The demo's strategy by name: `premium` (the default trigger) or `funding` (the funding-rate signal with
+    horizons scaled to the demo's funding interval: carry over three funding times, held at least 2 s)."""
+    if kind == "premium":
+        return None
+    if kind != "funding":
+        raise SpecError("--strategy", kind, f"allowed: {', '.join(DEMO_STRATEGIES)}")
+    interval = options.funding_interval
+    if interval is None:
+        raise SpecError("--strategy", kind, "the funding signal needs funding: --funding-interval must be > 0")
+    params = FundingParams(horizon=3 * interval, funding_interval=interval, funding_poll=min(1.0, interval / 5),
+                           max_funding_age=max(5.0, interval), min_hold=2.0)  # fmt: skip
+    return FundingStrategy(options.pairs, params)
 
 
 def validate_options(options: DemoOptions) -> FaultPlan:
@@ -146,7 +165,10 @@ async def _trade(run: DemoRun, plan: FaultPlan) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
     strategy = run.options.strategy or PremiumTrigger(run.options.pairs, threshold=run.options.threshold)
-    driver = StrategyDriver(strategy, run.options.pairs)
+    interval = run.options.funding_interval
+    # The funding signal reads the rate a few times per (short) demo funding interval, as `run` does per 8 h.
+    poll = min(1.0, interval / 5) if interval else 10.0
+    driver = StrategyDriver(strategy, run.options.pairs, funding_poll=poll)
     rng = random.Random(run.options.seed + 1)
     async with trio.open_nursery() as nursery:
         if driver.needs_funding:
