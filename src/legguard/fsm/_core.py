@@ -221,7 +221,7 @@ class PackageCore:
 
     @property
     def state(self) -> State:
-        return self.lifecycle.current
+        return self.lifecycle.state
 
     def leg_orders(self, role: LegRole) -> list[OrderFacts]:
         return [o for o in self.orders.values() if o.intent.role is role]
@@ -282,19 +282,26 @@ class PackageCore:
     def clone(self) -> PackageCore:
         """An independent copy in the same state (the model checker branches on it)."""
         twin = PackageCore.__new__(PackageCore)
-        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "epoch", "exiting", "exit_passive",
-                     "edges", "initial"):  # fmt: skip
-            setattr(twin, name, getattr(self, name))
-        # The checker clones tens of thousands of times a second: a plain constructor, not dataclasses.replace.
+        # Every step decides on a clone (the actor) and the checker clones tens of thousands of times a
+        # second: plain assignments and constructors, no dataclasses.replace, no getattr loop.
+        twin.plan = self.plan
+        twin.venue_reduced = self.venue_reduced
+        twin.entry_closing = self.entry_closing
+        twin.close_all = self.close_all
+        twin.epoch = self.epoch
+        twin.exiting = self.exiting
+        twin.exit_passive = self.exit_passive
+        twin.edges = self.edges
+        twin.initial = self.initial
         twin.orders = {
             cid: OrderFacts(
                 o.intent, o.status, o.filled, o.average, o.fee_base, o.fee_quote, o.reason, o.cancel_sent, o.query_sent
             )
             for cid, o in self.orders.items()
         }
-        twin.entry = dict(self.entry)
-        twin.unwind_attempts = dict(self.unwind_attempts)
-        twin.lifecycle = Lifecycle(self.state, edges=self.edges, package_id=self.plan.package_id)
+        twin.entry = self.entry.copy()
+        twin.unwind_attempts = self.unwind_attempts.copy()
+        twin.lifecycle = self.lifecycle.copy()
         return twin
 
     # --- deciding -------------------------------------------------------------------------------------
