@@ -193,6 +193,21 @@ def canonical_json(obj: Any) -> str:
 # spellings to the same bytes, so old journals verify unchanged).
 
 
+_ENUM_JSON: dict[object, str] = {}
+
+
+def _q_enum(value: object) -> str | None:
+    """A str-valued enum member as canonical JSON (its value, quoted), cached per member; None otherwise."""
+    try:
+        return _ENUM_JSON[value]
+    except (KeyError, TypeError):
+        pass
+    if isinstance(value, enum.Enum) and type(value.value) is str:
+        _ENUM_JSON[value] = text = _json_str(value.value)
+        return text
+    return None
+
+
 def _q_dec(value: object) -> str | None:
     """A Decimal field as canonical JSON (its str, quoted); None when the value is not a Decimal."""
     return _json_str(str(value)) if type(value) is Decimal else None
@@ -203,26 +218,20 @@ def _q_opt_dec(value: object) -> str | None:
 
 
 def _order_event_text(event: OrderEvent) -> str | None:
-    reason = event.reason
-    if reason is None:
-        r = "null"
-    elif isinstance(reason, enum.Enum) and type(reason.value) is str:
-        r = _json_str(reason.value)
-    else:
-        return None
-    status = event.status
+    reason = "null" if event.reason is None else _q_enum(event.reason)
+    status = _q_enum(event.status)
     cid = event.client_order_id
     average, fee_base, fee_quote, filled = (
         _q_opt_dec(event.average), _q_dec(event.fee_base), _q_dec(event.fee_quote), _q_dec(event.filled),
     )  # fmt: skip
     if (
-        average is None or fee_base is None or fee_quote is None or filled is None
-        or type(cid) is not str or not isinstance(status, enum.Enum) or type(status.value) is not str
+        reason is None or status is None or average is None or fee_base is None or fee_quote is None
+        or filled is None or type(cid) is not str
     ):  # fmt: skip
         return None
     return (
         f'{{"average":{average},"client_order_id":{_json_str(cid)},"fee_base":{fee_base},"fee_quote":{fee_quote},'
-        f'"filled":{filled},"kind":"order","reason":{r},"status":{_json_str(status.value)}}}'
+        f'"filled":{filled},"kind":"order","reason":{reason},"status":{status}}}'
     )
 
 
@@ -242,30 +251,27 @@ def _flag(value: object) -> str | None:
 def _intent_text(i: OrderIntent) -> str | None:
     amount, price = _q_dec(i.amount), _q_opt_dec(i.price)
     ioc, post_only, reduce_only = _flag(i.ioc), _flag(i.post_only), _flag(i.reduce_only)
-    strs = (i.client_order_id, i.symbol)
-    enums = (i.purpose, i.role, i.side, i.type)
+    purpose, role, side, type_ = _q_enum(i.purpose), _q_enum(i.role), _q_enum(i.side), _q_enum(i.type)
     if (
         amount is None or price is None or ioc is None or post_only is None or reduce_only is None
-        or type(i.attempt) is not int
-        or any(type(v) is not str for v in strs)
-        or any(not isinstance(e, enum.Enum) or type(e.value) is not str for e in enums)
+        or purpose is None or role is None or side is None or type_ is None
+        or type(i.attempt) is not int or type(i.client_order_id) is not str or type(i.symbol) is not str
     ):  # fmt: skip
         return None
     return (
         f'{{"amount":{amount},"attempt":{int.__repr__(i.attempt)},"client_order_id":{_json_str(i.client_order_id)},'
-        f'"ioc":{ioc},"post_only":{post_only},"price":{price},"purpose":{_json_str(i.purpose.value)},'
-        f'"reduce_only":{reduce_only},"role":{_json_str(i.role.value)},"side":{_json_str(i.side.value)},'
-        f'"symbol":{_json_str(i.symbol)},"type":{_json_str(i.type.value)}}}'
+        f'"ioc":{ioc},"post_only":{post_only},"price":{price},"purpose":{purpose},"reduce_only":{reduce_only},'
+        f'"role":{role},"side":{side},"symbol":{_json_str(i.symbol)},"type":{type_}}}'
     )
 
 
 def command_text(command: Command) -> tuple[str, str] | None:
     """The journal row (kind, canonical payload text) for a command: `command_row` encoded, directly."""
     if type(command) is Transitioned:
-        if type(command.reason) is str:
+        dest, source, trigger = _q_enum(command.dest), _q_enum(command.source), _q_enum(command.trigger)
+        if type(command.reason) is str and dest is not None and source is not None and trigger is not None:
             return TRANSITION, (
-                f'{{"dest":{_json_str(command.dest.value)},"reason":{_json_str(command.reason)},'
-                f'"source":{_json_str(command.source.value)},"trigger":{_json_str(command.trigger.value)}}}'
+                f'{{"dest":{dest},"reason":{_json_str(command.reason)},"source":{source},"trigger":{trigger}}}'
             )
     elif type(command) is JournalIntent:
         text = _intent_text(command.intent)
@@ -309,10 +315,15 @@ def _finite(value: float) -> float:
     return value
 
 
+_NOT_FINITE: Final = frozenset({"nan", "inf", "-inf"})
+
+
 def _float(value: float) -> str:
-    if not math.isfinite(value):
+    # Two per row written and verified: one repr, then a set look-up instead of math.isfinite.
+    text = float.__repr__(value if type(value) is float else float(value))
+    if text in _NOT_FINITE:
         raise ValueError(f"journal time {value!r} is not a finite number")
-    return float.__repr__(float(value))
+    return text
 
 
 @functools.lru_cache(maxsize=4096)
