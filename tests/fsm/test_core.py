@@ -11,6 +11,8 @@ from dataclasses import fields
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.fsm import (
@@ -713,6 +715,54 @@ def test_clone_is_independent() -> None:
     assert d.state is S.DISPATCHED
     assert d.core.orders[SE0].filled == 0
     assert twin.fingerprint() != d.core.fingerprint()
+
+
+_STATUSES = [OrderStatus.OPEN, OrderStatus.CLOSED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED,
+             OrderStatus.UNKNOWN]  # fmt: skip
+
+
+def _random_event(data: st.DataObject, core: PackageCore) -> Event:
+    """An event the core can be fed in any state: an answer about one of its orders, or an engine event."""
+    kinds = ["deadline", "shutdown", "fault", "recovered", "reduction", "close"]
+    kind = data.draw(st.sampled_from(["order", "order", "order", *kinds] if core.orders else kinds))
+    if kind == "order":
+        cid = data.draw(st.sampled_from(sorted(core.orders)))
+        amount = core.orders[cid].intent.amount
+        filled = data.draw(st.sampled_from([D(0), amount / 2, amount]))
+        return ev(cid, data.draw(st.sampled_from(_STATUSES)), filled)
+    return {
+        "deadline": FillDeadline(), "shutdown": Shutdown(), "fault": Fault("boom"), "recovered": Recovered(),
+        "reduction": VenueReduction(HALF), "close": CloseRequested("test", "operator", D("60100"), D("60050")),
+    }[kind]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), policy=st.sampled_from(list(OrphanPolicy)))
+def test_a_clone_and_its_original_never_share_a_change(data: st.DataObject, policy: OrphanPolicy) -> None:
+    """Whatever happens to a clone (the actor decides every step on one) leaves the original exactly as it
+    was, and the other way round; and a clone answers the same events with the same commands."""
+    core = PackageCore(make_plan(policy))
+    core.handle(Dispatch())
+    for _ in range(data.draw(st.integers(0, 8))):
+        core.handle(_random_event(data, core))
+    twin = core.clone()
+    assert twin.fingerprint() == core.fingerprint()
+    before = core.fingerprint()
+    events = [_random_event(data, twin) for _ in range(data.draw(st.integers(1, 8)))]
+    # Drawn up front from the clone's orders; the original is fed the same events afterwards.
+    answers = []
+    fed: list[Event] = []
+    for event in events:
+        if isinstance(event, OrderEvent) and event.client_order_id not in twin.orders:
+            continue
+        answers.append(twin.handle(event))
+        fed.append(event)
+        assert core.fingerprint() == before  # the original never moves with its clone
+    after = twin.fingerprint()
+    again = [core.handle(event) for event in fed]  # the original, fed the same events, decides the same
+    assert again == answers
+    assert core.fingerprint() == after
+    assert twin.fingerprint() == after  # and moving the original left the clone alone
 
 
 def test_fingerprint_and_clone_cover_every_field() -> None:

@@ -19,6 +19,9 @@ from legguard.fsm import (
     State,
     Trigger,
     edges_without,
+    lifecycle_machine,
+    machine_dest,
+    machine_moves,
     render_mermaid,
     render_table,
     transition_map,
@@ -107,6 +110,76 @@ def test_a_lifecycle_built_without_an_edge_refuses_it() -> None:
     with pytest.raises(InvalidTransition, match="'unwind' is not allowed in state 'orphaned'"):
         lifecycle.fire(Trigger.UNWIND)
     assert Lifecycle(State.ORPHANED).fire(Trigger.UNWIND) == (State.ORPHANED, State.UNWINDING)
+
+
+# --- transitions.Machine stays the authority; the hot path reads a map taken from it (issue 16) ----------
+
+
+class _Model:
+    state: str
+
+
+def _machine_allows(edges: tuple[Edge, ...], state: State, trigger: Trigger) -> State | None:
+    """Ask a fresh `transitions.Machine` bound to a model, the textbook way, independent of `machine_dest`."""
+    from transitions import Machine, MachineError
+
+    model = _Model()
+    Machine(
+        model=model, states=[s.value for s in State], initial=state.value, auto_transitions=False,
+        transitions=[{"trigger": e.trigger.value, "source": e.source.value, "dest": e.dest.value} for e in edges],
+    )  # fmt: skip
+    if not hasattr(model, trigger.value):
+        return None
+    try:
+        assert getattr(model, trigger.value)()
+    except MachineError:
+        return None
+    return State(model.state)
+
+
+TABLES = {"full": TRANSITIONS, "without orphaned:unwind": edges_without([(State.ORPHANED, Trigger.UNWIND)]),
+          "without every unwind": tuple(e for e in TRANSITIONS if e.trigger is not Trigger.UNWIND)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_the_lifecycle_map_is_exactly_what_the_machine_allows(name: str) -> None:
+    edges = TABLES[name]
+    machine = lifecycle_machine(edges)
+    expected = {(s, t): d for s in State for t in Trigger if (d := _machine_allows(edges, s, t)) is not None}
+
+    assert machine_moves(edges) == expected == transition_map(edges)
+    for state in State:
+        for trigger in Trigger:
+            assert machine_dest(machine, state, trigger) == expected.get((state, trigger))
+            lifecycle = Lifecycle(state, edges=edges)
+            assert lifecycle.can(trigger) == ((state, trigger) in expected)
+            if (state, trigger) in expected:
+                assert lifecycle.fire(trigger) == (state, expected[(state, trigger)])
+            else:
+                with pytest.raises(InvalidTransition):
+                    lifecycle.fire(trigger)
+
+
+def test_the_map_is_read_off_the_machine_not_the_table() -> None:
+    """An edge only the machine knows about is allowed, and one it lost is refused: the machine decides."""
+    edges = tuple(TRANSITIONS[:2])
+    machine = lifecycle_machine(edges)
+    machine.add_transition(Trigger.HEDGE.value, State.PENDING.value, State.HEDGED.value)
+    try:
+        assert machine_moves(edges)[(State.PENDING, Trigger.HEDGE)] is State.HEDGED
+        assert machine_dest(machine, State.PENDING, Trigger.HEDGE) is State.HEDGED
+    finally:
+        machine.remove_transition(Trigger.HEDGE.value, State.PENDING.value, State.HEDGED.value)
+    assert (State.PENDING, Trigger.HEDGE) not in machine_moves(edges)
+
+
+def test_a_copied_lifecycle_moves_on_its_own() -> None:
+    lifecycle = Lifecycle(State.DISPATCHED, package_id="P1")
+    twin = lifecycle.copy()
+
+    assert twin.fire(Trigger.HEDGE) == (State.DISPATCHED, State.HEDGED)
+    assert lifecycle.current is State.DISPATCHED and twin.current is State.HEDGED
+    assert twin.package_id == "P1"
 
 
 def test_renderers_show_every_edge() -> None:

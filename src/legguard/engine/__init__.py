@@ -7,10 +7,12 @@ Map:
                     mailboxes by client order id, liquidation attribution, stream-drop reconcile), book
                     watchers, circuit breaker, halt/resume, graceful shutdown.
 - `_host.py`        `EngineHost`: the small interface the engine offers the parts it runs (actor, recovery,
-                    dead-man), so none of them imports the engine back; `EngineStats`.
+                   dead-man), so none of them imports the engine back; `EngineStats`; `Timers` (one task runs
+                   every package's fill deadline).
 - `_group.py`       `GroupCommit`: the journal rows of every actor step of one scheduler round commit in one
-                    transaction before any of their effects is released (write-ahead, grouped).
-- `_handle.py`      `PackageHandle`: a package's mailbox, event log and timing facts across actor restarts.
+                   transaction before any of their effects is released (write-ahead, grouped).
+- `_handle.py`      `PackageHandle`: a package's mailbox (`Mailbox`), event log and timing facts across actor
+                   restarts.
 - `_actor.py`       `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
                     trio cancel scopes; shielded drain to safety on cancellation.
 - `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or

@@ -84,12 +84,16 @@ def to_request(intent: OrderIntent) -> OrderRequest:
 class PackageActor:
     """One incarnation of a package's actor. The supervisor starts a new one (same handle) after a fault."""
 
+    # One per live package: slots, not a __dict__ (memory per live package). Weak-referenceable for the timers.
+    __slots__ = ("__weakref__", "_nursery", "_timers_live", "core", "engine", "first", "handle")
+
     def __init__(self, engine: EngineHost, handle: PackageHandle, first: Sequence[Event] = ()) -> None:
         self.engine = engine
         self.handle = handle
         self.core = handle.core
         self.first = tuple(first)
         self._nursery: trio.Nursery | None = None
+        self._timers_live = False  # this incarnation's timers still count (they die with its nursery)
 
     # --- main loop ------------------------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class PackageActor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._timers_live = True
                 for event in self.first:
                     await self.step(event)
                 while not self._finished():
@@ -105,12 +110,14 @@ class PackageActor:
                     await self.step(event)
                 nursery.cancel_scope.cancel()  # stray timers and late queries
         except BaseException as exc:
+            self._timers_live = False
             if is_cancellation(exc) and not self._safe():
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self.engine.config.deadlines.unwind
                     await self._drain_to_safety()
             raise
         finally:
+            self._timers_live = False
             self._nursery = None
             self._journal_facts()  # answers that arrived after the last step
 
@@ -222,7 +229,7 @@ class PackageActor:
         for command in commands:
             if isinstance(command, Transitioned):
                 if command.dest is State.DISPATCHED:
-                    self._spawn(self._fill_deadline)
+                    self._start_fill_deadline()
                 elif command.dest is State.UNWINDING and command.source is State.HEDGED and self.core.exit_passive:
                     self._spawn(self._exit_deadline, engine.config.exit.deadline)
                 elif command.dest is State.UNWINDING:
@@ -257,7 +264,6 @@ class PackageActor:
         armed: list[ArmedOrder] = []
         for intent in intents:
             self.engine.register_order(intent.client_order_id, self.handle)
-            self.handle.released.add(intent.client_order_id)
             self.handle.sent_at[intent.client_order_id] = trio.current_time()
             try:
                 armed.append(self.engine.venue.arm(to_request(intent)))
@@ -392,8 +398,28 @@ class PackageActor:
         if self.core.exit_passive:
             self.handle.post(ExitDeadline())
 
+    def _start_fill_deadline(self) -> None:
+        timers = self.engine.timers
+        if timers.running:
+            # The engine's one timer task, not a task per package (memory per live package).
+            timers.call_at(trio.current_time() + self.engine.config.deadlines.fill, self)
+        else:
+            self._spawn(self._fill_deadline)
+
+    def on_timer(self) -> None:
+        """The fill deadline is due (the engine's timer task calls this)."""
+        if not self._timers_live:
+            return  # this incarnation is over: its timers went with it, as its tasks did
+        if self.engine.outage.down:
+            self._spawn(self._fill_after_outage)
+        else:
+            self.handle.post(FillDeadline())
+
     async def _fill_deadline(self) -> None:
         await trio.sleep(self.engine.config.deadlines.fill)
+        await self._fill_after_outage()
+
+    async def _fill_after_outage(self) -> None:
         await self.engine.outage.wait_up()
         self.handle.post(FillDeadline())
 

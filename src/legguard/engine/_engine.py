@@ -59,7 +59,7 @@ from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
 from ._funding import FundingBook
 from ._group import GroupCommit
 from ._handle import PackageHandle
-from ._host import EngineStats
+from ._host import EngineStats, Timers
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
 from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sell_price, price_package
@@ -124,6 +124,7 @@ class Engine:
         self._packages: trio.Nursery | None = None
         self._book_symbols: set[str] = set()
         self.deadman = DeadMan(self, self.config.deadman)  # countdownCancelAll while perp entries rest
+        self.timers = Timers()  # every package's fill deadline, in one task
         self.observers: list[EngineObserver] = []  # metrics, alerts (see _observe.py)
         self.halt_source: HaltSource | None = None
         self.resume_at: float | None = None  # breaker cool-off: when the engine resumes by itself
@@ -154,6 +155,7 @@ class Engine:
         await self.take_baseline()
         async with trio.open_nursery() as service:
             self._service = service
+            service.start_soon(self.timers.run)
             service.start_soon(self._gateway)
             service.start_soon(self._position_reconciler)
             service.start_soon(self.deadman.run)

@@ -1,8 +1,9 @@
 """legguard.fsm — the package lifecycle, pure and synchronous.
 
 Map:
-- `_table.py`   the transition table (ONE literal), `Lifecycle` (a `transitions.Machine` driven by it),
-                and the table / mermaid renderers used by `legguard fsm` and `docs/fsm.md`.
+- `_table.py`   the transition table (ONE literal), its `transitions.Machine` (the authority on legal moves),
+                `Lifecycle` (one package's state, moving by the map read off that machine), and the table /
+                mermaid renderers used by `legguard fsm` and `docs/fsm.md`.
 - `_events.py`  events fed into a package (order updates, deadlines, faults, ...) and the commands it
                 emits (journal intent, send, cancel, query, transitioned).
 - `_core.py`    `PackageCore`: the decision core. Given facts and one event it fires triggers and returns
@@ -65,6 +66,9 @@ from ._table import InvalidTransition as InvalidTransition
 from ._table import Lifecycle as Lifecycle
 from ._table import State as State
 from ._table import Trigger as Trigger
+from ._table import lifecycle_machine as lifecycle_machine
+from ._table import machine_dest as machine_dest
+from ._table import machine_moves as machine_moves
 from ._table import render_mermaid as render_mermaid
 from ._table import render_table as render_table
 from ._table import transition_map as transition_map

@@ -16,8 +16,10 @@ Rules it enforces (from the design card):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
+from types import MappingProxyType
 from typing import Any
 
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
@@ -52,6 +54,8 @@ from ._events import (
 from ._table import TRANSITIONS, Edge, Lifecycle, State, Trigger
 
 ZERO = Decimal(0)
+_NO_ENTRY: Mapping[LegRole, str] = MappingProxyType({})
+_NO_UNWINDS: Mapping[LegRole, int] = MappingProxyType({LegRole.SPOT: 0, LegRole.PERP: 0})
 
 # Attempts of unwind orders per leg before the core stops issuing new ones by itself. The engine's unwind
 # deadline escalates (alerts, operator) long before this is reached in practice.
@@ -203,8 +207,10 @@ class PackageCore:
     plan: PackagePlan
     lifecycle: Lifecycle = field(init=False)
     orders: dict[str, OrderFacts] = field(default_factory=dict)
-    entry: dict[LegRole, str] = field(default_factory=dict)  # role -> entry client order id
-    unwind_attempts: dict[LegRole, int] = field(default_factory=lambda: {LegRole.SPOT: 0, LegRole.PERP: 0})
+    # `entry` and `unwind_attempts` are never changed in place, only replaced: a clone shares them, and every
+    # new core shares the same empty ones (memory per live package, a copy less per step).
+    entry: Mapping[LegRole, str] = field(default_factory=lambda: _NO_ENTRY)  # role -> entry client order id
+    unwind_attempts: Mapping[LegRole, int] = field(default_factory=lambda: _NO_UNWINDS)
     venue_reduced: Decimal = ZERO  # perp short bought back by the venue (liquidation / ADL)
     entry_closing: bool = False  # fill deadline / shutdown / recovery: entries are being cancelled
     close_all: bool = False  # a close request or a fault: flatten whatever the orphan policy says
@@ -221,7 +227,7 @@ class PackageCore:
 
     @property
     def state(self) -> State:
-        return self.lifecycle.current
+        return self.lifecycle.state
 
     def leg_orders(self, role: LegRole) -> list[OrderFacts]:
         return [o for o in self.orders.values() if o.intent.role is role]
@@ -282,19 +288,26 @@ class PackageCore:
     def clone(self) -> PackageCore:
         """An independent copy in the same state (the model checker branches on it)."""
         twin = PackageCore.__new__(PackageCore)
-        for name in ("plan", "venue_reduced", "entry_closing", "close_all", "epoch", "exiting", "exit_passive",
-                     "edges", "initial"):  # fmt: skip
-            setattr(twin, name, getattr(self, name))
-        # The checker clones tens of thousands of times a second: a plain constructor, not dataclasses.replace.
+        # Every step decides on a clone (the actor) and the checker clones tens of thousands of times a
+        # second: plain assignments and constructors, no dataclasses.replace, no getattr loop.
+        twin.plan = self.plan
+        twin.venue_reduced = self.venue_reduced
+        twin.entry_closing = self.entry_closing
+        twin.close_all = self.close_all
+        twin.epoch = self.epoch
+        twin.exiting = self.exiting
+        twin.exit_passive = self.exit_passive
+        twin.edges = self.edges
+        twin.initial = self.initial
         twin.orders = {
             cid: OrderFacts(
                 o.intent, o.status, o.filled, o.average, o.fee_base, o.fee_quote, o.reason, o.cancel_sent, o.query_sent
             )
             for cid, o in self.orders.items()
         }
-        twin.entry = dict(self.entry)
-        twin.unwind_attempts = dict(self.unwind_attempts)
-        twin.lifecycle = Lifecycle(self.state, edges=self.edges, package_id=self.plan.package_id)
+        twin.entry = self.entry  # replaced, never changed in place: shared
+        twin.unwind_attempts = self.unwind_attempts
+        twin.lifecycle = self.lifecycle.copy()
         return twin
 
     # --- deciding -------------------------------------------------------------------------------------
@@ -388,7 +401,7 @@ class PackageCore:
         self._fire(Trigger.DISPATCH, why, out)
         for i in intents:
             self.orders[i.client_order_id] = OrderFacts(i)
-            self.entry[i.role] = i.client_order_id
+            self.entry = {**self.entry, i.role: i.client_order_id}
         out.extend(SendOrder(i) for i in intents)
 
     def _adopt(self, intent: OrderIntent) -> None:
@@ -398,9 +411,10 @@ class PackageCore:
             return
         self.orders[intent.client_order_id] = OrderFacts(intent, status=OrderStatus.UNKNOWN)
         if intent.purpose is Purpose.UNWIND:
-            self.unwind_attempts[intent.role] = max(self.unwind_attempts[intent.role], intent.attempt + 1)
+            attempts = max(self.unwind_attempts[intent.role], intent.attempt + 1)
+            self.unwind_attempts = {**self.unwind_attempts, intent.role: attempts}
         elif intent.purpose is Purpose.ENTRY and intent.role not in self.entry:
-            self.entry[intent.role] = intent.client_order_id
+            self.entry = {**self.entry, intent.role: intent.client_order_id}
 
     def _new_intent(
         self,
@@ -645,7 +659,7 @@ class PackageCore:
             attempt = self.unwind_attempts[role]
             if attempt >= MAX_UNWIND_ATTEMPTS:
                 continue
-            self.unwind_attempts[role] = attempt + 1
+            self.unwind_attempts = {**self.unwind_attempts, role: attempt + 1}
             intents.append(self._new_intent(role, Purpose.UNWIND, attempt, amount))
         out.extend(JournalIntent(i) for i in intents)
         for i in intents:

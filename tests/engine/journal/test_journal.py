@@ -4,6 +4,7 @@ built by driving real `PackageCore`s and recording every step the way the engine
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from legguard.domain import OrderStatus, RejectReason
+from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.engine.journal._replay import ReplayMismatch, replay_package, verify
 from legguard.engine.journal._store import (
     NUMBER_BLOCK,
@@ -36,20 +37,38 @@ from legguard.engine.journal._store import (
     UnknownPackage,
     _Checkpointer,
     canonical_json,
+    command_row,
+    command_text,
+    event_text,
     row_hash,
 )
 from legguard.fsm import (
     Abort,
+    CloseRequested,
+    Command,
     Dispatch,
     Event,
+    ExecutionStyle,
+    ExitDeadline,
     Fault,
     FillDeadline,
+    InvalidTransition,
+    JournalIntent,
+    LegRole,
     OrderEvent,
+    OrderIntent,
+    OrphanPolicy,
     PackageCore,
     PackagePlan,
+    Purpose,
+    Recovered,
+    Restarted,
+    Shutdown,
     State,
     Transitioned,
     Trigger,
+    VenueReduction,
+    model_plan,
 )
 
 # --- building journals the way the engine does ------------------------------------------------------
@@ -905,3 +924,128 @@ def test_a_fact_about_a_deferred_package_writes_its_creation_first(db: Path) -> 
         journal.record("control", "pkg1", {"action": "close", "via": "test", "reason": "r", "result": "ok"}, 2.0)
         assert [r.kind for r in journal.timeline("pkg1")] == ["package_created", "control"]
     assert verify(db).ok
+
+
+# --- the step rows' direct spelling is canonical_json's, byte for byte (issue 16) ---------------------------
+
+
+def _step_corpus() -> list[tuple[Event, list[Command]]]:
+    """(event, commands) of scripted cores in every style and policy: entries, partial fills, rejections,
+    venue reductions, deadlines, exits, unwinds, faults. Deterministic: its journal rows are pinned below."""
+    out: list[tuple[Event, list[Command]]] = []
+    for style in ExecutionStyle:
+        for policy in OrphanPolicy:
+            core = PackageCore(dataclasses.replace(model_plan(), style=style, policy=policy))
+
+            def feed(event: Event, core: PackageCore = core) -> None:
+                out.append((event, core.handle(event)))
+
+            feed(Dispatch())
+            step = 0
+            while core.orders and step < 40:
+                step += 1
+                for cid, o in list(core.orders.items()):
+                    if not o.live:
+                        continue
+                    k = (step + len(cid)) % 5
+                    if k == 0:
+                        feed(OrderEvent(cid, OrderStatus.OPEN))
+                    elif k == 1:
+                        feed(OrderEvent(cid, OrderStatus.OPEN, o.intent.amount / 2, D("60000.5"), D("0.0000010"), D(0)))
+                    elif k == 2:
+                        feed(OrderEvent(cid, OrderStatus.CLOSED, o.intent.amount, D("60001"), D(0), D("0.12")))
+                    elif k == 3:
+                        feed(OrderEvent(cid, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+                    else:
+                        feed(OrderEvent(cid, OrderStatus.CANCELED, o.filled, o.average, o.fee_base, o.fee_quote,
+                                        RejectReason.OTHER))  # fmt: skip
+                    if step == 3:
+                        feed(VenueReduction(D("0.001"), "adl"))
+                    if step == 2:
+                        feed(FillDeadline())
+                if core.state is State.HEDGED:
+                    feed(CloseRequested("basis", "basis", D("60100"), D("60050")))
+                if core.state is State.FLAT:
+                    break
+            for event in (Shutdown(), Recovered(), Restarted(2), Fault('boom: \u00e9"q"'), ExitDeadline(), Abort("x")):
+                try:
+                    feed(event)
+                except InvalidTransition:
+                    out.append((event, []))
+    return out
+
+
+# sha256 of the corpus's rows as the journal wrote them before the direct spelling (canonical_json of each
+# event's and command's dict): a change of a single byte would break every existing journal's chain.
+STEP_ROWS_SHA256 = "6e0cb1d4c8ae4acb5fb661b7d019593d78a97d2a1b3e0118dc0fcafd325a210d"
+
+
+def _rows_digest(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+
+def test_step_rows_are_spelled_exactly_as_journals_always_spelled_them() -> None:
+    generic: list[str] = []
+    direct: list[str] = []
+    kinds: set[str] = set()
+    for event, commands in _step_corpus():
+        generic.append(canonical_json(event.to_dict()))
+        direct.append(event_text(event))
+        for command in commands:
+            row, fast = command_row(command), command_text(command)
+            assert (row is None) == (fast is None)
+            if row is not None and fast is not None:
+                kinds.add(row[0])
+                generic.append(f"{row[0]} {canonical_json(row[1])}")
+                direct.append(f"{fast[0]} {fast[1]}")
+    assert kinds == {"intent", "transition", "cancel"}
+    assert direct == generic
+    assert _rows_digest(generic) == STEP_ROWS_SHA256
+
+
+_DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=-(10**9), max_value=10**9)
+_ODD = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(), st.booleans(), st.floats(-1, 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cid=st.text(max_size=30),
+    status=st.sampled_from(list(OrderStatus)),
+    numbers=st.lists(st.one_of(_DECIMALS, _ODD), min_size=4, max_size=4),
+    reason=st.none() | st.sampled_from(list(RejectReason)) | st.text(max_size=5),
+)
+def test_an_order_event_row_is_canonical_json_whatever_its_values(
+    cid: str, status: OrderStatus, numbers: list[object], reason: object
+) -> None:
+    """Values of unexpected types (an int fill, a str reason) take the generic path: never a different text."""
+    event = OrderEvent(cid, status, *numbers, reason=reason)  # type: ignore[arg-type]
+    assert event_text(event) == canonical_json(event.to_dict())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cid=st.text(max_size=30),
+    symbol=st.text(max_size=12),
+    attempt=st.integers(0, 10**6) | st.booleans(),
+    amount=st.one_of(_DECIMALS, _ODD),
+    price=st.one_of(_DECIMALS, _ODD),
+    flags=st.lists(st.one_of(st.booleans(), st.integers(0, 1), st.none()), min_size=3, max_size=3),
+    enums=st.tuples(
+        st.sampled_from(list(LegRole)),
+        st.sampled_from(list(Purpose)),
+        st.sampled_from(list(Side)),
+        st.sampled_from(list(OrderType)),
+    ),
+    reason=st.text(max_size=40),
+)
+def test_intent_and_transition_rows_are_canonical_json_whatever_their_values(
+    cid: str, symbol: str, attempt: int, amount: object, price: object, flags: list[object],
+    enums: tuple[LegRole, Purpose, Side, OrderType], reason: str,
+) -> None:  # fmt: skip
+    role, purpose, side, type_ = enums
+    intent = OrderIntent(cid, role, purpose, attempt, symbol, side, type_, amount, price,  # type: ignore[arg-type]
+                         post_only=flags[0], reduce_only=flags[1], ioc=flags[2])  # type: ignore[arg-type]  # fmt: skip
+    for command in (JournalIntent(intent), Transitioned(State.DISPATCHED, Trigger.HEDGE, State.HEDGED, reason)):
+        row = command_row(command)
+        assert row is not None
+        assert command_text(command) == (row[0], canonical_json(row[1]))
