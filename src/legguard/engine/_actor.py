@@ -4,6 +4,13 @@ core, journals every step before acting on it, and runs the commands the core re
 Cancellation never bypasses safety: if the actor is cancelled (engine shutdown, Ctrl-C) its `finally` runs a
 shielded drain with its own deadline that feeds `Shutdown` to the core and executes whatever the kill switch
 decides, using only request/response calls (the venue's order stream may already be gone).
+
+The kill switch leaves nothing to prepare once its answers arrive: each cancel is signed while its order is in
+flight, and while the cancels are in flight the unwind the core will send if they confirm what is known
+(`PackageCore.provisional_sends`) is armed, built and signed, and released as it is when the core's
+`SendOrder` names an equal intent (armed again only when the answers changed it). Urgent events (order events
+of a naked, orphaned or unwinding package) are taken before the mailbox's other events, and routine events
+defer to other packages' urgent ones (`_handle.Precedence`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from legguard.domain import (
 )
 from legguard.fsm import (
     CancelOrder,
+    Dispatch,
     Event,
     ExecutionStyle,
     ExitDeadline,
@@ -45,7 +53,7 @@ from legguard.fsm import (
 
 from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
-from ._handle import PackageHandle
+from ._handle import WAKE, PackageHandle
 from ._host import EngineHost
 
 log = logging.getLogger("legguard.engine")
@@ -90,18 +98,21 @@ class PackageActor:
         self.core = handle.core
         self.first = tuple(first)
         self._nursery: trio.Nursery | None = None
+        # Armed while the kill switch's cancels are in flight (`_prearm`): client id -> (intent, armed order).
+        self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] = {}
 
     # --- main loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        h = self.handle
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for event in self.first:
+                    if isinstance(event, Dispatch) and self.engine.precedence.pending:
+                        await self.engine.precedence.defer()  # a new package waits for the kill switch
                     await self.step(event)
                 while not self._finished():
-                    event = await h.receive.receive()
+                    event = await self._next_event()
                     await self.step(event)
                 nursery.cancel_scope.cancel()  # stray timers and late queries
         except BaseException as exc:
@@ -146,11 +157,35 @@ class PackageActor:
             self._nursery = nursery
             await self.step(Shutdown())
             while not self._safe():
-                event = await self.handle.receive.receive()
+                event = await self._next_event(defer=False)
                 await self.step(event)
             nursery.cancel_scope.cancel()
         if self._safe():
             log.info("package %s safe at shutdown: %s", self.handle.package_id, self.core.state)
+
+    async def _next_event(self, *, defer: bool = True) -> Event:
+        """The next event to step: the urgent lane first; a routine event waits (at most `PRECEDENCE_WAIT`,
+        once, and not while its own package has urgent work) for other packages' urgent events."""
+        h, precedence = self.handle, self.engine.precedence
+        while True:
+            urgent = h.take_urgent()
+            if urgent is not None:
+                return urgent
+            if h.held is None:
+                event = await h.receive.receive()
+                if event is WAKE:
+                    continue
+                h.held = event  # on the handle: a fault in the urgent step that may come first must not lose it
+            if defer and precedence.pending:
+                defer = False  # once per event: never starved
+                h.waker = trio.Event()
+                try:
+                    await precedence.defer(h.waker)
+                finally:
+                    h.waker = None
+                continue
+            event, h.held = h.held, None
+            return event
 
     # --- one step: decide, journal, act ---------------------------------------------------------------
 
@@ -232,9 +267,38 @@ class PackageActor:
                     self._spawn(self._unwind_watchdog)
                     if command.source is State.ORPHANED:
                         engine.note_reaction(time.perf_counter() - started)
+        self._prearm()  # after the step's own orders left: off the path it decided
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
+
+    def _prearm(self) -> None:
+        """Arm (build, sign) what the core sends once the cancels in flight confirm what is known now (the
+        kill switch's unwind), so that the step deciding it only releases it. Armed again only when what is
+        known changed (a fill or a fee reported meanwhile); never sent by itself. A refusal here is left to
+        that step, which arms again and reports it as usual."""
+        intents = self.core.provisional_sends()
+        wanted = {i.client_order_id for i in intents}
+        for cid in [cid for cid in self._armed if cid not in wanted]:
+            del self._armed[cid]
+        for intent in intents:
+            held = self._armed.get(intent.client_order_id)
+            if held is not None and held[0] == intent:
+                continue
+            try:
+                self._armed[intent.client_order_id] = (intent, self.engine.venue.arm(to_request(intent)))
+            except VenueError:
+                self._armed.pop(intent.client_order_id, None)
+
+    def _arm(self, intent: OrderIntent) -> ArmedOrder:
+        """The order armed ahead when it is exactly what the core now sends; else armed now."""
+        held = self._armed.pop(intent.client_order_id, None)
+        if held is not None:
+            if held[0] == intent:
+                self.engine.stats.armed_ahead += 1
+                return held[1]
+            self.engine.stats.rearmed += 1
+        return self.engine.venue.arm(to_request(intent))
 
     def _track_exposure(self, now: float) -> None:
         h = self.handle
@@ -262,7 +326,7 @@ class PackageActor:
             self.handle.released.add(intent.client_order_id)
             self.handle.sent_at[intent.client_order_id] = trio.current_time()
             try:
-                armed.append(self.engine.venue.arm(to_request(intent)))
+                armed.append(self._arm(intent))
             except OrderRejected as exc:
                 self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.REJECTED, reason=exc.reason))
                 self.engine.journal_error(self.handle.package_id, intent.client_order_id, "arm", exc)
