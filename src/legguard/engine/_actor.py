@@ -212,29 +212,11 @@ class PackageActor:
         h.events.append(event)
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands, engine.journal)
-        self._track_exposure(now)
-        if (
-            self.core.state is State.DISPATCHED
-            and h.naked_since is not None
-            and not h.leg_timer_started
-            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
-            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
-        ):
-            # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
-            # (short) leg deadline to catch up, not what is left of the fill deadline.
-            h.leg_timer_started = True
-            self._spawn(self._leg_deadline)
-        if self.core.state is State.UNWINDING and not h.exit_leg_timer_started and self.core.exit_naked():
-            # The passive exit closed (part of) one side and the other still rests: the same leg deadline
-            # bounds how long that lasts before the kill switch's aggressive orders take over.
-            h.exit_leg_timer_started = True
-            self._spawn(self._exit_deadline, engine.config.deadlines.leg)
-        h.pulse()
+        # Effects first, right after the commit: the kill switch's cancel and every order leave before the
+        # step's bookkeeping (exposure, timers, observers), which nothing on the wire waits for.
         sends: list[OrderIntent] = []
         for command in commands:
             match command:
-                case Transitioned():
-                    engine.on_transition(h, command, now)
                 case SendOrder(intent=intent):
                     sends.append(intent)
                 case CancelOrder(client_order_id=cid, symbol=symbol):
@@ -256,8 +238,27 @@ class PackageActor:
                 self._spawn(self._release_after, delay, sends)
             else:
                 self._release(sends)
+        self._track_exposure(now)
+        if (
+            self.core.state is State.DISPATCHED
+            and h.naked_since is not None
+            and not h.leg_timer_started
+            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
+            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
+        ):
+            # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
+            # (short) leg deadline to catch up, not what is left of the fill deadline.
+            h.leg_timer_started = True
+            self._spawn(self._leg_deadline)
+        if self.core.state is State.UNWINDING and not h.exit_leg_timer_started and self.core.exit_naked():
+            # The passive exit closed (part of) one side and the other still rests: the same leg deadline
+            # bounds how long that lasts before the kill switch's aggressive orders take over.
+            h.exit_leg_timer_started = True
+            self._spawn(self._exit_deadline, engine.config.deadlines.leg)
+        h.pulse()
         for command in commands:
             if isinstance(command, Transitioned):
+                engine.on_transition(h, command, now)
                 if command.dest is State.DISPATCHED:
                     self._spawn(self._fill_deadline)
                 elif command.dest is State.UNWINDING and command.source is State.HEDGED and self.core.exit_passive:
