@@ -112,8 +112,9 @@ class PackageActor:
                         await self.engine.precedence.defer()  # a new package waits for the kill switch
                     await self.step(event)
                 while not self._finished():
-                    event = await self._next_event()
-                    await self.step(event)
+                    taken = await self._next_event()
+                    if taken is not None:
+                        await self.step(taken)
                 nursery.cancel_scope.cancel()  # stray timers and late queries
         except BaseException as exc:
             if is_cancellation(exc) and not self._safe():
@@ -157,15 +158,17 @@ class PackageActor:
             self._nursery = nursery
             await self.step(Shutdown())
             while not self._safe():
-                event = await self._next_event(defer=False)
-                await self.step(event)
+                taken = await self._next_event(defer=False)
+                if taken is not None:
+                    await self.step(taken)
             nursery.cancel_scope.cancel()
         if self._safe():
             log.info("package %s safe at shutdown: %s", self.handle.package_id, self.core.state)
 
-    async def _next_event(self, *, defer: bool = True) -> Event:
+    async def _next_event(self, *, defer: bool = True) -> Event | None:
         """The next event to step: the urgent lane first; a routine event waits (at most `PRECEDENCE_WAIT`,
-        once, and not while its own package has urgent work) for other packages' urgent events."""
+        once, and not while its own package has urgent work) for other packages' urgent events. None: woken
+        with nothing to step (a step taken elsewhere may have changed what the caller waits for)."""
         h, precedence = self.handle, self.engine.precedence
         while True:
             urgent = h.take_urgent()
@@ -174,7 +177,7 @@ class PackageActor:
             if h.held is None:
                 event = await h.receive.receive()
                 if event is WAKE:
-                    continue
+                    return None
                 h.held = event  # on the handle: a fault in the urgent step that may come first must not lose it
             if defer and precedence.pending:
                 defer = False  # once per event: never starved
@@ -339,6 +342,18 @@ class PackageActor:
         for a in armed:
             self._spawn(self._send, a)
 
+    async def _answered(self, event: OrderEvent) -> None:
+        """The venue's answer to one of this actor's own requests, read by the task that made it: stepped
+        right here, without a hop through the mailbox, unless urgent events wait ahead of it or the package
+        is finished. The actor's loop never yields inside a step, so this step cannot interleave with one."""
+        h = self.handle
+        if h.urgent or self._finished():
+            h.post(event)
+            return
+        await self.step(event)
+        if self._finished() or self._safe():
+            h.post(WAKE)  # the loop waiting on the mailbox looks at its condition again
+
     async def _release_after(self, delay: float, intents: list[OrderIntent]) -> None:
         try:
             await trio.sleep(delay)
@@ -369,7 +384,7 @@ class PackageActor:
                 # The venue holds less short than we believe (reduced while unseen): find out how much.
                 self._spawn(engine.reconcile_short, symbol, h)
             self._fact_error(cid, "send", exc)
-            h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
+            await self._answered(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
             return
         except DuplicateOrder:
             # It exists: fetch it, never resend.
@@ -391,7 +406,7 @@ class PackageActor:
         if CRASH_ARMED:
             _crashpoints.after_send(self.core.orders[cid].intent)
         h.facts.append(("ack", _update_payload(ack), trio.current_time()))
-        h.post(to_order_event(ack))
+        await self._answered(to_order_event(ack))
 
     async def _cancel(self, cid: str, symbol: str) -> None:
         h, engine = self.handle, self.engine
@@ -406,7 +421,7 @@ class PackageActor:
             engine.journal_error(h.package_id, cid, "cancel", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
-        h.post(to_order_event(update))
+        await self._answered(to_order_event(update))
 
     async def _query(self, cid: str, symbol: str, backoff: float) -> None:
         h, engine = self.handle, self.engine
@@ -436,7 +451,7 @@ class PackageActor:
             # Escalate: back off and ask again; the core keeps the leg unknown meanwhile.
             self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), 2.0))
             return
-        h.post(to_order_event(update))
+        await self._answered(to_order_event(update))
 
     async def _unwind_watchdog(self) -> None:
         outage = self.engine.outage
