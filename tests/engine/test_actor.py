@@ -270,3 +270,25 @@ async def test_a_kill_switch_event_is_stepped_before_book_updates_and_other_pack
     with trio.fail_after(10):
         await unwinding.wait_until(lambda core: core.state is State.FLAT)
     assert other.core.state is State.HEDGED
+
+
+async def test_the_cancels_answer_is_stepped_by_the_task_that_read_it(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    stepped_by: list[tuple[str, object, str]] = []
+    real_step = PackageActor.step
+
+    async def step(self: PackageActor, event: Event) -> None:
+        stepped_by.append((event.kind, getattr(event, "status", ""), trio.lowlevel.current_task().name))
+        await real_step(self, event)
+
+    monkeypatch.setattr(PackageActor, "step", step)
+
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+
+    # No hop through the mailbox between the answer and the step that sends the unwind.
+    answer = next(s for s in stepped_by if s[1] is OrderStatus.CANCELED)
+    assert answer[2].endswith("PackageActor._cancel"), stepped_by
