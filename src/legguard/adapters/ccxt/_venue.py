@@ -196,8 +196,9 @@ class CcxtVenueConfig:
     ws_retry_interval: float = 5.0  # how long a book stays on REST before the websocket is tried again
     resign_after: float = 1.0  # an armed order older than this is signed again at fire (recvWindow is 5 s)
     # An answer reporting fills whose fees no answer carried yet (Binance's cancel and query answers carry
-    # none) waits this long for the user stream's execution reports, already sent, before asking REST.
-    fee_wait: float = 0.25
+    # none) waits this long for the user stream's execution reports, already sent, before REST is asked too
+    # (whichever tells first).
+    fee_wait: float = 0.002
     close_grace: float = 0.25  # ccxt's pause at close that lets TLS transports finish
 
     def __post_init__(self) -> None:
@@ -823,33 +824,58 @@ class CcxtVenue:
         already sent: the fill's execution report on the user stream (or the placement's `fills`), recorded
         in the fee ledger. When those do not cover the fill yet, the execution reports are on their way (the
         venue sends them as the trade happens, before it answers a later cancel): wait for them up to
-        `fee_wait` while the stream is up; only if none arrives, ask REST for the order's trades."""
+        `fee_wait` while the stream is up; only if none has arrived by then, ask REST for the order's trades,
+        and take whichever of the query and the stream tells first."""
         if side.kind is not MarketKind.SPOT or update.side is not Side.BUY or update.filled == 0:
             return update
         market = self._markets[update.symbol]
         key = (update.symbol, update.client_order_id)
         traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
-        if traded < update.filled and self.config.fee_wait > 0 and _stream_live(side):
+        stream = _stream_live(side) if traded < update.filled else False
+        if stream and self.config.fee_wait > 0:
             with trio.move_on_after(self.config.fee_wait):
                 while traded < update.filled:
                     await self._fees_seen.wait()
                     traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
-        if traded >= update.filled:
-            if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
-                return update
-            return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
-        if update.venue_order_id is None:
+        if traded < update.filled and update.venue_order_id is not None:
+            await self._trades_or_stream(side, update, key, stream)
+            traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
             return update
-        self.fee_queries += 1
-        trades = await self._call(side, f"trades of {update.client_order_id}", side.ex.fetch_order_trades,
-                                  update.venue_order_id, update.symbol, cost=side.cost("trades"))  # fmt: skip
-        if not isinstance(trades, list):
-            raise MalformedResponse(f"trades of {update.client_order_id}: expected a list")
-        for trade in trades:
-            if isinstance(trade, dict):
-                self.fees.record_trade(key, trade)
-        _, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
+
+    async def _trades_or_stream(self, side: _Side, update: OrderUpdate, key: tuple[str, str], stream: bool) -> None:
+        """Ask REST for the order's trades, while the stream's reports may still tell first (then the query is
+        abandoned). Raises the query's error only when the stream did not tell either."""
+        market = self._markets[update.symbol]
+        self.fee_queries += 1
+        failed: list[VenueError] = []
+
+        async def from_rest() -> None:
+            try:
+                trades = await self._call(side, f"trades of {update.client_order_id}", side.ex.fetch_order_trades,
+                                          update.venue_order_id, update.symbol, cost=side.cost("trades"))  # fmt: skip
+                if not isinstance(trades, list):
+                    raise MalformedResponse(f"trades of {update.client_order_id}: expected a list")
+            except VenueError as exc:
+                failed.append(exc)
+            else:
+                for trade in trades:
+                    if isinstance(trade, dict):
+                        self.fees.record_trade(key, trade)
+            nursery.cancel_scope.cancel()
+
+        async def from_stream() -> None:
+            while self.fees.totals(key, market.base, market.quote)[0] < update.filled:
+                await self._fees_seen.wait()
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_rest)
+            if stream:
+                nursery.start_soon(from_stream)
+        if failed and self.fees.totals(key, market.base, market.quote)[0] < update.filled:
+            raise failed[0]
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
         sides = [self._side_for(symbol)] if symbol is not None else [self._spot, self._perp]
