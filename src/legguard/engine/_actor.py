@@ -99,7 +99,7 @@ class PackageActor:
         self.first = tuple(first)
         self._nursery: trio.Nursery | None = None
         # Armed while the kill switch's cancels are in flight (`_prearm`): client id -> (intent, armed order).
-        self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] = {}
+        self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] | None = None  # None until first armed
 
     # --- main loop ------------------------------------------------------------------------------------
 
@@ -282,21 +282,26 @@ class PackageActor:
         known changed (a fill or a fee reported meanwhile); never sent by itself. A refusal here is left to
         that step, which arms again and reports it as usual."""
         intents = self.core.provisional_sends()
+        if not intents:
+            self._armed = None
+            return
+        armed = self._armed if self._armed is not None else {}
         wanted = {i.client_order_id for i in intents}
-        for cid in [cid for cid in self._armed if cid not in wanted]:
-            del self._armed[cid]
+        for cid in [cid for cid in armed if cid not in wanted]:
+            del armed[cid]
         for intent in intents:
-            held = self._armed.get(intent.client_order_id)
+            held = armed.get(intent.client_order_id)
             if held is not None and held[0] == intent:
                 continue
             try:
-                self._armed[intent.client_order_id] = (intent, self.engine.venue.arm(to_request(intent)))
+                armed[intent.client_order_id] = (intent, self.engine.venue.arm(to_request(intent)))
             except VenueError:
-                self._armed.pop(intent.client_order_id, None)
+                armed.pop(intent.client_order_id, None)
+        self._armed = armed or None
 
     def _arm(self, intent: OrderIntent) -> ArmedOrder:
         """The order armed ahead when it is exactly what the core now sends; else armed now."""
-        held = self._armed.pop(intent.client_order_id, None)
+        held = self._armed.pop(intent.client_order_id, None) if self._armed else None
         if held is not None:
             if held[0] == intent:
                 self.engine.stats.armed_ahead += 1
