@@ -1,33 +1,334 @@
-"""The actor's fill deadline through the engine's one timer task: it reaches the package only while the actor
-incarnation that set it is alive (a restarted or finished actor's timers went with it, as its tasks did)."""
+"""The package actor's kill-switch path on the simulated venue, in virtual time: the unwind armed while the
+cancel travels is released as armed when the cancel's answer confirms what was known, and armed again when
+the answer changes it; and urgent events (order events of a package in the kill switch) go before routine
+work, its own mailbox's and other packages'."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
 
 import pytest
 import trio
+import trio.testing
+from trio.testing import MockClock
 
+from legguard.adapters._venue import ArmedOrder
+from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
+from legguard.domain import BookSnapshot, OrderRequest, OrderStatus, OrderUpdate, RejectReason, Side
+from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
 from legguard.engine._actor import PackageActor
-from legguard.engine._handle import PackageHandle
-from legguard.engine._host import EngineHost, Timers
-from legguard.engine._spec import EngineConfig
-from legguard.fsm import FillDeadline, PackageCore, model_plan
+from legguard.engine._handle import PRECEDENCE_WAIT, PackageHandle, Precedence
+from legguard.engine._venue_truth import compare_venue
+from legguard.engine.journal._store import Journal
+from legguard.fsm import Dispatch, Event, FillDeadline, LegRole, OrderEvent, PackageCore, State, model_plan
+
+ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
+QTY = Decimal("0.05")
+DEADLINES = Deadlines(ack=1.0, fill=30.0, unwind=30.0, leg=30.0, recv_window=2.0, clock_allowance=0.5)
 
 
-def host() -> EngineHost:
-    return cast(EngineHost, SimpleNamespace(config=EngineConfig(), timers=Timers(), outage=SimpleNamespace(down=False)))
+@dataclass
+class Rig:
+    venue: SimVenue
+    journal: Journal
+    engine: Engine
+    armed: list[ArmedOrder] = field(default_factory=list)  # every order armed, in order
+    fired: dict[str, ArmedOrder] = field(default_factory=dict)  # client id -> the armed order sent
+    cancel_held: trio.Event = field(default_factory=trio.Event)  # a cancel reached the venue's door
+    cancel_go: trio.Event = field(default_factory=trio.Event)  # let the held cancels through
+    books_held: bool = False  # book watchers wait for `books_go`, then get the book at once
+    books_go: trio.Event = field(default_factory=trio.Event)
+
+    async def books_paused(self) -> None:
+        """Hold the book watchers at the venue until `books_release` (both are waiting once this returns)."""
+        self.books_held = True
+        await trio.sleep(1.0)  # the watchers come back from the sim venue's next book change and wait
+
+    def books_release(self) -> None:
+        self.books_go.set()
+        self.books_go = trio.Event()
+
+    def armed_for(self, suffix: str) -> list[ArmedOrder]:
+        return [a for a in self.armed if a.request.client_order_id.endswith(suffix)]
+
+    def fill_spot_entry(self, handle: PackageHandle, quantity: Decimal) -> None:
+        """The wider market sells `quantity` into the package's resting spot buy; the stream reports it."""
+        price = handle.core.orders[handle.core.entry[LegRole.SPOT]].intent.price
+        assert price is not None
+        self.venue.engine.trade_through(ETH, Side.SELL, price, quantity, trio.current_time())
+        self.venue._publish(self.venue.engine.drain_updates())
 
 
-async def test_a_due_fill_deadline_reaches_only_a_live_incarnation() -> None:
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    journal = Journal.open(tmp_path / "journal.db")
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+        r = Rig(venue, journal, engine)
+        real_arm, real_fire, real_cancel = venue.arm, venue.fire, venue.cancel_order
+        real_watch = venue.watch_order_book
+
+        def arm(request: OrderRequest) -> ArmedOrder:
+            armed = real_arm(request)
+            r.armed.append(armed)
+            return armed
+
+        async def fire(armed: ArmedOrder) -> OrderUpdate:
+            r.fired[armed.request.client_order_id] = armed
+            return await real_fire(armed)
+
+        async def cancel_order(symbol: str, client_order_id: str) -> OrderUpdate:
+            r.cancel_held.set()
+            await r.cancel_go.wait()
+            return await real_cancel(symbol, client_order_id)
+
+        async def watch_order_book(symbol: str) -> BookSnapshot:
+            if not r.books_held:
+                return await real_watch(symbol)
+            await r.books_go.wait()
+            return venue.engine.book(symbol)
+
+        venue.watch_order_book = watch_order_book  # type: ignore[method-assign]
+        venue.arm = arm  # type: ignore[method-assign]
+        venue.fire = fire  # type: ignore[method-assign]
+        venue.cancel_order = cancel_order  # type: ignore[method-assign]
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)  # let the books fill
+            yield r
+    truth = compare_venue(venue.engine, journal)
+    journal.close()
+    assert truth.ok, truth.problems
+
+
+async def kill_switch_waiting_on_its_cancel(rig: Rig, filled: Decimal, cap: Decimal | None = None) -> PackageHandle:
+    """A package whose perp leg is rejected and whose spot leg rests with `filled` filled (and can fill no more
+    than `cap`, default `filled`, whatever the simulated market does): the kill switch has sent the spot's
+    cancel, which the venue holds until `rig.cancel_go`."""
+    rig.venue.inject("partial_fill", symbol=ETH, fraction=float((cap or filled) / QTY))
+    rig.venue.inject("reject", symbol=ETH_PERP, reason=RejectReason.POST_ONLY_CROSS)
+    pid = rig.engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+    handle = rig.engine.handles[pid]
+    with trio.fail_after(10):
+        await rig.cancel_held.wait()  # the rejection decided: the resting spot is being cancelled
+        rig.fill_spot_entry(handle, filled)
+        await handle.wait_until(lambda core: core.state is State.UNWINDING and core.exposure().spot > 0)
+    return handle
+
+
+def held_after_fees(core: PackageCore, spot_cid: str) -> Decimal:
+    o = core.orders[spot_cid]
+    step = core.plan.spot.step
+    return ((o.filled - o.fee_base) / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+async def test_the_unwind_armed_while_the_cancel_travels_is_released_as_armed(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    spot = handle.core.entry[LegRole.SPOT]
+    armed = rig.armed_for("-SU0")
+    assert len(armed) == 1  # armed while the cancel is still held at the venue
+    assert armed[0].request.amount == held_after_fees(handle.core, spot) > 0
+    assert rig.fired.get(armed[0].request.client_order_id) is None  # armed, never sent by itself
+
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+
+    assert rig.armed_for("-SU0") == armed  # nothing built or signed again
+    assert rig.fired[armed[0].request.client_order_id] is armed[0]
+    assert (rig.engine.stats.armed_ahead, rig.engine.stats.rearmed) == (1, 0)
+
+
+async def test_an_answer_that_changes_the_fill_arms_the_unwind_again(autojump_clock: MockClock, rig: Rig) -> None:
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"), cap=Decimal("0.03"))
+    first = rig.armed_for("-SU0")
+    assert len(first) == 1 and first[0].request.amount > 0
+    # The spot fills further while the cancel travels, and the stream runs late: the cancel's answer is the
+    # first to tell (Binance reports the cumulative fill in it).
+    rig.venue.inject("stream_lag", seconds=0.5, duration=5.0)
+    rig.fill_spot_entry(handle, Decimal("0.01"))
+
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+
+    spot = handle.core.entry[LegRole.SPOT]
+    assert handle.core.orders[spot].filled == Decimal("0.03")
+    armed = rig.armed_for("-SU0")
+    assert [a.request.amount for a in armed] == [first[0].request.amount, held_after_fees(handle.core, spot)]
+    assert rig.fired[armed[-1].request.client_order_id] is armed[-1]  # the one armed for what the answer said
+    assert (rig.engine.stats.armed_ahead, rig.engine.stats.rearmed) == (0, 1)
+
+
+# --- precedence: the kill switch's events first -----------------------------------------------------------
+
+
+async def test_routine_work_defers_to_pending_urgent_events_but_never_longer_than_the_bound(
+    autojump_clock: MockClock,
+) -> None:
+    precedence = Precedence()
+    await precedence.defer()  # nothing urgent: returns at once
+    assert trio.current_time() == 0
+
+    precedence.add()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(precedence.defer)
+        await trio.sleep(0.001)
+        precedence.done()  # the urgent event was taken: the routine work goes on now
+    assert trio.current_time() == pytest.approx(0.001)
+
+    precedence.add()  # never taken (a stuck actor): routine work waits the bound, then goes on
+    start = trio.current_time()
+    await precedence.defer()
+    assert trio.current_time() - start == pytest.approx(PRECEDENCE_WAIT)
+
+
+def unwinding_core() -> PackageCore:
+    from legguard.fsm import LegPlan, PackagePlan
+
+    plan = PackagePlan(
+        "t", "lg-t", Decimal("0.002"),
+        LegPlan("BTC/USDT", Side.BUY, Decimal("60000"), Decimal("0.00001"), Decimal("0.00001")),
+        LegPlan("BTC/USDT:USDT", Side.SELL, Decimal("60012"), Decimal("0.001"), Decimal("0.001")),
+    )  # fmt: skip
+    core = PackageCore(plan)
+    for event in (Dispatch(), OrderEvent("lg-t-SE0", OrderStatus.OPEN, Decimal("0.001")),
+                  OrderEvent("lg-t-PE0", OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS)):  # fmt: skip
+        core.handle(event)
+    assert core.state is State.UNWINDING
+    return core
+
+
+async def test_an_unwinding_package_takes_its_order_events_before_routine_ones_queued_earlier() -> None:
+    handle = PackageHandle.create(unwinding_core(), 0.0, Precedence())
+    actor = PackageActor(SimpleNamespace(precedence=handle.precedence), handle)  # type: ignore[arg-type]
+    answer = OrderEvent("lg-t-SE0", OrderStatus.CANCELED, Decimal("0.001"))
+
+    handle.post(FillDeadline())  # routine: the channel
+    handle.post(answer)  # the cancel's answer: the urgent lane
+    assert handle.precedence is not None and handle.precedence.pending == 1
+
+    first, second = await actor._next_event(), await actor._next_event()
+
+    assert (first, second) == (answer, FillDeadline())
+    assert handle.precedence.pending == 0
+
+
+async def test_a_kill_switch_event_is_stepped_before_book_updates_and_other_packages_routine_events(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = rig.engine.handles[rig.engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))]
+    with trio.fail_after(30):
+        await other.wait_until(lambda core: core.state is State.HEDGED and core.is_quiescent())
+    unwinding = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    assert unwinding.is_urgent() and not other.is_urgent()
+
+    order: list[str] = []
+    routine = {other.package_id, f"book {ETH}", f"book {ETH_PERP}"}
+    all_done = [trio.Event()]  # set once the routine work of the round has happened
+
+    def note(what: str) -> None:
+        order.append(what)
+        if routine <= set(order):
+            all_done[0].set()
+
+    real_step = PackageActor.step
+
+    async def step(self: PackageActor, event: Event) -> None:
+        note(self.handle.package_id)
+        await real_step(self, event)
+
+    monkeypatch.setattr(PackageActor, "step", step)
+
+    class Books(dict):  # type: ignore[type-arg]
+        def __setitem__(self, symbol: str, book: object) -> None:
+            note(f"book {symbol}")
+            super().__setitem__(symbol, book)
+
+    rig.engine.books = Books(rig.engine.books)
+    spot = unwinding.core.orders[unwinding.core.entry[LegRole.SPOT]]
+    # Trio runs the tasks woken together in either order: several rounds, so that luck alone cannot pass.
+    for _ in range(8):
+        await rig.books_paused()
+        order.clear()
+        all_done[0] = trio.Event()
+        # At one instant: the unwinding package's order event (the stream repeats what it knows), a routine
+        # event of a hedged package (a no-op there) and a book update of each market.
+        unwinding.post(OrderEvent(spot.intent.client_order_id, OrderStatus.OPEN, spot.filled, spot.average,
+                                  spot.fee_base, spot.fee_quote))  # fmt: skip
+        other.post(FillDeadline())
+        rig.books_release()
+        with trio.fail_after(10):
+            await all_done[0].wait()
+        assert order[0] == unwinding.package_id, order  # before any of the routine work
+    assert rig.engine.precedence.pending == 0
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await unwinding.wait_until(lambda core: core.state is State.FLAT)
+    assert other.core.state is State.HEDGED
+
+
+async def test_the_cancels_answer_is_stepped_by_the_task_that_read_it(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    stepped_by: list[tuple[str, object, str]] = []
+    real_step = PackageActor.step
+
+    async def step(self: PackageActor, event: Event) -> None:
+        stepped_by.append((event.kind, getattr(event, "status", ""), trio.lowlevel.current_task().name))
+        await real_step(self, event)
+
+    monkeypatch.setattr(PackageActor, "step", step)
+
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+
+    # No hop through the mailbox between the answer and the step that sends the unwind.
+    answer = next(s for s in stepped_by if s[1] is OrderStatus.CANCELED)
+    assert answer[2].endswith("PackageActor._cancel"), stepped_by
+
+
+class GatedGroup:
+    """A group commit that holds every commit until the test opens the gate, and records how many steps were
+    inside a commit at once."""
+
+    def __init__(self) -> None:
+        self.gate = trio.Event()
+        self.inside = 0
+        self.most_inside = 0
+
+    async def commit(self, writes: object) -> None:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            await self.gate.wait()
+        finally:
+            self.inside -= 1
+
+
+async def test_two_tasks_stepping_one_package_take_turns_while_a_group_commits() -> None:
+    # The task that read a venue answer steps the package itself (`_answered`); the actor's own task steps
+    # mailbox events. A step yields while its group commits: a second step deciding on the same core then
+    # would be lost when the first replaces the core. The second waits for the first.
+    group = GatedGroup()
+    journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
+    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
-    old, new = PackageActor(host(), handle), PackageActor(host(), handle)
-    new._timers_live = True  # running (set as its nursery opens)
-
-    old.on_timer()  # never started, or already over: nothing
-    new.on_timer()
-    handle.send.close()
-    assert await handle.receive.receive() == FillDeadline()
-    with pytest.raises(trio.EndOfChannel):  # one deadline, posted once: none from the old incarnation
-        await handle.receive.receive()
+    actor = PackageActor(host, handle)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        actor._nursery = nursery
+        nursery.start_soon(actor.step, FillDeadline())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(actor.step, FillDeadline())
+        await trio.testing.wait_all_tasks_blocked()
+        assert group.inside == 1  # the second step waits outside, before deciding anything
+        group.gate.set()
+    assert group.most_inside == 1
+    assert handle.events == [FillDeadline(), FillDeadline()]

@@ -908,3 +908,53 @@ def test_a_refused_spot_unwind_of_real_size_is_still_retried() -> None:
     assert d(ev(SU0, OrderStatus.REJECTED, reason=RejectReason.INVALID_ORDER)) == send(
         unwind(LegRole.SPOT, 1, "0.00199")
     )
+
+
+# --- what the engine may arm while the kill switch's cancels are in flight ---------------------------------
+
+
+def test_the_unwind_is_known_while_the_cancel_travels_and_confirming_it_sends_exactly_that() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(SE0, OrderStatus.OPEN, HALF))
+    assert d.core.provisional_sends() == []  # nothing is being cancelled yet
+    d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+    before = d.core.fingerprint()
+
+    prepared = d.core.provisional_sends()
+
+    assert prepared == [unwind(LegRole.SPOT, 0, "0.00099")]  # what was filled, net of the fee charged in base
+    assert d.core.fingerprint() == before  # worked out on a twin: the core itself is untouched
+    assert d(ev(SE0, OrderStatus.CANCELED, HALF)) == send(*prepared)
+
+
+def test_a_fill_racing_the_cancel_changes_what_is_sent() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN, HALF), ev(PE0, OrderStatus.REJECTED, reason=RejectReason.OTHER))
+    prepared = d.core.provisional_sends()
+
+    sent = d(ev(SE0, OrderStatus.CANCELED, D("0.0015")))  # the answer reports more than was known
+
+    assert prepared == [unwind(LegRole.SPOT, 0, "0.00099")]
+    assert sent == send(unwind(LegRole.SPOT, 0, "0.00149")) != send(*prepared)
+
+
+def test_the_unwind_after_a_fill_deadline_is_known_once_both_cancels_travel() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF), FillDeadline())  # both entries being cancelled, still dispatched
+
+    prepared = d.core.provisional_sends()
+
+    assert d.state is S.DISPATCHED and prepared == [unwind(LegRole.SPOT, 0, "0.00099")]
+    d(ev(SE0, OrderStatus.CANCELED, HALF))
+    assert d(ev(PE0, OrderStatus.CANCELED)) == send(*prepared)
+
+
+def test_nothing_is_prepared_while_an_outcome_is_unknown_or_nothing_is_unmatched() -> None:
+    d = Driver()
+    d(Dispatch(), ev(PE0, OrderStatus.OPEN, HALF), ev(SE0, OrderStatus.UNKNOWN))
+    assert d.state is S.UNWINDING
+    assert d.core.provisional_sends() == []  # the unknown leg may have filled anything: query first
+
+    calm = acked()
+    calm(FillDeadline())  # both cancels travel, nothing filled: they void the package, nothing to send
+    assert calm.core.provisional_sends() == []

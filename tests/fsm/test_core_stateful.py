@@ -411,6 +411,16 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.replayed().fingerprint() == self.core.fingerprint()
 
     @invariant()
+    def what_the_engine_may_arm_changes_nothing_and_is_new(self) -> None:
+        before = self.core.fingerprint()
+        prepared = self.core.provisional_sends()
+        assert self.core.fingerprint() == before
+        # Orders not sent yet (never an id the core already used), each a fresh unwind or hedge.
+        assert all(i.client_order_id not in self.core.orders for i in prepared), prepared
+        if prepared:
+            event("armed ahead while cancels travel")
+
+    @invariant()
     def finished_orders_match_the_venue(self) -> None:
         for cid, facts in self.core.orders.items():
             if facts.status.is_terminal:

@@ -4,6 +4,13 @@ core, journals every step before acting on it, and runs the commands the core re
 Cancellation never bypasses safety: if the actor is cancelled (engine shutdown, Ctrl-C) its `finally` runs a
 shielded drain with its own deadline that feeds `Shutdown` to the core and executes whatever the kill switch
 decides, using only request/response calls (the venue's order stream may already be gone).
+
+The kill switch leaves nothing to prepare once its answers arrive: each cancel is signed while its order is in
+flight, and while the cancels are in flight the unwind the core will send if they confirm what is known
+(`PackageCore.provisional_sends`) is armed, built and signed, and released as it is when the core's
+`SendOrder` names an equal intent (armed again only when the answers changed it). Urgent events (order events
+of a naked, orphaned or unwinding package) are taken before the mailbox's other events, and routine events
+defer to other packages' urgent ones (`_handle.Precedence`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from legguard.domain import (
 )
 from legguard.fsm import (
     CancelOrder,
+    Dispatch,
     Event,
     ExecutionStyle,
     ExitDeadline,
@@ -45,7 +53,7 @@ from legguard.fsm import (
 
 from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
-from ._handle import PackageHandle
+from ._handle import WAKE, PackageHandle
 from ._host import EngineHost
 
 log = logging.getLogger("legguard.engine")
@@ -85,7 +93,18 @@ class PackageActor:
     """One incarnation of a package's actor. The supervisor starts a new one (same handle) after a fault."""
 
     # One per live package: slots, not a __dict__ (memory per live package). Weak-referenceable for the timers.
-    __slots__ = ("__weakref__", "_nursery", "_timers_live", "core", "engine", "first", "handle")
+    __slots__ = (
+        "__weakref__",
+        "_armed",
+        "_idle",
+        "_nursery",
+        "_stepping",
+        "_timers_live",
+        "core",
+        "engine",
+        "first",
+        "handle",
+    )
 
     def __init__(self, engine: EngineHost, handle: PackageHandle, first: Sequence[Event] = ()) -> None:
         self.engine = engine
@@ -94,20 +113,28 @@ class PackageActor:
         self.first = tuple(first)
         self._nursery: trio.Nursery | None = None
         self._timers_live = False  # this incarnation's timers still count (they die with its nursery)
+        # Armed while the kill switch's cancels are in flight (`_prearm`): client id -> (intent, armed order).
+        self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] | None = None  # None until first armed
+        # One step at a time: a step yields while its group commits, and the task that read a venue answer
+        # may step too (`_answered`). Two steps deciding on the same core would lose one of them.
+        self._stepping = False
+        self._idle: trio.Event | None = None  # made only when a second task waits for the step in progress
 
     # --- main loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        h = self.handle
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._timers_live = True
                 for event in self.first:
+                    if isinstance(event, Dispatch) and self.engine.precedence.pending:
+                        await self.engine.precedence.defer()  # a new package waits for the kill switch
                     await self.step(event)
                 while not self._finished():
-                    event = await h.receive.receive()
-                    await self.step(event)
+                    taken = await self._next_event()
+                    if taken is not None:
+                        await self.step(taken)
                 nursery.cancel_scope.cancel()  # stray timers and late queries
         except BaseException as exc:
             self._timers_live = False
@@ -153,15 +180,55 @@ class PackageActor:
             self._nursery = nursery
             await self.step(Shutdown())
             while not self._safe():
-                event = await self.handle.receive.receive()
-                await self.step(event)
+                taken = await self._next_event(defer=False)
+                if taken is not None:
+                    await self.step(taken)
             nursery.cancel_scope.cancel()
         if self._safe():
             log.info("package %s safe at shutdown: %s", self.handle.package_id, self.core.state)
 
+    async def _next_event(self, *, defer: bool = True) -> Event | None:
+        """The next event to step: the urgent lane first; a routine event waits (at most `PRECEDENCE_WAIT`,
+        once, and not while its own package has urgent work) for other packages' urgent events. None: woken
+        with nothing to step (a step taken elsewhere may have changed what the caller waits for)."""
+        h, precedence = self.handle, self.engine.precedence
+        while True:
+            urgent = h.take_urgent()
+            if urgent is not None:
+                return urgent
+            if h.held is None:
+                event = await h.receive.receive()
+                if event is WAKE:
+                    return None
+                h.held = event  # on the handle: a fault in the urgent step that may come first must not lose it
+            if defer and precedence.pending:
+                defer = False  # once per event: never starved
+                h.waker = trio.Event()
+                try:
+                    await precedence.defer(h.waker)
+                finally:
+                    h.waker = None
+                continue
+            event, h.held = h.held, None
+            return event
+
     # --- one step: decide, journal, act ---------------------------------------------------------------
 
     async def step(self, event: Event) -> None:
+        while self._stepping:  # another task of this actor is inside a step (waiting for its group's commit)
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+        self._stepping = True
+        try:
+            await self._step(event)
+        finally:
+            self._stepping = False
+            idle, self._idle = self._idle, None
+            if idle is not None:
+                idle.set()
+
+    async def _step(self, event: Event) -> None:
         h, engine = self.handle, self.engine
         now = trio.current_time()
         started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
@@ -182,29 +249,11 @@ class PackageActor:
         h.events.append(event)
         if CRASH_ARMED:
             _crashpoints.after_step(self.core, commands, engine.journal)
-        self._track_exposure(now)
-        if (
-            self.core.state is State.DISPATCHED
-            and h.naked_since is not None
-            and not h.leg_timer_started
-            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
-            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
-        ):
-            # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
-            # (short) leg deadline to catch up, not what is left of the fill deadline.
-            h.leg_timer_started = True
-            self._spawn(self._leg_deadline)
-        if self.core.state is State.UNWINDING and not h.exit_leg_timer_started and self.core.exit_naked():
-            # The passive exit closed (part of) one side and the other still rests: the same leg deadline
-            # bounds how long that lasts before the kill switch's aggressive orders take over.
-            h.exit_leg_timer_started = True
-            self._spawn(self._exit_deadline, engine.config.deadlines.leg)
-        h.pulse()
+        # Effects first, right after the commit: the kill switch's cancel and every order leave before the
+        # step's bookkeeping (exposure, timers, observers), which nothing on the wire waits for.
         sends: list[OrderIntent] = []
         for command in commands:
             match command:
-                case Transitioned():
-                    engine.on_transition(h, command, now)
                 case SendOrder(intent=intent):
                     sends.append(intent)
                 case CancelOrder(client_order_id=cid, symbol=symbol):
@@ -226,8 +275,27 @@ class PackageActor:
                 self._spawn(self._release_after, delay, sends)
             else:
                 self._release(sends)
+        self._track_exposure(now)
+        if (
+            self.core.state is State.DISPATCHED
+            and h.naked_since is not None
+            and not h.leg_timer_started
+            # maker-taker answers each maker fill with an immediate hedge: no leg waits on the market.
+            and self.core.plan.style is not ExecutionStyle.MAKER_TAKER
+        ):
+            # One leg has filled more than the other: that is naked exposure, so the other leg gets only the
+            # (short) leg deadline to catch up, not what is left of the fill deadline.
+            h.leg_timer_started = True
+            self._spawn(self._leg_deadline)
+        if self.core.state is State.UNWINDING and not h.exit_leg_timer_started and self.core.exit_naked():
+            # The passive exit closed (part of) one side and the other still rests: the same leg deadline
+            # bounds how long that lasts before the kill switch's aggressive orders take over.
+            h.exit_leg_timer_started = True
+            self._spawn(self._exit_deadline, engine.config.deadlines.leg)
+        h.pulse()
         for command in commands:
             if isinstance(command, Transitioned):
+                engine.on_transition(h, command, now)
                 if command.dest is State.DISPATCHED:
                     self._start_fill_deadline()
                 elif command.dest is State.UNWINDING and command.source is State.HEDGED and self.core.exit_passive:
@@ -237,9 +305,43 @@ class PackageActor:
                     self._spawn(self._unwind_watchdog)
                     if command.source is State.ORPHANED:
                         engine.note_reaction(time.perf_counter() - started)
+        self._prearm()  # after the step's own orders left: off the path it decided
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
+
+    def _prearm(self) -> None:
+        """Arm (build, sign) what the core sends once the cancels in flight confirm what is known now (the
+        kill switch's unwind), so that the step deciding it only releases it. Armed again only when what is
+        known changed (a fill or a fee reported meanwhile); never sent by itself. A refusal here is left to
+        that step, which arms again and reports it as usual."""
+        intents = self.core.provisional_sends()
+        if not intents:
+            self._armed = None
+            return
+        armed = self._armed if self._armed is not None else {}
+        wanted = {i.client_order_id for i in intents}
+        for cid in [cid for cid in armed if cid not in wanted]:
+            del armed[cid]
+        for intent in intents:
+            held = armed.get(intent.client_order_id)
+            if held is not None and held[0] == intent:
+                continue
+            try:
+                armed[intent.client_order_id] = (intent, self.engine.venue.arm(to_request(intent)))
+            except VenueError:
+                armed.pop(intent.client_order_id, None)
+        self._armed = armed or None
+
+    def _arm(self, intent: OrderIntent) -> ArmedOrder:
+        """The order armed ahead when it is exactly what the core now sends; else armed now."""
+        held = self._armed.pop(intent.client_order_id, None) if self._armed else None
+        if held is not None:
+            if held[0] == intent:
+                self.engine.stats.armed_ahead += 1
+                return held[1]
+            self.engine.stats.rearmed += 1
+        return self.engine.venue.arm(to_request(intent))
 
     def _track_exposure(self, now: float) -> None:
         h = self.handle
@@ -266,7 +368,7 @@ class PackageActor:
             self.engine.register_order(intent.client_order_id, self.handle)
             self.handle.sent_at[intent.client_order_id] = trio.current_time()
             try:
-                armed.append(self.engine.venue.arm(to_request(intent)))
+                armed.append(self._arm(intent))
             except OrderRejected as exc:
                 self.handle.post(OrderEvent(intent.client_order_id, OrderStatus.REJECTED, reason=exc.reason))
                 self.engine.journal_error(self.handle.package_id, intent.client_order_id, "arm", exc)
@@ -277,6 +379,18 @@ class PackageActor:
             release(armed)
         for a in armed:
             self._spawn(self._send, a)
+
+    async def _answered(self, event: OrderEvent) -> None:
+        """The venue's answer to one of this actor's own requests, read by the task that made it: stepped
+        right here, without a hop through the mailbox, unless urgent events wait ahead of it, the package
+        is finished, or a step is in progress (waiting for its group's commit): then it queues as any event."""
+        h = self.handle
+        if h.urgent or self._finished() or self._stepping:
+            h.post(event)
+            return
+        await self.step(event)
+        if self._finished() or self._safe():
+            h.post(WAKE)  # the loop waiting on the mailbox looks at its condition again
 
     async def _release_after(self, delay: float, intents: list[OrderIntent]) -> None:
         try:
@@ -308,7 +422,7 @@ class PackageActor:
                 # The venue holds less short than we believe (reduced while unseen): find out how much.
                 self._spawn(engine.reconcile_short, symbol, h)
             self._fact_error(cid, "send", exc)
-            h.post(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
+            await self._answered(OrderEvent(cid, OrderStatus.REJECTED, reason=exc.reason))
             return
         except DuplicateOrder:
             # It exists: fetch it, never resend.
@@ -330,7 +444,7 @@ class PackageActor:
         if CRASH_ARMED:
             _crashpoints.after_send(self.core.orders[cid].intent)
         h.facts.append(("ack", _update_payload(ack), trio.current_time()))
-        h.post(to_order_event(ack))
+        await self._answered(to_order_event(ack))
 
     async def _cancel(self, cid: str, symbol: str) -> None:
         h, engine = self.handle, self.engine
@@ -345,7 +459,7 @@ class PackageActor:
             engine.journal_error(h.package_id, cid, "cancel", exc)
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
-        h.post(to_order_event(update))
+        await self._answered(to_order_event(update))
 
     async def _query(self, cid: str, symbol: str, backoff: float) -> None:
         h, engine = self.handle, self.engine
@@ -375,7 +489,7 @@ class PackageActor:
             # Escalate: back off and ask again; the core keeps the leg unknown meanwhile.
             self._spawn(self._query, cid, symbol, min(max(backoff * 2, 0.05), 2.0))
             return
-        h.post(to_order_event(update))
+        await self._answered(to_order_event(update))
 
     async def _unwind_watchdog(self) -> None:
         outage = self.engine.outage

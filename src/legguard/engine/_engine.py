@@ -58,7 +58,7 @@ from ._deadman import DeadMan
 from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
 from ._funding import FundingBook
 from ._group import GroupCommit
-from ._handle import PackageHandle
+from ._handle import PackageHandle, Precedence
 from ._host import EngineStats, Timers
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
@@ -102,6 +102,7 @@ class Engine:
         self.books: dict[str, BookSnapshot] = {}
         self.handles: dict[str, PackageHandle] = {}
         self.live: set[str] = set()  # packages neither flat nor hedged (the risk limit counts them)
+        self.precedence = Precedence()  # the kill switch's events before routine work (`_handle.py`)
         self.mode = EngineMode.RUNNING
         self.halt_reason = ""
         self.paused_until = 0.0  # rate-limit back-off for new packages
@@ -209,7 +210,9 @@ class Engine:
         failures = 0
         while True:
             try:
-                self.books[symbol] = await self.venue.watch_order_book(symbol)
+                book = await self.venue.watch_order_book(symbol)
+                await self.precedence.defer()  # the kill switch's pending events first
+                self.books[symbol] = book
             except VenueError as exc:
                 self.outage.suspect(exc)
                 if failures == 0:
@@ -284,7 +287,7 @@ class Engine:
         # Journaled with the package's first step (its dispatch), in that step's group commit.
         self.journal.defer_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)
-        handle = PackageHandle.create(core, now)
+        handle = PackageHandle.create(core, now, self.precedence)
         handle.crash_on_event = crash_on_event
         self.handles[package_id] = handle
         self.live.add(package_id)
@@ -348,6 +351,7 @@ class Engine:
                     actor = self._restart(handle, crash)
         finally:
             handle.done.set()
+            handle.drop_urgent()
             handle.pulse()
             handle.send.close()
 
@@ -613,8 +617,15 @@ class Engine:
                 continue
             backoff = 0.05
             self.stream_last_message = trio.current_time()
+            if len(updates) > 1:
+                # Stable: the kill switch's updates are posted first, each package's in the venue's order.
+                updates = sorted(updates, key=self._routine)
             for update in updates:
                 self.route(update)
+
+    def _routine(self, update: OrderUpdate) -> bool:
+        handle = self._orders.get(update.client_order_id)
+        return handle is None or not handle.is_urgent()
 
     def route(self, update: OrderUpdate) -> None:
         handle = self._orders.get(update.client_order_id)

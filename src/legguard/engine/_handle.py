@@ -1,11 +1,18 @@
 """`PackageHandle`: what outlives any one incarnation of a package's actor — its mailbox, its event log (to
 rebuild the core after a fault) and the timing facts the engine reports. The engine, the actor, recovery and
 the dead-man's switch all hold handles; the handle knows none of them.
+
+`Precedence` is the engine-wide rule that the kill switch's events go first: an order event for a package that
+is naked, orphaned or unwinding is urgent. It jumps its package's mailbox (the urgent lane), and other work on
+the engine thread (book updates, new packages' dispatch, other packages' routine events) defers to urgent
+events already queued, each unit of it at most `PRECEDENCE_WAIT`: kill-switch bursts go first, nothing else
+starves.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,7 +22,55 @@ import outcome
 import trio
 import trio.lowlevel
 
-from legguard.fsm import Event, PackageCore
+from legguard.fsm import Event, OrderEvent, PackageCore, State
+
+# The longest one unit of routine work (a book update, a new package's dispatch, a routine event of another
+# package) waits for urgent kill-switch events queued before it. Urgent events are handled in microseconds to
+# a few milliseconds each; the bound keeps a long burst of them from starving everything else.
+PRECEDENCE_WAIT = 0.005
+
+_URGENT_STATES = frozenset({State.ORPHANED, State.UNWINDING})
+
+
+@dataclass(frozen=True, slots=True)
+class _Wake(Event):
+    """Sent through the mailbox channel when an urgent event is queued, to wake an actor waiting on it; never
+    stepped, never journaled."""
+
+
+WAKE = _Wake()
+
+
+class Precedence:
+    """Counts urgent events posted and not yet taken by their actors (engine-wide), and lets routine work defer
+    to them: `defer` returns once none is pending, when `wake` is set (its own urgent event arrived), or after
+    `limit` seconds, whichever comes first."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._waiting: set[trio.Event] = set()
+
+    def add(self) -> None:
+        self.pending += 1
+
+    def done(self, count: int = 1) -> None:
+        self.pending -= count
+        if self.pending <= 0:
+            self.pending = 0
+            for waiter in self._waiting:
+                waiter.set()
+            self._waiting.clear()
+
+    async def defer(self, wake: trio.Event | None = None, limit: float = PRECEDENCE_WAIT) -> None:
+        if not self.pending:
+            return
+        wake = wake if wake is not None else trio.Event()
+        self._waiting.add(wake)
+        try:
+            with trio.move_on_after(limit):
+                await wake.wait()
+        finally:
+            self._waiting.discard(wake)
 
 
 class Mailbox:
@@ -125,20 +180,45 @@ class PackageHandle:
     # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
     # the step that acts on them: one commit less between an answer and the kill switch.
     facts: list[tuple[str, dict[str, object], float]] = field(default_factory=list)
+    # The urgent lane: order events that arrived while the package was naked, orphaned or unwinding, taken
+    # before anything in the channel (`take_urgent`). None until first used.
+    urgent: deque[Event] | None = None
+    precedence: Precedence | None = None  # the engine's; None: no engine-wide precedence (tests, tools)
+    waker: trio.Event | None = None  # set by an urgent post while the actor defers to other packages' urgent work
+    held: Event | None = None  # a routine event taken from the channel, stepped after the urgent lane is empty
     done: Done = field(default_factory=Done)
     # Set after the next step, made only when an observer waits (`wait_until`): most packages never have one.
     stepped: trio.Event | None = None
 
     @classmethod
-    def create(cls, core: PackageCore, now: float) -> PackageHandle:
+    def create(cls, core: PackageCore, now: float, precedence: Precedence | None = None) -> PackageHandle:
         # Unbounded: posting must never block (and must work from a cancelled task, via send_nowait).
         mailbox = Mailbox()
-        return cls(core.plan.package_id, core, mailbox, mailbox, created_at=now)
+        return cls(core.plan.package_id, core, mailbox, mailbox, created_at=now, precedence=precedence)
 
     @property
     def released(self) -> KeysView[str]:
         """Client ids handed to the venue (not just journaled): those with a release time."""
         return self.sent_at.keys()
+
+    def is_urgent(self) -> bool:
+        """Whether this package's order events go first: it is orphaned or unwinding (the kill switch), or
+        naked (one leg filled more than the other: the next answer may be the one that decides)."""
+        return self.naked_since is not None or self.core.state in _URGENT_STATES
+
+    def take_urgent(self) -> Event | None:
+        if not self.urgent:
+            return None
+        if self.precedence is not None:
+            self.precedence.done()
+        return self.urgent.popleft()
+
+    def drop_urgent(self) -> None:
+        """The actor is gone for good: what is left in the urgent lane will never be taken."""
+        if self.urgent:
+            if self.precedence is not None:
+                self.precedence.done(len(self.urgent))
+            self.urgent.clear()
 
     def pulse(self) -> None:
         stepped, self.stepped = self.stepped, None
@@ -163,5 +243,14 @@ class PackageHandle:
                 nursery.start_soon(first, done)
 
     def post(self, event: Event) -> None:
+        if isinstance(event, OrderEvent) and not self.done.is_set() and self.is_urgent():
+            if self.urgent is None:
+                self.urgent = deque()
+            self.urgent.append(event)
+            if self.precedence is not None:
+                self.precedence.add()
+            if self.waker is not None:
+                self.waker.set()
+            event = WAKE  # wakes the actor if it waits on the channel; the event itself waits in the lane
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # package finished
             self.send.send_nowait(event)

@@ -22,7 +22,7 @@ from legguard.domain import Market, RateLimited
 from legguard.fsm import Event, Transitioned
 
 from ._group import GroupCommit
-from ._handle import PackageHandle
+from ._handle import PackageHandle, Precedence
 from ._spec import EngineConfig
 from .journal import Journal
 
@@ -40,6 +40,8 @@ class EngineStats:
     venue_mismatches: int = 0  # venue truth differed from the packages' beliefs (either direction)
     max_naked: float = 0.0
     auto_resumes: int = 0
+    armed_ahead: int = 0  # orders (the kill switch's unwinds) released as armed while the cancels were in flight
+    rearmed: int = 0  # armed ahead, but the cancels' answers changed them: armed again when sent
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
     # (trio time, wall time, text) of the latest errors worth an operator's eyes
     errors: deque[tuple[float, float, str]] = field(default_factory=lambda: deque(maxlen=10))
@@ -114,6 +116,7 @@ class EngineHost(Protocol):
     handles: dict[str, PackageHandle]
     live: set[str]
     timers: Timers
+    precedence: Precedence
     _orders: dict[str, PackageHandle]
     _packages: trio.Nursery | None
 

@@ -197,7 +197,7 @@ async def recover(engine: EngineHost) -> RecoveryReport:
             journal.record(RECOVERY, pid, {"step": "unrecoverable", "error": str(exc)}, now)
             continue
         report.at_restart[pid] = core.state.value
-        handle = PackageHandle.create(core, now)
+        handle = PackageHandle.create(core, now, engine.precedence)
         handle.events = list(journal.events(pid))
         handle.reductions_posted = core.venue_reduced
         handle.funding = sum((funding_amount(r.payload) for r in journal.timeline(pid) if r.kind == FUNDING),

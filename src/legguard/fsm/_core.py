@@ -666,6 +666,24 @@ class PackageCore:
             self.orders[i.client_order_id] = OrderFacts(i)
         out.extend(SendOrder(i) for i in intents)
 
+    def provisional_sends(self) -> list[OrderIntent]:
+        """The orders this core sends once the cancels now in flight are answered, if the answers confirm what
+        is known now (no further fill, no further fee): above all the kill switch's unwind, whose amount is
+        what the cancelled orders filled. The engine prepares (arms: builds and signs) them while the cancels
+        are in flight and releases one only for a `SendOrder` of an equal intent: only a step of this core
+        sends. Worked out on a twin fed exactly those answers, so it cannot drift from what the core decides.
+        Empty unless every order still live is resting with its cancel in flight. Changes nothing here."""
+        live = [o for o in self.orders.values() if o.live]
+        if not live or any(o.status is not OrderStatus.OPEN or not o.cancel_sent for o in live):
+            return []
+        twin = self.clone()
+        out: list[OrderIntent] = []
+        for o in live:
+            answer = OrderEvent(o.intent.client_order_id, OrderStatus.CANCELED, o.filled, o.average, o.fee_base,
+                                o.fee_quote)  # fmt: skip
+            out += [c.intent for c in twin.handle(answer) if isinstance(c, SendOrder)]
+        return out
+
     def _entry_filled(self, role: LegRole) -> Decimal:
         # Every entry order of the leg: maker-taker hedges one maker leg with several taker orders.
         return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.ENTRY), ZERO)

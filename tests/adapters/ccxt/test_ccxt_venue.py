@@ -369,6 +369,69 @@ async def test_every_execution_of_a_burst_arrives_with_its_own_fee() -> None:
         assert seen[-1].fee_base == QTY * spot_m.maker_fee
 
 
+@dataclass
+class HeldStream:
+    """The venue's user-stream order events, held back (as a stream running late) until `release`."""
+
+    venue: CcxtVenue
+    held: list[tuple[Any, Any]]
+
+    def release(self) -> None:
+        for side, message in self.held:
+            CcxtVenue._on_order_event(self.venue, side, message)
+        self.held.clear()
+
+
+def hold_stream(rig: Any) -> HeldStream:
+    held = HeldStream(rig.venue, [])
+    for side in (rig.venue._spot, rig.venue._perp):  # where ccxt's message handler hands each order event
+        side.ex.legguard_sink = lambda message, side=side: held.held.append((side, message))
+    return held
+
+
+async def test_a_cancel_answer_takes_its_fee_from_the_stream_report_not_from_rest() -> None:
+    async with emulated(fee_wait=30.0) as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t30-SE1", ETH, Side.BUY, bid))
+        stream = hold_stream(rig)
+        # Part of it fills; the execution report (with its commission) is on its way but not read yet.
+        await rig.on_emulator(rig.emu.trade, rig.emu.engine.markets[ETH], Side.SELL, bid, Decimal("0.02"))
+        answers: list[OrderUpdate] = []
+        answered = trio.Event()  # the cancel's answer was read from the socket
+        rig.venue.set_tap(lambda what, key, ns: answered.set() if (what, key) == ("recv", "cancel:t30-SE1") else None)
+
+        async def cancel() -> None:
+            answers.append(await rig.venue.cancel_order(ETH, "t30-SE1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel)
+            with trio.fail_after(STREAM_WAIT):
+                await answered.wait()
+            await trio.sleep(0.1)
+            assert answers == []  # the answer (filled, no fee) waits for the report, not for a REST query
+            stream.release()
+
+    fee = Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee
+    assert [(a.status, a.filled, a.fee_base) for a in answers] == [(OrderStatus.CANCELED, Decimal("0.02"), fee)]
+    assert rig.venue.fee_queries == 0
+
+
+async def test_a_fee_no_answer_carries_is_asked_of_rest_after_the_wait() -> None:
+    async with emulated(fee_wait=0.05) as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t31-SE1", ETH, Side.BUY, bid))
+        hold_stream(rig)  # never released: the report is lost
+        await rig.on_emulator(rig.emu.trade, rig.emu.engine.markets[ETH], Side.SELL, bid, Decimal("0.02"))
+
+        answer = await rig.venue.cancel_order(ETH, "t31-SE1")
+
+    assert (answer.filled, answer.fee_base) == (
+        Decimal("0.02"),
+        Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee,
+    )
+    assert rig.venue.fee_queries == 1
+
+
 async def test_spot_fill_fee_is_recovered_by_rest_when_the_stream_missed_it() -> None:
     async with emulated() as rig:
         bid, *_ = await rig.books()

@@ -219,6 +219,82 @@ async def test_perp_refused_for_margin_after_the_spot_filled_the_kill_switch_sel
     assert verify(tmp_path / "j.db").ok
 
 
+# --- 3b. the kill switch's unwind is armed while its cancel is held on the way ---------------------------
+
+
+@contextmanager
+def signs_of(monkeypatch: pytest.MonkeyPatch, suffix: str) -> Iterator[list[str]]:
+    """Every ccxt `sign()` of an order whose client id ends with `suffix`, from now on."""
+    from legguard.adapters.ccxt._venue import _Request
+
+    signed: list[str] = []
+    real = _Request.sign
+
+    def sign(self: Any, venue: Any) -> None:
+        cid = str(self.params.get("newClientOrderId", ""))
+        if cid.endswith(suffix):
+            signed.append(cid)
+        real(self, venue)
+
+    monkeypatch.setattr(_Request, "sign", sign)
+    yield signed
+
+
+async def kill_switch_with_held_cancel(rig: Rig, engine: Engine) -> PackageHandle:
+    """The perp leg rejected (-5022), the spot leg resting with 40 % filled: the kill switch's cancel of the
+    spot is held on its way until the emulator's clock moves."""
+    _, handle = submit(engine)
+    await rig.until(lambda: rig.emu.held == 1)
+    await until_core(handle, lambda c: c.state is State.UNWINDING and c.orders[entry(c, LegRole.SPOT)].filled > 0)
+    return handle
+
+
+@pytest.mark.parametrize("stream", ["reports-fees-first", "late"])
+async def test_the_unwind_armed_while_the_cancel_is_held_is_released_without_signing_it_again(
+    tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    # resign_after: a loaded machine must not age the armed signature past it while the test looks.
+    async with emulated(resign_after=60.0) as rig:
+        await rig.fault(fault="partial_fill", market="spot", ratio=0.4)
+        await rig.fault(fault="reject", market="linear", code=-5022, path="/order", method="POST")
+        await rig.fault(fault="delay", delay_ms=100, market="spot", path="/order", method="DELETE")
+        async with engine_on(rig, tmp_path / "j.db") as engine:
+            if stream == "late":
+                # The spot's execution reports never reach the package before the cancel's answer: that answer
+                # is the first to tell the package the fee (from the stream's report, which the venue has).
+                real_route = engine.route
+                monkeypatch.setattr(engine, "route", lambda u: None if u.client_order_id.endswith("-SE0")
+                                    else real_route(u))  # fmt: skip
+            with signs_of(monkeypatch, "-SU0") as signed:
+                handle = await kill_switch_with_held_cancel(rig, engine)
+                spot = handle.core.orders[entry(handle.core, LegRole.SPOT)]
+                if stream == "late":
+                    assert spot.fee_base == 0  # the package knows the fill (the ack said so), not its fee
+                else:
+                    await until_core(handle, lambda c: c.orders[entry(c, LegRole.SPOT)].fee_base > 0)
+                # Armed (and signed) already: for the fill the acknowledgement told, again once the fee was known.
+                before = len(signed)
+                assert before >= 1
+                await rig.on_emulator(rig.emu.advance, 0.1)  # the cancel reaches the venue
+                state = await settle(engine, handle.package_id)
+            core = handle.core
+            stats = engine.stats
+
+    assert state is State.FLAT
+    filled = core.orders[entry(core, LegRole.SPOT)].filled
+    step = rig.emu.engine.markets[ETH].step_size
+    unwound = ((filled - spot_fee(rig, filled)) / step).to_integral_value(rounding=ROUND_DOWN) * step
+    sold = [o for o in rig.orders(MarketKind.SPOT).values() if o["side"] == "SELL"]
+    assert [(o["type"], o["status"], Decimal(o["executedQty"])) for o in sold] == [("MARKET", "FILLED", unwound)]
+    assert rig.venue.fee_queries == 0  # the fee came from the stream's execution report, never from REST
+    if stream == "late":
+        # Armed for the fill without its fee; the answer changed the amount: armed (signed) once more.
+        assert len(signed) == before + 1 and (stats.armed_ahead, stats.rearmed) == (0, 1)
+    else:
+        assert len(signed) == before and (stats.armed_ahead, stats.rearmed) == (1, 0)  # released as armed
+    assert verify(tmp_path / "j.db").ok
+
+
 # --- 4. acknowledgement timeout on an order that actually rests ----------------------------------------
 
 

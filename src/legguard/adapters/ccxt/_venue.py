@@ -197,6 +197,10 @@ class CcxtVenueConfig:
     book_poll_interval: float = 0.5  # REST polling while a book's websocket is unavailable
     ws_retry_interval: float = 5.0  # how long a book stays on REST before the websocket is tried again
     resign_after: float = 1.0  # an armed order older than this is signed again at fire (recvWindow is 5 s)
+    # An answer reporting fills whose fees no answer carried yet (Binance's cancel and query answers carry
+    # none) waits this long for the user stream's execution reports, already sent, before REST is asked too
+    # (whichever tells first).
+    fee_wait: float = 0.002
     close_grace: float = 0.25  # ccxt's pause at close that lets TLS transports finish
 
     def __post_init__(self) -> None:
@@ -215,7 +219,7 @@ class CcxtVenueConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-        for name in ("budget_reserve", "budget_deadman", "stream_ready_timeout", "close_grace"):
+        for name in ("budget_reserve", "budget_deadman", "stream_ready_timeout", "close_grace", "fee_wait"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
@@ -385,6 +389,8 @@ class CcxtVenue:
         # The kill switch's first move, prepared while the order is in flight: client id -> signed cancel.
         self._cancels: collections.OrderedDict[str, _Request] = collections.OrderedDict()
         self._cancels_out: dict[str, _CancelOut | VenueError] = {}  # written by release_cancel, not yet awaited
+        self._fees_seen = trio.Event()  # set (and replaced) whenever the user stream reports an order event
+        self.fee_queries = 0  # REST trade queries made because no answer carried an order's fees
 
     def __repr__(self) -> str:
         return f"CcxtVenue({self.config!r})"
@@ -816,24 +822,63 @@ class CcxtVenue:
         return await self._with_fees(side, self._update(order, symbol, client_order_id))
 
     async def _with_fees(self, side: _Side, update: OrderUpdate) -> OrderUpdate:
-        """Binance's order queries carry no fees. A spot buy pays its fee in the base asset, which changes
-        what is held; if the trades we know of do not cover the fill, ask for the order's trades."""
+        """Binance's cancel and query answers carry no fees. A spot buy pays its fee in the base asset, which
+        changes what is held (and so what the kill switch unwinds). The fees come from the answers the venue
+        already sent: the fill's execution report on the user stream (or the placement's `fills`), recorded
+        in the fee ledger. When those do not cover the fill yet, the execution reports are on their way (the
+        venue sends them as the trade happens, before it answers a later cancel): wait for them up to
+        `fee_wait` while the stream is up; only if none has arrived by then, ask REST for the order's trades,
+        and take whichever of the query and the stream tells first."""
         if side.kind is not MarketKind.SPOT or update.side is not Side.BUY or update.filled == 0:
             return update
         market = self._markets[update.symbol]
         key = (update.symbol, update.client_order_id)
-        traded, _, _ = self.fees.totals(key, market.base, market.quote)
-        if traded >= update.filled or update.venue_order_id is None:
+        traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        stream = _stream_live(side) if traded < update.filled else False
+        if stream and self.config.fee_wait > 0:
+            with trio.move_on_after(self.config.fee_wait):
+                while traded < update.filled:
+                    await self._fees_seen.wait()
+                    traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if traded < update.filled and update.venue_order_id is not None:
+            await self._trades_or_stream(side, update, key, stream)
+            traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
             return update
-        trades = await self._call(side, f"trades of {update.client_order_id}", side.ex.fetch_order_trades,
-                                  update.venue_order_id, update.symbol, cost=side.cost("trades"))  # fmt: skip
-        if not isinstance(trades, list):
-            raise MalformedResponse(f"trades of {update.client_order_id}: expected a list")
-        for trade in trades:
-            if isinstance(trade, dict):
-                self.fees.record_trade(key, trade)
-        _, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
+
+    async def _trades_or_stream(self, side: _Side, update: OrderUpdate, key: tuple[str, str], stream: bool) -> None:
+        """Ask REST for the order's trades, while the stream's reports may still tell first (then the query is
+        abandoned). Raises the query's error only when the stream did not tell either."""
+        market = self._markets[update.symbol]
+        self.fee_queries += 1
+        failed: list[VenueError] = []
+
+        async def from_rest() -> None:
+            try:
+                trades = await self._call(side, f"trades of {update.client_order_id}", side.ex.fetch_order_trades,
+                                          update.venue_order_id, update.symbol, cost=side.cost("trades"))  # fmt: skip
+                if not isinstance(trades, list):
+                    raise MalformedResponse(f"trades of {update.client_order_id}: expected a list")
+            except VenueError as exc:
+                failed.append(exc)
+            else:
+                for trade in trades:
+                    if isinstance(trade, dict):
+                        self.fees.record_trade(key, trade)
+            nursery.cancel_scope.cancel()
+
+        async def from_stream() -> None:
+            while self.fees.totals(key, market.base, market.quote)[0] < update.filled:
+                await self._fees_seen.wait()
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_rest)
+            if stream:
+                nursery.start_soon(from_stream)
+        if failed and self.fees.totals(key, market.base, market.quote)[0] < update.filled:
+            raise failed[0]
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
         sides = [self._side_for(symbol)] if symbol is not None else [self._spot, self._perp]
@@ -954,6 +999,9 @@ class CcxtVenue:
             if symbol not in self._markets:
                 return  # another market of the same account (margin, options): not ours to track
             self._post([self._update(order, str(symbol))])
+            # An answer waiting for an execution's fee (`_with_fees`) looks at the ledger again.
+            self._fees_seen.set()
+            self._fees_seen = trio.Event()
         except (VenueError, ccxt.BaseError, *PARSE_ERRORS) as exc:
             log.warning("%s user stream: unreadable order event: %s", side.exchange_id, exc)
             self._post(_Dropped(side.kind, f"unreadable order event ({type(exc).__name__})"))

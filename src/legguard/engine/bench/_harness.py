@@ -349,6 +349,7 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
                 run["unwind_us"] = percentiles(r.unwind_us)
                 run["reaction_reject_last"] = r.reject_last
                 run["reaction_skipped"] = r.skipped
+                run["reaction_stream_decided"] = r.stream_decided
             log(f"engine overhead: {sizes.overhead} packages, sim venue at zero latency")
             run["overhead_us"] = percentiles(trio.run(overhead_run, sizes.overhead, directory))
             log(f"throughput: {sizes.packages} packages, virtual time, journal PROCESS")

@@ -267,6 +267,9 @@ class Reaction:
     unwind_us: list[float] = field(default_factory=list)  # cancel answer in -> unwind order bytes out
     reject_last: int = 0  # samples where the rejection (not the other leg's ack) was the decisive answer
     skipped: int = 0  # samples that did not take the scripted path (reported, never silently dropped)
+    # Samples decided on the user stream's report of the resting leg, read before its REST acknowledgement:
+    # the stream is read by ccxt, unstamped, so the decisive moment is unknown (reported, not measured).
+    stream_decided: int = 0
 
 
 async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> Reaction:
@@ -294,8 +297,11 @@ async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> React
             continue
         assert spot_ack is not None and perp_reject is not None and cancel_out is not None
         decisive = max(spot_ack, perp_reject)
-        out.reject_last += perp_reject >= spot_ack
-        out.reaction_us.append((cancel_out - decisive) / 1000)
+        if cancel_out < decisive:
+            out.stream_decided += 1
+        else:
+            out.reject_last += perp_reject >= spot_ack
+            out.reaction_us.append((cancel_out - decisive) / 1000)
         if cancel_in is not None and unwind_out is not None:
             out.unwind_us.append((unwind_out - cancel_in) / 1000)
     return out
