@@ -158,7 +158,9 @@ async def _trade(run: DemoRun, plan: FaultPlan) -> None:
 async def _liquidate_when_hedged(run: DemoRun, package_id: str) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
-    handle = engine.handles[package_id]
+    handle = engine.handles.get(package_id)
+    if handle is None:  # already flat (refused) and released
+        return
     with trio.move_on_after(10):
         await handle.wait_until(lambda core: core.state in (State.HEDGED, State.FLAT))
         if handle.core.state is not State.HEDGED:
@@ -213,6 +215,10 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
                 today = max(leg.dust, dust_threshold(engine.markets[leg.symbol], book.best_bid))
             bucket = open_exposure if tradable >= today and tradable > 0 else dust
             bucket[leg.symbol] = bucket.get(leg.symbol, Decimal(0)) + amount
+    # Flat packages released from memory: flat means each leg's residual is below its dust threshold.
+    for residual in (engine.retired.spot, engine.retired.perp):
+        for symbol, amount in residual.items():
+            dust[symbol] = dust.get(symbol, Decimal(0)) + amount
     # The venue's own view: the perp position per symbol must equal the hedged packages' perp legs.
     positions = venue.engine.positions()
     venue_mismatch = {
@@ -227,9 +233,9 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
     truth = compare_venue(venue.engine, journal)
     stats = engine.stats
     return {
-        "packages_total": len(engine.handles),
+        "packages_total": engine.packages_total,
         "final_states": dict(sorted(engine.final_states().items())),
-        "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
+        "orphaned_total": engine.orphaned_total,
         "unwound_total": stats.unwound,
         "closed_total": stats.closed,
         "exits_by_policy": dict(sorted(stats.exits.items())),
@@ -255,10 +261,11 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
 def _pnl_summary(engine: Engine) -> dict[str, str]:
     """Quote totals over every package (`legguard audit pnl` breaks them down from the journal)."""
     pnls = [package_pnl(h.core, h.funding) for h in engine.handles.values()]
+    retired = engine.retired.totals  # flat packages released from memory
     return {
-        "realized": str(sum((p.realized for p in pnls if p.realized is not None), Decimal(0))),
-        "fees": str(sum((p.fees_quote for p in pnls), Decimal(0))),
-        "funding": str(sum((p.funding for p in pnls), Decimal(0))),
+        "realized": str(sum((p.realized for p in pnls if p.realized is not None), retired.realized)),
+        "fees": str(sum((p.fees_quote for p in pnls), retired.fees_quote)),
+        "funding": str(sum((p.funding for p in pnls), retired.funding)),
     }
 
 
