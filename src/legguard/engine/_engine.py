@@ -658,7 +658,7 @@ class Engine:
             self._late_update(handle.package_id, known, rejected, update)
         elif handle is not None:
             handle.post(to_order_event(update))
-        elif (retired := self.retired.order(update.client_order_id)) is not None:
+        elif (retired := self.retired.order(update.client_order_id, trio.current_time())) is not None:
             self._late_update(retired.package_id, retired.filled, retired.rejected, update)
         elif update.origin in (OrderOrigin.LIQUIDATION, OrderOrigin.ADL):
             self._attribute_reduction(update)

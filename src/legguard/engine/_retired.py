@@ -108,13 +108,14 @@ class RetiredPackages:
 
     def expire(self, now: float) -> None:
         """Drop recent entries older than `retention`, and the oldest beyond `max_recent` packages."""
-        while self._expiry and (now - self._expiry[0][0] > self.retention or len(self._expiry) > self.max_recent):
+        while self._expiry and (now - self._expiry[0][0] >= self.retention or len(self._expiry) > self.max_recent):
             for cid in self._expiry.popleft()[1]:
                 self._recent.pop(cid, None)
 
-    def order(self, client_order_id: str) -> KnownOrder | None:
+    def order(self, client_order_id: str, now: float) -> KnownOrder | None:
         """What the retired package that sent `client_order_id` knew of it; None if no retired package of this
         engine sent it (another journal's order, an engine-sent close, a live package's)."""
+        self.expire(now)
         known = self._recent.get(client_order_id)
         if known is not None:
             return known
