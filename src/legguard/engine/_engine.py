@@ -366,6 +366,7 @@ class Engine:
             if self._orders.get(cid) is handle:
                 del self._orders[cid]
         self.retired.retire(core, package_pnl(core, handle.funding), handle.ever_orphaned, trio.current_time())
+        self.journal.forget_package(pid)
 
     def core(self, package_id: str) -> PackageCore:
         """A package's core: the live one in memory, else rebuilt from the journal (a released package).

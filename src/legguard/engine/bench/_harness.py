@@ -51,10 +51,13 @@ class Sizes:
     packages: int  # throughput run
     journal_rows: int  # per durability mode
     memory_packages: int
+    finished_packages: int = 1_000  # run to flat, for the memory a finished package keeps
+    floor_samples: int = 2_000  # per floor (POWER commits: a tenth)
 
 
 FULL = Sizes(runs=3, pairs=280, reactions=60, overhead=300, packages=1500, journal_rows=20_000, memory_packages=3_000)
-QUICK = Sizes(runs=1, pairs=40, reactions=10, overhead=40, packages=150, journal_rows=2_000, memory_packages=300)
+QUICK = Sizes(runs=1, pairs=40, reactions=10, overhead=40, packages=150, journal_rows=2_000, memory_packages=300,
+              finished_packages=150, floor_samples=300)  # fmt: skip
 
 # The issue's targets, checked in the table (value, "<=" or ">=").
 TARGETS: Mapping[str, tuple[float, str]] = {
@@ -280,6 +283,102 @@ async def _memory(packages: int, directory: Path) -> dict[str, Any]:
             k: round(v / packages) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1]) if abs(v) >= packages
         },
     }
+
+
+async def _to_flat(engine: Engine, packages: int, live: int) -> None:
+    """Run `packages` packages through the engine until every one is flat and its actor has ended: the
+    market decides which entries fill; a hedged package is closed at once (passive exit, then the kill
+    switch if it rests too long). Only the packages in flight are referenced here."""
+    pending: list[PackageHandle] = []
+    submitted = 0
+    while submitted < packages or pending:
+        while submitted < packages and len(pending) < live:
+            pending.append(engine.handles[engine.submit(_spec())])
+            submitted += 1
+        await trio.sleep(0.05)
+        for handle in pending:
+            core = handle.core
+            if core.state is State.HEDGED and core.is_quiescent() and handle.exit_policy is None:
+                engine.request_close(handle.package_id, "bench: memory per finished package")
+        pending = [h for h in pending if not h.done.is_set()]
+
+
+def _engine_bytes() -> tuple[int, tracemalloc.Snapshot]:
+    """Traced bytes, less those allocated in the venue adapters' own code (the sim venue's books and market)
+    and tracemalloc's own."""
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, "*/legguard/adapters/*"), tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename")), snapshot
+
+
+async def _finished_memory(packages: int, directory: Path) -> dict[str, Any]:
+    journal = Journal.open(directory / "finished.db", Durability.PROCESS)
+    try:
+        async with open_sim_venue(SimConfig(seed=13)) as sim:
+            engine = Engine(sim, journal, _config(deadlines=Deadlines(fill=1.0)))
+            async with engine.running([SPOT, PERP]):
+                await trio.sleep(0.5)
+                await _to_flat(engine, 100, live=20)  # warm: caches, interned strings, the first allocations
+                base, before = _settled_bytes(engine, sim)
+                await _to_flat(engine, packages, live=20)
+                gc.collect()
+                in_window, _ = _engine_bytes()
+                window_packages = len(engine.retired._expiry)
+                # Past the recent window: what remains is what every finished package costs for good.
+                used, after = _settled_bytes(engine, sim)
+                held = len(engine.handles)
+                retired = len(engine.retired)
+    finally:
+        journal.close()
+    return {
+        "bytes_per_finished_package": round((used - base) / packages, 1),
+        # the recent-retirement window (late landings answered from memory), bounded by time and count
+        "recent_window": {"packages": window_packages, "bytes": in_window - used},
+        "finished": packages,
+        "held_in_memory": held,
+        "retired": retired,
+        "by_area_per_finished_package": _by_area(after.compare_to(before, "filename"), packages),
+    }
+
+
+def _settled_bytes(engine: Engine, sim: Any) -> tuple[int, tracemalloc.Snapshot]:
+    """The engine's traced bytes once the recent-retirement window has passed (expired now, as its next
+    look-up would) and the sim venue has forgotten its closed orders and fills (which hold the engine's order
+    ids and amounts: a real venue keeps its history on its side of the wire)."""
+    engine.retired.expire(trio.current_time() + engine.retired.retention)
+    sim.engine.forget_closed()
+    gc.collect()
+    return _engine_bytes()
+
+
+def _by_area(stats: list[tracemalloc.StatisticDiff], packages: int) -> dict[str, float]:
+    by_area: dict[str, int] = {}
+    for stat in stats:
+        path = stat.traceback[0].filename.replace(os.sep, "/")
+        if "/legguard/" in path:
+            area = "legguard." + path.split("/legguard/", 1)[1].split("/")[0]
+        elif "/site-packages/" in path:
+            area = path.split("/site-packages/", 1)[1].split("/")[0]  # trio, transitions, ...
+        else:
+            area = "stdlib:" + path.rsplit("/", 1)[-1]
+        by_area[area] = by_area.get(area, 0) + stat.size_diff
+    return {
+        k: round(v / packages, 1) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1]) if abs(v) >= packages / 10
+    }
+
+
+def finished_memory_run(packages: int, directory: Path) -> dict[str, Any]:
+    """tracemalloc across `packages` packages run to flat (after 100 to warm up), once the engine's
+    recent-retirement window has passed: the memory a finished package keeps for good. The sim venue's
+    history of closed orders and fills is dropped before each snapshot (`_settled_bytes`)."""
+    tracemalloc.start()
+    try:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        result: dict[str, Any] = trio.run(_finished_memory, packages, directory, clock=clock)
+    finally:
+        tracemalloc.stop()
+    return result
 
 
 def memory_run(packages: int, directory: Path) -> dict[str, Any]:
