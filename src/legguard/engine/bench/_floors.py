@@ -108,7 +108,7 @@ def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]
     return {
         "send_us": percentiles(send_floor(samples)),
         "commit_process_us": percentiles(commit_floor(directory / "floor-process.db", 1, samples)),
-        "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 50))),
+        "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 20))),
         "sign_us": percentiles(sign_floor(samples)),
     }
 
