@@ -142,8 +142,13 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out.append(("journal appends/s, power", _fmt(j["power"]["single"]), "", "",
                 f"{_fmt(j['power']['batched_100'])}/s in batches of 100"))  # fmt: skip
     out.append(("memory (bytes per live package)", _fmt(result["bytes_per_package"]), "", "", "tracemalloc"))
+    window = next((r["finished_memory"].get("recent_window") for r in result.get("runs", []) if "finished_memory" in r),
+                  None)  # fmt: skip
+    note = "tracemalloc, run to flat, past the recent window"
+    if window:
+        note += f" (which held {window['packages']} packages in {window['bytes'] / 1024:,.0f} KB)"
     out.append(("memory (bytes kept per finished package)", _fmt(result.get("bytes_per_finished_package", math.nan)),
-                "", "", "tracemalloc, run to flat, past the recent window"))  # fmt: skip
+                "", "", note))  # fmt: skip
     return out
 
 
@@ -180,7 +185,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "The issue's targets, from this run; *floor* is what bounds the measure on this machine, measured in the "
-        "same run (p50 / p99; see *Floors* above), and *x floor* the measure as a multiple of it.",
+        "same run (p50 / p99; the floor rows above), and *x floor* the measure as a multiple of it.",
         "",
         "| measure | now | target | met? | floor (same run) | x floor |",
         "| --- | ---: | ---: | --- | --- | ---: |",
