@@ -101,6 +101,7 @@ class Rpc:
             raise RpcError("close: give package ids, or a pair, or all -- exactly one of them")
         reason = reason or "operator close"
         handles = self.engine.handles
+        self._closing.intersection_update(handles)  # released ones are flat: nothing left to remember
         if ids:
             # A flat package released from memory is known (and skipped as flat), not unknown.
             unknown = [i for i in ids if i not in handles and i not in self.engine.retired]
