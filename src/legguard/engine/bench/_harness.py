@@ -565,7 +565,7 @@ def target_checks(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         met = value <= target if op == "<=" else value < target if op == "<" else value >= target
         factor = value / target if op in ("<=", "<") else target / value if value else float("inf")
         out[name] = {"value": value, "target": f"{op} {target:g}", "met": met,
-                     "off_by": None if met else f"{factor:.1f}x"}  # fmt: skip
+                     "off_by": None if met else f"{factor:.2f}x" if factor < 1.1 else f"{factor:.1f}x"}  # fmt: skip
     return out
 
 
