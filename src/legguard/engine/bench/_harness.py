@@ -332,6 +332,7 @@ async def _finished_memory(packages: int, directory: Path, warmup: int) -> dict[
                 await _to_flat(engine, warmup, live=20)  # warm: caches, interned strings, the first allocations
                 base, before = _settled_bytes(engine, sim)
                 await _to_flat(engine, packages, live=20)
+                sim.engine.forget_closed()  # the venue's history first: the window's own bytes are what is left
                 gc.collect()
                 in_window, _ = _engine_bytes()
                 window_packages = len(engine.retired._expiry)
