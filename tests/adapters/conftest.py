@@ -168,7 +168,9 @@ async def engine_on(
 
 async def settle(engine: Engine, pid: str) -> State:
     """Wait until the package is flat, or hedged with nothing in flight; its state."""
-    handle = engine.handles[pid]
+    handle = engine.handles.get(pid)
+    if handle is None:  # flat already, and released from memory
+        return engine.core(pid).state
     with trio.fail_after(STREAM_WAIT * 2):
         await handle.wait_until(
             lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())

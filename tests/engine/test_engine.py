@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import trio
+from kept import keep_handles
 from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
+from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal._replay import replay_package, verify
@@ -35,13 +37,20 @@ class Rig:
     journal: Journal
     engine: Engine
     db: Path
+    kept: dict[str, PackageHandle] = field(init=False)  # every handle, released or not
+
+    def __post_init__(self) -> None:
+        self.kept = keep_handles(self.engine)
+
+    def handle(self, package_id: str) -> PackageHandle:
+        return self.engine.handles.get(package_id) or self.kept[package_id]
 
     def spec(self, quantity: str = "0.05") -> PackageSpec:
         return PackageSpec(ETH, ETH_PERP, Decimal(quantity), min_spread=ANY_SPREAD)
 
     async def settle(self, package_id: str, limit: float = 30.0) -> State:
         """Wait (virtual time) until the package is flat, or hedged with nothing in flight."""
-        handle = self.engine.handles[package_id]
+        handle = self.handle(package_id)
         with trio.fail_after(limit):
             await handle.wait_until(
                 lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
@@ -52,7 +61,7 @@ class Rig:
         """Every package hedged or flat; nothing unmatched; the venue's perp positions equal what the
         packages believe they hold."""
         expected: dict[str, Decimal] = {}
-        for h in self.engine.handles.values():
+        for h in {**self.kept, **self.engine.handles}.values():
             core = h.core
             assert core.state in (State.HEDGED, State.FLAT), (h.package_id, core.state)
             assert core.unmatched() == 0 or core.state is State.FLAT, (h.package_id, core.unmatched())
@@ -94,7 +103,7 @@ def assert_journal_verifies(db: Path) -> None:
 async def test_normal_package_hedges(autojump_clock: MockClock, rig: Rig) -> None:
     pid = rig.engine.submit(rig.spec())
     state = await rig.settle(pid)
-    core = rig.engine.handles[pid].core
+    core = rig.handle(pid).core
     if state is State.HEDGED:
         exp = core.exposure()
         assert exp.perp == -core.plan.quantity
@@ -114,7 +123,7 @@ async def test_fault_on_either_leg_ends_hedged_or_flat(
     pid = rig.engine.submit(rig.spec())
     start = trio.current_time()
     state = await rig.settle(pid)
-    handle = rig.engine.handles[pid]
+    handle = rig.handle(pid)
     assert state in (State.HEDGED, State.FLAT)
     if handle.ever_orphaned:
         # the kill switch finished within the unwind deadline (plus the fill window it started from)
@@ -150,9 +159,9 @@ async def test_actor_crash_is_unwound_and_others_unaffected(autojump_clock: Mock
     healthy = rig.engine.submit(rig.spec("0.03"))
     assert await rig.settle(crashing) is State.FLAT
     await rig.settle(healthy)
-    assert rig.engine.handles[crashing].faults == 1
-    assert rig.engine.handles[healthy].faults == 0
-    assert not rig.engine.handles[healthy].ever_orphaned
+    assert rig.handle(crashing).faults == 1
+    assert rig.handle(healthy).faults == 0
+    assert not rig.handle(healthy).ever_orphaned
     faults = [r for r in rig.journal.timeline(crashing) if r.kind == "fault"]
     assert faults
     assert "InjectedCrash" in faults[0].payload["traceback"]
@@ -170,15 +179,15 @@ async def test_breaker_halts_new_packages_and_operator_resumes(autojump_clock: M
             spec = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD)
             # an actor that raises right after dispatch is always routed to the kill switch: three orphan events
             for _ in range(3):
-                pid = engine.submit(spec, crash_on_event=1)
+                handle = engine.handles[engine.submit(spec, crash_on_event=1)]
                 with trio.fail_after(30):
-                    await engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
+                    await handle.wait_until(lambda core: core.state is State.FLAT)
             assert engine.stats.orphan_events == 3
             assert engine.mode is EngineMode.HALTED
-            refused = engine.submit(spec)
+            refused = engine.handles[engine.submit(spec)]
             with trio.fail_after(5):
-                await engine.handles[refused].wait_until(lambda core: core.state is State.FLAT)
-            assert not engine.handles[refused].core.orders  # nothing was sent
+                await refused.wait_until(lambda core: core.state is State.FLAT)
+            assert not refused.core.orders  # nothing was sent
             engine.resume("test operator")
             assert engine.mode is EngineMode.RUNNING
     engine_rows = [r.payload["event"] for r in journal.engine_log()]
@@ -197,13 +206,13 @@ async def test_cancellation_mid_dispatch_routes_into_the_decision(autojump_clock
                 await trio.sleep(1.0)
                 spec = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD)
                 venue.inject("partial_fill", symbol=ETH, fraction=0.4)
-                pids = [engine.submit(spec) for _ in range(3)]
+                handles = [engine.handles[engine.submit(spec)] for _ in range(3)]
                 await trio.sleep(0.5)  # in flight / resting
-                assert any(engine.handles[p].core.state is State.DISPATCHED for p in pids)
+                assert any(h.core.state is State.DISPATCHED for h in handles)
                 scope.cancel()  # Ctrl-C equivalent: hard cancellation of the engine's scope
                 await trio.sleep(1)
-        for p in pids:
-            core = engine.handles[p].core
+        for h in handles:
+            p, core = h.package_id, h.core
             assert core.state in (State.HEDGED, State.FLAT), (p, core.state)
             assert core.is_quiescent()
     journal.close()
@@ -219,7 +228,7 @@ async def test_risk_cap_refuses_before_any_order(autojump_clock: MockClock, tmp_
             pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
             with trio.fail_after(5):
                 await engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
-            assert not engine.handles[pid].core.orders
+            assert not engine.core(pid).orders  # released: rebuilt from the journal
     reasons = [r.payload["reason"] for r in journal.timeline(pid) if r.kind == "transition"]
     assert reasons
     assert "max_notional" in reasons[0]
@@ -261,7 +270,7 @@ async def test_liquidation_seen_by_rest_before_the_stream_is_charged_once(autoju
     await trio.sleep(5.0)  # the stream's report arrives and everything it causes runs
     states = sorted([await rig.settle(first), await rig.settle(second)])
     assert states == [State.FLAT, State.HEDGED]
-    charged = sum((h.core.venue_reduced for h in rig.engine.handles.values()), Decimal(0))
+    charged = sum((rig.handle(p).core.venue_reduced for p in (first, second)), Decimal(0))
     assert charged == Decimal("0.02")
     rig.assert_safe()
     assert rig.venue.engine.positions()[ETH_PERP] == Decimal("-0.05")
@@ -278,7 +287,7 @@ async def test_entry_landing_late_at_the_venue_is_not_left_unhedged(autojump_clo
     await trio.sleep(30.0)  # long after: whatever landed late has rested and filled by now
     assert rig.venue.faults_injected["late_landing"] == 1
     rig.assert_safe()
-    assert rig.venue.engine.positions().get(ETH_PERP, Decimal(0)) == rig.engine.handles[pid].core.exposure().perp
+    assert rig.venue.engine.positions().get(ETH_PERP, Decimal(0)) == rig.engine.core(pid).exposure().perp
     assert not rig.venue.engine.open_orders()
     assert_journal_verifies(rig.db)
 

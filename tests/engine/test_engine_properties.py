@@ -18,6 +18,7 @@ Invariants, checked while the script runs and after it:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kept import keep_handles
 
 from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import BreakerConfig, Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
+from legguard.engine._handle import PackageHandle
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
@@ -65,16 +68,20 @@ async def play(script: list[tuple[Any, ...]], db: Path, seed: int) -> None:
     journal = Journal.open(db)
     async with open_sim_venue(SimConfig(seed=seed)) as venue:
         engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, breaker=BREAKER))
+        kept = keep_handles(engine)  # the engine releases flat packages: the checks still see every one
         symbols = [s for spot, perp, _ in PAIRS.values() for s in (spot, perp)]
         async with engine.running(symbols):
             await trio.sleep(1.0)
             for step in script:
                 await run_action(engine, venue, step)
-                check_naked(engine)
+                check_naked({**kept, **engine.handles}.values())
             # let everything in flight finish before the graceful shutdown
             await trio.sleep(DEADLINES.fill + DEADLINES.unwind)
-            check_naked(engine)
-        check_final(engine)
+            check_naked({**kept, **engine.handles}.values())
+        check_final(engine, {**kept, **engine.handles}.values())
+        # Memory holds what is live: every flat package was released, and each one is counted.
+        assert not [p for p, h in engine.handles.items() if h.core.state is State.FLAT]
+        assert engine.packages_total == len(journal.package_ids())
         truth = compare_venue(venue.engine, journal)
         assert truth.ok, truth.problems
     journal.close()
@@ -123,18 +130,18 @@ async def run_action(engine: Engine, venue: Any, step: tuple[Any, ...]) -> None:
             raise AssertionError(f"unknown action {step}")
 
 
-def check_naked(engine: Engine) -> None:
+def check_naked(handles: Iterable[PackageHandle]) -> None:
     now = trio.current_time()
     limit = DEADLINES.leg + DEADLINES.ack + DEADLINES.unwind
-    for h in engine.handles.values():
+    for h in handles:
         assert h.max_naked <= limit, (h.package_id, h.max_naked)
         if h.naked_since is not None:
             assert now - h.naked_since <= limit, (h.package_id, now - h.naked_since)
 
 
-def check_final(engine: Engine) -> None:
+def check_final(engine: Engine, handles: Iterable[PackageHandle]) -> None:
     expected: dict[str, Decimal] = {}
-    for h in engine.handles.values():
+    for h in handles:
         core = h.core
         assert core.state in (State.HEDGED, State.FLAT), (h.package_id, core.state)
         assert core.is_quiescent(), h.package_id

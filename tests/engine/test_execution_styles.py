@@ -54,7 +54,7 @@ async def test_each_style_hedges_with_its_legs_in_their_roles(
     assert State.HEDGED in states
     rig.assert_safe()
     for pid in pids:
-        core = rig.engine.handles[pid].core
+        core = rig.handle(pid).core
         entries = [o.intent for o in core.orders.values() if o.intent.purpose is Purpose.ENTRY]
         for intent in entries:
             taker = style is ExecutionStyle.TAKER_TAKER or intent.role is not maker
@@ -86,7 +86,7 @@ async def test_fault_on_either_leg_ends_hedged_or_flat_in_every_style(
     start = trio.current_time()
     state = await rig.settle(pid)
     assert state in (State.HEDGED, State.FLAT)
-    if rig.engine.handles[pid].ever_orphaned:
+    if rig.handle(pid).ever_orphaned:
         assert trio.current_time() - start <= DEADLINES.fill + DEADLINES.ack + DEADLINES.unwind
     rig.assert_safe()
     assert_journal_verifies(rig.db)
@@ -126,7 +126,7 @@ async def test_a_hedge_filled_while_positions_are_fetched_is_not_charged_as_a_re
     monkeypatch.setattr(rig.venue, "fetch_positions", fetch_positions_then_a_hedge_fills)
     await rig.engine.reconcile_short(ETH_PERP)
     await trio.sleep(2.0)  # whatever the reconciler charged reaches the package
-    handle = rig.engine.handles[late[0]]
+    handle = rig.handle(late[0])
     assert handle.core.state is State.HEDGED and handle.core.venue_reduced == 0
     assert not handle.ever_orphaned
     rig.assert_safe()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import trio
+from kept import keep_handles
 from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
 
@@ -20,6 +21,7 @@ from legguard.adapters.market import GeneratorConfig
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import MarginAccount
 from legguard.engine import Deadlines, Engine, EngineConfig, ExitConfig, PackageSpec, RiskConfig
+from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig, SpecError
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
@@ -37,6 +39,13 @@ class Rig:
     journal: Journal
     engine: Engine
     db: Path
+    kept: dict[str, PackageHandle] = field(init=False)  # every handle, released or not
+
+    def __post_init__(self) -> None:
+        self.kept = keep_handles(self.engine)
+
+    def handle(self, package_id: str) -> PackageHandle:
+        return self.engine.handles.get(package_id) or self.kept[package_id]
 
     def spec(self, quantity: str = "0.05") -> PackageSpec:
         return PackageSpec(ETH, ETH_PERP, Decimal(quantity), min_spread=ANY_SPREAD)
@@ -49,7 +58,7 @@ class Rig:
         raise AssertionError("no package hedged in five tries")
 
     async def settle(self, package_id: str, limit: float = 30.0) -> State:
-        handle = self.engine.handles[package_id]
+        handle = self.handle(package_id)
         with trio.fail_after(limit):
             await handle.wait_until(
                 lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
@@ -58,11 +67,11 @@ class Rig:
 
     async def flat(self, package_id: str, limit: float = 30.0) -> None:
         with trio.fail_after(limit):
-            await self.engine.handles[package_id].wait_until(lambda core: core.state is State.FLAT)
+            await self.handle(package_id).wait_until(lambda core: core.state is State.FLAT)
 
     def assert_safe(self) -> None:
         held = Decimal(0)
-        for h in self.engine.handles.values():
+        for h in {**self.kept, **self.engine.handles}.values():
             core = h.core
             assert core.state in (State.HEDGED, State.FLAT), (h.package_id, core.state)
             exp = core.exposure()
@@ -122,7 +131,7 @@ async def test_operator_close_sends_both_legs_passive_and_ends_flat(autojump_clo
     assert rig.engine.request_close(pid, "test wants out")
     assert not rig.engine.request_close(pid)  # already closing
     await rig.flat(pid)
-    core = rig.engine.handles[pid].core
+    core = rig.handle(pid).core
     exits = [o for o in core.orders.values() if o.intent.purpose is Purpose.EXIT]
     assert {o.intent.role.value for o in exits} == {"spot", "perp"}
     assert all(o.intent.post_only and o.intent.price is not None for o in exits)
@@ -147,7 +156,7 @@ async def test_close_without_fresh_books_goes_straight_to_aggressive(autojump_cl
     rig.engine.books.pop(ETH)
     assert rig.engine.request_close(pid, policy="operator")
     await rig.flat(pid)
-    core = rig.engine.handles[pid].core
+    core = rig.handle(pid).core
     assert not [o for o in core.orders.values() if o.intent.purpose is Purpose.EXIT]
     assert [o for o in core.orders.values() if o.intent.purpose is Purpose.UNWIND]
     rig.assert_safe()
@@ -164,7 +173,7 @@ async def test_exit_under_a_fault_on_either_leg_ends_flat(
     autojump_clock: MockClock, rig: Rig, leg: str, fault: str, params: dict[str, float]
 ) -> None:
     pid = await rig.hedged()
-    handle = rig.engine.handles[pid]
+    handle = rig.handle(pid)
     handle.max_naked = 0.0
     rig.venue.inject(fault, symbol=leg, **params)
     start = trio.current_time()
@@ -197,7 +206,7 @@ async def test_liquidation_during_the_passive_exit_escalates(autojump_clock: Moc
 
 async def test_actor_crash_during_the_exit_still_ends_flat(autojump_clock: MockClock, rig: Rig) -> None:
     pid = await rig.hedged()
-    handle = rig.engine.handles[pid]
+    handle = rig.handle(pid)
     handle.crash_on_event = len(handle.events) + 1  # raise right after the close request is handled
     assert rig.engine.request_close(pid)
     await rig.flat(pid)
@@ -236,10 +245,10 @@ async def test_shutdown_during_the_exit_finishes_it(autojump_clock: MockClock, t
                 pid = await rig.hedged()
                 assert engine.request_close(pid)
                 await trio.sleep(0.01)
-                assert engine.handles[pid].core.state is State.UNWINDING
+                assert rig.handle(pid).core.state is State.UNWINDING
                 scope.cancel()  # Ctrl-C: the engine's scope is cancelled mid-exit
                 await trio.sleep(1)
-        assert engine.handles[pid].core.state is State.FLAT
+        assert rig.handle(pid).core.state is State.FLAT
         rig.assert_safe()
     journal.close()
     assert_verifies(db)
@@ -252,7 +261,7 @@ async def test_max_hold_closes_and_is_journaled(autojump_clock: MockClock, tmp_p
     cfg = config(exit=ExitConfig(enabled=True, basis_below=None, max_hold=5.0, deadline=2.0))
     async with open_rig(tmp_path, cfg) as r:
         pid = await r.hedged()
-        hedged_at = r.engine.handles[pid].hedged_at
+        hedged_at = r.handle(pid).hedged_at
         assert hedged_at is not None
         await r.flat(pid)
         assert r.exits(pid)[0]["policy"] == "max_hold"
@@ -294,7 +303,7 @@ async def test_pair_package_and_notional_caps_refuse_with_the_reason(autojump_cl
         pid = r.engine.submit(r.spec())
         await r.flat(pid)
         assert "max_pair_packages" in refusal(r, pid)
-        assert not r.engine.handles[pid].core.orders
+        assert not r.handle(pid).core.orders
     cfg = config(risk=RiskConfig(check_balances=False, margin_guard=False, max_total_notional=Decimal(150)))
     async with open_rig(tmp_path, cfg, seed=12) as r:
         await r.hedged()  # ~100 USDT of ETH
@@ -309,7 +318,7 @@ async def test_balance_check_refuses_a_short_the_margin_cannot_carry(autojump_cl
         pid = r.engine.submit(r.spec())  # ~100 USDT short at 1x needs ~110 USDT
         await r.flat(pid)
         assert "perp margin available" in refusal(r, pid)
-        assert not r.engine.handles[pid].core.orders
+        assert not r.handle(pid).core.orders
 
 
 async def test_balance_check_refuses_without_spot_quote(autojump_clock: MockClock, tmp_path: Path) -> None:
@@ -328,7 +337,7 @@ def strain(r: Rig, pids: list[str]) -> None:
 
     def strained(maint_rate: Decimal = Decimal("0.004")) -> MarginAccount:
         account = real(maint_rate)
-        open_packages = sum(1 for p in pids if r.engine.handles[p].core.state is not State.FLAT)
+        open_packages = sum(1 for p in pids if r.handle(p).core.state is not State.FLAT)
         maint = account.margin_balance * Decimal("0.2") * open_packages  # headroom 0.4 with 3, 0.6 with 2
         return replace(account, maint_margin=maint)
 
@@ -359,8 +368,8 @@ async def test_margin_guard_stops_entries_and_closes_oldest_first_until_restored
         await until(lambda: r.engine.margin_guard.level != "act")
         await trio.sleep(2)
         assert r.exits(pids[0])[0]["policy"] == "margin_guard"
-        assert r.engine.handles[pids[1]].core.state is State.HEDGED  # restored after one close
-        assert r.engine.handles[pids[2]].core.state is State.HEDGED
+        assert r.handle(pids[1]).core.state is State.HEDGED  # restored after one close
+        assert r.handle(pids[2]).core.state is State.HEDGED
         levels = [x.payload["level"] for x in r.journal.rows() if x.kind == "margin"]
         assert levels[:2] == ["act", "ok"] or levels[:2] == ["act", "warn"]
         r.assert_safe()
@@ -470,7 +479,7 @@ async def test_ctrl_c_mid_exit_with_the_venue_unreachable_is_finished_by_recover
                 venue.inject("price_jump", symbol=ETH, pct=-0.3)  # the spot exit rests, away from the touch
                 assert engine.request_close(pid)
                 await trio.sleep(0.2)
-                assert engine.handles[pid].core.state is State.UNWINDING
+                assert rig.handle(pid).core.state is State.UNWINDING
 
                 async def unreachable(*args: object, **kwargs: object) -> object:
                     await trio.sleep_forever()
@@ -479,7 +488,7 @@ async def test_ctrl_c_mid_exit_with_the_venue_unreachable_is_finished_by_recover
                 for name in real:
                     setattr(venue, name, unreachable)
                 scope.cancel()  # Ctrl-C
-        assert engine.handles[pid].core.state is State.UNWINDING  # the drain's deadline passed first
+        assert rig.handle(pid).core.state is State.UNWINDING  # the drain's deadline passed first
         for name, method in real.items():
             setattr(venue, name, method)
         while True:  # a new process opens a new user-data stream: nothing old is delivered again

@@ -112,10 +112,11 @@ async def test_payments_split_booked_once_across_restart_and_audited(autojump_cl
                 rows = funding_rows(journal, pid)
                 assert sum(Decimal(str(r["amount"])) for r in rows) == fresh.handles[pid].funding
             assert fresh.handles[small].funding + fresh.handles[large].funding == paid.amount + missed.amount
+            closing = fresh.handles[small]  # held: the engine releases it once flat
             assert fresh.request_close(small)
             with trio.fail_after(30):
-                await fresh.handles[small].wait_until(lambda core: core.state is State.FLAT)
-            expected = fresh.handles[small].funding
+                await closing.wait_until(lambda core: core.state is State.FLAT)
+            expected = closing.funding
     seen = [r.payload["tran_id"] for r in journal.engine_log() if r.payload.get("event") == FUNDING_PAYMENT]
     assert seen == [paid.tran_id, missed.tran_id]
     [pnl] = [r.payload for r in journal.timeline(small) if r.kind == PNL]

@@ -172,18 +172,22 @@ class WriteAheadVenue:
         assert any(json.loads(r[0])["client_order_id"] == cid for r in rows), f"{kind} {cid} left before its commit"
         self.checked.append(f"{kind} {cid}")
 
-    def arm(self, request: Any) -> Any:
-        self._committed("intent", request.client_order_id)
-        return self._inner.arm(request)
+    # Arming builds and signs an order, nothing leaves: the kill switch arms its unwind while the cancel is in
+    # flight, before the step that decides it. What leaves is checked: `release` and `fire` (the sim venue's send).
+    async def fire(self, armed: Any) -> Any:
+        self._committed("intent", armed.request.client_order_id)
+        return await self._inner.fire(armed)
 
     def release(self, armed: list[Any]) -> None:
         for a in armed:
             self._committed("intent", a.request.client_order_id)
-        self._inner.release(armed)
+        if (release := getattr(self._inner, "release", None)) is not None:  # the sim venue sends from `fire`
+            release(armed)
 
     def release_cancel(self, symbol: str, cid: str) -> None:
         self._committed("cancel", cid)
-        self._inner.release_cancel(symbol, cid)
+        if (release_cancel := getattr(self._inner, "release_cancel", None)) is not None:
+            release_cancel(symbol, cid)
 
     async def cancel_order(self, symbol: str, cid: str) -> Any:
         self._committed("cancel", cid)
@@ -203,13 +207,16 @@ async def test_no_effect_of_a_group_leaves_before_its_commit(autojump_clock: Moc
             pids = [engine.submit(spec) for _ in range(12)]
             with trio.fail_after(60):
                 for pid in pids:
-                    await engine.handles[pid].wait_until(
-                        lambda c: c.state is State.FLAT or (c.state is State.HEDGED and c.is_quiescent())
-                    )
+                    handle = engine.handles.get(pid)  # None: flat and released from memory already
+                    if handle is not None:
+                        await handle.wait_until(
+                            lambda c: c.state is State.FLAT or (c.state is State.HEDGED and c.is_quiescent())
+                        )
             assert engine.group.largest > 1  # several packages' steps shared a transaction
             assert engine.group.groups < engine.group.members
             for pid in pids:  # the grouped journal replays to the cores the engine holds
-                assert replay_package(journal, pid).fingerprint() == engine.handles[pid].core.fingerprint()
+                if pid in engine.handles:  # a released package's core is the journal's replay itself
+                    assert replay_package(journal, pid).fingerprint() == engine.handles[pid].core.fingerprint()
     journal.close()
     assert any(c.startswith("intent") for c in venue.checked)
     report = verify(db)

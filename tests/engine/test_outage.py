@@ -134,7 +134,7 @@ async def test_engine_survives_an_outage_and_finishes_every_package_when_the_ven
             await trio.sleep(15.0)  # far past every fill, leg and unwind deadline
             assert engine.outage.down
             assert {p: s for p, s in states(engine).items() if p != refused} == kept  # nothing moved
-            assert engine.handles[refused].core.state is State.FLAT and not engine.handles[refused].core.orders
+            assert engine.core(refused).state is State.FLAT and not engine.core(refused).orders  # released
             await trio.sleep(4.0)  # the outage ends
             await settle_all(engine)
             assert not engine.outage.down and engine.outage.outages == 1
@@ -142,7 +142,7 @@ async def test_engine_survives_an_outage_and_finishes_every_package_when_the_ven
             assert engine.mode.value == "running"  # new packages are taken again
             after = engine.submit(spec())
             await settle_all(engine)
-            assert engine.handles[after].core.orders
+            assert engine.core(after).orders
         events = [r.payload["event"] for r in journal.engine_log()]
     assert events.count("venue_down") == 1 and events.count("venue_up") == 1
     assert_venue_matches_journal(sim, db, start)

@@ -142,11 +142,11 @@ async def restart(w: Crashed, venue: Any = None) -> tuple[Engine, RecoveryReport
 def assert_safe_and_verified(w: Crashed, engine: Engine, report: RecoveryReport) -> None:
     assert report.unsafe == {}, report.to_dict()
     for pid in report.resumed:
-        core = engine.handles[pid].core
+        core = engine.core(pid)
         assert core.state in (State.HEDGED, State.FLAT)
         assert not core.exposure().unknown
     # The venue's perp positions are exactly what the packages hold.
-    held = sum((engine.handles[pid].core.exposure().perp for pid in report.resumed), Decimal(0))
+    held = sum((engine.core(pid).exposure().perp for pid in report.resumed), Decimal(0))
     assert w.venue.engine.positions()[ETH_PERP] == held
     assert not [o for o in w.venue.engine.open_orders() if o.client_order_id.startswith("lg")]
     result = verify(w.db)
@@ -215,7 +215,7 @@ async def test_dispatched_nothing_acknowledged_but_one_leg_filled_is_unwound(
     engine, report = await restart(w)
 
     assert report.final == {pid: "flat"}
-    final = engine.handles[pid].core
+    final = engine.core(pid)
     assert final.unwind_attempts == {LegRole.SPOT: 1, LegRole.PERP: 0}
     # What the fill bought (net of the base-asset fee, down to the step) was sold again, once.
     assert eth_before - w.venue.engine.balances()["ETH"].total == held
@@ -236,7 +236,7 @@ async def test_dispatched_both_filled_while_down_is_hedged(autojump_clock: MockC
     engine, report = await restart(w)
 
     assert report.final == {pid: "hedged"}
-    assert engine.handles[pid].core.exposure().perp == -QTY
+    assert engine.core(pid).exposure().perp == -QTY
     assert_safe_and_verified(w, engine, report)
 
 
@@ -455,7 +455,7 @@ async def test_hedged_package_whose_perp_was_reduced_while_down_is_unwound(
     assert report.final == {pid: final}
     steps = recovery_steps(w, pid)
     assert steps[:2] == ["queried", "perp_reduced_while_down"]
-    after = engine.handles[pid].core
+    after = engine.core(pid)
     if final == "hedged":  # trim: the matched 0.03 stays hedged, the spot excess was sold
         assert after.exposure().perp == -Decimal("0.03")
         assert abs(after.exposure().spot + after.exposure().perp) < after.plan.spot.step * 2
@@ -733,7 +733,7 @@ async def test_an_unknown_buy_back_explains_the_gap_in_the_short_before_any_pack
     assert report.unreachable == [unwind.client_order_id]
     assert report.reduced == {} and report.in_flight == {ETH_PERP: str(QTY)}
     assert report.final == {older.plan.package_id: "flat", newer.plan.package_id: "hedged"}
-    assert engine.handles[newer.plan.package_id].core.exposure().perp == -QTY
+    assert engine.core(newer.plan.package_id).exposure().perp == -QTY
     assert [o.client_order_id for o in w.venue.engine.all_orders() if o.side is Side.SELL and o.symbol == ETH] == []
     assert_safe_and_verified(w, engine, report)
 
@@ -790,7 +790,7 @@ async def test_exit_interrupted_by_a_crash_is_finished_by_recovery(
     engine, report = await restart(w)
 
     assert report.final == {pid: "flat"}
-    recovered = engine.handles[pid].core
+    recovered = engine.core(pid)
     assert not recovered.exit_passive
     # nothing sold beyond what the entry left after its fee
     spot_sold = sum((o.filled for o in recovered.leg_orders(LegRole.SPOT) if o.intent.side is Side.SELL), Decimal(0))

@@ -139,7 +139,10 @@ def render(run: DemoRun) -> Group:
     exposure = Table(title="exposure of packages not hedged (base units)")
     exposure.add_column("symbol")
     exposure.add_column("net", justify="right")
-    totals: dict[str, Decimal] = {}
+    # Flat packages released from memory left only their dust.
+    totals: dict[str, Decimal] = {**engine.retired.spot}
+    for sym, amt in engine.retired.perp.items():
+        totals[sym] = totals.get(sym, Decimal(0)) + amt
     for h in engine.handles.values():
         if h.core.state is State.HEDGED:
             continue

@@ -13,6 +13,8 @@ Map:
                    transaction before any of their effects is released (write-ahead, grouped).
 - `_handle.py`      `PackageHandle`: a package's mailbox (`Mailbox`), event log and timing facts across actor
                    restarts.
+- `_retired.py`     `RetiredPackages`: what stays in memory of a flat package once released (counters, dust,
+                   late-landing routing: recent order fills, then the journal); memory bounded by what is live.
 - `_actor.py`       `PackageActor`: mailbox -> pure core -> journal (write-ahead) -> effects; deadlines as
                     trio cancel scopes; shielded drain to safety on cancellation.
 - `_recovery.py`    `Engine.recover()` after a crash: journal + the venue's facts -> every package hedged or
@@ -34,8 +36,8 @@ Map:
 - `app/`            what turns a config file into a running engine: config, strategy, runner, demo.
 - `bench/`          `legguard bench`: overhead, throughput, journal, memory; skew and kill switch at the socket.
 
-Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage`, `_exits` → `_actor` → `_host` →
-`_group`, `_handle`, `journal`.
+Direction: `app`, `bench` → `_engine` → `_recovery`, `_deadman`, `_outage`, `_exits`, `_retired` → `_actor` →
+`_host` → `_group`, `_handle`, `journal`.
 """
 
 from ._actor import InjectedCrash as InjectedCrash

@@ -65,9 +65,10 @@ from ._outage import VenueWatch
 from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sell_price, price_package
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
+from ._retired import ZERO, KnownOrder, RetiredPackages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import LATE_FEE, PNL, Journal, package_pnl
-from .journal._pnl import apply_late_fee
+from .journal import FUNDING, LATE_FEE, PNL, Journal, ReplayMismatch, package_pnl, replay_package
+from .journal._pnl import apply_late_fee, funding_amount
 
 log = logging.getLogger("legguard.engine")
 
@@ -100,7 +101,10 @@ class Engine:
         self.config = config or EngineConfig()
         self.markets: Mapping[str, Market] = {}
         self.books: dict[str, BookSnapshot] = {}
+        # Packages in memory: live, hedged, or finished but not yet released. A flat, quiescent package whose
+        # actor ended is released into `retired` (counters, residual dust, late-landing routing).
         self.handles: dict[str, PackageHandle] = {}
+        self.retired = RetiredPackages(journal)
         self.live: set[str] = set()  # packages neither flat nor hedged (the risk limit counts them)
         self.precedence = Precedence()  # the kill switch's events before routine work (`_handle.py`)
         self.mode = EngineMode.RUNNING
@@ -114,7 +118,7 @@ class Engine:
         # symbol -> perp short the position check found missing and charged before the order stream reported
         # the venue reduction behind it: the stream's later report of that reduction is not charged again.
         self._charged_ahead: dict[str, Decimal] = {}
-        self._late_seen: set[tuple[str, str]] = set()  # orders of finished packages being settled
+        self._late_seen: set[tuple[str, str]] = set()  # orders of finished packages being settled (rare)
         self._settling = 0  # engine-sent orders in flight (late-order and surplus closes): venue in motion
         # What the account held at the venue that no package of this engine accounts for (taken at start and
         # after recovery, journaled as `venue_baseline`): the venue must equal it plus the packages' beliefs.
@@ -354,6 +358,45 @@ class Engine:
             handle.drop_urgent()
             handle.pulse()
             handle.send.close()
+            self._release(handle)
+
+    def _release(self, handle: PackageHandle) -> None:
+        """A package whose actor ended flat, with nothing in flight, its exposure known and every venue
+        reduction applied, leaves memory (the journal keeps it): its handle, core, event log, mailbox and
+        order routes go; `retired` keeps counters, its residual dust and what late landings need."""
+        core = handle.core
+        pid = handle.package_id
+        if core.state is not State.FLAT or not core.is_quiescent() or self.handles.get(pid) is not handle:
+            return
+        if core.exposure().unknown or handle.reductions_posted != core.venue_reduced:
+            return
+        del self.handles[pid]
+        self.live.discard(pid)
+        for cid in core.orders:
+            if self._orders.get(cid) is handle:
+                del self._orders[cid]
+        self.retired.retire(core, package_pnl(core, handle.funding), handle.ever_orphaned, trio.current_time())
+        self.journal.forget_package(pid)
+
+    def core(self, package_id: str) -> PackageCore:
+        """A package's core: the live one in memory, else rebuilt from the journal (a released package).
+        Raises KeyError for a package this journal does not know."""
+        handle = self.handles.get(package_id)
+        if handle is not None:
+            return handle.core
+        try:
+            return replay_package(self.journal, package_id)
+        except ReplayMismatch as exc:
+            raise KeyError(f"no package {package_id!r}: {exc}") from None
+
+    @property
+    def packages_total(self) -> int:
+        """Every package this engine has held: in memory and released."""
+        return len(self.handles) + len(self.retired)
+
+    @property
+    def orphaned_total(self) -> int:
+        return sum(1 for h in self.handles.values() if h.ever_orphaned) + self.retired.totals.orphaned
 
     def _restart(self, handle: PackageHandle, crash: BaseException) -> PackageActor:
         """Journal the fault, rebuild the core from the package's own event log, and hand it `Fault`."""
@@ -403,6 +446,8 @@ class Engine:
         package is not hedged, already closing, or the engine is stopping. Raises KeyError for an unknown
         package id."""
         handle = self.handles.get(package_id)
+        if handle is None and package_id in self.retired:
+            return False  # flat, released from memory
         if handle is None:
             raise KeyError(f"no package {package_id!r}")
         if handle.core.state is not State.HEDGED or handle.exit_policy is not None or handle.done.is_set():
@@ -554,8 +599,8 @@ class Engine:
             handle.unwinding_since = None
             if handle.exit_policy is not None and t.dest is State.FLAT:
                 self.stats.closed += 1
-        # A flat package's orders stay registered: an order that reaches the venue after the package gave up
-        # on it must still be seen (`route` -> `_late_update`), never dropped.
+        # A flat package's orders stay routable: an order that reaches the venue after the package gave up on
+        # it must still be seen (`route` -> `_late_update`, through `retired` once released), never dropped.
         if t.dest is State.FLAT:
             self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
 
@@ -633,68 +678,85 @@ class Engine:
         # wound down: an update in between (the trade report with the fee of a market unwind the order answer
         # already told filled) would be lost there.
         if handle is not None and (handle.done.is_set() or handle.core.state is State.FLAT):
-            self._late_update(handle, update)
+            facts = handle.core.orders.get(update.client_order_id)
+            known = (
+                KnownOrder(handle.package_id, ZERO, False) if facts is None else KnownOrder.of(handle.package_id, facts)
+            )
+            self._late_update(known, update, handle)
         elif handle is not None:
             handle.post(to_order_event(update))
+        elif (retired := self.retired.order(update.client_order_id, trio.current_time())) is not None:
+            self._late_update(retired, update)
         elif update.origin in (OrderOrigin.LIQUIDATION, OrderOrigin.ADL):
             self._attribute_reduction(update)
 
-    def _late_update(self, handle: PackageHandle, update: OrderUpdate) -> None:
-        """An update for a finished package: harmless if it tells what its core already knows; otherwise an
-        order lives or filled at the venue that the package no longer accounts for. Never ignored: journaled,
-        the engine halts, and the order is cancelled and whatever it filled beyond the package's account is
-        closed at market (`_settle_late`)."""
-        facts = handle.core.orders.get(update.client_order_id)
-        known = Decimal(0) if facts is None else facts.filled
-        if update.filled <= known and not (
-            # A stale "open" of an order since closed or cancelled tells nothing new; an order the package
-            # concluded rejected (never found) can never be open: that one landed late.
-            facts is not None and facts.status is OrderStatus.REJECTED and not update.status.is_terminal
-        ):
-            if (
-                facts is not None
-                and update.filled == known
-                and (update.fee_base > facts.fee_base or update.fee_quote > facts.fee_quote)
+    def _late_update(self, known: KnownOrder, update: OrderUpdate, handle: PackageHandle | None = None) -> None:
+        """An update for a finished package (`known`: what its core knew of the order; `handle`: the package,
+        None once released from memory): harmless if it tells nothing new, a late fee if it tells only fees;
+        otherwise an order lives or filled at the venue that the package no longer accounts for. Never ignored:
+        journaled, the engine halts, and the order is cancelled and whatever it filled beyond the package's
+        account is closed at market (`_settle_late`)."""
+        package_id = known.package_id
+        # A stale "open" of an order since closed or cancelled tells nothing new; an order the package
+        # concluded rejected (never found) can never be open: that one landed late.
+        if update.filled <= known.filled and not (known.rejected and not update.status.is_terminal):
+            if update.filled == known.filled and (
+                update.fee_base > known.fee_base or update.fee_quote > known.fee_quote
             ):
-                self._late_fee(handle, update)
+                self._late_fee(package_id, update, handle)
             return
         key = (update.symbol, update.client_order_id)
         if key in self._late_seen:
             return  # being settled already
         self._late_seen.add(key)
         log.critical("package %s: order %s %s at the venue after the package finished (filled %s, knew %s)",
-                     handle.package_id, update.client_order_id, update.status.value, update.filled, known)  # fmt: skip
+                     package_id, update.client_order_id, update.status.value, update.filled, known.filled)  # fmt: skip
         self.journal.record(
             "engine", None,
-            {"event": "late_order", "package": handle.package_id, "client_order_id": update.client_order_id,
+            {"event": "late_order", "package": package_id, "client_order_id": update.client_order_id,
              "symbol": update.symbol, "status": update.status.value, "filled": str(update.filled),
-             "known_filled": str(known)},
+             "known_filled": str(known.filled)},
             trio.current_time(),
         )  # fmt: skip
-        self.halt(f"order {update.client_order_id} of finished package {handle.package_id} live at the venue")
+        self.halt(f"order {update.client_order_id} of finished package {package_id} live at the venue")
         assert self._service is not None
-        self._service.start_soon(self._settle_late, handle, update, known)
+        self._service.start_soon(self._settle_late, package_id, update, known.filled)
 
-    def _late_fee(self, handle: PackageHandle, update: OrderUpdate) -> None:
+    def _late_fee(self, package_id: str, update: OrderUpdate, handle: PackageHandle | None) -> None:
         """The fees of a finished package's order, reported after it finished (the trade report of a market
         unwind that the order answer had already told filled): journaled, applied, and the package's
-        accounting journaled again (`audit verify` replays both)."""
+        accounting journaled again (`audit verify` replays both). A package already released from memory is
+        rebuilt from the journal for it (rare: its order's fees were reported only after its release)."""
         payload = {"client_order_id": update.client_order_id, "fee_base": str(update.fee_base),
                    "fee_quote": str(update.fee_quote)}  # fmt: skip
         now = trio.current_time()
+        if handle is not None:
+            core, funding = handle.core, handle.funding
+        else:
+            try:
+                core = replay_package(self.journal, package_id)
+            except ReplayMismatch as exc:
+                log.error("late fee of %s: package %s does not replay: %s", update.client_order_id, package_id, exc)
+                return
+            funding = sum((funding_amount(r.payload) for r in self.journal.timeline(package_id) if r.kind == FUNDING),
+                          ZERO)  # fmt: skip
+        before = package_pnl(core, funding)
         with self.journal.batch():
-            self.journal.record(LATE_FEE, handle.package_id, payload, now)
-            apply_late_fee(handle.core, payload)
-            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
+            self.journal.record(LATE_FEE, package_id, payload, now)
+            apply_late_fee(core, payload)
+            after = package_pnl(core, funding)
+            self.journal.record(PNL, package_id, after.to_dict(), now)
+        if handle is None:
+            self.retired.refee(update.client_order_id, before, after, core.orders[update.client_order_id])
 
-    async def _settle_late(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+    async def _settle_late(self, package_id: str, update: OrderUpdate, known: Decimal) -> None:
         self._settling += 1
         try:
-            await self._settle_late_order(handle, update, known)
+            await self._settle_late_order(package_id, update, known)
         finally:
             self._settling -= 1
 
-    async def _settle_late_order(self, handle: PackageHandle, update: OrderUpdate, known: Decimal) -> None:
+    async def _settle_late_order(self, package_id: str, update: OrderUpdate, known: Decimal) -> None:
         from ._recovery import unwind_stray
 
         cid, symbol = update.client_order_id, update.symbol
@@ -717,7 +779,7 @@ class Engine:
         outcome: dict[str, str] = {"filled": str(final.filled), "status": final.status.value}
         if extra > 0 and final.status.is_terminal:
             outcome.update(await unwind_stray(self, replace(final, filled=extra, fee_base=fee), None))
-        self.journal.record("engine", None, {"event": "late_order_settled", "package": handle.package_id,
+        self.journal.record("engine", None, {"event": "late_order_settled", "package": package_id,
                             "client_order_id": cid, **outcome}, trio.current_time())  # fmt: skip
 
     def _attribute_reduction(self, update: OrderUpdate) -> None:
@@ -860,8 +922,11 @@ class Engine:
     # --- venue truth in both directions ---------------------------------------------------------------
 
     def _spot_base(self, handle: PackageHandle) -> str:
-        market = self.markets.get(handle.core.plan.spot.symbol)
-        return market.base if market is not None else handle.core.plan.spot.symbol.split("/")[0]
+        return self._base_of(handle.core.plan.spot.symbol)
+
+    def _base_of(self, spot_symbol: str) -> str:
+        market = self.markets.get(spot_symbol)
+        return market.base if market is not None else spot_symbol.split("/")[0]
 
     async def take_baseline(self, truth: Mapping[str, tuple[Decimal, Decimal]] | None = None) -> None:
         """Record what the account holds at the venue beyond what the packages hold: the venue's balances and
@@ -909,11 +974,16 @@ class Engine:
         baseline = self.baseline
         if baseline is None or self._venue_in_motion():
             return
-        by_perp: dict[str, list[PackageHandle]] = {}
+        by_perp: dict[str, list[PackageHandle]] = {s: [] for s in self.retired.perp}
         by_base: dict[str, list[PackageHandle]] = {}
+        spot_symbols: dict[str, str] = {}  # base -> a spot symbol trading it
+        for symbol in self.retired.spot:
+            spot_symbols[self._base_of(symbol)] = symbol
+            by_base.setdefault(self._base_of(symbol), [])
         for h in self.handles.values():
             by_perp.setdefault(h.core.plan.perp.symbol, []).append(h)
             by_base.setdefault(self._spot_base(h), []).append(h)
+            spot_symbols[self._spot_base(h)] = h.core.plan.spot.symbol
         perps = [s for s, hs in by_perp.items() if self._settled(hs)]
         bases = [b for b, hs in by_base.items() if self._settled(hs)]
         if not perps and not bases:
@@ -930,7 +1000,7 @@ class Engine:
         for symbol in sorted(perps):
             if not self._settled(by_perp[symbol]):
                 continue
-            believed = sum((h.core.exposure().perp for h in by_perp[symbol]), Decimal(0))
+            believed = sum((h.core.exposure().perp for h in by_perp[symbol]), self.retired.perp.get(symbol, Decimal(0)))
             expected = baseline.perp.get(symbol, Decimal(0)) + believed
             diff = positions.get(symbol, Decimal(0)) - expected
             if self._confirmed(("perp", symbol), diff):
@@ -938,11 +1008,12 @@ class Engine:
         for base in sorted(bases):
             if not self._settled(by_base[base]):
                 continue
-            believed = sum((h.core.exposure().spot for h in by_base[base]), Decimal(0))
+            retired = sum((q for s, q in self.retired.spot.items() if self._base_of(s) == base), Decimal(0))
+            believed = sum((h.core.exposure().spot for h in by_base[base]), retired)
             expected = baseline.spot.get(base, Decimal(0)) + believed
             held = balances[base].total if base in balances else Decimal(0)
             diff = held - expected
-            spot_symbol = by_base[base][0].core.plan.spot.symbol
+            spot_symbol = spot_symbols[base]
             if abs(diff) < self._spot_dust(spot_symbol):
                 diff = Decimal(0)  # fee rounding: below what the venue would trade
             if self._confirmed(("spot", base), diff):
@@ -957,7 +1028,8 @@ class Engine:
         baseline = self.baseline
         if baseline is None:
             return [*problems, "no venue baseline was recorded: balances and positions unchecked"]
-        symbols = sorted({s for h in self.handles.values() for s in (h.core.plan.spot.symbol, h.core.plan.perp.symbol)})
+        symbols = sorted({s for h in self.handles.values() for s in (h.core.plan.spot.symbol, h.core.plan.perp.symbol)}
+                         | set(self.retired.spot) | set(self.retired.perp))  # fmt: skip
         for attempt in range(4):
             try:
                 with trio.fail_after(self.config.deadlines.ack * 3):
@@ -974,6 +1046,12 @@ class Engine:
         perp: dict[str, Decimal] = dict(baseline.perp)
         spot: dict[str, Decimal] = {}
         spot_symbol: dict[str, str] = {}
+        for symbol, held_perp in self.retired.perp.items():  # dust left by released flat packages
+            perp[symbol] = perp.get(symbol, Decimal(0)) + held_perp
+        for symbol, held_spot in self.retired.spot.items():
+            base = self._base_of(symbol)
+            spot[base] = spot.get(base, baseline.spot.get(base, Decimal(0))) + held_spot
+            spot_symbol[base] = symbol
         for h in self.handles.values():
             exp = h.core.exposure()
             symbol, base = h.core.plan.perp.symbol, self._spot_base(h)
@@ -1086,4 +1164,7 @@ class Engine:
         return out
 
     def final_states(self) -> Counter[str]:
-        return Counter(h.core.state.value for h in self.handles.values())
+        states = Counter(h.core.state.value for h in self.handles.values())
+        if len(self.retired):
+            states[State.FLAT.value] += len(self.retired)
+        return states

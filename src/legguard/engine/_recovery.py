@@ -290,7 +290,7 @@ async def settle_recovered(engine: EngineHost, report: RecoveryReport, limit: fl
         # Its recovery events stepped (until then the core still shows the journal's state), and safe.
         return len(h.events) >= report.fed.get(h.package_id, 0) and safe(h.core)
 
-    handles = [engine.handles[pid] for pid in report.resumed]
+    handles = [engine.handles[pid] for pid in report.resumed if pid in engine.handles]
     with trio.move_on_after(limit):
         for h in handles:
 
@@ -299,11 +299,14 @@ async def settle_recovered(engine: EngineHost, report: RecoveryReport, limit: fl
 
             await h.wait_until(check)
     now = trio.current_time()
-    for h in handles:
-        core, done = h.core, settled(h)
-        report.final[h.package_id] = core.state.value if done else f"{core.state.value} (in flight)"
+    held = {h.package_id: h for h in handles}
+    for pid in report.resumed:
+        kept = held.get(pid)
+        # None: released from memory before this call, so it ended flat and quiescent (the journal has it).
+        core, done = (replay_package(engine.journal, pid), True) if kept is None else (kept.core, settled(kept))
+        report.final[pid] = core.state.value if done else f"{core.state.value} (in flight)"
         exp = core.exposure()
-        engine.journal.record(RECOVERY, h.package_id,
+        engine.journal.record(RECOVERY, pid,
                               {"step": "resolved" if done else "unresolved", "state": core.state.value,
                                "spot": str(exp.spot), "perp": str(exp.perp), "unknown": exp.unknown},
                               now)  # fmt: skip

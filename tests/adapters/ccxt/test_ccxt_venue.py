@@ -697,7 +697,7 @@ async def test_engine_flattens_when_the_perp_leg_is_rejected_post_only(tmp_path:
         async with engine_on(rig, tmp_path / "journal.db") as engine:
             pid = engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
             state = await settle(engine, pid)
-            reasons = {o.intent.symbol: o.reason for o in engine.handles[pid].core.orders.values()}
+            reasons = {o.intent.symbol: o.reason for o in engine.core(pid).orders.values()}
             venue_state = rig.emu.state()
 
         assert state is State.FLAT

@@ -482,8 +482,8 @@ async def test_outage_under_a_running_engine_is_survived_and_reconciled_when_the
             await engine.outage.wait_down()
         await rig.on_emulator(rig.emu.trade, spot_m, Side.SELL, plan.spot.price, QTY)
         await rig.on_emulator(rig.emu.trade, perp_m, Side.BUY, plan.perp.price, QTY)
-        refused = engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
-        await until_core(engine.handles[refused], lambda c: c.state is State.FLAT)
+        refused = engine.handles[engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))]
+        await until_core(refused, lambda c: c.state is State.FLAT)
         assert handle.core.state is State.DISPATCHED  # kept as it was: nothing can be learnt or sent
         await rig.on_emulator(rig.emu.clear_faults)  # the venue is back
         state = await settle(engine, pid)
@@ -494,7 +494,7 @@ async def test_outage_under_a_running_engine_is_survived_and_reconciled_when_the
         venue_state = rig.emu.state()
 
     assert state is State.HEDGED and outages == 1
-    assert not engine.handles[refused].core.orders  # nothing was sent for it
+    assert not refused.core.orders  # nothing was sent for it
     assert (core.orders[entry(core, LegRole.SPOT)].filled, core.orders[entry(core, LegRole.PERP)].filled) == (QTY, QTY)
     eth, _ = balance(venue_state, "ETH")
     assert (eth, Decimal(venue_state["linear"]["positions"]["ETHUSDT"])) == (100 + QTY - spot_fee(rig), -QTY)

@@ -117,6 +117,7 @@ async def test_halt_refuses_new_packages_and_resume_takes_them_again(autojump_cl
 
 async def test_close_takes_hedged_packages_to_flat_and_journals_each(autojump_clock: MockClock, rpc: Rpc) -> None:
     first, second, third = await hedged(rpc, 3)
+    handles = [rpc.engine.handles[pid] for pid in (first, second, third)]  # the engine releases flat ones
 
     one = rpc.handle("close", {"ids": [first], "reason": "rebalance"}, via="test")
     rest = rpc.handle("close", {"all": True}, via="test")
@@ -124,8 +125,12 @@ async def test_close_takes_hedged_packages_to_flat_and_journals_each(autojump_cl
     assert one["closing"] == [first]
     assert sorted(rest["closing"]) == [second, third]
     with trio.fail_after(30):
-        for pid in (first, second, third):
-            await rpc.engine.handles[pid].wait_until(lambda c: c.state is State.FLAT)
+        for h in handles:
+            await h.done.wait()  # its actor ended (flat): released
+    assert rpc.engine.handles == {} and all(h.core.state is State.FLAT for h in handles)
+    # Released from memory, still counted: status reads the engine's counters for them.
+    packages = rpc.status()["packages"]
+    assert (packages["total"], packages["by_state"], packages["live"]) == (3, {"flat": 3}, 0)
     assert control_rows(rpc, first)[0]["reason"] == "rebalance"
     assert control_rows(rpc, second)[0]["action"] == "close"
     assert verify(rpc.engine.journal.path).ok

@@ -17,6 +17,7 @@ import trio_asyncio
 
 from legguard.adapters.emulator._server import serve_emulator
 from legguard.cli._bench import BEGIN, END, _write_docs, markdown, rows
+from legguard.engine.bench import _floors as f
 from legguard.engine.bench import _harness as b
 from legguard.engine.bench import _wire as bw
 from legguard.engine.journal._store import Durability
@@ -43,6 +44,9 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "journal": {"process": {"single": 5000.0, "batched_100": 30000.0, "grouped": 120000.0, "group_size": 150.0},
                     "power": {"single": 200.0, "batched_100": 9000.0, "grouped": 15000.0, "group_size": 150.0}},
         "memory": {"bytes_per_package": 100.0},
+        "finished_memory": {"bytes_per_finished_package": 80.0},
+        "floors": {"send_us": {**pct, "p50": 5.0}, "commit_process_us": {**pct, "p50": 10.0},
+                   "commit_power_us": {**pct, "p50": 1000.0}, "sign_us": {**pct, "p50": 30.0}},
     }  # fmt: skip
 
 
@@ -54,11 +58,22 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert result["reaction_us"]["p99"] == 900.0 and result["packages_per_s"] == 200.0
     assert result["journal_events_per_s"] == 120000.0 and result["bytes_per_package"] == 100.0
     assert result["journal_power_events_per_s"] == 15000.0 and result["steps_per_commit"] == 3.0
+    assert result["bytes_per_finished_package"] == 80.0 and result["floors"]["send_us"]["p50"] == 5.0
+    # Each latency as a multiple of its floor: skew / send, reaction / (commit + send), overhead / commit.
+    assert result["floor_multiple"]["skew_us"] == {"p50": 4.0, "p99": 1.0}
+    assert result["floor_multiple"]["reaction_us"]["p50"] == round(1.0 / 15.0, 1)
+    assert result["floor_multiple"]["overhead_us"] == {"p50": 0.1, "p99": 1.0}
     checks = b.target_checks(result)
     assert checks["skew_legguard_p50_us"]["met"] and checks["skew_gather_over_legguard"]["met"]
-    assert checks["reaction_p99_us"]["met"]
+    assert checks["reaction_p99_us"]["met"] and checks["bytes_per_finished_package"]["met"]
     assert checks["packages_per_s"] == {"value": 200.0, "target": ">= 2000", "met": False, "off_by": "10.0x"}
-    assert checks["journal_events_per_s"]["met"] and not checks["journal_power_events_per_s"]["met"]
+    assert checks["journal_process_events_per_s"]["met"] and not checks["journal_power_events_per_s"]["met"]
+    table = {r["measure"]: r for r in b.target_table(result)}
+    assert len(table) == 9  # the rows, every one
+    throughput = table["throughput, whole engine + journal (PROCESS), virtual time"]
+    assert throughput["met"] == "missed (10.0x off)" and "100,000/s" in throughput["floor"]
+    reaction = table["kill switch: decisive answer in → cancel out, p50 / p99"]
+    assert reaction["met"] == "met" and reaction["floor"].startswith("15.0 / 6.0 µs")
 
 
 def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> None:
@@ -72,7 +87,8 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
     text = doc.read_text()
     assert "old table" not in text and "prose before" in text and "prose after" in text
     assert markdown(result) in text and text.count(BEGIN) == 1
-    assert len(rows(result)) == 10 and "missed by 10.0x" in text
+    assert len(rows(result)) == 15 and "missed (10.0x off)" in text
+    assert "| memory kept per finished package | 80.0 B | < 0.5 KB | met |" in text
 
 
 # --- local measurements ---------------------------------------------------------------------------------
@@ -99,6 +115,24 @@ def test_throughput_counts_packages_through_the_whole_engine(tmp_path: Path) -> 
 def test_overhead_samples_one_per_package(tmp_path: Path) -> None:
     samples = trio.run(b.overhead_run, 3, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(samples) == 3 and all(s > 0 for s in samples)
+
+
+def test_finished_memory_runs_packages_to_flat_and_releases_them(tmp_path: Path) -> None:
+    got = b.finished_memory_run(6, tmp_path, warmup=4)
+    assert got["held_in_memory"] == 0 and got["retired"] == 10  # 4 to warm up, 6 measured: all flat, released
+    assert isinstance(got["bytes_per_finished_package"], float) and got["recent_window"]["packages"] >= 0
+
+
+def test_floors_are_measured_from_real_sends_commits_and_signs(tmp_path: Path) -> None:
+    got = f.floors_run(5, tmp_path, b.percentiles)
+    assert {name: p["n"] for name, p in got.items()} == {
+        "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5}  # fmt: skip
+    assert all(p["p50"] > 0 for p in got.values())
+    for name in ("floor-process.db", "floor-power.db"):
+        with sqlite3.connect(tmp_path / name) as conn:  # each sample committed one row (plus the first)
+            rows = conn.execute("SELECT count(*) FROM floor").fetchone()[0]
+            assert rows == (6 if "process" in name else 21)
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_memory_holds_every_package_live(tmp_path: Path) -> None:

@@ -662,6 +662,16 @@ class MatchingEngine:
         out, self._queue = self._queue, []
         return out
 
+    def forget_closed(self) -> int:
+        """Drop every order no longer open, and every fill, from the history (`all_orders`, `fills`); returns
+        how many orders were dropped. For a long run that measures its client's memory (`legguard bench`): a
+        real venue keeps its history on its side of the wire. Balances and positions are unchanged."""
+        before = len(self._every)
+        self._every = [o for o in self._every if o.status is OrderStatus.OPEN]
+        self._orders = {k: o for k, o in self._orders.items() if o.status is OrderStatus.OPEN}
+        self._fills.clear()
+        return before - len(self._every)
+
     # --- internals ----------------------------------------------------------------------------------
 
     def _check_filters(self, request: OrderRequest, market: Market, book: _Book) -> None:

@@ -27,10 +27,10 @@ from legguard.engine._engine import Engine, EngineMode
 from legguard.engine._pricing import dust_threshold, round_down
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, ExitConfig, RiskConfig, SpecError
 from legguard.engine._venue_truth import compare_venue
-from legguard.engine.journal import Journal, PackagePnl, package_pnl, unattributed_funding
+from legguard.engine.journal import FUNDING, Journal, PackagePnl, package_pnl, unattributed_funding
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
-from legguard.engine.journal._pnl import assets_of
-from legguard.fsm import ExecutionStyle, LegRole, State
+from legguard.engine.journal._pnl import assets_of, funding_amount
+from legguard.fsm import ExecutionStyle, LegRole, PackageCore, State
 
 from ._carry import FundingParams, FundingStrategy
 from ._strategy import FaultPlan, Pair, PremiumTrigger, Strategy, StrategyDriver
@@ -208,7 +208,9 @@ async def _trade(run: DemoRun, plan: FaultPlan) -> None:
 async def _liquidate_when_hedged(run: DemoRun, package_id: str) -> None:
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
-    handle = engine.handles[package_id]
+    handle = engine.handles.get(package_id)
+    if handle is None:  # already flat (refused) and released
+        return
     with trio.move_on_after(10):
         await handle.wait_until(lambda core: core.state in (State.HEDGED, State.FLAT))
         if handle.core.state is not State.HEDGED:
@@ -263,6 +265,10 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
                 today = max(leg.dust, dust_threshold(engine.markets[leg.symbol], book.best_bid))
             bucket = open_exposure if tradable >= today and tradable > 0 else dust
             bucket[leg.symbol] = bucket.get(leg.symbol, Decimal(0)) + amount
+    # Flat packages released from memory: flat means each leg's residual is below its dust threshold.
+    for residual in (engine.retired.spot, engine.retired.perp):
+        for symbol, amount in residual.items():
+            dust[symbol] = dust.get(symbol, Decimal(0)) + amount
     # The venue's own view: the perp position per symbol must equal the hedged packages' perp legs.
     positions = venue.engine.positions()
     venue_mismatch = {
@@ -277,9 +283,9 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
     truth = compare_venue(venue.engine, journal)
     stats = engine.stats
     return {
-        "packages_total": len(engine.handles),
+        "packages_total": engine.packages_total,
         "final_states": dict(sorted(engine.final_states().items())),
-        "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
+        "orphaned_total": engine.orphaned_total,
         "unwound_total": stats.unwound,
         "closed_total": stats.closed,
         "exits_by_policy": dict(sorted(stats.exits.items())),
@@ -327,13 +333,27 @@ def live_marks(venue: SimVenue) -> dict[str, Decimal]:
     return marks
 
 
+def released_cores(engine: Engine, journal: Journal) -> list[tuple[PackageCore, Decimal]]:
+    """Packages released from memory once flat (`Engine.retired`), rebuilt from the journal with the funding
+    attributed to them: the end-of-run summary counts every package, not only those still in memory."""
+    out: list[tuple[PackageCore, Decimal]] = []
+    for row in journal.packages():
+        if row.package_id in engine.handles:
+            continue
+        funding = sum((funding_amount(r.payload) for r in journal.timeline(row.package_id) if r.kind == FUNDING),
+                      Decimal(0))  # fmt: skip
+        out.append((engine.core(row.package_id), funding))
+    return out
+
+
 def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
     """Every package's accounting added up, open packages marked to market at the venue's live marks, and
     set against the change of the venue account's value at the same marks (docs/accounting.md)."""
     engine, venue = run.engine, run.venue
     assert engine is not None and venue is not None
     marks = live_marks(venue)
-    pnls: list[PackagePnl] = [package_pnl(h.core, h.funding) for h in engine.handles.values()]
+    cores = [(h.core, h.funding) for h in engine.handles.values()] + released_cores(engine, journal)
+    pnls: list[PackagePnl] = [package_pnl(core, funding) for core, funding in cores]
     zero = Decimal(0)
     fees: dict[str, Decimal] = {}
     dust: dict[str, Decimal] = {}
@@ -383,7 +403,7 @@ def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
         (q0, b0), (q1, b1) = run.account_start, account_value(venue)
         change = q1 - q0 + sum(((b1.get(a, zero) - b0.get(a, zero)) * marks.get(f"{a}/{QUOTE}", zero)
                                 for a in b0.keys() | b1.keys()), zero)  # fmt: skip
-        filled = sum(1 for h in engine.handles.values() for o in h.core.orders.values() if o.filled)
+        filled = sum(1 for core, _ in cores for o in core.orders.values() if o.filled)
         tolerance = ROUNDING_PER_ORDER * max(filled, 1)
         out["venue_change"] = str(change)
         out["difference"] = str(change - total)

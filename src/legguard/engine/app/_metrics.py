@@ -166,6 +166,7 @@ class _Levels(Collector):
             a["net"] += exp.net
             a["gross"] += abs(exp.spot) + abs(exp.perp)
             a["naked"] += core.unmatched()
+        counts[State.FLAT.value] += len(e.retired)  # flat packages released from memory
         for state, n in counts.items():
             packages.add_metric([state], n)
         yield packages

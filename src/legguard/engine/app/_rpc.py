@@ -102,8 +102,10 @@ class Rpc:
             raise RpcError("close: give package ids, or a pair, or all -- exactly one of them")
         reason = reason or "operator close"
         handles = self.engine.handles
+        self._closing.intersection_update(handles)  # released ones are flat: nothing left to remember
         if ids:
-            unknown = [i for i in ids if i not in handles]
+            # A flat package released from memory is known (and skipped as flat), not unknown.
+            unknown = [i for i in ids if i not in handles and i not in self.engine.retired]
             if unknown:
                 raise RpcError(f"close: unknown package id(s) {', '.join(unknown)} (see `legguard status`)")
             targets = list(ids)
@@ -117,7 +119,10 @@ class Rpc:
         closing: list[str] = []
         skipped: dict[str, str] = {}
         for pid in targets:
-            h = handles[pid]
+            h = handles.get(pid)
+            if h is None:  # released: flat
+                skipped[pid] = State.FLAT.value
+                continue
             state = h.core.state
             if pid in self._closing and state is not State.FLAT:
                 if ids:
@@ -186,6 +191,8 @@ class Rpc:
                         "naked_s": None if h.naked_since is None else round(now - h.naked_since, 3),
                     }
                 )
+        if len(e.retired):  # flat packages released from memory
+            states[State.FLAT.value] += len(e.retired)
         b = e.config.breaker
         halt: dict[str, Any] | None = None
         if e.mode is EngineMode.HALTED:
@@ -212,7 +219,7 @@ class Rpc:
                 "paused_s": round(max(e.paused_until - now, 0.0), 3),
             },
             "packages": {
-                "total": len(e.handles),
+                "total": e.packages_total,
                 "by_state": dict(sorted(states.items())),
                 "live": len(e.live),
                 "unknown_exposure": unknown,

@@ -381,9 +381,9 @@ async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None], inter
 def summary(engine: Engine, db: Path) -> dict[str, Any]:
     stats = engine.stats
     return {
-        "packages_total": len(engine.handles),
+        "packages_total": engine.packages_total,
         "final_states": dict(sorted(engine.final_states().items())),
-        "orphaned_total": sum(1 for h in engine.handles.values() if h.ever_orphaned),
+        "orphaned_total": engine.orphaned_total,
         "unwound_total": stats.unwound,
         "closed_total": stats.closed,
         "exits_by_policy": dict(sorted(stats.exits.items())),

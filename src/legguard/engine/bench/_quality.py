@@ -188,20 +188,20 @@ async def _legguard(style: ExecutionStyle, plan: Sequence[Planned], seed: int, d
             engine = Engine(venue, journal, config)
             async with engine.running([SPOT, PERP]):
                 start = trio.current_time()
-                ids = []
+                handles = []  # held here: the engine releases a flat package's handle
                 for p in plan:
                     await trio.sleep_until(start + p.at)
                     _inject(venue, p)
                     spec = PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1), execution=style)
-                    ids.append(engine.submit(spec))
+                    handles.append(engine.handles[engine.submit(spec)])
                 with trio.move_on_after(60):
-                    for pid in ids:
-                        await engine.handles[pid].wait_until(
+                    for h in handles:
+                        await h.wait_until(
                             lambda c: c.state is State.FLAT or (c.state is State.HEDGED and c.is_quiescent())
                         )
                 await trio.sleep(1.0)
                 end = trio.current_time()
-                prefixes = [engine.handles[pid].core.plan.client_id_prefix for pid in ids]
+                prefixes = [h.core.plan.client_id_prefix for h in handles]
                 mids = {SPOT: venue.engine.mid(SPOT) or Decimal(0)}
                 return measure(style.value, prefixes, venue.engine.fills(), end, mids)
     finally:

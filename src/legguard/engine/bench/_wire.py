@@ -35,7 +35,7 @@ from legguard.adapters.emulator._emulator import DEFAULT_API_KEY, DEFAULT_API_SE
 from legguard.engine._engine import Engine
 from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, PackageSpec
 from legguard.engine.journal import Durability, Journal
-from legguard.fsm import State
+from legguard.fsm import PackageCore, State
 
 SPOT, PERP = "ETH/USDT", "ETH/USDT:USDT"
 QTY = Decimal("0.01")
@@ -192,10 +192,12 @@ async def wire_rig(base: str, journal_dir: Path) -> AsyncIterator[WireRig]:
         journal.close()
 
 
-async def _settled(engine: Engine, package_id: str) -> None:
-    handle = engine.handles[package_id]
+async def _settled(engine: Engine, package_id: str) -> PackageCore:
+    """Wait until the package's actor ended; its final core (the engine releases a flat package's)."""
+    handle = engine.handles[package_id]  # right after submit: its actor has not run yet
     with trio.fail_after(10.0):
         await handle.done.wait()
+    return handle.core
 
 
 # --- 1. skew ------------------------------------------------------------------------------------------
@@ -238,8 +240,7 @@ async def _plain_pair(rig: WireRig, mode: str) -> float:
 async def _engine_pair(rig: WireRig) -> float:
     """One package through the engine: the actor arms both legs and the venue releases them."""
     package_id = rig.engine.submit(PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1)))
-    await _settled(rig.engine, package_id)
-    core = rig.engine.handles[package_id].core
+    core = await _settled(rig.engine, package_id)
     prefix = core.plan.client_id_prefix
     spot, perp = rig.stamps.sends.get(f"{prefix}-SE0"), rig.stamps.sends.get(f"{prefix}-PE0")
     if spot is None or perp is None:
@@ -283,10 +284,9 @@ async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> React
         ):
             await trio.to_thread.run_sync(_control, rig.base, "/_emulator/faults", fault)
         package_id = rig.engine.submit(PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1)))
-        await _settled(rig.engine, package_id)
+        core = await _settled(rig.engine, package_id)
         if i < warmup:
             continue
-        core = rig.engine.handles[package_id].core
         p = core.plan.client_id_prefix
         s = rig.stamps
         spot_ack, perp_reject = s.answers.get(f"{p}-SE0"), s.answers.get(f"{p}-PE0")

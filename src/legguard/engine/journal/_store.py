@@ -963,6 +963,11 @@ class Journal:
             raise UnknownPackage(f"package_id {package_id!r}: no package_created row in journal {self.journal_id}")
         self._known.add(package_id)
 
+    def forget_package(self, package_id: str) -> None:
+        """Drop `package_id` from the cache of packages known to exist (the engine released it from memory:
+        the cache must not grow with history). A later row for it looks the table up again."""
+        self._known.discard(package_id)
+
     # The writers return None (the engine's JournalLike protocol says so); `head` has the last seq.
 
     def package_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> None:

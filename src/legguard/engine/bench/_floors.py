@@ -1,0 +1,133 @@
+"""`legguard bench`, the floors: what this machine cannot do faster, measured in the same run as the engine's
+numbers so that each latency can be read as a multiple of what bounds it (and a noisy machine shows as floors
+that move with the latencies).
+
+- a bare loopback `send()`: one order request's bytes (as large as a signed Binance order) handed to the
+  kernel on a connected TCP socket over 127.0.0.1, `TCP_NODELAY` as on the order path; the receiver drains
+  between samples, outside the timing;
+- a bare SQLite commit in each durability, with the journal's own settings and nothing else: one ~300-byte
+  row inserted and committed, WAL with `synchronous=NORMAL` (PROCESS) or `synchronous=FULL`, one fsync per
+  commit (POWER); a passive checkpoint every 100 commits outside the timing (the journal checkpoints on
+  another thread), so the WAL is reused in place as the journal's is;
+- one ccxt `sign()` of an order request (Binance spot `POST /api/v3/order`, HMAC-SHA256 over the query), the
+  work a request not prepared in advance adds.
+
+Which floor bounds which latency is `FLOOR_OF` (the docs table prints it beside every latency).
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+# latency (the harness's result key) -> (floor, how many of it) terms whose sum bounds it on this machine
+FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
+    # the second leg's bytes leave one send() after the first's
+    "skew_us": (("send_us", 1),),
+    # the decision is journaled before the (pre-signed) cancel is written: one commit, one send
+    "reaction_us": (("commit_process_us", 1), ("send_us", 1)),
+    # likewise for the unwind order (armed while the cancel is in flight)
+    "unwind_us": (("commit_process_us", 1), ("send_us", 1)),
+    # the sim venue at zero latency signs nothing and sends nothing: creation and dispatch journaled
+    "overhead_us": (("commit_process_us", 1),),
+}
+# One order request as the order path writes it (request line, headers, signed body): about this size.
+REQUEST_BYTES = 620
+
+
+def _timed(fn: Callable[[], object], samples: int) -> list[float]:
+    out: list[float] = []
+    for _ in range(samples):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+def send_floor(samples: int) -> list[float]:
+    """µs per `send()` of one order request's bytes on a TCP loopback connection."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            payload = b"x" * REQUEST_BYTES
+            out: list[float] = []
+            for _ in range(samples):
+                t0 = time.perf_counter_ns()
+                client.send(payload)
+                out.append((time.perf_counter_ns() - t0) / 1000)
+                got = 0
+                while got < REQUEST_BYTES:  # drained outside the timing: every send finds an empty buffer
+                    got += len(peer.recv(65536))
+        finally:
+            client.close()
+            peer.close()
+    return out
+
+
+def commit_floor(path: Path, synchronous: int, samples: int) -> list[float]:
+    """µs per bare SQLite transaction (one row inserted, committed) in WAL mode at `synchronous`."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE IF NOT EXISTS floor (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+        row = "x" * 300
+
+        def commit() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO floor (payload) VALUES (?)", (row,))
+            conn.execute("COMMIT")
+
+        commit()  # the file and the WAL exist before the first sample
+        out: list[float] = []
+        for i in range(samples):
+            if i % 100 == 0:
+                # As the journal's checkpointer does (on its own thread): the WAL is copied back and then reused
+                # from its start, so commits overwrite it in place instead of growing the file. A growing file
+                # makes each fsync also commit the file's new size: slower than the journal, not a floor.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            out += _timed(commit, 1)
+        return out
+    finally:
+        conn.close()
+
+
+def sign_floor(samples: int) -> list[float]:
+    """µs per ccxt `sign()` of a Binance spot order request (the venue's own path: `_Request.sign`)."""
+    import ccxt
+    from ccxt.base.types import Entry
+
+    ex: Any = ccxt.binance({"apiKey": "k" * 64, "secret": "s" * 64})
+    entry: Any = next(c for cls in type(ex).__mro__ if isinstance(c := cls.__dict__.get("private_post_order"), Entry))
+    params = {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT_MAKER", "quantity": "0.01", "price": "2000.00",
+              "newClientOrderId": "lgab12000001-SE0"}  # fmt: skip
+    ex.sign(entry.path, entry.api, entry.method, dict(params))  # warm: lazy imports, option look-ups
+    return _timed(lambda: ex.sign(entry.path, entry.api, entry.method, dict(params)), samples)
+
+
+def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
+    """Every floor's percentiles (µs); POWER commits get a tenth of the samples (each is an fsync)."""
+    return {
+        "send_us": percentiles(send_floor(samples)),
+        "commit_process_us": percentiles(commit_floor(directory / "floor-process.db", 1, samples)),
+        "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 20))),
+        "sign_us": percentiles(sign_floor(samples)),
+    }
+
+
+def floor_value(floors: Mapping[str, Any], latency: str, q: str = "p50") -> float | None:
+    """The floor bounding `latency` (a `FLOOR_OF` key) at quantile `q` of each term; None if not measured."""
+    total = 0.0
+    for name, times in FLOOR_OF.get(latency, ()):
+        value = floors.get(name, {}).get(q) if isinstance(floors.get(name), dict) else floors.get(name)
+        if not isinstance(value, int | float) or value != value:
+            return None
+        total += times * value
+    return round(total, 1) if FLOOR_OF.get(latency) else None
