@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from hedges import assert_exact_hedge
 from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
 
@@ -21,7 +22,7 @@ from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal._replay import replay_package, verify
 from legguard.engine.journal._store import Journal
-from legguard.fsm import OrderEvent, State
+from legguard.fsm import LegRole, OrderEvent, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
 DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=2.0, clock_allowance=0.5)
@@ -96,10 +97,10 @@ async def test_normal_package_hedges(autojump_clock: MockClock, rig: Rig) -> Non
     state = await rig.settle(pid)
     core = rig.engine.handles[pid].core
     if state is State.HEDGED:
-        exp = core.exposure()
-        assert exp.perp == -core.plan.quantity
-        # spot buy fee is charged in ETH: what is held is slightly less than what was bought
-        assert 0 < core.plan.quantity - exp.spot <= core.plan.quantity * Decimal("0.001")
+        # The spot buy fee is charged in ETH: the buy was grossed up, so what is held equals the short.
+        spot = core.orders[core.entry[LegRole.SPOT]]
+        assert spot.intent.amount > core.plan.quantity and spot.fee_base > 0
+        assert_exact_hedge(core)
     rig.assert_safe()
     assert rig.engine.stats.orphan_events == 0
     assert state is State.HEDGED

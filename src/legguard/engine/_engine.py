@@ -61,11 +61,18 @@ from ._handle import PackageHandle
 from ._host import EngineStats
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
-from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sell_price, price_package
+from ._pricing import (
+    PricingRefused,
+    dust_threshold,
+    maker_buy_price,
+    maker_sell_price,
+    price_package,
+    size_spot_buy,
+)
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import PNL, Journal, package_pnl
+from .journal import PNL, Journal, desk_dust, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
@@ -134,6 +141,10 @@ class Engine:
         self.margin_guard = MarginGuard(self)
         self.balance_check = BalanceCheck(self, self.margin_guard if self.config.risk.margin_guard else None)
         self.funding = FundingBook(journal)  # funding payments attributed to packages (a FundingVenue's)
+        # Base asset -> what the desk holds beyond what its open packages account for (fee rounding left by
+        # grossed-up buys, kill-switch residuals): derived from the journal at start (`desk_dust`), kept
+        # current as packages take it over (`PackagePlan.sweep`) and go flat (docs/accounting.md).
+        self.dust: dict[str, Decimal] = {}
 
     @property
     def stopping(self) -> bool:
@@ -147,6 +158,7 @@ class Engine:
         cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
         self.markets = await self.venue.load_markets()
         self.started_at = trio.current_time()
+        self.dust = desk_dust((r.plan, r.state, r.exposure.spot) for r in self.journal.packages())
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
         await self.take_baseline()
         async with trio.open_nursery() as service:
@@ -238,6 +250,7 @@ class Engine:
                 return role is not spec.maker_leg
             return spec.execution is ExecutionStyle.TAKER_TAKER
 
+        size = None
         if refusal is None:
             try:
                 p = price_package(
@@ -253,6 +266,11 @@ class Engine:
                 )
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
+                # Exact hedge: the venue keeps the spot buy's fee in base unless fees are paid elsewhere.
+                fee = spot.taker_fee if taker(LegRole.SPOT) else spot.maker_fee
+                size = size_spot_buy(spot, perp, quantity, spot_price,
+                                     fee if self.config.spot_fee_in_base else Decimal(0),
+                                     self.dust.get(spot.base, Decimal(0)))  # fmt: skip
                 if quantity * spot_price > self.config.max_notional:
                     refusal = f"risk: notional {quantity * spot_price} above max_notional {self.config.max_notional}"
                 else:
@@ -265,7 +283,9 @@ class Engine:
             client_id_prefix=f"lg{self.journal.journal_id}{number:06d}",
             quantity=quantity,
             spot=LegPlan(spot.symbol, spec.spot_side, spot_price, spot.step_size,
-                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size),
+                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size,
+                         amount=None if size is None or refusal is not None else size.amount,
+                         fee_rate=Decimal(0) if size is None or refusal is not None else size.fee_rate),
             # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
             perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
                          max(perp.step_size, perp.min_qty),
@@ -275,7 +295,10 @@ class Engine:
             policy=spec.policy or self.config.policy,
             style=spec.execution,
             maker=spec.maker_leg,
+            sweep=Decimal(0) if size is None or refusal is not None else size.sweep,
         )  # fmt: skip
+        if plan.sweep:
+            self.dust[spot.base] = self.dust.get(spot.base, Decimal(0)) - plan.sweep
         self.journal.package_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)
         handle = PackageHandle.create(core, now)
@@ -543,6 +566,10 @@ class Engine:
         # on it must still be seen (`route` -> `_late_update`), never dropped.
         if t.dest is State.FLAT:
             self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
+            # What it leaves behind (its own fills net of fees) is the desk's dust; the dust it took over
+            # is no longer its own.
+            base = self._spot_base(handle)
+            self.dust[base] = self.dust.get(base, Decimal(0)) + handle.core.held_spot()
 
     def breaker_count(self, now: float) -> int:
         """Orphan events inside the breaker's window now."""

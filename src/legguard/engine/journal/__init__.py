@@ -10,7 +10,8 @@ Map:
 - `_anchors.py` signed checkpoints (Ed25519) of the chain head, kept outside the journal: `Anchorer` writes
                 them, `verify_anchors()` (`audit verify --anchors`) checks the journal still extends them.
 - `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
-                slippage, realized P&L (`package_pnl`); pure, used live and by `audit pnl` / `verify`.
+                slippage, realized P&L (`package_pnl`); the desk's base dust (`desk_dust`); pure, used live
+                and by `audit pnl` / `verify`.
 - `_binding.py` a journal belongs to one venue and one account: the `binding` row, checked by run/recover.
 
 Direction: `_ledger` → `_replay` → `_store`, `_pnl`; `_anchors` → `_store`; the store knows nothing of replay,
@@ -24,6 +25,7 @@ from ._ledger import ledger as ledger
 from ._pnl import FUNDING as FUNDING
 from ._pnl import PNL as PNL
 from ._pnl import PackagePnl as PackagePnl
+from ._pnl import desk_dust as desk_dust
 from ._pnl import funding_amount as funding_amount
 from ._pnl import package_pnl as package_pnl
 from ._replay import ReplayMismatch as ReplayMismatch

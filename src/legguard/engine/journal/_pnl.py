@@ -173,3 +173,16 @@ def pnl_of(
 def funding_amount(payload: Mapping[str, Any]) -> Decimal:
     """The signed quote amount of a journaled `funding` row."""
     return Decimal(str(payload["amount"]))
+
+
+def desk_dust(packages: Iterable[tuple[PackagePlan, State, Decimal]]) -> dict[str, Decimal]:
+    """Base the desk holds beyond what its open packages account for, per asset, from each package's (plan,
+    state, spot held from its own fills net of fees in base): what flat packages left behind (negative for one
+    that sold dust it swept in) minus the dust open packages took over (`PackagePlan.sweep`). Derived from
+    fills and fees only: no separate balance is kept that could drift from them."""
+    out: dict[str, Decimal] = {}
+    for plan, state, held in packages:
+        base = assets_of(plan.spot.symbol)[0]
+        change = held if state is State.FLAT else -plan.sweep
+        out[base] = out.get(base, ZERO) + change
+    return out
