@@ -25,6 +25,7 @@ from legguard.engine.journal import (
     PackagePnl,
     ReplayMismatch,
     aggregate,
+    dust,
     ledger,
     package_pnl,
     replay_package,
@@ -289,13 +290,15 @@ def pnl(
     since_wall = _parse_since(since)
     with _reader(db) as journal:
         try:
-            entries = ledger(journal, since_wall)
+            every = ledger(journal)
         except ReplayMismatch as exc:
             raise _fail(f"{exc} (run `legguard audit verify`)", EXIT_PROBLEMS) from None
         journal_id = journal.journal_id
+    entries = [e for e in every if since_wall is None or e.opened_wall >= since_wall]
     rows = aggregate(entries, by.value)
+    dust_rows = dust(every)  # the desk's, whatever the period
     if as_json:
-        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows,
+        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows, "dust": dust_rows,
                     "packages": [e.pnl.to_dict() | {"exit_reason": e.exit_reason} for e in entries]})  # fmt: skip
         return
     if as_csv:
@@ -312,6 +315,14 @@ def pnl(
         cells = [str(v) if k in counts else _money(Decimal(v)) for k, v in row.items()]
         table.add_row(*(escape(c) for c in cells), style="bold" if row["key"] == "total" else None)
     _out().print(table)
+    if dust_rows:
+        held = Table(title="dust: base the desk holds beyond its open packages (swept into the next package)")
+        for column in ("asset", "quantity", "mark", "value"):
+            held.add_column(column, justify="left" if column == "asset" else "right")
+        for d in dust_rows:
+            value = "-" if d["value"] is None else _money(Decimal(d["value"]))
+            held.add_row(escape(d["asset"]), d["quantity"], d["mark"] or "-", value)
+        _out().print(held)
 
 
 ENGINE = "engine"

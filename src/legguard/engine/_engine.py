@@ -158,7 +158,9 @@ class Engine:
         cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
         self.markets = await self.venue.load_markets()
         self.started_at = trio.current_time()
-        self.dust = desk_dust((r.plan, r.state, r.exposure.spot) for r in self.journal.packages())
+        self.dust = desk_dust(
+            (r.plan.spot.symbol, r.state, r.exposure.spot, r.plan.sweep) for r in self.journal.packages()
+        )
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
         await self.take_baseline()
         async with trio.open_nursery() as service:

@@ -6,7 +6,7 @@ Map:
 - `_replay.py`  `verify()`: the hash chain plus every package replayed through a fresh core (and every
                 journaled `pnl` recomputed); `replay_package()` rebuilds a core for recovery.
 - `_ledger.py`  `ledger()`: every package's accounting rebuilt from the journal, with its exit reason;
-                `aggregate()` by pair, day or exit reason (`legguard audit pnl`).
+                `aggregate()` by pair, day or exit reason, `dust()` per asset (`legguard audit pnl`).
 - `_anchors.py` signed checkpoints (Ed25519) of the chain head, kept outside the journal: `Anchorer` writes
                 them, `verify_anchors()` (`audit verify --anchors`) checks the journal still extends them.
 - `_pnl.py`     per-package accounting from the core's order facts: VWAPs, fees by currency, funding,
@@ -21,6 +21,7 @@ accounting or anchors.
 from ._ledger import GROUPINGS as GROUPINGS
 from ._ledger import LedgerEntry as LedgerEntry
 from ._ledger import aggregate as aggregate
+from ._ledger import dust as dust
 from ._ledger import ledger as ledger
 from ._pnl import FUNDING as FUNDING
 from ._pnl import PNL as PNL
