@@ -282,3 +282,11 @@ margin_act = "0.4"
 def test_bad_exit_and_risk_keys_name_the_field(tmp_path: Path, section: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(write(tmp_path, GOOD + section + "\n"))
+
+
+def test_spot_fee_in_base_defaults_on_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).engine.spot_fee_in_base is True  # Binance's default
+    off = load_config(write(tmp_path, GOOD + "\n[engine]\nspot_fee_in_base = false\n"))
+    assert off.engine.spot_fee_in_base is False  # fees paid in BNB: no gross-up
+    with pytest.raises(ConfigError, match=r"engine\.spot_fee_in_base"):
+        load_config(write(tmp_path, GOOD + '\n[engine]\nspot_fee_in_base = "bnb"\n'))
