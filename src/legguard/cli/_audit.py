@@ -185,11 +185,16 @@ def show(
     e = package.exposure
     closed_by = next((r.payload.get("policy") for r in rows if r.kind == "exit"), None)
     out.print(
-        f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
+        f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}"
+        + (f" (+{package.plan.sweep} swept-in dust)" if package.plan.sweep else "")
+        + f"  perp {e.perp}"
         + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else "")
         + (f"  closed by [bold]{escape(str(closed_by))}[/bold]" if closed_by else ""),
     )
     plan = package.plan
+    if plan.spot.amount is not None and (plan.spot.fee_rate or plan.sweep):
+        out.print(f"exact hedge: spot buy {plan.spot.amount} (fee {plan.spot.fee_rate} kept in base) plans to hold "
+                  f"{plan.spot_held} against the {plan.quantity} short")  # fmt: skip
     out.print(
         f"execution [bold]{plan.style.value}[/bold]  "
         + "  ".join(
