@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -465,3 +465,25 @@ async def test_no_gross_up_when_fees_are_paid_in_another_asset(autojump_clock: M
             plan = engine.handles[pid].core.plan
             assert (plan.entry_amount(LegRole.SPOT), plan.spot.fee_rate, plan.sweep) == (Decimal("0.05"), 0, 0)
     journal.close()
+
+
+async def test_a_metadata_fee_above_the_accounts_is_learnt_from_the_fills(autojump_clock: MockClock, rig: Rig) -> None:
+    """ccxt's markets can carry a fee rate above the account's: the first buy is grossed up too far and holds
+    more than a step over the short (still hedged: the core allows what the plan's rate overestimated); the rate
+    the venue actually kept is learnt from that fill, and the next packages hedge exactly."""
+    spot = rig.engine.markets[ETH]
+    rig.engine.markets = {**rig.engine.markets, ETH: replace(spot, maker_fee=Decimal("0.002"))}  # venue: 0.00075
+    hedged = []
+    for _ in range(20):
+        pid = rig.engine.submit(rig.spec())
+        if await rig.settle(pid) is State.HEDGED:
+            hedged.append(rig.engine.handles[pid].core)
+        if len(hedged) == 2:
+            break
+    first, second = hedged
+    assert first.plan.spot.fee_rate == Decimal("0.002") and first.held_spot() - first.plan.quantity > spot.step_size
+    # learnt as fee / fill (the fee quantized to 8 dp by the venue), rounded up at 1e-6
+    for learnt in (rig.engine.fee_seen[(ETH, False)], second.plan.spot.fee_rate):
+        assert spot.maker_fee <= learnt <= spot.maker_fee + Decimal("0.000001")
+    assert_exact_hedge(second)
+    rig.assert_safe()

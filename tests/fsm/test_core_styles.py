@@ -269,3 +269,22 @@ def test_the_plan_carries_the_gross_up_through_the_journal_and_older_plans_read_
     old = plan(ExecutionStyle.MAKER_MAKER)
     assert "amount" not in old.to_dict()["spot"] and "sweep" not in old.to_dict()
     assert PackagePlan.from_dict(old.to_dict()) == old and old.entry_amount(LegRole.SPOT) == Q
+
+
+def test_a_fee_rate_above_the_venues_still_hedges_but_a_missing_fill_does_not() -> None:
+    """The emulator through ccxt: the plan grossed a 0.01 BTC short up at ccxt's 0.1 % (0.01002) while the
+    venue kept 0.075 %: the buy holds 0.01001248, more than a spot step over the short. What the plan's rate
+    overestimated is allowed on top of the step; a spot leg a whole step short is not."""
+    p = plan(ExecutionStyle.MAKER_MAKER)
+    p = replace(p, quantity=D("0.01"), spot=replace(p.spot, amount=D("0.01002"), fee_rate=D("0.001")))
+    core = PackageCore(p)
+    spot, perp = (s.intent.client_order_id for s in sends(core.handle(Dispatch())))
+    core.handle(OrderEvent(perp, OrderStatus.CLOSED, filled=D("0.01")))
+    cmds = core.handle(OrderEvent(spot, OrderStatus.CLOSED, filled=D("0.01002"), fee_base=D("0.00000752")))
+    assert core.held_spot() - D("0.01") == D("0.00001248") > p.spot.step
+    assert triggers(cmds) == [Trigger.HEDGE]
+    short = PackageCore(p)
+    spot, perp = (s.intent.client_order_id for s in sends(short.handle(Dispatch())))
+    short.handle(OrderEvent(perp, OrderStatus.CLOSED, filled=D("0.01")))
+    cmds = short.handle(OrderEvent(spot, OrderStatus.CANCELED, filled=D("0.00999"), fee_base=D("0.00000749")))
+    assert triggers(cmds)[0] is Trigger.LEG_BROKEN

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 
 import trio
 
@@ -47,6 +47,7 @@ from legguard.fsm import (
     LegRole,
     PackageCore,
     PackagePlan,
+    Purpose,
     Shutdown,
     State,
     Transitioned,
@@ -145,6 +146,10 @@ class Engine:
         # grossed-up buys, kill-switch residuals): derived from the journal at start (`desk_dust`), kept
         # current as packages take it over (`PackagePlan.sweep`) and go flat (docs/accounting.md).
         self.dust: dict[str, Decimal] = {}
+        # (spot symbol, taker) -> the fee rate the venue actually kept in base on a hedged package's buy: the
+        # next buys are grossed up with it instead of the market metadata's (ccxt's defaults can be above the
+        # account's tier).
+        self.fee_seen: dict[tuple[str, bool], Decimal] = {}
 
     @property
     def stopping(self) -> bool:
@@ -269,7 +274,8 @@ class Engine:
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
                 # Exact hedge: the venue keeps the spot buy's fee in base unless fees are paid elsewhere.
-                fee = spot.taker_fee if taker(LegRole.SPOT) else spot.maker_fee
+                spot_taker = taker(LegRole.SPOT)
+                fee = self.fee_seen.get((spot.symbol, spot_taker), spot.taker_fee if spot_taker else spot.maker_fee)
                 size = size_spot_buy(spot, perp, quantity, spot_price,
                                      fee if self.config.spot_fee_in_base else Decimal(0),
                                      self.dust.get(spot.base, Decimal(0)))  # fmt: skip
@@ -541,6 +547,7 @@ class Engine:
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
         if t.dest is State.HEDGED:
             handle.hedged_at = now
+            self._learn_fee(handle.core)
         if t.dest in (State.FLAT, State.HEDGED):
             self.live.discard(handle.package_id)
         else:
@@ -572,6 +579,13 @@ class Engine:
             # is no longer its own.
             base = self._spot_base(handle)
             self.dust[base] = self.dust.get(base, Decimal(0)) + handle.core.held_spot()
+
+    def _learn_fee(self, core: PackageCore) -> None:
+        """Only positive evidence counts: a fee not reported yet (0) must not turn the gross-up off."""
+        for o in core.leg_orders(LegRole.SPOT):
+            if o.intent.purpose is Purpose.ENTRY and o.intent.side is Side.BUY and o.filled > 0 and o.fee_base > 0:
+                rate = (o.fee_base / o.filled).quantize(Decimal("1e-6"), rounding=ROUND_CEILING)  # never below
+                self.fee_seen[(o.intent.symbol, o.intent.ioc)] = rate
 
     def breaker_count(self, now: float) -> int:
         """Orphan events inside the breaker's window now."""

@@ -282,8 +282,21 @@ class PackageCore:
 
     def level(self, spot_held: Decimal, perp_short: Decimal) -> bool:
         """Held spot and the perp short are equal to the spot lot step: a grossed-up buy holds up to one step
-        more than the short (the rounding up), a buy whose fee nobody grossed up a fee's worth less."""
-        return abs(spot_held - perp_short) < self.plan.spot.step
+        more than the short (the rounding up), a buy whose fee nobody grossed up a fee's worth less. When the
+        venue kept less fee than the plan's rate assumed (a metadata rate above the account's), the buy holds
+        that much more again: the excess the plan could not have known is allowed on top of the step."""
+        diff = spot_held - perp_short
+        return -self.plan.spot.step < diff < self.plan.spot.step + self._fee_overestimate()
+
+    def _fee_overestimate(self) -> Decimal:
+        rate = self.plan.spot.fee_rate
+        if rate <= 0:
+            return ZERO
+        return sum(
+            (max(ZERO, o.filled * rate - o.fee_base) for o in self.leg_orders(LegRole.SPOT)
+             if o.intent.purpose is Purpose.ENTRY and o.intent.side is Side.BUY),
+            ZERO,
+        )  # fmt: skip
 
     def unmatched(self) -> Decimal:
         """Base quantity not covered by the other leg: held spot against the perp short, 0 when they are
