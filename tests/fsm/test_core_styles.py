@@ -269,6 +269,11 @@ def test_the_plan_carries_the_gross_up_through_the_journal_and_older_plans_read_
     old = plan(ExecutionStyle.MAKER_MAKER)
     assert "amount" not in old.to_dict()["spot"] and "sweep" not in old.to_dict()
     assert PackagePlan.from_dict(old.to_dict()) == old and old.entry_amount(LegRole.SPOT) == Q
+    # Dust swept away exactly is 0E-8 live; the journal omits a zero sweep and reads back 0. The demo found the
+    # replayed core's reason ("holds 0") differing from the live one ("holds 0E-8"): one zero, always.
+    swept = replace(old, sweep=D("0E-8"))
+    assert str(swept.sweep) == "0" and str(PackagePlan.from_dict(swept.to_dict()).sweep) == "0"
+    assert str(replace(old.spot, fee_rate=D("0E-6")).fee_rate) == "0"
 
 
 def test_a_fee_rate_above_the_venues_still_hedges_but_a_missing_fill_does_not() -> None:

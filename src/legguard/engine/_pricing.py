@@ -167,7 +167,7 @@ def size_spot_buy(
         return round_up(held / (1 - fee_rate), step) if fee_rate > 0 else round_up(held, step)
 
     cap = max(perp.step_size - step, Decimal(0))
-    sweep = min(max(dust, Decimal(0)), cap)
+    sweep = min(dust, cap) if dust > 0 else Decimal(0)
     amount = gross(quantity - sweep)
     if sweep > 0 and (amount < spot.min_qty or amount * price < spot.min_notional):
         sweep, amount = Decimal(0), gross(quantity)

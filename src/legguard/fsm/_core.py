@@ -81,6 +81,10 @@ class LegPlan:
     # the fee is charged in quote or another asset (BNB), so what fills is what is held.
     fee_rate: Decimal = ZERO
 
+    def __post_init__(self) -> None:
+        if not self.fee_rate:  # one zero, as the journal (which omits it) reads it back
+            object.__setattr__(self, "fee_rate", ZERO)
+
     def held_of(self, bought: Decimal) -> Decimal:
         """What buying `bought` is expected to leave held once the fee in base is kept."""
         return bought - bought * self.fee_rate
@@ -107,6 +111,12 @@ class PackagePlan:
     # Base dust the desk already holds that this package takes over (`docs/accounting.md`): the spot buy was
     # reduced by it, it counts as held spot in every hedge and exposure decision, and the unwind sells it.
     sweep: Decimal = ZERO
+
+    def __post_init__(self) -> None:
+        # One zero: a live 0E-8 (dust exactly swept away) and the journal's omitted key (0) must print alike in
+        # the reasons the core journals, or the replay differs from the live core.
+        if not self.sweep:
+            object.__setattr__(self, "sweep", ZERO)
 
     def leg(self, role: LegRole) -> LegPlan:
         return self.spot if role is LegRole.SPOT else self.perp
