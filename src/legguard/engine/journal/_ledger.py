@@ -95,6 +95,7 @@ def dust(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
     rows = []
     for asset, quantity in sorted(quantities.items()):
         mark = marks.get(asset)
+        quantity = quantity if quantity else ZERO  # swept away exactly: 0, not 0E-8
         rows.append({"asset": asset, "quantity": str(quantity), "mark": None if mark is None else str(mark),
                      "value": None if mark is None else str(quantity * mark)})  # fmt: skip
     return rows
