@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import trio
+from hedges import assert_exact_hedge
 from kept import keep_handles
 from leg_faults import LEG_FAULTS
 from trio.testing import MockClock
@@ -21,11 +22,14 @@ from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, Package
 from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
+from legguard.engine.journal import desk_dust, ledger
+from legguard.engine.journal import dust as audit_dust
 from legguard.engine.journal._replay import replay_package, verify
 from legguard.engine.journal._store import Journal
-from legguard.fsm import OrderEvent, State
+from legguard.fsm import LegRole, OrderEvent, State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
+BASE = "ETH"
 DEADLINES = Deadlines(ack=1.0, fill=4.0, unwind=5.0, leg=3.0, recv_window=2.0, clock_allowance=0.5)
 # Tests price regardless of the simulated basis: the spread rule itself is covered in test_pricing.
 ANY_SPREAD = Decimal(-1)
@@ -105,10 +109,10 @@ async def test_normal_package_hedges(autojump_clock: MockClock, rig: Rig) -> Non
     state = await rig.settle(pid)
     core = rig.handle(pid).core
     if state is State.HEDGED:
-        exp = core.exposure()
-        assert exp.perp == -core.plan.quantity
-        # spot buy fee is charged in ETH: what is held is slightly less than what was bought
-        assert 0 < core.plan.quantity - exp.spot <= core.plan.quantity * Decimal("0.001")
+        # The spot buy fee is charged in ETH: the buy was grossed up, so what is held equals the short.
+        spot = core.orders[core.entry[LegRole.SPOT]]
+        assert spot.intent.amount > core.plan.quantity and spot.fee_base > 0
+        assert_exact_hedge(core)
     rig.assert_safe()
     assert rig.engine.stats.orphan_events == 0
     assert state is State.HEDGED
@@ -425,3 +429,76 @@ async def test_venue_check_at_the_end_asks_the_venue_not_the_beliefs(autojump_cl
     assert problems == ["position ETH/USDT:USDT: venue -0.06, journal accounts for -0.05"]
     rows = [r.payload for r in rig.journal.engine_log() if r.payload["event"] == "venue_check"]
     assert [r["ok"] for r in rows] == [True, False]
+
+
+# --- exact hedges and dust (issue 14) ------------------------------------------------------------------
+
+
+async def test_packages_hedge_exactly_and_their_dust_is_swept_into_the_next(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    """Five packages opened and closed one after another: each hedged package holds spot equal to its short to
+    the spot step; the fraction of a step each leaves behind is taken over by the next (its buy is smaller),
+    so the desk's dust stays below one spot step instead of growing by a fee per package; the engine, the
+    journal and the venue agree on it."""
+    step = rig.engine.markets[ETH].step_size
+    sweeps: list[Decimal] = []
+    for _ in range(30):
+        if len(sweeps) == 5:
+            break
+        pid = rig.engine.submit(rig.spec())
+        if await rig.settle(pid) is State.FLAT:
+            continue  # the market moved through a post-only entry: void (or flattened); try again
+        core = rig.engine.handles[pid].core
+        assert_exact_hedge(core)
+        sweeps.append(core.plan.sweep)
+        assert rig.engine.request_close(pid)
+        with trio.fail_after(30):
+            await rig.engine.handles[pid].wait_until(lambda c: c.state is State.FLAT)
+
+    assert len(sweeps) == 5 and all(s > 0 for s in sweeps[1:])  # each package after the first swept dust in
+    dust = rig.engine.dust[BASE]
+    assert 0 < dust < step  # bounded: five unswept packages would have left five fractions of a step
+    from_rows = desk_dust((r.plan.spot.symbol, r.state, r.exposure.spot, r.plan.sweep) for r in rig.journal.packages())
+    (reported,) = [d for d in audit_dust(ledger(rig.journal)) if d["asset"] == BASE]
+    assert from_rows[BASE] == Decimal(reported["quantity"]) == dust  # the engine's figure is the journal's
+    truth = compare_venue(rig.venue.engine, rig.journal)
+    assert truth.ok, truth.problems
+    balance = truth.balances[BASE]
+    assert Decimal(balance["dust"]) == dust and Decimal(balance["venue"]) == Decimal(balance["journal"])
+    rig.assert_safe()
+
+
+async def test_no_gross_up_when_fees_are_paid_in_another_asset(autojump_clock: MockClock, tmp_path: Path) -> None:
+    """`engine.spot_fee_in_base = false` (fees paid in BNB): the spot buy is the perp quantity."""
+    journal = Journal.open(tmp_path / "journal.db")
+    async with open_sim_venue(SimConfig(seed=11)) as venue:
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, spot_fee_in_base=False))
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            pid = engine.submit(PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=ANY_SPREAD))
+            plan = engine.handles[pid].core.plan
+            assert (plan.entry_amount(LegRole.SPOT), plan.spot.fee_rate, plan.sweep) == (Decimal("0.05"), 0, 0)
+    journal.close()
+
+
+async def test_a_metadata_fee_above_the_accounts_is_learnt_from_the_fills(autojump_clock: MockClock, rig: Rig) -> None:
+    """ccxt's markets can carry a fee rate above the account's: the first buy is grossed up too far and holds
+    more than a step over the short (still hedged: the core allows what the plan's rate overestimated); the rate
+    the venue actually kept is learnt from that fill, and the next packages hedge exactly."""
+    spot = rig.engine.markets[ETH]
+    rig.engine.markets = {**rig.engine.markets, ETH: replace(spot, maker_fee=Decimal("0.002"))}  # venue: 0.00075
+    hedged = []
+    for _ in range(20):
+        pid = rig.engine.submit(rig.spec())
+        if await rig.settle(pid) is State.HEDGED:
+            hedged.append(rig.engine.handles[pid].core)
+        if len(hedged) == 2:
+            break
+    first, second = hedged
+    assert first.plan.spot.fee_rate == Decimal("0.002") and first.held_spot() - first.plan.quantity > spot.step_size
+    # learnt as fee / fill (the fee quantized to 8 dp by the venue), rounded up at 1e-6
+    for learnt in (rig.engine.fee_seen[(ETH, False)], second.plan.spot.fee_rate):
+        assert spot.maker_fee <= learnt <= spot.maker_fee + Decimal("0.000001")
+    assert_exact_hedge(second)
+    rig.assert_safe()

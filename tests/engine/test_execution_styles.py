@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from hedges import assert_exact_hedge
 from leg_faults import LEG_FAULTS
 from test_engine import DEADLINES, ETH, ETH_PERP, Rig, assert_journal_verifies
 from trio.testing import MockClock
@@ -61,11 +62,16 @@ async def test_each_style_hedges_with_its_legs_in_their_roles(
             assert (intent.ioc, intent.post_only, intent.type) == (taker, not taker, OrderType.LIMIT)
             assert intent.price == core.plan.leg(intent.role).price  # a taker leg never goes past its cap
         if style is ExecutionStyle.MAKER_TAKER:
+            # In held terms: a spot hedge is grossed up for its fee in base, so what it holds covers the short.
             taker_role = LegRole.PERP if maker is LegRole.SPOT else LegRole.SPOT
-            hedged = sum((i.amount for i in entries if i.role is taker_role), Decimal(0))
-            maker_filled = sum((o.filled for o in core.leg_orders(maker) if o.intent.purpose is Purpose.ENTRY),
-                               Decimal(0))  # fmt: skip
-            assert hedged <= maker_filled  # the taker leg's exposure is bounded by the maker's fills
+            taker_leg = core.plan.leg(taker_role)
+            hedged = sum((taker_leg.held_of(i.amount) for i in entries if i.role is taker_role), Decimal(0))
+            maker_held = sum((o.filled - o.fee_base for o in core.leg_orders(maker)
+                              if o.intent.purpose is Purpose.ENTRY), Decimal(0))  # fmt: skip
+            # the taker leg's exposure is bounded by the maker's fills, to the spot lot step
+            assert hedged < maker_held + core.plan.spot.step
+        if core.state is State.HEDGED:
+            assert_exact_hedge(core)
     assert_journal_verifies(rig.db)
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from legguard.adapters import BookSnapshot, Market, MarketKind
 from legguard.engine import PricingRefused, common_step, price_package
-from legguard.engine._pricing import dust_threshold, maker_buy_price, maker_sell_price, round_down
+from legguard.engine._pricing import dust_threshold, maker_buy_price, maker_sell_price, round_down, size_spot_buy
 
 STEPS = [Decimal(s) for s in ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "0.003", "0.002", "0.005")]
 TICKS = [Decimal(s) for s in ("0.01", "0.1", "0.5", "1")]
@@ -139,3 +139,42 @@ def test_dust_threshold_covers_step_min_qty_and_min_notional() -> None:
     m = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"))
     assert dust_threshold(m, Decimal(2000)) == Decimal("0.0025")  # 5 USDT / 2000
     assert round_down(Decimal("0.00259"), m.step_size) == Decimal("0.0025")
+
+
+# --- exact hedges (issue 14) ---------------------------------------------------------------------------
+
+SPOT = Market("ETH/USDT", "ETHUSDT", MarketKind.SPOT, "ETH", "USDT", Decimal("0.01"), Decimal("0.0001"),
+              Decimal("0.0001"), Decimal(10), Decimal("0.00075"), Decimal("0.001"))  # fmt: skip
+PERP = Market("ETH/USDT:USDT", "ETHUSDT", MarketKind.LINEAR, "ETH", "USDT", Decimal("0.01"), Decimal("0.001"),
+              Decimal("0.001"), Decimal(10), Decimal("0.0002"), Decimal("0.0005"))  # fmt: skip
+
+
+def test_the_spot_buy_is_grossed_up_so_what_is_held_equals_the_short() -> None:
+    size = size_spot_buy(SPOT, PERP, Decimal("0.05"), Decimal(2000), SPOT.maker_fee)
+
+    assert size.amount == Decimal("0.0501")  # 0.05 / 0.99925 = 0.0500375..., rounded UP to the step
+    assert size.held() == Decimal("0.050062425") and size.sweep == 0
+    # without the gross-up the package held 0.0499625 against the 0.05 short
+    assert size_spot_buy(SPOT, PERP, Decimal("0.05"), Decimal(2000), Decimal(0)).amount == Decimal("0.05")
+
+
+@given(
+    quantity=st.integers(1, 10_000).map(lambda n: n * Decimal("0.001")),
+    rate=st.sampled_from([Decimal(0), Decimal("0.00075"), Decimal("0.001"), Decimal("0.002")]),
+    dust=st.integers(0, 30).map(lambda n: n * Decimal("0.0000137")),
+)
+def test_held_spot_is_the_short_to_the_spot_step(quantity: Decimal, rate: Decimal, dust: Decimal) -> None:
+    size = size_spot_buy(SPOT, PERP, quantity, Decimal(2000), rate, dust)
+
+    assert round_down(size.amount, SPOT.step_size) == size.amount  # on the spot grid
+    assert 0 <= size.held() - quantity < SPOT.step_size
+    assert 0 <= size.sweep <= min(dust, PERP.step_size - SPOT.step_size)  # never a perp step on its own
+
+
+def test_no_sweep_when_the_smaller_buy_breaks_the_spot_minimums() -> None:
+    # 0.005 ETH at 2000 is exactly the 10 USDT minimum notional: a smaller buy would be refused.
+    size = size_spot_buy(SPOT, PERP, Decimal("0.005"), Decimal(2000), Decimal(0), Decimal("0.0005"))
+    assert (size.amount, size.sweep) == (Decimal("0.005"), 0)
+    # With room above the minimum, the dust is swept: the buy shrinks by it.
+    size = size_spot_buy(SPOT, PERP, Decimal("0.05"), Decimal(2000), Decimal(0), Decimal("0.0005"))
+    assert (size.amount, size.sweep) == (Decimal("0.0495"), Decimal("0.0005"))

@@ -253,7 +253,7 @@ def test_hedged_catches_trim_off_the_common_grid(monkeypatch: pytest.MonkeyPatch
     report = run(bounds)
 
     assert report.counts["hedged"] > 0
-    assert "spot 0.00123, perp short 0.002" in report.examples["hedged"].message
+    assert "spot holds 0.00122877, perp short 0.002" in report.examples["hedged"].message
 
 
 def test_deadlock_catches_unknowns_never_queried(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,7 +300,9 @@ def test_counterexamples_are_the_shortest() -> None:
     assert ce.bad_state["state"] == "orphaned"
     assert ce.bad_state["venue"]["orders"] == {"lg-mc-PE0": "open 0/0.002"}
     assert isinstance(ce.trace[0].commands[0], str)
-    assert ce.trace[0].commands[0] == "journal lg-mc-SE0 buy limit 0.002 BTC/USDT"  # described, not objects
+    assert (
+        ce.trace[0].commands[0] == "journal lg-mc-SE0 buy limit 0.00201 BTC/USDT"
+    )  # grossed up; described, not objects
 
 
 @pytest.mark.fuzz

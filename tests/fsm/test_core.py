@@ -459,13 +459,15 @@ def test_liquidation_while_hedged_flattens_under_flatten_policy() -> None:
 def test_liquidation_while_hedged_trims_under_trim_policy() -> None:
     d = hedged(OrphanPolicy.TRIM)
 
+    # Held terms: 0.001998 held against 0.001 short sells the excess of what is HELD, on the spot grid, so
+    # the spot that stays (0.001008) is level with the short to the spot step (not a fee's worth below it).
     assert d(VenueReduction(HALF)) == [
         (S.HEDGED, T.LEG_BROKEN, S.ORPHANED),
         (S.ORPHANED, T.UNWIND, S.UNWINDING),
-        *send(unwind(LegRole.SPOT, 0, "0.001")),
+        *send(unwind(LegRole.SPOT, 0, "0.00099")),
     ]
-    assert d(ev(SU0, OrderStatus.CLOSED, HALF)) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
-    assert d.exposure() == (Q - spot_fee(Q) - HALF, -HALF, False)
+    assert d(ev(SU0, OrderStatus.CLOSED, "0.00099")) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
+    assert d.exposure() == (Q - spot_fee(Q) - D("0.00099"), -HALF, False)
     assert d.core.unmatched() == 0
 
 
@@ -803,10 +805,12 @@ def hedged_core() -> PackageCore:
 
     core = PackageCore(model_plan())
     core.handle(Dispatch())
-    for cid in list(core.orders):
-        core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=core.plan.quantity,
-                               fee_base=core.plan.quantity / 1000 if "-S" in cid else D(0)))  # fmt: skip
+    for cid, o in list(core.orders.items()):
+        amount = o.intent.amount  # the spot buy is grossed up for its fee in base: 0.00201 holds 0.00200799
+        core.handle(OrderEvent(cid, OrderStatus.CLOSED, filled=amount,
+                               fee_base=amount / 1000 if "-S" in cid else D(0)))  # fmt: skip
     assert core.state is State.HEDGED
+    assert core.held_spot() - core.plan.quantity == D("0.00000799")  # level with the short to the spot step
     return core
 
 
@@ -820,7 +824,9 @@ def test_a_close_with_prices_sends_both_legs_as_post_only_limits_for_what_is_hel
     assert [(i.purpose, i.side.value, i.post_only, i.reduce_only, i.price) for i in sends] == [
         (Purpose.EXIT, "sell", True, False, D("60100")), (Purpose.EXIT, "buy", True, True, D("60050")),
     ]  # fmt: skip
-    assert sends[0].amount == D("0.00199")  # 0.002 bought, 0.000002 fee in BTC: the spot grid rounds down
+    # 0.00201 bought (grossed up), 0.00000201 fee in BTC: 0.00200799 held, the spot grid rounds it down to
+    # exactly the short (the fee no longer leaves the exit one spot step short of it)
+    assert sends[0].amount == D("0.00200")
     assert sends[1].amount == D("0.002")
     assert sends[0].client_order_id.endswith("-SX0") and sends[1].client_order_id.endswith("-PX0")
 
@@ -840,7 +846,7 @@ def test_a_refused_exit_leg_escalates_to_aggressive_orders_and_ends_flat() -> No
     out = core.handle(OrderEvent(spot.client_order_id, OrderStatus.CANCELED))
     market = [c.intent for c in out if isinstance(c, SendOrder)]
     assert sorted((i.role.value, i.type.value, i.amount) for i in market) == [
-        ("perp", "market", D("0.002")), ("spot", "market", D("0.00199")),
+        ("perp", "market", D("0.002")), ("spot", "market", D("0.00200")),
     ]  # fmt: skip
     for i in market:
         core.handle(OrderEvent(i.client_order_id, OrderStatus.CLOSED, filled=i.amount))
@@ -873,8 +879,9 @@ def test_trim_rounds_what_stays_hedged_to_the_grid_both_markets_share() -> None:
     cmds = d(ev(SE0, OrderStatus.CANCELED, "0.00123"))
 
     assert cmds[: len(KILL)] == KILL
-    assert cmds[len(KILL) :] == send(unwind(LegRole.SPOT, 0, "0.00023"), unwind(LegRole.PERP, 0, "0.001"))
-    d(ev(SU0, OrderStatus.CLOSED, "0.00023"))
+    # The spot excess is what is HELD (0.00122877) beyond the 0.001 that stays: 0.00022 on the spot grid.
+    assert cmds[len(KILL) :] == send(unwind(LegRole.SPOT, 0, "0.00022"), unwind(LegRole.PERP, 0, "0.001"))
+    d(ev(SU0, OrderStatus.CLOSED, "0.00022"))
     assert d(ev(PU0, OrderStatus.CLOSED, "0.001")) == [(S.UNWINDING, T.TRIMMED, S.HEDGED)]
     spot, perp, unknown = d.exposure()
     assert perp == -HALF

@@ -26,6 +26,7 @@ from legguard.engine.journal import (
     PackagePnl,
     ReplayMismatch,
     aggregate,
+    dust,
     journal_marks,
     ledger,
     package_pnl,
@@ -194,11 +195,16 @@ def show(
     e = package.exposure
     closed_by = next((r.payload.get("policy") for r in rows if r.kind == "exit"), None)
     out.print(
-        f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}  perp {e.perp}"
+        f"[bold]{escape(package_id)}[/bold]  state [bold]{package.state.value}[/bold]  spot {e.spot}"
+        + (f" (+{package.plan.sweep} swept-in dust)" if package.plan.sweep else "")
+        + f"  perp {e.perp}"
         + ("  [yellow](outcome unknown: lower bound)[/yellow]" if e.unknown else "")
         + (f"  closed by [bold]{escape(str(closed_by))}[/bold]" if closed_by else ""),
     )
     plan = package.plan
+    if plan.spot.amount is not None and (plan.spot.fee_rate or plan.sweep):
+        out.print(f"exact hedge: spot buy {plan.spot.amount} (fee {plan.spot.fee_rate} kept in base) plans to hold "
+                  f"{plan.spot_held} against the {plan.quantity} short")  # fmt: skip
     out.print(
         f"execution [bold]{plan.style.value}[/bold]  "
         + "  ".join(
@@ -345,15 +351,17 @@ def pnl(
     given = _parse_marks(mark)
     with _reader(db) as journal:
         try:
-            entries = ledger(journal, since_wall)
+            every = ledger(journal)
         except ReplayMismatch as exc:
             raise _fail(f"{exc} (run `legguard audit verify`)", EXIT_PROBLEMS) from None
         journal_id = journal.journal_id
         marks = journal_marks(journal) | {s: Mark(p, "given") for s, p in given.items()}
         nobodys = unattributed_funding(journal, since_wall)
+    entries = [e for e in every if since_wall is None or e.opened_wall >= since_wall]
     rows = aggregate(entries, by.value, {s: m.price for s, m in marks.items()})
+    dust_rows = dust(every)  # the desk's, whatever the period
     if as_json:
-        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows,
+        _emit_json({"journal_id": journal_id, "by": by.value, "groups": rows, "dust": dust_rows,
                     "marks": {s: {"price": str(m.price), "source": m.source, "wall_time": m.wall_time}
                               for s, m in sorted(marks.items())},
                     "funding_unattributed": str(nobodys),
@@ -376,6 +384,14 @@ def pnl(
     table.caption = (f"unrealized / value: what is still held (hedges, dust) at {held}; unpriced packages "
                      f"are in neither; funding while no package held the short: {_money(nobodys)}")  # fmt: skip
     _out().print(table)
+    if dust_rows:
+        dust_table = Table(title="dust: base the desk holds beyond its open packages (swept into the next package)")
+        for column in ("asset", "quantity", "mark", "value"):
+            dust_table.add_column(column, justify="left" if column == "asset" else "right")
+        for d in dust_rows:
+            value = "-" if d["value"] is None else _money(Decimal(d["value"]))
+            dust_table.add_row(escape(d["asset"]), d["quantity"], d["mark"] or "-", value)
+        _out().print(dust_table)
 
 
 ENGINE = "engine"

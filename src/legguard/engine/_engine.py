@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 
 import trio
 
@@ -47,6 +47,7 @@ from legguard.fsm import (
     LegRole,
     PackageCore,
     PackagePlan,
+    Purpose,
     Shutdown,
     State,
     Transitioned,
@@ -62,12 +63,19 @@ from ._handle import PackageHandle, Precedence
 from ._host import EngineStats, Timers
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
-from ._pricing import PricingRefused, dust_threshold, maker_buy_price, maker_sell_price, price_package
+from ._pricing import (
+    PricingRefused,
+    dust_threshold,
+    maker_buy_price,
+    maker_sell_price,
+    price_package,
+    size_spot_buy,
+)
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._retired import ZERO, KnownOrder, RetiredPackages
 from ._spec import EngineConfig, PackageSpec, validate_spec
-from .journal import FUNDING, LATE_FEE, PNL, Journal, ReplayMismatch, package_pnl, replay_package
+from .journal import FUNDING, LATE_FEE, PNL, Journal, ReplayMismatch, desk_dust, package_pnl, replay_package
 from .journal._pnl import apply_late_fee, funding_amount
 
 log = logging.getLogger("legguard.engine")
@@ -143,6 +151,14 @@ class Engine:
         self.margin_guard = MarginGuard(self)
         self.balance_check = BalanceCheck(self, self.margin_guard if self.config.risk.margin_guard else None)
         self.funding = FundingBook(journal)  # funding payments attributed to packages (a FundingVenue's)
+        # Base asset -> what the desk holds beyond what its open packages account for (fee rounding left by
+        # grossed-up buys, kill-switch residuals): derived from the journal at start (`desk_dust`), kept
+        # current as packages take it over (`PackagePlan.sweep`) and go flat (docs/accounting.md).
+        self.dust: dict[str, Decimal] = {}
+        # (spot symbol, taker) -> the fee rate the venue actually kept in base on a hedged package's buy: the
+        # next buys are grossed up with it instead of the market metadata's (ccxt's defaults can be above the
+        # account's tier).
+        self.fee_seen: dict[tuple[str, bool], Decimal] = {}
 
     @property
     def stopping(self) -> bool:
@@ -156,6 +172,9 @@ class Engine:
         cancellation) shut down gracefully: entries cancelled, unwinds finished, hedges kept."""
         self.markets = await self.venue.load_markets()
         self.started_at = trio.current_time()
+        self.dust = desk_dust(
+            (r.plan.spot.symbol, r.state, r.exposure.spot, r.plan.sweep) for r in self.journal.packages()
+        )
         self.journal.record("engine", None, {"event": "started", "venue": self.venue.name}, trio.current_time())
         await self.take_baseline()
         async with trio.open_nursery() as service:
@@ -250,6 +269,7 @@ class Engine:
                 return role is not spec.maker_leg
             return spec.execution is ExecutionStyle.TAKER_TAKER
 
+        size = None
         if refusal is None:
             try:
                 p = price_package(
@@ -265,6 +285,12 @@ class Engine:
                 )
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
+                # Exact hedge: the venue keeps the spot buy's fee in base unless fees are paid elsewhere.
+                spot_taker = taker(LegRole.SPOT)
+                fee = self.fee_seen.get((spot.symbol, spot_taker), spot.taker_fee if spot_taker else spot.maker_fee)
+                size = size_spot_buy(spot, perp, quantity, spot_price,
+                                     fee if self.config.spot_fee_in_base else Decimal(0),
+                                     self.dust.get(spot.base, Decimal(0)))  # fmt: skip
                 if quantity * spot_price > self.config.max_notional:
                     refusal = f"risk: notional {quantity * spot_price} above max_notional {self.config.max_notional}"
                 else:
@@ -277,7 +303,9 @@ class Engine:
             client_id_prefix=f"lg{self.journal.journal_id}{number:06d}",
             quantity=quantity,
             spot=LegPlan(spot.symbol, spec.spot_side, spot_price, spot.step_size,
-                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size),
+                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size,
+                         amount=None if size is None or refusal is not None else size.amount,
+                         fee_rate=Decimal(0) if size is None or refusal is not None else size.fee_rate),
             # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
             perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
                          max(perp.step_size, perp.min_qty),
@@ -287,7 +315,10 @@ class Engine:
             policy=spec.policy or self.config.policy,
             style=spec.execution,
             maker=spec.maker_leg,
+            sweep=Decimal(0) if size is None or refusal is not None else size.sweep,
         )  # fmt: skip
+        if plan.sweep:
+            self.dust[spot.base] = self.dust.get(spot.base, Decimal(0)) - plan.sweep
         # Journaled with the package's first step (its dispatch), in that step's group commit.
         self.journal.defer_created(plan, {**spec.to_dict(), **priced}, now)
         core = PackageCore(plan)
@@ -576,6 +607,7 @@ class Engine:
     def on_transition(self, handle: PackageHandle, t: Transitioned, now: float) -> None:
         if t.dest is State.HEDGED:
             handle.hedged_at = now
+            self._learn_fee(handle.core)
         if t.dest in (State.FLAT, State.HEDGED):
             self.live.discard(handle.package_id)
         else:
@@ -603,6 +635,17 @@ class Engine:
         # it must still be seen (`route` -> `_late_update`, through `retired` once released), never dropped.
         if t.dest is State.FLAT:
             self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
+            # What it leaves behind (its own fills net of fees) is the desk's dust; the dust it took over
+            # is no longer its own.
+            base = self._spot_base(handle)
+            self.dust[base] = self.dust.get(base, Decimal(0)) + handle.core.held_spot()
+
+    def _learn_fee(self, core: PackageCore) -> None:
+        """Only positive evidence counts: a fee not reported yet (0) must not turn the gross-up off."""
+        for o in core.leg_orders(LegRole.SPOT):
+            if o.intent.purpose is Purpose.ENTRY and o.intent.side is Side.BUY and o.filled > 0 and o.fee_base > 0:
+                rate = (o.fee_base / o.filled).quantize(Decimal("1e-6"), rounding=ROUND_CEILING)  # never below
+                self.fee_seen[(o.intent.symbol, o.intent.ioc)] = rate
 
     def breaker_count(self, now: float) -> int:
         """Orphan events inside the breaker's window now."""

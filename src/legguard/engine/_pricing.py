@@ -2,7 +2,8 @@
 
 Post-only spot buy at or below the best bid (one tick better when the spread allows, never crossing), post-only
 perp sell at or above the best ask likewise; one base quantity on the coarser of both markets' step grids; and
-the spread those limits guarantee, after maker fees on both legs, must clear the configured minimum.
+the spread those limits guarantee, after maker fees on both legs, must clear the configured minimum. The spot
+buy is then sized (`size_spot_buy`) so that what is HELD after a fee kept in base equals the perp short.
 """
 
 from __future__ import annotations
@@ -137,3 +138,37 @@ def dust_threshold(market: Market, price: Decimal) -> Decimal:
     """The smallest residual the venue will trade: one step, the minimum quantity and minimum notional."""
     by_notional = round_up(market.min_notional / price, market.step_size) if price > 0 else market.step_size
     return max(market.step_size, market.min_qty, by_notional)
+
+
+@dataclass(frozen=True, slots=True)
+class SpotSize:
+    amount: Decimal  # what the spot entry buys
+    fee_rate: Decimal  # the fraction of a buy the venue keeps in base (0: the fee is paid elsewhere)
+    sweep: Decimal  # desk dust of the base asset the package takes over (its buy is that much smaller)
+
+    def held(self) -> Decimal:
+        """What the package is planned to hold: the buy net of its fee, plus the swept dust."""
+        return self.amount - self.amount * self.fee_rate + self.sweep
+
+
+def size_spot_buy(
+    spot: Market, perp: Market, quantity: Decimal, price: Decimal, fee_rate: Decimal, dust: Decimal = Decimal(0)
+) -> SpotSize:
+    """The spot buy of a package whose perp short is `quantity`: grossed up for the fee the venue keeps in
+    the base asset, `(quantity - sweep) / (1 - fee_rate)` rounded UP to the spot step, so the spot held equals
+    the short to the spot lot step (at least the short, less than one step more).
+
+    `dust` (base the desk holds that no open package accounts for) is swept in, up to one spot step less
+    than a perp step: never enough to be hedged on its own, so the perp leg's sizing never changes. No
+    sweep when the smaller buy would break the spot minimum quantity or notional."""
+    step = spot.step_size
+
+    def gross(held: Decimal) -> Decimal:
+        return round_up(held / (1 - fee_rate), step) if fee_rate > 0 else round_up(held, step)
+
+    cap = max(perp.step_size - step, Decimal(0))
+    sweep = min(dust, cap) if dust > 0 else Decimal(0)
+    amount = gross(quantity - sweep)
+    if sweep > 0 and (amount < spot.min_qty or amount * price < spot.min_notional):
+        sweep, amount = Decimal(0), gross(quantity)
+    return SpotSize(amount, fee_rate, sweep)

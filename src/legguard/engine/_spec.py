@@ -223,6 +223,10 @@ class EngineConfig:
     max_notional: Decimal = Decimal(1_000_000)  # risk: per-package spot notional cap (quote)
     reconcile_interval: float = 5.0  # seconds between perp position reconciliations against the venue
     funding_interval: float | None = 60.0  # seconds between polls of the venue's funding payments (None: off)
+    # The venue keeps a spot buy's fee in the base asset it buys (Binance's default; the sim venue and the
+    # emulator): the buy is grossed up so that what is held equals the perp short. False when the account pays
+    # fees in another asset (Binance's "use BNB to pay fees") or the venue charges them in quote: no gross-up.
+    spot_fee_in_base: bool = True
     # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
     exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))
     risk: RiskConfig = field(default_factory=lambda: RiskConfig(check_balances=False, margin_guard=False))

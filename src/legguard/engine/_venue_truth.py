@@ -13,7 +13,10 @@ engine's memory), and checks:
   journal believes filled must exist at the venue with those fills.
 - positions: every perp position equals the account at the last `venue_baseline` row plus the perp
   exposure of the packages that baseline left out (those it names, and every package created after it).
-- balances: every base asset of those packages likewise, to within one quantity step (fee rounding).
+- balances: every base asset of those packages likewise, to within one quantity step (fee rounding). What
+  the venue holds of it is the baseline, plus the spot the open packages hold, plus the desk's dust (what flat
+  packages left behind, net of what open packages swept in: `desk_dust`), reported beside each balance; a
+  negative dust (packages sold more than they and the dust they swept bought) is a problem of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Protocol
 from legguard.domain import Balance, Market, OrderStatus, OrderUpdate, Side
 from legguard.fsm import PackageCore
 
+from .journal._pnl import desk_dust
 from .journal._replay import ReplayMismatch, replay_package
 from .journal._store import Journal
 
@@ -218,9 +222,13 @@ def _holdings(
             out.problems.append(f"position {symbol}: venue {venue}, journal accounts for {journal}")
     balances = books.balances()
     spot_baseline = baseline.get("spot") or {}
+    dust = desk_dust((c.plan.spot.symbol, c.state, c.exposure().spot, c.plan.sweep) for c in cores.values())
     for base in sorted(bases):
         venue = balances[base].total if base in balances else ZERO
         journal = Decimal(spot_baseline.get(base, "0")) + spot_expected.get(base, ZERO)
-        out.balances[base] = {"venue": str(venue), "journal": str(journal)}
+        out.balances[base] = {"venue": str(venue), "journal": str(journal), "dust": str(dust.get(base, ZERO))}
         if abs(venue - journal) >= steps[base]:
             out.problems.append(f"balance {base}: venue {venue}, journal accounts for {journal}")
+        if dust.get(base, ZERO) <= -steps[base]:
+            out.problems.append(f"dust {base}: {dust[base]}: the packages sold more than they (and the dust they "
+                                "swept in) bought")  # fmt: skip

@@ -173,12 +173,24 @@ def model_plan(
     policy: OrphanPolicy = OrphanPolicy.FLATTEN, style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
 ) -> PackagePlan:
     """BTC-like grids: the perp step is the coarse grid (2 steps per package); spot trades 100x finer, so
-    a spot fee in base leaves a residual the unwind can round away but not to zero. maker-taker rests spot."""
+    a spot fee in base leaves a residual the unwind can round away but not to zero. The spot buy is grossed
+    up for that fee (0.00201 holds 0.00200799 against the 0.002 short). maker-taker rests spot."""
+    spot_step = Decimal("0.00001")
+    quantity = Decimal("0.002")
+    amount = LegPlan("", Side.BUY, ZERO, spot_step, spot_step, fee_rate=SPOT_FEE_RATE).gross(quantity)
     return PackagePlan(
         package_id="mc",
         client_id_prefix="lg-mc",
-        quantity=Decimal("0.002"),
-        spot=LegPlan("BTC/USDT", Side.BUY, Decimal("60000"), step=Decimal("0.00001"), dust=Decimal("0.00001")),
+        quantity=quantity,
+        spot=LegPlan(
+            "BTC/USDT",
+            Side.BUY,
+            Decimal("60000"),
+            step=spot_step,
+            dust=spot_step,
+            amount=amount,
+            fee_rate=SPOT_FEE_RATE,
+        ),
         perp=LegPlan("BTC/USDT:USDT", Side.SELL, Decimal("60012"), step=Decimal("0.001"), dust=Decimal("0.001")),
         policy=policy,
         style=style,
@@ -226,10 +238,6 @@ class World:
 
     def perp_position(self) -> Decimal:
         return sum((_signed(o) for o in self.venue if o.role is LegRole.PERP), ZERO) + self.liquidated
-
-    def spot_filled(self) -> Decimal:
-        """Spot bought minus sold, in fill terms (fees aside)."""
-        return sum((_signed(o) for o in self.venue if o.role is LegRole.SPOT), ZERO)
 
     def open_orders(self) -> list[VenueOrder]:
         return [o for o in self.venue if o.status is OrderStatus.OPEN]
@@ -937,9 +945,11 @@ class ModelChecker:
             if live:
                 yield "flat", f"flat but orders are open or in flight at the venue: {', '.join(live)}"
         if state is State.HEDGED:
-            spot, short = w.spot_filled(), -perp
-            if spot != short:
-                yield "hedged", f"hedged but the legs differ at the venue: spot {spot}, perp short {short}"
+            # Held spot (net of the fee kept in base) level with the short to the spot lot step: the spot buy
+            # is grossed up for its fee, so it fills more than the short and holds as much, to the step.
+            short = -perp
+            if abs(held - short) >= plan.spot.step:
+                yield "hedged", f"hedged but the legs differ at the venue: spot holds {held}, perp short {short}"
             if core.exiting:
                 yield "exit_flat", "hedged again after a close was accepted: an exit must end flat"
         selling = sum(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -78,6 +78,26 @@ class LegPlan:
     step: Decimal  # the market's quantity step
     dust: Decimal  # residual below this cannot be traded on the venue (step, min qty, min notional)
     min_order: Decimal | None = None  # smallest new (not reduce-only) order the venue takes; None: dust
+    # The entry order's amount when it differs from the package quantity: the spot buy grossed up so that
+    # what is HELD after a fee charged in the base asset equals the perp short (None: the package quantity).
+    amount: Decimal | None = None
+    # The fraction of a buy's fill the venue keeps in the base asset (Binance's spot fee without BNB); 0 when
+    # the fee is charged in quote or another asset (BNB), so what fills is what is held.
+    fee_rate: Decimal = ZERO
+
+    def __post_init__(self) -> None:
+        if not self.fee_rate:  # one zero, as the journal (which omits it) reads it back
+            object.__setattr__(self, "fee_rate", ZERO)
+
+    def held_of(self, bought: Decimal) -> Decimal:
+        """What buying `bought` is expected to leave held once the fee in base is kept."""
+        return bought - bought * self.fee_rate
+
+    def gross(self, held: Decimal) -> Decimal:
+        """The amount to buy, on the step grid (rounded up), for at least `held` to be held after the fee."""
+        if self.fee_rate <= 0 or held <= 0:
+            return held
+        return (held / (1 - self.fee_rate) / self.step).to_integral_value(rounding=ROUND_CEILING) * self.step
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,15 @@ class PackagePlan:
     policy: OrphanPolicy = OrphanPolicy.FLATTEN
     style: ExecutionStyle = ExecutionStyle.MAKER_MAKER
     maker: LegRole = LegRole.SPOT  # maker-taker: the leg that rests (the other hedges its fills)
+    # Base dust the desk already holds that this package takes over (`docs/accounting.md`): the spot buy was
+    # reduced by it, it counts as held spot in every hedge and exposure decision, and the unwind sells it.
+    sweep: Decimal = ZERO
+
+    def __post_init__(self) -> None:
+        # One zero: a live 0E-8 (dust exactly swept away) and the journal's omitted key (0) must print alike in
+        # the reasons the core journals, or the replay differs from the live core.
+        if not self.sweep:
+            object.__setattr__(self, "sweep", ZERO)
 
     def leg(self, role: LegRole) -> LegPlan:
         return self.spot if role is LegRole.SPOT else self.perp
@@ -110,6 +139,10 @@ class PackagePlan:
                    "dust": str(p.dust)}  # fmt: skip
             if p.min_order is not None:
                 out["min_order"] = str(p.min_order)
+            if p.amount is not None:  # older journals and readers know neither: the defaults
+                out["amount"] = str(p.amount)
+            if p.fee_rate:
+                out["fee_rate"] = str(p.fee_rate)
             return out
 
         out = {
@@ -123,14 +156,17 @@ class PackagePlan:
         if self.style is not ExecutionStyle.MAKER_MAKER:  # older journals and readers know no style: the default
             out["style"] = self.style.value
             out["maker"] = self.maker.value
+        if self.sweep:
+            out["sweep"] = str(self.sweep)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackagePlan:
         def leg(d: dict[str, str]) -> LegPlan:
-            minimum = d.get("min_order")
+            minimum, amount = d.get("min_order"), d.get("amount")
             return LegPlan(d["symbol"], Side(d["side"]), Decimal(d["price"]), Decimal(d["step"]), Decimal(d["dust"]),
-                           None if minimum is None else Decimal(minimum))  # fmt: skip
+                           None if minimum is None else Decimal(minimum), None if amount is None else Decimal(amount),
+                           Decimal(d.get("fee_rate", "0")))  # fmt: skip
 
         return cls(
             package_id=data["package_id"],
@@ -141,7 +177,19 @@ class PackagePlan:
             policy=OrphanPolicy(data["policy"]),
             style=ExecutionStyle(data.get("style", ExecutionStyle.MAKER_MAKER.value)),
             maker=LegRole(data.get("maker", LegRole.SPOT.value)),
+            sweep=Decimal(data.get("sweep", "0")),
         )
+
+    def entry_amount(self, role: LegRole) -> Decimal:
+        """What the leg's entry buys or sells: the package quantity, or the spot buy grossed up for its fee."""
+        amount = self.leg(role).amount
+        return self.quantity if amount is None else amount
+
+    @property
+    def spot_held(self) -> Decimal:
+        """The spot the package is planned to hold once its entry fills: level with the perp short to the
+        spot step when the buy was grossed up."""
+        return self.spot.held_of(self.entry_amount(LegRole.SPOT)) + self.sweep
 
 
 def common_step(a: Decimal, b: Decimal) -> Decimal:
@@ -244,16 +292,34 @@ class PackageCore:
                 perp += o.filled if o.intent.side is Side.BUY else -o.filled
         return Exposure(spot=spot, perp=perp + self.venue_reduced, unknown=unknown)
 
+    def held_spot(self) -> Decimal:
+        """The spot this package holds: its fills net of fees charged in base, plus the dust it swept."""
+        return self.exposure().spot + self.plan.sweep
+
+    def level(self, spot_held: Decimal, perp_short: Decimal) -> bool:
+        """Held spot and the perp short are equal to the spot lot step: a grossed-up buy holds up to one step
+        more than the short (the rounding up), a buy whose fee nobody grossed up a fee's worth less. When the
+        venue kept less fee than the plan's rate assumed (a metadata rate above the account's), the buy holds
+        that much more again: the excess the plan could not have known is allowed on top of the step."""
+        diff = spot_held - perp_short
+        return -self.plan.spot.step < diff < self.plan.spot.step + self._fee_overestimate()
+
+    def _fee_overestimate(self) -> Decimal:
+        rate = self.plan.spot.fee_rate
+        if rate <= 0:
+            return ZERO
+        return sum(
+            (max(ZERO, o.filled * rate - o.fee_base) for o in self.leg_orders(LegRole.SPOT)
+             if o.intent.purpose is Purpose.ENTRY and o.intent.side is Side.BUY),
+            ZERO,
+        )  # fmt: skip
+
     def unmatched(self) -> Decimal:
-        """Base quantity not covered by the other leg, in fill terms (fees aside)."""
-        spot_long = perp_short = ZERO
-        for o in self.orders.values():
-            signed = o.filled if o.intent.side is Side.BUY else -o.filled
-            if o.intent.role is LegRole.SPOT:
-                spot_long += signed
-            else:
-                perp_short -= signed
-        return abs(spot_long - (perp_short - self.venue_reduced))
+        """Base quantity not covered by the other leg: held spot against the perp short, 0 when they are
+        level to the spot lot step."""
+        exp = self.exposure()
+        spot, short = exp.spot + self.plan.sweep, -exp.perp
+        return ZERO if self.level(spot, short) else abs(spot - short)
 
     def open_orders(self) -> list[OrderFacts]:
         return [o for o in self.orders.values() if o.live]
@@ -430,7 +496,7 @@ class PackageCore:
             taker = self.plan.execution(role) is LegExecution.TAKER
             return OrderIntent(
                 cid, role, purpose, attempt, leg.symbol, leg.side, OrderType.LIMIT,
-                self.plan.quantity if amount is None else amount, leg.price,
+                self.plan.entry_amount(role) if amount is None else amount, leg.price,
                 post_only=not taker, reduce_only=False, ioc=taker,
             )  # fmt: skip
         assert amount is not None
@@ -491,12 +557,16 @@ class PackageCore:
             self._fire(Trigger.LEG_BROKEN, "leg outcome unknown", out)
             return
         if all(o.status.is_terminal for o in legs):
+            held = self._entry_held(LegRole.SPOT)
+            short = self._entry_held(LegRole.PERP) - self.venue_reduced
             if spot.filled == 0 and perp.filled == 0:
                 self._fire(Trigger.VOID, f"no fills ({spot.status.value}/{perp.status.value})", out)
-            elif spot.filled == perp.filled - self.venue_reduced:
-                self._fire(Trigger.HEDGE, f"both legs filled {spot.filled}", out)
+            elif self.level(held, short):
+                self._fire(Trigger.HEDGE, f"both legs filled: spot {spot.filled} holds {held}, perp {perp.filled}",
+                           out)  # fmt: skip
             else:
-                self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot.filled} perp {perp.filled}", out)
+                self._fire(Trigger.LEG_BROKEN, f"unequal legs: spot {spot.filled} holds {held}, perp {perp.filled}",
+                           out)  # fmt: skip
             return
         dead = [o for o in legs if o.status.is_terminal and o.status is not OrderStatus.CLOSED]
         if dead and any(o.filled > 0 for o in legs):
@@ -568,8 +638,17 @@ class PackageCore:
                            f"within its cap {h.intent.price}; no chasing past it", out)  # fmt: skip
                 return
         taker = self.plan.leg(taker_role)
-        requested = sum((h.intent.amount for h in hedges), ZERO)
-        todo = (maker.filled - requested) / taker.step
+        # In held terms: the spot a spot leg holds is net of the fee the venue keeps in base (a maker fill's
+        # fee not reported yet is assumed at the plan's rate, so a hedge never covers more than is held), and
+        # a spot hedge is grossed up so that what it holds covers the perp short it hedges.
+        spot = self.plan.spot
+        if maker_role is LegRole.SPOT:
+            covered = maker.filled - max(maker.fee_base, maker.filled * spot.fee_rate) + self.plan.sweep
+            requested = sum((h.intent.amount for h in hedges), ZERO)
+        else:
+            covered = maker.filled
+            requested = sum((spot.held_of(h.intent.amount) for h in hedges), ZERO) + self.plan.sweep
+        todo = (covered - requested) / taker.step
         chunk = todo.to_integral_value(rounding=ROUND_DOWN) * taker.step
         minimum = taker.min_order if taker.min_order is not None else taker.dust
         # One hedge in flight at a time, at least a quarter of the package unless the maker is done: fills that
@@ -588,7 +667,8 @@ class PackageCore:
                 self._fire(Trigger.LEG_BROKEN, f"maker filled {maker.filled}: the last {chunk} is below the "
                            f"{taker_role} minimum order {minimum}", out)  # fmt: skip
                 return
-            intent = self._new_intent(taker_role, Purpose.ENTRY, len(sent), chunk)
+            amount = spot.gross(chunk) if taker_role is LegRole.SPOT else chunk
+            intent = self._new_intent(taker_role, Purpose.ENTRY, len(sent), amount)
             out.append(JournalIntent(intent))
             self.orders[intent.client_order_id] = OrderFacts(intent)
             out.append(SendOrder(intent))
@@ -602,14 +682,15 @@ class PackageCore:
                     out.append(CancelOrder(o.intent.client_order_id, o.intent.symbol))
         if not maker.status.is_terminal or any(h.live for h in hedges):
             return
-        spot_filled = self._entry_filled(LegRole.SPOT)
+        spot_held = self._entry_held(LegRole.SPOT)
         perp_filled = self._entry_filled(LegRole.PERP) - self.venue_reduced
         if maker.filled == 0 and not hedges:
             self._fire(Trigger.VOID, f"no fills ({maker.status.value})", out)
-        elif spot_filled == perp_filled:
-            self._fire(Trigger.HEDGE, f"both legs filled {spot_filled} ({len(hedges)} hedge(s))", out)
+        elif self.level(spot_held, perp_filled):
+            self._fire(Trigger.HEDGE, f"both legs filled: spot holds {spot_held}, perp {perp_filled} "
+                       f"({len(hedges)} hedge(s))", out)  # fmt: skip
         else:
-            self._fire(Trigger.LEG_BROKEN, f"unequal fills spot {spot_filled} perp {perp_filled}", out)
+            self._fire(Trigger.LEG_BROKEN, f"unequal legs: spot holds {spot_held}, perp {perp_filled}", out)
 
     def throttled_hedges(self) -> int:
         """maker-taker: hedges the venue's request budget refused whole (never sent)."""
@@ -688,6 +769,14 @@ class PackageCore:
         # Every entry order of the leg: maker-taker hedges one maker leg with several taker orders.
         return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.ENTRY), ZERO)
 
+    def _entry_held(self, role: LegRole) -> Decimal:
+        """What the leg's entry orders left held: spot net of fees charged in base plus the swept dust; the
+        perp's fills as they are."""
+        if role is LegRole.PERP:
+            return self._entry_filled(role)
+        entries = [o for o in self.leg_orders(role) if o.intent.purpose is Purpose.ENTRY]
+        return sum((o.filled - o.fee_base for o in entries), ZERO) + self.plan.sweep
+
     def _unwound(self, role: LegRole) -> Decimal:
         return sum((o.filled for o in self.leg_orders(role) if o.intent.purpose is Purpose.UNWIND), ZERO)
 
@@ -697,28 +786,38 @@ class PackageCore:
         # Rounded down to the grid both markets share: what stays hedged must be holdable on both legs, or
         # the coarser leg's excess rounds to nothing and stays unhedged (issue 10: spot 0.00123 vs perp
         # 0.002 ended "hedged" short one perp step).
-        matched = min(
-            self._entry_filled(LegRole.SPOT) - self._unwound(LegRole.SPOT),
-            self._entry_filled(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
+        # In held terms, and spot level with a grid point to the spot lot step covers it: a fee in base left
+        # 0.000999 held of a 0.001 buy, which still hedges one 0.001 perp step.
+        spot, short = self._remaining()
+        step = self.plan.spot.step
+        grid = common_step(step, self.plan.perp.step)
+        cover = min(spot + step, short)
+        if cover <= 0 or grid <= 0:
+            return short if self.level(spot, short) else min(spot, short)
+        matched = (cover / grid).to_integral_value(rounding=ROUND_DOWN) * grid
+        if matched > 0 and not self.level(spot, matched) and spot < matched:
+            matched -= grid  # spot exactly one step below the grid point: not level with it
+        return matched
+
+    def _remaining(self) -> tuple[Decimal, Decimal]:
+        """Held spot and the perp short the entries left, net of what the unwinds already closed."""
+        return (
+            self._entry_held(LegRole.SPOT) - self._unwound(LegRole.SPOT),
+            self._entry_held(LegRole.PERP) - self.venue_reduced - self._unwound(LegRole.PERP),
         )
-        grid = common_step(self.plan.spot.step, self.plan.perp.step)
-        if matched <= 0 or grid <= 0:
-            return matched
-        return (matched / grid).to_integral_value(rounding=ROUND_DOWN) * grid
 
     def _trimming(self) -> bool:
         return self.plan.policy is OrphanPolicy.TRIM and not self.close_all
 
     def _unwind_todo(self) -> dict[LegRole, Decimal]:
         exp = self.exposure()
-        unwound = {role: self._unwound(role) for role in LegRole}
+        held = exp.spot + self.plan.sweep  # the swept dust is sold with the package's own spot
         if self._trimming():
             matched = max(self._matched(), ZERO)
-            spot_excess = self._entry_filled(LegRole.SPOT) - matched - unwound[LegRole.SPOT]
-            perp_excess = self._entry_filled(LegRole.PERP) - self.venue_reduced - matched - unwound[LegRole.PERP]
-            wanted = {LegRole.SPOT: min(spot_excess, exp.spot), LegRole.PERP: min(perp_excess, -exp.perp)}
+            spot, short = self._remaining()
+            wanted = {LegRole.SPOT: min(spot - matched, held), LegRole.PERP: min(short - matched, -exp.perp)}
         else:
-            wanted = {LegRole.SPOT: exp.spot, LegRole.PERP: -exp.perp}
+            wanted = {LegRole.SPOT: held, LegRole.PERP: -exp.perp}
         todo: dict[LegRole, Decimal] = {}
         for role, qty in wanted.items():
             leg = self.plan.leg(role)

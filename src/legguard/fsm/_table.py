@@ -52,7 +52,7 @@ TRANSITIONS: Final[tuple[Edge, ...]] = (
     # Refused before any order left: risk limits, engine halted, stale book, spread too thin after fees.
     Edge(S.PENDING, T.ABORT, S.FLAT, "refused before any order"),
     # Fills decide, never acks: both legs must have FILLED the same base quantity.
-    Edge(S.DISPATCHED, T.HEDGE, S.HEDGED, "both legs filled, equal base quantity"),
+    Edge(S.DISPATCHED, T.HEDGE, S.HEDGED, "both legs filled, spot held == perp short to the spot step"),
     Edge(S.DISPATCHED, T.VOID, S.FLAT, "both legs terminal with zero fills"),
     # The leg-risk edge: one leg is dead or its outcome unknown while the other may hold exposure. Also taken
     # on any deadline or cancellation that leaves fills unmatched or unknown.

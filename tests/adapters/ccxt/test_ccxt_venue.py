@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -47,7 +47,7 @@ from legguard.domain import (
     StreamDisconnected,
 )
 from legguard.engine import PackageSpec, verify
-from legguard.fsm import State
+from legguard.fsm import LegRole, State
 
 # --- placement ----------------------------------------------------------------------------------------
 
@@ -684,9 +684,14 @@ async def test_engine_hedges_a_package_through_ccxt(tmp_path: Any) -> None:
 
         assert state is State.HEDGED
         assert venue_state["linear"]["positions"]["ETHUSDT"] == str(-QTY)
-        spot_fee = QTY * rig.emu.engine.markets[ETH].maker_fee
-        assert Decimal(venue_state["spot"]["balances"]["ETH"]["free"]) == 100 + QTY - spot_fee
-        assert (exposure.spot, exposure.perp) == (QTY - spot_fee, -QTY)  # what the engine believes is what is held
+        # The buy was grossed up for the fee the venue keeps in ETH (at the fee rate ccxt's markets carry):
+        # the ETH gained equals the short to the spot lot step.
+        bought = handle.core.plan.entry_amount(LegRole.SPOT)
+        spot_fee = (bought * rig.emu.engine.markets[ETH].maker_fee).quantize(Decimal("1e-8"), ROUND_HALF_UP)
+        held = bought - spot_fee
+        assert Decimal(venue_state["spot"]["balances"]["ETH"]["free"]) == 100 + held
+        assert 0 <= held - QTY < rig.emu.engine.markets[ETH].step_size
+        assert (exposure.spot, exposure.perp) == (held, -QTY)  # what the engine believes is what is held
         assert verify(tmp_path / "journal.db").ok
 
 

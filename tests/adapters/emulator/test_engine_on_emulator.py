@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,21 @@ def deadman_armed(rig: Rig) -> trio.Event:
 
 def spot_fee(rig: Rig, filled: Decimal = QTY) -> Decimal:
     return filled * rig.emu.engine.markets[ETH].maker_fee  # a spot buy pays its maker fee in ETH
+
+
+def bought(core: PackageCore) -> Decimal:
+    """The spot entry's amount: QTY grossed up for the fee the venue keeps in ETH (issue 14)."""
+    return core.plan.entry_amount(LegRole.SPOT)
+
+
+def assert_exact_hedge(rig: Rig, core: PackageCore, eth: Decimal, position: Decimal) -> None:
+    """Hedged over the emulator: the ETH the account gained (the buy net of its fee) equals the perp short to
+    the spot lot step, and the engine believes exactly that."""
+    held = bought(core) - spot_fee(rig, bought(core)).quantize(Decimal("1e-8"), ROUND_HALF_UP)  # Binance: 8 dp
+    assert position == -QTY and eth == 100 + held
+    assert 0 <= held - QTY < rig.emu.engine.markets[ETH].step_size
+    exposure = core.exposure()
+    assert (exposure.spot, exposure.perp, exposure.unknown) == (held, -QTY, False)
 
 
 def journal_texts(db: Path, pid: str | None) -> list[str]:
@@ -195,7 +210,8 @@ async def test_perp_refused_for_margin_after_the_spot_filled_the_kill_switch_sel
             shift = handle.core.plan.spot.price - top.best_ask - spot_m.tick_size
             await rig.on_emulator(rig.emu.move, spot_m, rig.emu.driver.mid_of(spot_m) + shift)
             await until_core(handle, lambda c: status_of(c, LegRole.SPOT) is OrderStatus.CLOSED)
-            assert handle.core.state is State.DISPATCHED and handle.core.unmatched() == QTY  # naked
+            # naked: the whole grossed-up buy, held net of its fee
+            assert handle.core.state is State.DISPATCHED and handle.core.unmatched() == handle.core.held_spot() > QTY
             await rig.on_emulator(rig.emu.advance, 0.1)  # now the perp order arrives
             state = await settle(engine, pid)
             core = handle.core
@@ -204,8 +220,8 @@ async def test_perp_refused_for_margin_after_the_spot_filled_the_kill_switch_sel
 
     assert state is State.FLAT
     assert core.orders[entry(core, LegRole.PERP)].reason == RejectReason.INSUFFICIENT_FUNDS
-    assert core.orders[entry(core, LegRole.SPOT)].filled == QTY
-    held = QTY - spot_fee(rig)
+    assert core.orders[entry(core, LegRole.SPOT)].filled == bought(core)
+    held = bought(core) - spot_fee(rig, bought(core))
     sold = [o for o in rig.orders(MarketKind.SPOT).values() if o["side"] == "SELL"]
     assert [(o["type"], o["status"]) for o in sold] == [("MARKET", "FILLED")]
     step = spot_m.step_size
@@ -375,7 +391,7 @@ async def test_fills_missed_by_a_dropped_user_stream_are_reconciled_by_rest(
             def drop_then_fill() -> None:
                 # One step on the emulator's loop: no user stream is connected when the fills print.
                 rig.emu.add_fault({"fault": "ws_drop", "market": "all"})
-                rig.emu.trade(spot_m, Side.SELL, plan.spot.price, QTY)
+                rig.emu.trade(spot_m, Side.SELL, plan.spot.price, bought(handle.core))
                 rig.emu.trade(perp_m, Side.BUY, plan.perp.price, perp_filled)
 
             await rig.on_emulator(drop_then_fill)
@@ -383,7 +399,7 @@ async def test_fills_missed_by_a_dropped_user_stream_are_reconciled_by_rest(
                 # The REST reconcile finds the spot filled and the perp only partly: naked, so the perp gets
                 # the leg deadline to catch up; it passes, the rest is cancelled and the package flattened.
                 await until_core(handle, lambda c: c.orders[perp_cid].filled == perp_filled
-                                 and c.orders[spot_cid].filled == QTY)  # fmt: skip
+                                 and c.orders[spot_cid].filled == bought(c))  # fmt: skip
                 assert handle.leg_timer_started
                 await trio.testing.wait_all_tasks_blocked()  # the leg timer is asleep on its deadline
                 with trio.fail_after(STREAM_WAIT):
@@ -397,14 +413,13 @@ async def test_fills_missed_by_a_dropped_user_stream_are_reconciled_by_rest(
 
     assert drops >= 1
     # The fills were learnt from REST, by client order id.
-    for cid, filled in ((spot_cid, QTY), (perp_cid, perp_filled)):
+    for cid, filled in ((spot_cid, bought(core)), (perp_cid, perp_filled)):
         assert any(isinstance(a, OrderUpdate) and a.filled == filled for a in fetches.answers(cid)), cid
     eth, _ = balance(venue_state, "ETH")
     position = Decimal(venue_state["linear"]["positions"]["ETHUSDT"])
     if not partly:
         assert state is State.HEDGED
-        assert (eth, position) == (100 + QTY - spot_fee(rig), -QTY)
-        assert (exposure.spot, exposure.perp) == (QTY - spot_fee(rig), -QTY)
+        assert_exact_hedge(rig, core, eth, position)
     else:
         assert state is State.FLAT
         assert rig.orders(MarketKind.LINEAR)[perp_cid]["status"] == "CANCELED"
@@ -480,7 +495,7 @@ async def test_outage_under_a_running_engine_is_survived_and_reconciled_when_the
         await rig.fault(fault="outage", seconds=600)
         with trio.fail_after(STREAM_WAIT * 2):
             await engine.outage.wait_down()
-        await rig.on_emulator(rig.emu.trade, spot_m, Side.SELL, plan.spot.price, QTY)
+        await rig.on_emulator(rig.emu.trade, spot_m, Side.SELL, plan.spot.price, bought(handle.core))
         await rig.on_emulator(rig.emu.trade, perp_m, Side.BUY, plan.perp.price, QTY)
         refused = engine.handles[engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))]
         await until_core(refused, lambda c: c.state is State.FLAT)
@@ -495,11 +510,10 @@ async def test_outage_under_a_running_engine_is_survived_and_reconciled_when_the
 
     assert state is State.HEDGED and outages == 1
     assert not refused.core.orders  # nothing was sent for it
-    assert (core.orders[entry(core, LegRole.SPOT)].filled, core.orders[entry(core, LegRole.PERP)].filled) == (QTY, QTY)
+    entries = (core.orders[entry(core, LegRole.SPOT)].filled, core.orders[entry(core, LegRole.PERP)].filled)
+    assert entries == (bought(core), QTY)
     eth, _ = balance(venue_state, "ETH")
-    assert (eth, Decimal(venue_state["linear"]["positions"]["ETHUSDT"])) == (100 + QTY - spot_fee(rig), -QTY)
-    exposure = core.exposure()
-    assert (exposure.spot, exposure.perp, exposure.unknown) == (QTY - spot_fee(rig), -QTY, False)
+    assert_exact_hedge(rig, core, eth, Decimal(venue_state["linear"]["positions"]["ETHUSDT"]))
     events = [json.loads(t).get("event") for t in journal_texts(tmp_path / "j.db", None)]
     assert events.count("venue_down") == 1 and events.count("venue_up") == 1
     assert verify(tmp_path / "j.db").ok

@@ -346,3 +346,11 @@ def test_the_basis_exit_check_against_the_premium_threshold_applies_to_the_premi
         load_config(write(tmp_path, GOOD + '[strategy]\npremium_threshold = "0.002"\n' + exit_table))
 
     assert load_config(write(tmp_path, GOOD + '[strategy]\nkind = "funding"\n' + exit_table)).strategy.kind == "funding"
+
+
+def test_spot_fee_in_base_defaults_on_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).engine.spot_fee_in_base is True  # Binance's default
+    off = load_config(write(tmp_path, GOOD + "\n[engine]\nspot_fee_in_base = false\n"))
+    assert off.engine.spot_fee_in_base is False  # fees paid in BNB: no gross-up
+    with pytest.raises(ConfigError, match=r"engine\.spot_fee_in_base"):
+        load_config(write(tmp_path, GOOD + '\n[engine]\nspot_fee_in_base = "bnb"\n'))

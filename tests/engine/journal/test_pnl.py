@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 from legguard.cli import app
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.engine import verify
-from legguard.engine.journal import PNL, Journal, LedgerEntry, aggregate, ledger, package_pnl
+from legguard.engine.journal import PNL, Journal, LedgerEntry, aggregate, desk_dust, ledger, package_pnl
+from legguard.engine.journal import dust as audit_dust
 from legguard.engine.journal._pnl import LATE_FEE, apply_late_fee, pnl_of
 from legguard.fsm import (
+    CloseRequested,
     Dispatch,
     Event,
     LegRole,
@@ -256,3 +258,72 @@ def test_a_late_fee_is_replayed_into_the_accounting_and_verified(tmp_path: Path)
     with Journal.open(path) as journal:
         journal.record(PNL, "P1", before.to_dict(), 10.0)  # the old figure after the fee: wrong now
     assert not verify(path).ok
+
+
+# --- exact hedges and the desk's dust (issue 14) ---------------------------------------------------------
+
+
+def _round_trip(journal: Journal, n: int, sweep: D) -> PackageCore:
+    """A package whose spot buy is grossed up for its 0.1 % fee in ETH (less the dust it sweeps in), hedged,
+    then closed by the kill switch at 3010 / 3012: it sells what it holds, dust included, on the spot grid."""
+    gross = ((D("0.5") - sweep) / D("0.999") / D("0.0001")).to_integral_value(rounding="ROUND_CEILING") * D("0.0001")
+    data = _plan(f"lg{journal.journal_id}{n:06d}", f"P{n}").to_dict()
+    data["spot"] |= {"amount": str(gross), "fee_rate": "0.001"}
+    data["sweep"] = str(sweep)
+    plan = PackagePlan.from_dict(data)
+    journal.package_created(plan, {}, 1.0)
+    core = PackageCore(plan)
+    p = plan.client_id_prefix
+    _run(journal, core, [
+        Dispatch(),
+        OrderEvent(f"{p}-SE0", OrderStatus.CLOSED, gross, D("3000"), fee_base=gross / 1000),
+        OrderEvent(f"{p}-PE0", OrderStatus.CLOSED, D("0.5"), D("3003"), fee_quote=D("0.3")),
+    ])  # fmt: skip
+    assert core.state is State.HEDGED and 0 <= core.held_spot() - D("0.5") < D("0.0001")  # exact hedge
+    _run(journal, core, [CloseRequested("test", "operator")])
+    for cid, o in list(core.orders.items()):
+        if o.intent.purpose is Purpose.UNWIND:
+            price = D("3010") if o.intent.role is LegRole.SPOT else D("3012")
+            _run(journal, core, [OrderEvent(cid, OrderStatus.CLOSED, o.intent.amount, price, fee_quote=D("0.1"))])
+    assert core.state is State.FLAT
+    return core
+
+
+def test_dust_is_tracked_across_packages_and_audit_pnl_reports_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal.open(path) as journal:
+        first = _round_trip(journal, 1, D(0))
+        left = first.exposure().spot  # 0.5006 bought, 0.0005006 fee, 0.5 sold
+        assert left == D("0.0000994")
+        second = _round_trip(journal, 2, left)  # the next package sweeps it in and sells it with its own
+        entries = ledger(journal)
+    assert second.plan.entry_amount(LegRole.SPOT) == D("0.5005")  # one step less than the first's buy
+    dust = D("0.0000994") + second.exposure().spot  # the second sold 0.0000005 more than its own fills held
+    assert second.exposure().spot == D("-0.0000005") and dust == D("0.0000989")
+    (row,) = audit_dust(entries)
+    assert row == {"asset": "ETH", "quantity": str(dust), "mark": "3010", "value": str(dust * D("3010"))}
+    # P&L still equals the cash flows: the quote the two packages moved plus the dust they left, valued at
+    # the price it was left at (each package values its own residual at its last spot fill).
+    quote = sum(
+        (-o.filled * o.average if o.intent.side is Side.BUY else o.filled * o.average) - o.fee_quote
+        for c in (first, second) for o in c.orders.values() if o.average is not None
+    )  # fmt: skip
+    assert sum((e.pnl.realized or D(0) for e in entries), D(0)) == quote + dust * D("3010")
+
+    result = runner.invoke(app, ["audit", "pnl", "--db", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dust"] == [row]
+    result = runner.invoke(app, ["audit", "pnl", "--db", str(path)])
+    assert "dust" in result.stdout and "0.0000989" in result.stdout
+
+
+def test_desk_dust_counts_flat_packages_leftovers_less_what_open_packages_took_over() -> None:
+    packages = [
+        ("ETH/USDT", State.FLAT, D("0.0000994"), D(0)),  # left behind
+        ("ETH/USDT", State.HEDGED, D("0.4999995"), D("0.0000994")),  # swept it in: it is this package's now
+        ("BTC/USDT", State.FLAT, D("0.0000012"), D(0)),
+    ]
+    assert desk_dust(packages) == {"ETH": D(0), "BTC": D("0.0000012")}
+    assert desk_dust([*packages[:1], ("ETH/USDT", State.FLAT, D("-0.0000005"), D("0.0000994"))]) == {
+        "ETH": D("0.0000989")
+    }

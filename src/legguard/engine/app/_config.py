@@ -221,6 +221,7 @@ _SCHEMA: dict[str, set[str]] = {
         "max_notional",
         "reconcile_interval",
         "funding_interval",
+        "spot_fee_in_base",
     },
     "deadlines": {"ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"},
     "breaker": {"max_orphans", "window", "resume_after"},
@@ -393,6 +394,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         max_notional=_decimal(engine_t, "engine.max_notional", Decimal(1_000_000), positive=True),
         reconcile_interval=_seconds(engine_t, "engine.reconcile_interval", 5.0),
         funding_interval=_seconds(engine_t, "engine.funding_interval", 60.0),
+        spot_fee_in_base=_bool(engine_t, "engine.spot_fee_in_base", True),
         deadman=DeadmanConfig(
             enabled=deadman_enabled,
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),

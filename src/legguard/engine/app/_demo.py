@@ -254,6 +254,8 @@ def build_report(run: DemoRun, journal: Journal) -> dict[str, Any]:
         exp = core.exposure()
         if core.state is State.HEDGED:
             hedged_perp[core.plan.perp.symbol] = hedged_perp.get(core.plan.perp.symbol, Decimal(0)) + exp.perp
+            if core.plan.sweep:  # dust a hedged package took over is its own now, not the desk's
+                dust[core.plan.spot.symbol] = dust.get(core.plan.spot.symbol, Decimal(0)) - core.plan.sweep
             continue
         for role, amount in ((LegRole.SPOT, exp.spot), (LegRole.PERP, exp.perp)):
             leg = core.plan.leg(role)

@@ -15,9 +15,9 @@ from decimal import Decimal
 from typing import Any, Final
 
 from legguard.domain import ZERO
-from legguard.fsm import State
+from legguard.fsm import LegRole, State
 
-from ._pnl import FUNDING, PackagePnl, funding_amount, package_pnl
+from ._pnl import FUNDING, PackagePnl, assets_of, desk_dust, funding_amount, package_pnl
 from ._replay import replay_package
 from ._store import EVENT, TRANSITION, Journal
 
@@ -32,6 +32,9 @@ class LedgerEntry:
     opened_wall: float
     closed_wall: float | None  # when it went flat
     exit_reason: str  # open | void | kill_switch | flat | close:<policy> (basis, max_hold, operator, ...)
+    sweep: Decimal = ZERO  # desk dust the package took over (`PackagePlan.sweep`)
+    spot_mark: Decimal | None = None  # the price of its last spot fill
+    spot_held: Decimal = ZERO  # base its own spot fills hold, net of fees in base (`Exposure.spot`)
 
     @property
     def day(self) -> str:
@@ -79,8 +82,29 @@ def ledger(journal: Journal, since: float | None = None) -> list[LedgerEntry]:
             reason = "void"
         else:
             reason = "flat"
-        out.append(LedgerEntry(pnl, row.created_wall, closed, reason))
+        marks = [o.average for o in core.leg_orders(LegRole.SPOT) if o.filled > 0 and o.average is not None]
+        out.append(LedgerEntry(pnl, row.created_wall, closed, reason, core.plan.sweep, marks[-1] if marks else None,
+                               core.exposure().spot))  # fmt: skip
     return out
+
+
+def dust(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
+    """The desk's base dust per asset (`desk_dust`: what flat packages left behind, net of what open packages
+    took over), valued at a mark: the last spot fill price the journal holds for the asset. Over every
+    package of the journal: dust belongs to the desk, not to a period."""
+    entries = list(entries)
+    quantities = desk_dust((e.pnl.pair, e.pnl.state, e.spot_held, e.sweep) for e in entries)
+    marks: dict[str, Decimal] = {}
+    for e in entries:
+        if e.spot_mark is not None:
+            marks[assets_of(e.pnl.pair)[0]] = e.spot_mark
+    rows = []
+    for asset, quantity in sorted(quantities.items()):
+        mark = marks.get(asset)
+        quantity = quantity if quantity else ZERO  # swept away exactly: 0, not 0E-8
+        rows.append({"asset": asset, "quantity": str(quantity), "mark": None if mark is None else str(mark),
+                     "value": None if mark is None else str(quantity * mark)})  # fmt: skip
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,3 +210,15 @@ def apply_late_fee(core: PackageCore, payload: Mapping[str, Any]) -> None:
 def funding_amount(payload: Mapping[str, Any]) -> Decimal:
     """The signed quote amount of a journaled `funding` row."""
     return Decimal(str(payload["amount"]))
+
+
+def desk_dust(packages: Iterable[tuple[str, State, Decimal, Decimal]]) -> dict[str, Decimal]:
+    """Base the desk holds beyond what its open packages account for, per asset, from each package's (spot
+    symbol, state, spot held by its own fills net of fees in base, dust it swept in): what flat packages left
+    behind (negative for one that sold dust it swept in) minus the dust open packages took over. Derived from
+    fills and fees only: no separate balance is kept that could drift from them."""
+    out: dict[str, Decimal] = {}
+    for symbol, state, held, sweep in packages:
+        base = assets_of(symbol)[0]
+        out[base] = out.get(base, ZERO) + (held if state is State.FLAT else -sweep)
+    return out
