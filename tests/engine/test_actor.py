@@ -304,7 +304,7 @@ class GatedGroup:
         self.inside = 0
         self.most_inside = 0
 
-    async def commit(self, writes: object) -> None:
+    async def commit(self, writes: object, *, urgent: bool = False) -> None:
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, open_sim_venue
@@ -226,3 +227,73 @@ async def test_no_effect_of_a_group_leaves_before_its_commit(autojump_clock: Moc
         for pid in pids:
             kinds = [r[0] for r in conn.execute("SELECT kind FROM journal WHERE package_id = ? ORDER BY seq", (pid,))]
             assert kinds[:2] == ["package_created", "event"], (pid, kinds[:4])
+
+
+async def test_an_urgent_step_commits_at_once_taking_over_the_open_group(journal: Journal, tmp_path: Path) -> None:
+    # A routine step and an urgent one in the same round. Trio may run a round's tasks in either order: when
+    # the routine one leads first (opens a group and yields), the urgent one takes its group over and commits
+    # both at once; otherwise each commits its own. Repeated until the takeover was seen.
+    group = GroupCommit(journal)
+    takeovers = 0
+    for n in range(16):
+        seen_by_urgent: list[int] = []
+        order: list[str] = []
+
+        async def routine(n: int = n, order: list[str] = order) -> None:
+            await group.commit([journal.prepare_fact("ack", None, {**PAYLOAD, "n": 2 * n}, float(n))])
+            order.append("routine")
+
+        async def urgent(n: int = n, seen: list[int] = seen_by_urgent, order: list[str] = order) -> None:
+            await group.commit([journal.prepare_fact("ack", None, {**PAYLOAD, "n": 2 * n + 1}, float(n))], urgent=True)
+            seen.append(len(committed_rows(tmp_path / "j.db")))  # another connection: committed rows only
+            order.append("urgent")
+
+        groups, members = group.groups, group.members
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(routine)
+            nursery.start_soon(urgent)
+        assert group.members - members == 2 and journal.head[0] == 2 * n + 2
+        if group.groups - groups == 1:  # taken over: one transaction, both rows committed when urgent returned
+            takeovers += 1
+            assert seen_by_urgent == [2 * n + 2] and order == ["urgent", "routine"]
+        else:
+            assert group.groups - groups == 2
+    assert takeovers > 0
+
+
+async def test_a_lone_urgent_step_never_yields_before_its_commit(journal: Journal) -> None:
+    group = GroupCommit(journal)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # any checkpoint inside `commit` would raise Cancelled
+        await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 1.0)], urgent=True)
+    assert not scope.cancelled_caught and journal.head[0] == 1
+
+
+async def test_a_failed_urgent_takeover_fails_the_whole_group(journal: Journal) -> None:
+    group = GroupCommit(journal)
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    takeovers = 0
+    for n in range(16):
+        outcomes: dict[str, str] = {}
+
+        async def step(name: str, writes: list[Any], urgent: bool, outcomes: dict[str, str] = outcomes) -> None:
+            try:
+                await group.commit(writes, urgent=urgent)
+                outcomes[name] = "committed"
+            except (sqlite3.OperationalError, GroupCommitFailed) as exc:
+                outcomes[name] = type(exc).__name__
+
+        head = journal.head
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(step, "routine", [journal.prepare_fact("ack", None, PAYLOAD, float(n))], False)
+            nursery.start_soon(step, "urgent", [journal.prepare_fact("ack", None, PAYLOAD, float(n)), broken], True)
+        assert outcomes["urgent"] == "OperationalError"
+        if outcomes["routine"] == "GroupCommitFailed":  # taken over: nothing of either was written
+            takeovers += 1
+            assert journal.head == head
+        else:  # the urgent step committed (failed) alone; the routine one's own group committed
+            assert outcomes["routine"] == "committed" and journal.head[0] == head[0] + 1
+    assert takeovers > 0

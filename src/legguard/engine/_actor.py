@@ -58,6 +58,8 @@ from ._host import EngineHost
 
 log = logging.getLogger("legguard.engine")
 
+URGENT_STATES = frozenset({State.ORPHANED, State.UNWINDING})
+
 
 class InjectedCrash(RuntimeError):
     """Raised inside a package actor by the `actor_crash` fault (demo and tests)."""
@@ -242,7 +244,8 @@ class PackageActor:
         journal, facts = engine.journal, len(h.facts)
         writes = [journal.prepare_fact(kind, h.package_id, payload, at) for kind, payload, at in h.facts]
         writes.append(journal.prepare_step(h.package_id, event, commands, twin.state, twin.exposure(), now))
-        await engine.group.commit(writes)
+        # The kill switch's steps do not wait for the round to fill a group: its cancel or unwind leaves now.
+        await engine.group.commit(writes, urgent=twin.state in URGENT_STATES)
         if facts:
             del h.facts[:facts]  # answers that arrived while the group committed wait for the next step
         self.core = h.core = twin

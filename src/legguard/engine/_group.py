@@ -4,7 +4,9 @@ transaction, and no step releases an effect before that transaction has committe
 How a group forms: the first step to reach `GroupCommit.commit` opens a group and leads it. It yields once
 (`cancel_shielded_checkpoint`: one scheduler hop, never a timer) so the other tasks of this round can append
 their prepared writes to the same group; then it commits the group (one `BEGIN IMMEDIATE` ... `COMMIT`) and
-wakes them. A step alone in its round (the kill switch's) pays that one hop and nothing else.
+wakes them. A step of the kill switch (`urgent`) does not wait for the round: it commits at once, alone or
+with the group a leader is holding open (taking it over: every member's rows commit in its transaction, and
+the leader only wakes the members when it resumes), so the cancel or unwind it decided leaves without the hop.
 
 Failure and cancellation: the writes are validated and encoded by each step before it joins (a malformed step
 fails alone); a failed commit rolls the whole group back, and every member raises, so no member swaps in its
@@ -32,13 +34,14 @@ class GroupCommitFailed(JournalError):
 
 
 class _Group:
-    __slots__ = ("error", "members", "waiters", "writes")
+    __slots__ = ("committed", "error", "members", "waiters", "writes")
 
     def __init__(self) -> None:
         self.writes: list[Write] = []
         self.members = 1
         self.waiters: list[trio.lowlevel.Task] = []
         self.error: BaseException | None = None
+        self.committed = False  # by an urgent step that took the group over while its leader yielded
 
 
 def _uncancellable(_: object) -> trio.lowlevel.Abort:
@@ -59,8 +62,11 @@ class GroupCommit:
         self.members = 0  # steps committed in them (members / groups = the mean group size)
         self.largest = 0
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write], *, urgent: bool = False) -> None:
         group = self._open
+        if urgent:
+            self._commit_urgent(writes, group)
+            return
         if group is not None:  # a leader is yielding: join its transaction and wait for it
             group.writes.extend(writes)
             group.members += 1
@@ -81,7 +87,17 @@ class GroupCommit:
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
-            self._open = None
+            if self._open is group:
+                self._open = None
+        if group.committed:  # an urgent step committed this group meanwhile (or failed to, for all of it)
+            for task in group.waiters:
+                trio.lowlevel.reschedule(task)
+            if group.error is not None:
+                raise GroupCommitFailed(
+                    f"journal {self.journal.journal_id}: the group commit of {group.members} steps failed "
+                    f"({type(group.error).__name__}: {group.error}); none of its rows was written"
+                )
+            return
         try:
             self.journal.commit(group.writes)
         except BaseException as exc:
@@ -95,4 +111,25 @@ class GroupCommit:
         self.largest = max(self.largest, group.members)
         if CRASH_ARMED:
             # Committed, and not one effect of any member released yet.
+            _crashpoints.reached("group_committed")
+
+    def _commit_urgent(self, writes: Sequence[Write], group: _Group | None) -> None:
+        """Commit now, without waiting for the round: `writes` alone, or with the open group (whose leader then
+        finds it committed and wakes its members). Synchronous: no checkpoint between decision and commit."""
+        if group is None:
+            group = _Group()
+        else:
+            self._open = None
+            group.members += 1
+            group.committed = True
+        group.writes.extend(writes)
+        try:
+            self.journal.commit(group.writes)
+        except BaseException as exc:
+            group.error = exc
+            raise
+        self.groups += 1
+        self.members += group.members
+        self.largest = max(self.largest, group.members)
+        if CRASH_ARMED:
             _crashpoints.reached("group_committed")
