@@ -81,8 +81,8 @@ class GroupCommit:
         group = _Group()
         group.writes.extend(writes)
         # Let the rest of this round append (trio cannot say whether any is left: the statistics count only
-        # the next round's tasks). Shielded, so this hop never raises; no timer, so a lone step (the kill
-        # switch's) waits one scheduler pass at most.
+        # the next round's tasks). Shielded, so this hop never raises; no timer, so a lone step waits one
+        # scheduler pass at most (the kill switch's does not wait at all: `urgent`).
         self._open = group
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
