@@ -196,7 +196,7 @@ def render_pnl(pnl: dict[str, Any]) -> Table:
         ("funding", _q(pnl["funding"]), f"{pnl['funding_payments']} payment(s) booked to the packages holding "
          f"the short; unattributed {_q(pnl['funding_unattributed'])}"),
         ("slippage", _q(pnl["slippage"]), "against the planned entry prices (+ adverse)"),
-        ("dust", _q(pnl["dust_value"]), f"held by flat packages: {dust}"),
+        ("dust", _q(pnl["dust_value"]), f"the desk's, beyond its open packages (swept into the next): {dust}"),
         ("total", _q(pnl["total"]), "every package's cash, fees and funding, what is held at the marks"),
     ]  # fmt: skip
     if "venue_change" in pnl:

@@ -29,7 +29,7 @@ from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, ExitCo
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal import FUNDING, Journal, PackagePnl, package_pnl, unattributed_funding
 from legguard.engine.journal._binding import SIM_IDENTITY, check_binding, record_binding
-from legguard.engine.journal._pnl import assets_of, funding_amount
+from legguard.engine.journal._pnl import desk_dust, funding_amount
 from legguard.fsm import ExecutionStyle, LegRole, PackageCore, State
 
 from ._carry import FundingParams, FundingStrategy
@@ -358,14 +358,13 @@ def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
     pnls: list[PackagePnl] = [package_pnl(core, funding) for core, funding in cores]
     zero = Decimal(0)
     fees: dict[str, Decimal] = {}
-    dust: dict[str, Decimal] = {}
     for p in pnls:
         for leg in (p.spot, p.perp):
             for currency, amount in leg.fees.items():
                 fees[currency] = fees.get(currency, zero) + amount
-        if p.state is State.FLAT and p.residual_base:
-            asset = assets_of(p.pair)[0]
-            dust[asset] = dust.get(asset, zero) + p.residual_base
+    # The desk's dust: what flat packages left, net of what open packages swept in (theirs now, in `unrealized`).
+    dust = {a: q for a, q in desk_dust((c.plan.spot.symbol, c.state, c.exposure().spot, c.plan.sweep)
+                                       for c, _ in cores).items() if q}  # fmt: skip
     values = [(p, p.value_at(marks)) for p in pnls]
     nobodys = unattributed_funding(journal)
     total = sum((v for _, v in values if v is not None), zero) + nobodys
