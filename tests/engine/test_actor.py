@@ -308,7 +308,8 @@ class GatedGroup:
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:
-            await self.gate.wait()
+            with trio.CancelScope(shield=True):  # as the real group commit: its wait cannot be cancelled
+                await self.gate.wait()
         finally:
             self.inside -= 1
 
@@ -331,4 +332,28 @@ async def test_two_tasks_stepping_one_package_take_turns_while_a_group_commits()
         assert group.inside == 1  # the second step waits outside, before deciding anything
         group.gate.set()
     assert group.most_inside == 1
+    assert handle.events == [FillDeadline(), FillDeadline()]
+
+
+async def test_a_step_waiting_for_another_is_not_lost_to_a_cancellation() -> None:
+    # The actor's loop took an event from the mailbox and waits for a step in progress: a shutdown that cancels
+    # it there must not drop the event (it is stepped, then the cancellation lands at the next checkpoint).
+    group = GatedGroup()
+    journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
+    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
+    handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
+    actor = PackageActor(host, handle)  # type: ignore[arg-type]
+
+    async def cancelled_while_waiting() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await actor.step(FillDeadline())
+
+    async with trio.open_nursery() as nursery:
+        actor._nursery = nursery
+        nursery.start_soon(actor.step, FillDeadline())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(cancelled_while_waiting)
+        await trio.testing.wait_all_tasks_blocked()
+        group.gate.set()
     assert handle.events == [FillDeadline(), FillDeadline()]

@@ -220,7 +220,11 @@ class PackageActor:
         while self._stepping:  # another task of this actor is inside a step (waiting for its group's commit)
             if self._idle is None:
                 self._idle = trio.Event()
-            await self._idle.wait()
+            # Shielded: the caller already took `event` from the mailbox, and a cancellation here would drop it.
+            # The wait is short (the other step's group commits within its round); the cancellation is
+            # delivered at this step's next checkpoint, after the event is stepped.
+            with trio.CancelScope(shield=True):
+                await self._idle.wait()
         self._stepping = True
         try:
             await self._step(event)
