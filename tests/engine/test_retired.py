@@ -136,6 +136,34 @@ async def test_a_routine_late_report_of_a_released_package_changes_nothing(autoj
     assert not [r for r in rig.journal.engine_log() if r.payload.get("event") == "late_order"]
 
 
+async def test_a_late_fee_of_a_released_package_is_journaled_and_counted(autojump_clock: MockClock, rig: Rig) -> None:
+    """The fee of a released package's order, reported after the release (Binance's perp order answer carries
+    no commission; the trade report may come later): rebuilt from the journal, journaled as `late_fee` with
+    a new `pnl` row, folded into the retired totals, and a repeat of the same report changes nothing."""
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.HEDGED
+    assert rig.engine.request_close(pid, "test")
+    with trio.fail_after(30):
+        await rig.handle(pid).wait_until(lambda c: c.state is State.FLAT)
+    await rig.handle(pid).done.wait()
+    assert pid not in rig.engine.handles
+    unwind = next(o for o in rig.kept[pid].core.orders.values() if o.intent.symbol == ETH_PERP and o.filled)
+    fees_before = rig.engine.retired.totals.fees_quote
+    extra = Decimal("0.5")
+    late = OrderUpdate(unwind.intent.client_order_id, ETH_PERP, unwind.intent.side, unwind.status, unwind.intent.amount,
+                       unwind.filled, unwind.average, unwind.fee_base, unwind.fee_quote + extra)  # fmt: skip
+
+    rig.engine.route(late)
+    rig.engine.route(late)  # the same report again: nothing new
+
+    rows = [r for r in rig.journal.timeline(pid) if r.kind in ("late_fee", "pnl")]
+    assert [r.kind for r in rows][-2:] == ["late_fee", "pnl"] and sum(r.kind == "late_fee" for r in rows) == 1
+    assert rig.engine.retired.totals.fees_quote == fees_before + extra
+    assert rig.engine.core(pid).orders[unwind.intent.client_order_id].fee_quote == unwind.fee_quote + extra
+    assert rig.engine.mode is EngineMode.RUNNING  # a fee is not a late landing: no halt
+    assert_journal_verifies(rig.db)
+
+
 def test_order_ids_route_to_retired_packages_of_this_engine_only(tmp_path: Path) -> None:
     with Journal.open(tmp_path / "j.db") as journal:
         retired = RetiredPackages(journal, retention=5.0, max_recent=2)
