@@ -296,16 +296,7 @@ async def _memory(packages: int, directory: Path) -> dict[str, Any]:
                 used = tracemalloc.get_traced_memory()[0] - base
                 after = tracemalloc.take_snapshot()
                 live = sum(1 for h in engine.handles.values() if h.core.state is State.DISPATCHED)
-                by_area: dict[str, int] = {}
-                for stat in after.compare_to(before, "filename"):
-                    path = stat.traceback[0].filename.replace(os.sep, "/")
-                    if "/legguard/" in path:
-                        area = "legguard." + path.split("/legguard/", 1)[1].split("/")[0]
-                    elif "/site-packages/" in path:
-                        area = path.split("/site-packages/", 1)[1].split("/")[0]  # trio, transitions, ...
-                    else:
-                        area = "stdlib:" + path.rsplit("/", 1)[-1]
-                    by_area[area] = by_area.get(area, 0) + stat.size_diff
+                by_area = _area_bytes(after.compare_to(before, "filename"))
     finally:
         journal.close()
     return {
@@ -385,7 +376,8 @@ def _settled_bytes(engine: Engine, sim: Any) -> tuple[int, tracemalloc.Snapshot]
     return _engine_bytes()
 
 
-def _by_area(stats: list[tracemalloc.StatisticDiff], packages: int) -> dict[str, float]:
+def _area_bytes(stats: list[tracemalloc.StatisticDiff]) -> dict[str, int]:
+    """Bytes allocated between two snapshots, by area: a legguard package, a site-package, or a stdlib file."""
     by_area: dict[str, int] = {}
     for stat in stats:
         path = stat.traceback[0].filename.replace(os.sep, "/")
@@ -396,6 +388,11 @@ def _by_area(stats: list[tracemalloc.StatisticDiff], packages: int) -> dict[str,
         else:
             area = "stdlib:" + path.rsplit("/", 1)[-1]
         by_area[area] = by_area.get(area, 0) + stat.size_diff
+    return by_area
+
+
+def _by_area(stats: list[tracemalloc.StatisticDiff], packages: int) -> dict[str, float]:
+    by_area = _area_bytes(stats)
     return {
         k: round(v / packages, 1) for k, v in sorted(by_area.items(), key=lambda kv: -kv[1]) if abs(v) >= packages / 10
     }
