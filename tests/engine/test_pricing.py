@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from legguard.adapters import BookSnapshot, Market, MarketKind
 from legguard.engine import PricingRefused, common_step, price_package
-from legguard.engine._pricing import dust_threshold, maker_buy_price, maker_sell_price, round_down, size_spot_buy
+from legguard.engine._pricing import (
+    dust_threshold,
+    maker_buy_price,
+    maker_sell_price,
+    round_down,
+    round_up,
+    size_spot_buy,
+)
 
 STEPS = [Decimal(s) for s in ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "0.003", "0.002", "0.005")]
 TICKS = [Decimal(s) for s in ("0.01", "0.1", "0.5", "1")]
@@ -178,3 +185,24 @@ def test_no_sweep_when_the_smaller_buy_breaks_the_spot_minimums() -> None:
     # With room above the minimum, the dust is swept: the buy shrinks by it.
     size = size_spot_buy(SPOT, PERP, Decimal("0.05"), Decimal(2000), Decimal(0), Decimal("0.0005"))
     assert (size.amount, size.sweep) == (Decimal("0.0495"), Decimal("0.0005"))
+
+
+@given(
+    units=st.integers(min_value=0, max_value=10**9),
+    step=st.sampled_from([Decimal("0.01"), Decimal("0.00001"), Decimal("0.5"), Decimal("1")]),
+    zeros=st.integers(min_value=0, max_value=3),
+)
+def test_rounding_returns_a_value_already_on_its_step_as_the_same_object_and_never_changes_its_text(
+    units: int, step: Decimal, zeros: int
+) -> None:
+    on_step = units * step
+    padded = Decimal(f"{on_step:f}{'0' * zeros}" if "." in f"{on_step:f}" else f"{on_step:f}")
+    for rounding in (round_down, round_up):
+        same = rounding(on_step, step)
+        assert same is on_step  # a plan holds the book's own price object, not a copy
+        padded_result = rounding(padded, step)
+        assert padded_result == padded
+        # 0.0100 is not returned as itself when the step says 0.01: what is printed and journaled follows the step.
+        assert str(padded_result) == str((padded / step).to_integral_value() * step)
+    off = on_step + step / 3
+    assert round_down(off, step) == on_step and round_up(off, step) == on_step + step

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, KeysView
+from collections.abc import Callable, Coroutine, KeysView
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -98,21 +98,32 @@ class Mailbox:
         else:
             self._items.append(event)
 
-    async def receive(self) -> Event:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    def receive(self) -> Coroutine[Any, Any, Event]:
+        """`await mailbox.receive()`: the next event; a checkpoint either way. Not a coroutine itself: an actor
+        waits here for most of its life, and returning trio's wait directly keeps one coroutine frame
+        (~280 bytes per live package) off that wait."""
         if self._items:
-            event = self._items.pop(0)
-            if not self._items:
-                self._items = None
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return event
+            return self._take()
         if self._closed:
-            raise trio.EndOfChannel
+            return self._ended()
         if self._waiter is not None:
             raise trio.BusyResourceError("one receiver per mailbox: the package's actor")
+        # A cancellation already pending is delivered by the wait itself (its abort clears the waiter).
         self._waiter = trio.lowlevel.current_task()
-        received: Event = await trio.lowlevel.wait_task_rescheduled(self._abort)  # a bound method, not a closure
-        return received
+        return trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105 (awaited by the caller: no frame)
+
+    async def _take(self) -> Event:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        assert self._items
+        event = self._items.pop(0)
+        if not self._items:
+            self._items = None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return event
+
+    async def _ended(self) -> Event:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise trio.EndOfChannel
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
         self._waiter = None  # the receiver was cancelled while waiting
