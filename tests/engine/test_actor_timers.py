@@ -85,3 +85,31 @@ async def test_a_fill_deadline_due_after_the_package_hedged_costs_no_step_and_no
         assert actor.core is core and handle.events == []
     finally:
         journal.close()
+
+
+async def test_a_report_the_core_already_holds_costs_no_step_and_no_journal_row(tmp_path: Path) -> None:
+    """The user stream's copy of an answer already stepped changes nothing: no step, nothing journaled; a
+    report that does change something is still stepped and journaled."""
+    journal = Journal.open(tmp_path / "j.db")
+    try:
+        committed: list[object] = []
+
+        async def commit(writes: object, *, urgent: bool = False) -> None:
+            committed.append(writes)
+
+        engine = SimpleNamespace(config=EngineConfig(), timers=Timers(), outage=SimpleNamespace(down=False),
+                                 journal=journal, group=SimpleNamespace(commit=commit))  # fmt: skip
+        core = PackageCore(model_plan())
+        journal.package_created(core.plan, {}, 0.0)
+        core.handle(Dispatch())
+        spot, perp = core.orders
+        core.handle(OrderEvent(spot, OrderStatus.OPEN))  # the REST acknowledgement, stepped
+        handle = PackageHandle.create(core, 0.0)
+        actor = PackageActor(cast(EngineHost, engine), handle)
+        await actor.step(OrderEvent(spot, OrderStatus.OPEN))  # the stream's report of the same
+        assert committed == [] and actor.core is core and handle.events == []
+        news = OrderEvent(perp, OrderStatus.OPEN)  # the other leg's acknowledgement: news
+        await actor.step(news)
+        assert len(committed) == 1 and handle.events == [news] and actor.core.orders[perp].status is OrderStatus.OPEN
+    finally:
+        journal.close()

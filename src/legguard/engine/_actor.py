@@ -248,6 +248,12 @@ class PackageActor:
         # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
         twin = self.core.clone()
         commands = twin.handle(event)
+        if not commands and type(event) is OrderEvent and twin.fingerprint() == self.core.fingerprint():
+            # A report the core already holds: the user stream's copy of an answer already stepped (or the
+            # answer after the stream's copy). It changes nothing the core decides on and commands nothing, so
+            # there is no effect to journal ahead of and nothing for a replay to miss: no step, no transaction
+            # (about one step in four of a package). An answer's `ack` fact waits for the next step.
+            return
         # Write-ahead, grouped: the event and everything it caused are durable before any effect starts; the
         # venue's answers behind it (audited facts) commit in the same transaction, ahead of the step's rows;
         # the transaction is shared with the other steps of this scheduler round (`_group.GroupCommit`).
