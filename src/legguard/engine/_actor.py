@@ -55,6 +55,7 @@ from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
 from ._handle import WAKE, PackageHandle
 from ._host import EngineHost
+from .journal import PNL, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
@@ -260,6 +261,9 @@ class PackageActor:
         journal, facts = engine.journal, len(h.facts)
         writes = [journal.prepare_fact(kind, h.package_id, payload, at) for kind, payload, at in h.facts]
         writes.append(journal.prepare_step(h.package_id, event, commands, twin.state, twin.exposure(), now))
+        if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
+            # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
+            writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
         # The kill switch's steps do not wait for the round to fill a group: its cancel or unwind leaves now.
         await engine.group.commit(writes, urgent=twin.state in URGENT_STATES)
         if facts:
