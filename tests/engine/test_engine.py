@@ -22,7 +22,7 @@ from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, Package
 from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
-from legguard.engine.journal import desk_dust, ledger
+from legguard.engine.journal import desk_dust, ledger, package_pnl
 from legguard.engine.journal import dust as audit_dust
 from legguard.engine.journal._replay import replay_package, verify
 from legguard.engine.journal._store import Journal
@@ -142,6 +142,23 @@ async def test_perp_rejected_for_margin_ends_flat_with_nothing_left(autojump_clo
     pid = rig.engine.submit(rig.spec())
     assert await rig.settle(pid) is State.FLAT
     rig.assert_safe()
+
+
+async def test_the_pnl_row_commits_in_the_transaction_of_the_step_that_went_flat(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    heads: list[int] = []
+    rig.journal.on_commit = lambda _seconds: heads.append(rig.journal.head[0])
+    rig.venue.inject("reject", symbol=ETH_PERP)
+    pid = rig.engine.submit(rig.spec())
+    assert await rig.settle(pid) is State.FLAT
+    rows = rig.journal.timeline(pid)
+    flat = next(r.seq for r in rows if r.kind == "transition" and r.payload["dest"] == "flat")
+    pnl = next(r for r in rows if r.kind == "pnl")
+    assert pnl.seq > flat
+    assert not any(flat <= head < pnl.seq for head in heads), "a commit between the flat transition and its pnl"
+    assert pnl.payload == package_pnl(rig.handle(pid).core).to_dict()
+    assert_journal_verifies(rig.db)
 
 
 async def test_liquidation_of_hedged_perp_breaks_the_leg_and_flattens(autojump_clock: MockClock, rig: Rig) -> None:

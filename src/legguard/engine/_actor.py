@@ -55,10 +55,15 @@ from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
 from ._handle import WAKE, PackageHandle
 from ._host import EngineHost
+from .journal import PNL, package_pnl
 
 log = logging.getLogger("legguard.engine")
 
 URGENT_STATES = frozenset({State.ORPHANED, State.UNWINDING})
+# A fill deadline is set when a package is dispatched and is due seconds later, usually after the package left
+# `dispatched` for good. In these states the core ignores it (no command, nothing changes: a test holds the core
+# to that), so the actor does not step it: no journal transaction for nothing (~1 step in 14 of a package).
+DEADLINE_INERT = frozenset({State.HEDGED, State.FLAT})
 
 
 class InjectedCrash(RuntimeError):
@@ -235,6 +240,8 @@ class PackageActor:
                 idle.set()
 
     async def _step(self, event: Event) -> None:
+        if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
+            return
         h, engine = self.handle, self.engine
         now = trio.current_time()
         started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
@@ -242,12 +249,21 @@ class PackageActor:
         # leaves the core (and the event log it is rebuilt from after the fault) where the journal is.
         twin = self.core.clone()
         commands = twin.handle(event)
+        if not commands and type(event) is OrderEvent and twin.fingerprint() == self.core.fingerprint():
+            # A report the core already holds: the user stream's copy of an answer already stepped (or the
+            # answer after the stream's copy). It changes nothing the core decides on and commands nothing, so
+            # there is no effect to journal ahead of and nothing for a replay to miss: no step, no transaction
+            # (about one step in four of a package). An answer's `ack` fact waits for the next step.
+            return
         # Write-ahead, grouped: the event and everything it caused are durable before any effect starts; the
         # venue's answers behind it (audited facts) commit in the same transaction, ahead of the step's rows;
         # the transaction is shared with the other steps of this scheduler round (`_group.GroupCommit`).
         journal, facts = engine.journal, len(h.facts)
         writes = [journal.prepare_fact(kind, h.package_id, payload, at) for kind, payload, at in h.facts]
         writes.append(journal.prepare_step(h.package_id, event, commands, twin.state, twin.exposure(), now))
+        if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
+            # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
+            writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
         # The kill switch's steps do not wait for the round to fill a group: its cancel or unwind leaves now.
         await engine.group.commit(writes, urgent=twin.state in URGENT_STATES)
         if facts:

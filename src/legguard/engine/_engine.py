@@ -634,7 +634,7 @@ class Engine:
         # A flat package's orders stay routable: an order that reaches the venue after the package gave up on
         # it must still be seen (`route` -> `_late_update`, through `retired` once released), never dropped.
         if t.dest is State.FLAT:
-            self.journal.record(PNL, handle.package_id, package_pnl(handle.core, handle.funding).to_dict(), now)
+            # Its `pnl` row was journaled in the transaction of the step that made it flat (`PackageActor._step`).
             # What it leaves behind (its own fills net of fees) is the desk's dust; the dust it took over
             # is no longer its own.
             base = self._spot_base(handle)

@@ -274,6 +274,8 @@ def inventory_refusal(
 ) -> str | None:
     """The per-pair and total notional caps and the per-pair package cap (`[risk]`)."""
     risk = host.config.risk
+    if risk.max_pair_packages is None and risk.max_pair_notional is None and risk.max_total_notional is None:
+        return None  # no cap set: no walk over every package held (it was one per new package)
     handles = {k: h for k, h in host.handles.items() if k != exclude}
     new = quantity * price
     if risk.max_pair_packages is not None:

@@ -449,6 +449,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.seen: dict[tuple[str, str], OrderUpdate] = {}
         self.latest: dict[tuple[str, str], OrderUpdate] = {}
         self.caps: dict[tuple[str, str], Decimal] = {}
+        self.reduce_only: dict[str, bool] = {}
         self.n = 0
         self.now = 0.0
 
@@ -515,6 +516,7 @@ class EngineMachine(RuleBasedStateMachine):
                 self.eng.get(symbol, cid)
             return
         self.prices[cid] = req.price
+        self.reduce_only[cid] = req.reduce_only
         assert ack == self.eng.get(symbol, cid)
 
     @rule(data=st.data())
@@ -611,11 +613,40 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.eng.perp_wallet() == wallet
 
     @invariant()
+    def kept_sums_equal_a_recount(self) -> None:
+        """The margin check's open perp notional and each book's best prices are kept as orders come and go
+        (not recounted per order): they equal a brute-force recount over every order ever placed."""
+        check_kept_sums(self.eng, self.prices, self.reduce_only)
+
+    @invariant()
     def stream_ends_in_the_current_state(self) -> None:
         for u in self.eng.drain_updates():
             self.latest[(u.symbol, u.client_order_id)] = u
         for key, u in self.latest.items():
             assert self.eng.get(*key) == u
+
+
+def check_kept_sums(eng: MatchingEngine, prices: dict[str, Decimal | None], reduce_only: dict[str, bool]) -> None:
+    open_notional = D(0)
+    for o in eng.all_orders(PERP):
+        if o.status is OrderStatus.OPEN and not reduce_only.get(o.client_order_id, True):
+            price = prices[o.client_order_id]
+            assert price is not None  # only limit orders stay open
+            open_notional += price * o.remaining
+    position = eng.positions()[PERP]
+    mark = eng.mark_price(PERP)
+    held = abs(position) * mark if position and mark is not None else D(0)
+    assert eng._perp_notional == open_notional
+    assert eng._perp_exposure() == held + open_notional
+    assert str(eng._perp_exposure()) == str(held + open_notional)  # the same Decimal, exponent included
+    for symbol in (SPOT, PERP):
+        snap = eng.book(symbol, depth=1)  # sorted from scratch
+        book = eng._books[symbol]
+        assert book.best(Side.BUY) == snap.best_bid and book.best(Side.SELL) == snap.best_ask
+        if snap.best_bid is not None and snap.best_ask is not None:
+            assert str(eng.mid(symbol)) == str((snap.best_bid + snap.best_ask) / 2)
+        else:
+            assert eng.mid(symbol) is None
 
 
 EngineMachine.TestCase.settings = settings(

@@ -182,9 +182,54 @@ class _Book:
     resting: list[_Order] = field(default_factory=list)
     sequence: int = 0
     timestamp: float = 0.0
+    # Our best resting price per side (None: nothing rests there), kept as orders join the book and recounted
+    # only after the order at that price left it or stopped trading (`unrested`): the mid, a post-only
+    # check and self-trade prevention ask for it on every order, and a recount walks every resting order.
+    # The price object is the one `levels` would show (the first order at that price, in arrival order).
+    mine_best: dict[Side, Decimal | None] = field(default_factory=dict)  # a side absent: recount
 
     def others(self, side: Side) -> dict[Decimal, Decimal]:
         return self.bids if side is Side.BUY else self.asks
+
+    def mine(self, side: Side) -> Decimal | None:
+        """The best price of our live resting orders of one side (None: none)."""
+        if side in self.mine_best:
+            return self.mine_best[side]
+        best: Decimal | None = None
+        for o in self.resting:
+            if o.side is side and not o.exhausted:
+                price = _price(o)
+                if best is None or (price > best if side is Side.BUY else price < best):
+                    best = price
+        self.mine_best[side] = best
+        return best
+
+    def best(self, side: Side) -> Decimal | None:
+        """The best price of one side, others' and ours together: `levels(side)[0][0]`, without building and
+        sorting the levels."""
+        others = self.bids if side is Side.BUY else self.asks
+        mine = self.mine(side)
+        if not others:
+            return mine
+        theirs = max(others) if side is Side.BUY else min(others)
+        if mine is None or mine == theirs:
+            return theirs  # `levels` keys an equal price by others' level
+        return (mine if mine > theirs else theirs) if side is Side.BUY else (mine if mine < theirs else theirs)
+
+    def rested(self, order: _Order) -> None:
+        """`order` joined the book (appended to `resting`)."""
+        self.resting.append(order)
+        side = order.side
+        if side in self.mine_best and not order.exhausted:
+            price, best = _price(order), self.mine_best[side]
+            if best is None or (price > best if side is Side.BUY else price < best):
+                self.mine_best[side] = price
+
+    def unrested(self, order: _Order) -> None:
+        """`order` left the book or stopped trading (fill cap reached): recount its side's best if it was it."""
+        best = self.mine_best.get(order.side)
+        if best is not None and _price(order) == best:
+            del self.mine_best[order.side]
 
     def ours(self, side: Side) -> list[_Order]:
         """Our live resting orders of one side in matching priority: best price first, then arrival."""
@@ -253,6 +298,10 @@ class MatchingEngine:
         self._orders: dict[tuple[str, str], _Order] = {}
         self._every: list[_Order] = []  # every order ever, in placement order (reused ids included)
         self._fills: list[Fill] = []
+        # Open non-reduce-only perp limit orders (the margin check's open notional), and the sum of their
+        # price x remaining kept as they are placed, fill and close: the check costs O(1), not O(history).
+        self._perp_open: dict[_Order, None] = {}
+        self._perp_notional = ZERO
         self._queue: list[OrderUpdate] = []
         self._order_ids = itertools.count(1)
         self._trade_ids = itertools.count(1)
@@ -294,9 +343,18 @@ class MatchingEngine:
         # A new level at or through our price is someone trading with us: we are the maker, at our price.
         for side in (Side.BUY, Side.SELL):
             opposite = book.others(side.opposite)
+            mine = book.mine(side)
+            if mine is None or not opposite:
+                continue
+            if not _crosses(side, mine, min(opposite) if side is Side.BUY else max(opposite)):
+                continue  # others' best level does not reach even our best order: it reaches none
+            # Sorted once: fills only remove levels (skipped below), they never add one.
+            levels = sorted(opposite, reverse=side is Side.SELL)
             for order in book.ours(side):
                 limit = _price(order)
-                for level in sorted(opposite, reverse=side is Side.SELL):
+                for level in levels:
+                    if level not in opposite:
+                        continue  # taken whole by an earlier order of ours
                     # status: filled up, or expired by an earlier fill (reduce-only with nothing to reduce)
                     if order.status is not OrderStatus.OPEN or not _crosses(side, limit, level):
                         break
@@ -394,10 +452,11 @@ class MatchingEngine:
         )
 
     def mid(self, symbol: str) -> Decimal | None:
-        snap = self.book(symbol, depth=1)
-        if snap.best_bid is None or snap.best_ask is None:
+        book = self._book(symbol)
+        bid, ask = book.best(Side.BUY), book.best(Side.SELL)
+        if bid is None or ask is None:
             return None
-        return (snap.best_bid + snap.best_ask) / 2
+        return (bid + ask) / 2
 
     def mark_price(self, symbol: str) -> Decimal | None:
         """The price positions are valued and liquidated at: the mid on the tick grid, else the entry."""
@@ -433,9 +492,10 @@ class MatchingEngine:
         if request.type is OrderType.LIMIT:
             assert request.price is not None
             limit: Decimal | None = request.price
-            best = book.levels(side.opposite)
-            if request.post_only and best and _crosses(side, request.price, best[0][0]):
-                raise OrderRejected(cid, RejectReason.POST_ONLY_CROSS, MSG_POST_ONLY)
+            if request.post_only:
+                best = book.best(side.opposite)
+                if best is not None and _crosses(side, request.price, best):
+                    raise OrderRejected(cid, RejectReason.POST_ONLY_CROSS, MSG_POST_ONLY)
         else:
             limit = None
         walk = _walk(book.others(side.opposite), side, amount, limit)
@@ -457,6 +517,10 @@ class MatchingEngine:
         )
         self._orders[(market.symbol, cid)] = order
         self._every.append(order)
+        if market.kind is MarketKind.LINEAR and request.type is OrderType.LIMIT and not request.reduce_only:
+            assert request.price is not None
+            self._perp_open[order] = None
+            self._perp_notional += request.price * amount
         if market.kind is MarketKind.SPOT and request.type is OrderType.LIMIT:
             assert request.price is not None
             asset, reserve = (market.quote, request.price * amount) if side is Side.BUY else (market.base, amount)
@@ -466,7 +530,8 @@ class MatchingEngine:
 
         # Self-trade prevention: expire our own resting orders this taker would otherwise trade with.
         reach = limit if limit is not None else (walk[-1][0] if walk else None)
-        if reach is not None:
+        crossed = book.mine(side.opposite)  # our best order there: if it is not crossed, none is
+        if reach is not None and crossed is not None and _crosses(side, reach, crossed):
             for mine in book.ours(side.opposite):
                 if _crosses(side, reach, _price(mine)):
                     self._finish(mine, OrderStatus.EXPIRED, now)
@@ -480,7 +545,7 @@ class MatchingEngine:
             if request.type is OrderType.LIMIT and not request.ioc:
                 # Joins the back of the queue at its price.
                 order.ahead = book.others(side).get(_price(order), ZERO)
-                book.resting.append(order)
+                book.rested(order)
             else:
                 self._finish(order, OrderStatus.EXPIRED, now)  # the book ran out, or an IOC limit's rest
         book.sequence += 1
@@ -511,6 +576,7 @@ class MatchingEngine:
         if total < order.filled:
             raise ValueError(f"cap_fills: total {total} is below what already filled ({order.filled})")
         order.fill_cap = total
+        self._books[symbol].mine_best.pop(order.side, None)  # it may stop (or, with a higher cap, resume) trading
 
     def cancel(self, symbol: str, client_order_id: str, now: float) -> OrderUpdate:
         """OPEN -> CANCELED, keeping what filled. Unknown or already terminal: OrderNotFound (Binance -2011)."""
@@ -699,8 +765,7 @@ class MatchingEngine:
         mid = self.mid(book.market.symbol)
         if mid is not None:
             return mid
-        best = book.levels(side.opposite)
-        return best[0][0] if best else None
+        return book.best(side.opposite)
 
     def _check_funds(self, request: OrderRequest, market: Market, amount: Decimal, walk_cost: Decimal) -> None:
         cid = request.client_order_id
@@ -718,20 +783,23 @@ class MatchingEngine:
             return  # closing exposure needs no new margin
         limit_price = request.price if request.type is OrderType.LIMIT else None
         new = limit_price * amount if limit_price is not None else walk_cost
-        if (self._perp_exposure() + new) / self.leverage > self._wallet:
+        if (self._position_notional() + self._perp_notional + new) / self.leverage > self._wallet:
             raise OrderRejected(cid, RejectReason.INSUFFICIENT_FUNDS, MSG_MARGIN)
 
     def _perp_exposure(self) -> Decimal:
         """|position notional| at mark + notional of open non-reduce-only perp orders, over all perps."""
+        total = self._position_notional()
+        for order in self._perp_open:  # the open ones only: the history is not walked
+            total += _price(order) * order.remaining
+        return total
+
+    def _position_notional(self) -> Decimal:
         total = ZERO
         for symbol, position in self._position.items():
             if position:
                 mark = self.mark_price(symbol)
                 assert mark is not None
                 total += abs(position) * mark
-        for order in self._orders.values():
-            if order.status is OrderStatus.OPEN and order.market.kind is MarketKind.LINEAR and not order.reduce_only:
-                total += _price(order) * order.remaining
         return total
 
     def _move(self, asset: str, amount: Decimal, *, to_locked: bool) -> None:
@@ -776,6 +844,10 @@ class MatchingEngine:
         order.filled += quantity
         order.cost += price * quantity
         order.timestamp = now
+        if order in self._perp_open:
+            self._perp_notional -= _price(order) * quantity
+        if order.fill_cap is not None and order.exhausted:
+            self._books[market.symbol].unrested(order)  # out of the book from now on
         self._fills.append(
             Fill(
                 trade_id=next(self._trade_ids),
@@ -859,9 +931,13 @@ class MatchingEngine:
             market = order.market
             self._move(market.quote if order.side is Side.BUY else market.base, order.reserved, to_locked=False)
             order.reserved = ZERO
+        if order in self._perp_open:
+            del self._perp_open[order]
+            self._perp_notional -= _price(order) * order.remaining
         book = self._books[order.market.symbol]
         if order in book.resting:
             book.resting.remove(order)
+            book.unrested(order)
             book.sequence += 1
         self._queue.append(order.snapshot())
 

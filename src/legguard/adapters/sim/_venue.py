@@ -342,6 +342,11 @@ class SimVenue:
     async def fire(self, armed: ArmedOrder) -> OrderUpdate:
         request = armed.request
         cid, symbol = request.client_order_id, request.symbol
+        if self.config.latency_ms == 0:
+            # Nothing else yields at zero latency: the request still leaves its caller before the venue matches
+            # it, so an order released with it (the package's other leg) reaches the venue first, as on a wire,
+            # instead of waiting for this one's matching and for its answer to be stepped.
+            await trio.lowlevel.checkpoint()
         late = self._take("late_landing", symbol)
         if late is not None:
             # The request reaches the matching engine only after the client has given up on it: the client
