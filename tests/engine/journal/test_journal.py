@@ -37,9 +37,11 @@ from legguard.engine.journal._store import (
     UnknownPackage,
     _Checkpointer,
     canonical_json,
+    check_no_secrets,
     command_row,
     command_text,
     event_text,
+    fact_text,
     row_hash,
 )
 from legguard.fsm import (
@@ -588,6 +590,34 @@ def test_a_second_writer_is_refused_naming_the_journal_and_the_holder(db: Path) 
     assert verify(db).ok
 
 
+def test_a_writer_behind_the_lock_cannot_fork_the_chain(db: Path) -> None:
+    # The chain's head is not re-read in every transaction: another writer's commit (one that got around
+    # the lock) is caught by the seq it took or by meta head no longer being what this writer committed.
+    first = Journal.open(db)
+    assert first._lock is not None
+    first._lock.release()  # as if the lock file had been deleted: a second writer gets in
+    with first, Journal.open(db) as second:
+        first.record("note", None, {"n": 1}, 1.0)
+        with pytest.raises(JournalError, match="another writer appended") as rows_taken:
+            second.record("note", None, {"n": 2}, 2.0)  # chained on seq 0's head: seq 1 is taken
+        assert second.journal_id in str(rows_taken.value)
+        second.record("note", None, {"n": 3}, 3.0)  # re-read the head: chains on seq 1
+        assert second.head[0] == 2
+        # meta head moved by another writer, with no row of this writer's seq taken:
+        second._conn.execute("UPDATE meta SET value = 'x' WHERE key = 'head'")
+        with pytest.raises(JournalError, match="another writer committed"):
+            second.record("note", None, {"n": 4}, 4.0)
+        second._conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (f"{second.head[0]}:{second.head[1]}",))
+        with pytest.raises(JournalError, match="another writer appended"):  # `first` chained on seq 1 still
+            first.record("note", None, {"n": 5}, 5.0)
+        first.record("note", None, {"n": 6}, 6.0)
+        assert first.head == first._read_head() and first.head[0] == 3
+    report = verify(db)
+    assert report.ok, report.problems
+    with Journal.open(db, readonly=True) as reader:
+        assert [r.payload["n"] for r in reader.rows()] == [1, 3, 6]
+
+
 def test_the_lock_dies_with_its_process(db: Path) -> None:
     code = (
         "import os, sys; from legguard.engine import Journal; "
@@ -1051,3 +1081,35 @@ def test_intent_and_transition_rows_are_canonical_json_whatever_their_values(
         row = command_row(command)
         assert row is not None
         assert command_text(command) == (row[0], canonical_json(row[1]))
+
+
+_FACT_VALUES = st.one_of(
+    _DECIMALS, st.integers(), st.text(max_size=8), st.none(), st.booleans(), st.floats(allow_nan=False),
+    st.sampled_from(list(Side)), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.none()),
+)  # fmt: skip
+_FACT_KEYS = st.one_of(st.text(max_size=12), st.sampled_from(["api_key", "Pass Phrase", "secretX", "status"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=st.dictionaries(_FACT_KEYS, _FACT_VALUES, max_size=6))
+def test_a_fact_row_is_the_guard_then_canonical_json_whatever_its_payload(payload: dict[str, object]) -> None:
+    """The flat-dict spelling of free-form facts: the same text as the generic path, the same refusal."""
+    try:
+        check_no_secrets(payload)
+        want = canonical_json(payload)
+    except SecretInPayload as refused:
+        want = f"refused: {refused}"
+    try:
+        got = fact_text(payload)
+    except SecretInPayload as refused:
+        got = f"refused: {refused}"
+    assert got == want
+
+
+def test_a_fact_with_keys_of_mixed_types_takes_the_generic_path() -> None:
+    mixed: dict[object, object] = {"a": 1, 2: "b"}
+    with pytest.raises(TypeError):
+        canonical_json(mixed)
+    with pytest.raises(TypeError):
+        fact_text(mixed)  # type: ignore[arg-type]
+    assert fact_text({1: None}) == canonical_json({1: None})  # type: ignore[dict-item]
