@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from legguard.fsm._core import Exposure, PackagePlan
 from legguard.fsm._events import (
@@ -1170,11 +1170,10 @@ class Journal:
         if package_id is not None and package_id not in self._known:
             self._require_package(package_id)
         wall, mono = _finite(self._wall()), _finite(mono)
-
-        def write() -> None:
-            self._insert(kind, package_id, text, wall, mono)
-
-        return write
+        # A partial, not a closure: one object instead of a function and six cells, alive until its group
+        # commits (fewer garbage-collector passes), and one Python frame fewer when it runs.
+        # (The seq `_insert` returns is not wanted here.)
+        return cast("Callable[[], None]", functools.partial(self._insert, kind, package_id, text, wall, mono))
 
     def commit(self, writes: Sequence[Callable[[], None]]) -> None:
         """Run prepared writes (`prepare_step`, `prepare_fact`) as ONE transaction, in order: all commit or
