@@ -311,6 +311,7 @@ def row_hash(
 
 
 _sha256: Final = hashlib.sha256
+_float_repr: Final = float.__repr__
 
 
 def _finite(value: float) -> float:
@@ -610,6 +611,27 @@ _INSERT: Final = (
     "INSERT INTO journal (seq, kind, package_id, payload, wall_time, mono_time, prev_hash, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_COLUMNS: Final = 8  # of a journal row, as `_INSERT` binds them
+# Multi-row INSERTs of these many rows (a buffered group is cut into them, largest first): one statement
+# per 64 rows costs ~1 µs a row less than executemany's step per row (measured at 140 rows per commit).
+_CHUNKS: Final = (64, 16, 4, 2, 1)
+_INSERT_ROWS: Final = {
+    n: _INSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n))
+    for n in _CHUNKS
+}
+
+
+def _insert_rows(conn: sqlite3.Connection, params: list[Any]) -> None:
+    """Insert the flat row buffer (`Journal._rows`) in a few multi-row statements, in seq order."""
+    rows, done = len(params) // _COLUMNS, 0
+    for size in _CHUNKS:
+        width = size * _COLUMNS
+        while rows - done >= size:
+            start = done * _COLUMNS
+            conn.execute(_INSERT_ROWS[size], params[start : start + width])
+            done += size
+
+
 _UPDATE_PACKAGE: Final = (
     "UPDATE packages SET state = ?, spot = ?, perp = ?, unknown = ?, updated_seq = ?, updated_wall = ?, "
     "updated_mono = ?, last_transition = COALESCE(?, last_transition) WHERE package_id = ?"
@@ -799,8 +821,9 @@ class Journal:
         self._wall = wall_clock
         self._depth = 0
         self._poisoned = False  # a write inside the open batch failed: it must not commit
-        # Rows chained but not yet handed to SQLite; flushed before COMMIT, savepoints and every read.
-        self._rows: list[tuple[Any, ...]] = []
+        # Rows chained but not yet handed to SQLite, flat (the 8 columns of `_INSERT` for each row, in order);
+        # flushed before COMMIT, savepoints and every read.
+        self._rows: list[Any] = []
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         # `defer_created`: package id -> its creation write, run by the first transaction that mentions the
         # package; `_created` lists those run by the open transaction (put back if it rolls back).
@@ -1000,14 +1023,14 @@ class Journal:
         return f"{self._head[0]}:{self._head[1]}"
 
     def _flush(self) -> None:
-        """Hand the batch's buffered rows to SQLite (one executemany: cheaper than a statement per row)."""
+        """Hand the batch's buffered rows to SQLite (`_insert_rows`)."""
         if self._rows:
-            rows, self._rows = self._rows, []
+            params, self._rows = self._rows, []
             try:
-                self._conn.executemany(_INSERT, rows)
+                _insert_rows(self._conn, params)
             except sqlite3.IntegrityError as exc:  # a seq already taken: rows were appended behind this writer
                 raise JournalError(
-                    f"journal {self.journal_id}: seq {rows[0][0]} onwards is already taken in {str(self.path)!r} "
+                    f"journal {self.journal_id}: seq {params[0]} onwards is already taken in {str(self.path)!r} "
                     f"({exc}): another writer appended since this one's last commit; this transaction is rolled "
                     f"back so the chain does not fork, and the next one chains on the new head"
                 ) from None
@@ -1054,10 +1077,15 @@ class Journal:
             write = self._deferred.pop(package_id)
             self._created.append((package_id, write))
             write()
-        seq = self._head[0] + 1
-        prev = self._head[1]
-        digest = row_hash(prev, seq, kind, package_id, text, wall, mono)
-        self._rows.append((seq, kind, package_id, text, wall, mono, prev, digest))
+        seq, prev = self._head
+        seq += 1
+        # `row_hash` spelled inline (it is the hot loop): every caller passed `wall` and `mono` through
+        # `_finite`, so they are finite floats and float.__repr__ is their JSON. `verify` recomputes every
+        # row with `row_hash` itself, so the two spellings cannot drift apart unnoticed.
+        pid = "null" if package_id is None else _json_str(package_id)
+        body = f"{prev}[{seq},{_json_str(kind)},{pid},{_json_str(text)},{_float_repr(wall)},{_float_repr(mono)}]"
+        digest = _sha256(body.encode()).hexdigest()
+        self._rows += (seq, kind, package_id, text, wall, mono, prev, digest)
         self._head = (seq, digest)
         return seq
 
