@@ -358,48 +358,50 @@ def check_no_secrets(payload: Any, where: str = "payload") -> None:
                 check_no_secrets(value, f"{where}[{i}]")
 
 
-# Free-form facts (`ack`, `order_error`, engine rows) are mostly flat dicts of strings, numbers and None: their
-# canonical text is spelled here directly, with the secret guard on the same pass over the keys (each key's
-# verdict and quoted spelling cached). ~1 µs instead of ~3 µs for guard + encoder. Anything else (nesting, a
-# value of another type, a non-str key) takes the generic path, so the text is always canonical_json's.
-_KEY_TEXT: dict[str, str | None] = {}  # key -> its JSON spelling, or None if it looks like a credential
-_KEY_CACHE_MAX: Final = 4096
+# Free-form facts (`ack`, `order_error`, engine rows) are mostly flat dicts of strings, numbers and None, of a
+# few shapes: their canonical text is spelled here directly. A shape (the keys, in the payload's order) is
+# checked by the secret guard and sorted once, then cached with each key's JSON spelling: ~1 µs a fact
+# instead of ~3 µs for guard + encoder. Anything else (nesting, a value of another type, a non-str key, a
+# credential-looking key) takes the generic path, so the text is always canonical_json's.
+_SHAPES: dict[tuple[Any, ...], tuple[tuple[str, str], ...] | None] = {}
+_SHAPES_MAX: Final = 1024  # free-form keys could be unbounded: the cache must not be
 
 
-def _key_text(key: str) -> str | None:
-    text: str | None = None if _is_secret_key(key) else _json_str(key)
-    if len(_KEY_TEXT) >= _KEY_CACHE_MAX:  # free-form keys could be unbounded: the cache must not be
-        _KEY_TEXT.clear()
-    _KEY_TEXT[key] = text
-    return text
+def _shape(keys: tuple[Any, ...]) -> tuple[tuple[str, str], ...] | None:
+    """(key, its JSON spelling and ':') in canonical order, or None if the generic path must handle it."""
+    if any(type(key) is not str for key in keys):
+        return None
+    if any(_is_secret_key(key) for key in keys):
+        return None  # check_no_secrets names it
+    shape = tuple((key, _json_str(key) + ":") for key in sorted(keys))
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    _SHAPES[keys] = shape
+    return shape
 
 
 def _flat_text(payload: dict[Any, Any]) -> str | None:
     """A flat dict's canonical text, None if any key or value needs the generic path (or the guard)."""
-    try:
-        items = sorted(payload.items())
-    except TypeError:  # keys of mixed types
+    keys = tuple(payload)
+    shape = _SHAPES.get(keys) or _shape(keys)
+    if shape is None:
         return None
     parts: list[str] = []
-    for key, value in items:
-        if type(key) is not str:
-            return None
-        key_text = _KEY_TEXT.get(key) or _key_text(key)
-        if key_text is None:
-            return None  # a credential-looking key: check_no_secrets names it
+    for key, key_text in shape:
+        value = payload[key]
         kind = type(value)
         if kind is str:
-            parts.append(f"{key_text}:{_json_str(value)}")
+            parts.append(key_text + _json_str(value))
         elif value is None:
-            parts.append(f"{key_text}:null")
+            parts.append(key_text + "null")
         elif value is True:
-            parts.append(f"{key_text}:true")
+            parts.append(key_text + "true")
         elif value is False:
-            parts.append(f"{key_text}:false")
+            parts.append(key_text + "false")
         elif kind is int:
-            parts.append(f"{key_text}:{int.__repr__(value)}")
+            parts.append(key_text + int.__repr__(value))
         elif kind is Decimal:
-            parts.append(f"{key_text}:{_json_str(str(value))}")
+            parts.append(key_text + _json_str(str(value)))
         else:
             return None
     return "{" + ",".join(parts) + "}"
