@@ -503,22 +503,31 @@ def test_inner_rollback_after_a_read_flushed_the_inner_rows(db: Path) -> None:
 
 
 def test_swallowed_write_failure_poisons_the_batch(db: Path) -> None:
-    # Arrange: the packages update will fail AFTER the step's journal rows were inserted
+    # Arrange: the packages update will fail when the step's buffered writes reach SQLite
     with Journal.open(db) as journal:
         desk = Desk(journal)
         core = desk.new_package()
         before = journal.head
-        journal._conn.execute(  # a fault only a test can inject: the disk refuses the second write
+        journal._conn.execute(  # a fault only a test can inject: the disk refuses the write
             "CREATE TEMP TRIGGER fail_update BEFORE UPDATE ON packages BEGIN SELECT RAISE(ABORT, 'disk'); END"
         )
 
+        commands = core.handle(Dispatch())
+
+        def step() -> None:
+            journal.record_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 2.0)
+
         def swallowing() -> None:
             with journal.batch(), contextlib.suppress(sqlite3.DatabaseError):
-                desk.step(core, Dispatch())
+                step()
+                journal.package("pkg1")  # a read inside the batch writes the buffers: the update fails here
 
         # Act: an engine bug swallows the error inside its batch
         with pytest.raises(JournalError, match="rolled back"):
             swallowing()
+        # ... or nothing reads: the failure surfaces when the batch commits
+        with pytest.raises(sqlite3.DatabaseError, match="disk"), journal.batch():
+            step()
 
         # Assert: the half-written step did not commit
         assert journal.head == before
@@ -1113,3 +1122,38 @@ def test_a_fact_with_keys_of_mixed_types_takes_the_generic_path() -> None:
     with pytest.raises(TypeError):
         fact_text(mixed)  # type: ignore[arg-type]
     assert fact_text({1: None}) == canonical_json({1: None})  # type: ignore[dict-item]
+
+
+def _steps_in_one_or_many_commits(path: Path, *, together: bool) -> list[dict[str, object]]:
+    """A package created in the transaction and one that existed, two steps each (dispatch, then a fill)."""
+    with Journal.open(path, wall_clock=lambda: 1.0) as journal:
+        existing, new = _plan(journal, 1), _plan(journal, 2)
+        journal.package_created(existing, {"source": "test"}, 1.0)
+        journal.defer_created(new, {"source": "test"}, 1.0)
+        writes = []
+        for plan in (new, existing):
+            core = PackageCore(plan)
+            commands = core.handle(Dispatch())
+            writes.append(journal.prepare_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 2.0))
+            o = next(iter(core.orders.values()))
+            fill = OrderEvent(o.intent.client_order_id, OrderStatus.OPEN, o.intent.amount / 2, D(60000), D(0), D(0))
+            commands = core.handle(fill)
+            writes.append(journal.prepare_step(plan.package_id, fill, commands, core.state, core.exposure(), 3.0))
+        if together:
+            journal.commit(writes)
+        else:
+            for write in writes:
+                journal.commit([write])
+        assert journal.head[0] > 4
+        return [p.to_dict() for p in journal.packages()]
+
+
+def test_steps_sharing_a_transaction_leave_the_packages_table_as_one_commit_each_does(tmp_path: Path) -> None:
+    # The packages table is written once per package per transaction (the creation with its first step's
+    # state): the view must be exactly what one commit per step leaves.
+    alone = _steps_in_one_or_many_commits(tmp_path / "alone.db", together=False)
+    grouped = _steps_in_one_or_many_commits(tmp_path / "grouped.db", together=True)
+    assert grouped == alone
+    assert [p["state"] for p in alone] == ["dispatched", "dispatched"]
+    assert all(p["last_transition"] == "pending->dispatched (dispatch)" for p in alone)
+    assert verify(tmp_path / "alone.db").ok and verify(tmp_path / "grouped.db").ok

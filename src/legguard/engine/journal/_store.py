@@ -640,7 +640,7 @@ _UPDATE_PACKAGE: Final = (
 )
 _INSERT_PACKAGE: Final = (
     "INSERT INTO packages (package_id, state, spot, perp, unknown, plan, created_seq, created_wall, created_mono, "
-    "updated_seq, updated_wall, updated_mono, last_transition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+    "updated_seq, updated_wall, updated_mono, last_transition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _PACKAGE_COLUMNS: Final = (
     "package_id, state, spot, perp, unknown, plan, created_seq, created_wall, created_mono, "
@@ -760,7 +760,7 @@ class _Batch:
             if exc_type is None:
                 j._conn.execute(f"RELEASE {savepoint}")
             else:  # what went wrong inside is undone, so the outer batch is as healthy as before
-                j._rows.clear()  # everything buffered since the savepoint is the inner batch's
+                j._clear_buffers()  # everything buffered since the savepoint is the inner batch's
                 j._conn.execute(f"ROLLBACK TO {savepoint}")
                 j._conn.execute(f"RELEASE {savepoint}")
                 j._head, j._poisoned = self._head, self._poisoned
@@ -826,6 +826,12 @@ class Journal:
         # Rows chained but not yet handed to SQLite, flat (the 8 columns of `_INSERT` for each row, in order);
         # flushed before COMMIT, savepoints and every read.
         self._rows: list[Any] = []
+        # The packages table's writes, buffered likewise: a package's view is written once per flush, however
+        # many steps of it the transaction holds (a dispatch step's package is inserted with the step's state,
+        # not inserted and then updated). Package id -> the `_INSERT_PACKAGE` row of a package created in
+        # this transaction, or the `_UPDATE_PACKAGE` parameters of one that already existed.
+        self._new_packages: dict[str, list[Any]] = {}
+        self._package_updates: dict[str, list[Any]] = {}
         self._known: set[str] = set()  # package ids known to exist (a cache: the table is the truth)
         # `defer_created`: package id -> its creation write, run by the first transaction that mentions the
         # package; `_created` lists those run by the open transaction (put back if it rolls back).
@@ -1025,17 +1031,47 @@ class Journal:
         return f"{self._head[0]}:{self._head[1]}"
 
     def _flush(self) -> None:
-        """Hand the batch's buffered rows to SQLite (`_insert_rows`)."""
-        if self._rows:
-            params, self._rows = self._rows, []
-            try:
-                _insert_rows(self._conn, params)
-            except sqlite3.IntegrityError as exc:  # a seq already taken: rows were appended behind this writer
-                raise JournalError(
-                    f"journal {self.journal_id}: seq {params[0]} onwards is already taken in {str(self.path)!r} "
-                    f"({exc}): another writer appended since this one's last commit; this transaction is rolled "
-                    f"back so the chain does not fork, and the next one chains on the new head"
-                ) from None
+        """Hand the batch's buffered rows and package views to SQLite. A failure poisons the open batch, as
+        in `_run_write`: part of the buffers may be written, so it must never commit (a read inside a batch
+        flushes too, and its caller may swallow the error)."""
+        try:
+            if self._new_packages or self._package_updates:
+                self._flush_packages()
+            if self._rows:
+                params, self._rows = self._rows, []
+                try:
+                    _insert_rows(self._conn, params)
+                except sqlite3.IntegrityError as exc:  # a seq already taken: rows appended behind this writer
+                    raise JournalError(
+                        f"journal {self.journal_id}: seq {params[0]} onwards is already taken in "
+                        f"{str(self.path)!r} ({exc}): another writer appended since this one's last commit; this "
+                        f"transaction is rolled back so the chain does not fork, and the next one chains on the "
+                        f"new head"
+                    ) from None
+        except BaseException:
+            if self._depth:
+                self._poisoned = True
+            raise
+
+    def _flush_packages(self) -> None:
+        if self._new_packages:
+            created, self._new_packages = list(self._new_packages.values()), {}
+            self._conn.executemany(_INSERT_PACKAGE, created)
+        if self._package_updates:
+            updates, self._package_updates = self._package_updates, {}
+            cur = self._conn.executemany(_UPDATE_PACKAGE, list(updates.values()))
+            if cur.rowcount != len(updates):
+                marks = ", ".join("?" * len(updates))
+                there = {r[0] for r in self._conn.execute(
+                    f"SELECT package_id FROM packages WHERE package_id IN ({marks})", list(updates)
+                )}  # fmt: skip
+                gone = sorted(set(updates) - there)
+                raise UnknownPackage(f"package_id {gone[0]!r}: row vanished from the packages table")
+
+    def _clear_buffers(self) -> None:
+        self._rows.clear()
+        self._new_packages.clear()
+        self._package_updates.clear()
 
     def _q(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Every read goes through here, so a batch reads its own buffered rows."""
@@ -1043,7 +1079,7 @@ class Journal:
         return self._conn.execute(sql, args)
 
     def _abort(self, head: tuple[int, str]) -> None:
-        self._rows.clear()
+        self._clear_buffers()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
         self._head = head
@@ -1134,8 +1170,8 @@ class Journal:
 
         def write() -> None:
             seq = self._insert(kind, pid, text, wall, mono)
-            row = (pid, State.PENDING.value, "0", "0", 0, plan_text, seq, wall, mono, seq, wall, mono)
-            self._conn.execute(_INSERT_PACKAGE, row)
+            self._new_packages[pid] = [pid, State.PENDING.value, "0", "0", 0, plan_text, seq, wall, mono,
+                                       seq, wall, mono, None]  # fmt: skip
             self._known.add(pid)
 
         return write
@@ -1184,9 +1220,20 @@ class Journal:
         def write() -> None:
             for kind, text in rows:
                 seq = self._insert(kind, package_id, text, wall, mono)
-            cur = self._conn.execute(_UPDATE_PACKAGE, (*exposure_row, seq, wall, mono, last_transition, package_id))
-            if cur.rowcount != 1:
-                raise UnknownPackage(f"package_id {package_id!r}: row vanished from the packages table")
+            created = self._new_packages.get(package_id)
+            if created is not None:  # created in this transaction: insert it as this step leaves it
+                created[1:5] = exposure_row
+                created[9:12] = seq, wall, mono
+                if last_transition is not None:
+                    created[12] = last_transition
+                return
+            update = self._package_updates.get(package_id)
+            if update is None:
+                self._package_updates[package_id] = [*exposure_row, seq, wall, mono, last_transition, package_id]
+            else:  # an earlier step of this package in this transaction: the later one's view, as COALESCE
+                update[0:7] = *exposure_row, seq, wall, mono
+                if last_transition is not None:
+                    update[7] = last_transition
 
         return write
 
