@@ -626,6 +626,9 @@ _INSERT_ROWS: Final = {
 def _insert_rows(conn: sqlite3.Connection, params: list[Any]) -> None:
     """Insert the flat row buffer (`Journal._rows`) in a few multi-row statements, in seq order."""
     rows, done = len(params) // _COLUMNS, 0
+    if rows == 1:
+        conn.execute(_INSERT, params)
+        return
     for size in _CHUNKS:
         width = size * _COLUMNS
         while rows - done >= size:
@@ -1054,12 +1057,19 @@ class Journal:
             raise
 
     def _flush_packages(self) -> None:
+        # One package (the common commit: one step) is one execute, cheaper than an executemany of one.
         if self._new_packages:
             created, self._new_packages = list(self._new_packages.values()), {}
-            self._conn.executemany(_INSERT_PACKAGE, created)
+            if len(created) == 1:
+                self._conn.execute(_INSERT_PACKAGE, created[0])
+            else:
+                self._conn.executemany(_INSERT_PACKAGE, created)
         if self._package_updates:
             updates, self._package_updates = self._package_updates, {}
-            cur = self._conn.executemany(_UPDATE_PACKAGE, list(updates.values()))
+            if len(updates) == 1:
+                cur = self._conn.execute(_UPDATE_PACKAGE, next(iter(updates.values())))
+            else:
+                cur = self._conn.executemany(_UPDATE_PACKAGE, list(updates.values()))
             if cur.rowcount != len(updates):
                 marks = ", ".join("?" * len(updates))
                 there = {r[0] for r in self._conn.execute(
