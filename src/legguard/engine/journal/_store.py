@@ -1256,11 +1256,15 @@ class Journal:
         text = fact_text(payload)
         if package_id is not None and package_id not in self._known:
             self._require_package(package_id)
-        wall, mono = _finite(self._wall()), _finite(mono)
-        # A partial, not a closure: one object instead of a function and six cells, alive until its group
-        # commits (fewer garbage-collector passes), and one Python frame fewer when it runs.
+        wall = self._wall()
+        if type(wall) is not float or wall - wall != 0.0:  # `_finite`'s test, without its call when it passes
+            wall = _finite(wall)
+        if type(mono) is not float or mono - mono != 0.0:  # (x - x is nan for nan and +-inf)
+            mono = _finite(mono)
+        # A partial of the plain function, not a closure: two objects (no cells, no bound method) alive until
+        # its group commits (fewer garbage-collector passes), and one Python frame fewer when it runs.
         # (The seq `_insert` returns is not wanted here.)
-        return cast("Callable[[], None]", functools.partial(self._insert, kind, package_id, text, wall, mono))
+        return cast("Callable[[], None]", _partial(_INSERT_ROW, self, kind, package_id, text, wall, mono))
 
     def commit(self, writes: Sequence[Callable[[], None]]) -> None:
         """Run prepared writes (`prepare_step`, `prepare_fact`) as ONE transaction, in order: all commit or
@@ -1487,6 +1491,10 @@ class Journal:
         if not re.fullmatch(r"[a-z_]+", name):
             raise ValueError(f"pragma name {name!r} is not a plain identifier")
         return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+_partial: Final = functools.partial
+_INSERT_ROW: Final = Journal._insert
 
 
 def _package_row(r: tuple[Any, ...]) -> PackageRow:
