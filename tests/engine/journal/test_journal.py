@@ -40,6 +40,7 @@ from legguard.engine.journal._store import (
     check_no_secrets,
     command_row,
     command_text,
+    created_text,
     event_text,
     fact_text,
     row_hash,
@@ -1157,3 +1158,19 @@ def test_steps_sharing_a_transaction_leave_the_packages_table_as_one_commit_each
     assert [p["state"] for p in alone] == ["dispatched", "dispatched"]
     assert all(p["last_transition"] == "pending->dispatched (dispatch)" for p in alone)
     assert verify(tmp_path / "alone.db").ok and verify(tmp_path / "grouped.db").ok
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=st.dictionaries(st.text(max_size=8), _FACT_VALUES, max_size=5), style=st.sampled_from(list(ExecutionStyle)))
+def test_a_creation_row_is_canonical_json_of_plan_and_spec(spec: dict[str, object], style: ExecutionStyle) -> None:
+    plan = dataclasses.replace(model_plan(), style=style).to_dict()
+    try:
+        check_no_secrets({"plan": plan, "spec": spec})
+        want = (canonical_json({"plan": plan, "spec": spec}), canonical_json(plan))
+    except (SecretInPayload, ValueError) as refused:
+        want = (type(refused).__name__, str(refused))
+    try:
+        got = created_text(plan, spec)
+    except (SecretInPayload, ValueError) as refused:
+        got = (type(refused).__name__, str(refused))
+    assert got == want

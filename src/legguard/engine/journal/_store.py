@@ -417,6 +417,16 @@ def fact_text(payload: Mapping[str, Any]) -> str:
     return canonical_json(payload)
 
 
+def created_text(plan: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[str, str]:
+    """(the `package_created` row's payload text, the plan's text for the packages table), the payload
+    `{"plan": plan, "spec": spec}` checked by the secret guard. The plan is encoded once: the payload's text
+    is canonical_json's, assembled ("plan" sorts before "spec", and a nested value is spelled as alone)."""
+    payload = {"plan": plan, "spec": dict(spec)}
+    check_no_secrets(payload)
+    plan_text = canonical_json(plan)
+    return f'{{"plan":{plan_text},"spec":{canonical_json(payload["spec"])}}}', plan_text
+
+
 def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
     """The journal row (kind, payload) for a command, or None for SendOrder: the effect itself is not a
     row, its write-ahead `intent` row is. The replayer uses this same function, so both sides agree."""
@@ -1110,14 +1120,6 @@ class Journal:
 
     # --- appending ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _prepare(kind: str, payload: Mapping[str, Any], *, free_form: bool = True) -> tuple[str, str]:
-        """Validate and encode a row before anything is written: (kind, canonical payload text). Payloads
-        built from the fsm's dataclasses have fixed keys, so only free-form ones need the secret guard."""
-        if free_form:
-            check_no_secrets(payload)
-        return kind, canonical_json(payload)
-
     def _insert(self, kind: str, package_id: str | None, text: str, wall: float, mono: float) -> int:
         """Chain and insert one prepared row (inside `_run_write`). Returns its seq."""
         if self._deferred and package_id in self._deferred:
@@ -1167,8 +1169,8 @@ class Journal:
     def _prepare_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> Callable[[], None]:
         self._writable()
         pid = plan.package_id
-        plan_dict = plan.to_dict()
-        kind, text = self._prepare(PACKAGE_CREATED, {"plan": plan_dict, "spec": dict(spec)})
+        text, plan_text = created_text(plan.to_dict(), spec)
+        kind = PACKAGE_CREATED
         if (
             pid in self._known
             or pid in self._deferred
@@ -1176,7 +1178,6 @@ class Journal:
         ):
             raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
         wall, mono = _finite(self._wall()), _finite(mono)  # SQLite REAL hands floats back: hash what is read
-        plan_text = canonical_json(plan_dict)
 
         def write() -> None:
             seq = self._insert(kind, pid, text, wall, mono)
@@ -1211,7 +1212,8 @@ class Journal:
         """`record_step` validated and encoded now, written by the returned function inside `commit()` (the
         engine's group commit): a bad step fails here, alone, never inside the group's transaction."""
         self._writable()
-        state = State(state)
+        if type(state) is not State:
+            state = State(state)
         rows = [(EVENT, event_text(event))]
         last_transition: str | None = None
         for command in commands:
