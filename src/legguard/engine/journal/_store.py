@@ -418,13 +418,14 @@ def fact_text(payload: Mapping[str, Any]) -> str:
 
 
 def created_text(plan: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[str, str]:
-    """(the `package_created` row's payload text, the plan's text for the packages table), the payload
-    `{"plan": plan, "spec": spec}` checked by the secret guard. The plan is encoded once: the payload's text
-    is canonical_json's, assembled ("plan" sorts before "spec", and a nested value is spelled as alone)."""
-    payload = {"plan": plan, "spec": dict(spec)}
-    check_no_secrets(payload)
+    """(the `package_created` row's payload text, the plan's text for the packages table), for the payload
+    `{"plan": plan, "spec": spec}`. The plan is encoded once: the payload's text is canonical_json's,
+    assembled ("plan" sorts before "spec", and a nested value is spelled as alone). Only the spec is
+    free-form: the plan's keys are `PackagePlan.to_dict`'s own, so the secret guard reads the spec alone."""
+    spec = dict(spec)
+    check_no_secrets(spec, "payload.spec")
     plan_text = canonical_json(plan)
-    return f'{{"plan":{plan_text},"spec":{canonical_json(payload["spec"])}}}', plan_text
+    return f'{{"plan":{plan_text},"spec":{canonical_json(spec)}}}', plan_text
 
 
 def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
