@@ -626,8 +626,9 @@ _INSERT: Final = (
 )
 _COLUMNS: Final = 8  # of a journal row, as `_INSERT` binds them
 # Multi-row INSERTs of these many rows (a buffered group is cut into them, largest first): one statement
-# per 64 rows costs ~1 µs a row less than executemany's step per row (measured at 140 rows per commit).
-_CHUNKS: Final = (64, 16, 4, 2, 1)
+# per 64 rows costs ~1 µs a row less than executemany's step per row (measured at 140 rows per commit), and
+# a single step's rows (1-8: event, intents, transitions, a creation) are one statement, not one per row.
+_CHUNKS: Final = (64, 32, 16, 8, 7, 6, 5, 4, 3, 2, 1)
 _INSERT_ROWS: Final = {
     n: _INSERT.replace("VALUES (?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n))
     for n in _CHUNKS
