@@ -1174,3 +1174,22 @@ def test_a_creation_row_is_canonical_json_of_plan_and_spec(spec: dict[str, objec
     except (SecretInPayload, ValueError) as refused:
         got = (type(refused).__name__, str(refused))
     assert got == want
+
+
+@pytest.mark.parametrize("others", [0, 2])
+def test_a_packages_row_deleted_behind_the_writer_fails_the_transaction_naming_it(db: Path, others: int) -> None:
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        cores = [desk.new_package() for _ in range(others + 1)]
+        victim = cores[-1].plan.package_id
+        journal._conn.execute("DELETE FROM packages WHERE package_id = ?", (victim,))
+        before = journal.head
+        writes = []
+        for core in cores:
+            commands = core.handle(Dispatch())
+            pid = core.plan.package_id
+            writes.append(journal.prepare_step(pid, Dispatch(), commands, core.state, core.exposure(), 2.0))
+        with pytest.raises(UnknownPackage, match=f"package_id '{victim}': row vanished"):
+            journal.commit(writes)
+        assert journal.head == before  # nothing of the group was written
+        assert [p.state for p in journal.packages()] == [State.PENDING] * others
