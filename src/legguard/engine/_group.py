@@ -28,6 +28,12 @@ from .journal import Journal, JournalError
 
 Write = Callable[[], None]
 
+# Bound once, so a member's join and wake skip the `trio.lowlevel` attribute look-ups (small, but paid by
+# every step of every group).
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
+
 
 class GroupCommitFailed(JournalError):
     """The transaction of a group this step belonged to did not commit; nothing of the group was written."""
@@ -70,8 +76,8 @@ class GroupCommit:
         if group is not None:  # a leader is yielding: join its transaction and wait for it
             group.writes.extend(writes)
             group.members += 1
-            group.waiters.append(trio.lowlevel.current_task())
-            await trio.lowlevel.wait_task_rescheduled(_uncancellable)
+            group.waiters.append(_current_task())
+            await _wait_task_rescheduled(_uncancellable)
             if group.error is not None:
                 raise GroupCommitFailed(
                     f"journal {self.journal.journal_id}: the group commit of {group.members} steps failed "
@@ -91,7 +97,7 @@ class GroupCommit:
                 self._open = None
         if group.committed:  # an urgent step committed this group meanwhile (or failed to, for all of it)
             for task in group.waiters:
-                trio.lowlevel.reschedule(task)
+                _reschedule(task)
             if group.error is not None:
                 raise GroupCommitFailed(
                     f"journal {self.journal.journal_id}: the group commit of {group.members} steps failed "
@@ -105,7 +111,7 @@ class GroupCommit:
             raise
         finally:
             for task in group.waiters:  # they run only after this task's next checkpoint
-                trio.lowlevel.reschedule(task)
+                _reschedule(task)
         self.groups += 1
         self.members += group.members
         self.largest = max(self.largest, group.members)

@@ -37,9 +37,12 @@ from legguard.engine.journal._store import (
     UnknownPackage,
     _Checkpointer,
     canonical_json,
+    check_no_secrets,
     command_row,
     command_text,
+    created_text,
     event_text,
+    fact_text,
     row_hash,
 )
 from legguard.fsm import (
@@ -501,22 +504,31 @@ def test_inner_rollback_after_a_read_flushed_the_inner_rows(db: Path) -> None:
 
 
 def test_swallowed_write_failure_poisons_the_batch(db: Path) -> None:
-    # Arrange: the packages update will fail AFTER the step's journal rows were inserted
+    # Arrange: the packages update will fail when the step's buffered writes reach SQLite
     with Journal.open(db) as journal:
         desk = Desk(journal)
         core = desk.new_package()
         before = journal.head
-        journal._conn.execute(  # a fault only a test can inject: the disk refuses the second write
+        journal._conn.execute(  # a fault only a test can inject: the disk refuses the write
             "CREATE TEMP TRIGGER fail_update BEFORE UPDATE ON packages BEGIN SELECT RAISE(ABORT, 'disk'); END"
         )
 
+        commands = core.handle(Dispatch())
+
+        def step() -> None:
+            journal.record_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 2.0)
+
         def swallowing() -> None:
             with journal.batch(), contextlib.suppress(sqlite3.DatabaseError):
-                desk.step(core, Dispatch())
+                step()
+                journal.package("pkg1")  # a read inside the batch writes the buffers: the update fails here
 
         # Act: an engine bug swallows the error inside its batch
         with pytest.raises(JournalError, match="rolled back"):
             swallowing()
+        # ... or nothing reads: the failure surfaces when the batch commits
+        with pytest.raises(sqlite3.DatabaseError, match="disk"), journal.batch():
+            step()
 
         # Assert: the half-written step did not commit
         assert journal.head == before
@@ -586,6 +598,34 @@ def test_a_second_writer_is_refused_naming_the_journal_and_the_holder(db: Path) 
     with Journal.open(db) as second:  # closing released it
         second.record("note", "pkg1", {"from": "second"}, 1.0)
     assert verify(db).ok
+
+
+def test_a_writer_behind_the_lock_cannot_fork_the_chain(db: Path) -> None:
+    # The chain's head is not re-read in every transaction: another writer's commit (one that got around
+    # the lock) is caught by the seq it took or by meta head no longer being what this writer committed.
+    first = Journal.open(db)
+    assert first._lock is not None
+    first._lock.release()  # as if the lock file had been deleted: a second writer gets in
+    with first, Journal.open(db) as second:
+        first.record("note", None, {"n": 1}, 1.0)
+        with pytest.raises(JournalError, match="another writer appended") as rows_taken:
+            second.record("note", None, {"n": 2}, 2.0)  # chained on seq 0's head: seq 1 is taken
+        assert second.journal_id in str(rows_taken.value)
+        second.record("note", None, {"n": 3}, 3.0)  # re-read the head: chains on seq 1
+        assert second.head[0] == 2
+        # meta head moved by another writer, with no row of this writer's seq taken:
+        second._conn.execute("UPDATE meta SET value = 'x' WHERE key = 'head'")
+        with pytest.raises(JournalError, match="another writer committed"):
+            second.record("note", None, {"n": 4}, 4.0)
+        second._conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (f"{second.head[0]}:{second.head[1]}",))
+        with pytest.raises(JournalError, match="another writer appended"):  # `first` chained on seq 1 still
+            first.record("note", None, {"n": 5}, 5.0)
+        first.record("note", None, {"n": 6}, 6.0)
+        assert first.head == first._read_head() and first.head[0] == 3
+    report = verify(db)
+    assert report.ok, report.problems
+    with Journal.open(db, readonly=True) as reader:
+        assert [r.payload["n"] for r in reader.rows()] == [1, 3, 6]
 
 
 def test_the_lock_dies_with_its_process(db: Path) -> None:
@@ -1051,3 +1091,105 @@ def test_intent_and_transition_rows_are_canonical_json_whatever_their_values(
         row = command_row(command)
         assert row is not None
         assert command_text(command) == (row[0], canonical_json(row[1]))
+
+
+_FACT_VALUES = st.one_of(
+    _DECIMALS, st.integers(), st.text(max_size=8), st.none(), st.booleans(), st.floats(allow_nan=False),
+    st.sampled_from(list(Side)), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.none()),
+)  # fmt: skip
+_FACT_KEYS = st.one_of(st.text(max_size=12), st.sampled_from(["api_key", "Pass Phrase", "secretX", "status"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=st.dictionaries(_FACT_KEYS, _FACT_VALUES, max_size=6))
+def test_a_fact_row_is_the_guard_then_canonical_json_whatever_its_payload(payload: dict[str, object]) -> None:
+    """The flat-dict spelling of free-form facts: the same text as the generic path, the same refusal."""
+    try:
+        check_no_secrets(payload)
+        want = canonical_json(payload)
+    except (SecretInPayload, ValueError) as refused:  # a credential-looking key; an infinite float
+        want = f"{type(refused).__name__}: {refused}"
+    try:
+        got = fact_text(payload)
+    except (SecretInPayload, ValueError) as refused:
+        got = f"{type(refused).__name__}: {refused}"
+    assert got == want
+
+
+def test_a_fact_with_keys_of_mixed_types_takes_the_generic_path() -> None:
+    mixed: dict[object, object] = {"a": 1, 2: "b"}
+    with pytest.raises(TypeError):
+        canonical_json(mixed)
+    with pytest.raises(TypeError):
+        fact_text(mixed)  # type: ignore[arg-type]
+    assert fact_text({1: None}) == canonical_json({1: None})  # type: ignore[dict-item]
+
+
+def _steps_in_one_or_many_commits(path: Path, *, together: bool) -> list[dict[str, object]]:
+    """A package created in the transaction and one that existed, two steps each (dispatch, then a fill)."""
+    with Journal.open(path, wall_clock=lambda: 1.0) as journal:
+        existing, new = _plan(journal, 1), _plan(journal, 2)
+        journal.package_created(existing, {"source": "test"}, 1.0)
+        journal.defer_created(new, {"source": "test"}, 1.0)
+        writes = []
+        for plan in (new, existing):
+            core = PackageCore(plan)
+            commands = core.handle(Dispatch())
+            writes.append(journal.prepare_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 2.0))
+            o = next(iter(core.orders.values()))
+            fill = OrderEvent(o.intent.client_order_id, OrderStatus.OPEN, o.intent.amount / 2, D(60000), D(0), D(0))
+            commands = core.handle(fill)
+            writes.append(journal.prepare_step(plan.package_id, fill, commands, core.state, core.exposure(), 3.0))
+        if together:
+            journal.commit(writes)
+        else:
+            for write in writes:
+                journal.commit([write])
+        assert journal.head[0] > 4
+        return [p.to_dict() for p in journal.packages()]
+
+
+def test_steps_sharing_a_transaction_leave_the_packages_table_as_one_commit_each_does(tmp_path: Path) -> None:
+    # The packages table is written once per package per transaction (the creation with its first step's
+    # state): the view must be exactly what one commit per step leaves.
+    alone = _steps_in_one_or_many_commits(tmp_path / "alone.db", together=False)
+    grouped = _steps_in_one_or_many_commits(tmp_path / "grouped.db", together=True)
+    assert grouped == alone
+    assert [p["state"] for p in alone] == ["dispatched", "dispatched"]
+    assert all(p["last_transition"] == "pending->dispatched (dispatch)" for p in alone)
+    assert verify(tmp_path / "alone.db").ok and verify(tmp_path / "grouped.db").ok
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=st.dictionaries(st.text(max_size=8), _FACT_VALUES, max_size=5), style=st.sampled_from(list(ExecutionStyle)))
+def test_a_creation_row_is_canonical_json_of_plan_and_spec(spec: dict[str, object], style: ExecutionStyle) -> None:
+    plan = dataclasses.replace(model_plan(), style=style).to_dict()
+    try:
+        check_no_secrets({"plan": plan, "spec": spec})
+        want = (canonical_json({"plan": plan, "spec": spec}), canonical_json(plan))
+    except (SecretInPayload, ValueError) as refused:
+        want = (type(refused).__name__, str(refused))
+    try:
+        got = created_text(plan, spec)
+    except (SecretInPayload, ValueError) as refused:
+        got = (type(refused).__name__, str(refused))
+    assert got == want
+
+
+@pytest.mark.parametrize("others", [0, 2])
+def test_a_packages_row_deleted_behind_the_writer_fails_the_transaction_naming_it(db: Path, others: int) -> None:
+    with Journal.open(db) as journal:
+        desk = Desk(journal)
+        cores = [desk.new_package() for _ in range(others + 1)]
+        victim = cores[-1].plan.package_id
+        journal._conn.execute("DELETE FROM packages WHERE package_id = ?", (victim,))
+        before = journal.head
+        writes = []
+        for core in cores:
+            commands = core.handle(Dispatch())
+            pid = core.plan.package_id
+            writes.append(journal.prepare_step(pid, Dispatch(), commands, core.state, core.exposure(), 2.0))
+        with pytest.raises(UnknownPackage, match=f"package_id '{victim}': row vanished"):
+            journal.commit(writes)
+        assert journal.head == before  # nothing of the group was written
+        assert [p.state for p in journal.packages()] == [State.PENDING] * others

@@ -237,15 +237,20 @@ def journal_run(rows: int, directory: Path, durability: Durability, actors: int 
     steps: `actors` trio tasks (the throughput bench's live packages), each appending its step's row through
     the engine's `GroupCommit`, so every scheduler round commits once (`group_size`: mean steps per commit).
     POWER fsyncs every commit: its one-transaction-each figure gets a twentieth of the rows, or it would
-    dominate the bench's run time."""
+    dominate the bench's run time. Each timed phase starts from a collected heap: the garbage the earlier
+    measures left (the engine's packages) would otherwise fall due as one full collection of the whole heap
+    (~100 ms) inside whichever phase happens to be running, a 2,000-row phase measuring mostly that. The
+    phases' own allocations are collected as usual, inside the timing."""
     out: dict[str, float] = {}
     single = max(rows // 20, 100) if durability is Durability.POWER else rows
     payload = {"client_order_id": "lgab12000001-SE0", "status": "open", "filled": "0", "average": None}
     with Journal.open(directory / f"journal-{durability.value}.db", durability) as journal:
+        gc.collect()
         start = time.perf_counter()
         for i in range(single):
             journal.record("ack", None, payload, float(i))
         out["single"] = round(single / (time.perf_counter() - start), 1)
+        gc.collect()
         start = time.perf_counter()
         for i in range(0, single, 100):
             with journal.batch():
@@ -264,6 +269,7 @@ def journal_run(rows: int, directory: Path, durability: Durability, actors: int 
                 for n in range(actors):
                     nursery.start_soon(actor, n)
 
+        gc.collect()
         start = time.perf_counter()
         trio.run(grouped)
         out["grouped"] = round(actors * each / (time.perf_counter() - start), 1)
