@@ -7,6 +7,8 @@ it) and the venue on another, both inside the test's trio run; nothing sleeps.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,6 +21,7 @@ import trio_asyncio
 from conftest import ETH, ETH_PERP, QTY, STREAM_WAIT, emulated, engine_on, maker, settle
 
 from legguard.adapters._venue import FundingPayment, FundingVenue, Venue
+from legguard.adapters.ccxt._convert import order_update
 from legguard.adapters.ccxt._venue import (
     EXCHANGE_IDS,
     CcxtVenue,
@@ -725,3 +728,62 @@ async def test_funding_payments_come_from_the_income_history_with_their_tran_id(
         [paid] = await rig.venue.fetch_funding()
         [income] = [r for r in rig.emu.income if r["incomeType"] == "FUNDING_FEE"]
         assert paid == FundingPayment(ETH_PERP, Decimal(income["income"]), income["time"], str(income["tranId"]))
+
+
+# --- the lean decode of order answers -----------------------------------------------------------------
+
+
+async def test_order_path_answers_are_decoded_lean_and_equal_ccxts_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer of the order path (placements resting and filled, cancels of partly filled orders, on both
+    markets) is read by the lean decode, and each equals what ccxt's `parse_order` + `order_update` make of
+    the same bytes with the same fee ledger."""
+    from legguard.adapters.ccxt import _venue as venue_module
+
+    lean = venue_module.lean_order_update
+    checked: list[str] = []
+
+    def both(ex: Any, raw: Any, market: Any, markets: Any, fees: Any, *, client_order_id: Any, side: Any) -> Any:
+        lean_fees, ccxt_fees = copy.deepcopy(fees), copy.deepcopy(fees)
+        got = lean(ex, copy.deepcopy(raw), market, markets, lean_fees, client_order_id=client_order_id, side=side)
+        assert got is not None, f"the lean decode refused {raw!r}"
+        order = ex.parse_order(copy.deepcopy(raw), market)
+        if client_order_id is not None:
+            order = {**order, "clientOrderId": client_order_id}
+        cid = client_order_id or got.client_order_id
+        want = order_update(order, markets, ccxt_fees, symbol=market["symbol"], client_order_id=cid, side=side)
+        assert repr(dataclasses.replace(got, timestamp=0)) == repr(dataclasses.replace(want, timestamp=0))
+        m = markets[got.symbol]
+        key = (got.symbol, got.client_order_id)
+        assert lean_fees.totals(key, m.base, m.quote) == ccxt_fees.totals(key, m.base, m.quote)
+        checked.append(f"{raw.get('status')} {got.symbol}")
+        return lean(ex, raw, market, markets, fees, client_order_id=client_order_id, side=side)
+
+    monkeypatch.setattr(venue_module, "lean_order_update", both)
+    async with emulated() as rig:
+        bid, _, _, perp_ask = await rig.books()
+        emu = rig.emu
+        spot_m, perp_m = emu.engine.markets[ETH], emu.engine.markets[ETH_PERP]
+        await rig.place(maker("t40-SE1", ETH, Side.BUY, bid))
+        await rig.place(maker("t40-PE1", ETH_PERP, Side.SELL, perp_ask))
+        await rig.on_emulator(emu.trade, spot_m, Side.SELL, bid, Decimal("0.02"))
+        await rig.on_emulator(emu.trade, perp_m, Side.BUY, perp_ask, Decimal("0.02"))
+        spot = await rig.venue.cancel_order(ETH, "t40-SE1")
+        perp = await rig.venue.cancel_order(ETH_PERP, "t40-PE1")
+        # Taker orders: filled at once, the spot answer with its fills (and their fees).
+        await rig.place(OrderRequest("t40-SU1", ETH, Side.SELL, OrderType.MARKET, Decimal("0.02")))
+        await rig.place(OrderRequest("t40-PU1", ETH_PERP, Side.BUY, OrderType.MARKET, Decimal("0.02"),
+                                     reduce_only=True))  # fmt: skip
+
+    assert (spot.status, spot.filled, spot.client_order_id) == (OrderStatus.CANCELED, Decimal("0.02"), "t40-SE1")
+    assert (perp.status, perp.filled) == (OrderStatus.CANCELED, Decimal("0.02"))
+    assert checked == [f"NEW {ETH}", f"NEW {ETH_PERP}", f"CANCELED {ETH}", f"CANCELED {ETH_PERP}",
+                       f"FILLED {ETH}", f"FILLED {ETH_PERP}"]  # fmt: skip
+
+
+async def test_the_ccxt_path_alone_still_reads_the_order_path() -> None:
+    async with emulated(lean_decode=False) as rig:
+        bid, *_ = await rig.books()
+        placed = await rig.place(maker("t41-SE1", ETH, Side.BUY, bid))
+        cancelled = await rig.venue.cancel_order(ETH, "t41-SE1")
+    assert (placed.status, cancelled.status, cancelled.client_order_id) == (
+        OrderStatus.OPEN, OrderStatus.CANCELED, "t41-SE1")  # fmt: skip

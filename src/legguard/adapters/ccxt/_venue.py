@@ -78,6 +78,7 @@ from ._convert import (
     book_from_ccxt,
     dec,
     exceptions_by_url,
+    lean_order_update,
     market_from_ccxt,
     order_update,
     scrub,
@@ -201,6 +202,9 @@ class CcxtVenueConfig:
     # none) waits this long for the user stream's execution reports, already sent, before REST is asked too
     # (whichever tells first).
     fee_wait: float = 0.002
+    # Order answers on the order path are read by `lean_order_update` (the fields the core needs, equal to
+    # ccxt's parse), falling back to ccxt's `parse_order` for any other shape; False: always ccxt's.
+    lean_decode: bool = True
     close_grace: float = 0.25  # ccxt's pause at close that lets TLS transports finish
 
     def __post_init__(self) -> None:
@@ -228,6 +232,8 @@ class CcxtVenueConfig:
         if self.budget_reserve + self.budget_deadman >= self.budget_burst:
             raise ValueError(f"budget_deadman: {self.budget_deadman!r} plus budget_reserve ({self.budget_reserve!r}) "
                              f"must be < budget_burst ({self.budget_burst!r})")  # fmt: skip
+        if not isinstance(self.lean_decode, bool):
+            raise ValueError(f"lean_decode: must be true or false, got {self.lean_decode!r}")
         if isinstance(self.book_depth, bool) or not isinstance(self.book_depth, int) or self.book_depth < 1:
             raise ValueError(f"book_depth: must be an integer >= 1, got {self.book_depth!r}")
 
@@ -640,12 +646,8 @@ class CcxtVenue:
             raise
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
-        try:
-            order = side.ex.parse_order(raw, prepared.market)
-        except (ccxt.BaseError, *PARSE_ERRORS) as exc:
-            raise MalformedResponse(f"place {cid}: unparseable answer ({type(exc).__name__})") from None
-        update = order_update(order, self._markets, self.fees, symbol=request.symbol, client_order_id=cid,
-                              side=request.side)  # fmt: skip
+        update = self._decode(side, raw, prepared.market, f"place {cid}", cid=None, side_hint=request.side,
+                              fallback_cid=cid)  # fmt: skip
         if update.client_order_id != cid or update.symbol != request.symbol:
             raise MalformedResponse(f"place {cid}: the answer is about {update.client_order_id} on {update.symbol}")
         if request.post_only and update.status is OrderStatus.EXPIRED and update.filled == 0:
@@ -722,11 +724,37 @@ class CcxtVenue:
             out = self._write_cancel(symbol, client_order_id)
         side, what = out.side, f"cancel {client_order_id}"
         order = await self._exchange(out.request, out.conn, what, cid=client_order_id)
+        update = self._decode(side, order, out.market, what, cid=client_order_id)
+        return await self._with_fees(side, update)
+
+    def _decode(
+        self,
+        side: _Side,
+        raw: Any,
+        market: dict[str, Any],
+        what: str,
+        *,
+        cid: str | None,
+        side_hint: Side | None = None,
+        fallback_cid: str | None = None,
+    ) -> OrderUpdate:
+        """An order answer of the order path as an `OrderUpdate`: the lean decode (`lean_order_update`, the
+        fields the core needs, read straight from Binance's answer) when the answer has the plain shape, else
+        ccxt's `parse_order` and `order_update`, which it equals. `cid`: the id asked about, overriding the
+        answer's (a spot cancel answers with its own id); `fallback_cid`: used only if the answer has none."""
+        if self.config.lean_decode:
+            update = lean_order_update(side.ex, raw, market, self._markets, self.fees, client_order_id=cid,
+                                       side=side_hint)  # fmt: skip
+            if update is not None:
+                return update
         try:
-            parsed = side.ex.parse_order(order, out.market)
+            parsed = side.ex.parse_order(raw, market)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             raise MalformedResponse(f"{what}: unparseable answer ({type(exc).__name__})") from None
-        return await self._with_fees(side, self._update(parsed, symbol, client_order_id))
+        if cid is not None:
+            return self._update(parsed, market["symbol"], cid)
+        return order_update(parsed, self._markets, self.fees, symbol=market["symbol"], client_order_id=fallback_cid,
+                            side=side_hint)  # fmt: skip
 
     async def _exchange(
         self,
