@@ -30,6 +30,7 @@ from legguard.adapters.ccxt._convert import (
     market_from_ccxt,
     market_type_of_url,
     order_update,
+    report_trade_fee,
     scrub,
     translate_error,
 )
@@ -481,3 +482,27 @@ async def test_lean_decode_leaves_any_other_shape_to_ccxt(change: dict[str, Any]
     raw = {k: v for k, v in {**SPOT_FULL, **change}.items() if v is not None}
     assert lean_order_update(_SPOT_EX, raw, LEAN_SPOT, LEAN_MARKETS, FeeLedger(), client_order_id=None,
                              side=None) is None  # fmt: skip
+
+
+@pytest.mark.skipif(not RECORDED.exists(), reason="recorded Binance fixtures not available")
+async def test_a_report_read_raw_records_the_trade_as_ccxts_parse_of_it_does() -> None:
+    """`report_trade_fee` (an execution report read before ccxt.pro handles it) leaves the fee ledger exactly
+    as `order_update(parse_ws_order(report))` does, on every recorded spot executionReport."""
+    ex = _SpotExchange({})
+    ex.set_markets([{**SPOT_CCXT_MARKET, "type": "spot", "active": True}])
+    reports = [json.loads(p.read_text()) for p in sorted((RECORDED / "ws").glob("ws_spot_execution_report_*.json"))]
+    assert len(reports) >= 10
+    trades = 0
+    # Each also with no fee charged but an asset named (ccxt then gives the fee no currency).
+    variants = [{**r.get("data", r), **extra} for r in reports for extra in ({}, {"n": "0.00000000", "N": "BNB"})]
+    for variant in variants:
+        report = {**variant, "s": "ETHUSDT"}
+        raw, parsed = FeeLedger(), FeeLedger()
+        cid = report.get("c") or "empty"
+        trade = report_trade_fee(ex, report)
+        if trade is not None:
+            raw.add(("ETH/USDT", cid), *trade)
+            trades += 1
+        order_update({**ex.parse_ws_order(report), "clientOrderId": cid}, MARKETS, parsed)
+        assert raw._orders == parsed._orders, report
+    assert trades >= 6  # trades with a fee, without one (l = 0), and calculated ones are among them

@@ -7,13 +7,17 @@ it) and the venue on another, both inside the test's trio run; nothing sleeps.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 import trio
 import trio.testing
@@ -380,6 +384,7 @@ class HeldStream:
     held: list[tuple[Any, Any]]
 
     def release(self) -> None:
+        vars(self.venue).pop("_fees_received", None)
         for side, message in self.held:
             CcxtVenue._on_order_event(self.venue, side, message)
         self.held.clear()
@@ -389,6 +394,8 @@ def hold_stream(rig: Any) -> HeldStream:
     held = HeldStream(rig.venue, [])
     for side in (rig.venue._spot, rig.venue._perp):  # where ccxt's message handler hands each order event
         side.ex.legguard_sink = lambda message, side=side: held.held.append((side, message))
+    # Not yet received at all: the answers' look into the websocket's unhandled messages finds nothing either.
+    rig.venue._fees_received = lambda *args: None
     return held
 
 
@@ -417,6 +424,44 @@ async def test_a_cancel_answer_takes_its_fee_from_the_stream_report_not_from_res
     fee = Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee
     assert [(a.status, a.filled, a.fee_base) for a in answers] == [(OrderStatus.CANCELED, Decimal("0.02"), fee)]
     assert rig.venue.fee_queries == 0
+
+
+async def test_a_cancel_answer_takes_its_fee_from_a_report_received_but_not_yet_handled_by_ccxt() -> None:
+    """The execution report is in this process already (read off the socket, decoded, waiting in the
+    websocket's buffer for ccxt.pro's receive loop): the cancel's answer takes the fee from it at once,
+    without waiting for the stream (`fee_wait` is long here) and without asking REST."""
+    async with emulated(fee_wait=30.0) as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t32-SE1", ETH, Side.BUY, bid))
+        stream, traded, spot = hold_stream(rig), trio.Event(), rig.venue._spot
+
+        def sink(message: dict[str, Any]) -> None:
+            stream.held.append((spot, message))
+            if message.get("x") == "TRADE":
+                traded.set()
+
+        spot.ex.legguard_sink = sink
+        await rig.on_emulator(rig.emu.trade, rig.emu.engine.markets[ETH], Side.SELL, bid, Decimal("0.02"))
+        with trio.fail_after(STREAM_WAIT):
+            await traded.wait()
+        report = next(m for _, m in stream.held if m.get("x") == "TRADE")
+        # The same report as the spot WebSocket API frames it, not handed to ccxt yet.
+        frame = aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps({"subscriptionId": 0, "event": report}), None)
+        unhandled = SimpleNamespace(buffer=collections.deque([(frame, 0)]))
+        vars(rig.venue).pop("_fees_received")  # hold_stream's blindfold off: the report is in the buffer
+        clients = rig.venue._spot.ex.clients
+        clients["unhandled"] = unhandled
+        try:
+            with trio.fail_after(STREAM_WAIT):
+                answer = await rig.venue.cancel_order(ETH, "t32-SE1")
+        finally:
+            del clients["unhandled"]
+        stream.release()  # ccxt's own handling of the same trade later counts it once
+        again = await rig.venue.fetch_order(ETH, "t32-SE1")
+
+    fee = Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee
+    assert (answer.status, answer.filled, answer.fee_base) == (OrderStatus.CANCELED, Decimal("0.02"), fee)
+    assert again.fee_base == fee and rig.venue.fee_queries == 0
 
 
 async def test_a_fee_no_answer_carries_is_asked_of_rest_after_the_wait() -> None:

@@ -494,6 +494,27 @@ class WeightBudget:
         self.tokens = min(self.tokens, 0.0)
 
 
+def report_trade_fee(ex: Any, report: Mapping[str, Any]) -> tuple[str, TradeFee] | None:
+    """(trade id, its quantity and fee) of one raw spot executionReport of a trade, exactly as `FeeLedger`
+    records it once ccxt.pro's `parse_ws_order` has read the same report (`record_order`: `l`, `n`, and the
+    fee's currency only when the fee is above zero, through ccxt's `safe_currency_code`); None when the report
+    is not a trade or is malformed (then ccxt's own handling of it decides)."""
+    if report.get("x") not in ("TRADE", "CALCULATED"):
+        return None
+    trade_id = report.get("t")
+    if trade_id is None or str(trade_id) in ("", "-1", "0"):
+        return None
+    fee = report.get("n")
+    try:
+        charged = isinstance(fee, str) and Precise.string_gt(fee, "0")
+        currency = ex.safe_currency_code(report.get("N")) if charged else None
+        trade = TradeFee(dec_or(report.get("l"), "execution l (last quantity)", ZERO),
+                         dec_or(fee, "execution n (commission)", ZERO), currency)  # fmt: skip
+    except (MalformedResponse, TypeError, ValueError, ArithmeticError):
+        return None
+    return str(trade_id), trade
+
+
 # --- the lean decode of an order answer (the kill switch's path) ---------------------------------------
 
 # The raw Binance fields the lean decode reads from an order answer (spot `/api/v3/order` new and cancel,

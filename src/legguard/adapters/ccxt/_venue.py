@@ -81,6 +81,7 @@ from ._convert import (
     lean_order_update,
     market_from_ccxt,
     order_update,
+    report_trade_fee,
     scrub,
     translate_error,
 )
@@ -862,6 +863,10 @@ class CcxtVenue:
         market = self._markets[update.symbol]
         key = (update.symbol, update.client_order_id)
         traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if traded < update.filled:
+            # The reports may be here already, read off the socket but not yet handed over by ccxt.pro.
+            self._fees_received(side, market, update.client_order_id)
+            traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
         stream = _stream_live(side) if traded < update.filled else False
         if stream and self.config.fee_wait > 0:
             with trio.move_on_after(self.config.fee_wait):
@@ -874,6 +879,36 @@ class CcxtVenue:
         if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
             return update
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
+
+    def _fees_received(self, side: _Side, market: Market, client_order_id: str) -> None:
+        """Record the trades of one spot order from the execution reports this process has already received
+        on the user stream but ccxt.pro has not handled yet: the messages aiohttp has read and decoded wait in
+        the websocket's buffer (ccxt's `Client.buffer`) until ccxt's receive loop takes them, one per pass of
+        the asyncio loop, behind everything else the engine's thread runs. The ledger counts each trade once
+        by its id, so ccxt's own handling of the same report later changes nothing. Reads, never consumes: a
+        message that is not such a report, or cannot be read, is left to ccxt."""
+        for client in list((getattr(side.ex, "clients", None) or {}).values()):
+            try:
+                pending = list(client.buffer or ())
+            except (AttributeError, TypeError):
+                continue  # not connected (or a ccxt without the buffer): nothing received to look at
+            for item in pending:
+                data = getattr(item[0], "data", None) if isinstance(item, tuple) and item else None
+                if not isinstance(data, str) or '"executionReport"' not in data or client_order_id not in data:
+                    continue
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    continue
+                # The WebSocket API wraps user data as {"subscriptionId", "event"}; a listenKey stream as is.
+                report = message.get("event", message) if isinstance(message, dict) else None
+                if not isinstance(report, dict) or report.get("e") != "executionReport":
+                    continue
+                if report.get("c") != client_order_id or report.get("s") != market.venue_symbol:
+                    continue
+                trade = report_trade_fee(side.ex, report)
+                if trade is not None:
+                    self.fees.add((market.symbol, client_order_id), *trade)
 
     async def _trades_or_stream(self, side: _Side, update: OrderUpdate, key: tuple[str, str], stream: bool) -> None:
         """Ask REST for the order's trades, while the stream's reports may still tell first (then the query is
