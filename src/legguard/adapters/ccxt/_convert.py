@@ -581,9 +581,11 @@ def lean_order_update(
     if filled > 0:
         # ccxt's `safe_order`: the venue's average if it gave a non-zero one, else cost / (filled x contract).
         text = ex.omit_zero(raw.get("avgPrice", raw.get("avgFilledPrice")))
-        if text is None and Precise.string_gt(raw_filled, "0"):
+        if text is None:  # (filled > 0 is ccxt's `Precise.string_gt(filled, "0")`, on the same exact value)
             contract = ex.number_to_string(ex.safe_value(market, "contractSize", 1))
-            text = Precise.string_div(cost, Precise.string_mul(raw_filled, contract))
+            # x 1 leaves the value as it is, and `string_div` depends on the values only.
+            base = raw_filled if contract == "1" else Precise.string_mul(raw_filled, contract)
+            text = Precise.string_div(cost, base)
         number = ex.parse_number(text)
         average = None if number is None else dec(number, f"order {cid} average")
     key = (str(symbol), cid)
