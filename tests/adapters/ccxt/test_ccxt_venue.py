@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import ccxt
 import pytest
 import trio
 import trio.testing
@@ -84,6 +85,68 @@ async def test_post_only_legs_rest_on_both_markets_as_ccxt_sends_them() -> None:
         perp = rig.orders(MarketKind.LINEAR)["t1-PE1"]
         assert (spot["type"], spot["status"], Decimal(spot["price"])) == ("LIMIT_MAKER", "NEW", bid)
         assert (perp["type"], perp["timeInForce"], Decimal(perp["origQty"])) == ("LIMIT", "GTX", QTY)
+
+
+@pytest.mark.parametrize("symbol", [ETH, ETH_PERP])
+async def test_a_refusal_ccxt_classified_once_is_raised_again_without_walking_its_tables(
+    symbol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with emulated() as rig:
+        bid, ask, perp_bid, perp_ask = await rig.books()
+        side = rig.venue._spot if symbol == ETH else rig.venue._perp
+        classified: list[str] = []
+        real = side.ex.handle_errors
+
+        def handle_errors(*args: Any) -> Any:
+            try:
+                return real(*args)
+            except Exception as exc:
+                classified.append(f"{type(exc).__name__}: {exc}")
+                raise
+
+        monkeypatch.setattr(side.ex, "handle_errors", handle_errors)
+        refused: list[OrderRejected] = []
+        for n in range(3):
+            with pytest.raises(OrderRejected) as info:
+                await rig.place(maker(f"t3-E{n}", symbol, Side.BUY, ask if symbol == ETH else perp_ask))
+            refused.append(info.value)
+        # A refusal of another kind (no funds for 5,000 ETH) is classified by ccxt, once, too.
+        for n in range(2):
+            with pytest.raises(OrderRejected) as info:
+                await rig.place(maker(f"t3-F{n}", symbol, Side.BUY, bid if symbol == ETH else perp_bid,
+                                      Decimal(5000)))  # fmt: skip
+            assert info.value.reason is RejectReason.INSUFFICIENT_FUNDS
+
+    assert len(classified) == 2, classified  # ccxt's tables walked once per distinct answer
+    assert all(r.reason is RejectReason.POST_ONLY_CROSS for r in refused)
+    # The same ccxt exception and message every time (only the order's own id differs).
+    assert {str(r).replace(r.client_order_id, "<cid>") for r in refused} == {
+        str(refused[0]).replace(refused[0].client_order_id, "<cid>")
+    }
+    assert classified[0].split(": ", 1)[1] in str(refused[0])
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kept"),
+    [(400, -2010, True), (400, -2015, False), (429, -1003, False), (400, None, False)],
+)
+def test_only_refusals_classified_by_their_body_alone_are_kept(status: int, code: int | None, kept: bool) -> None:
+    # -2015 (invalid key, IP or permissions) is classified by ccxt's own state (has this instance ever
+    # authenticated?); 429 is a rate limit; a body without a code is not Binance's refusal shape.
+    from legguard.adapters.ccxt._venue import _SpotExchange
+
+    body = json.dumps({"code": code, "msg": "Account has insufficient balance for requested action."})
+    side = SimpleNamespace(ex=_SpotExchange({}), refusals={})
+    signed = {"url": "http://127.0.0.1:1/api/v3/order?signature=x", "method": "POST", "body": ""}
+    request = SimpleNamespace(side=side, headers={}, signed=signed)
+    response = SimpleNamespace(status=status, reason="Refused", headers={}, body=body.encode())
+    raised = []
+    for _ in range(2):
+        with pytest.raises(ccxt.BaseError) as info:
+            CcxtVenue._answer(request, response)  # type: ignore[arg-type]
+        raised.append((type(info.value), str(info.value)))
+    assert raised[0] == raised[1]
+    assert bool(side.refusals) is kept
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http-url", "binance-shaped-url"])

@@ -99,6 +99,7 @@ EXCHANGE_IDS = (SPOT_ID, PERP_ID)
 # Binance's rule for newClientOrderId on both markets.
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
 PERP_BALANCE_PREFIX = "perp:"
+_REFUSALS_KEPT = 64  # distinct refusal answers whose ccxt classification is kept per instance
 # Hosts of Binance's testnets (spot: binance.vision's testnet; USDⓈ-M: binancefuture.com). A testnet venue
 # refuses to exist if any URL of its ccxt instances points elsewhere: a run can never reach mainnet by accident.
 TESTNET_HOST_RE = re.compile(r"^([a-z0-9-]+\.)*(testnet\.binance\.vision|binancefuture\.com)$")
@@ -265,6 +266,9 @@ class _Side:
     pools: dict[Origin, Pool] = field(default_factory=dict, repr=False)  # the order path's connections
     entries: dict[str, Any] = field(default_factory=dict, repr=False)  # operation -> ccxt endpoint declaration
     costs: dict[str, float] = field(default_factory=dict, repr=False)  # operation -> cost without params
+    # Order-path refusals already classified by ccxt's `handle_errors`: (status, method, URL without its query,
+    # body) -> (ccxt exception class, message). See `CcxtVenue._answer`.
+    refusals: dict[tuple[int, str, str, str], tuple[type[Exception], str]] = field(default_factory=dict, repr=False)
 
     def entry(self, operation: str) -> Any:
         """ccxt's declaration of the implicit endpoint (path, api, method, cost). ccxt rebinds the camelCase
@@ -800,15 +804,35 @@ class CcxtVenue:
 
     @staticmethod
     def _answer(r: _Request, response: Response) -> Any:
-        """What ccxt's `fetch` makes of an HTTP answer (the same calls, in the same order)."""
+        """What ccxt's `fetch` makes of an HTTP answer (the same calls, in the same order).
+
+        A refusal ccxt has classified once (a 400 with Binance's `{"code", "msg"}` body: a post-only order that
+        would cross, a filter failure) is raised again from that classification when the same body comes back
+        for the same endpoint, as the same ccxt exception with the same message: ccxt's `handle_errors` walks
+        its exact and broad tables (~40 µs alone) on the path of a leg's rejection. Only answers whose
+        classification depends on the body alone: not -2015 (which ccxt classifies by its own state), not
+        the rate limits (418/429) or server errors."""
         ex, s = r.side.ex, r.signed
         url, method, body = s["url"], s["method"], s["body"]
         text = response.body.decode("utf-8", errors="replace")
         text = ex.on_rest_response(response.status, response.reason, url, method, response.headers, text,
                                    r.headers, body)  # fmt: skip
         parsed = ex.parse_json(text)
-        ex.handle_errors(response.status, response.reason, url, method, response.headers, text, parsed, r.headers,
-                         body)  # fmt: skip
+        key = None
+        if response.status == 400 and isinstance(parsed, dict) and isinstance(parsed.get("code"), int):
+            key = (response.status, str(method), str(url).split("?", 1)[0], text)
+            known = r.side.refusals.get(key) if parsed["code"] != -2015 else None
+            if known is not None:
+                raise known[0](known[1])
+        try:
+            ex.handle_errors(response.status, response.reason, url, method, response.headers, text, parsed,
+                             r.headers, body)  # fmt: skip
+        except ccxt.BaseError as exc:
+            if key is not None and parsed["code"] != -2015:
+                if len(r.side.refusals) >= _REFUSALS_KEPT:
+                    r.side.refusals.clear()
+                r.side.refusals[key] = (type(exc), str(exc))
+            raise
         ex.handle_http_status_code(response.status, response.reason, url, method, text)
         return parsed if parsed is not None else text
 
