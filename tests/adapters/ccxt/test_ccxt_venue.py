@@ -510,15 +510,21 @@ async def test_a_cancel_answer_takes_its_fee_from_a_report_received_but_not_yet_
         report = next(m for _, m in stream.held if m.get("x") == "TRADE")
         # The same report as the spot WebSocket API frames it, not handed to ccxt yet.
         frame = aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps({"subscriptionId": 0, "event": report}), None)
-        unhandled = SimpleNamespace(buffer=collections.deque([(frame, 0)]))
+        # On a connection that carries the spot user data (ccxt names its subscription "spot"); the same
+        # frame on a book stream's connection is not looked at.
+        unhandled = SimpleNamespace(buffer=collections.deque([(frame, 0)]), subscriptions={"spot": True})
+        book = SimpleNamespace(buffer=collections.deque([(frame, 0)]), subscriptions={"ethusdt@depth": True})
         vars(rig.venue).pop("_fees_received")  # hold_stream's blindfold off: the report is in the buffer
         clients = rig.venue._spot.ex.clients
+        clients["book"] = book
+        rig.venue._fees_received(rig.venue._spot, rig.emu.engine.markets[ETH], "t32-SE1")
+        assert rig.venue.fees.totals((ETH, "t32-SE1"), "ETH", "USDT")[0] == 0
         clients["unhandled"] = unhandled
         try:
             with trio.fail_after(STREAM_WAIT):
                 answer = await rig.venue.cancel_order(ETH, "t32-SE1")
         finally:
-            del clients["unhandled"]
+            del clients["unhandled"], clients["book"]
         stream.release()  # ccxt's own handling of the same trade later counts it once
         again = await rig.venue.fetch_order(ETH, "t32-SE1")
 

@@ -912,6 +912,8 @@ class CcxtVenue:
         by its id, so ccxt's own handling of the same report later changes nothing. Reads, never consumes: a
         message that is not such a report, or cannot be read, is left to ccxt."""
         for client in list((getattr(side.ex, "clients", None) or {}).values()):
+            if side.kind.value not in (getattr(client, "subscriptions", None) or {}):
+                continue  # not the user-data connection ("spot" / "linear"): a busy book stream is not read
             try:
                 pending = list(client.buffer or ())
             except (AttributeError, TypeError):
