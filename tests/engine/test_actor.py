@@ -357,3 +357,34 @@ async def test_a_step_waiting_for_another_is_not_lost_to_a_cancellation() -> Non
         await trio.testing.wait_all_tasks_blocked()
         group.gate.set()
     assert handle.events == [FillDeadline(), FillDeadline()]
+
+
+async def test_a_legs_rejection_commits_at_once_without_waiting_for_its_round(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rejection's step does not lead a group (a scheduler pass of waiting): the other leg's answer, which
+    # decides the kill switch, would otherwise wait for it. Acknowledgements still share their round.
+    commits: list[tuple[str, object, bool]] = []
+    real_step, real_commit = PackageActor._step, rig.engine.group.commit
+    stepping: list[Event] = []
+
+    async def step(self: PackageActor, event: Event) -> None:
+        stepping.append(event)
+        await real_step(self, event)
+
+    async def commit(writes: object, *, urgent: bool = False) -> None:
+        event = stepping[-1]
+        commits.append((event.kind, getattr(event, "status", None), urgent))
+        await real_commit(writes, urgent=urgent)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackageActor, "_step", step)
+    monkeypatch.setattr(rig.engine.group, "commit", commit)
+    rig.venue.inject("reject", symbol=ETH_PERP, reason=RejectReason.POST_ONLY_CROSS)
+    pid = rig.engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await rig.engine.handles[pid].wait_until(lambda core: core.state is State.FLAT)
+
+    answers = [(status, urgent) for kind, status, urgent in commits if kind == "order"]
+    assert (OrderStatus.REJECTED, True) in answers, commits
+    assert ("dispatch", None, False) in commits

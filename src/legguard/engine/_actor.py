@@ -265,7 +265,10 @@ class PackageActor:
             # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
             writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
         # The kill switch's steps do not wait for the round to fill a group: its cancel or unwind leaves now.
-        await engine.group.commit(writes, urgent=twin.state in URGENT_STATES)
+        # Nor does a leg's rejection: the other leg's answer, which decides the kill switch, may be read while
+        # this step waits for its round, and would wait for it in turn.
+        urgent = twin.state in URGENT_STATES or (isinstance(event, OrderEvent) and event.status is OrderStatus.REJECTED)
+        await engine.group.commit(writes, urgent=urgent)
         if facts:
             del h.facts[:facts]  # answers that arrived while the group committed wait for the next step
         self.core = h.core = twin

@@ -3,8 +3,12 @@ the fee ledger, the request budget, order/market conversion, and config validati
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import logging
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import ccxt
@@ -22,9 +26,11 @@ from legguard.adapters.ccxt._convert import (
     TradeFee,
     WeightBudget,
     dec,
+    lean_order_update,
     market_from_ccxt,
     market_type_of_url,
     order_update,
+    report_trade_fee,
     scrub,
     translate_error,
 )
@@ -371,3 +377,132 @@ async def test_the_deadmans_share_is_spent_by_nothing_else_and_the_switch_is_nev
     assert info.value.retry_after == pytest.approx((1.0 + 20.0 + 10.0) / 20.0)
     with pytest.raises(ValueError, match="deadman"):
         WeightBudget(rate_per_second=20.0, burst=10.0, reserve=5.0, deadman=5.0)
+
+
+# --- the lean decode of order answers -----------------------------------------------------------------
+
+RECORDED = Path("/work/shared/fixtures/binance-recorded")
+_SPOT_EX, _PERP_EX = _SpotExchange({}), _PerpExchange({})
+LEAN_SPOT = _SPOT_EX.safe_market_structure(
+    {"id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "spot": True, "type": "spot",
+     "precision": {"amount": 0.00001, "price": 0.01}, "limits": {"amount": {"min": 0.00001}, "cost": {"min": 5.0}},
+     "maker": 0.001, "taker": 0.001}
+)  # fmt: skip
+LEAN_PERP = _PERP_EX.safe_market_structure(
+    {"id": "BTCUSDT", "symbol": "BTC/USDT:USDT", "base": "BTC", "quote": "USDT", "settle": "USDT", "swap": True,
+     "contract": True, "linear": True, "inverse": False, "contractSize": 1.0, "type": "swap",
+     "precision": {"amount": 0.001, "price": 0.1}, "limits": {"amount": {"min": 0.001}, "cost": {"min": 5.0}},
+     "maker": 0.0002, "taker": 0.0004}
+)  # fmt: skip
+LEAN_MARKETS = {m["symbol"]: market_from_ccxt(m, tick_size_mode=True) for m in (LEAN_SPOT, LEAN_PERP)}
+
+# Binance's own documentation examples of spot answers (POST /api/v3/order FULL, DELETE /api/v3/order).
+SPOT_FULL = {
+    "symbol": "BTCUSDT", "orderId": 28, "orderListId": -1, "clientOrderId": "6gCrw2kRUAF9CvJDGP16IP",
+    "transactTime": 1507725176595, "price": "0.00000000", "origQty": "10.00000000", "executedQty": "10.00000000",
+    "cummulativeQuoteQty": "10.00000000", "status": "FILLED", "timeInForce": "GTC", "type": "MARKET", "side": "SELL",
+    "workingTime": 1507725176595, "selfTradePreventionMode": "NONE",
+    "fills": [
+        {"price": "4000.00000000", "qty": "1.00000000", "commission": "4.00000000", "commissionAsset": "USDT",
+         "tradeId": 56},
+        {"price": "3999.00000000", "qty": "5.00000000", "commission": "19.99500000", "commissionAsset": "USDT",
+         "tradeId": 57},
+        {"price": "3998.00000000", "qty": "2.00000000", "commission": "7.99600000", "commissionAsset": "USDT",
+         "tradeId": 58},
+        {"price": "3997.00000000", "qty": "1.00000000", "commission": "3.99700000", "commissionAsset": "USDT",
+         "tradeId": 59},
+        {"price": "3995.00000000", "qty": "1.00000000", "commission": "3.99500000", "commissionAsset": "USDT",
+         "tradeId": 60},
+    ],
+}  # fmt: skip
+SPOT_CANCEL = {
+    "symbol": "BTCUSDT", "origClientOrderId": "myOrder1", "orderId": 4, "orderListId": -1,
+    "clientOrderId": "cancelMyOrder1", "transactTime": 1684804350068, "price": "2.00000000", "origQty": "1.00000000",
+    "executedQty": "0.00000000", "cummulativeQuoteQty": "0.00000000", "status": "CANCELED", "timeInForce": "GTC",
+    "type": "LIMIT", "side": "BUY", "selfTradePreventionMode": "NONE",
+}  # fmt: skip
+
+
+def ccxt_decoded(ex: Any, raw: dict[str, Any], market: dict[str, Any], fees: FeeLedger, cid: str | None) -> Any:
+    """What the venue made of an order answer before the lean decode: ccxt's `parse_order`, then
+    `order_update` (a spot cancel's answer read about the order asked for, as `CcxtVenue._update` does)."""
+    order = ex.parse_order(raw, market)
+    if cid is not None:
+        order = {**order, "clientOrderId": cid}
+    return order_update(order, LEAN_MARKETS, fees, symbol=market["symbol"], client_order_id=cid)
+
+
+def assert_lean_equals_ccxt(ex: Any, raw: dict[str, Any], market: dict[str, Any], cid: str | None = None) -> None:
+    lean_fees, ccxt_fees = FeeLedger(), FeeLedger()
+    lean = lean_order_update(ex, copy.deepcopy(raw), market, LEAN_MARKETS, lean_fees, client_order_id=cid,
+                             side=None)  # fmt: skip
+    assert lean is not None, "the lean decode refused a plain order answer"
+    expected = ccxt_decoded(ex, copy.deepcopy(raw), market, ccxt_fees, cid)
+    assert dataclasses.replace(lean, timestamp=0) == dataclasses.replace(expected, timestamp=0)
+    # Equal as journaled too: the same digits, not only the same values.
+    assert repr(dataclasses.replace(lean, timestamp=0)) == repr(dataclasses.replace(expected, timestamp=0))
+    key = (market["symbol"], lean.client_order_id)
+    assert lean_fees.totals(key, "BTC", "USDT") == ccxt_fees.totals(key, "BTC", "USDT")
+
+
+@pytest.mark.skipif(not RECORDED.exists(), reason="recorded Binance fixtures not available")
+async def test_lean_decode_equals_ccxt_on_the_recorded_futures_orders() -> None:
+    orders = json.loads((RECORDED / "http" / "http_futures_account_orders.json").read_text())
+    for raw in orders:
+        assert_lean_equals_ccxt(_PERP_EX, raw, LEAN_PERP)
+        filled = {**raw, "status": "PARTIALLY_FILLED", "executedQty": "0.15", "cumQuote": "1395.15"}
+        assert_lean_equals_ccxt(_PERP_EX, filled, LEAN_PERP)  # average from cumQuote / executedQty
+        assert_lean_equals_ccxt(_PERP_EX, {**filled, "avgPrice": "9301.00000"}, LEAN_PERP)  # the venue's own
+
+
+async def test_lean_decode_equals_ccxt_on_binances_documented_spot_answers() -> None:
+    assert_lean_equals_ccxt(_SPOT_EX, SPOT_FULL, LEAN_SPOT)  # fills: fees in the ledger, average from cost
+    assert_lean_equals_ccxt(_SPOT_EX, {**SPOT_FULL, "side": "BUY"}, LEAN_SPOT)
+    assert_lean_equals_ccxt(_SPOT_EX, SPOT_CANCEL, LEAN_SPOT, cid="myOrder1")
+    partial = {**SPOT_CANCEL, "executedQty": "0.30000000", "cummulativeQuoteQty": "0.60000000"}
+    assert_lean_equals_ccxt(_SPOT_EX, partial, LEAN_SPOT, cid="myOrder1")
+    for status in ("NEW", "PARTIALLY_FILLED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED", "PENDING_CANCEL"):
+        assert_lean_equals_ccxt(_SPOT_EX, {**partial, "status": status}, LEAN_SPOT, cid="myOrder1")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"code": -2011, "msg": "Unknown order sent."},  # an error body: ccxt's handle_errors territory
+        {"status": "SOMETHING_NEW"},  # a status ccxt passes through unmapped
+        {"executedQty": 0.3},  # a number where Binance sends a string
+        {"origQty": None},
+        {"symbol": "ETHUSDT"},  # another market than the one asked about
+        {"fills": [{"qty": "1", "commission": "0.1", "commissionAsset": "USDT"}]},  # a fill without its id
+        {"fills": "none"},
+        {"cummulativeQuoteQty": None},
+    ],
+)
+async def test_lean_decode_leaves_any_other_shape_to_ccxt(change: dict[str, Any]) -> None:
+    raw = {k: v for k, v in {**SPOT_FULL, **change}.items() if v is not None}
+    assert lean_order_update(_SPOT_EX, raw, LEAN_SPOT, LEAN_MARKETS, FeeLedger(), client_order_id=None,
+                             side=None) is None  # fmt: skip
+
+
+@pytest.mark.skipif(not RECORDED.exists(), reason="recorded Binance fixtures not available")
+async def test_a_report_read_raw_records_the_trade_as_ccxts_parse_of_it_does() -> None:
+    """`report_trade_fee` (an execution report read before ccxt.pro handles it) leaves the fee ledger exactly
+    as `order_update(parse_ws_order(report))` does, on every recorded spot executionReport."""
+    ex = _SpotExchange({})
+    ex.set_markets([{**SPOT_CCXT_MARKET, "type": "spot", "active": True}])
+    reports = [json.loads(p.read_text()) for p in sorted((RECORDED / "ws").glob("ws_spot_execution_report_*.json"))]
+    assert len(reports) >= 10
+    trades = 0
+    # Each also with no fee charged but an asset named (ccxt then gives the fee no currency).
+    variants = [{**r.get("data", r), **extra} for r in reports for extra in ({}, {"n": "0.00000000", "N": "BNB"})]
+    for variant in variants:
+        report = {**variant, "s": "ETHUSDT"}
+        raw, parsed = FeeLedger(), FeeLedger()
+        cid = report.get("c") or "empty"
+        trade = report_trade_fee(ex, report)
+        if trade is not None:
+            raw.add(("ETH/USDT", cid), *trade)
+            trades += 1
+        order_update({**ex.parse_ws_order(report), "clientOrderId": cid}, MARKETS, parsed)
+        assert raw._orders == parsed._orders, report
+    assert trades >= 6  # trades with a fee, without one (l = 0), and calculated ones are among them

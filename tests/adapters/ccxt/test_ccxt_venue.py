@@ -7,11 +7,18 @@ it) and the venue on another, both inside the test's trio run; nothing sleeps.
 
 from __future__ import annotations
 
+import collections
+import copy
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
+import ccxt
 import pytest
 import trio
 import trio.testing
@@ -19,6 +26,7 @@ import trio_asyncio
 from conftest import ETH, ETH_PERP, QTY, STREAM_WAIT, emulated, engine_on, maker, settle
 
 from legguard.adapters._venue import FundingPayment, FundingVenue, Venue
+from legguard.adapters.ccxt._convert import order_update
 from legguard.adapters.ccxt._venue import (
     EXCHANGE_IDS,
     CcxtVenue,
@@ -77,6 +85,68 @@ async def test_post_only_legs_rest_on_both_markets_as_ccxt_sends_them() -> None:
         perp = rig.orders(MarketKind.LINEAR)["t1-PE1"]
         assert (spot["type"], spot["status"], Decimal(spot["price"])) == ("LIMIT_MAKER", "NEW", bid)
         assert (perp["type"], perp["timeInForce"], Decimal(perp["origQty"])) == ("LIMIT", "GTX", QTY)
+
+
+@pytest.mark.parametrize("symbol", [ETH, ETH_PERP])
+async def test_a_refusal_ccxt_classified_once_is_raised_again_without_walking_its_tables(
+    symbol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with emulated() as rig:
+        bid, ask, perp_bid, perp_ask = await rig.books()
+        side = rig.venue._spot if symbol == ETH else rig.venue._perp
+        classified: list[str] = []
+        real = side.ex.handle_errors
+
+        def handle_errors(*args: Any) -> Any:
+            try:
+                return real(*args)
+            except Exception as exc:
+                classified.append(f"{type(exc).__name__}: {exc}")
+                raise
+
+        monkeypatch.setattr(side.ex, "handle_errors", handle_errors)
+        refused: list[OrderRejected] = []
+        for n in range(3):
+            with pytest.raises(OrderRejected) as info:
+                await rig.place(maker(f"t3-E{n}", symbol, Side.BUY, ask if symbol == ETH else perp_ask))
+            refused.append(info.value)
+        # A refusal of another kind (no funds for 5,000 ETH) is classified by ccxt, once, too.
+        for n in range(2):
+            with pytest.raises(OrderRejected) as info:
+                await rig.place(maker(f"t3-F{n}", symbol, Side.BUY, bid if symbol == ETH else perp_bid,
+                                      Decimal(5000)))  # fmt: skip
+            assert info.value.reason is RejectReason.INSUFFICIENT_FUNDS
+
+    assert len(classified) == 2, classified  # ccxt's tables walked once per distinct answer
+    assert all(r.reason is RejectReason.POST_ONLY_CROSS for r in refused)
+    # The same ccxt exception and message every time (only the order's own id differs).
+    assert {str(r).replace(r.client_order_id, "<cid>") for r in refused} == {
+        str(refused[0]).replace(refused[0].client_order_id, "<cid>")
+    }
+    assert classified[0].split(": ", 1)[1] in str(refused[0])
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kept"),
+    [(400, -2010, True), (400, -2015, False), (429, -1003, False), (400, None, False)],
+)
+def test_only_refusals_classified_by_their_body_alone_are_kept(status: int, code: int | None, kept: bool) -> None:
+    # -2015 (invalid key, IP or permissions) is classified by ccxt's own state (has this instance ever
+    # authenticated?); 429 is a rate limit; a body without a code is not Binance's refusal shape.
+    from legguard.adapters.ccxt._venue import _SpotExchange
+
+    body = json.dumps({"code": code, "msg": "Account has insufficient balance for requested action."})
+    side = SimpleNamespace(ex=_SpotExchange({}), refusals={})
+    signed = {"url": "http://127.0.0.1:1/api/v3/order?signature=x", "method": "POST", "body": ""}
+    request = SimpleNamespace(side=side, headers={}, signed=signed)
+    response = SimpleNamespace(status=status, reason="Refused", headers={}, body=body.encode())
+    raised = []
+    for _ in range(2):
+        with pytest.raises(ccxt.BaseError) as info:
+            CcxtVenue._answer(request, response)  # type: ignore[arg-type]
+        raised.append((type(info.value), str(info.value)))
+    assert raised[0] == raised[1]
+    assert bool(side.refusals) is kept
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http-url", "binance-shaped-url"])
@@ -377,6 +447,7 @@ class HeldStream:
     held: list[tuple[Any, Any]]
 
     def release(self) -> None:
+        vars(self.venue).pop("_fees_received", None)
         for side, message in self.held:
             CcxtVenue._on_order_event(self.venue, side, message)
         self.held.clear()
@@ -386,6 +457,8 @@ def hold_stream(rig: Any) -> HeldStream:
     held = HeldStream(rig.venue, [])
     for side in (rig.venue._spot, rig.venue._perp):  # where ccxt's message handler hands each order event
         side.ex.legguard_sink = lambda message, side=side: held.held.append((side, message))
+    # Not yet received at all: the answers' look into the websocket's unhandled messages finds nothing either.
+    rig.venue._fees_received = lambda *args: None
     return held
 
 
@@ -414,6 +487,50 @@ async def test_a_cancel_answer_takes_its_fee_from_the_stream_report_not_from_res
     fee = Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee
     assert [(a.status, a.filled, a.fee_base) for a in answers] == [(OrderStatus.CANCELED, Decimal("0.02"), fee)]
     assert rig.venue.fee_queries == 0
+
+
+async def test_a_cancel_answer_takes_its_fee_from_a_report_received_but_not_yet_handled_by_ccxt() -> None:
+    """The execution report is in this process already (read off the socket, decoded, waiting in the
+    websocket's buffer for ccxt.pro's receive loop): the cancel's answer takes the fee from it at once,
+    without waiting for the stream (`fee_wait` is long here) and without asking REST."""
+    async with emulated(fee_wait=30.0) as rig:
+        bid, *_ = await rig.books()
+        await rig.place(maker("t32-SE1", ETH, Side.BUY, bid))
+        stream, traded, spot = hold_stream(rig), trio.Event(), rig.venue._spot
+
+        def sink(message: dict[str, Any]) -> None:
+            stream.held.append((spot, message))
+            if message.get("x") == "TRADE":
+                traded.set()
+
+        spot.ex.legguard_sink = sink
+        await rig.on_emulator(rig.emu.trade, rig.emu.engine.markets[ETH], Side.SELL, bid, Decimal("0.02"))
+        with trio.fail_after(STREAM_WAIT):
+            await traded.wait()
+        report = next(m for _, m in stream.held if m.get("x") == "TRADE")
+        # The same report as the spot WebSocket API frames it, not handed to ccxt yet.
+        frame = aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps({"subscriptionId": 0, "event": report}), None)
+        # On a connection that carries the spot user data (ccxt names its subscription "spot"); the same
+        # frame on a book stream's connection is not looked at.
+        unhandled = SimpleNamespace(buffer=collections.deque([(frame, 0)]), subscriptions={"spot": True})
+        book = SimpleNamespace(buffer=collections.deque([(frame, 0)]), subscriptions={"ethusdt@depth": True})
+        vars(rig.venue).pop("_fees_received")  # hold_stream's blindfold off: the report is in the buffer
+        clients = rig.venue._spot.ex.clients
+        clients["book"] = book
+        rig.venue._fees_received(rig.venue._spot, rig.emu.engine.markets[ETH], "t32-SE1")
+        assert rig.venue.fees.totals((ETH, "t32-SE1"), "ETH", "USDT")[0] == 0
+        clients["unhandled"] = unhandled
+        try:
+            with trio.fail_after(STREAM_WAIT):
+                answer = await rig.venue.cancel_order(ETH, "t32-SE1")
+        finally:
+            del clients["unhandled"], clients["book"]
+        stream.release()  # ccxt's own handling of the same trade later counts it once
+        again = await rig.venue.fetch_order(ETH, "t32-SE1")
+
+    fee = Decimal("0.02") * rig.emu.engine.markets[ETH].maker_fee
+    assert (answer.status, answer.filled, answer.fee_base) == (OrderStatus.CANCELED, Decimal("0.02"), fee)
+    assert again.fee_base == fee and rig.venue.fee_queries == 0
 
 
 async def test_a_fee_no_answer_carries_is_asked_of_rest_after_the_wait() -> None:
@@ -725,3 +842,62 @@ async def test_funding_payments_come_from_the_income_history_with_their_tran_id(
         [paid] = await rig.venue.fetch_funding()
         [income] = [r for r in rig.emu.income if r["incomeType"] == "FUNDING_FEE"]
         assert paid == FundingPayment(ETH_PERP, Decimal(income["income"]), income["time"], str(income["tranId"]))
+
+
+# --- the lean decode of order answers -----------------------------------------------------------------
+
+
+async def test_order_path_answers_are_decoded_lean_and_equal_ccxts_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer of the order path (placements resting and filled, cancels of partly filled orders, on both
+    markets) is read by the lean decode, and each equals what ccxt's `parse_order` + `order_update` make of
+    the same bytes with the same fee ledger."""
+    from legguard.adapters.ccxt import _venue as venue_module
+
+    lean = venue_module.lean_order_update
+    checked: list[str] = []
+
+    def both(ex: Any, raw: Any, market: Any, markets: Any, fees: Any, *, client_order_id: Any, side: Any) -> Any:
+        lean_fees, ccxt_fees = copy.deepcopy(fees), copy.deepcopy(fees)
+        got = lean(ex, copy.deepcopy(raw), market, markets, lean_fees, client_order_id=client_order_id, side=side)
+        assert got is not None, f"the lean decode refused {raw!r}"
+        order = ex.parse_order(copy.deepcopy(raw), market)
+        if client_order_id is not None:
+            order = {**order, "clientOrderId": client_order_id}
+        cid = client_order_id or got.client_order_id
+        want = order_update(order, markets, ccxt_fees, symbol=market["symbol"], client_order_id=cid, side=side)
+        assert repr(dataclasses.replace(got, timestamp=0)) == repr(dataclasses.replace(want, timestamp=0))
+        m = markets[got.symbol]
+        key = (got.symbol, got.client_order_id)
+        assert lean_fees.totals(key, m.base, m.quote) == ccxt_fees.totals(key, m.base, m.quote)
+        checked.append(f"{raw.get('status')} {got.symbol}")
+        return lean(ex, raw, market, markets, fees, client_order_id=client_order_id, side=side)
+
+    monkeypatch.setattr(venue_module, "lean_order_update", both)
+    async with emulated() as rig:
+        bid, _, _, perp_ask = await rig.books()
+        emu = rig.emu
+        spot_m, perp_m = emu.engine.markets[ETH], emu.engine.markets[ETH_PERP]
+        await rig.place(maker("t40-SE1", ETH, Side.BUY, bid))
+        await rig.place(maker("t40-PE1", ETH_PERP, Side.SELL, perp_ask))
+        await rig.on_emulator(emu.trade, spot_m, Side.SELL, bid, Decimal("0.02"))
+        await rig.on_emulator(emu.trade, perp_m, Side.BUY, perp_ask, Decimal("0.02"))
+        spot = await rig.venue.cancel_order(ETH, "t40-SE1")
+        perp = await rig.venue.cancel_order(ETH_PERP, "t40-PE1")
+        # Taker orders: filled at once, the spot answer with its fills (and their fees).
+        await rig.place(OrderRequest("t40-SU1", ETH, Side.SELL, OrderType.MARKET, Decimal("0.02")))
+        await rig.place(OrderRequest("t40-PU1", ETH_PERP, Side.BUY, OrderType.MARKET, Decimal("0.02"),
+                                     reduce_only=True))  # fmt: skip
+
+    assert (spot.status, spot.filled, spot.client_order_id) == (OrderStatus.CANCELED, Decimal("0.02"), "t40-SE1")
+    assert (perp.status, perp.filled) == (OrderStatus.CANCELED, Decimal("0.02"))
+    assert checked == [f"NEW {ETH}", f"NEW {ETH_PERP}", f"CANCELED {ETH}", f"CANCELED {ETH_PERP}",
+                       f"FILLED {ETH}", f"FILLED {ETH_PERP}"]  # fmt: skip
+
+
+async def test_the_ccxt_path_alone_still_reads_the_order_path() -> None:
+    async with emulated(lean_decode=False) as rig:
+        bid, *_ = await rig.books()
+        placed = await rig.place(maker("t41-SE1", ETH, Side.BUY, bid))
+        cancelled = await rig.venue.cancel_order(ETH, "t41-SE1")
+    assert (placed.status, cancelled.status, cancelled.client_order_id) == (
+        OrderStatus.OPEN, OrderStatus.CANCELED, "t41-SE1")  # fmt: skip

@@ -18,6 +18,7 @@ import aiohttp
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -615,6 +616,42 @@ def test_watch_orders_delivers_the_ack_and_the_fill(exchange_id: str, symbol: st
             )
             fill = emu.engine.fills(symbol)[-1]
             assert D(str(last["fee"]["cost"])) == fill.fee and last["fee"]["currency"] == fill.fee_asset
+
+    run(scenario)
+
+
+@BOTH
+def test_a_fills_execution_report_is_written_before_the_answer_of_the_request_that_filled(
+    exchange_id: str, symbol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binance publishes an execution report when the trade happens: a client never reads the venue's answer
+    to a request before the reports of the trades that request made (nor, so, any later answer about the
+    order). The emulator lets its websocket senders write before the REST answer leaves."""
+    written: list[str] = []
+    send_str, prepare = web.WebSocketResponse.send_str, web.StreamResponse.prepare
+
+    async def logged_send(self: web.WebSocketResponse, data: str, compress: Any = None) -> None:
+        await send_str(self, data, compress)
+        report = "ORDER_TRADE_UPDATE" if exchange_id == "binanceusdm" else "executionReport"
+        if report in data and '"TRADE"' in data:
+            written.append("report")
+
+    async def logged_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        if request.path.endswith("/order") and request.method == "POST":
+            written.append("answer")
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_str", logged_send)
+    monkeypatch.setattr(web.StreamResponse, "prepare", logged_prepare)
+
+    async def scenario(emu: Emulator) -> None:
+        kind, role = (MarketKind.SPOT, "api") if exchange_id == "binance" else (MarketKind.LINEAR, "user")
+        async with client(emu, exchange_id, pro=True) as ex:
+            watching = asyncio.ensure_future(ex.watch_orders(symbol))
+            await asyncio.wait_for(emu.wait_until(lambda: emu.hub.count(kind, role) == 1), WAIT)
+            await ex.create_order(symbol, "market", "buy", 0.05, None, {"clientOrderId": "o1"})
+            await asyncio.wait_for(watching, WAIT)
+        assert written == ["report", "answer"]
 
     run(scenario)
 

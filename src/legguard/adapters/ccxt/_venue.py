@@ -78,8 +78,10 @@ from ._convert import (
     book_from_ccxt,
     dec,
     exceptions_by_url,
+    lean_order_update,
     market_from_ccxt,
     order_update,
+    report_trade_fee,
     scrub,
     translate_error,
 )
@@ -97,6 +99,7 @@ EXCHANGE_IDS = (SPOT_ID, PERP_ID)
 # Binance's rule for newClientOrderId on both markets.
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
 PERP_BALANCE_PREFIX = "perp:"
+_REFUSALS_KEPT = 64  # distinct refusal answers whose ccxt classification is kept per instance
 # Hosts of Binance's testnets (spot: binance.vision's testnet; USDⓈ-M: binancefuture.com). A testnet venue
 # refuses to exist if any URL of its ccxt instances points elsewhere: a run can never reach mainnet by accident.
 TESTNET_HOST_RE = re.compile(r"^([a-z0-9-]+\.)*(testnet\.binance\.vision|binancefuture\.com)$")
@@ -201,6 +204,9 @@ class CcxtVenueConfig:
     # none) waits this long for the user stream's execution reports, already sent, before REST is asked too
     # (whichever tells first).
     fee_wait: float = 0.002
+    # Order answers on the order path are read by `lean_order_update` (the fields the core needs, equal to
+    # ccxt's parse), falling back to ccxt's `parse_order` for any other shape; False: always ccxt's.
+    lean_decode: bool = True
     close_grace: float = 0.25  # ccxt's pause at close that lets TLS transports finish
 
     def __post_init__(self) -> None:
@@ -228,6 +234,8 @@ class CcxtVenueConfig:
         if self.budget_reserve + self.budget_deadman >= self.budget_burst:
             raise ValueError(f"budget_deadman: {self.budget_deadman!r} plus budget_reserve ({self.budget_reserve!r}) "
                              f"must be < budget_burst ({self.budget_burst!r})")  # fmt: skip
+        if not isinstance(self.lean_decode, bool):
+            raise ValueError(f"lean_decode: must be true or false, got {self.lean_decode!r}")
         if isinstance(self.book_depth, bool) or not isinstance(self.book_depth, int) or self.book_depth < 1:
             raise ValueError(f"book_depth: must be an integer >= 1, got {self.book_depth!r}")
 
@@ -258,6 +266,9 @@ class _Side:
     pools: dict[Origin, Pool] = field(default_factory=dict, repr=False)  # the order path's connections
     entries: dict[str, Any] = field(default_factory=dict, repr=False)  # operation -> ccxt endpoint declaration
     costs: dict[str, float] = field(default_factory=dict, repr=False)  # operation -> cost without params
+    # Order-path refusals already classified by ccxt's `handle_errors`: (status, method, URL without its query,
+    # body) -> (ccxt exception class, message). See `CcxtVenue._answer`.
+    refusals: dict[tuple[int, str, str, str], tuple[type[Exception], str]] = field(default_factory=dict, repr=False)
 
     def entry(self, operation: str) -> Any:
         """ccxt's declaration of the implicit endpoint (path, api, method, cost). ccxt rebinds the camelCase
@@ -640,12 +651,8 @@ class CcxtVenue:
             raise
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
-        try:
-            order = side.ex.parse_order(raw, prepared.market)
-        except (ccxt.BaseError, *PARSE_ERRORS) as exc:
-            raise MalformedResponse(f"place {cid}: unparseable answer ({type(exc).__name__})") from None
-        update = order_update(order, self._markets, self.fees, symbol=request.symbol, client_order_id=cid,
-                              side=request.side)  # fmt: skip
+        update = self._decode(side, raw, prepared.market, f"place {cid}", cid=None, side_hint=request.side,
+                              fallback_cid=cid)  # fmt: skip
         if update.client_order_id != cid or update.symbol != request.symbol:
             raise MalformedResponse(f"place {cid}: the answer is about {update.client_order_id} on {update.symbol}")
         if request.post_only and update.status is OrderStatus.EXPIRED and update.filled == 0:
@@ -722,11 +729,37 @@ class CcxtVenue:
             out = self._write_cancel(symbol, client_order_id)
         side, what = out.side, f"cancel {client_order_id}"
         order = await self._exchange(out.request, out.conn, what, cid=client_order_id)
+        update = self._decode(side, order, out.market, what, cid=client_order_id)
+        return await self._with_fees(side, update)
+
+    def _decode(
+        self,
+        side: _Side,
+        raw: Any,
+        market: dict[str, Any],
+        what: str,
+        *,
+        cid: str | None,
+        side_hint: Side | None = None,
+        fallback_cid: str | None = None,
+    ) -> OrderUpdate:
+        """An order answer of the order path as an `OrderUpdate`: the lean decode (`lean_order_update`, the
+        fields the core needs, read straight from Binance's answer) when the answer has the plain shape, else
+        ccxt's `parse_order` and `order_update`, which it equals. `cid`: the id asked about, overriding the
+        answer's (a spot cancel answers with its own id); `fallback_cid`: used only if the answer has none."""
+        if self.config.lean_decode:
+            update = lean_order_update(side.ex, raw, market, self._markets, self.fees, client_order_id=cid,
+                                       side=side_hint)  # fmt: skip
+            if update is not None:
+                return update
         try:
-            parsed = side.ex.parse_order(order, out.market)
+            parsed = side.ex.parse_order(raw, market)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             raise MalformedResponse(f"{what}: unparseable answer ({type(exc).__name__})") from None
-        return await self._with_fees(side, self._update(parsed, symbol, client_order_id))
+        if cid is not None:
+            return self._update(parsed, market["symbol"], cid)
+        return order_update(parsed, self._markets, self.fees, symbol=market["symbol"], client_order_id=fallback_cid,
+                            side=side_hint)  # fmt: skip
 
     async def _exchange(
         self,
@@ -771,15 +804,35 @@ class CcxtVenue:
 
     @staticmethod
     def _answer(r: _Request, response: Response) -> Any:
-        """What ccxt's `fetch` makes of an HTTP answer (the same calls, in the same order)."""
+        """What ccxt's `fetch` makes of an HTTP answer (the same calls, in the same order).
+
+        A refusal ccxt has classified once (a 400 with Binance's `{"code", "msg"}` body: a post-only order that
+        would cross, a filter failure) is raised again from that classification when the same body comes back
+        for the same endpoint, as the same ccxt exception with the same message: ccxt's `handle_errors` walks
+        its exact and broad tables (~40 µs alone) on the path of a leg's rejection. Only answers whose
+        classification depends on the body alone: not -2015 (which ccxt classifies by its own state), not
+        the rate limits (418/429) or server errors."""
         ex, s = r.side.ex, r.signed
         url, method, body = s["url"], s["method"], s["body"]
         text = response.body.decode("utf-8", errors="replace")
         text = ex.on_rest_response(response.status, response.reason, url, method, response.headers, text,
                                    r.headers, body)  # fmt: skip
         parsed = ex.parse_json(text)
-        ex.handle_errors(response.status, response.reason, url, method, response.headers, text, parsed, r.headers,
-                         body)  # fmt: skip
+        key = None
+        if response.status == 400 and isinstance(parsed, dict) and isinstance(parsed.get("code"), int):
+            key = (response.status, str(method), str(url).split("?", 1)[0], text)
+            known = r.side.refusals.get(key) if parsed["code"] != -2015 else None
+            if known is not None:
+                raise known[0](known[1])
+        try:
+            ex.handle_errors(response.status, response.reason, url, method, response.headers, text, parsed,
+                             r.headers, body)  # fmt: skip
+        except ccxt.BaseError as exc:
+            if key is not None and parsed["code"] != -2015:
+                if len(r.side.refusals) >= _REFUSALS_KEPT:
+                    r.side.refusals.clear()
+                r.side.refusals[key] = (type(exc), str(exc))
+            raise
         ex.handle_http_status_code(response.status, response.reason, url, method, text)
         return parsed if parsed is not None else text
 
@@ -834,6 +887,10 @@ class CcxtVenue:
         market = self._markets[update.symbol]
         key = (update.symbol, update.client_order_id)
         traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if traded < update.filled:
+            # The reports may be here already, read off the socket but not yet handed over by ccxt.pro.
+            self._fees_received(side, market, update.client_order_id)
+            traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
         stream = _stream_live(side) if traded < update.filled else False
         if stream and self.config.fee_wait > 0:
             with trio.move_on_after(self.config.fee_wait):
@@ -846,6 +903,38 @@ class CcxtVenue:
         if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
             return update
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
+
+    def _fees_received(self, side: _Side, market: Market, client_order_id: str) -> None:
+        """Record the trades of one spot order from the execution reports this process has already received
+        on the user stream but ccxt.pro has not handled yet: the messages aiohttp has read and decoded wait in
+        the websocket's buffer (ccxt's `Client.buffer`) until ccxt's receive loop takes them, one per pass of
+        the asyncio loop, behind everything else the engine's thread runs. The ledger counts each trade once
+        by its id, so ccxt's own handling of the same report later changes nothing. Reads, never consumes: a
+        message that is not such a report, or cannot be read, is left to ccxt."""
+        for client in list((getattr(side.ex, "clients", None) or {}).values()):
+            if side.kind.value not in (getattr(client, "subscriptions", None) or {}):
+                continue  # not the user-data connection ("spot" / "linear"): a busy book stream is not read
+            try:
+                pending = list(client.buffer or ())
+            except (AttributeError, TypeError):
+                continue  # not connected (or a ccxt without the buffer): nothing received to look at
+            for item in pending:
+                data = getattr(item[0], "data", None) if isinstance(item, tuple) and item else None
+                if not isinstance(data, str) or '"executionReport"' not in data or client_order_id not in data:
+                    continue
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    continue
+                # The WebSocket API wraps user data as {"subscriptionId", "event"}; a listenKey stream as is.
+                report = message.get("event", message) if isinstance(message, dict) else None
+                if not isinstance(report, dict) or report.get("e") != "executionReport":
+                    continue
+                if report.get("c") != client_order_id or report.get("s") != market.venue_symbol:
+                    continue
+                trade = report_trade_fee(side.ex, report)
+                if trade is not None:
+                    self.fees.add((market.symbol, client_order_id), *trade)
 
     async def _trades_or_stream(self, side: _Side, update: OrderUpdate, key: tuple[str, str], stream: bool) -> None:
         """Ask REST for the order's trades, while the stream's reports may still tell first (then the query is

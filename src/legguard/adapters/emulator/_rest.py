@@ -1348,6 +1348,8 @@ def _middleware(emulator: Emulator) -> Any:
         except web.HTTPException:
             raise
         response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        # The user-stream events this request caused (a fill, a cancel) leave before its answer does.
+        await emulator.hub.flush()
         if fault is None:
             return response
         if fault.fault == "ack_timeout":

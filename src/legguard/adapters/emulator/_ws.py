@@ -7,7 +7,8 @@ combined: `/stream?streams=a/b` and `/fstream/stream?streams=a/b`, each event wr
 The market streams served are listed in `STREAMS` (docs/emulator.md is generated from it).
 
 Each connection gets a queue drained by its own sender task, so publishing from the (synchronous) engine
-glue never blocks and each client sees events in the order they happened.
+glue never blocks and each client sees events in the order they happened; the REST side lets the senders
+write (`Hub.flush`) before it answers, so an order's reports are on the wire ahead of any later answer about it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from legguard.domain import Market, MarketKind
 
 from . import _wire as w
 
+# Loop iterations `Hub.flush` gives the connections' senders before a REST answer leaves.
+_FLUSH_PASSES = 3
 _INTERVALS = "1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w"
 # Stream name templates per market ("<symbol>" is the lower-case venue symbol), and how each is matched.
 STREAMS: dict[MarketKind, tuple[tuple[str, str], ...]] = {
@@ -163,6 +166,18 @@ class Hub:
             self.emulator.call_later(lag, deliver)
         else:
             deliver()
+
+    async def flush(self) -> None:
+        """Let every connection write what is queued for it now, before the caller goes on (the REST side calls
+        this before answering): Binance publishes an execution report when the trade happens, so a client
+        never reads a venue's answer about an order before the reports of that order's earlier trades. Each
+        pass is one loop iteration (`sleep(0)`): a sender woken by its queue runs first and writes everything
+        queued without suspending (small frames compress and write synchronously). Bounded: a connection
+        whose transport pushes back keeps its frames buffered, in order, and the answer does not wait."""
+        for _ in range(_FLUSH_PASSES):
+            if not any(s.queue.qsize() for s in self.sessions):
+                return
+            await asyncio.sleep(0)
 
     def close_user_streams(self, listen_key: str) -> None:
         for s in list(self.sessions):
