@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
+from legguard.engine.journal import _store as store
 from legguard.engine.journal._replay import ReplayMismatch, replay_package, verify
 from legguard.engine.journal._store import (
     NUMBER_BLOCK,
@@ -663,6 +664,32 @@ def test_checkpointer_copies_committed_frames_into_the_database(db: Path) -> Non
     assert frames > 0
     assert done == frames
     assert checkpointer.checkpoints == 1
+
+
+def test_a_writer_that_never_pauses_still_lets_the_wal_start_over(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Back-to-back commits: every background checkpoint runs while the writer's next transaction is open, so
+    # it never completes and, without the writer's own checkpoint, the WAL would grow with every commit.
+    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 40)
+    wal = Path(f"{db}-wal")
+    with Journal.open(db, background_checkpoint=False) as journal:
+        journal._conn.execute("PRAGMA wal_autocheckpoint=0")
+        checkpointer = _Checkpointer(db, synchronous=1, start=False)
+        journal._checkpointer = checkpointer
+        try:
+            Desk(journal).new_package()
+            sizes = []
+            for n in range(400):
+                with journal.batch():
+                    journal.record("note", "pkg1", {"n": n, "pad": "x" * 900}, 1.0)
+                    checkpointer.run_once()  # the background's, racing the open transaction
+                sizes.append(wal.stat().st_size)
+        finally:
+            journal._checkpointer = None
+            checkpointer.close()
+    page = 4096
+    assert max(sizes) < 3 * store.WAL_RESTART_FRAMES * page  # bounded, not ~400 commits of frames
+    assert sizes[-1] <= sizes[len(sizes) // 2]  # reused from its start, not grown
+    assert checkpointer.writer_checkpoints >= 5
 
 
 def test_writer_checkpoints_inline_again_if_the_thread_died(db: Path) -> None:
