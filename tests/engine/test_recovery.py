@@ -22,7 +22,8 @@ from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import OrderOrigin, OrderRequest, OrderStatus, OrderType, OrderUpdate, OutcomeUnknown, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, verify
 from legguard.engine._actor import to_request
-from legguard.engine._recovery import RecoveryReport, settle_recovered
+from legguard.engine._recovery import RecoveryReport, _owner, settle_recovered
+from legguard.engine.journal import UnknownPackage
 from legguard.fsm import (
     Command,
     Dispatch,
@@ -797,3 +798,23 @@ async def test_exit_interrupted_by_a_crash_is_finished_by_recovery(
     entry = recovered.orders[recovered.entry[LegRole.SPOT]]
     assert spot_sold <= entry.filled - entry.fee_base
     assert_safe_and_verified(w, engine, report)
+
+
+def test_a_stray_orders_owner_is_read_from_its_whole_package_number_past_six_digits() -> None:
+    class _Journal:
+        known = frozenset({"P000042", "P1000042"})
+
+        def package(self, pid: str) -> object:
+            if pid not in self.known:
+                raise UnknownPackage(pid)
+            return object()
+
+    class _Engine:
+        journal = _Journal()
+
+    engine: Any = _Engine()
+    assert _owner(engine, "lgab12000042-SE0", "lgab12") == "P000042"
+    assert _owner(engine, "lgab121000042-PU1e2", "lgab12") == "P1000042"  # not P100004
+    assert _owner(engine, "lgab12000043-SE0", "lgab12") is None  # not journaled
+    assert _owner(engine, "lgab1242-SE0", "lgab12") is None  # not one of ours
+    assert _owner(engine, "lgab12x00042-SE0", "lgab12") is None

@@ -670,9 +670,10 @@ async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[s
 
 
 def _owner(engine: EngineHost, cid: str, prefix: str) -> str | None:
-    """The journaled package a client id was derived from, if any (ids are `<prefix><number:06d>-...`)."""
-    number = cid[len(prefix) : len(prefix) + 6]
-    if not number.isdigit():
+    """The journaled package a client id was derived from, if any (ids are `<prefix><number:06d>-...`: six
+    digits or more)."""
+    number = cid[len(prefix) :].split("-", 1)[0]
+    if len(number) < 6 or not number.isdigit():
         return None
     pid = f"P{number}"
     try:

@@ -216,7 +216,7 @@ def client_order_id(prefix: str, role: LegRole, purpose: Purpose, attempt: int, 
     handed out twice, and after a restart the epoch (reserved durably by recovery) makes every new id differ
     from any the crashed process may have sent without the journal keeping it. Fits Binance's
     `^[.A-Z:/a-z0-9_-]{1,36}$` (futures) and spot's `^[a-zA-Z0-9-_]{1,36}$`: at most
-    2 + 4 + 6 + 1 + 2 + 2 + 1 + 7 = 25 characters."""
+    2 + 4 + 6 + 1 + 2 + 2 + 1 + 7 = 25 characters (26 once package numbers need a seventh digit)."""
     cid = f"{prefix}-{role.value[0].upper()}{_PURPOSE_LETTER[purpose]}{attempt}"
     return f"{cid}e{epoch}" if epoch else cid
 
