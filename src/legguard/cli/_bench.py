@@ -114,6 +114,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             ("commit_process_us", "floor: SQLite commit, PROCESS (µs)", "WAL, synchronous=NORMAL, one row"),
             ("commit_power_us", "floor: SQLite commit, POWER (µs)", "WAL, synchronous=FULL: one fsync"),
             ("sign_us", "floor: ccxt sign() of an order (µs)", "Binance spot POST /api/v3/order"),
+            ("hop_us", "floor: trio scheduler hop (µs)", "a task wakes another, which runs"),
         ):
             f = floors[name]
             out.append((label, _fmt(f["p50"]), _fmt(f["p90"]), _fmt(f["p99"]), note))

@@ -10,7 +10,11 @@ that move with the latencies).
   commit (POWER); a passive checkpoint every 100 commits outside the timing (the journal checkpoints on
   another thread), so the WAL is reused in place as the journal's is;
 - one ccxt `sign()` of an order request (Binance spot `POST /api/v3/order`, HMAC-SHA256 over the query), the
-  work a request not prepared in advance adds.
+  work a request not prepared in advance adds;
+- one trio scheduler hop: a task that wakes another and waits, to the other running (one pass of trio's
+  run loop with nothing else to do). The design runs every package as an actor task: a new package's first
+  step starts one task later, and a group commit yields one pass; nothing written in Python on trio hops
+  faster.
 
 Which floor bounds which latency is `FLOOR_OF` (the docs table prints it beside every latency).
 """
@@ -32,8 +36,9 @@ FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
     "reaction_us": (("commit_process_us", 1), ("send_us", 1)),
     # likewise for the unwind order (armed while the cancel is in flight)
     "unwind_us": (("commit_process_us", 1), ("send_us", 1)),
-    # the sim venue at zero latency signs nothing and sends nothing: creation and dispatch journaled
-    "overhead_us": (("commit_process_us", 1),),
+    # the sim venue at zero latency signs nothing and sends nothing: creation and dispatch journaled in one
+    # commit, after the actor's task has started (a hop) and its group's one-pass yield (a hop)
+    "overhead_us": (("commit_process_us", 1), ("hop_us", 2)),
 }
 # One order request as the order path writes it (request line, headers, signed body): about this size.
 REQUEST_BYTES = 620
@@ -112,6 +117,41 @@ def sign_floor(samples: int) -> list[float]:
     return _timed(lambda: ex.sign(entry.path, entry.api, entry.method, dict(params)), samples)
 
 
+def hop_floor(samples: int) -> list[float]:
+    """µs from a trio task waking another (`reschedule`) and waiting, to the other running: one scheduler hop."""
+    import trio
+    import trio.lowlevel
+    import trio.testing
+
+    out: list[float] = []
+
+    def never(_: object) -> trio.lowlevel.Abort:
+        return trio.lowlevel.Abort.FAILED
+
+    async def main() -> None:
+        me = trio.lowlevel.current_task()
+        other: list[trio.lowlevel.Task] = []
+        woken_at = [0]
+
+        async def partner() -> None:
+            other.append(trio.lowlevel.current_task())
+            for _ in range(samples):
+                await trio.lowlevel.wait_task_rescheduled(never)
+                out.append((time.perf_counter_ns() - woken_at[0]) / 1000)
+                trio.lowlevel.reschedule(me)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partner)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(samples):
+                woken_at[0] = time.perf_counter_ns()
+                trio.lowlevel.reschedule(other[0])
+                await trio.lowlevel.wait_task_rescheduled(never)
+
+    trio.run(main)
+    return out
+
+
 def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
     """Every floor's percentiles (µs); POWER commits get a tenth of the samples (each is an fsync)."""
     return {
@@ -119,6 +159,7 @@ def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]
         "commit_process_us": percentiles(commit_floor(directory / "floor-process.db", 1, samples)),
         "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 20))),
         "sign_us": percentiles(sign_floor(samples)),
+        "hop_us": percentiles(hop_floor(samples)),
     }
 
 

@@ -544,7 +544,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if all("floors" in r for r in runs):
         out["floors"] = {
             name: {q: med(["floors", name, q]) for q in ("p50", "p90", "p99")}
-            for name in ("send_us", "commit_process_us", "commit_power_us", "sign_us")
+            for name in ("send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us")
         }
         # Each latency as a multiple of its floor (the sum `FLOOR_OF` names), quantile by quantile.
         out["floor_multiple"] = {}
