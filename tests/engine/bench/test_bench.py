@@ -60,7 +60,7 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert result["journal_events_per_s"] == 120000.0 and result["bytes_per_package"] == 100.0
     assert result["journal_power_events_per_s"] == 15000.0 and result["steps_per_commit"] == 3.0
     assert result["bytes_per_finished_package"] == 80.0 and result["floors"]["send_us"]["p50"] == 5.0
-    # Each latency as a multiple of its floor: skew / send, reaction / (commit + send), overhead / (commit + 2 trio hops).
+    # Each latency as a multiple of its floor: skew / send, reaction / (commit + send), overhead / (commit + 2 hops).
     assert result["floor_multiple"]["skew_us"] == {"p50": 4.0, "p99": 1.0}
     assert result["floor_multiple"]["reaction_us"]["p50"] == round(1.0 / 15.0, 1)
     assert result["floor_multiple"]["overhead_us"] == {"p50": 0.1, "p99": 0.3}  # commit + 2 hops: 3 + 2 x 3
