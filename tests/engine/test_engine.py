@@ -20,6 +20,7 @@ from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import OrderRequest, OrderType, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, EngineMode, PackageSpec
 from legguard.engine._handle import PackageHandle
+from legguard.engine._pricing import dust_threshold, price_package
 from legguard.engine._spec import BreakerConfig
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal import desk_dust, ledger, package_pnl
@@ -519,3 +520,28 @@ async def test_a_metadata_fee_above_the_accounts_is_learnt_from_the_fills(autoju
         assert spot.maker_fee <= learnt <= spot.maker_fee + Decimal("0.000001")
     assert_exact_hedge(second)
     rig.assert_safe()
+
+
+async def test_packages_between_two_book_updates_are_priced_once_and_share_their_leg_plans(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    """A burst submitted while the books stand: every plan is what pricing those books gives, the leg plans
+    are the same (frozen) objects; once a book is replaced, the next package is priced from the new one."""
+    books = (rig.engine.books[ETH], rig.engine.books[ETH_PERP])
+    pids = [rig.engine.submit(rig.spec()) for _ in range(3)]
+    plans = [rig.engine.handles[pid].core.plan for pid in pids]
+    spot, perp = rig.engine.markets[ETH], rig.engine.markets[ETH_PERP]
+    fresh = price_package(*books, spot, perp, Decimal("0.05"), ANY_SPREAD)
+    for plan in plans:
+        assert (plan.quantity, plan.spot.price, plan.perp.price) == (fresh.quantity, fresh.spot_price, fresh.perp_price)
+        assert plan.spot is plans[0].spot and plan.perp is plans[0].perp
+        assert plan.spot.dust == dust_threshold(spot, fresh.spot_price)
+    assert len({plan.package_id for plan in plans}) == 3
+    for pid in pids:
+        await rig.settle(pid)
+    await trio.sleep(0.25)  # a few market steps (every 0.1 s): both books replaced
+    assert rig.engine.books[ETH] is not books[0] and rig.engine.books[ETH_PERP] is not books[1]
+    later = rig.engine.handles[rig.engine.submit(rig.spec())].core.plan
+    now = price_package(rig.engine.books[ETH], rig.engine.books[ETH_PERP], spot, perp, Decimal("0.05"), ANY_SPREAD)
+    assert (later.spot.price, later.perp.price) == (now.spot_price, now.perp_price)
+    assert later.spot is not plans[0].spot

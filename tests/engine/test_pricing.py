@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from legguard.adapters import BookSnapshot, Market, MarketKind
 from legguard.engine import PricingRefused, common_step, price_package
 from legguard.engine._pricing import (
+    PricedLegs,
+    PriceMemo,
     dust_threshold,
     maker_buy_price,
     maker_sell_price,
@@ -206,3 +208,73 @@ def test_rounding_returns_a_value_already_on_its_step_as_the_same_object_and_nev
         assert str(padded_result) == str((padded / step).to_integral_value() * step)
     off = on_step + step / 3
     assert round_down(off, step) == on_step and round_up(off, step) == on_step + step
+
+
+# --- the memo: a package priced again only when its books or inputs changed ------------------------------
+
+
+def _pair() -> tuple[Market, Market, BookSnapshot, BookSnapshot]:
+    spot = market(MarketKind.SPOT, Decimal("0.01"), Decimal("0.0001"))
+    perp = market(MarketKind.LINEAR, Decimal("0.01"), Decimal("0.001"))
+    spot_book = book(spot.symbol, Decimal(2000), Decimal("2000.5"))
+    return spot, perp, spot_book, book(perp.symbol, Decimal(2001), Decimal(2002))
+
+
+def _memo_price(memo: PriceMemo, spot_book: BookSnapshot, perp_book: BookSnapshot, spot: Market, perp: Market,
+                quantity: Decimal, min_spread: Decimal = Decimal(-1), taker: bool = False) -> PricedLegs:  # fmt: skip
+    return memo.price(spot_book, perp_book, spot, perp, quantity, min_spread, spot_taker=taker, perp_taker=taker,
+                      max_slippage=Decimal("0.0005"))  # fmt: skip
+
+
+def test_memo_answers_what_pricing_answers_and_reuses_it_while_the_books_stand() -> None:
+    spot, perp, sb, pb = _pair()
+    memo = PriceMemo()
+    for taker in (False, True):
+        legs = _memo_price(memo, sb, pb, spot, perp, Decimal("0.05"), taker=taker)
+        fresh = price_package(sb, pb, spot, perp, Decimal("0.05"), Decimal(-1), spot_taker=taker, perp_taker=taker)
+        assert legs.priced == fresh
+        assert legs.spot_dust == dust_threshold(spot, fresh.spot_price)
+        assert legs.perp_dust == dust_threshold(perp, fresh.perp_price)
+        # the same books, an equal spec built anew: the very same answer, nothing recomputed
+        assert _memo_price(memo, sb, pb, spot, perp, Decimal("0.05"), taker=taker) is legs
+    # a new book object (the engine replaces a book on every update): priced anew, from the new book
+    moved = book(sb.symbol, Decimal(1990), Decimal("1990.5"))
+    again = _memo_price(memo, moved, pb, spot, perp, Decimal("0.05"))
+    assert again.priced == price_package(moved, pb, spot, perp, Decimal("0.05"), Decimal(-1))
+    assert again.priced.spot_price != legs.priced.spot_price
+
+
+def test_memo_keys_on_the_spelling_of_quantities_and_never_keeps_a_refusal() -> None:
+    spot, perp, sb, pb = _pair()
+    memo = PriceMemo()
+    legs = _memo_price(memo, sb, pb, spot, perp, Decimal("0.05"))
+    # equal but spelled otherwise: answered as pricing answers it (the journal prints what the plan holds)
+    other = _memo_price(memo, sb, pb, spot, perp, Decimal("0.050"))
+    assert other is not legs and str(other.priced.quantity) == str(price_package(
+        sb, pb, spot, perp, Decimal("0.050"), Decimal(-1)).quantity)  # fmt: skip
+    with pytest.raises(PricingRefused, match="spread after fees"):
+        _memo_price(memo, sb, pb, spot, perp, Decimal("0.05"), min_spread=Decimal("0.5"))
+    with pytest.raises(PricingRefused, match="spread after fees"):  # asked again: refused again, not remembered
+        _memo_price(memo, sb, pb, spot, perp, Decimal("0.05"), min_spread=Decimal("0.5"))
+    assert _memo_price(memo, sb, pb, spot, perp, Decimal("0.05")).priced == legs.priced
+
+
+def test_memo_sizes_as_size_spot_buy_and_again_when_fee_or_dust_change() -> None:
+    spot, perp, _, _ = _pair()
+    memo = PriceMemo()
+    args = (spot, perp, Decimal("0.05"), Decimal("2000.01"))
+    first = memo.size(*args, Decimal("0.001"), Decimal(0))
+    assert first == size_spot_buy(*args, Decimal("0.001"), Decimal(0))
+    assert memo.size(*args, Decimal("0.001"), Decimal(0)) is first
+    for fee, dust in ((Decimal("0.00075"), Decimal(0)), (Decimal("0.00075"), Decimal("0.00004"))):
+        sized = memo.size(*args, fee, dust)
+        assert sized == size_spot_buy(*args, fee, dust)
+    assert sized.sweep == Decimal("0.00004") and sized != first
+
+
+def test_common_step_memo_answers_alike_for_every_spelling() -> None:
+    assert common_step(Decimal("0.001"), Decimal("0.0001")) == Decimal("0.001")
+    spelled = common_step(Decimal("0.0010"), Decimal("0.00010"))
+    assert str(spelled) == str(common_step(Decimal("0.001"), Decimal("0.0001")))
+    with pytest.raises(ValueError, match="step sizes must be > 0"):
+        common_step(Decimal(0), Decimal("0.1"))

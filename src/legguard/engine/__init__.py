@@ -2,7 +2,8 @@
 
 Map:
 - `_spec.py`        PackageSpec / EngineConfig and their validation (SpecError names the field).
-- `_pricing.py`     pure pricing from L2 books: maker prices, common step rounding, spread after fees.
+- `_pricing.py`     pure pricing from L2 books: maker prices, common step rounding, spread after fees;
+                    `PriceMemo`, the last package's pricing and sizing, reused while both books stand.
 - `_engine.py`      `Engine`: the supervisor (nursery of package actors), venue gateway (order stream ->
                     mailboxes by client order id, liquidation attribution, stream-drop reconcile), book
                     watchers, circuit breaker, halt/resume, graceful shutdown.

@@ -64,12 +64,11 @@ from ._host import EngineStats, Timers
 from ._observe import EngineObserver, HaltSource, notify
 from ._outage import VenueWatch
 from ._pricing import (
+    PriceMemo,
     PricingRefused,
     dust_threshold,
     maker_buy_price,
     maker_sell_price,
-    price_package,
-    size_spot_buy,
 )
 from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
@@ -155,6 +154,9 @@ class Engine:
         # grossed-up buys, kill-switch residuals): derived from the journal at start (`desk_dust`), kept
         # current as packages take it over (`PackagePlan.sweep`) and go flat (docs/accounting.md).
         self.dust: dict[str, Decimal] = {}
+        self._prices = PriceMemo()  # the last package's pricing, reused while both books stand
+        # The last package's leg plans and what they were built from (compared by identity): reused as they are.
+        self._leg_plans: tuple[tuple[object, ...], tuple[LegPlan, LegPlan]] | None = None
         # (spot symbol, taker) -> the fee rate the venue actually kept in base on a hedged package's buy: the
         # next buys are grossed up with it instead of the market metadata's (ccxt's defaults can be above the
         # account's tier).
@@ -263,34 +265,34 @@ class Engine:
         quantity = spec.quantity
         spot_price = perp_price = Decimal(0)
         priced: dict[str, str] = {}
-
-        def taker(role: LegRole) -> bool:
-            if spec.execution is ExecutionStyle.MAKER_TAKER:
-                return role is not spec.maker_leg
-            return spec.execution is ExecutionStyle.TAKER_TAKER
-
-        size = None
+        style = spec.execution
+        if style is ExecutionStyle.MAKER_TAKER:
+            spot_taker, perp_taker = spec.maker_leg is not LegRole.SPOT, spec.maker_leg is not LegRole.PERP
+        else:
+            spot_taker = perp_taker = style is ExecutionStyle.TAKER_TAKER
+        size = legs = None
         if refusal is None:
             try:
-                p = price_package(
+                # Memoized while both books stand: a burst of packages prices the same books once.
+                legs = self._prices.price(
                     self.books[spec.spot_symbol],
                     self.books[spec.perp_symbol],
                     spot,
                     perp,
                     spec.quantity,
                     self.config.min_spread if spec.min_spread is None else spec.min_spread,
-                    spot_taker=taker(LegRole.SPOT),
-                    perp_taker=taker(LegRole.PERP),
+                    spot_taker=spot_taker,
+                    perp_taker=perp_taker,
                     max_slippage=spec.max_slippage,
                 )
+                p = legs.priced
                 quantity, spot_price, perp_price = p.quantity, p.spot_price, p.perp_price
                 priced = {"spread_after_fees": str(p.spread_after_fees)}
                 # Exact hedge: the venue keeps the spot buy's fee in base unless fees are paid elsewhere.
-                spot_taker = taker(LegRole.SPOT)
                 fee = self.fee_seen.get((spot.symbol, spot_taker), spot.taker_fee if spot_taker else spot.maker_fee)
-                size = size_spot_buy(spot, perp, quantity, spot_price,
-                                     fee if self.config.spot_fee_in_base else Decimal(0),
-                                     self.dust.get(spot.base, Decimal(0)))  # fmt: skip
+                size = self._prices.size(spot, perp, quantity, spot_price,
+                                         fee if self.config.spot_fee_in_base else Decimal(0),
+                                         self.dust.get(spot.base, Decimal(0)))  # fmt: skip
                 if quantity * spot_price > self.config.max_notional:
                     refusal = f"risk: notional {quantity * spot_price} above max_notional {self.config.max_notional}"
                 else:
@@ -298,25 +300,36 @@ class Engine:
 
             except PricingRefused as exc:
                 refusal = str(exc)
+        if refusal is not None:
+            size = None  # a refused package buys nothing: no gross-up, no sweep
+        key = (spot, perp, legs, size, spec.spot_side, spec.perp_side, style)
+        reuse = self._leg_plans
+        if reuse is not None and all(a is b for a, b in zip(reuse[0], key, strict=True)):
+            # The same markets, prices and sizing as the last package: its (frozen) leg plans, shared.
+            spot_leg, perp_leg = reuse[1]
+        else:
+            spot_leg = LegPlan(spot.symbol, spec.spot_side, spot_price, spot.step_size,
+                               legs.spot_dust if legs is not None else spot.step_size,
+                               amount=size.amount if size is not None else None,
+                               fee_rate=size.fee_rate if size is not None else Decimal(0))  # fmt: skip
+            # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
+            perp_leg = LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
+                               max(perp.step_size, perp.min_qty),
+                               # a taker hedge is a new order: the minimum notional applies to it
+                               legs.perp_dust if legs is not None and style is not ExecutionStyle.MAKER_MAKER
+                               else None)  # fmt: skip
+            self._leg_plans = (key, (spot_leg, perp_leg))
         plan = PackagePlan(
             package_id=package_id,
             client_id_prefix=f"lg{self.journal.journal_id}{number:06d}",
             quantity=quantity,
-            spot=LegPlan(spot.symbol, spec.spot_side, spot_price, spot.step_size,
-                         dust_threshold(spot, spot_price) if spot_price > 0 else spot.step_size,
-                         amount=None if size is None or refusal is not None else size.amount,
-                         fee_rate=Decimal(0) if size is None or refusal is not None else size.fee_rate),
-            # Reduce-only perp orders are exempt from the minimum notional: one step is tradable.
-            perp=LegPlan(perp.symbol, spec.perp_side, perp_price, perp.step_size,
-                         max(perp.step_size, perp.min_qty),
-                         # a taker hedge is a new order: the minimum notional applies to it
-                         dust_threshold(perp, perp_price)
-                         if perp_price > 0 and spec.execution is not ExecutionStyle.MAKER_MAKER else None),
+            spot=spot_leg,
+            perp=perp_leg,
             policy=spec.policy or self.config.policy,
-            style=spec.execution,
+            style=style,
             maker=spec.maker_leg,
-            sweep=Decimal(0) if size is None or refusal is not None else size.sweep,
-        )  # fmt: skip
+            sweep=size.sweep if size is not None else Decimal(0),
+        )
         if plan.sweep:
             self.dust[spot.base] = self.dust.get(spot.base, Decimal(0)) - plan.sweep
         # Journaled with the package's first step (its dispatch), in that step's group commit.

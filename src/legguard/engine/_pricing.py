@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from functools import lru_cache
 from math import lcm
 
 from legguard.domain import BookSnapshot, Market, Side
@@ -27,8 +28,12 @@ class Priced:
     spread_after_fees: Decimal  # fraction of the spot notional, guaranteed if both legs fill at their limits
 
 
+@lru_cache(maxsize=64)
 def common_step(a: Decimal, b: Decimal) -> Decimal:
-    """Smallest quantity that lies on both step grids (the least common multiple of the two steps)."""
+    """Smallest quantity that lies on both step grids (the least common multiple of the two steps).
+    Memoized: it depends only on the two markets, and every package of a pair asked for it again (a tenth
+    of pricing a package). A Decimal hashes by value, and equal steps give the same result whatever their
+    spelling (the result is normalized)."""
     if a <= 0 or b <= 0:
         raise ValueError(f"step sizes must be > 0, got {a} and {b}")
     exp = min(a.as_tuple().exponent, b.as_tuple().exponent)
@@ -180,3 +185,98 @@ def size_spot_buy(
     if sweep > 0 and (amount < spot.min_qty or amount * price < spot.min_notional):
         sweep, amount = Decimal(0), gross(quantity)
     return SpotSize(amount, fee_rate, sweep)
+
+
+def _same(a: Decimal, b: Decimal) -> bool:
+    # Equal and spelled alike (compare_total: 0.010 != 0.01): a memoized result then prints as a fresh one.
+    return a is b or a.compare_total(b) == 0
+
+
+@dataclass(frozen=True, slots=True)
+class PricedLegs:
+    """`price_package`'s answer with what the package plan derives from the prices alone."""
+
+    priced: Priced
+    spot_dust: Decimal  # dust_threshold(spot, spot price)
+    perp_dust: Decimal | None  # dust_threshold(perp, perp price) (a taker hedge's minimum order); None at price 0
+
+
+class PriceMemo:
+    """The last package priced, kept while both books stand (the engine replaces a book object on every
+    update; a book is never changed in place). Packages submitted between two book updates (every package of
+    a burst, and most of a steady stream: the books move every ~100 ms, a package is priced in tens of µs)
+    priced the same books again: the same Decimal rounding, spread and dust arithmetic each time. `price`
+    answers exactly what `price_package` and `dust_threshold` would (the same objects for a repeat); a
+    refusal is never kept (it is raised afresh, with its current wording). Likewise `size` for
+    `size_spot_buy`, whose inputs also include the fee rate and the desk's dust."""
+
+    __slots__ = ("_args", "_books", "_legs", "_size", "_size_args")
+
+    def __init__(self) -> None:
+        self._books: tuple[BookSnapshot, BookSnapshot] | None = None
+        self._args: tuple[Market, Market, Decimal, Decimal, bool, bool, Decimal] | None = None
+        self._legs: PricedLegs | None = None
+        self._size_args: tuple[Market, Market, Decimal, Decimal, Decimal, Decimal] | None = None
+        self._size: SpotSize | None = None
+
+    def price(
+        self,
+        spot_book: BookSnapshot,
+        perp_book: BookSnapshot,
+        spot: Market,
+        perp: Market,
+        quantity: Decimal,
+        min_spread: Decimal,
+        *,
+        spot_taker: bool,
+        perp_taker: bool,
+        max_slippage: Decimal,
+    ) -> PricedLegs:
+        books, args = self._books, self._args
+        if (
+            books is not None
+            and args is not None
+            and self._legs is not None
+            and books[0] is spot_book
+            and books[1] is perp_book
+            and args[0] is spot
+            and args[1] is perp
+            and args[4] is spot_taker
+            and args[5] is perp_taker
+            and _same(args[2], quantity)
+            and _same(args[3], min_spread)
+            and _same(args[6], max_slippage)
+        ):
+            return self._legs
+        self._books = self._legs = None
+        p = price_package(spot_book, perp_book, spot, perp, quantity, min_spread, spot_taker=spot_taker,
+                          perp_taker=perp_taker, max_slippage=max_slippage)  # fmt: skip
+        legs = PricedLegs(
+            p,
+            dust_threshold(spot, p.spot_price) if p.spot_price > 0 else spot.step_size,
+            dust_threshold(perp, p.perp_price) if p.perp_price > 0 else None,
+        )
+        self._books = (spot_book, perp_book)
+        self._args = (spot, perp, quantity, min_spread, spot_taker, perp_taker, max_slippage)
+        self._legs = legs
+        return legs
+
+    def size(
+        self, spot: Market, perp: Market, quantity: Decimal, price: Decimal, fee_rate: Decimal, dust: Decimal
+    ) -> SpotSize:
+        args = self._size_args
+        if (
+            args is not None
+            and self._size is not None
+            and args[0] is spot
+            and args[1] is perp
+            and _same(args[2], quantity)
+            and _same(args[3], price)
+            and _same(args[4], fee_rate)
+            and _same(args[5], dust)
+        ):
+            return self._size
+        self._size = None
+        size = size_spot_buy(spot, perp, quantity, price, fee_rate, dust)
+        self._size_args, self._size = (spot, perp, quantity, price, fee_rate, dust), size
+        return size
