@@ -293,8 +293,9 @@ class PackageActor:
                     self._spawn(self._query, cid, symbol, 0.0)
         if sends:
             delay = retry_backoff(sends)
-            throttled = self.core.throttled_hedges()
-            if throttled and any(i.ioc for i in sends):
+            # Asked of the core only for a hedge (IOC): not on the unwind's path, whose market order is not.
+            throttled = self.core.throttled_hedges() if any(i.ioc for i in sends) else 0
+            if throttled:
                 # The request budget refused the last hedge: give it time to refill (20 units/s on Binance).
                 delay = max(delay, min(0.1 * 2 ** (throttled - 1), 1.0))
             if delay > 0:

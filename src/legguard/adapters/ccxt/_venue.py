@@ -402,6 +402,9 @@ class CcxtVenue:
         self._cancels_out: dict[str, _CancelOut | VenueError] = {}  # written by release_cancel, not yet awaited
         self._fees_seen = trio.Event()  # set (and replaced) whenever the user stream reports an order event
         self.fee_queries = 0  # REST trade queries made because no answer carried an order's fees
+        # symbol -> (ccxt's markets dict it was read from, ccxt's market): `ex.market()` resolves the symbol
+        # through ccxt's options on every call (~5 µs in the run, on the kill switch's cancel path).
+        self._ccxt_market: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"CcxtVenue({self.config!r})"
@@ -471,6 +474,16 @@ class CcxtVenue:
         if isinstance(error, RateLimited):
             side.budget.exhaust()
         raise error
+
+    def _market_of(self, side: _Side, symbol: str) -> dict[str, Any]:
+        """ccxt's market of `symbol` (`ex.market`), read again only when ccxt's markets were reloaded."""
+        markets = side.ex.markets
+        held = self._ccxt_market.get(symbol)
+        if held is not None and held[0] is markets:
+            return held[1]
+        market: dict[str, Any] = side.ex.market(symbol)
+        self._ccxt_market[symbol] = (markets, market)
+        return market
 
     def _side_for(self, symbol: str) -> _Side:
         side = self._by_symbol.get(symbol)
@@ -567,7 +580,7 @@ class CcxtVenue:
             params["reduceOnly"] = True
         ex = side.ex
         try:
-            market = ex.market(request.symbol)
+            market = self._market_of(side, request.symbol)
             built = ex.create_order_request(request.symbol, request.type.value, request.side.value,
                                             str(request.amount), price, params)  # fmt: skip
         except ccxt.BaseError as exc:
@@ -696,7 +709,7 @@ class CcxtVenue:
         what = f"cancel {client_order_id}"
         if self._closed:
             raise VenueError(f"{what}: the venue is closed")
-        market = side.ex.market(symbol)
+        market = self._market_of(side, symbol)
         side.budget.take(side.cost("cancel"), reducing=True, what=what)
         signed = self._cancels.pop(client_order_id, None)
         if signed is None or signed.side is not side or side.ex.milliseconds() - signed.signed_ms > self._resign_ms:
@@ -921,6 +934,10 @@ class CcxtVenue:
             for item in pending:
                 data = getattr(item[0], "data", None) if isinstance(item, tuple) and item else None
                 if not isinstance(data, str) or '"executionReport"' not in data or client_order_id not in data:
+                    continue
+                if '"TRADE"' not in data and '"CALCULATED"' not in data:
+                    # Not a trade (the order's NEW, CANCELED reports): `report_trade_fee` would refuse it
+                    # after a json.loads of ~10 µs, on the path of the kill switch's unwind.
                     continue
                 try:
                     message = json.loads(data)
