@@ -520,11 +520,22 @@ async def test_a_cancel_answer_takes_its_fee_from_a_report_received_but_not_yet_
         rig.venue._fees_received(rig.venue._spot, rig.emu.engine.markets[ETH], "t32-SE1")
         assert rig.venue.fees.totals((ETH, "t32-SE1"), "ETH", "USDT")[0] == 0
         clients["unhandled"] = unhandled
+        decoded: list[OrderUpdate] = []
+        real_decode = rig.venue._decode
+
+        def decode(*args: Any, **kwargs: Any) -> OrderUpdate:
+            decoded.append(real_decode(*args, **kwargs))
+            return decoded[-1]
+
+        rig.venue._decode = decode  # type: ignore[method-assign]
         try:
             with trio.fail_after(STREAM_WAIT):
                 answer = await rig.venue.cancel_order(ETH, "t32-SE1")
         finally:
             del clients["unhandled"], clients["book"]
+            del rig.venue._decode
+        # The fee was read before the decode, which made the answer's update with it (not replaced after).
+        assert decoded == [answer] and decoded[0] is answer
         stream.release()  # ccxt's own handling of the same trade later counts it once
         again = await rig.venue.fetch_order(ETH, "t32-SE1")
 

@@ -742,8 +742,29 @@ class CcxtVenue:
             out = self._write_cancel(symbol, client_order_id)
         side, what = out.side, f"cancel {client_order_id}"
         order = await self._exchange(out.request, out.conn, what, cid=client_order_id)
+        # The fees first, so that the decode reads them from the ledger with everything else (the update is
+        # made once, not made and then replaced: ~15 µs in the run, on the path of the kill switch's unwind).
+        scanned = self._fees_ahead(side, order, symbol, client_order_id)
         update = self._decode(side, order, out.market, what, cid=client_order_id)
-        return await self._with_fees(side, update)
+        return await self._with_fees(side, update, scanned=scanned)
+
+    def _fees_ahead(self, side: _Side, raw: Any, symbol: str, client_order_id: str) -> bool:
+        """Before a spot buy's cancel answer is decoded: if the ledger does not cover its fill yet, read the
+        reports already received (`_fees_received`). True when it read them (nothing arrives before the
+        decode: `_with_fees` need not read them again)."""
+        if side.kind is not MarketKind.SPOT or not isinstance(raw, dict) or raw.get("side") != "BUY":
+            return False
+        market, text = self._markets.get(symbol), raw.get("executedQty")
+        if market is None or not isinstance(text, str):
+            return False
+        try:
+            filled = Decimal(text)
+        except ArithmeticError:
+            return False
+        if not filled > 0 or self.fees.totals((symbol, client_order_id), market.base, market.quote)[0] >= filled:
+            return False
+        self._fees_received(side, market, client_order_id)
+        return True
 
     def _decode(
         self,
@@ -887,7 +908,7 @@ class CcxtVenue:
                                  cid=client_order_id)  # fmt: skip
         return await self._with_fees(side, self._update(order, symbol, client_order_id))
 
-    async def _with_fees(self, side: _Side, update: OrderUpdate) -> OrderUpdate:
+    async def _with_fees(self, side: _Side, update: OrderUpdate, *, scanned: bool = False) -> OrderUpdate:
         """Binance's cancel and query answers carry no fees. A spot buy pays its fee in the base asset, which
         changes what is held (and so what the kill switch unwinds). The fees come from the answers the venue
         already sent: the fill's execution report on the user stream (or the placement's `fills`), recorded
@@ -900,7 +921,7 @@ class CcxtVenue:
         market = self._markets[update.symbol]
         key = (update.symbol, update.client_order_id)
         traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
-        if traded < update.filled:
+        if traded < update.filled and not scanned:
             # The reports may be here already, read off the socket but not yet handed over by ccxt.pro.
             self._fees_received(side, market, update.client_order_id)
             traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
