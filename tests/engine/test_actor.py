@@ -413,4 +413,7 @@ async def test_the_kill_switchs_steps_leave_their_audited_facts_to_a_later_trans
     assert error.seq > rejected.seq
     acks = [r.payload["client_order_id"] for r in rows if r.kind == "ack"]
     assert acks and len(acks) == len(set(acks))  # each answer journaled once
+    # An answer's payload is made when it is journaled (the venue's update is kept until then), whole.
+    fields = {"client_order_id", "venue_order_id", "status", "filled", "average"}
+    assert all(set(r.payload) == fields for r in rows if r.kind == "ack")
     assert handle.facts == []

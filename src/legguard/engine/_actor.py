@@ -161,7 +161,7 @@ class PackageActor:
             facts, h.facts = h.facts, []
             with self.engine.journal.batch():
                 for kind, payload, at in facts:
-                    self.engine.journal.record(kind, h.package_id, payload, at)
+                    self.engine.journal.record(kind, h.package_id, _fact_payload(payload), at)
 
     def _fact_error(self, cid: str, where: str, error: object) -> None:
         # The payload of `Engine.journal_error`, journaled with the next step instead of on its own.
@@ -266,7 +266,8 @@ class PackageActor:
         # package's next routine step (or the actor's end): encoding and inserting them cost ~30-40 µs in the
         # run, between the decisive answer and the kill switch's cancel.
         journal, facts = engine.journal, 0 if urgent else len(h.facts)
-        writes = [journal.prepare_fact(kind, h.package_id, payload, at) for kind, payload, at in h.facts[:facts]]
+        pid, prepare_fact = h.package_id, journal.prepare_fact
+        writes = [prepare_fact(kind, pid, _fact_payload(payload), at) for kind, payload, at in h.facts[:facts]]
         writes.append(journal.prepare_step(h.package_id, event, commands, twin.state, twin.exposure(), now))
         if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
             # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
@@ -473,7 +474,7 @@ class PackageActor:
             raise
         if CRASH_ARMED:
             _crashpoints.after_send(self.core.orders[cid].intent)
-        h.facts.append(("ack", _update_payload(ack), trio.current_time()))
+        h.facts.append(("ack", ack, trio.current_time()))
         await self._answered(to_order_event(ack))
 
     async def _cancel(self, cid: str, symbol: str) -> None:
@@ -566,6 +567,10 @@ class PackageActor:
     async def _fill_after_outage(self) -> None:
         await self.engine.outage.wait_up()
         self.handle.post(FillDeadline())
+
+
+def _fact_payload(payload: dict[str, object] | OrderUpdate) -> dict[str, object]:
+    return _update_payload(payload) if isinstance(payload, OrderUpdate) else payload
 
 
 def _update_payload(update: OrderUpdate) -> dict[str, object]:
