@@ -388,3 +388,32 @@ async def test_a_legs_rejection_commits_at_once_without_waiting_for_its_round(
     answers = [(status, urgent) for kind, status, urgent in commits if kind == "order"]
     assert (OrderStatus.REJECTED, True) in answers, commits
     assert ("dispatch", None, False) in commits
+
+
+async def test_the_kill_switchs_steps_leave_their_audited_facts_to_a_later_transaction(
+    autojump_clock: MockClock, rig: Rig
+) -> None:
+    # The rejection's step is urgent: its `order_error` fact is journaled after the step's own rows (with
+    # the package's next routine step, or at the actor's end), not encoded and inserted ahead of them on the
+    # kill switch's path. Nothing is lost: every fact is in the journal once the package is flat.
+    rig.venue.inject("reject", symbol=ETH_PERP, reason=RejectReason.POST_ONLY_CROSS)
+    pid = rig.engine.submit(PackageSpec(ETH, ETH_PERP, QTY, min_spread=Decimal(-1)))
+    handle = rig.engine.handles[pid]
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.done.wait()
+
+    rows = rig.journal.timeline(pid)
+    perp = f"{handle.core.plan.client_id_prefix}-PE0"
+    (rejected,) = [
+        r for r in rows
+        if r.kind == "event" and r.payload.get("client_order_id") == perp and r.payload.get("status") == "rejected"
+    ]  # fmt: skip
+    (error,) = [r for r in rows if r.kind == "order_error" and r.payload["client_order_id"] == perp]
+    assert error.seq > rejected.seq
+    acks = [r.payload["client_order_id"] for r in rows if r.kind == "ack"]
+    assert acks and len(acks) == len(set(acks))  # each answer journaled once
+    # An answer's payload is made when it is journaled (the venue's update is kept until then), whole.
+    fields = {"client_order_id", "venue_order_id", "status", "filled", "average"}
+    assert all(set(r.payload) == fields for r in rows if r.kind == "ack")
+    assert handle.facts == []

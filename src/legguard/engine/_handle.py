@@ -22,6 +22,7 @@ import outcome
 import trio
 import trio.lowlevel
 
+from legguard.domain import OrderUpdate
 from legguard.fsm import Event, OrderEvent, PackageCore, State
 
 # The longest one unit of routine work (a book update, a new package's dispatch, a routine event of another
@@ -189,8 +190,9 @@ class PackageHandle:
     reductions_posted: Decimal = Decimal(0)  # venue reductions sent to the mailbox (applied or not yet)
     crash_on_event: int | None = None  # fault injection: the actor raises after its Nth event
     # Audited facts of venue answers (`ack`, `order_error`) waiting to be journaled in the same transaction as
-    # the step that acts on them: one commit less between an answer and the kill switch.
-    facts: list[tuple[str, dict[str, object], float]] = field(default_factory=list)
+    # the step that acts on them: one commit less between an answer and the kill switch. An `ack` holds the
+    # venue's update itself: its payload is made when it is journaled, not on the way to the step.
+    facts: list[tuple[str, dict[str, object] | OrderUpdate, float]] = field(default_factory=list)
     # The urgent lane: order events that arrived while the package was naked, orphaned or unwinding, taken
     # before anything in the channel (`take_urgent`). None until first used.
     urgent: deque[Event] | None = None

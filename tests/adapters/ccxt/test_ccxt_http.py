@@ -194,6 +194,25 @@ async def test_an_idle_connection_the_server_closed_is_not_taken() -> None:
         pool.close()
 
 
+async def test_alive_is_decided_by_what_the_idle_socket_received() -> None:
+    # The quiet case answers from one poll; anything received (bytes nobody asked for, EOF) still says no.
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(Origin("http", "127.0.0.1", 1), ours)
+    assert conn.alive() and conn.alive()  # nothing received: alive, and the check consumed nothing
+    peer.send(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+    assert not conn.alive()
+    conn.close()
+    assert not conn.alive()
+    ours2, peer2 = socket.socketpair()
+    ours2.setblocking(False)
+    conn2 = Connection(Origin("http", "127.0.0.1", 1), ours2)
+    peer2.close()  # the server closed the idle connection: EOF
+    assert not conn2.alive()
+    conn2.close()
+    peer.close()
+
+
 async def test_a_reset_mid_answer_is_a_lost_connection() -> None:
     async with server([b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"], close_after=True) as (origin, _):
         conn = await Connection.open(origin, None)

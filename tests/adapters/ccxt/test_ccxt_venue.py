@@ -347,6 +347,34 @@ async def test_request_timeout_is_outcome_unknown(mock_clock: trio.testing.MockC
         assert rig.orders(MarketKind.SPOT)["t11-SE1"]["status"] == "NEW"  # it took effect
 
 
+async def test_a_callers_earlier_deadline_ends_the_request_and_its_connection(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The engine's acknowledgement deadline (shorter than the venue's timeout) is the one that ends a request
+    # with no answer: the caller's TooSlowError, and the connection that carried it is not reused.
+    async with emulated(timeout=5.0, stream_ready_timeout=0) as rig:
+        bid, *_ = await rig.books()
+        await rig.fault(fault="ack_timeout", market="spot", path="/order", method="POST")
+        outcome: list[BaseException] = []
+
+        async def send() -> None:
+            try:
+                with trio.fail_after(1.0):
+                    await rig.place(maker("t13-SE1", ETH, Side.BUY, bid))
+            except (trio.TooSlowError, OutcomeUnknown) as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await rig.until(lambda: rig.emu.held == 1)
+            mock_clock.jump(1.5)
+
+        assert [type(e) for e in outcome] == [trio.TooSlowError]
+        pools = list(rig.venue._spot.pools.values())
+        assert pools and all(not c.closed for p in pools for c in p.idle)  # the timed-out one was closed
+        assert rig.orders(MarketKind.SPOT)["t13-SE1"]["status"] == "NEW"  # it took effect
+
+
 async def test_trio_cancellation_mid_request_propagates_as_cancelled() -> None:
     async with emulated() as rig:
         _, _, _, perp_ask = await rig.books()
@@ -520,11 +548,22 @@ async def test_a_cancel_answer_takes_its_fee_from_a_report_received_but_not_yet_
         rig.venue._fees_received(rig.venue._spot, rig.emu.engine.markets[ETH], "t32-SE1")
         assert rig.venue.fees.totals((ETH, "t32-SE1"), "ETH", "USDT")[0] == 0
         clients["unhandled"] = unhandled
+        decoded: list[OrderUpdate] = []
+        real_decode = rig.venue._decode
+
+        def decode(*args: Any, **kwargs: Any) -> OrderUpdate:
+            decoded.append(real_decode(*args, **kwargs))
+            return decoded[-1]
+
+        rig.venue._decode = decode  # type: ignore[method-assign]
         try:
             with trio.fail_after(STREAM_WAIT):
                 answer = await rig.venue.cancel_order(ETH, "t32-SE1")
         finally:
             del clients["unhandled"], clients["book"]
+            del rig.venue._decode
+        # The fee was read before the decode, which made the answer's update with it (not replaced after).
+        assert decoded == [answer] and decoded[0] is answer
         stream.release()  # ccxt's own handling of the same trade later counts it once
         again = await rig.venue.fetch_order(ETH, "t32-SE1")
 

@@ -10,6 +10,7 @@ error handling and parsing (see `CcxtVenue`): only the transport is ours.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import ssl
 import time
@@ -250,7 +251,7 @@ class Connection:
     """One keep-alive connection, owned by one request at a time. `send_now` is synchronous on purpose: a
     caller writes several requests without a checkpoint between them."""
 
-    __slots__ = ("_closed", "_inbox", "_outbox", "_parser", "_pending", "_tls", "origin", "sock", "tap")
+    __slots__ = ("_closed", "_inbox", "_outbox", "_parser", "_pending", "_quiet", "_tls", "origin", "sock", "tap")
 
     def __init__(self, origin: Origin, sock: socket.socket, tls: ssl.SSLObject | None = None,
                  inbox: ssl.MemoryBIO | None = None, outbox: ssl.MemoryBIO | None = None) -> None:  # fmt: skip
@@ -261,6 +262,11 @@ class Connection:
         self._pending = b""  # bytes the kernel did not take yet (a full send buffer)
         self._closed = False
         self.tap: WireTap | None = None
+        # `alive`'s common answer (nothing to read, no EOF, no error) from one poll(2) without an exception:
+        # the kill switch's cancel takes a connection on its path, and a MSG_PEEK recv that raises
+        # BlockingIOError cost ~14 µs there (in the run), the poll ~2.
+        self._quiet = select.poll()
+        self._quiet.register(sock, select.POLLIN | select.POLLPRI)
 
     def __repr__(self) -> str:
         return f"<Connection {self.origin.scheme}://{self.origin.host_header} fd={self.sock.fileno()}>"
@@ -326,6 +332,10 @@ class Connection:
         handshake: those are read and absorbed, anything else means the connection is not clean."""
         if self._closed:
             return False
+        if not self._quiet.poll(0) and (
+            self._tls is None or (self._inbox is not None and not self._inbox.pending and not self._tls.pending())
+        ):
+            return True  # nothing received since the last answer: what the checks below would conclude
         if self._tls is None:
             try:
                 self.sock.recv(1, socket.MSG_PEEK)
