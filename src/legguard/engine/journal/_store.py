@@ -1163,7 +1163,8 @@ class Journal:
         if times[0] is not wall or times[1] is not mono:
             # A wall time's repr costs ~0.7 µs (17 digits): the rows of one step share the same two floats.
             times = self._times = (wall, mono, f"{_float_repr(wall)},{_float_repr(mono)}")
-        body = f"{prev}[{seq},{_json_str(kind)},{pid},{_json_str(text)},{times[2]}]"
+        # A kind is a lowercase identifier (FACT_KIND_RE, or one of REPLAYED_KINDS): its JSON is itself quoted.
+        body = f'{prev}[{seq},"{kind}",{pid},{_json_str(text)},{times[2]}]'
         digest = _sha256(body.encode()).hexdigest()
         self._rows += (seq, kind, package_id, text, wall, mono, prev, digest)
         self._head = (seq, digest)
