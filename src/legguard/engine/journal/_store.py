@@ -828,7 +828,7 @@ class Journal:
 
     Outside `batch()`, every append is its own transaction. Inside, everything appended commits at once
     at exit, or not at all: the engine wraps the rows of one core step in a batch and sends orders only
-    after it exits.
+    after it exits. Every row of one transaction carries the same wall time, read as it begins.
     """
 
     # Invariant (outside a failed write): self._head == (seq, hash) of the last row in `journal`
