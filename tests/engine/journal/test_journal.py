@@ -1295,3 +1295,20 @@ def test_a_run_of_facts_chains_exactly_as_one_row_at_a_time(tmp_path: Path) -> N
     kinds = [r[1] for r in grouped]
     assert kinds[:4] == ["package_created", "ack", "ack", "event"] and kinds[-2:] == ["ack", "ack"]
     assert verify(tmp_path / "g.db").ok
+
+
+def test_a_fact_of_a_deferred_package_in_a_group_writes_its_creation_first(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j.db") as journal:
+        other, late = _plan(journal, 1), _plan(journal, 2)
+        journal.defer_created(other, {"source": "test"}, 1.0)  # pending, never mentioned: never written
+        journal.defer_created(late, {"source": "test"}, 1.0)
+        journal.commit([
+            journal.prepare_fact("ack", None, {"status": "open"}, 2.0),
+            journal.prepare_fact("ack", "pkg2", {"status": "open"}, 2.0),
+            journal.prepare_fact("ack", "pkg2", {"status": "filled"}, 2.0),
+        ])  # fmt: skip
+        assert [(r.kind, r.package_id) for r in journal.rows()] == [
+            ("ack", None), ("package_created", "pkg2"), ("ack", "pkg2"), ("ack", "pkg2"),
+        ]  # fmt: skip
+        assert journal.package_ids() == ["pkg2"]
+    assert verify(tmp_path / "j.db").ok
