@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal as D
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1220,3 +1221,94 @@ def test_a_packages_row_deleted_behind_the_writer_fails_the_transaction_naming_i
             journal.commit(writes)
         assert journal.head == before  # nothing of the group was written
         assert [p.state for p in journal.packages()] == [State.PENDING] * others
+
+
+def test_every_row_of_a_transaction_carries_its_one_wall_time(tmp_path: Path) -> None:
+    # The wall clock is read once per transaction (not per prepared row): a group's rows, facts and steps
+    # alike, and the packages view it writes carry that one stamp; the next transaction reads it again.
+    reads = itertools.count(1)
+    with Journal.open(tmp_path / "j.db", wall_clock=lambda: float(next(reads))) as journal:
+        plan = _plan(journal, 1)
+        journal.defer_created(plan, {"source": "test"}, 1.0)
+        core = PackageCore(plan)
+        commands = core.handle(Dispatch())
+        writes = [
+            journal.prepare_fact("ack", None, {"status": "open"}, 1.5),
+            journal.prepare_step(plan.package_id, Dispatch(), commands, core.state, core.exposure(), 2.0),
+            journal.prepare_fact("ack", plan.package_id, {"status": "open"}, 2.5),
+            journal.prepare_fact("note", None, {"text": "x"}, 3.0),
+        ]
+        journal.commit(writes)
+        journal.record("note", None, {"text": "after"}, 4.0)
+        rows = list(journal.rows())
+        assert [r.wall_time for r in rows[:-1]] == [1.0] * (len(rows) - 1)  # the group's transaction: read 1
+        assert rows[-1].wall_time == 2.0  # its own transaction: read 2
+        assert [r.mono_time for r in rows if r.kind in ("ack", "note")] == [1.5, 2.5, 3.0, 4.0]
+        view = journal.package(plan.package_id)
+        assert (view.created_wall, view.updated_wall) == (1.0, 1.0)
+    assert verify(tmp_path / "j.db").ok
+
+
+def test_a_wall_clock_gone_wrong_refuses_the_transaction_before_it_begins(tmp_path: Path) -> None:
+    now = [float("nan")]
+    with Journal.open(tmp_path / "j.db", wall_clock=lambda: now[0]) as journal:
+        write = journal.prepare_fact("ack", None, {"status": "open"}, 1.0)  # prepared: the clock is not read yet
+        with pytest.raises(ValueError, match="journal time nan is not a finite number"):
+            journal.commit([write])
+        assert journal.head[0] == 0 and list(journal.rows()) == []
+        now[0] = 5.0  # the next transaction chains normally
+        journal.commit([journal.prepare_fact("ack", None, {"status": "open"}, 1.0)])
+        assert [(r.seq, r.wall_time) for r in journal.rows()] == [(1, 5.0)]
+    assert verify(tmp_path / "j.db").ok
+
+
+def test_a_run_of_facts_chains_exactly_as_one_row_at_a_time(tmp_path: Path) -> None:
+    # `commit` chains a run of `prepare_fact` rows in one loop; `record` inside a batch chains one at a time
+    # (`_insert`): the same rows, byte for byte, and a step between facts keeps its place.
+    def build(path: Path, *, grouped: bool) -> list[tuple[Any, ...]]:
+        with Journal.open(path, wall_clock=lambda: 1234567890.125) as journal:
+            plan = _plan(journal, 1)
+            journal.package_created(plan, {"source": "test"}, 1.0)
+            core = PackageCore(plan)
+            commands = core.handle(Dispatch())
+            facts = [("ack", None, {"status": "open", "n": i}, 1.0 + i) for i in range(3)]
+            facts += [("ack", "pkg1", {"status": "filled", "v": D("0.5")}, 9.0)]
+            if grouped:
+                writes = [journal.prepare_fact(*f) for f in facts[:2]]
+                writes.append(journal.prepare_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 5.0))
+                writes += [journal.prepare_fact(*f) for f in facts[2:]]
+                journal.commit(writes)
+            else:
+                with journal.batch():
+                    for f in facts[:2]:
+                        journal.record(*f)
+                    journal.record_step("pkg1", Dispatch(), commands, core.state, core.exposure(), 5.0)
+                    for f in facts[2:]:
+                        journal.record(*f)
+            return list(journal.raw_rows())
+
+    Journal.open(tmp_path / "empty.db").close()  # both from one file: the same journal id, so the same chain
+    for name in ("g.db", "o.db"):
+        (tmp_path / name).write_bytes((tmp_path / "empty.db").read_bytes())
+    grouped = build(tmp_path / "g.db", grouped=True)
+    assert grouped == build(tmp_path / "o.db", grouped=False)
+    kinds = [r[1] for r in grouped]
+    assert kinds[:4] == ["package_created", "ack", "ack", "event"] and kinds[-2:] == ["ack", "ack"]
+    assert verify(tmp_path / "g.db").ok
+
+
+def test_a_fact_of_a_deferred_package_in_a_group_writes_its_creation_first(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j.db") as journal:
+        other, late = _plan(journal, 1), _plan(journal, 2)
+        journal.defer_created(other, {"source": "test"}, 1.0)  # pending, never mentioned: never written
+        journal.defer_created(late, {"source": "test"}, 1.0)
+        journal.commit([
+            journal.prepare_fact("ack", None, {"status": "open"}, 2.0),
+            journal.prepare_fact("ack", "pkg2", {"status": "open"}, 2.0),
+            journal.prepare_fact("ack", "pkg2", {"status": "filled"}, 2.0),
+        ])  # fmt: skip
+        assert [(r.kind, r.package_id) for r in journal.rows()] == [
+            ("ack", None), ("package_created", "pkg2"), ("ack", "pkg2"), ("ack", "pkg2"),
+        ]  # fmt: skip
+        assert journal.package_ids() == ["pkg2"]
+    assert verify(tmp_path / "j.db").ok
