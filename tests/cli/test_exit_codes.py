@@ -226,7 +226,13 @@ def test_debug_prints_the_traceback_and_still_exits_with_the_contract_code(tmp_p
 
 @pytest.mark.parametrize(
     "args",
-    [["bench", "--runs", "0"], ["fsm", "--format", "bogus"], ["audit", "list", "--state", "bogus"]],
+    [
+        ["bench", "--runs", "0"],
+        ["bench", "--quick", "--write-docs", "/nonexistent-dir/performance.md"],
+        ["bench", "--quick", "--write-docs", "/"],
+        ["fsm", "--format", "bogus"],
+        ["audit", "list", "--state", "bogus"],
+    ],
 )
 def test_bad_options_of_the_other_commands_exit_2_without_a_traceback(args: list[str]) -> None:
     code, lines, out = invoke(args)

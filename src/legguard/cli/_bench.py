@@ -65,6 +65,9 @@ def bench(
         if runs < 1:
             raise typer.BadParameter(f"must be >= 1, got {runs}", param_hint="'--runs'")
         sizes = dataclasses.replace(sizes, runs=runs)
+    if write_docs is not None:
+        # Before minutes of measuring, not after: a results file that cannot be written is the user's error.
+        _check_writable(write_docs)
     niced = _raise_priority()
     result = run_bench(sizes, lambda line: console.print(f"[dim]{line}[/dim]"), wire=wire, quality=packages)
     result["machine"]["niced"] = niced
@@ -196,6 +199,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {r['measure']} | {r['now']} | {r['target']} | {r['met']} | {r['floor']} | {r['x_floor']} |"
               for r in target_table(result)]  # fmt: skip
     return "\n".join(lines)
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise typer.BadParameter(f"{str(path)!r} is a directory, not a markdown file", param_hint="'--write-docs'")
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"{str(path)!r}: no directory {str(path.parent)!r}", param_hint="'--write-docs'")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise typer.BadParameter(f"{str(path)!r} is not writable", param_hint="'--write-docs'")
 
 
 def _write_docs(path: Path, result: dict[str, Any]) -> None:
