@@ -297,3 +297,20 @@ async def test_a_failed_urgent_takeover_fails_the_whole_group(journal: Journal) 
         else:  # the urgent step committed (failed) alone; the routine one's own group committed
             assert outcomes["routine"] == "committed" and journal.head[0] == head[0] + 1
     assert takeovers > 0
+
+
+async def test_only_the_kill_switchs_commits_tell_the_journal_they_are_urgent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupCommit(journal)
+    seen: list[bool] = []
+    real = journal.commit
+
+    def spy(writes: Any, *, urgent: bool = False) -> None:
+        seen.append(urgent)
+        real(writes, urgent=urgent)
+
+    monkeypatch.setattr(journal, "commit", spy)
+    await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 1.0)])
+    await group.commit([journal.prepare_fact("ack", None, PAYLOAD, 2.0)], urgent=True)
+    assert seen == [False, True]  # the journal skips its housekeeping (the WAL's restart) on the urgent one

@@ -130,7 +130,7 @@ class GroupCommit:
             group.committed = True
         group.writes.extend(writes)
         try:
-            self.journal.commit(group.writes)
+            self.journal.commit(group.writes, urgent=True)
         except BaseException as exc:
             group.error = exc
             raise

@@ -693,6 +693,32 @@ def test_a_writer_that_never_pauses_still_lets_the_wal_start_over(db: Path, monk
     assert checkpointer.writer_checkpoints >= 5
 
 
+def test_a_kill_switch_commit_leaves_the_wals_restart_to_the_next_routine_one(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's own checkpoint stalls it for milliseconds (an fsync): never between the kill switch's
+    # decision and its order, which waits for the urgent commit.
+    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 1)
+    with Journal.open(db, background_checkpoint=False) as journal:
+        journal._conn.execute("PRAGMA wal_autocheckpoint=0")
+        checkpointer = _Checkpointer(db, synchronous=1, start=False)
+        journal._checkpointer = checkpointer
+        try:
+            Desk(journal).new_package()
+            with journal.batch():
+                journal.record("note", "pkg1", {"n": 0}, 1.0)
+                checkpointer.run_once()  # reports a WAL over the (lowered) limit
+            assert checkpointer.writer_checkpoints == 1  # a routine commit pays it
+            checkpointer.wal_frames = 5
+            journal.commit([journal.prepare_fact("note", "pkg1", {"n": 1}, 1.0)], urgent=True)
+            assert checkpointer.writer_checkpoints == 1  # not on the kill switch's path
+            journal.commit([journal.prepare_fact("note", "pkg1", {"n": 2}, 1.0)])
+            assert checkpointer.writer_checkpoints == 2  # the next routine commit owes it, and pays it
+        finally:
+            journal._checkpointer = None
+            checkpointer.close()
+
+
 def test_writer_checkpoints_inline_again_if_the_thread_died(db: Path) -> None:
     with Journal.open(db) as journal:
         checkpointer = journal._checkpointer

@@ -868,6 +868,7 @@ class Journal:
         self._deferred: dict[str, Callable[[], None]] = {}
         self._created: list[tuple[str, Callable[[], None]]] = []
         self._kinds_ok: set[str] = set()  # fact kinds already validated (and the journal is writable)
+        self._urgent = False  # the open `commit` is a kill-switch step's: no housekeeping on its path
         # The open transaction's wall time and its JSON (`_Batch`), and `_insert`'s last mono time and its JSON.
         self._txn_wall, self._wall_text = math.nan, ""
         self._mono: tuple[float, str] = (math.nan, "")
@@ -1056,7 +1057,8 @@ class Journal:
         checkpointer = self._checkpointer
         assert checkpointer is not None
         checkpointer.committed()
-        if checkpointer.wal_frames >= WAL_RESTART_FRAMES:
+        urgent, self._urgent = self._urgent, False
+        if checkpointer.wal_frames >= WAL_RESTART_FRAMES and not urgent:
             # Under back-to-back commits the background checkpoint never catches up: it copies what the WAL
             # held when it started while the writer appends more, so the WAL is never complete, never starts
             # over, and grows without bound (87 MB over 3,000 commits in the journal bench), every commit
@@ -1306,9 +1308,11 @@ class Journal:
         # (The seq `_insert` returns is not wanted here.)
         return cast("Callable[[], None]", _partial(_INSERT_ROW, self, kind, package_id, text, mono))
 
-    def commit(self, writes: Sequence[Callable[[], None]]) -> None:
+    def commit(self, writes: Sequence[Callable[[], None]], *, urgent: bool = False) -> None:
         """Run prepared writes (`prepare_step`, `prepare_fact`) as ONE transaction, in order: all commit or
-        none does (the engine's group commit: the steps of one scheduler round)."""
+        none does (the engine's group commit: the steps of one scheduler round). `urgent`: the kill switch's
+        order waits for this commit; housekeeping the writer may owe (the WAL's restart) waits for the next."""
+        self._urgent = urgent
         with _Batch(self):
             try:
                 # A fact of a package whose creation is deferred is written by `_insert` (the creation row goes
