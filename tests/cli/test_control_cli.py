@@ -90,7 +90,12 @@ async def test_halt_resume_close_stop(autojump_clock: MockClock, running: Runnin
     not_halted = await running.cli("resume")
     assert not_halted.exit_code == 1 and "not resumed: engine is running" in not_halted.stdout
 
-    await trio.sleep(2)
+    # Trading again: wait (virtual time) until the market has hedged a package to close. A fixed sleep was
+    # flaky: the CLI's calls run in threads, so the autojump clock moves on while they are answered, and the
+    # packages of those seconds may have hedged and been closed again by the time it was read.
+    with trio.fail_after(60):
+        while states(running).get("hedged", 0) == 0:
+            await trio.sleep(0.25)
     hedged_before = states(running).get("hedged", 0)
     assert hedged_before > 0
     halt = await running.cli("halt", "--reason", "closing out")  # so no new package opens meanwhile
