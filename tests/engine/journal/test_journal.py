@@ -667,26 +667,33 @@ def test_checkpointer_copies_committed_frames_into_the_database(db: Path) -> Non
     assert checkpointer.checkpoints == 1
 
 
-def test_a_writer_that_never_pauses_still_lets_the_wal_start_over(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Back-to-back commits: every background checkpoint runs while the writer's next transaction is open, so
-    # it never completes and, without the writer's own checkpoint, the WAL would grow with every commit.
-    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 40)
-    wal = Path(f"{db}-wal")
+@contextlib.contextmanager
+def _journal_checkpointed_by_hand(db: Path) -> Iterator[tuple[Journal, _Checkpointer]]:
+    """A journal with package `pkg1`, whose background checkpoints the test runs itself (`run_once`)."""
     with Journal.open(db, background_checkpoint=False) as journal:
         journal._conn.execute("PRAGMA wal_autocheckpoint=0")
         checkpointer = _Checkpointer(db, synchronous=1, start=False)
         journal._checkpointer = checkpointer
         try:
             Desk(journal).new_package()
-            sizes = []
-            for n in range(400):
-                with journal.batch():
-                    journal.record("note", "pkg1", {"n": n, "pad": "x" * 900}, 1.0)
-                    checkpointer.run_once()  # the background's, racing the open transaction
-                sizes.append(wal.stat().st_size)
+            yield journal, checkpointer
         finally:
             journal._checkpointer = None
             checkpointer.close()
+
+
+def test_a_writer_that_never_pauses_still_lets_the_wal_start_over(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Back-to-back commits: every background checkpoint runs while the writer's next transaction is open, so
+    # it never completes and, without the writer's own checkpoint, the WAL would grow with every commit.
+    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 40)
+    wal = Path(f"{db}-wal")
+    with _journal_checkpointed_by_hand(db) as (journal, checkpointer):
+        sizes = []
+        for n in range(400):
+            with journal.batch():
+                journal.record("note", "pkg1", {"n": n, "pad": "x" * 900}, 1.0)
+                checkpointer.run_once()  # the background's, racing the open transaction
+            sizes.append(wal.stat().st_size)
     page = 4096
     assert max(sizes) < 3 * store.WAL_RESTART_FRAMES * page  # bounded, not ~400 commits of frames
     assert sizes[-1] <= sizes[len(sizes) // 2]  # reused from its start, not grown
@@ -699,24 +706,16 @@ def test_a_kill_switch_commit_leaves_the_wals_restart_to_the_next_routine_one(
     # The writer's own checkpoint stalls it for milliseconds (an fsync): never between the kill switch's
     # decision and its order, which waits for the urgent commit.
     monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 1)
-    with Journal.open(db, background_checkpoint=False) as journal:
-        journal._conn.execute("PRAGMA wal_autocheckpoint=0")
-        checkpointer = _Checkpointer(db, synchronous=1, start=False)
-        journal._checkpointer = checkpointer
-        try:
-            Desk(journal).new_package()
-            with journal.batch():
-                journal.record("note", "pkg1", {"n": 0}, 1.0)
-                checkpointer.run_once()  # reports a WAL over the (lowered) limit
-            assert checkpointer.writer_checkpoints == 1  # a routine commit pays it
-            checkpointer.wal_frames = 5
-            journal.commit([journal.prepare_fact("note", "pkg1", {"n": 1}, 1.0)], urgent=True)
-            assert checkpointer.writer_checkpoints == 1  # not on the kill switch's path
-            journal.commit([journal.prepare_fact("note", "pkg1", {"n": 2}, 1.0)])
-            assert checkpointer.writer_checkpoints == 2  # the next routine commit owes it, and pays it
-        finally:
-            journal._checkpointer = None
-            checkpointer.close()
+    with _journal_checkpointed_by_hand(db) as (journal, checkpointer):
+        with journal.batch():
+            journal.record("note", "pkg1", {"n": 0}, 1.0)
+            checkpointer.run_once()  # reports a WAL over the (lowered) limit
+        assert checkpointer.writer_checkpoints == 1  # a routine commit pays it
+        checkpointer.wal_frames = 5
+        journal.commit([journal.prepare_fact("note", "pkg1", {"n": 1}, 1.0)], urgent=True)
+        assert checkpointer.writer_checkpoints == 1  # not on the kill switch's path
+        journal.commit([journal.prepare_fact("note", "pkg1", {"n": 2}, 1.0)])
+        assert checkpointer.writer_checkpoints == 2  # the next routine commit owes it, and pays it
 
 
 def test_writer_checkpoints_inline_again_if_the_thread_died(db: Path) -> None:
