@@ -68,8 +68,17 @@ async def test_metrics_scraped_during_a_run_move(autojump_clock: MockClock, tmp_
         nursery.start_soon(run_engine, config, tmp_path / "j.db", None, status, None, None, RunOptions(metrics_port=0))
         await status.ready.wait()
         assert status.metrics_port is not None
-        await trio.sleep(2.0)
-        code, first = await scrape(status.metrics_port)
+        # The first scrape once a package has been dispatched: under load, the metrics server's thread and the
+        # autojump clock make "2 s in" mean anything from none to many dispatches (it failed once with none).
+        with trio.fail_after(60):
+            while True:
+                await trio.sleep(0.5)
+                code, first = await scrape(status.metrics_port)
+                if any(
+                    s.name == "legguard_transitions_total" and s.labels.get("to") == "dispatched"
+                    for s in samples(first).get("legguard_transitions", [])
+                ):
+                    break
         await trio.sleep(20.0)
         _, second = await scrape(status.metrics_port)
         missing, _ = await scrape(status.metrics_port, "/nope")
