@@ -49,6 +49,7 @@ from legguard.engine.journal._store import (
 )
 from legguard.fsm import (
     Abort,
+    CancelOrder,
     CloseRequested,
     Command,
     Dispatch,
@@ -66,6 +67,7 @@ from legguard.fsm import (
     PackageCore,
     PackagePlan,
     Purpose,
+    QueryOrder,
     Recovered,
     Restarted,
     Shutdown,
@@ -1141,6 +1143,16 @@ def test_intent_and_transition_rows_are_canonical_json_whatever_their_values(
     intent = OrderIntent(cid, role, purpose, attempt, symbol, side, type_, amount, price,  # type: ignore[arg-type]
                          post_only=flags[0], reduce_only=flags[1], ioc=flags[2])  # type: ignore[arg-type]  # fmt: skip
     for command in (JournalIntent(intent), Transitioned(State.DISPATCHED, Trigger.HEDGE, State.HEDGED, reason)):
+        row = command_row(command)
+        assert row is not None
+        assert command_text(command) == (row[0], canonical_json(row[1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cid=st.text(max_size=30) | st.integers(), symbol=st.text(max_size=12) | st.none())
+def test_cancel_and_query_rows_are_canonical_json_whatever_their_values(cid: object, symbol: object) -> None:
+    """The kill switch's cancel row is spelled directly: the same text as the generic path, odd values too."""
+    for command in (CancelOrder(cid, symbol), QueryOrder(cid, symbol)):  # type: ignore[arg-type]
         row = command_row(command)
         assert row is not None
         assert command_text(command) == (row[0], canonical_json(row[1]))
