@@ -42,6 +42,7 @@ class EngineStats:
     auto_resumes: int = 0
     armed_ahead: int = 0  # orders (the kill switch's unwinds) released as armed while the cancels were in flight
     rearmed: int = 0  # armed ahead, but the cancels' answers changed them: armed again when sent
+    prepared_steps: int = 0  # steps taken as decided and encoded ahead (the cancel's expected answer)
     recent: deque[tuple[float, str, str, str, str]] = field(default_factory=lambda: deque(maxlen=12))
     # (trio time, wall time, text) of the latest errors worth an operator's eyes
     errors: deque[tuple[float, float, str]] = field(default_factory=lambda: deque(maxlen=10))

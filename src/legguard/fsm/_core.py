@@ -16,7 +16,7 @@ Rules it enforces (from the design card):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from types import MappingProxyType
@@ -764,6 +764,28 @@ class PackageCore:
                                 o.fee_quote)  # fmt: skip
             out += [c.intent for c in twin.handle(answer) if isinstance(c, SendOrder)]
         return out
+
+    def provisional_reaction(
+        self, fees: Callable[[str, str, Decimal], tuple[Decimal, Decimal] | None] | None = None
+    ) -> tuple[OrderEvent, list[Command], PackageCore] | None:
+        """The step this core takes when its one live order, resting with its cancel in flight, is answered with
+        what is known now (cancelled, no further fill): that answer, the commands this core returns for it,
+        and the core after it (a twin: this core is unchanged). The engine prepares that step (decision and
+        journal rows) while the cancel travels and takes it only for an answer equal to this one, on this very
+        core: anything else is decided as usual. None unless exactly one order is live so.
+        `fees(symbol, client_order_id, filled)`: the fees (base, quote) the answer will carry when the caller
+        knows them before this core does (the venue's fee ledger already holds the fill's execution report),
+        else None: this core's. With this core's fees, its sends are `provisional_sends()`'s (the same answer
+        fed to the same twin)."""
+        live = [o for o in self.orders.values() if o.live]
+        if len(live) != 1 or live[0].status is not OrderStatus.OPEN or not live[0].cancel_sent:
+            return None
+        o = live[0]
+        known = fees(o.intent.symbol, o.intent.client_order_id, o.filled) if fees is not None else None
+        fee_base, fee_quote = known if known is not None else (o.fee_base, o.fee_quote)
+        answer = OrderEvent(o.intent.client_order_id, OrderStatus.CANCELED, o.filled, o.average, fee_base, fee_quote)
+        twin = self.clone()
+        return answer, twin.handle(answer), twin
 
     def _entry_filled(self, role: LegRole) -> Decimal:
         # Every entry order of the leg: maker-taker hedges one maker leg with several taker orders.

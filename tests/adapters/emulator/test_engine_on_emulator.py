@@ -281,6 +281,8 @@ async def test_the_unwind_armed_while_the_cancel_is_held_is_released_without_sig
                 real_route = engine.route
                 monkeypatch.setattr(engine, "route", lambda u: None if u.client_order_id.endswith("-SE0")
                                     else real_route(u))  # fmt: skip
+                # Nor does the engine's guess of the answer (`fees_known`, from the venue's fee ledger) know it.
+                monkeypatch.setattr(rig.venue, "fees_known", lambda *_: None)
             with signs_of(monkeypatch, "-SU0") as signed:
                 handle = await kill_switch_with_held_cancel(rig, engine)
                 spot = handle.core.orders[entry(handle.core, LegRole.SPOT)]
@@ -306,8 +308,10 @@ async def test_the_unwind_armed_while_the_cancel_is_held_is_released_without_sig
     if stream == "late":
         # Armed for the fill without its fee; the answer changed the amount: armed (signed) once more.
         assert len(signed) == before + 1 and (stats.armed_ahead, stats.rearmed) == (0, 1)
+        assert stats.prepared_steps == 0  # the answer was not the one expected: decided as usual
     else:
         assert len(signed) == before and (stats.armed_ahead, stats.rearmed) == (1, 0)  # released as armed
+        assert stats.prepared_steps == 1  # the cancel's answer was the one expected: its step was ready
     assert verify(tmp_path / "j.db").ok
 
 

@@ -946,6 +946,23 @@ class CcxtVenue:
             return update
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
 
+    def fees_known(self, symbol: str, client_order_id: str, filled: Decimal) -> tuple[Decimal, Decimal] | None:
+        """The fees (base, quote) this venue's answer about an order filled `filled` would carry now (its
+        cancel's, its query's): the fee ledger's, once it covers the fill, reading the execution reports
+        already received but not yet handed over (`_fees_received`); None while it does not (the answer
+        would wait for them). The engine shapes the answer it expects to a cancel with it
+        (`PackageCore.provisional_reaction`); a guess, used only when the real answer equals it."""
+        market = self._markets.get(symbol)
+        side = self._by_symbol.get(symbol)
+        if market is None or side is None:
+            return None
+        key = (symbol, client_order_id)
+        traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        if traded < filled and side.kind is MarketKind.SPOT:
+            self._fees_received(side, market, client_order_id)
+            traded, fee_base, fee_quote = self.fees.totals(key, market.base, market.quote)
+        return (fee_base, fee_quote) if traded >= filled else None
+
     def _fees_received(self, side: _Side, market: Market, client_order_id: str) -> None:
         """Record the trades of one spot order from the execution reports this process has already received
         on the user stream but ccxt.pro has not handled yet: the messages aiohttp has read and decoded wait in

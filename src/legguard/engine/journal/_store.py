@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from legguard.fsm._core import Exposure, PackagePlan
 from legguard.fsm._events import (
@@ -829,6 +829,16 @@ class _Batch:
             j._committed()
 
 
+class EncodedStep(NamedTuple):
+    """One core step's journal rows made ahead of its time stamp (`Journal.encode_step`): the rows' kinds and
+    texts, the package's view (state, exposure) and its last transition. (A named tuple: made on every step.)"""
+
+    package_id: str
+    rows: tuple[tuple[str, str], ...]
+    exposure_row: tuple[str, str, str, int]
+    last_transition: str | None
+
+
 class Journal:
     """One engine's journal. Single writer (enforced: `open` locks `<db>.lock`); readers (the `audit` CLI)
     may open the file concurrently.
@@ -1260,6 +1270,14 @@ class Journal:
     ) -> Callable[[], None]:
         """`record_step` validated and encoded now, written by the returned function inside `commit()` (the
         engine's group commit): a bad step fails here, alone, never inside the group's transaction."""
+        return self.bind_step(self.encode_step(package_id, event, commands, state, exposure), mono)
+
+    def encode_step(
+        self, package_id: str, event: Event, commands: Sequence[Command], state: State, exposure: Exposure
+    ) -> EncodedStep:
+        """The part of `prepare_step` that does not depend on the step's time: validated, every row's text
+        made. The engine encodes a step it expects ahead of its event (a prepared reaction: the kill switch's
+        unwind while the cancels travel) and binds it to the step's time only when that event comes."""
         self._writable()
         if type(state) is not State:
             state = State(state)
@@ -1275,8 +1293,17 @@ class Journal:
                         {"source": command.source.value, "dest": command.dest.value, "trigger": command.trigger.value}
                     )
         self._require_package(package_id)
-        mono = _finite(mono)
         exposure_row = (state.value, str(exposure.spot), str(exposure.perp), int(exposure.unknown))
+        return EncodedStep(package_id, tuple(rows), exposure_row, last_transition)
+
+    def bind_step(self, step: EncodedStep, mono: float) -> Callable[[], None]:
+        """An encoded step (`encode_step`) as the write `prepare_step` returns, stamped `mono`: the same rows,
+        byte for byte, whenever it was encoded."""
+        self._writable()
+        package_id, rows, exposure_row, last_transition = step
+        if package_id not in self._known:  # forgotten since it was encoded (released from memory): look again
+            self._require_package(package_id)
+        mono = _finite(mono)
 
         def write() -> None:
             for kind, text in rows:
