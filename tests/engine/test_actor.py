@@ -20,7 +20,8 @@ from legguard.adapters._venue import ArmedOrder
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.domain import BookSnapshot, OrderRequest, OrderStatus, OrderUpdate, RejectReason, Side
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
-from legguard.engine._actor import PackageActor
+from legguard.engine._actor import PackageActor, _Prepared
+from legguard.engine._group import GroupCommitFailed
 from legguard.engine._handle import PRECEDENCE_WAIT, PackageHandle, Precedence
 from legguard.engine._venue_truth import compare_venue
 from legguard.engine.journal._store import Journal
@@ -142,6 +143,7 @@ async def test_the_unwind_armed_while_the_cancel_travels_is_released_as_armed(
     assert rig.armed_for("-SU0") == armed  # nothing built or signed again
     assert rig.fired[armed[0].request.client_order_id] is armed[0]
     assert (rig.engine.stats.armed_ahead, rig.engine.stats.rearmed) == (1, 0)
+    assert rig.engine.stats.prepared_steps == 1  # the cancel's answer was expected: its step was ready
 
 
 async def test_an_answer_that_changes_the_fill_arms_the_unwind_again(autojump_clock: MockClock, rig: Rig) -> None:
@@ -163,6 +165,73 @@ async def test_an_answer_that_changes_the_fill_arms_the_unwind_again(autojump_cl
     assert [a.request.amount for a in armed] == [first[0].request.amount, held_after_fees(handle.core, spot)]
     assert rig.fired[armed[-1].request.client_order_id] is armed[-1]  # the one armed for what the answer said
     assert (rig.engine.stats.armed_ahead, rig.engine.stats.rearmed) == (0, 1)
+    assert rig.engine.stats.prepared_steps == 0  # an answer other than the one expected: decided as usual
+
+
+async def test_a_step_taken_as_prepared_is_the_step_the_core_would_take_rows_included(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whenever the actor takes a prepared step, deciding the same event on the same core now gives the same
+    commands, the same core after it and the same journal rows."""
+    real_ready = _Prepared.ready_for
+    taken: list[OrderEvent] = []
+
+    def ready_for(self: _Prepared, core: PackageCore, event: OrderEvent) -> bool:
+        ready = real_ready(self, core, event)
+        if ready:
+            twin = core.clone()
+            commands = twin.handle(event)
+            assert commands == list(self.commands)
+            assert twin.fingerprint() == self.twin.fingerprint()
+            pid = core.plan.package_id
+            assert rig.journal.encode_step(pid, event, commands, twin.state, twin.exposure()) == self.encoded
+            taken.append(event)
+        return ready
+
+    monkeypatch.setattr(_Prepared, "ready_for", ready_for)
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+    assert [e.status for e in taken] == [OrderStatus.CANCELED]
+
+
+async def test_a_prepared_step_sends_nothing_before_its_rows_are_committed(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-ahead holds for a step taken as prepared: its commit fails once, and the unwind it decided is not
+    sent; the next incarnation of the actor decides again, commits, and only then sends it."""
+    real_step, real_commit, real_fire = PackageActor._step, rig.engine.group.commit, rig.venue.fire
+    stepping: list[Event] = []
+    failed: list[int] = []
+
+    async def step(self: PackageActor, event: Event) -> None:
+        stepping.append(event)
+        await real_step(self, event)
+
+    async def commit(writes: object, *, urgent: bool = False) -> None:
+        event = stepping[-1]
+        if not failed and isinstance(event, OrderEvent) and event.status is OrderStatus.CANCELED:
+            failed.append(rig.engine.stats.prepared_steps)
+            raise GroupCommitFailed("injected: the disk is full")
+        await real_commit(writes, urgent=urgent)  # type: ignore[arg-type]
+
+    async def fire(armed: ArmedOrder) -> OrderUpdate:
+        cid = armed.request.client_order_id
+        pid = cid.rsplit("-", 1)[0]
+        package = next(h for h in rig.engine.handles.values() if h.core.plan.client_id_prefix == pid)
+        assert cid in {i.client_order_id for i in rig.journal.intents(package.package_id)}, cid
+        return await real_fire(armed)
+
+    monkeypatch.setattr(PackageActor, "_step", step)
+    monkeypatch.setattr(rig.engine.group, "commit", commit)
+    monkeypatch.setattr(rig.venue, "fire", fire)
+    handle = await kill_switch_waiting_on_its_cancel(rig, Decimal("0.02"))
+    rig.cancel_go.set()
+    with trio.fail_after(10):
+        await handle.wait_until(lambda core: core.state is State.FLAT)
+    assert failed == [1]  # the failed commit was of a step taken as prepared
+    assert [cid for cid in rig.fired if cid.endswith("-SU0")]  # sent at last, after its commit
 
 
 # --- precedence: the kill switch's events first -----------------------------------------------------------

@@ -956,6 +956,58 @@ def test_the_unwind_after_a_fill_deadline_is_known_once_both_cancels_travel() ->
     assert d(ev(PE0, OrderStatus.CANCELED)) == send(*prepared)
 
 
+def test_the_cancels_expected_answer_is_decided_ahead_on_a_twin_exactly_as_the_core_decides_it() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN), ev(SE0, OrderStatus.OPEN, HALF))
+    assert d.core.provisional_reaction() is None  # nothing is being cancelled yet
+    d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
+    before = d.core.fingerprint()
+
+    reaction = d.core.provisional_reaction()
+
+    assert reaction is not None
+    answer, commands, twin = reaction
+    assert d.core.fingerprint() == before  # the core itself is untouched
+    o = d.core.orders[SE0]
+    assert answer == OrderEvent(SE0, OrderStatus.CANCELED, o.filled, o.average, o.fee_base, o.fee_quote)
+    assert [c.intent for c in commands if isinstance(c, SendOrder)] == d.core.provisional_sends() != []
+    assert d(answer) == shape(commands)  # the core fed that answer decides exactly that...
+    assert d.core.fingerprint() == twin.fingerprint()  # ...and ends as the twin did
+
+
+def test_the_expected_answer_carries_the_fees_the_caller_knows_and_else_the_cores() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN, HALF), ev(PE0, OrderStatus.REJECTED, reason=RejectReason.OTHER))
+    asked: list[tuple[str, str, D]] = []
+
+    def ledger(symbol: str, cid: str, filled: D) -> tuple[D, D] | None:
+        asked.append((symbol, cid, filled))
+        return D("0.000002"), D("0")
+
+    told, own = d.core.provisional_reaction(ledger), d.core.provisional_reaction(lambda *_: None)
+
+    assert told is not None and own is not None
+    o = d.core.orders[SE0]
+    assert asked == [(o.intent.symbol, SE0, HALF)]
+    assert (told[0].fee_base, told[0].fee_quote) == (D("0.000002"), D("0"))
+    assert own[0] == OrderEvent(SE0, OrderStatus.CANCELED, HALF, o.average, o.fee_base, o.fee_quote)
+    fresh = d.core.clone()
+    assert fresh.handle(told[0]) == told[1] and fresh.fingerprint() == told[2].fingerprint()
+
+
+def test_no_step_is_prepared_unless_one_order_is_live_with_its_cancel_in_flight() -> None:
+    d = acked()
+    d(ev(SE0, OrderStatus.OPEN, HALF), FillDeadline())  # both entries being cancelled: which answers first?
+    assert d.core.provisional_sends() != [] and d.core.provisional_reaction() is None
+    d(ev(SE0, OrderStatus.CANCELED, HALF))  # one left: its answer's step can be prepared
+    reaction = d.core.provisional_reaction()
+    assert reaction is not None and reaction[0].client_order_id == PE0
+
+    unknown = Driver()
+    unknown(Dispatch(), ev(PE0, OrderStatus.OPEN, HALF), ev(SE0, OrderStatus.UNKNOWN))
+    assert unknown.core.provisional_reaction() is None  # the unknown leg is queried, not cancelled
+
+
 def test_nothing_is_prepared_while_an_outcome_is_unknown_or_nothing_is_unmatched() -> None:
     d = Driver()
     d(Dispatch(), ev(PE0, OrderStatus.OPEN, HALF), ev(SE0, OrderStatus.UNKNOWN))

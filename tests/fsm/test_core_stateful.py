@@ -420,6 +420,15 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(i.client_order_id not in self.core.orders for i in prepared), prepared
         if prepared:
             event("armed ahead while cancels travel")
+        reaction = self.core.provisional_reaction()
+        assert self.core.fingerprint() == before
+        if reaction is not None:
+            # The step prepared for the cancel's expected answer is the one the core takes for that answer.
+            answer, commands, twin = reaction
+            fresh = self.core.clone()
+            assert fresh.handle(answer) == commands and fresh.fingerprint() == twin.fingerprint()
+            assert [c.intent for c in commands if isinstance(c, SendOrder)] == prepared
+            event("a step prepared for the cancel's answer")
 
     @invariant()
     def finished_orders_match_the_venue(self) -> None:

@@ -1158,6 +1158,43 @@ def test_cancel_and_query_rows_are_canonical_json_whatever_their_values(cid: obj
         assert command_text(command) == (row[0], canonical_json(row[1]))
 
 
+def test_a_step_encoded_ahead_and_bound_to_its_time_later_writes_the_rows_prepare_step_writes(tmp_path: Path) -> None:
+    """The kill switch prepares a step before its event comes (`encode_step`), other rows commit meanwhile,
+    and it is stamped and written only when the event comes (`bind_step`): the same rows, byte for byte, and
+    the same packages table as a step prepared at once."""
+
+    def run(path: Path, ahead: bool) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        with Journal.open(path, wall_clock=lambda: 1_700_000_000.25) as journal:
+            if ahead:
+
+                def record_step(pid: str, event: Event, commands: list[Command], state: State, exposure: Any,
+                                mono: float) -> None:  # fmt: skip
+                    encoded = journal.encode_step(pid, event, commands, state, exposure)
+                    journal.record("note", pid, {"meanwhile": True}, mono)  # the chain moves on meanwhile
+                    journal.commit([journal.bind_step(encoded, mono)])
+
+                journal.record_step = record_step  # type: ignore[method-assign]
+            else:
+                real = journal.record_step
+
+                def record_step(pid: str, event: Event, commands: list[Command], state: State, exposure: Any,
+                                mono: float) -> None:  # fmt: skip
+                    journal.record("note", pid, {"meanwhile": True}, mono)
+                    real(pid, event, commands, state, exposure, mono)
+
+                journal.record_step = record_step  # type: ignore[method-assign]
+            build_scenario(journal)
+            jid = journal.journal_id
+            rows = [tuple(str(v).replace(jid, "J") for v in r[1:6]) for r in journal.raw_rows()]
+            packages = [tuple(str(v).replace(jid, "J") for v in r) for r in journal.raw_packages()]
+            assert verify(path).ok
+        return rows, packages
+
+    now, ahead = run(tmp_path / "now.db", ahead=False), run(tmp_path / "ahead.db", ahead=True)
+    assert len(now[0]) > 20
+    assert ahead == now
+
+
 _FACT_VALUES = st.one_of(
     _DECIMALS, st.integers(), st.text(max_size=8), st.none(), st.booleans(), st.floats(allow_nan=False),
     st.sampled_from(list(Side)), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.none()),
