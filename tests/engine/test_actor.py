@@ -5,6 +5,7 @@ work, its own mailbox's and other packages'."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -426,6 +427,54 @@ async def test_a_step_waiting_for_another_is_not_lost_to_a_cancellation() -> Non
         await trio.testing.wait_all_tasks_blocked()
         group.gate.set()
     assert handle.events == [FillDeadline(), FillDeadline()]
+
+
+class FailingGatedGroup(GatedGroup):
+    async def commit(self, writes: object, *, urgent: bool = False) -> None:
+        await super().commit(writes, urgent=urgent)
+        raise GroupCommitFailed("injected")
+
+
+@pytest.mark.parametrize("commit_fails", [False, True])
+async def test_a_rejection_read_during_a_step_is_stepped_next_by_that_steps_task(
+    monkeypatch: pytest.MonkeyPatch, commit_fails: bool
+) -> None:
+    # The other leg's answer is being stepped (its group commits) when a leg's rejection is read: the rejection
+    # is not queued for the actor's loop (a hop) but stepped by the task of the step in progress as soon as it
+    # is done; if that step fails, the rejection queues in the mailbox as any event.
+    group = FailingGatedGroup() if commit_fails else GatedGroup()
+    journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
+    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
+    handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
+    actor = PackageActor(host, handle)  # type: ignore[arg-type]
+    posted: list[Event] = []
+    monkeypatch.setattr(PackageHandle, "post", lambda self, event: posted.append(event))
+    stepped: list[tuple[str, str]] = []
+
+    async def step(self: PackageActor, event: Event) -> None:  # what a step does around its commit, no more
+        stepped.append((event.kind, trio.lowlevel.current_task().name))
+        await group.commit([])
+
+    monkeypatch.setattr(PackageActor, "_step", step)
+    rejection = OrderEvent("lg-x-PE0", OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS)
+
+    async def in_progress() -> None:
+        with contextlib.suppress(GroupCommitFailed):
+            await actor.step(FillDeadline())
+
+    async with trio.open_nursery() as nursery:
+        actor._nursery = nursery
+        nursery.start_soon(in_progress, name="first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(actor._answered, rejection, name="reader")
+        await trio.testing.wait_all_tasks_blocked()
+        held = (list(stepped), list(posted))
+        group.gate.set()
+    assert held == ([(FillDeadline().kind, "first")], [])  # held for the step in progress
+    if commit_fails:
+        assert posted == [rejection] and len(stepped) == 1
+    else:
+        assert stepped[1] == ("order", "first") and rejection not in posted
 
 
 async def test_a_legs_rejection_commits_at_once_without_waiting_for_its_round(

@@ -108,6 +108,7 @@ class PackageActor:
     __slots__ = (
         "__weakref__",
         "_armed",
+        "_follow",
         "_idle",
         "_nursery",
         "_prepared",
@@ -134,6 +135,8 @@ class PackageActor:
         # may step too (`_answered`). Two steps deciding on the same core would lose one of them.
         self._stepping = False
         self._idle: trio.Event | None = None  # made only when a second task waits for the step in progress
+        # A leg's rejection read while a step is in progress: stepped by that step's task as soon as it is done.
+        self._follow: OrderEvent | None = None
 
     # --- main loop ------------------------------------------------------------------------------------
 
@@ -239,13 +242,20 @@ class PackageActor:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
         self._stepping = True
+        stepped = False
         try:
             await self._step(event)
+            stepped = True
         finally:
             self._stepping = False
             idle, self._idle = self._idle, None
             if idle is not None:
                 idle.set()
+            follow, self._follow = self._follow, None
+            if follow is not None and not stepped:
+                self.handle.post(follow)  # this step failed or was cancelled: the rejection queues as any event
+        if follow is not None:
+            await self._answered(follow)
 
     async def _step(self, event: Event) -> None:
         if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
@@ -453,9 +463,16 @@ class PackageActor:
     async def _answered(self, event: OrderEvent) -> None:
         """The venue's answer to one of this actor's own requests, read by the task that made it: stepped
         right here, without a hop through the mailbox, unless urgent events wait ahead of it, the package
-        is finished, or a step is in progress (waiting for its group's commit): then it queues as any event."""
+        is finished, or a step is in progress (waiting for its group's commit): then it queues as any event,
+        except a leg's rejection, which the task of the step in progress steps next (`step`)."""
         h = self.handle
         if h.urgent or self._finished() or self._stepping:
+            if self._stepping and self._follow is None and not h.urgent and event.status is OrderStatus.REJECTED:
+                # A leg's rejection read while the other leg's answer is stepped (its group commits): the rejection
+                # may be what decides the kill switch, so the task of the step in progress steps it as soon as
+                # that step is done (`step`), without a hop through the mailbox to the actor's loop.
+                self._follow = event
+                return
             h.post(event)
             return
         await self.step(event)
