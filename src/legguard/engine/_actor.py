@@ -8,7 +8,9 @@ decides, using only request/response calls (the venue's order stream may already
 The kill switch leaves nothing to prepare once its answers arrive: each cancel is signed while its order is in
 flight, and while the cancels are in flight the unwind the core will send if they confirm what is known
 (`PackageCore.provisional_sends`) is armed, built and signed, and released as it is when the core's
-`SendOrder` names an equal intent (armed again only when the answers changed it). Urgent events (order events
+`SendOrder` names an equal intent (armed again only when the answers changed it); when one order is left, the
+whole step its cancel's expected answer leads to is prepared too (`PackageCore.provisional_reaction`: decision
+on a twin, journal rows encoded) and taken only for an equal answer on the same core. Urgent events (order events
 of a naked, orphaned or unwinding package) are taken before the mailbox's other events, and routine events
 defer to other packages' urgent ones (`_handle.Precedence`).
 """
