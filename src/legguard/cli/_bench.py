@@ -139,8 +139,11 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     o = result["overhead_us"]
     out.append(("engine overhead: signal → both legs at venue (µs)", _fmt(o["p50"]), _fmt(o["p90"]), _fmt(o["p99"]),
                 "sim venue, zero latency" + _times(result, "overhead_us")))  # fmt: skip
-    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "",
-                f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"))  # fmt: skip
+    note = f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"
+    tf = result.get("throughput_floor")
+    if tf:
+        note += f"; per package {_fmt(tf['steps_per_package'])} steps, {_fmt(tf['commits_per_package'])} commits"
+    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "", note))
     j = result["journal"]
     for d in ("process", "power"):
         jd = j[d]
