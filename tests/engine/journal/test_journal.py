@@ -59,6 +59,7 @@ from legguard.fsm import (
     FillDeadline,
     InvalidTransition,
     JournalIntent,
+    LegPlan,
     LegRole,
     OrderEvent,
     OrderIntent,
@@ -1227,6 +1228,48 @@ def test_a_creation_row_is_canonical_json_of_plan_and_spec(spec: dict[str, objec
     except (SecretInPayload, ValueError) as refused:
         got = (type(refused).__name__, str(refused))
     assert got == want
+
+
+_DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=-(10**9), max_value=10**9)
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> PackagePlan:
+    def leg(base: LegPlan) -> LegPlan:
+        return dataclasses.replace(
+            base, symbol=draw(st.text(max_size=12)), price=draw(_DECIMALS), step=draw(_DECIMALS),
+            dust=draw(_DECIMALS), min_order=draw(st.none() | _DECIMALS), amount=draw(st.none() | _DECIMALS),
+            fee_rate=draw(_DECIMALS),
+        )  # fmt: skip
+
+    plan = model_plan()
+    return dataclasses.replace(
+        plan, package_id=draw(st.text(max_size=10)), client_id_prefix=draw(st.text(max_size=16)),
+        quantity=draw(_DECIMALS), spot=leg(plan.spot), perp=leg(plan.perp),
+        policy=draw(st.sampled_from(list(OrphanPolicy))), style=draw(st.sampled_from(list(ExecutionStyle))),
+        maker=draw(st.sampled_from(list(LegRole))), sweep=draw(_DECIMALS),
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=_plans())
+def test_a_plan_spelled_directly_is_canonical_json_of_its_dict(plan: PackagePlan) -> None:
+    want = canonical_json(plan.to_dict())
+    assert store.plan_text(plan) == want
+    assert store.plan_text(plan) == want  # again, its legs' texts from the cache
+    # A leg equal in value but another object is spelled afresh, never taken for the cached one.
+    twin = dataclasses.replace(plan, spot=dataclasses.replace(plan.spot), perp=dataclasses.replace(plan.perp))
+    assert store.plan_text(twin) == want
+    assert created_text(plan, {"a": 1}) == created_text(plan.to_dict(), {"a": 1})
+
+
+def test_a_plan_with_another_leg_is_spelled_afresh_not_read_from_the_cache() -> None:
+    # The cache is by identity, and keeps the leg it spelled: a leg freed and its id reused by another is
+    # compared as an object, never taken for the old one.
+    plan = model_plan()
+    first = store.plan_text(plan)
+    other = dataclasses.replace(plan, spot=dataclasses.replace(plan.spot, price=plan.spot.price + 1))
+    assert store.plan_text(other) != first and store.plan_text(other) == canonical_json(other.to_dict())
 
 
 @pytest.mark.parametrize("others", [0, 2])
