@@ -970,6 +970,48 @@ def _plan(journal: Journal, n: int) -> PackagePlan:
     )
 
 
+def _engine_plan(journal: Journal, package_id: str) -> PackagePlan:
+    return dataclasses.replace(_plan(journal, 1), package_id=package_id)
+
+
+def test_a_new_package_id_from_the_block_is_looked_up_once_per_block(db: Path) -> None:
+    # An id spelled from a number of the block may already be in the journal (created there under that id
+    # without taking the number): it is still refused, from the one look-up made when the block was reserved.
+    with Journal.open(db) as journal:
+        journal.package_created(_engine_plan(journal, "P000002"), {}, 1.0)
+    with Journal.open(db) as journal:
+        lookups: list[str] = []
+        journal._conn.set_trace_callback(lambda sql: lookups.append(sql) if "FROM packages" in sql else None)
+        first, second, third = (f"P{journal.next_package_number():06d}" for _ in range(3))
+        assert (first, second, third) == ("P000001", "P000002", "P000003")
+        journal.defer_created(_engine_plan(journal, first), {}, 1.0)
+        with pytest.raises(DuplicatePackage, match="'P000002'"):
+            journal.defer_created(_engine_plan(journal, second), {}, 1.0)
+        journal.defer_created(_engine_plan(journal, third), {}, 1.0)
+        assert len(lookups) == 1 and "BETWEEN" in lookups[0]  # the block's, none per package
+        with pytest.raises(DuplicatePackage, match="'P000002'"):
+            journal.package_created(_engine_plan(journal, "P000002"), {}, 1.0)
+        assert len(lookups) == 1
+        # An id not handed out of the block (the engine never makes one, a caller may) is looked up alone.
+        journal.package_created(_engine_plan(journal, "P000900"), {}, 1.0)
+        journal.package_created(_engine_plan(journal, "custom-1"), {}, 1.0)
+        assert len(lookups) == 3
+
+
+def test_a_block_across_a_power_of_ten_looks_each_new_package_up(db: Path) -> None:
+    # P999999 and P1000000 are not one range of strings: each package of such a block is looked up alone.
+    with Journal.open(db) as journal:
+        journal.package_created(_engine_plan(journal, "P1000000"), {}, 1.0)
+        journal._conn.execute("UPDATE meta SET value = '999998' WHERE key = 'package_counter'")
+        journal._conn.execute("INSERT OR IGNORE INTO meta VALUES ('package_counter', '999998')")
+    with Journal.open(db) as journal:
+        ids = [f"P{journal.next_package_number():06d}" for _ in range(2)]
+        assert ids == ["P999999", "P1000000"] and journal._block_taken is None
+        journal.defer_created(_engine_plan(journal, ids[0]), {}, 1.0)
+        with pytest.raises(DuplicatePackage, match="'P1000000'"):
+            journal.defer_created(_engine_plan(journal, ids[1]), {}, 1.0)
+
+
 def test_a_deferred_creation_commits_with_the_packages_first_step(db: Path) -> None:
     with Journal.open(db) as journal:
         commits: list[float] = []

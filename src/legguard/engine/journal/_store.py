@@ -478,10 +478,14 @@ def created_text(plan: Mapping[str, Any] | PackagePlan, spec: Mapping[str, Any])
     once: the payload's text is canonical_json's, assembled ("plan" sorts before "spec", and a nested value
     is spelled as alone). Only the spec is free-form: the plan's keys are `PackagePlan.to_dict`'s own, so the
     secret guard reads the spec alone."""
-    spec = dict(spec)
-    check_no_secrets(spec, "payload.spec")
     text = plan_text(plan) if isinstance(plan, PackagePlan) else canonical_json(plan)
-    return f'{{"plan":{text},"spec":{canonical_json(spec)}}}', text
+    # A flat spec (the engine's: strings and None) is spelled by its cached shape, guard included.
+    spec_text = _flat_text(spec) if type(spec) is dict else None
+    if spec_text is None:
+        spec = dict(spec)
+        check_no_secrets(spec, "payload.spec")
+        spec_text = canonical_json(spec)
+    return f'{{"plan":{text},"spec":{spec_text}}}', text
 
 
 def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
@@ -929,6 +933,11 @@ class Journal:
         self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
         # Package numbers of the block reserved durably by this process (`next_package_number`).
         self._next_number, self._block_end = 1, 0
+        # The ids of the current number block already in the packages table (looked up once, when the block
+        # was reserved; None: not looked up): a new package whose id is spelled from a number handed out of
+        # the block needs no look-up of its own (`_prepare_created`).
+        self._block_start = 1
+        self._block_taken: frozenset[str] | None = None
         self.durable_commits = 0  # commits made with an fsync whatever the durability (counter reservations)
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
@@ -1266,11 +1275,14 @@ class Journal:
         pid = plan.package_id
         text, plan_spelled = created_text(plan, spec)
         kind = PACKAGE_CREATED
+        taken = self._block_taken
         if (
             pid in self._known
             or pid in self._deferred
-            or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone()
-        ):
+            # The engine's id for a number handed out of this process's block: looked up with the block.
+            or (pid in taken if taken is not None and self._from_block(pid) else
+                self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone())
+        ):  # fmt: skip
             raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
         mono = _finite(mono)  # SQLite REAL hands floats back: hash what is read
 
@@ -1448,10 +1460,29 @@ class Journal:
         self._writable()
         if self._next_number > self._block_end:
             start, self._block_end = self._reserve("package_counter", NUMBER_BLOCK)
-            self._next_number = start
+            self._next_number = self._block_start = start
+            self._block_taken = self._ids_taken(start, self._block_end)
         number = self._next_number
         self._next_number += 1
         return number
+
+    def _from_block(self, package_id: str) -> bool:
+        """`package_id` is `P` and the (6+ digit) number of one handed out of the current block."""
+        digits = package_id[1:]
+        if package_id[:1] != "P" or not (digits.isascii() and digits.isdigit()):
+            return False
+        number = int(digits)
+        return self._block_start <= number < self._next_number and package_id == f"P{number:06d}"
+
+    def _ids_taken(self, start: int, end: int) -> frozenset[str] | None:
+        """The package ids spelled from numbers `start`..`end` (`P` and at least six digits) already in the
+        packages table, in one look-up: a range of equal-length ids is a range of strings. None when the
+        block's ids differ in length (a block across a power of ten: each package is then looked up alone)."""
+        low, high = f"P{start:06d}", f"P{end:06d}"
+        if len(low) != len(high):
+            return None
+        rows = self._q("SELECT package_id FROM packages WHERE package_id BETWEEN ? AND ?", (low, high))
+        return frozenset(r[0] for r in rows)
 
     def next_epoch(self) -> int:
         """A fresh restart epoch (1, 2, ...), committed with an fsync before it is returned: recovery puts it
