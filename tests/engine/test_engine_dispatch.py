@@ -23,7 +23,7 @@ from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
 from legguard.engine._group import GroupCommit
 from legguard.engine._spec import RiskConfig
-from legguard.engine.journal._store import Journal
+from legguard.engine.journal._store import Journal, JournalError
 from legguard.fsm import State
 
 ETH, ETH_PERP = "ETH/USDT", "ETH/USDT:USDT"
@@ -281,5 +281,20 @@ async def test_a_dispatch_commit_takes_over_the_open_group(tmp_path: Path) -> No
                 assert events[0] == "released dispatch"  # the members were woken after it committed
                 assert sorted(seen_at_dispatch[0]) == ["ack", "ack", "engine"]
         assert takeovers > 0
+    finally:
+        journal.close()
+
+
+async def test_a_dispatch_commit_is_refused_inside_an_open_batch(tmp_path: Path) -> None:
+    # Inside the caller's batch the rows would be durable only when that batch commits, after the release:
+    # refused (`step_now` then leaves the step to the actor), nothing written.
+    journal = Journal.open(tmp_path / "j.db")
+    try:
+        group = GroupCommit(journal)
+        with journal.batch(), pytest.raises(JournalError, match="inside an open batch"):
+            group.commit_now([journal.prepare_fact("engine", None, PAYLOAD, 1.0)])
+        assert journal.head[0] == 0 and group.groups == 0
+        group.commit_now([journal.prepare_fact("engine", None, PAYLOAD, 1.0)])
+        assert committed(tmp_path / "j.db") == ["engine"]
     finally:
         journal.close()

@@ -123,7 +123,10 @@ class GroupCommit:
     def commit_now(self, writes: Sequence[Write]) -> None:
         """Commit `writes` now, synchronously, as an urgent step does (alone, or taking over the open group) but
         from any caller's stack: a new package's dispatch taken by `Engine.submit`. The journal's housekeeping
-        is not deferred for it (a burst of submits commits one transaction each)."""
+        is not deferred for it (a burst of submits commits one transaction each). Refused inside the caller's
+        open `journal.batch()`: the rows would be durable only when that batch commits, after the release."""
+        if self.journal.in_batch:
+            raise JournalError(f"journal {self.journal.journal_id}: a step committed now, inside an open batch")
         self._commit_urgent(writes, self._open, urgent=False)
 
     def _commit_urgent(self, writes: Sequence[Write], group: _Group | None, *, urgent: bool = True) -> None:

@@ -1097,6 +1097,11 @@ class Journal:
 
     # --- transactions -------------------------------------------------------------------------------
 
+    @property
+    def in_batch(self) -> bool:
+        """Whether a `batch()` is open: what is written now commits only when the outermost one exits."""
+        return self._depth > 0
+
     def batch(self) -> AbstractContextManager[None]:
         """Everything appended inside commits as ONE transaction at exit, or is rolled back if the block
         raises. Nested batches join the outer one (a failing inner batch rolls back only its own rows)."""
