@@ -114,6 +114,9 @@ class Engine:
         self.retired = RetiredPackages(journal)
         self.live: set[str] = set()  # packages neither flat nor hedged (the risk limit counts them)
         self.precedence = Precedence()  # the kill switch's events before routine work (`_handle.py`)
+        # The package whose dispatch a submitter's stack took in this scheduler round (`_dispatch_now`), until
+        # its task starts (the next round): the rest of a burst share that round's group commit instead.
+        self._stack_dispatched: PackageHandle | None = None
         self.mode = EngineMode.RUNNING
         self.halt_reason = ""
         self.paused_until = 0.0  # rate-limit back-off for new packages
@@ -354,10 +357,12 @@ class Engine:
         `submit` returns and without yielding. The actor's task, which starts the sends awaiting the answers
         and the timers first thing, takes over from there. Otherwise the actor takes the step, as it always
         did: while urgent events wait (a new package waits for the kill switch), while the balance check would
-        have to ask the venue, or when the commit fails (nothing released, the core unchanged)."""
+        have to ask the venue, or when the commit fails (nothing released, the core unchanged). And for the
+        rest of a burst: one dispatch per scheduler round is taken here, the others of the round commit
+        together in the round's group, as before (one transaction each would cost a burst's throughput)."""
         assert self._packages is not None
         name = f"package {handle.package_id}"
-        if self.precedence.pending:
+        if self.precedence.pending or self._stack_dispatched is not None:
             self._packages.start_soon(self._supervise, handle, [Dispatch()], name=name)
             return
         checked = self.config.risk.check_balances
@@ -374,7 +379,9 @@ class Engine:
         # Started first: once the step is released the package must have its task (the nursery's start_soon
         # raises before anything is released if the engine is closing). It runs only after this returns.
         self._packages.start_soon(self._supervise, handle, (), actor, name=name)
-        if not actor.step_now(Dispatch()):
+        if actor.step_now(Dispatch()):
+            self._stack_dispatched = handle  # until its task starts, in the next scheduler round
+        else:
             actor.first = (Dispatch(),)  # the balance (if checked) was reserved here: not checked again
 
     # --- recovery after a crash -----------------------------------------------------------------------
@@ -413,6 +420,8 @@ class Engine:
     ) -> None:
         """Run the package's actor (`actor`: made by `submit`, its first step taken or decided there) to the end,
         restarting it after a fault."""
+        if self._stack_dispatched is handle:
+            self._stack_dispatched = None  # a new scheduler round: the next submit may dispatch on its stack
         if actor is None and self.config.risk.check_balances and len(first) == 1 and isinstance(first[0], Dispatch):
             # Before every entry: the spot quote and the perp margin it needs, against the venue's balances.
             refusal = await self.balance_check.refusal(handle.core)
