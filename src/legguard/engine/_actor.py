@@ -271,7 +271,7 @@ class PackageActor:
         try:
             decided = self._decide(event)
             if decided is None:
-                return True
+                return False  # nothing to step here: the actor's own step sees the same
             writes, _urgent, twin, commands, facts, now, started = decided
             self.engine.group.commit_now(writes)
         except Exception as exc:  # the actor meets the same journal (or error) and the supervisor acts on it
