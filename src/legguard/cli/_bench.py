@@ -137,10 +137,16 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append(("kill switch: cancel answer → unwind order out (µs)", _fmt(u["p50"]), _fmt(u["p90"]),
                     _fmt(u["p99"]), "market order" + _times(result, "unwind_us")))  # fmt: skip
     o = result["overhead_us"]
+    fire = result.get("overhead_fire_us", {}).get("p50")
+    # The earlier endpoint beside it: the second leg's `fire` entered (its send task running).
+    to_fire = f"; to fire entered: {_fmt(fire)} µs (p50)" if isinstance(fire, int | float) and fire == fire else ""
     out.append(("engine overhead: signal → both legs at venue (µs)", _fmt(o["p50"]), _fmt(o["p90"]), _fmt(o["p99"]),
-                "sim venue, zero latency" + _times(result, "overhead_us")))  # fmt: skip
-    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "",
-                f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"))  # fmt: skip
+                "sim venue, zero latency, taken in release" + _times(result, "overhead_us") + to_fire))  # fmt: skip
+    note = f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"
+    tf = result.get("throughput_floor")
+    if tf:
+        note += f"; per package {_fmt(tf['steps_per_package'])} steps, {_fmt(tf['commits_per_package'])} commits"
+    out.append(("throughput (packages/s)", _fmt(result["packages_per_s"]), "", "", note))
     j = result["journal"]
     for d in ("process", "power"):
         jd = j[d]

@@ -110,8 +110,10 @@ class PackageActor:
     __slots__ = (
         "__weakref__",
         "_armed",
+        "_failed",
         "_follow",
         "_idle",
+        "_later",
         "_nursery",
         "_prepared",
         "_stepping",
@@ -137,6 +139,10 @@ class PackageActor:
         # may step too (`_answered`). Two steps deciding on the same core would lose one of them.
         self._stepping = False
         self._idle: trio.Event | None = None  # made only when a second task waits for the step in progress
+        # A step taken on the submitter's stack (`step_now`) before this actor's task ran: what it spawned waits
+        # here for `run`'s nursery, and an error after its commit is raised by `run`, as the step's own.
+        self._later: list[tuple[Callable[..., object], tuple[object, ...]]] | None = None
+        self._failed: Exception | None = None
         # A leg's rejection read while a step is in progress: stepped by that step's task as soon as it is done.
         self._follow: OrderEvent | None = None
 
@@ -147,6 +153,13 @@ class PackageActor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._timers_live = True
+                later, self._later = self._later, None
+                if later:  # the sends (and timers) of the dispatch step `step_now` took: first thing
+                    for fn, args in later:
+                        nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+                failed, self._failed = self._failed, None
+                if failed is not None:
+                    raise failed
                 for event in self.first:
                     if isinstance(event, Dispatch) and self.engine.precedence.pending:
                         await self.engine.precedence.defer()  # a new package waits for the kill switch
@@ -260,8 +273,44 @@ class PackageActor:
             await self._answered(follow)
 
     async def _step(self, event: Event) -> None:
-        if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
+        decided = self._decide(event)
+        if decided is None:
             return
+        writes, urgent, twin, commands, facts, now, started = decided
+        await self.engine.group.commit(writes, urgent=urgent)
+        self._committed(event, twin, commands, facts, now, started)
+
+    def step_now(self, event: Event) -> bool:
+        """Take `event`'s step on the caller's stack, never yielding (`Engine.submit`'s dispatch): decided,
+        committed at once (alone, or taking over the group a leader holds open), then released as `_step`
+        does. What needs the actor's nursery (the sends awaiting their answers, timers) waits for `run`, which
+        starts it before anything else. False, with nothing committed or released and the core unchanged: the
+        step could not be prepared or its commit failed; `run` then takes the step as it always did."""
+        try:
+            decided = self._decide(event)
+            if decided is None:
+                return False  # nothing to step here: the actor's own step sees the same
+            writes, _urgent, twin, commands, facts, now, started = decided
+            self.engine.group.commit_now(writes)
+        except Exception as exc:  # the actor meets the same journal (or error) and the supervisor acts on it
+            log.warning("package %s: %s not taken on the caller's stack (%s: %s); the actor takes it",
+                        self.handle.package_id, event.kind, type(exc).__name__, exc)  # fmt: skip
+            return False
+        self._later = []
+        self._timers_live = True  # its fill deadline counts from now, before `run` starts
+        try:
+            self._committed(event, twin, commands, facts, now, started)
+        except Exception as exc:  # as if raised inside the actor's step: `run` raises it, the supervisor restarts
+            self._failed = exc
+        return True
+
+    def _decide(
+        self, event: Event
+    ) -> tuple[list[Callable[[], None]], bool, PackageCore, list[Command], int, float, float] | None:
+        """The step's decision (on a twin of the core) and its journal rows, prepared: nothing changed yet.
+        None: nothing to step."""
+        if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
+            return None
         h, engine = self.handle, self.engine
         now = trio.current_time()
         started = time.perf_counter()  # the kill switch's reaction: event in -> its first orders out
@@ -280,7 +329,7 @@ class PackageActor:
             # answer after the stream's copy). It changes nothing the core decides on and commands nothing, so
             # there is no effect to journal ahead of and nothing for a replay to miss: no step, no transaction
             # (about one step in four of a package). An answer's `ack` fact waits for the next step.
-            return
+            return None
         # The kill switch's steps do not wait for the round to fill a group: its cancel or unwind leaves now.
         # Nor does a leg's rejection: the other leg's answer, which decides the kill switch, may be read while
         # this step waits for its round, and would wait for it in turn.
@@ -301,7 +350,13 @@ class PackageActor:
         if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
             # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
             writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
-        await engine.group.commit(writes, urgent=urgent)
+        return writes, urgent, twin, commands, facts, now, started
+
+    def _committed(
+        self, event: Event, twin: PackageCore, commands: list[Command], facts: int, now: float, started: float
+    ) -> None:
+        """After the step's commit: the core swapped in, its effects released, then its bookkeeping."""
+        h, engine = self.handle, self.engine
         if facts:
             del h.facts[:facts]  # answers that arrived while the group committed wait for the next step
         self.core = h.core = twin
@@ -437,6 +492,9 @@ class PackageActor:
             h.naked_since = None
 
     def _spawn(self, fn: Callable[..., object], *args: object) -> None:
+        if self._nursery is None and self._later is not None:
+            self._later.append((fn, args))  # a step taken on the submitter's stack: `run` starts it
+            return
         assert self._nursery is not None, "actor commands run inside the actor's nursery"
         self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
 

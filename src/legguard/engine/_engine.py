@@ -114,6 +114,9 @@ class Engine:
         self.retired = RetiredPackages(journal)
         self.live: set[str] = set()  # packages neither flat nor hedged (the risk limit counts them)
         self.precedence = Precedence()  # the kill switch's events before routine work (`_handle.py`)
+        # The package whose dispatch a submitter's stack took in this scheduler round (`_dispatch_now`), until
+        # its task starts (the next round): the rest of a burst share that round's group commit instead.
+        self._stack_dispatched: PackageHandle | None = None
         self.mode = EngineMode.RUNNING
         self.halt_reason = ""
         self.paused_until = 0.0  # rate-limit back-off for new packages
@@ -340,9 +343,46 @@ class Engine:
         self.handles[package_id] = handle
         self.live.add(package_id)
         self.deadman.poke()
-        first: Event = Abort(refusal) if refusal is not None else Dispatch()
-        self._packages.start_soon(self._supervise, handle, [first], name=f"package {package_id}")
+        if refusal is None and crash_on_event is None:
+            self._dispatch_now(handle)
+        else:
+            first: Event = Abort(refusal) if refusal is not None else Dispatch()
+            self._packages.start_soon(self._supervise, handle, [first], name=f"package {package_id}")
         return package_id
+
+    def _dispatch_now(self, handle: PackageHandle) -> None:
+        """The new package's dispatch step, taken here on the submitter's stack when it safely can: decided,
+        committed (write-ahead: creation and dispatch rows in one transaction, or in the group a leader holds
+        open), both legs armed and released (`Venue.release`: on the wire for the ccxt venue), all before
+        `submit` returns and without yielding. The actor's task, which starts the sends awaiting the answers
+        and the timers first thing, takes over from there. Otherwise the actor takes the step, as it always
+        did: while urgent events wait (a new package waits for the kill switch), while the balance check would
+        have to ask the venue, or when the commit fails (nothing released, the core unchanged). And for the
+        rest of a burst: one dispatch per scheduler round is taken here, the others of the round commit
+        together in the round's group, as before (one transaction each would cost a burst's throughput)."""
+        assert self._packages is not None
+        name = f"package {handle.package_id}"
+        if self.precedence.pending or self._stack_dispatched is not None:
+            self._packages.start_soon(self._supervise, handle, [Dispatch()], name=name)
+            return
+        checked = self.config.risk.check_balances
+        if checked:
+            if not self.balance_check.answerable():  # a stale snapshot, or a check awaiting the venue now
+                self._packages.start_soon(self._supervise, handle, [Dispatch()], name=name)
+                return
+            refusal = self.balance_check.refusal_now(handle.core)
+            if refusal is not None:
+                actor = PackageActor(self, handle, [Abort(refusal)])
+                self._packages.start_soon(self._supervise, handle, (), actor, name=name)
+                return
+        actor = PackageActor(self, handle)
+        # Started first: once the step is released the package must have its task (the nursery's start_soon
+        # raises before anything is released if the engine is closing). It runs only after this returns.
+        self._packages.start_soon(self._supervise, handle, (), actor, name=name)
+        if actor.step_now(Dispatch()):
+            self._stack_dispatched = handle  # until its task starts, in the next scheduler round
+        else:
+            actor.first = (Dispatch(),)  # the balance (if checked) was reserved here: not checked again
 
     # --- recovery after a crash -----------------------------------------------------------------------
 
@@ -375,15 +415,22 @@ class Engine:
                 return f"stale book for {symbol}: {now - book.timestamp:.2f}s old"
         return None
 
-    async def _supervise(self, handle: PackageHandle, first: Sequence[Event]) -> None:
-        if self.config.risk.check_balances and len(first) == 1 and isinstance(first[0], Dispatch):
+    async def _supervise(
+        self, handle: PackageHandle, first: Sequence[Event], actor: PackageActor | None = None
+    ) -> None:
+        """Run the package's actor (`actor`: made by `submit`, its first step taken or decided there) to the end,
+        restarting it after a fault."""
+        if self._stack_dispatched is handle:
+            self._stack_dispatched = None  # a new scheduler round: the next submit may dispatch on its stack
+        if actor is None and self.config.risk.check_balances and len(first) == 1 and isinstance(first[0], Dispatch):
             # Before every entry: the spot quote and the perp margin it needs, against the venue's balances.
             refusal = await self.balance_check.refusal(handle.core)
             if refusal is None and self.mode is not EngineMode.RUNNING:
                 refusal = "engine stopping" if self.stopping else f"engine halted: {self.halt_reason}"
             if refusal is not None:
                 first = [Abort(refusal)]
-        actor = PackageActor(self, handle, first)
+        if actor is None:
+            actor = PackageActor(self, handle, first)
         try:
             while True:
                 try:

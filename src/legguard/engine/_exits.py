@@ -318,15 +318,20 @@ class BalanceCheck:
         self._reserved: list[tuple[float, Decimal, Decimal]] = []  # (when, quote, margin)
         self._lock = trio.Lock()
 
+    def answerable(self) -> bool:
+        """Whether `refusal_now` can answer without the venue: the snapshot is fresh and no check holds it."""
+        snap = self._snapshot
+        return (
+            snap is not None
+            and not self._lock.locked()
+            and trio.current_time() - snap.taken_at <= self.host.config.risk.balance_max_age
+        )
+
     async def refusal(self, core: PackageCore) -> str | None:
-        risk = self.host.config.risk
-        plan = core.plan
-        spot_market = self.host.markets[plan.spot.symbol]
-        quote_needed = plan.quantity * plan.spot.price
-        margin_needed = plan.quantity * plan.perp.price / risk.leverage * (1 + risk.margin_buffer)
         async with self._lock:
             now = trio.current_time()
             snap = self._snapshot
+            risk = self.host.config.risk
             if snap is None or now - snap.taken_at > risk.balance_max_age:
                 guard = self.guard
                 try:
@@ -339,17 +344,31 @@ class BalanceCheck:
                 except (trio.TooSlowError, VenueError) as exc:
                     return f"risk: balances unavailable ({exc or type(exc).__name__})"
                 snap = self._snapshot = _Snapshot(now, balances, margin)
-            slack = self.host.config.deadlines.ack
-            self._reserved = [r for r in self._reserved if r[0] >= snap.taken_at - slack]
-            quote_reserved = sum((r[1] for r in self._reserved), ZERO)
-            margin_reserved = sum((r[2] for r in self._reserved), ZERO)
-            free_quote = snap.balances.get(spot_market.quote, Balance(ZERO)).free - quote_reserved
-            if quote_needed > free_quote:
-                return (f"risk: spot {spot_market.quote} free {free_quote:.2f} below the {quote_needed:.2f} the buy "
-                        "needs")  # fmt: skip
-            available = snap.margin.available - margin_reserved
-            if margin_needed > available:
-                return (f"risk: perp margin available {available:.2f} below the {margin_needed:.2f} the short needs "
-                        f"at {risk.leverage}x plus {risk.margin_buffer} buffer")  # fmt: skip
-            self._reserved.append((now, quote_needed, margin_needed))
+            return self._check(core, snap, now)
+
+    def refusal_now(self, core: PackageCore) -> str | None:
+        """`refusal` answered from the snapshot, synchronously: only when `answerable()`."""
+        snap = self._snapshot
+        assert snap is not None and self.answerable(), "refusal_now needs a fresh snapshot and no check running"
+        return self._check(core, snap, trio.current_time())
+
+    def _check(self, core: PackageCore, snap: _Snapshot, now: float) -> str | None:
+        risk = self.host.config.risk
+        plan = core.plan
+        spot_market = self.host.markets[plan.spot.symbol]
+        quote_needed = plan.quantity * plan.spot.price
+        margin_needed = plan.quantity * plan.perp.price / risk.leverage * (1 + risk.margin_buffer)
+        slack = self.host.config.deadlines.ack
+        self._reserved = [r for r in self._reserved if r[0] >= snap.taken_at - slack]
+        quote_reserved = sum((r[1] for r in self._reserved), ZERO)
+        margin_reserved = sum((r[2] for r in self._reserved), ZERO)
+        free_quote = snap.balances.get(spot_market.quote, Balance(ZERO)).free - quote_reserved
+        if quote_needed > free_quote:
+            return (f"risk: spot {spot_market.quote} free {free_quote:.2f} below the {quote_needed:.2f} the buy "
+                    "needs")  # fmt: skip
+        available = snap.margin.available - margin_reserved
+        if margin_needed > available:
+            return (f"risk: perp margin available {available:.2f} below the {margin_needed:.2f} the short needs "
+                    f"at {risk.leverage}x plus {risk.margin_buffer} buffer")  # fmt: skip
+        self._reserved.append((now, quote_needed, margin_needed))
         return None

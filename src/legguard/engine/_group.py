@@ -6,7 +6,8 @@ How a group forms: the first step to reach `GroupCommit.commit` opens a group an
 their prepared writes to the same group; then it commits the group (one `BEGIN IMMEDIATE` ... `COMMIT`) and
 wakes them. A step of the kill switch (`urgent`) does not wait for the round: it commits at once, alone or
 with the group a leader is holding open (taking it over: every member's rows commit in its transaction, and
-the leader only wakes the members when it resumes), so the cancel or unwind it decided leaves without the hop.
+the leader only wakes the members when it resumes), so the cancel or unwind it decided leaves without the hop. A new
+package's dispatch taken on the submitter's stack (`commit_now`, from `Engine.submit`) commits the same way.
 
 Failure and cancellation: the writes are validated and encoded by each step before it joins (a malformed step
 fails alone); a failed commit rolls the whole group back, and every member raises, so no member swaps in its
@@ -119,7 +120,16 @@ class GroupCommit:
             # Committed, and not one effect of any member released yet.
             _crashpoints.reached("group_committed")
 
-    def _commit_urgent(self, writes: Sequence[Write], group: _Group | None) -> None:
+    def commit_now(self, writes: Sequence[Write]) -> None:
+        """Commit `writes` now, synchronously, as an urgent step does (alone, or taking over the open group) but
+        from any caller's stack: a new package's dispatch taken by `Engine.submit`. The journal's housekeeping
+        is not deferred for it (a burst of submits commits one transaction each). Refused inside the caller's
+        open `journal.batch()`: the rows would be durable only when that batch commits, after the release."""
+        if self.journal.in_batch:
+            raise JournalError(f"journal {self.journal.journal_id}: a step committed now, inside an open batch")
+        self._commit_urgent(writes, self._open, urgent=False)
+
+    def _commit_urgent(self, writes: Sequence[Write], group: _Group | None, *, urgent: bool = True) -> None:
         """Commit now, without waiting for the round: `writes` alone, or with the open group (whose leader then
         finds it committed and wakes its members). Synchronous: no checkpoint between decision and commit."""
         if group is None:
@@ -130,7 +140,7 @@ class GroupCommit:
             group.committed = True
         group.writes.extend(writes)
         try:
-            self.journal.commit(group.writes, urgent=True)
+            self.journal.commit(group.writes, urgent=urgent)
         except BaseException as exc:
             group.error = exc
             raise

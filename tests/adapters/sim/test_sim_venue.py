@@ -24,6 +24,7 @@ from legguard.domain import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    OutcomeUnknown,
     RejectReason,
     Side,
     StreamDisconnected,
@@ -106,6 +107,40 @@ async def test_fire_takes_two_one_way_latencies(venue: SimVenue, autojump_clock:
     assert ack.status is OrderStatus.CLOSED
     assert 0.0005 < elapsed < 0.015  # 2 x (2 ms +- 1 ms jitter)
     assert start < ack.timestamp < trio.current_time()
+
+
+async def test_release_takes_the_order_when_it_leaves_and_fire_only_awaits_the_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As a wire venue's release writes the bytes: the one-way trip starts at `release`, not when `fire` runs.
+    async with open_sim_venue(SimConfig(seed=1, latency_ms=2, jitter_ms=0)) as v:
+        await trio.sleep(0.5)
+        armed = v.arm(OrderRequest("r1", ETH, Side.BUY, OrderType.MARKET, D("0.05")))
+        left = trio.current_time()
+        v.release([armed])
+        await trio.sleep(0.001)  # the send task starts later: the order is already on its way
+        ack = await v.fire(armed)
+        assert ack.status is OrderStatus.CLOSED
+        assert ack.timestamp == pytest.approx(left + 0.002)  # matched one way after it left
+        assert trio.current_time() == pytest.approx(left + 0.004)  # and answered one way after that
+        late = v.arm(OrderRequest("r2", ETH, Side.BUY, OrderType.MARKET, D("0.05")))
+        v.release([late])
+        await trio.sleep(0.01)  # fired after its arrival: matched at once, answered one way later
+        start = trio.current_time()
+        ack = await v.fire(late)
+        assert ack.timestamp == pytest.approx(start) and trio.current_time() == pytest.approx(start + 0.002)
+
+
+async def test_a_released_order_meets_an_outage_at_its_arrival(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_sim_venue(SimConfig(seed=1, latency_ms=2, jitter_ms=0)) as v:
+        await trio.sleep(0.5)
+        armed = v.arm(OrderRequest("o1", ETH, Side.BUY, OrderType.MARKET, D("0.05")))
+        v.release([armed])
+        v.inject("outage", seconds=1.0)
+        with pytest.raises(OutcomeUnknown, match="outage"):
+            await v.fire(armed)
+        with pytest.raises(OrderNotFound):
+            v.engine.get(ETH, "o1")  # nothing reached the matching engine
 
 
 async def test_zero_latency_never_sleeps(autojump_clock: trio.testing.MockClock) -> None:

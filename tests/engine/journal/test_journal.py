@@ -60,6 +60,7 @@ from legguard.fsm import (
     FillDeadline,
     InvalidTransition,
     JournalIntent,
+    LegPlan,
     LegRole,
     OrderEvent,
     OrderIntent,
@@ -971,6 +972,48 @@ def _plan(journal: Journal, n: int) -> PackagePlan:
     )
 
 
+def _engine_plan(journal: Journal, package_id: str) -> PackagePlan:
+    return dataclasses.replace(_plan(journal, 1), package_id=package_id)
+
+
+def test_a_new_package_id_from_the_block_is_looked_up_once_per_block(db: Path) -> None:
+    # An id spelled from a number of the block may already be in the journal (created there under that id
+    # without taking the number): it is still refused, from the one look-up made when the block was reserved.
+    with Journal.open(db) as journal:
+        journal.package_created(_engine_plan(journal, "P000002"), {}, 1.0)
+    with Journal.open(db) as journal:
+        lookups: list[str] = []
+        journal._conn.set_trace_callback(lambda sql: lookups.append(sql) if "FROM packages" in sql else None)
+        first, second, third = (f"P{journal.next_package_number():06d}" for _ in range(3))
+        assert (first, second, third) == ("P000001", "P000002", "P000003")
+        journal.defer_created(_engine_plan(journal, first), {}, 1.0)
+        with pytest.raises(DuplicatePackage, match="'P000002'"):
+            journal.defer_created(_engine_plan(journal, second), {}, 1.0)
+        journal.defer_created(_engine_plan(journal, third), {}, 1.0)
+        assert len(lookups) == 1 and "BETWEEN" in lookups[0]  # the block's, none per package
+        with pytest.raises(DuplicatePackage, match="'P000002'"):
+            journal.package_created(_engine_plan(journal, "P000002"), {}, 1.0)
+        assert len(lookups) == 1
+        # An id not handed out of the block (the engine never makes one, a caller may) is looked up alone.
+        journal.package_created(_engine_plan(journal, "P000900"), {}, 1.0)
+        journal.package_created(_engine_plan(journal, "custom-1"), {}, 1.0)
+        assert len(lookups) == 3
+
+
+def test_a_block_across_a_power_of_ten_looks_each_new_package_up(db: Path) -> None:
+    # P999999 and P1000000 are not one range of strings: each package of such a block is looked up alone.
+    with Journal.open(db) as journal:
+        journal.package_created(_engine_plan(journal, "P1000000"), {}, 1.0)
+        journal._conn.execute("UPDATE meta SET value = '999998' WHERE key = 'package_counter'")
+        journal._conn.execute("INSERT OR IGNORE INTO meta VALUES ('package_counter', '999998')")
+    with Journal.open(db) as journal:
+        ids = [f"P{journal.next_package_number():06d}" for _ in range(2)]
+        assert ids == ["P999999", "P1000000"] and journal._block_taken is None
+        journal.defer_created(_engine_plan(journal, ids[0]), {}, 1.0)
+        with pytest.raises(DuplicatePackage, match="'P1000000'"):
+            journal.defer_created(_engine_plan(journal, ids[1]), {}, 1.0)
+
+
 def test_a_deferred_creation_commits_with_the_packages_first_step(db: Path) -> None:
     with Journal.open(db) as journal:
         commits: list[float] = []
@@ -1276,6 +1319,48 @@ def test_a_creation_row_is_canonical_json_of_plan_and_spec(spec: dict[str, objec
     except (SecretInPayload, ValueError) as refused:
         got = (type(refused).__name__, str(refused))
     assert got == want
+
+
+_DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=-(10**9), max_value=10**9)
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> PackagePlan:
+    def leg(base: LegPlan) -> LegPlan:
+        return dataclasses.replace(
+            base, symbol=draw(st.text(max_size=12)), price=draw(_DECIMALS), step=draw(_DECIMALS),
+            dust=draw(_DECIMALS), min_order=draw(st.none() | _DECIMALS), amount=draw(st.none() | _DECIMALS),
+            fee_rate=draw(_DECIMALS),
+        )  # fmt: skip
+
+    plan = model_plan()
+    return dataclasses.replace(
+        plan, package_id=draw(st.text(max_size=10)), client_id_prefix=draw(st.text(max_size=16)),
+        quantity=draw(_DECIMALS), spot=leg(plan.spot), perp=leg(plan.perp),
+        policy=draw(st.sampled_from(list(OrphanPolicy))), style=draw(st.sampled_from(list(ExecutionStyle))),
+        maker=draw(st.sampled_from(list(LegRole))), sweep=draw(_DECIMALS),
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=_plans())
+def test_a_plan_spelled_directly_is_canonical_json_of_its_dict(plan: PackagePlan) -> None:
+    want = canonical_json(plan.to_dict())
+    assert store.plan_text(plan) == want
+    assert store.plan_text(plan) == want  # again, its legs' texts from the cache
+    # A leg equal in value but another object is spelled afresh, never taken for the cached one.
+    twin = dataclasses.replace(plan, spot=dataclasses.replace(plan.spot), perp=dataclasses.replace(plan.perp))
+    assert store.plan_text(twin) == want
+    assert created_text(plan, {"a": 1}) == created_text(plan.to_dict(), {"a": 1})
+
+
+def test_a_plan_with_another_leg_is_spelled_afresh_not_read_from_the_cache() -> None:
+    # The cache is by identity, and keeps the leg it spelled: a leg freed and its id reused by another is
+    # compared as an object, never taken for the old one.
+    plan = model_plan()
+    first = store.plan_text(plan)
+    other = dataclasses.replace(plan, spot=dataclasses.replace(plan.spot, price=plan.spot.price + 1))
+    assert store.plan_text(other) != first and store.plan_text(other) == canonical_json(other.to_dict())
 
 
 @pytest.mark.parametrize("others", [0, 2])

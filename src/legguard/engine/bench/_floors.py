@@ -12,9 +12,9 @@ that move with the latencies).
 - one ccxt `sign()` of an order request (Binance spot `POST /api/v3/order`, HMAC-SHA256 over the query), the
   work a request not prepared in advance adds;
 - one trio scheduler hop: a task that wakes another and waits, to the other running (one pass of trio's
-  run loop with nothing else to do). The design runs every package as an actor task: a new package's first
-  step starts one task later, and a group commit yields one pass; nothing written in Python on trio hops
-  faster.
+  run loop with nothing else to do). The design runs every package as an actor task, and a routine step's
+  group commit yields one pass; nothing written in Python on trio hops faster. (A new package's dispatch no
+  longer pays it: `Engine.submit` takes that step on its caller's stack.)
 
 Which floor bounds which latency is `FLOOR_OF` (the docs table prints it beside every latency).
 """
@@ -37,8 +37,8 @@ FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
     # likewise for the unwind order (armed while the cancel is in flight)
     "unwind_us": (("commit_process_us", 1), ("send_us", 1)),
     # the sim venue at zero latency signs nothing and sends nothing: creation and dispatch journaled in one
-    # commit, after the actor's task has started (a hop) and its group's one-pass yield (a hop)
-    "overhead_us": (("commit_process_us", 1), ("hop_us", 2)),
+    # commit, on the submitter's stack (`Engine.submit` takes the dispatch step itself: no task hop on the path)
+    "overhead_us": (("commit_process_us", 1),),
 }
 # One order request as the order path writes it (request line, headers, signed body): about this size.
 REQUEST_BYTES = 620

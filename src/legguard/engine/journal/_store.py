@@ -31,11 +31,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
-from legguard.fsm._core import Exposure, PackagePlan
+from legguard.fsm._core import Exposure, LegPlan, PackagePlan
 from legguard.fsm._events import (
     CancelOrder,
     Command,
     Event,
+    ExecutionStyle,
     JournalIntent,
     LegRole,
     OrderEvent,
@@ -246,6 +247,58 @@ def event_text(event: Event) -> str:
     return canonical_json(event.to_dict())
 
 
+# A package's plan, the `package_created` row's larger half: spelled directly (~3 µs, against ~25 µs for
+# `to_dict` and the encoder), each leg's text cached by identity: a burst of packages shares its leg plans
+# (`Engine.submit`), so a leg is spelled once per pair of books. The cache holds the leg itself (an id is
+# only unique while its object lives) and is bounded.
+_LEG_TEXT: dict[int, tuple[LegPlan, str]] = {}
+_LEG_TEXT_MAX: Final = 256
+
+
+def _leg_text(leg: LegPlan) -> str | None:
+    held = _LEG_TEXT.get(id(leg))
+    if held is not None and held[0] is leg:
+        return held[1]
+    price, step, dust, side = _q_dec(leg.price), _q_dec(leg.step), _q_dec(leg.dust), _q_enum(leg.side)
+    minimum, amount, fee = _q_opt_dec(leg.min_order), _q_opt_dec(leg.amount), _q_dec(leg.fee_rate)
+    if (
+        price is None or step is None or dust is None or side is None or minimum is None or amount is None
+        or fee is None or type(leg.symbol) is not str
+    ):  # fmt: skip
+        return None
+    # `PackagePlan.to_dict`'s leg, keys sorted: amount, dust, fee_rate, min_order, price, side, step, symbol
+    # (amount and min_order only when set, fee_rate only when not zero).
+    text = "".join((
+        "{", "" if leg.amount is None else f'"amount":{amount},', f'"dust":{dust},',
+        f'"fee_rate":{fee},' if leg.fee_rate else "", "" if leg.min_order is None else f'"min_order":{minimum},',
+        f'"price":{price},"side":{side},"step":{step},"symbol":{_json_str(leg.symbol)}}}',
+    ))  # fmt: skip
+    if len(_LEG_TEXT) >= _LEG_TEXT_MAX:
+        _LEG_TEXT.clear()
+    _LEG_TEXT[id(leg)] = (leg, text)
+    return text
+
+
+def plan_text(plan: PackagePlan) -> str:
+    """`canonical_json(plan.to_dict())`, spelled directly (the generic path for anything unexpected)."""
+    spot, perp, quantity = _leg_text(plan.spot), _leg_text(plan.perp), _q_dec(plan.quantity)
+    policy, style, maker = _q_enum(plan.policy), _q_enum(plan.style), _q_enum(plan.maker)
+    sweep = _q_dec(plan.sweep)
+    if (
+        spot is None or perp is None or quantity is None or policy is None or style is None or maker is None
+        or sweep is None or type(plan.package_id) is not str or type(plan.client_id_prefix) is not str
+    ):  # fmt: skip
+        return canonical_json(plan.to_dict())
+    # Keys sorted: client_id_prefix, maker, package_id, perp, policy, quantity, spot, style, sweep (maker and
+    # style only off the default style, sweep only when not zero), as `to_dict` writes them.
+    styled = plan.style is not ExecutionStyle.MAKER_MAKER
+    return "".join((
+        f'{{"client_id_prefix":{_json_str(plan.client_id_prefix)},', f'"maker":{maker},' if styled else "",
+        f'"package_id":{_json_str(plan.package_id)},"perp":{perp},"policy":{policy},"quantity":{quantity},',
+        f'"spot":{spot}', f',"style":{style}' if styled else "", f',"sweep":{sweep}' if plan.sweep else "", "}",
+    ))  # fmt: skip
+
+
 def _flag(value: object) -> str | None:
     return "true" if value is True else "false" if value is False else None
 
@@ -426,15 +479,20 @@ def fact_text(payload: Mapping[str, Any]) -> str:
     return canonical_json(payload)
 
 
-def created_text(plan: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[str, str]:
+def created_text(plan: Mapping[str, Any] | PackagePlan, spec: Mapping[str, Any]) -> tuple[str, str]:
     """(the `package_created` row's payload text, the plan's text for the packages table), for the payload
-    `{"plan": plan, "spec": spec}`. The plan is encoded once: the payload's text is canonical_json's,
-    assembled ("plan" sorts before "spec", and a nested value is spelled as alone). Only the spec is
-    free-form: the plan's keys are `PackagePlan.to_dict`'s own, so the secret guard reads the spec alone."""
-    spec = dict(spec)
-    check_no_secrets(spec, "payload.spec")
-    plan_text = canonical_json(plan)
-    return f'{{"plan":{plan_text},"spec":{canonical_json(spec)}}}', plan_text
+    `{"plan": plan, "spec": spec}` (a plan given as the object is spelled by `plan_text`). The plan is encoded
+    once: the payload's text is canonical_json's, assembled ("plan" sorts before "spec", and a nested value
+    is spelled as alone). Only the spec is free-form: the plan's keys are `PackagePlan.to_dict`'s own, so the
+    secret guard reads the spec alone."""
+    text = plan_text(plan) if isinstance(plan, PackagePlan) else canonical_json(plan)
+    # A flat spec (the engine's: strings and None) is spelled by its cached shape, guard included.
+    spec_text = _flat_text(spec) if type(spec) is dict else None
+    if spec_text is None:
+        spec = dict(spec)
+        check_no_secrets(spec, "payload.spec")
+        spec_text = canonical_json(spec)
+    return f'{{"plan":{text},"spec":{spec_text}}}', text
 
 
 def command_row(command: Command) -> tuple[str, dict[str, Any]] | None:
@@ -892,6 +950,11 @@ class Journal:
         self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
         # Package numbers of the block reserved durably by this process (`next_package_number`).
         self._next_number, self._block_end = 1, 0
+        # The ids of the current number block already in the packages table (looked up once, when the block
+        # was reserved; None: not looked up): a new package whose id is spelled from a number handed out of
+        # the block needs no look-up of its own (`_prepare_created`).
+        self._block_start = 1
+        self._block_taken: frozenset[str] | None = None
         self.durable_commits = 0  # commits made with an fsync whatever the durability (counter reservations)
         meta = self._load_meta()
         self.journal_id: str = meta["journal_id"]
@@ -1050,6 +1113,11 @@ class Journal:
         self.close()
 
     # --- transactions -------------------------------------------------------------------------------
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether a `batch()` is open: what is written now commits only when the outermost one exits."""
+        return self._depth > 0
 
     def batch(self) -> AbstractContextManager[None]:
         """Everything appended inside commits as ONE transaction at exit, or is rolled back if the block
@@ -1227,20 +1295,23 @@ class Journal:
     def _prepare_created(self, plan: PackagePlan, spec: Mapping[str, Any], mono: float) -> Callable[[], None]:
         self._writable()
         pid = plan.package_id
-        text, plan_text = created_text(plan.to_dict(), spec)
+        text, plan_spelled = created_text(plan, spec)
         kind = PACKAGE_CREATED
+        taken = self._block_taken
         if (
             pid in self._known
             or pid in self._deferred
-            or self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone()
-        ):
+            # The engine's id for a number handed out of this process's block: looked up with the block.
+            or (pid in taken if taken is not None and self._from_block(pid) else
+                self._conn.execute("SELECT 1 FROM packages WHERE package_id = ?", (pid,)).fetchone())
+        ):  # fmt: skip
             raise DuplicatePackage(f"package_id {pid!r} already exists in journal {self.journal_id}")
         mono = _finite(mono)  # SQLite REAL hands floats back: hash what is read
 
         def write() -> None:
             seq = self._insert(kind, pid, text, mono)
             wall = self._txn_wall
-            self._new_packages[pid] = [pid, State.PENDING.value, "0", "0", 0, plan_text, seq, wall, mono,
+            self._new_packages[pid] = [pid, State.PENDING.value, "0", "0", 0, plan_spelled, seq, wall, mono,
                                        seq, wall, mono, None]  # fmt: skip
             self._known.add(pid)
 
@@ -1428,10 +1499,29 @@ class Journal:
         self._writable()
         if self._next_number > self._block_end:
             start, self._block_end = self._reserve("package_counter", NUMBER_BLOCK)
-            self._next_number = start
+            self._next_number = self._block_start = start
+            self._block_taken = self._ids_taken(start, self._block_end)
         number = self._next_number
         self._next_number += 1
         return number
+
+    def _from_block(self, package_id: str) -> bool:
+        """`package_id` is `P` and the (6+ digit) number of one handed out of the current block."""
+        digits = package_id[1:]
+        if package_id[:1] != "P" or not (digits.isascii() and digits.isdigit()):
+            return False
+        number = int(digits)
+        return self._block_start <= number < self._next_number and package_id == f"P{number:06d}"
+
+    def _ids_taken(self, start: int, end: int) -> frozenset[str] | None:
+        """The package ids spelled from numbers `start`..`end` (`P` and at least six digits) already in the
+        packages table, in one look-up: a range of equal-length ids is a range of strings. None when the
+        block's ids differ in length (a block across a power of ten: each package is then looked up alone)."""
+        low, high = f"P{start:06d}", f"P{end:06d}"
+        if len(low) != len(high):
+            return None
+        rows = self._q("SELECT package_id FROM packages WHERE package_id BETWEEN ? AND ?", (low, high))
+        return frozenset(r[0] for r in rows)
 
     def next_epoch(self) -> int:
         """A fresh restart epoch (1, 2, ...), committed with an fsync before it is returned: recovery puts it
