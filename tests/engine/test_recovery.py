@@ -19,10 +19,19 @@ import trio
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import OrderOrigin, OrderRequest, OrderStatus, OrderType, OrderUpdate, OutcomeUnknown, Side
+from legguard.domain import (
+    OrderOrigin,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    OutcomeUnknown,
+    RateLimited,
+    Side,
+)
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, verify
 from legguard.engine._actor import to_request
-from legguard.engine._recovery import RecoveryReport, _owner, settle_recovered
+from legguard.engine._recovery import STRAY_BUDGET_WAIT, RecoveryReport, _owner, settle_recovered
 from legguard.engine.journal import UnknownPackage
 from legguard.fsm import (
     Command,
@@ -556,6 +565,51 @@ async def test_stray_orders_with_our_prefix_are_cancelled_unwound_and_journaled(
     assert {p["client_order_id"] for p in adopted} == set(by_id)
     assert report.final == {core.plan.package_id: "hedged"}
     assert verify(w.db).ok
+
+
+class Budgeted:
+    """The simulated venue, except that listing open orders is first refused by the local request budget
+    (`refusals` times, each saying to wait `retry_after`), as a recovery of many packages leaves it."""
+
+    def __init__(self, venue: SimVenue, refusals: int, retry_after: float) -> None:
+        self._venue = venue
+        self.refusals, self.retry_after = refusals, retry_after
+        self.asked_at: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._venue, name)
+
+    async def fetch_open_orders(self) -> list[OrderUpdate]:
+        self.asked_at.append(trio.current_time())
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise RateLimited("open orders binance: local request budget exhausted", retry_after=self.retry_after)
+        return await self._venue.fetch_open_orders()
+
+
+@pytest.mark.parametrize(("refusals", "swept"), [(2, True), (100, False)])
+async def test_the_stray_sweep_waits_for_the_request_budget_instead_of_skipping(
+    autojump_clock: MockClock, crashed: Crashed, refusals: int, swept: bool
+) -> None:
+    w = crashed
+    hedged(w)
+    book = w.venue.engine.book(ETH)
+    assert book.best_bid is not None
+    stray = OrderRequest(f"lg{w.journal.journal_id}000079-SE0", ETH, Side.BUY, OrderType.LIMIT, QTY,
+                         book.best_bid - 50 * w.venue.engine.markets[ETH].tick_size, post_only=True)  # fmt: skip
+    w.venue.engine.place(stray, w.now)
+    venue = Budgeted(w.venue, refusals, retry_after=0.7)
+
+    _engine, report = await restart(w, venue)
+
+    unchecked = [r.payload for r in w.journal.engine_log() if r.payload.get("event") == "recovery_strays_unchecked"]
+    if swept:  # asked again once the budget had refilled: the stray was found and cancelled
+        assert [s["client_order_id"] for s in report.strays] == [stray.client_order_id]
+        assert len(venue.asked_at) == 3 and venue.asked_at[2] - venue.asked_at[0] >= 1.4
+        assert unchecked == []
+    else:  # the budget never came back within STRAY_BUDGET_WAIT: said so, journaled, never silent
+        assert report.strays == [] and len(unchecked) == 1 and "budget" in unchecked[0]["error"]
+        assert venue.asked_at[-1] - venue.asked_at[0] <= STRAY_BUDGET_WAIT
 
 
 async def test_recovery_with_nothing_open_reports_nothing(autojump_clock: MockClock, crashed: Crashed) -> None:

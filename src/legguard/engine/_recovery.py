@@ -33,6 +33,7 @@ from legguard.domain import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    RateLimited,
     RejectReason,
     Side,
     VenueError,
@@ -66,6 +67,9 @@ log = logging.getLogger("legguard.engine.recovery")
 
 RECOVERY = "recovery"  # the journal kind of every per-package recovery step
 UNJOURNALED = "filled and closed; the journal never wrote it: left alone, for an operator"
+# How long the stray sweep waits, in all, for the local request budget: the recovery of many packages spends
+# it on its order queries, and listing every open order is the heaviest request (Binance weight 80 + 40).
+STRAY_BUDGET_WAIT = 30.0
 
 
 @dataclass(slots=True)
@@ -577,8 +581,7 @@ async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
     prefix = f"lg{engine.journal.journal_id}"
     set_aside = {cid for pid in report.unproven for cid in _intent_ids(engine, pid)}
     try:
-        with trio.fail_after(engine.config.deadlines.ack * 2):
-            open_orders = await engine.venue.fetch_open_orders()
+        open_orders = await _open_orders(engine)
     except (trio.TooSlowError, VenueError) as exc:
         log.warning("recovery: cannot list open orders: %s", exc)
         engine.journal.record("engine", None, {"event": "recovery_strays_unchecked", "error": str(exc)},
@@ -591,6 +594,23 @@ async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
             swept.add(cid)
             report.strays.append(await _adopt(engine, update, prefix))
     await _report_closed_strays(engine, report, prefix, swept)
+
+
+async def _open_orders(engine: EngineHost) -> list[OrderUpdate]:
+    """Every open order at the venue. A refusal by the local request budget is waited out (what it says to
+    wait, `STRAY_BUDGET_WAIT` in all): the queries of the packages just recovered spent it, and skipping the
+    sweep would leave any stray order unchecked."""
+    give_up = trio.current_time() + STRAY_BUDGET_WAIT
+    while True:
+        try:
+            with trio.fail_after(engine.config.deadlines.ack * 2):
+                return await engine.venue.fetch_open_orders()
+        except RateLimited as exc:
+            pause = max(exc.retry_after, 0.001)
+            if trio.current_time() + pause > give_up:
+                raise
+            log.info("recovery: listing open orders waits %.2f s for the request budget (%s)", pause, exc)
+            await trio.sleep(pause)
 
 
 def _intent_ids(engine: EngineHost, package_id: str) -> set[str]:
