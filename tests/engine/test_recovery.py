@@ -31,7 +31,8 @@ from legguard.domain import (
 )
 from legguard.engine import Deadlines, Engine, EngineConfig, Journal, verify
 from legguard.engine._actor import to_request
-from legguard.engine._recovery import STRAY_BUDGET_WAIT, RecoveryReport, _owner, settle_recovered
+from legguard.engine._outage import RATE_LIMIT_WAIT
+from legguard.engine._recovery import RecoveryReport, _owner, settle_recovered
 from legguard.engine.journal import UnknownPackage
 from legguard.fsm import (
     Command,
@@ -607,9 +608,56 @@ async def test_the_stray_sweep_waits_for_the_request_budget_instead_of_skipping(
         assert [s["client_order_id"] for s in report.strays] == [stray.client_order_id]
         assert len(venue.asked_at) == 3 and venue.asked_at[2] - venue.asked_at[0] >= 1.4
         assert unchecked == []
-    else:  # the budget never came back within STRAY_BUDGET_WAIT: said so, journaled, never silent
+    else:  # the budget never came back within RATE_LIMIT_WAIT: said so, journaled, never silent
         assert report.strays == [] and len(unchecked) == 1 and "budget" in unchecked[0]["error"]
-        assert venue.asked_at[-1] - venue.asked_at[0] <= STRAY_BUDGET_WAIT
+        assert venue.asked_at[-1] - venue.asked_at[0] <= RATE_LIMIT_WAIT
+
+
+class RefusedOnce:
+    """The simulated venue, except that the first request of each kind is refused by the local request budget:
+    what a restart with many packages to recover meets once their queries have spent it."""
+
+    KINDS = ("fetch_order", "fetch_open_orders", "fetch_orders", "fetch_positions", "cancel_order")
+
+    def __init__(self, venue: SimVenue) -> None:
+        self._venue = venue
+        self.refused: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._venue, name)
+        if name not in self.KINDS:
+            return method
+
+        async def once(*args: Any) -> Any:
+            if name not in self.refused:
+                self.refused.append(name)
+                raise RateLimited(f"{name}: local request budget exhausted", retry_after=0.3)
+            return await method(*args)
+
+        return once
+
+
+async def test_every_recovery_request_waits_out_the_request_budget(autojump_clock: MockClock, crashed: Crashed) -> None:
+    w = crashed
+    core = w.package()
+    spot, perp = w.dispatch(core)
+    w.ack(core, w.send(spot))
+    w.send(perp)
+    w.fill(perp)  # the perp filled, the spot rests: the kill switch's package, with a short to verify
+    book = w.venue.engine.book(ETH)
+    assert book.best_bid is not None
+    stray = OrderRequest(f"lg{w.journal.journal_id}000081-SE0", ETH, Side.BUY, OrderType.LIMIT, QTY,
+                         book.best_bid - 50 * w.venue.engine.markets[ETH].tick_size, post_only=True)  # fmt: skip
+    w.venue.engine.place(stray, w.now)
+    venue = RefusedOnce(w.venue)
+
+    engine, report = await restart(w, venue)
+
+    assert set(venue.refused) >= {"fetch_order", "fetch_open_orders", "fetch_positions", "cancel_order"}
+    assert report.unreachable == [] and report.positions_verified  # every question answered, after a wait
+    assert [s["client_order_id"] for s in report.strays] == [stray.client_order_id]
+    assert report.final == {core.plan.package_id: "flat"}
+    assert_safe_and_verified(w, engine, report)
 
 
 async def test_recovery_with_nothing_open_reports_nothing(autojump_clock: MockClock, crashed: Crashed) -> None:

@@ -62,7 +62,7 @@ from ._group import GroupCommit
 from ._handle import PackageHandle, Precedence
 from ._host import EngineStats, Timers
 from ._observe import EngineObserver, HaltSource, notify
-from ._outage import VenueWatch
+from ._outage import VenueWatch, waiting_out_rate_limits
 from ._pricing import (
     PriceMemo,
     PricingRefused,
@@ -230,7 +230,11 @@ class Engine:
         if symbol in self._book_symbols:
             return
         self._book_symbols.add(symbol)
-        self.books[symbol] = await self.venue.fetch_order_book(symbol)
+        # The first snapshot must succeed before anything trades on the book: a refusal by the request budget
+        # (spent by a recovery's queries, say) is waited out, not a failed start.
+        self.books[symbol] = await waiting_out_rate_limits(
+            lambda: self.venue.fetch_order_book(symbol), f"book {symbol}: the first snapshot"
+        )
         assert self._service is not None
         self._service.start_soon(self._book_watcher, symbol)
 

@@ -13,12 +13,12 @@ those answers, and only then accepts new packages again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from legguard.domain import MalformedResponse, OutcomeUnknown, StreamDisconnected, VenueError
+from legguard.domain import MalformedResponse, OutcomeUnknown, RateLimited, StreamDisconnected, VenueError
 
 if TYPE_CHECKING:
     from ._host import EngineHost
@@ -27,6 +27,28 @@ log = logging.getLogger("legguard.engine.outage")
 
 FIRST_RETRY = 0.25  # seconds before the first probe after a failed one; doubles up to MAX_RETRY
 MAX_RETRY = 5.0
+# How long a request that has to succeed before anything trades (a book's first snapshot, recovery's
+# queries) waits, in all, for the request budget to refill.
+RATE_LIMIT_WAIT = 30.0
+
+T = TypeVar("T")
+
+
+async def waiting_out_rate_limits(call: Callable[[], Awaitable[T]], what: str, limit: float = RATE_LIMIT_WAIT) -> T:
+    """`await call()`, a rate-limit refusal (`RateLimited`: the local request budget, or the venue's 429)
+    waited out as long as it says, `limit` seconds in all, then raised. For the requests that must succeed
+    before anything trades: a restart with many packages to recover spends the budget on their queries, and
+    the next request would otherwise fail the start (or skip a safety check)."""
+    give_up = trio.current_time() + limit
+    while True:
+        try:
+            return await call()
+        except RateLimited as exc:
+            pause = max(exc.retry_after, 0.001)
+            if trio.current_time() + pause > give_up:
+                raise
+            log.info("%s waits %.2f s for the request budget (%s)", what, pause, exc)
+            await trio.sleep(pause)
 
 
 def unanswered(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -33,7 +33,6 @@ from legguard.domain import (
     OrderStatus,
     OrderType,
     OrderUpdate,
-    RateLimited,
     RejectReason,
     Side,
     VenueError,
@@ -61,15 +60,16 @@ from ._crashpoints import ARMED as CRASH_ARMED
 from ._crashpoints import reached as crash_point
 from ._handle import PackageHandle
 from ._host import EngineHost
+from ._outage import waiting_out_rate_limits
 from .journal import FUNDING, JournalError, ReplayMismatch, UnknownPackage, funding_amount, replay_package
 
 log = logging.getLogger("legguard.engine.recovery")
 
 RECOVERY = "recovery"  # the journal kind of every per-package recovery step
 UNJOURNALED = "filled and closed; the journal never wrote it: left alone, for an operator"
-# How long the stray sweep waits, in all, for the local request budget: the recovery of many packages spends
-# it on its order queries, and listing every open order is the heaviest request (Binance weight 80 + 40).
-STRAY_BUDGET_WAIT = 30.0
+# Every request of recovery waits out rate-limit refusals (`waiting_out_rate_limits`, 30 s in all): the
+# recovery of many packages spends the local request budget on its order queries, and a refused request
+# would otherwise leave an order unknown, the strays or the positions unchecked.
 
 
 @dataclass(slots=True)
@@ -369,9 +369,13 @@ async def _ask_all(
 async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent | None:
     """One order's state; None if the venue does not know it; `unknown` if the venue cannot be asked (the
     kill switch asks again)."""
-    try:
+
+    async def ask() -> OrderUpdate:
         with trio.fail_after(engine.config.deadlines.ack):
-            return to_order_event(await engine.venue.fetch_order(symbol, cid))
+            return await engine.venue.fetch_order(symbol, cid)
+
+    try:
+        return to_order_event(await waiting_out_rate_limits(ask, f"recovery: asking about {cid}"))
     except OrderNotFound:
         return None
     except (trio.TooSlowError, VenueError) as exc:
@@ -409,8 +413,9 @@ async def _probe_lost(
             if cid in core.orders:
                 break
             try:
-                with trio.fail_after(engine.config.deadlines.ack):
-                    update = await engine.venue.fetch_order(leg.symbol, cid)
+                update = await waiting_out_rate_limits(
+                    _fetch_order(engine, leg.symbol, cid), f"recovery: asking whether {cid} exists"
+                )
             except OrderNotFound:
                 break
             except (trio.TooSlowError, VenueError) as exc:
@@ -515,9 +520,13 @@ async def _check_positions(engine: EngineHost, resumes: list[_Resume], report: R
         for r in resumes
         if _perp_after(r.handle.core, r.answers, r.adopted) != 0 or _closing(r.handle.core, r.answers)
     ]
-    try:
+
+    async def ask() -> Mapping[str, Decimal]:
         with trio.fail_after(engine.config.deadlines.ack * 2):
-            positions = await engine.venue.fetch_positions()
+            return await engine.venue.fetch_positions()
+
+    try:
+        positions = await waiting_out_rate_limits(ask, "recovery: fetching positions")
     except (trio.TooSlowError, VenueError) as exc:
         report.positions_verified = not holders
         log.error("recovery: cannot fetch positions, hedges unverified: %s", exc)
@@ -597,20 +606,21 @@ async def _sweep_strays(engine: EngineHost, report: RecoveryReport) -> None:
 
 
 async def _open_orders(engine: EngineHost) -> list[OrderUpdate]:
-    """Every open order at the venue. A refusal by the local request budget is waited out (what it says to
-    wait, `STRAY_BUDGET_WAIT` in all): the queries of the packages just recovered spent it, and skipping the
-    sweep would leave any stray order unchecked."""
-    give_up = trio.current_time() + STRAY_BUDGET_WAIT
-    while True:
-        try:
-            with trio.fail_after(engine.config.deadlines.ack * 2):
-                return await engine.venue.fetch_open_orders()
-        except RateLimited as exc:
-            pause = max(exc.retry_after, 0.001)
-            if trio.current_time() + pause > give_up:
-                raise
-            log.info("recovery: listing open orders waits %.2f s for the request budget (%s)", pause, exc)
-            await trio.sleep(pause)
+    """Every open order at the venue (the heaviest request: Binance weight 80 + 40)."""
+
+    async def ask() -> list[OrderUpdate]:
+        with trio.fail_after(engine.config.deadlines.ack * 2):
+            return await engine.venue.fetch_open_orders()
+
+    return await waiting_out_rate_limits(ask, "recovery: listing open orders")
+
+
+def _fetch_order(engine: EngineHost, symbol: str, cid: str) -> Callable[[], Awaitable[OrderUpdate]]:
+    async def ask() -> OrderUpdate:
+        with trio.fail_after(engine.config.deadlines.ack):
+            return await engine.venue.fetch_order(symbol, cid)
+
+    return ask
 
 
 def _intent_ids(engine: EngineHost, package_id: str) -> set[str]:
@@ -633,9 +643,14 @@ async def _report_closed_strays(engine: EngineHost, report: RecoveryReport, pref
                 if r.payload.get("event") in ("adopted_stray_order", "stray_unwind_intent")}  # fmt: skip
     owned: dict[str, set[str]] = {}
     for symbol in symbols:
-        try:
+
+        async def ask(symbol: str = symbol) -> list[OrderUpdate]:
             with trio.fail_after(engine.config.deadlines.ack * 2):
-                orders: list[OrderUpdate] = await fetch_orders(symbol)
+                got: list[OrderUpdate] = await fetch_orders(symbol)
+                return got
+
+        try:
+            orders = await waiting_out_rate_limits(ask, f"recovery: listing the orders of {symbol}")
         except (trio.TooSlowError, VenueError) as exc:
             log.warning("recovery: cannot list the orders of %s: %s", symbol, exc)
             journal.record("engine", None, {"event": "recovery_strays_unchecked", "symbol": symbol,
@@ -663,9 +678,13 @@ async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[s
     journal = engine.journal
     owner = _owner(engine, cid, prefix)
     entry: dict[str, str] = {"client_order_id": cid, "symbol": symbol, "side": update.side.value}
-    try:
+
+    async def cancel() -> OrderUpdate:
         with trio.fail_after(engine.config.deadlines.ack):
-            final = await engine.venue.cancel_order(symbol, cid)
+            return await engine.venue.cancel_order(symbol, cid)
+
+    try:
+        final = await waiting_out_rate_limits(cancel, f"recovery: cancelling stray {cid}")
         entry["outcome"] = "cancelled"
     except OrderNotFound:
         final = update  # finished meanwhile: ask below
@@ -675,8 +694,7 @@ async def _adopt(engine: EngineHost, update: OrderUpdate, prefix: str) -> dict[s
         final = update
     if entry["outcome"] == "cancelled":
         try:
-            with trio.fail_after(engine.config.deadlines.ack):
-                final = await engine.venue.fetch_order(symbol, cid)
+            final = await waiting_out_rate_limits(_fetch_order(engine, symbol, cid), f"recovery: re-reading {cid}")
         except (trio.TooSlowError, VenueError) as exc:
             log.warning("recovery: stray %s: cannot re-read it after the cancel: %s", cid, exc)
     entry["filled"] = str(final.filled)
