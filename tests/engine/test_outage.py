@@ -16,8 +16,17 @@ import trio
 from trio.testing import MockClock
 
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import OrderRequest, OrderStatus, OrderType, OutcomeUnknown, Side, StreamDisconnected
+from legguard.domain import (
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    OutcomeUnknown,
+    RateLimited,
+    Side,
+    StreamDisconnected,
+)
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec, settle_recovered
+from legguard.engine._outage import waiting_out_rate_limits
 from legguard.engine._spec import BreakerConfig
 from legguard.engine.journal._replay import verify
 from legguard.engine.journal._store import Journal
@@ -178,3 +187,43 @@ async def test_a_run_ending_during_an_outage_names_what_needs_recovery_and_recov
         assert report.ok, report.to_dict()
     assert_venue_matches_journal(sim, db, start)
     assert verify(db).ok
+
+
+# --- requests that must succeed before anything trades: rate limits waited out -------------------------
+
+
+async def test_a_rate_limited_request_is_asked_again_once_the_budget_says(autojump_clock: MockClock) -> None:
+    asked: list[float] = []
+
+    async def book() -> str:
+        asked.append(trio.current_time())
+        if len(asked) < 3:
+            raise RateLimited("book ETH/USDT: local request budget exhausted", retry_after=0.4)
+        return "snapshot"
+
+    assert await waiting_out_rate_limits(book, "book ETH/USDT") == "snapshot"
+    assert [round(t - asked[0], 3) for t in asked] == [0.0, 0.4, 0.8]
+
+
+async def test_a_rate_limit_that_outlasts_the_wait_is_raised(autojump_clock: MockClock) -> None:
+    start = trio.current_time()
+
+    async def never() -> None:
+        raise RateLimited("positions: local request budget exhausted", retry_after=4.0)
+
+    with pytest.raises(RateLimited, match="positions"):
+        await waiting_out_rate_limits(never, "positions", limit=10.0)
+    assert trio.current_time() - start == pytest.approx(8.0)  # two waits of 4 s; a third would pass 10
+
+
+async def test_other_venue_errors_are_not_waited_out(autojump_clock: MockClock) -> None:
+    calls = 0
+
+    async def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise OutcomeUnknown("connection refused")
+
+    with pytest.raises(OutcomeUnknown):
+        await waiting_out_rate_limits(down, "book ETH/USDT")
+    assert calls == 1
