@@ -617,7 +617,7 @@ class RefusedOnce:
     """The simulated venue, except that the first request of each kind is refused by the local request budget:
     what a restart with many packages to recover meets once their queries have spent it."""
 
-    KINDS = ("fetch_order", "fetch_open_orders", "fetch_orders", "fetch_positions", "cancel_order")
+    KINDS = ("fetch_order", "fetch_open_orders", "fetch_orders", "fetch_positions", "cancel_order", "fetch_balance")
 
     def __init__(self, venue: SimVenue) -> None:
         self._venue = venue
@@ -653,8 +653,16 @@ async def test_every_recovery_request_waits_out_the_request_budget(autojump_cloc
 
     engine, report = await restart(w, venue)
 
-    assert set(venue.refused) >= {"fetch_order", "fetch_open_orders", "fetch_positions", "cancel_order"}
+    assert set(venue.refused) >= {
+        "fetch_order",
+        "fetch_open_orders",
+        "fetch_positions",
+        "cancel_order",
+        "fetch_balance",
+    }
     assert report.unreachable == [] and report.positions_verified  # every question answered, after a wait
+    events = [r.payload["event"] for r in w.journal.engine_log()]
+    assert "venue_baseline" in events and "venue_baseline_unavailable" not in events  # the account checked too
     assert [s["client_order_id"] for s in report.strays] == [stray.client_order_id]
     assert report.final == {core.plan.package_id: "flat"}
     assert_safe_and_verified(w, engine, report)

@@ -23,6 +23,7 @@ import trio
 
 from legguard.adapters._venue import FundingVenue, Venue
 from legguard.domain import (
+    Balance,
     BookSnapshot,
     Market,
     OrderNotFound,
@@ -1039,10 +1040,14 @@ class Engine:
         """Record what the account holds at the venue beyond what the packages hold: the venue's balances and
         positions minus each package's (spot, perp) exposure (`truth` overrides a package's, for recovered
         packages whose cores have not yet been told what the venue answered). Journaled."""
-        try:
+
+        async def read() -> tuple[Mapping[str, Balance], Mapping[str, Decimal]]:
             with trio.fail_after(self.config.deadlines.ack * 2):
-                balances = await self.venue.fetch_balance()
-                positions = await self.venue.fetch_positions()
+                return await self.venue.fetch_balance(), await self.venue.fetch_positions()
+
+        try:
+            # Taken right after a recovery, whose queries may have spent the request budget: waited out.
+            balances, positions = await waiting_out_rate_limits(read, "the venue baseline")
         except (trio.TooSlowError, VenueError) as exc:
             log.warning("venue baseline unavailable: %s; spot balances go unreconciled", exc)
             self.journal.record("engine", None, {"event": "venue_baseline_unavailable", "error": str(exc)},
