@@ -19,7 +19,7 @@ from trio.testing import MockClock
 
 from legguard.adapters.market import GeneratorConfig
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import MarginAccount
+from legguard.domain import MarginAccount, RateLimited
 from legguard.engine import Deadlines, Engine, EngineConfig, ExitConfig, PackageSpec, RiskConfig
 from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig, SpecError
@@ -373,6 +373,26 @@ async def test_margin_guard_stops_entries_and_closes_oldest_first_until_restored
         levels = [x.payload["level"] for x in r.journal.rows() if x.kind == "margin"]
         assert levels[:2] == ["act", "ok"] or levels[:2] == ["act", "warn"]
         r.assert_safe()
+
+
+async def test_margin_guard_waits_out_a_budget_refusal_within_its_interval(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    cfg = config(risk=RiskConfig(check_balances=False, margin_guard=True, margin_interval=5.0))
+    async with open_rig(tmp_path, cfg) as r:
+        real, asked = r.venue.fetch_margin, []
+
+        async def budgeted() -> MarginAccount:
+            asked.append(trio.current_time())
+            if len(asked) == 1:
+                raise RateLimited("margin: local request budget exhausted", retry_after=0.5)
+            return await real()
+
+        r.venue.fetch_margin = budgeted  # type: ignore[method-assign]
+        r.engine.margin_guard.last = None
+        await r.engine.margin_guard.check()
+        assert r.engine.margin_guard.last is not None  # read after the wait, not given up until the next interval
+        assert [round(t - asked[0], 3) for t in asked] == [0.0, 0.5]
 
 
 # --- configuration ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from legguard.domain import Balance, BookSnapshot, MarginAccount, Market, Market
 from legguard.fsm import LegRole, PackageCore, Purpose, State
 
 from ._handle import PackageHandle
+from ._outage import waiting_out_rate_limits
 from ._spec import EngineConfig
 from .journal import Journal
 
@@ -145,9 +146,14 @@ class MarginGuard:
 
     async def check(self) -> None:
         risk = self.host.config.risk
-        try:
+
+        async def read() -> MarginAccount:
             with trio.fail_after(self.host.config.deadlines.ack):
-                account = await self.host.venue.fetch_margin()
+                return await self.host.venue.fetch_margin()
+
+        try:
+            # A refusal by the request budget (a restart's recovery spends it) is waited out, up to one interval.
+            account = await waiting_out_rate_limits(read, "margin guard", limit=risk.margin_interval)
         except (trio.TooSlowError, VenueError) as exc:
             log.warning("margin guard: reading the perp account failed: %s", exc)
             return
