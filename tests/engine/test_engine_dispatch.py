@@ -161,20 +161,27 @@ async def test_with_urgent_events_pending_the_dispatch_waits_on_the_actor_path(
     await settle(rig, pid)
 
 
-async def test_a_failing_commit_leaves_the_dispatch_to_the_actor_path(
-    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    journal = rig.journal
+def fail_commits(journal: Journal, monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """The journal's next `times` commits fail as a disk would (their flush of rows, not a read's): the list
+    of failures so far."""
     real_flush = journal._flush
     failures: list[str] = []
 
-    def flush_failing_once() -> None:
-        if journal._rows and not failures:  # a commit flushing its rows (not a read)
+    def flush_failing() -> None:
+        if journal._rows and len(failures) < times:  # a commit flushing its rows (not a read)
             failures.append("disk I/O error")
             raise sqlite3.OperationalError("disk I/O error")
         real_flush()
 
-    monkeypatch.setattr(journal, "_flush", flush_failing_once)
+    monkeypatch.setattr(journal, "_flush", flush_failing)
+    return failures
+
+
+async def test_a_failing_commit_leaves_the_dispatch_to_the_actor_path(
+    autojump_clock: MockClock, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = rig.journal
+    failures = fail_commits(journal, monkeypatch, times=1)
     head = journal.head
     pid = rig.engine.submit(SPEC)  # does not raise
     assert failures and journal.head == head  # rolled back whole: the creation waits for the next commit
@@ -192,17 +199,7 @@ async def test_a_commit_the_actor_cannot_make_either_meets_the_supervisor_as_bef
 ) -> None:
     # The journal fails the dispatch on the submitter's stack and again in the actor's own step: the actor
     # raises, the supervisor journals the fault and restarts it with `Fault`, as it always did.
-    journal = rig.journal
-    real_flush = journal._flush
-    failures: list[str] = []
-
-    def flush_failing_twice() -> None:
-        if journal._rows and len(failures) < 2:  # a commit flushing its rows (not a read)
-            failures.append("disk I/O error")
-            raise sqlite3.OperationalError("disk I/O error")
-        real_flush()
-
-    monkeypatch.setattr(journal, "_flush", flush_failing_twice)
+    failures = fail_commits(rig.journal, monkeypatch, times=2)
     pid = rig.engine.submit(SPEC)
     handle = rig.engine.handles[pid]
     with trio.fail_after(30):
