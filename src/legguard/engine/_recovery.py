@@ -369,12 +369,8 @@ async def _ask_all(
 async def _ask(engine: EngineHost, cid: str, symbol: str) -> OrderEvent | None:
     """One order's state; None if the venue does not know it; `unknown` if the venue cannot be asked (the
     kill switch asks again)."""
-
-    async def ask() -> OrderUpdate:
-        with trio.fail_after(engine.config.deadlines.ack):
-            return await engine.venue.fetch_order(symbol, cid)
-
     try:
+        ask = _fetch_order(engine, symbol, cid)
         return to_order_event(await waiting_out_rate_limits(ask, f"recovery: asking about {cid}"))
     except OrderNotFound:
         return None
