@@ -75,6 +75,7 @@ from ._recovery import RecoveryReport
 from ._recovery import recover as recover_packages
 from ._retired import ZERO, KnownOrder, RetiredPackages
 from ._spec import EngineConfig, PackageSpec, validate_spec
+from ._warm import HotPathWarmer
 from .journal import FUNDING, LATE_FEE, PNL, Journal, ReplayMismatch, desk_dust, package_pnl, replay_package
 from .journal._pnl import apply_late_fee, funding_amount
 
@@ -122,6 +123,7 @@ class Engine:
         self.halt_reason = ""
         self.paused_until = 0.0  # rate-limit back-off for new packages
         self.stats = EngineStats()
+        self.warmer = HotPathWarmer(self)
         self._orders: dict[str, PackageHandle] = {}  # client order id -> package
         self._orphan_times: deque[float] = deque()
         # (symbol, venue-originated order id) -> filled already accounted for (liquidation / ADL)
@@ -191,6 +193,7 @@ class Engine:
             service.start_soon(self.deadman.run)
             service.start_soon(self._breaker_cooloff)
             service.start_soon(self.outage.run)
+            service.start_soon(self.warmer.run)
             if isinstance(self.venue, FundingVenue) and self.config.funding_interval is not None:
                 service.start_soon(self._funding_poller, self.venue)
             if self.config.exit.enabled:

@@ -354,3 +354,14 @@ def test_spot_fee_in_base_defaults_on_and_can_be_turned_off(tmp_path: Path) -> N
     assert off.engine.spot_fee_in_base is False  # fees paid in BNB: no gross-up
     with pytest.raises(ConfigError, match=r"engine\.spot_fee_in_base"):
         load_config(write(tmp_path, GOOD + '\n[engine]\nspot_fee_in_base = "bnb"\n'))
+
+
+def test_keep_warm_defaults_to_a_millisecond_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).engine.keep_warm == 0.001
+    assert load_config(write(tmp_path, GOOD + "\n[engine]\nkeep_warm = 0.0005\n")).engine.keep_warm == 0.0005
+    for off in ("false", "0", "0.0"):
+        assert load_config(write(tmp_path, GOOD + f"\n[engine]\nkeep_warm = {off}\n")).engine.keep_warm is None
+    for bad, why in (('"1ms"', "expected seconds"), ("-0.001", "expected seconds"), ("true", "expected seconds"),
+                     ("5", "above 1 s")):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"engine\.keep_warm: .* is invalid; {why}"):
+            load_config(write(tmp_path, GOOD + f"\n[engine]\nkeep_warm = {bad}\n"))

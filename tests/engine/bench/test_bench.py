@@ -49,7 +49,8 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "finished_memory": {"bytes_per_finished_package": 80.0},
         "floors": {"send_us": {**pct, "p50": 5.0}, "commit_process_us": {**pct, "p50": 10.0},
                    "commit_power_us": {**pct, "p50": 1000.0}, "sign_us": {**pct, "p50": 30.0},
-                   "hop_us": {**pct, "p50": 4.0}},
+                   "hop_us": {**pct, "p50": 4.0}, "send_cold_us": {**pct, "p50": 20.0},
+                   "commit_process_cold_us": {**pct, "p50": 80.0}},
     }  # fmt: skip
     run["throughput"]["floor"] = b.throughput_floor(run["throughput"], run["floors"])
     return run
@@ -92,6 +93,13 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert throughput["x_floor"] == "75.8x"  # 15,151.5 / 200
     reaction = table["kill switch: decisive answer in → cancel out, p50 / p99"]
     assert reaction["met"] == "met" and reaction["floor"].startswith("15.0 / 6.0 µs")
+    # The same floors after a wait asleep: reaction / (cold commit + cold send), overhead / cold commit.
+    assert reaction["floor"].endswith("; after 2 ms asleep: 100.0 µs")
+    assert result["cold_floor_multiple"]["reaction_us"] == {"p50": round(1.0 / 100.0, 1)}
+    assert result["cold_floor_multiple"]["overhead_us"] == {"p50": round(1.0 / 80.0, 1)}
+    assert table["engine overhead: signal → both legs at the venue, p50"]["x_floor"] == (
+        "0.1x (p50 0x the floor after a wait)"
+    )
 
 
 def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> None:
@@ -152,12 +160,14 @@ def test_finished_memory_runs_packages_to_flat_and_releases_them(tmp_path: Path)
 def test_floors_are_measured_from_real_sends_commits_signs_and_hops(tmp_path: Path) -> None:
     got = f.floors_run(5, tmp_path, b.percentiles)
     assert {name: p["n"] for name, p in got.items()} == {
-        "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5, "hop_us": 5}  # fmt: skip
+        "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5, "hop_us": 5,
+        "send_cold_us": 50, "commit_process_cold_us": 50}  # fmt: skip
+    assert set(got) == set(f.FLOOR_NAMES)
     assert all(p["p50"] > 0 for p in got.values())
-    for name in ("floor-process.db", "floor-power.db"):
+    for name, rows_expected in (("floor-process.db", 6), ("floor-power.db", 21), ("floor-cold.db", 51)):
         with sqlite3.connect(tmp_path / name) as conn:  # each sample committed one row (plus the first)
             rows = conn.execute("SELECT count(*) FROM floor").fetchone()[0]
-            assert rows == (6 if "process" in name else 21)
+            assert rows == rows_expected
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

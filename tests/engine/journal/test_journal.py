@@ -1471,3 +1471,69 @@ def test_a_fact_of_a_deferred_package_in_a_group_writes_its_creation_first(tmp_p
         ]  # fmt: skip
         assert journal.package_ids() == ["pkg2"]
     assert verify(tmp_path / "j.db").ok
+
+
+# --- warming (`Journal.warm`: the engine's `HotPathWarmer` calls it while it waits) -----------------------
+
+
+def _everything(db: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    """The journal's rows, meta and packages as another connection reads them."""
+    with sqlite3.connect(db) as conn:
+        return (
+            conn.execute("SELECT * FROM journal ORDER BY seq").fetchall(),
+            conn.execute("SELECT * FROM meta ORDER BY key").fetchall(),
+            conn.execute("SELECT * FROM packages ORDER BY package_id").fetchall(),
+        )
+
+
+def _scratch_files(db: Path) -> list[str]:
+    return sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name + ".warm"))
+
+
+def test_journal_warm_commits_on_its_scratch_database_only_and_removes_it_at_close(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    journal = Journal.open(db)
+    journal.record("note", None, {"text": "before"}, 1.0)
+    before, head = _everything(db), journal.head
+
+    for _ in range(5):
+        journal.warm()
+
+    assert _everything(db) == before and journal.head == head
+    assert _scratch_files(db) == ["journal.db.warm", "journal.db.warm-shm", "journal.db.warm-wal"]
+    with sqlite3.connect(db.with_name("journal.db.warm")) as conn:
+        assert conn.execute("SELECT tick FROM warm").fetchall() == [(5,)]  # one commit per call
+    journal.record("note", None, {"text": "after"}, 2.0)  # the journal writes on as before
+    assert journal.head[0] == head[0] + 1
+    journal.close()
+    assert _scratch_files(db) == []
+
+
+def test_journal_warm_inside_an_open_batch_leaves_the_batch_as_it_was(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    with Journal.open(db) as journal:
+        with journal.batch():
+            journal.record("note", None, {"text": "in the batch"}, 1.0)
+            journal.warm()
+        assert [r[1] for r in _everything(db)[0]] == ["note"]
+
+
+def test_a_scratch_database_that_cannot_be_opened_leaves_warming_without_it(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    (tmp_path / "journal.db.warm").mkdir()  # not a file SQLite can open
+    with Journal.open(db) as journal:
+        journal.record("note", None, {"text": "x"}, 1.0)
+        before = _everything(db)
+        journal.warm()
+        journal.warm()
+        assert _everything(db) == before
+        assert journal._scratch is not None and not journal._scratch.enabled
+    assert (tmp_path / "journal.db.warm").is_dir()  # not ours: left alone
+
+
+def test_a_read_only_journal_does_not_warm(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    Journal.open(db).close()
+    with Journal.open(db, readonly=True) as journal:
+        journal.warm()
+    assert _scratch_files(db) == []

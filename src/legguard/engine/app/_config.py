@@ -222,6 +222,7 @@ _SCHEMA: dict[str, set[str]] = {
         "reconcile_interval",
         "funding_interval",
         "spot_fee_in_base",
+        "keep_warm",
     },
     "deadlines": {"ack", "fill", "unwind", "leg", "recv_window", "clock_allowance"},
     "breaker": {"max_orphans", "window", "resume_after"},
@@ -395,6 +396,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> RunConf
         reconcile_interval=_seconds(engine_t, "engine.reconcile_interval", 5.0),
         funding_interval=_seconds(engine_t, "engine.funding_interval", 60.0),
         spot_fee_in_base=_bool(engine_t, "engine.spot_fee_in_base", True),
+        keep_warm=_keep_warm(engine_t),
         deadman=DeadmanConfig(
             enabled=deadman_enabled,
             countdown=_seconds(deadman_t, "deadman.countdown", 10.0),
@@ -640,6 +642,18 @@ def _int(table: Mapping[str, Any], name: str, *, default: int, minimum: int) -> 
     if value < minimum:
         raise ConfigError(f"{name}: {value!r} is invalid; must be >= {minimum}")
     return value
+
+
+def _keep_warm(engine_t: Mapping[str, Any]) -> float | None:
+    """`engine.keep_warm`: seconds between warming rounds (default 0.001), or false / 0 for off."""
+    value = engine_t.get("keep_warm", 0.001)
+    if value is False or (not isinstance(value, bool) and isinstance(value, int | float) and value == 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"engine.keep_warm: {value!r} is invalid; expected seconds between warming rounds, or false")
+    if value > 1.0:
+        raise ConfigError(f"engine.keep_warm: {value!r} is invalid; above 1 s nothing stays warm (try 0.001)")
+    return float(value)
 
 
 def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:

@@ -40,6 +40,19 @@ FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
     # commit, on the submitter's stack (`Engine.submit` takes the dispatch step itself: no task hop on the path)
     "overhead_us": (("commit_process_us", 1),),
 }
+# The cold floors' wait: about what the engine waits, asleep, between a package's orders going out and the
+# venue's answer that decides its kill switch (the wire bench's loopback emulator: 1-3 ms).
+COLD_GAP = 0.002
+# latency -> the same terms after COLD_GAP asleep (`floors_run`'s cold floors), where one is measured
+COLD_FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
+    "reaction_us": (("commit_process_cold_us", 1), ("send_cold_us", 1)),
+    "unwind_us": (("commit_process_cold_us", 1), ("send_cold_us", 1)),
+    "overhead_us": (("commit_process_cold_us", 1),),
+}
+# Every floor `floors_run` measures (its result's keys).
+FLOOR_NAMES: tuple[str, ...] = (
+    "send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us", "send_cold_us", "commit_process_cold_us",
+)  # fmt: skip
 # One order request as the order path writes it (request line, headers, signed body): about this size.
 REQUEST_BYTES = 620
 
@@ -53,8 +66,9 @@ def _timed(fn: Callable[[], object], samples: int) -> list[float]:
     return out
 
 
-def send_floor(samples: int) -> list[float]:
-    """µs per `send()` of one order request's bytes on a TCP loopback connection."""
+def send_floor(samples: int, gap: float = 0.0) -> list[float]:
+    """µs per `send()` of one order request's bytes on a TCP loopback connection; `gap`: seconds idle (asleep)
+    before each, as the engine is before a venue's answer wakes it."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         peer, _ = server.accept()
@@ -63,6 +77,8 @@ def send_floor(samples: int) -> list[float]:
             payload = b"x" * REQUEST_BYTES
             out: list[float] = []
             for _ in range(samples):
+                if gap:
+                    time.sleep(gap)
                 t0 = time.perf_counter_ns()
                 client.send(payload)
                 out.append((time.perf_counter_ns() - t0) / 1000)
@@ -75,8 +91,9 @@ def send_floor(samples: int) -> list[float]:
     return out
 
 
-def commit_floor(path: Path, synchronous: int, samples: int) -> list[float]:
-    """µs per bare SQLite transaction (one row inserted, committed) in WAL mode at `synchronous`."""
+def commit_floor(path: Path, synchronous: int, samples: int, gap: float = 0.0) -> list[float]:
+    """µs per bare SQLite transaction (one row inserted, committed) in WAL mode at `synchronous`; `gap`:
+    seconds idle (asleep) before each."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -98,6 +115,8 @@ def commit_floor(path: Path, synchronous: int, samples: int) -> list[float]:
                 # from its start, so commits overwrite it in place instead of growing the file. A growing file
                 # makes each fsync also commit the file's new size: slower than the journal, not a floor.
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if gap:
+                time.sleep(gap)
             out += _timed(commit, 1)
         return out
     finally:
@@ -160,15 +179,23 @@ def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]
         "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 20))),
         "sign_us": percentiles(sign_floor(samples)),
         "hop_us": percentiles(hop_floor(samples)),
+        # The same after COLD_GAP asleep: what this machine charges for code and data left untouched that long
+        # (its caches are shared; docs/performance.md, "A cold path"). Fewer samples: each waits the gap.
+        "send_cold_us": percentiles(send_floor(max(samples // 10, 50), COLD_GAP)),
+        "commit_process_cold_us": percentiles(
+            commit_floor(directory / "floor-cold.db", 1, max(samples // 10, 50), COLD_GAP)
+        ),
     }
 
 
-def floor_value(floors: Mapping[str, Any], latency: str, q: str = "p50") -> float | None:
-    """The floor bounding `latency` (a `FLOOR_OF` key) at quantile `q` of each term; None if not measured."""
+def floor_value(floors: Mapping[str, Any], latency: str, q: str = "p50", *, cold: bool = False) -> float | None:
+    """The floor bounding `latency` (a `FLOOR_OF` key, or `COLD_FLOOR_OF` if `cold`) at quantile `q` of each
+    term; None if not measured."""
+    terms = (COLD_FLOOR_OF if cold else FLOOR_OF).get(latency, ())
     total = 0.0
-    for name, times in FLOOR_OF.get(latency, ()):
+    for name, times in terms:
         value = floors.get(name, {}).get(q) if isinstance(floors.get(name), dict) else floors.get(name)
         if not isinstance(value, int | float) or value != value:
             return None
         total += times * value
-    return round(total, 1) if FLOOR_OF.get(latency) else None
+    return round(total, 1) if terms else None

@@ -39,7 +39,7 @@ from legguard.engine._spec import BreakerConfig, Deadlines, EngineConfig, Packag
 from legguard.engine.journal import Durability, Journal
 from legguard.fsm import State, Transitioned
 
-from ._floors import FLOOR_OF, floor_value, floors_run
+from ._floors import COLD_GAP, FLOOR_NAMES, FLOOR_OF, floor_value, floors_run
 
 SPOT, PERP = "BTC/USDT", "BTC/USDT:USDT"
 QTY = Decimal("0.01")
@@ -608,7 +608,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if all("floors" in r for r in runs):
         out["floors"] = {
             name: {q: med(["floors", name, q]) for q in ("p50", "p90", "p99")}
-            for name in ("send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us")
+            for name in FLOOR_NAMES
+            if all(name in r["floors"] for r in runs)
         }
         # Each latency as a multiple of its floor (the sum `FLOOR_OF` names), quantile by quantile.
         out["floor_multiple"] = {}
@@ -624,6 +625,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 if floor and isinstance(value, int | float) and value == value:
                     multiples[q] = round(value / floor, 1)
             out["floor_multiple"][latency] = multiples
+            cold = floor_value(out["floors"], latency, "p50", cold=True)
+            if cold and isinstance(node.get("p50"), int | float):
+                out.setdefault("cold_floor_multiple", {})[latency] = {"p50": round(node["p50"] / cold, 1)}
     return out
 
 
@@ -711,11 +715,17 @@ def target_table(result: Mapping[str, Any]) -> list[dict[str, str]]:
         p50, p99 = floor_value(floors, latency, "p50"), floor_value(floors, latency, "p99")
         terms = " + ".join(f"{k} {name.removesuffix('_us').replace('_', ' ')}" if k > 1 else
                            name.removesuffix("_us").replace("_", " ") for name, k in FLOOR_OF[latency])  # fmt: skip
-        return f"{_n(p50)} / {_n(p99)} µs ({terms})" if p50 is not None else "—"
+        if p50 is None:
+            return "—"
+        cold = floor_value(floors, latency, "p50", cold=True)
+        after = f"; after {COLD_GAP * 1000:g} ms asleep: {_n(cold)} µs" if cold is not None else ""
+        return f"{_n(p50)} / {_n(p99)} µs ({terms}){after}"
 
     def times(latency: str, *qs: str) -> str:
         got = multiple.get(latency, {})
-        return " / ".join(f"{got[q]:g}x" if q in got else "—" for q in qs)
+        text = " / ".join(f"{got[q]:g}x" if q in got else "—" for q in qs)
+        cold = result.get("cold_floor_multiple", {}).get(latency, {}).get("p50")
+        return f"{text} (p50 {cold:g}x the floor after a wait)" if cold is not None else text
 
     def per_s(name: str) -> float | None:
         us = floors.get(name, {}).get("p50") if isinstance(floors.get(name), Mapping) else None
