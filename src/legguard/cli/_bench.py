@@ -118,7 +118,15 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             ("commit_power_us", "floor: SQLite commit, POWER (µs)", "WAL, synchronous=FULL: one fsync"),
             ("sign_us", "floor: ccxt sign() of an order (µs)", "Binance spot POST /api/v3/order"),
             ("hop_us", "floor: trio scheduler hop (µs)", "a task wakes another, which runs"),
+            ("send_cold_us", "floor: loopback send() after 2 ms asleep (µs)", "the same, after a wait"),
+            (
+                "commit_process_cold_us",
+                "floor: SQLite commit, PROCESS, after 2 ms asleep (µs)",
+                "the same, after a wait",
+            ),
         ):
+            if name not in floors:
+                continue
             f = floors[name]
             out.append((label, _fmt(f["p50"]), _fmt(f["p90"]), _fmt(f["p99"]), note))
     skew = result.get("skew_us")
@@ -136,12 +144,20 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "reject + half-filled other leg" + _times(result, "reaction_us")))  # fmt: skip
         out.append(("kill switch: cancel answer → unwind order out (µs)", _fmt(u["p50"]), _fmt(u["p90"]),
                     _fmt(u["p99"]), "market order" + _times(result, "unwind_us")))  # fmt: skip
+        if "reaction_unwarmed_us" in result:
+            w = result["reaction_unwarmed_us"]
+            out.append(("kill switch: answer in → cancel out, warming off (µs)", _fmt(w["p50"]), _fmt(w["p90"]),
+                        _fmt(w["p99"]), "the same, engine.keep_warm off, same run"))  # fmt: skip
     o = result["overhead_us"]
     fire = result.get("overhead_fire_us", {}).get("p50")
     # The earlier endpoint beside it: the second leg's `fire` entered (its send task running).
     to_fire = f"; to fire entered: {_fmt(fire)} µs (p50)" if isinstance(fire, int | float) and fire == fire else ""
     out.append(("engine overhead: signal → both legs at venue (µs)", _fmt(o["p50"]), _fmt(o["p90"]), _fmt(o["p99"]),
                 "sim venue, zero latency, taken in release" + _times(result, "overhead_us") + to_fire))  # fmt: skip
+    if "overhead_unwarmed_us" in result:
+        w = result["overhead_unwarmed_us"]
+        out.append(("engine overhead, warming off (µs)", _fmt(w["p50"]), _fmt(w["p90"]), _fmt(w["p99"]),
+                    "the same, engine.keep_warm off, same run"))  # fmt: skip
     note = f"virtual time, journal PROCESS, {_fmt(result.get('steps_per_commit'))} steps per commit"
     tf = result.get("throughput_floor")
     if tf:

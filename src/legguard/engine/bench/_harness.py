@@ -169,17 +169,23 @@ def _spec() -> PackageSpec:
 
 
 async def overhead_run(
-    samples: int, directory: Path, warmup: int = 20, *, to_fire: list[float] | None = None
+    samples: int,
+    directory: Path,
+    warmup: int = 20,
+    *,
+    to_fire: list[float] | None = None,
+    keep_warm: float | None = EngineConfig().keep_warm,
 ) -> list[float]:
     """µs from `Engine.submit` (the signal) to the sim venue taking the second leg in `release` (both legs at
     the venue), on the real clock, the sim venue at zero latency, the journal on (PROCESS). `to_fire` gets the
     earlier endpoint, the second leg's `fire` entered (its send task running), sample for sample."""
     out: list[float] = []
-    journal = Journal.open(directory / "overhead.db", Durability.PROCESS)
+    journal = Journal.open(directory / f"overhead-{keep_warm}.db", Durability.PROCESS)
     try:
         async with open_sim_venue(SimConfig(seed=3, latency_ms=0, jitter_ms=0)) as sim:
             venue = _Stamping(sim)
-            engine = Engine(cast(Venue, venue), journal, _config(deadlines=Deadlines(fill=0.005)))
+            config = _config(deadlines=Deadlines(fill=0.005), keep_warm=keep_warm)
+            engine = Engine(cast(Venue, venue), journal, config)
             async with engine.running([SPOT, PERP]):
                 for i in range(warmup + samples):
                     t0 = time.perf_counter_ns()
@@ -503,7 +509,7 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
             run["floors"] = floors_run(sizes.floor_samples, directory, percentiles)
             if wire:
                 try:
-                    got = trio.run(wire_run, sizes.pairs, sizes.reactions, log)
+                    got = trio.run(partial(wire_run, unwarmed=sizes.reactions), sizes.pairs, sizes.reactions, log)
                 finally:
                     if affinity is not None:
                         os.sched_setaffinity(0, affinity)
@@ -514,12 +520,18 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
                 run["reaction_reject_last"] = r.reject_last
                 run["reaction_skipped"] = r.skipped
                 run["reaction_stream_decided"] = r.stream_decided
+                if "reaction_unwarmed" in got:
+                    run["reaction_unwarmed_us"] = percentiles(got["reaction_unwarmed"].reaction_us)
             log(f"engine overhead: {sizes.overhead} packages, sim venue at zero latency")
             to_fire: list[float] = []
             run["overhead_us"] = percentiles(
                 trio.run(partial(overhead_run, to_fire=to_fire), sizes.overhead, directory)
             )
             run["overhead_fire_us"] = percentiles(to_fire)
+            log(f"engine overhead: {sizes.overhead} packages again, hot path warming off")
+            run["overhead_unwarmed_us"] = percentiles(
+                trio.run(partial(overhead_run, keep_warm=None), sizes.overhead, directory)
+            )
             log(f"throughput: {sizes.packages} packages, virtual time, journal PROCESS")
             run["throughput"] = throughput_run(sizes.packages, directory)
             floor = throughput_floor(run["throughput"], run["floors"])
@@ -589,6 +601,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["overhead_us"] = {q: med(["overhead_us", q]) for q in ("p50", "p90", "p99")}
     # The earlier endpoint: the second leg's `fire` entered (its send task running, after the actor's start).
     out["overhead_fire_us"] = {q: med(["overhead_fire_us", q]) for q in ("p50", "p90", "p99")}
+    # Side by side in each run: the same measures with hot path warming off (`engine.keep_warm`).
+    for name in ("reaction_unwarmed_us", "overhead_unwarmed_us"):
+        if all(name in r for r in runs):
+            out[name] = {q: med([name, q]) for q in ("p50", "p90", "p99")}
     out["packages_per_s"] = med(["throughput", "packages_per_s"])
     # The engine commits its steps grouped: that is the rate its journal sustains.
     out["journal_events_per_s"] = med(["journal", "process", "grouped"])

@@ -161,7 +161,11 @@ class WireRig:
 
 
 @contextlib.asynccontextmanager
-async def wire_rig(base: str, journal_dir: Path) -> AsyncIterator[WireRig]:
+async def wire_rig(
+    base: str, journal_dir: Path, *, keep_warm: float | None = EngineConfig().keep_warm, name: str = "wire"
+) -> AsyncIterator[WireRig]:
+    """The engine on `CcxtVenue` against the emulator at `base`; `keep_warm` as `EngineConfig`'s (the default:
+    warming on, as the engine runs), journal `<name>.db` in `journal_dir`."""
     urls = await trio.to_thread.run_sync(_control, base, "/_emulator/ccxt-urls")
     config = CcxtVenueConfig(
         api_key=DEFAULT_API_KEY,
@@ -179,8 +183,9 @@ async def wire_rig(base: str, journal_dir: Path) -> AsyncIterator[WireRig]:
         max_book_age=1e9,  # the frozen market publishes no book changes
         max_live_packages=10_000,
         breaker=BreakerConfig(max_orphans=1_000_000),  # the reaction runs orphan packages on purpose
+        keep_warm=keep_warm,
     )
-    journal = Journal.open(journal_dir / "wire.db", Durability.PROCESS)
+    journal = Journal.open(journal_dir / f"{name}.db", Durability.PROCESS)
     try:
         async with open_ccxt_venue(config) as venue:
             stamps = Stamps()
@@ -310,14 +315,21 @@ async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> React
 # --- one run ------------------------------------------------------------------------------------------
 
 
-async def wire_run(pairs: int, reactions: int, log: Callable[[str], None]) -> dict[str, Any]:
+async def wire_run(pairs: int, reactions: int, log: Callable[[str], None], *, unwarmed: int = 0) -> dict[str, Any]:
+    """Skew and the kill switch's reaction, the engine as it runs by default; `unwarmed` > 0: then as many
+    reactions again with hot path warming off (`keep_warm` None), on the same emulator, side by side."""
     with emulator_process() as base, tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
         async with wire_rig(base, Path(tmp)) as rig:
             log(f"skew: {pairs} pairs per mode against the emulator at {base} (separate process)")
             skew = await measure_skew(rig, pairs)
             log(f"kill switch: {reactions} packages with a rejected perp leg and a half-filled spot leg")
             reaction = await measure_reaction(rig, reactions)
-    return {"skew": skew, "reaction": reaction}
+        out: dict[str, Any] = {"skew": skew, "reaction": reaction}
+        if unwarmed:
+            async with wire_rig(base, Path(tmp), keep_warm=None, name="wire-unwarmed") as rig:
+                log(f"kill switch: {unwarmed} packages again, hot path warming off")
+                out["reaction_unwarmed"] = await measure_reaction(rig, unwarmed)
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover
