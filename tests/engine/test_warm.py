@@ -1,6 +1,6 @@
-"""Keeping the hot path warm (`_warm.HotPathWarmer`; its pieces `Journal.warm` and `CcxtVenue.warm` are tested
-beside their own code): it runs on the real clock only, touches nothing real — the journal's rows, the
-packages, the venue's orders are as they were — and a piece that fails is switched off, never fatal."""
+"""Keeping the decision path warm (`_warm.HotPathWarmer`): it runs on the real clock only, touches nothing real
+— the journal's rows, the package, the venue's orders are as they were — and a round that fails switches
+warming off, never the engine."""
 
 from __future__ import annotations
 
@@ -36,10 +36,6 @@ def everything(db: Path) -> tuple[list[Any], list[Any], list[Any]]:
         )
 
 
-def scratch_files(db: Path) -> list[str]:
-    return sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name + ".warm"))
-
-
 # --- the engine's warmer ------------------------------------------------------------------------------
 
 
@@ -47,12 +43,11 @@ async def test_the_warmer_is_off_under_a_virtual_clock(tmp_path: Path, autojump_
     assert not HotPathWarmer.applies(0.001)
     journal = Journal.open(tmp_path / "journal.db")
     async with open_sim_venue(SimConfig(seed=11)) as venue:
-        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+        engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, keep_warm=0.001))
         async with engine.running([ETH, ETH_PERP]):
             await trio.sleep(1.0)
         assert engine.warmer.rounds == 0
     journal.close()
-    assert scratch_files(tmp_path / "journal.db") == []
 
 
 def test_the_warmer_runs_on_the_real_clock_and_touches_nothing_real(tmp_path: Path) -> None:
@@ -62,7 +57,7 @@ def test_the_warmer_runs_on_the_real_clock_and_touches_nothing_real(tmp_path: Pa
         assert HotPathWarmer.applies(0.001) and not HotPathWarmer.applies(None)
         journal = Journal.open(db)
         async with open_sim_venue(SimConfig(seed=11, latency_ms=0, jitter_ms=0)) as venue:
-            engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+            engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, keep_warm=0.001))
             async with engine.running([ETH, ETH_PERP]):
                 await trio.sleep(0.2)
                 package_id = engine.submit(SPEC)
@@ -76,34 +71,38 @@ def test_the_warmer_runs_on_the_real_clock_and_touches_nothing_real(tmp_path: Pa
                 orders = dict(venue.engine._orders)  # every order the venue was sent, by (symbol, client id)
                 await trio.sleep(0.1)  # the warmer's rounds, on a shadow of this package
                 assert engine.warmer.rounds > rounds
-                assert engine.warmer.seconds > 0 and engine.warmer._off == set()
+                assert engine.warmer.seconds > 0 and engine.warmer.failed is None
                 assert handle.core.fingerprint() == fingerprint
                 assert [r for r in everything(db)[0] if r[2] == package_id] == rows
                 assert {r[2] for r in everything(db)[0]} <= {None, package_id}
+                # The shadow's plan is the latest package's, kept when the engine releases the package.
+                assert engine.warmer._plan is handle.core.plan
                 assert dict(venue.engine._orders) == orders
         journal.close()
 
     trio.run(main)
-    assert scratch_files(db) == []
 
 
-def test_a_warming_piece_that_raises_is_turned_off_once_and_the_engine_runs_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_warming_round_that_raises_turns_warming_off_once_and_the_engine_runs_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "journal.db"
+    calls: list[None] = []
+
+    def broken(self: HotPathWarmer) -> None:
+        calls.append(None)
+        raise ValueError("a shadow the core refused")
+
+    monkeypatch.setattr(HotPathWarmer, "decide", broken)
 
     async def main() -> None:
         journal = Journal.open(db)
-
-        def broken() -> None:
-            raise sqlite3.OperationalError("disk I/O error")
-
-        journal.warm = broken  # type: ignore[method-assign]
         async with open_sim_venue(SimConfig(seed=11, latency_ms=0, jitter_ms=0)) as venue:
-            engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))
+            engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES, keep_warm=0.001))
             async with engine.running([ETH, ETH_PERP]):
                 await trio.sleep(0.1)
-                assert engine.warmer._off == {"journal"} and engine.warmer.rounds > 1
+                assert engine.warmer.failed == "ValueError: a shadow the core refused"
+                assert engine.warmer.rounds == 0 and len(calls) == 1  # stopped at the first failure
                 package_id = engine.submit(SPEC)  # trading goes on
                 with trio.fail_after(30):
                     await engine.handles[package_id].wait_until(lambda core: core.state is not State.PENDING)
@@ -112,7 +111,7 @@ def test_a_warming_piece_that_raises_is_turned_off_once_and_the_engine_runs_on(
     with caplog.at_level(logging.INFO, logger="legguard.engine"):
         trio.run(main)
     turned_off = [r.getMessage() for r in caplog.records if "warming" in r.getMessage()]
-    assert turned_off == ["hot path warming: journal turned off (OperationalError: disk I/O error)"]
+    assert turned_off == ["hot path warming turned off (ValueError: a shadow the core refused)"]
 
 
 def test_the_shadow_decision_needs_a_package_first(tmp_path: Path) -> None:
@@ -121,3 +120,17 @@ def test_the_shadow_decision_needs_a_package_first(tmp_path: Path) -> None:
             self.handles: dict[str, Any] = {}
 
     HotPathWarmer(NoPackages()).decide()  # type: ignore[arg-type]  # nothing to build a shadow from: no-op
+
+
+def test_the_engine_does_not_warm_unless_asked_to(tmp_path: Path) -> None:
+    async def main() -> None:
+        journal = Journal.open(tmp_path / "journal.db")
+        async with open_sim_venue(SimConfig(seed=11, latency_ms=0, jitter_ms=0)) as venue:
+            engine = Engine(venue, journal, EngineConfig(deadlines=DEADLINES))  # keep_warm: the default
+            async with engine.running([ETH, ETH_PERP]):
+                engine.submit(SPEC)
+                await trio.sleep(0.05)
+                assert engine.config.keep_warm is None and engine.warmer.rounds == 0
+        journal.close()
+
+    trio.run(main)

@@ -227,10 +227,10 @@ class EngineConfig:
     # emulator): the buy is grossed up so that what is held equals the perp short. False when the account pays
     # fees in another asset (Binance's "use BNB to pay fees") or the venue charges them in quote: no gross-up.
     spot_fee_in_base: bool = True
-    # Seconds between rounds of warming the hot path while the engine waits (`_warm.HotPathWarmer`: the
-    # journal's commit path, the decision core, the venue's answer decode, on nothing real). None: off. Costs
-    # a few % of one core at 1 ms; it runs only on the real clock.
-    keep_warm: float | None = 0.001
+    # Seconds between rounds keeping the decision path warm while the engine waits (`_warm.HotPathWarmer`: the
+    # core on a shadow of the latest package, nothing real). None: off (the default: it costs ~28 % of one
+    # core at 1 ms for ~5-12 % off the engine overhead and the kill switch's reaction; docs/performance.md).
+    keep_warm: float | None = None
     # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
     exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))
     risk: RiskConfig = field(default_factory=lambda: RiskConfig(check_balances=False, margin_guard=False))

@@ -25,7 +25,6 @@ import trio.testing
 import trio_asyncio
 from conftest import ETH, ETH_PERP, QTY, STREAM_WAIT, emulated, engine_on, maker, settle
 
-import legguard.adapters.ccxt._venue as ccxt_venue
 from legguard.adapters._venue import FundingPayment, FundingVenue, Venue
 from legguard.adapters.ccxt._convert import order_update
 from legguard.adapters.ccxt._venue import (
@@ -941,31 +940,3 @@ async def test_the_ccxt_path_alone_still_reads_the_order_path() -> None:
         cancelled = await rig.venue.cancel_order(ETH, "t41-SE1")
     assert (placed.status, cancelled.status, cancelled.client_order_id) == (
         OrderStatus.OPEN, OrderStatus.CANCELED, "t41-SE1")  # fmt: skip
-
-
-# --- warming (`CcxtVenue.warm`: the engine's `HotPathWarmer` calls it while it waits) --------------------
-
-
-async def test_the_ccxt_venue_warms_its_answer_decode_without_touching_its_ledger_or_the_venue(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    decoded: list[Any] = []
-    real = ccxt_venue.lean_order_update
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        decoded.append(update := real(*args, **kwargs))
-        return update
-
-    monkeypatch.setattr(ccxt_venue, "lean_order_update", counting)
-    async with emulated() as rig:
-        bid, _, _, _ = await rig.books()
-        rig.venue.warm()  # nothing armed yet: nothing to decode
-        assert decoded == []
-        rig.venue.arm(maker("w1-SE1", ETH, Side.BUY, bid))  # armed, never fired
-        ledger = {key: dict(trades) for key, trades in rig.venue.fees._orders.items()}
-        rig.venue.warm()
-        rig.venue.warm()
-        # The canned answer has the plain shape: decoded by the lean path (None would mean ccxt's fallback).
-        assert len(decoded) == 2 and all(u is not None and u.filled == Decimal("0.005") for u in decoded)
-        assert {key: dict(trades) for key, trades in rig.venue.fees._orders.items()} == ledger
-        assert "w1-SE1" not in rig.orders(MarketKind.SPOT)  # nothing reached the venue

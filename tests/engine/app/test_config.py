@@ -356,8 +356,9 @@ def test_spot_fee_in_base_defaults_on_and_can_be_turned_off(tmp_path: Path) -> N
         load_config(write(tmp_path, GOOD + '\n[engine]\nspot_fee_in_base = "bnb"\n'))
 
 
-def test_keep_warm_defaults_to_a_millisecond_and_can_be_turned_off(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, GOOD)).engine.keep_warm == 0.001
+def test_keep_warm_is_off_unless_asked_for(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).engine.keep_warm is None
+    assert load_config(write(tmp_path, GOOD + "\n[engine]\nkeep_warm = 0.001\n")).engine.keep_warm == 0.001
     assert load_config(write(tmp_path, GOOD + "\n[engine]\nkeep_warm = 0.0005\n")).engine.keep_warm == 0.0005
     for off in ("false", "0", "0.0"):
         assert load_config(write(tmp_path, GOOD + f"\n[engine]\nkeep_warm = {off}\n")).engine.keep_warm is None

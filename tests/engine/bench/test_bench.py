@@ -42,8 +42,8 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "unwind_us": pct,
         "overhead_us": pct,
         "overhead_fire_us": {**pct, "p50": 4.0},
-        "reaction_unwarmed_us": {**pct, "p50": 2.0},
-        "overhead_unwarmed_us": {**pct, "p50": 3.0},
+        "reaction_warmed_us": {**pct, "p50": 2.0},
+        "overhead_warmed_us": {**pct, "p50": 3.0},
         "throughput": {"packages_per_s": pps, "steps_per_commit": 3.0, "commits": 30, "steps": 90, "packages": 10},
         "journal": {"process": {"single": 5000.0, "batched_100": 30000.0, "grouped": 120000.0, "group_size": 150.0},
                     "power": {"single": 200.0, "batched_100": 9000.0, "grouped": 15000.0, "group_size": 150.0}},
@@ -115,11 +115,11 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
     text = doc.read_text()
     assert "old table" not in text and "prose before" in text and "prose after" in text
     assert markdown(result) in text and text.count(BEGIN) == 1
-    # 7 floors, 3 skew modes, reaction and unwind, overhead, each latency again with warming off, throughput,
+    # 7 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
     # 2 journal durabilities, 2 memory figures
     assert len(rows(result)) == 20 and "missed (10.0x off)" in text
-    assert "| kill switch: answer in → cancel out, warming off (µs) | 2.0 |" in text
-    assert "| engine overhead, warming off (µs) | 3.0 |" in text
+    assert "| kill switch: answer in → cancel out, kept warm (µs) | 2.0 |" in text
+    assert "| engine overhead, kept warm (µs) | 3.0 |" in text
     assert "| memory kept per finished package | 80.0 B | < 0.5 KB | met |" in text
     # The overhead's earlier endpoint (the second leg's `fire` entered) is kept beside the new one.
     assert result["overhead_fire_us"]["p50"] == 4.0 and "to fire entered: 4.0 µs (p50)" in text

@@ -380,18 +380,6 @@ class _Dropped:
 # --- the venue ----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _warm_answer(market_id: str, cost_key: str | None) -> bytes:
-    """A Binance order answer (a partial fill of a post-only buy) as the wire carries it, for `CcxtVenue.warm`."""
-    return json.dumps({
-        "symbol": market_id, "orderId": 1, "clientOrderId": "lgwarm000000-SE0", "status": "PARTIALLY_FILLED",
-        "side": "BUY", "type": "LIMIT", "origQty": "0.010", "executedQty": "0.005", "price": "2000.00",
-        cost_key or "cummulativeQuoteQty": "10.00000000",
-        "fills": [] if cost_key else [{"tradeId": 1, "price": "2000.00", "qty": "0.005", "commission": "0.000005",
-                                       "commissionAsset": "ETH"}],
-    }).encode()  # fmt: skip
-
-
 class CcxtVenue:
     """Binance spot + USDⓈ-M behind the `Venue` protocol. Create it with `open_ccxt_venue`, which owns the
     trio-asyncio loop, the user-data stream pumps and the closing of both ccxt instances."""
@@ -957,17 +945,6 @@ class CcxtVenue:
         if (fee_base, fee_quote) == (update.fee_base, update.fee_quote):
             return update
         return dataclasses.replace(update, fee_base=fee_base, fee_quote=fee_quote)
-
-    def warm(self) -> None:
-        """The engine's `HotPathWarmer`: the order path's answer decode (JSON, then `lean_order_update`) run on
-        a canned partial fill of each market an order was armed on, into a ledger of its own. Nothing is sent
-        and nothing this venue holds changes."""
-        for symbol, (_, market) in list(self._ccxt_market.items())[-2:]:
-            side = self._by_symbol.get(symbol)
-            if side is None or not self.config.lean_decode:
-                continue
-            raw = json.loads(_warm_answer(str(market.get("id")), "cumQuote" if market.get("contract") else None))
-            lean_order_update(side.ex, raw, market, self._markets, FeeLedger(), client_order_id=None, side=None)
 
     def fees_known(self, symbol: str, client_order_id: str, filled: Decimal) -> tuple[Decimal, Decimal] | None:
         """The fees (base, quote) this venue's answer about an order filled `filled` would carry now (its

@@ -645,8 +645,8 @@ def _int(table: Mapping[str, Any], name: str, *, default: int, minimum: int) -> 
 
 
 def _keep_warm(engine_t: Mapping[str, Any]) -> float | None:
-    """`engine.keep_warm`: seconds between warming rounds (default 0.001), or false / 0 for off."""
-    value = engine_t.get("keep_warm", 0.001)
+    """`engine.keep_warm`: seconds between warming rounds, or false / 0 for off (the default)."""
+    value = engine_t.get("keep_warm", False)
     if value is False or (not isinstance(value, bool) and isinstance(value, int | float) and value == 0):
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:

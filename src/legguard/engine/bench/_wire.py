@@ -38,6 +38,7 @@ from legguard.engine.journal import Durability, Journal
 from legguard.fsm import PackageCore, State
 
 SPOT, PERP = "ETH/USDT", "ETH/USDT:USDT"
+WARM_INTERVAL = 0.001  # `engine.keep_warm` for the side-by-side measures with the decision path kept warm
 QTY = Decimal("0.01")
 MODES = ("sequential", "gather", "legguard")
 
@@ -164,8 +165,8 @@ class WireRig:
 async def wire_rig(
     base: str, journal_dir: Path, *, keep_warm: float | None = EngineConfig().keep_warm, name: str = "wire"
 ) -> AsyncIterator[WireRig]:
-    """The engine on `CcxtVenue` against the emulator at `base`; `keep_warm` as `EngineConfig`'s (the default:
-    warming on, as the engine runs), journal `<name>.db` in `journal_dir`."""
+    """The engine on `CcxtVenue` against the emulator at `base`; `keep_warm` as `EngineConfig`'s (the default
+    by default), journal `<name>.db` in `journal_dir`."""
     urls = await trio.to_thread.run_sync(_control, base, "/_emulator/ccxt-urls")
     config = CcxtVenueConfig(
         api_key=DEFAULT_API_KEY,
@@ -315,9 +316,9 @@ async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> React
 # --- one run ------------------------------------------------------------------------------------------
 
 
-async def wire_run(pairs: int, reactions: int, log: Callable[[str], None], *, unwarmed: int = 0) -> dict[str, Any]:
-    """Skew and the kill switch's reaction, the engine as it runs by default; `unwarmed` > 0: then as many
-    reactions again with hot path warming off (`keep_warm` None), on the same emulator, side by side."""
+async def wire_run(pairs: int, reactions: int, log: Callable[[str], None], *, warmed: int = 0) -> dict[str, Any]:
+    """Skew and the kill switch's reaction, the engine as it runs by default; `warmed` > 0: then as many
+    reactions again with the decision path kept warm (`keep_warm` = WARM_INTERVAL), on the same emulator."""
     with emulator_process() as base, tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
         async with wire_rig(base, Path(tmp)) as rig:
             log(f"skew: {pairs} pairs per mode against the emulator at {base} (separate process)")
@@ -325,10 +326,10 @@ async def wire_run(pairs: int, reactions: int, log: Callable[[str], None], *, un
             log(f"kill switch: {reactions} packages with a rejected perp leg and a half-filled spot leg")
             reaction = await measure_reaction(rig, reactions)
         out: dict[str, Any] = {"skew": skew, "reaction": reaction}
-        if unwarmed:
-            async with wire_rig(base, Path(tmp), keep_warm=None, name="wire-unwarmed") as rig:
-                log(f"kill switch: {unwarmed} packages again, hot path warming off")
-                out["reaction_unwarmed"] = await measure_reaction(rig, unwarmed)
+        if warmed:
+            async with wire_rig(base, Path(tmp), keep_warm=WARM_INTERVAL, name="wire-warmed") as rig:
+                log(f"kill switch: {warmed} packages again, keep_warm = {WARM_INTERVAL}")
+                out["reaction_warmed"] = await measure_reaction(rig, warmed)
     return out
 
 

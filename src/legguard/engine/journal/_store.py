@@ -11,7 +11,6 @@ table. Against that, the head is anchored outside the journal: signed checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import fcntl
 import functools
@@ -746,59 +745,6 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
 WAL_RESTART_FRAMES: Final = 2_000
 
 
-class _Scratch:
-    """`Journal.warm`'s scratch database, `<journal>.warm` beside the journal (the same file system, so the
-    same kernel code writes it): one row, rewritten by a WAL commit on each call, no fsync ever (it holds
-    nothing; its checkpoints must not stall the engine). Removed, with its WAL, when the journal closes; one
-    left by a killed process is reused. Whatever fails here (a read-only directory, a full disk) turns the
-    scratch commit off for good: warming is an optimisation, never a reason to stop."""
-
-    SUFFIX: Final = ".warm"
-
-    def __init__(self, journal_path: Path) -> None:
-        self.path = journal_path.with_name(journal_path.name + self.SUFFIX)
-        self._conn: sqlite3.Connection | None = None
-        self._tick = 0
-        if str(journal_path) == ":memory:":
-            return
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("PRAGMA wal_autocheckpoint=64")  # a WAL of ~256 KB, started over from its beginning
-            conn.execute("CREATE TABLE IF NOT EXISTS warm (k INTEGER PRIMARY KEY, tick INTEGER NOT NULL)")
-            conn.execute("INSERT OR IGNORE INTO warm VALUES (1, 0)")
-        except sqlite3.Error:
-            return
-        self._conn = conn
-
-    @property
-    def enabled(self) -> bool:
-        return self._conn is not None
-
-    def commit(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        self._tick += 1
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE warm SET tick = ? WHERE k = 1", (self._tick,))
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            self.close()
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                os.unlink(f"{self.path}{suffix}")
-
-
 class _Checkpointer:
     """Copies the WAL back into the database file on its own thread and connection, so the fsyncs every
     checkpoint needs never stall the engine's event loop (inline auto-checkpoints measured up to ~25 ms,
@@ -1002,7 +948,6 @@ class Journal:
         self._txn_wall, self._wall_text = math.nan, ""
         self._mono: tuple[float, str] = (math.nan, "")
         self.on_commit: Callable[[float], None] | None = None  # seconds per COMMIT (metrics); None costs nothing
-        self._scratch: _Scratch | None = None  # `warm()`'s own database, opened by its first call
         # Package numbers of the block reserved durably by this process (`next_package_number`).
         self._next_number, self._block_end = 1, 0
         # The ids of the current number block already in the packages table (looked up once, when the block
@@ -1145,31 +1090,9 @@ class Journal:
                 f"chain does not fork, and the next one chains on the new head"
             )
 
-    def warm(self) -> None:
-        """Run what the next commit runs, without writing to the journal: the chain's hash of a row like the
-        next one, a read of the journal's last row (its pages and SQLite's B-tree code) and a commit on a
-        scratch database beside the journal (`_Scratch`: SQLite's pager and WAL code, the kernel's write
-        path). The engine's `HotPathWarmer` calls it every millisecond or so while it waits: on a host whose
-        caches are shared, a commit after ~10 ms of not committing costs ~170 µs against ~25 µs back to back
-        (docs/performance.md). Changes nothing a reader of the journal can see. A journal opened read-only, or
-        one whose scratch database cannot be opened, warms without the scratch commit."""
-        if self.readonly:
-            return
-        seq, prev = self._head
-        _sha256(f'{prev}[{seq + 1},"warm",null,"{{}}",{self._wall_text or "0.0"},0.0]'.encode()).hexdigest()
-        if self._depth == 0:  # (inside a batch the rows buffered are not flushed for it)
-            self._conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
-        scratch = self._scratch
-        if scratch is None:
-            scratch = self._scratch = _Scratch(self.path)
-        scratch.commit()
-
     def close(self) -> None:
         if self._depth:
             raise JournalError("close() inside journal.batch(): the batch would be lost")
-        if self._scratch is not None:
-            self._scratch.close()
-            self._scratch = None
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
