@@ -17,6 +17,7 @@ import trio.testing
 from legguard.adapters.sim._venue import SimConfig, open_sim_venue
 from legguard.engine import Deadlines, Engine, EngineConfig, PackageSpec
 from legguard.engine._warm import HotPathWarmer
+from legguard.engine.app._runner import summary
 from legguard.engine.journal._store import Journal
 from legguard.fsm import State
 
@@ -77,6 +78,10 @@ def test_the_warmer_runs_on_the_real_clock_and_touches_nothing_real(tmp_path: Pa
                 assert {r[2] for r in everything(db)[0]} <= {None, package_id}
                 # The shadow's plan is the latest package's, kept when the engine releases the package.
                 assert engine.warmer._plan is handle.core.plan
+                # `legguard run`'s summary says what warming cost.
+                warm = summary(engine, db)["keep_warm"]
+                assert warm["interval_s"] == 0.001 and warm["rounds"] >= engine.warmer.rounds - 1
+                assert warm["seconds"] > 0 and warm["failed"] is None
                 assert dict(venue.engine._orders) == orders
         journal.close()
 
@@ -131,6 +136,7 @@ def test_the_engine_does_not_warm_unless_asked_to(tmp_path: Path) -> None:
                 engine.submit(SPEC)
                 await trio.sleep(0.05)
                 assert engine.config.keep_warm is None and engine.warmer.rounds == 0
+                assert "keep_warm" not in summary(engine, tmp_path / "journal.db")
         journal.close()
 
     trio.run(main)

@@ -380,7 +380,7 @@ async def _ticker(status: RunStatus, on_tick: Callable[[RunStatus], None], inter
 
 def summary(engine: Engine, db: Path) -> dict[str, Any]:
     stats = engine.stats
-    return {
+    out: dict[str, Any] = {
         "packages_total": engine.packages_total,
         "final_states": dict(sorted(engine.final_states().items())),
         "orphaned_total": engine.orphaned_total,
@@ -398,3 +398,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "needs_recovery": engine.needs_recovery(),
         "db": str(db),
     }
+    if engine.config.keep_warm is not None:  # what keeping the decision path warm cost (`engine.keep_warm`)
+        warmer = engine.warmer
+        out["keep_warm"] = {"interval_s": engine.config.keep_warm, "rounds": warmer.rounds,
+                            "seconds": round(warmer.seconds, 3), "failed": warmer.failed}  # fmt: skip
+    return out
