@@ -27,8 +27,8 @@ Map:
 - `_deadman.py`     the perp venue's dead-man's switch (`countdownCancelAll`) while entries rest.
 - `_outage.py`      `VenueWatch`: is the venue answering? No new packages while it is not; deadlines and
                     queries wait; every live order and position reconciled when it answers again.
-- `_warm.py`        `HotPathWarmer`: while the engine waits, runs the journal's commit path, the decision core
-                    and the venue's answer decode on nothing real, so a shared host's caches hold them.
+- `_warm.py`        `HotPathWarmer` (`engine.keep_warm`, off by default): while the engine waits, runs the
+                    decision core on a shadow of the latest package, so a shared host's caches hold it.
 - `_crashpoints.py` `LEGGUARD_CRASH_AT=name[:n]`: SIGKILL at a named point (the crash harness).
 - `_venue_truth.py` the venue-truth oracle: every order, balance and position in the venue's own books
                     against the journal's account (tests, property test, crash harness, `legguard demo`'s exit code).

@@ -228,8 +228,8 @@ class EngineConfig:
     # fees in another asset (Binance's "use BNB to pay fees") or the venue charges them in quote: no gross-up.
     spot_fee_in_base: bool = True
     # Seconds between rounds keeping the decision path warm while the engine waits (`_warm.HotPathWarmer`: the
-    # core on a shadow of the latest package, nothing real). None: off (the default: it costs ~28 % of one
-    # core at 1 ms for ~5-12 % off the engine overhead and the kill switch's reaction; docs/performance.md).
+    # core on a shadow of the latest package, nothing real). None: off (the default: at 1 ms it costs ~28 % of
+    # one core for ~5-30 % off the engine overhead and the kill switch's reaction here; docs/performance.md).
     keep_warm: float | None = None
     # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
     exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))
