@@ -229,7 +229,8 @@ class EngineConfig:
     spot_fee_in_base: bool = True
     # Seconds between rounds keeping the decision path warm while the engine waits (`_warm.HotPathWarmer`: the
     # core on a shadow of the latest package, nothing real). None: off (the default: at 1 ms it costs ~28 % of
-    # one core for ~5-30 % off the engine overhead and the kill switch's reaction here; docs/performance.md).
+    # one core for 5-13 % off the engine overhead here, less and less steadily off the reaction; see
+    # docs/performance.md).
     keep_warm: float | None = None
     # Off for an engine built without them (tests, bench, embedding); `legguard run` and the demo turn them on.
     exit: ExitConfig = field(default_factory=lambda: ExitConfig(enabled=False))

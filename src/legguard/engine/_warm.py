@@ -9,10 +9,11 @@ such a wait.
 `HotPathWarmer` runs, every `EngineConfig.keep_warm` seconds, the decision core on a shadow of the latest
 package — its dispatch, a partial fill of one leg, the other leg's rejection (the kill switch's decision),
 the journal text of each step — built from the package's plan and dropped: nothing reaches the venue, the
-journal, a package or a ledger. Measured side by side in two full benches (`legguard bench`'s "kept warm"
-rows, every 1 ms): engine overhead 12-13 % lower, the kill switch's reaction 7 % and 31 % lower, for ~28 % of
-one core (an idle engine: 1.6 %). Warming the journal's commit (a commit on a scratch database) and the
-venue's answer decode as well was tried and measured: no gain beyond the core's, more CPU; not kept.
+journal, a package or a ledger. Measured side by side in three full benches (`legguard bench`'s "kept warm"
+rows, every 1 ms): engine overhead 5-13 % lower, the kill switch's reaction 7 % and 31 % lower and once 4 %
+higher, for ~28 % of one core (an idle engine: 1.6 %). Warming the journal's commit (a commit on a scratch
+database) and the venue's answer decode as well was tried and measured: no gain beyond the core's, more CPU;
+not kept.
 
 Off under a virtual clock (tests, the throughput bench: no cache to keep warm in virtual time) and when
 `keep_warm` is None. If a round raises, warming stops for the rest of the run, once logged: it is an
