@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import signal
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+import trio
 
-from legguard.domain import OrderStatus, Side
-from legguard.engine import _crashpoints
+from legguard.domain import OrderStatus, OrderUpdate, Side
+from legguard.engine import Engine, _crashpoints, _engine
 from legguard.engine._crashpoints import POINTS, CrashPointError, parse
-from legguard.fsm import Dispatch, LegPlan, LegRole, OrderEvent, PackageCore, PackagePlan
+from legguard.fsm import Dispatch, LegPlan, LegRole, OrderEvent, PackageCore, PackagePlan, Purpose
 
 
 def test_parse_names_points_and_counts() -> None:
@@ -100,3 +103,57 @@ def test_step_points_fire_where_the_harness_expects(monkeypatch: pytest.MonkeyPa
     assert fired(monkeypatch, "hedged", [*opened, spot_filled, perp_filled]) == 5
     assert fired(monkeypatch, "one_leg_rejected", [*opened[:2], spot_filled, perp_rejected]) == 4
     assert fired(monkeypatch, "one_leg_rejected", [*opened, perp_rejected]) == -1  # nothing filled: void
+
+
+def unwinding_core() -> PackageCore:
+    """The spot leg filled, the perp rejected: the core has sent its unwind order (`-SU0`)."""
+    c = core()
+    c.handle(Dispatch())
+    c.handle(OrderEvent(spot(c), OrderStatus.CLOSED, Decimal("0.05")))
+    c.handle(OrderEvent(perp(c), OrderStatus.REJECTED))
+    return c
+
+
+class _Handle:
+    """What `Engine.route` reads of a live package's handle."""
+
+    def __init__(self, core: PackageCore) -> None:
+        self.core = core
+        self.done = trio.Event()
+        self.posted: list[object] = []
+
+    def post(self, event: object) -> None:
+        self.posted.append(event)
+
+
+def routed(monkeypatch: pytest.MonkeyPatch, c: PackageCore, cid: str) -> list[str]:
+    """Route a stream report on `cid` through `Engine.route` with the crash points armed: the points passed."""
+    hits: list[str] = []
+    monkeypatch.setattr(_crashpoints, "reached", hits.append)
+    monkeypatch.setattr(_engine, "CRASH_ARMED", True)
+    handle = _Handle(c)
+    gateway = SimpleNamespace(_orders={k: handle for k in c.orders})
+    update = OrderUpdate(cid, "ETH/USDT", Side.SELL, OrderStatus.CLOSED, Decimal("0.05"), Decimal("0.05"))
+    Engine.route(cast(Engine, gateway), update)
+    assert [e.client_order_id for e in handle.posted] == [cid]  # type: ignore[attr-defined]  # still delivered
+    return hits
+
+
+def test_a_stream_report_on_an_unwind_passes_mid_unwind_before_it_is_processed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A market unwind's fill report can overtake the request's own answer; the package then goes flat and its
+    # request task is cancelled, so `after_send` never runs: the harness's mid_unwind point must fire here.
+    c = unwinding_core()
+    unwind = next(cid for cid, facts in c.orders.items() if facts.intent.purpose is Purpose.UNWIND)
+    assert routed(monkeypatch, c, unwind) == ["mid_unwind"]
+    assert routed(monkeypatch, c, spot(c)) == []  # an entry leg's report passes no answer point
+
+
+def test_after_send_and_the_stream_count_as_one_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    hits: list[str] = []
+    monkeypatch.setattr(_crashpoints, "reached", hits.append)
+    intent = next(f.intent for f in unwinding_core().orders.values() if f.intent.purpose is Purpose.UNWIND)
+    _crashpoints.after_send(intent)
+    _crashpoints.stream_answered(intent)
+    assert hits == ["after_send", "mid_unwind", "mid_unwind"]  # whichever answer comes first is passage 1

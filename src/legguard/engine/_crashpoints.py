@@ -122,6 +122,17 @@ def after_step(core: PackageCore, commands: Sequence[Command], journal: _Backup 
 def after_send(intent: OrderIntent) -> None:
     """The venue answered an order request; the answer is not processed yet."""
     reached("after_send")
+    _answered(intent)
+
+
+def stream_answered(intent: OrderIntent) -> None:
+    """The order stream reported on an order; the report is not processed yet. For a market unwind this is
+    often the first answer the engine sees: the venue's fill report can overtake the request's own answer,
+    and once the package is flat its request task is cancelled, so `after_send` is never passed."""
+    _answered(intent)
+
+
+def _answered(intent: OrderIntent) -> None:
     if intent.purpose is Purpose.UNWIND:
         reached("mid_unwind")
     elif intent.purpose is Purpose.EXIT:

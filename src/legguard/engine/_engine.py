@@ -55,7 +55,9 @@ from legguard.fsm import (
     VenueReduction,
 )
 
+from . import _crashpoints
 from ._actor import PackageActor, crash_of, fault_event, to_order_event
+from ._crashpoints import ARMED as CRASH_ARMED
 from ._deadman import DeadMan
 from ._exits import BalanceCheck, ExitPolicy, MarginGuard, inventory_refusal
 from ._funding import FundingBook
@@ -795,6 +797,8 @@ class Engine:
             )
             self._late_update(known, update, handle)
         elif handle is not None:
+            if CRASH_ARMED and (facts := handle.core.orders.get(update.client_order_id)) is not None:
+                _crashpoints.stream_answered(facts.intent)
             handle.post(to_order_event(update))
         elif (retired := self.retired.order(update.client_order_id, trio.current_time())) is not None:
             self._late_update(retired, update)
