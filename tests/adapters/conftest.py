@@ -166,12 +166,12 @@ async def engine_on(
         journal.close()
 
 
-async def settle(engine: Engine, pid: str) -> State:
-    """Wait until the package is flat, or hedged with nothing in flight; its state."""
+async def settle(engine: Engine, pid: str, wait: float = STREAM_WAIT * 2) -> State:
+    """Wait (at most `wait` seconds) until the package is flat, or hedged with nothing in flight; its state."""
     handle = engine.handles.get(pid)
     if handle is None:  # flat already, and released from memory
         return engine.core(pid).state
-    with trio.fail_after(STREAM_WAIT * 2):
+    with trio.fail_after(wait):
         await handle.wait_until(
             lambda core: core.state is State.FLAT or (core.state is State.HEDGED and core.is_quiescent())
         )

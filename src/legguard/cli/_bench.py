@@ -168,7 +168,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         jd = j[d]
         out.append((f"journal appends/s, {d}, group commit", _fmt(jd.get("grouped")), "", "",
                     f"{_fmt(jd.get('group_size'))} steps per commit; {_fmt(jd['single'])}/s one transaction "
-                    f"each, {_fmt(jd['batched_100'])}/s in batches of 100"))  # fmt: skip
+                    f"each, {_fmt(jd['batched_100'])}/s in batches of 100, {_fmt(jd.get('joined', math.nan))}/s joins "
+                    f"alone (nothing written)"))  # fmt: skip
     out.append(("memory (bytes per live package)", _fmt(result["bytes_per_package"]), "", "", "tracemalloc"))
     window = next((r["finished_memory"].get("recent_window") for r in result.get("runs", []) if "finished_memory" in r),
                   None)  # fmt: skip

@@ -455,7 +455,10 @@ async def test_unknown_placement_outcome_is_reconciled_by_client_id_and_ends_fla
         fetches = rig.record_fetches()
         async with engine_on(rig, tmp_path / "j.db") as engine:
             pid, handle = submit(engine)
-            state = await settle(engine, pid)
+            # A lost request is "not found" for good only once it can no longer land: its recvWindow plus the
+            # clock allowance (~6 s of real time here), on top of the usual wait.
+            d = engine.config.deadlines
+            state = await settle(engine, pid, wait=STREAM_WAIT * 2 + d.recv_window + d.clock_allowance)
             core = handle.core
             venue_state = rig.emu.state()
 

@@ -45,8 +45,10 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "reaction_warmed_us": {**pct, "p50": 2.0},
         "overhead_warmed_us": {**pct, "p50": 3.0},
         "throughput": {"packages_per_s": pps, "steps_per_commit": 3.0, "commits": 30, "steps": 90, "packages": 10},
-        "journal": {"process": {"single": 5000.0, "batched_100": 30000.0, "grouped": 120000.0, "group_size": 150.0},
-                    "power": {"single": 200.0, "batched_100": 9000.0, "grouped": 15000.0, "group_size": 150.0}},
+        "journal": {"process": {"single": 5000.0, "batched_100": 300000.0, "grouped": 120000.0, "group_size": 150.0,
+                                "joined": 600000.0},
+                    "power": {"single": 200.0, "batched_100": 9000.0, "grouped": 15000.0, "group_size": 150.0,
+                              "joined": 600000.0}},
         "memory": {"bytes_per_package": 100.0},
         "finished_memory": {"bytes_per_finished_package": 80.0},
         "floors": {"send_us": {**pct, "p50": 5.0}, "commit_process_us": {**pct, "p50": 10.0},
@@ -93,6 +95,13 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert throughput["met"] == "missed (10.0x off)"
     assert throughput["floor"] == "66.0 µs per package (3 commits + 9 hops) = 15,152 packages/s"
     assert throughput["x_floor"] == "75.8x"  # 15,151.5 / 200
+    # The grouped journal against its two halves measured alone: per row 1/600,000 + 1/300,000 s = 200,000/s.
+    journal = table["journal, durable events/s (PROCESS)"]
+    assert journal["floor"] == (
+        "bare commit 10.0 µs = 100,000 commits/s; grouped, its parts alone: 600,000 joins/s (trio, nothing "
+        "written) + 300,000 rows/s (batches of 100, no task) = 200,000/s"
+    )
+    assert journal["x_floor"] == "20.0x (one transaction each); grouped 1.67x its parts"  # 200,000 / 120,000
     reaction = table["kill switch: decisive answer in → cancel out, p50 / p99"]
     assert reaction["met"] == "met" and reaction["floor"].startswith("15.0 / 6.0 µs")
     # The same floors after a wait asleep: reaction / (cold commit + cold send), overhead / cold commit.
@@ -131,7 +140,7 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
 def test_journal_rates_come_from_rows_really_written(tmp_path: Path) -> None:
     for durability in Durability:
         rates = b.journal_run(200, tmp_path, durability, actors=50)
-        assert rates["single"] > 0 and rates["batched_100"] > 0 and rates["grouped"] > 0
+        assert rates["single"] > 0 and rates["batched_100"] > 0 and rates["grouped"] > 0 and rates["joined"] > 0
         assert rates["group_size"] > 1  # the actors' steps really shared transactions
         with sqlite3.connect(tmp_path / f"journal-{durability.value}.db") as conn:
             written = conn.execute("SELECT count(*) FROM journal WHERE kind = 'ack'").fetchone()[0]
