@@ -430,6 +430,27 @@ def test_mid_unwind(crash: Crash) -> None:
     assert summary["recovery"]["answers"]["P000001"][sent[0]["clientOrderId"]].startswith("closed")
 
 
+def test_mid_unwind_when_only_the_order_stream_answers_the_unwind(crash: Crash) -> None:
+    # The unwind reaches the venue and fills, and its own answer never comes (ack_timeout on the market order
+    # only): the order stream's fill report is the one answer, and the engine dies before processing it. (The
+    # stream's report leaves the venue before any answer does; once the package is flat on it, its request
+    # task is cancelled, so a crash point only on the request's answer was never passed on this path.)
+    _break_the_perp_leg(crash.emu)
+    crash.emu.post("/_emulator/faults", {"fault": "ack_timeout", "market": "spot", "path": "/order",
+                                         "method": "POST", "order_type": "MARKET"})  # fmt: skip
+    crash.killed(crash.run("mid_unwind"), "mid_unwind")
+    (sent,) = [o for o in crash.emu.orders() if "-SU" in o["clientOrderId"]]
+    assert sent["status"] == "FILLED"
+
+    summary = crash.restart_run()
+
+    assert crash.assert_safe() == {"P000001": "flat"}
+    assert [o["clientOrderId"] for o in crash.emu.orders() if "-SU" in o["clientOrderId"]] == [
+        sent["clientOrderId"]
+    ]  # found, not sent again
+    assert summary["recovery"]["answers"]["P000001"][sent["clientOrderId"]].startswith("closed")
+
+
 def test_a_power_loss_that_loses_the_unwinds_commits_never_sends_its_id_again(crash: Crash) -> None:
     # Issue 10, defect 5. The journal keeps everything up to the dispatch; the commits after it (the spot's
     # fill, the perp's rejection, the unwind's intent) are lost with the power. The unwind had reached the

@@ -414,6 +414,25 @@ def test_ack_timeout_and_malformed_response_leave_the_order_in_place() -> None:
     run(scenario)
 
 
+def test_a_fault_for_one_order_type_passes_every_other_order_by() -> None:
+    async def scenario(emu: Emulator) -> None:
+        bid, _ = best(emu, PERP)
+        async with client(emu, "binanceusdm", timeout=300) as ex:
+            emu.add_fault({"market": "linear", "fault": "ack_timeout", "path": "/order", "method": "POST",
+                           "order_type": "market"})  # fmt: skip
+            # A resting limit order goes through untouched and leaves the fault armed...
+            limit = await ex.create_order(PERP, "limit", "buy", 0.05, float(bid), {"postOnly": True,
+                                                                                   "clientOrderId": "l1"})  # fmt: skip
+            assert limit["status"] == "open" and [f.order_type for f in emu.faults] == ["MARKET"]
+            # ...the market order takes it: it fills, and its answer never comes.
+            with pytest.raises(ccxt.RequestTimeout):
+                await ex.create_order(PERP, "market", "sell", 0.05, None, {"clientOrderId": "m1"})
+            assert emu.faults == []
+            assert (await ex.fetch_order(None, PERP, {"clientOrderId": "m1"}))["status"] == "closed"
+
+    run(scenario)
+
+
 def test_delay_fault_holds_the_request_on_the_emulator_clock() -> None:
     async def scenario(emu: Emulator) -> None:
         bid = best(emu, SPOT)[0] - 5  # stays below the ask while the clock moves the market
@@ -481,6 +500,8 @@ def test_parse_fault_names_the_bad_field() -> None:
         ({"fault": "partial_fill", "ratio": 1.5}, "ratio"),
         ({"fault": "http_error", "status": 200}, "status"),
         ({"fault": "delay", "delay_ms": 5, "count": 0}, "count"),
+        ({"fault": "ack_timeout", "order_type": ""}, "order_type"),
+        ({"fault": "ack_timeout", "order_type": 7}, "order_type"),
     ]:
         with pytest.raises(ValueError, match=f"^{field}:"):
             parse_fault(spec)

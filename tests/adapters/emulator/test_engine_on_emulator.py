@@ -42,7 +42,7 @@ from conftest import (
 from legguard.adapters.market._matching import MatchingEngine
 from legguard.domain import MarketKind, OrderNotFound, OrderStatus, OrderUpdate, RejectReason, Side
 from legguard.engine import Engine, Journal, PackageHandle, PackageSpec, verify
-from legguard.fsm import LegRole, PackageCore, State
+from legguard.fsm import LegRole, PackageCore, Purpose, State
 
 KIND = {LegRole.SPOT: MarketKind.SPOT, LegRole.PERP: MarketKind.LINEAR}
 SPOT_POST_ONLY_MSG = "Order would immediately match and take."  # Binance's -2010 text for LIMIT_MAKER
@@ -312,6 +312,31 @@ async def test_the_unwind_armed_while_the_cancel_is_held_is_released_without_sig
     else:
         assert len(signed) == before and (stats.armed_ahead, stats.rearmed) == (1, 0)  # released as armed
         assert stats.prepared_steps == 1  # the cancel's answer was the one expected: its step was ready
+    assert verify(tmp_path / "j.db").ok
+
+
+async def test_the_unwinds_answer_lost_the_order_streams_fill_report_settles_the_package(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # The perp leg refused post-only, the spot resting 40 % filled: the kill switch cancels it and sells what
+    # it bought at market. That market order fills at the venue and its answer never comes; the order stream's
+    # report (which leaves the venue first in any case) is the only answer the package gets.
+    async with emulated() as rig:
+        await rig.fault(fault="partial_fill", market="spot", ratio=0.4)
+        await rig.fault(fault="reject", market="linear", code=-5022, path="/order", method="POST")
+        await rig.fault(fault="ack_timeout", market="spot", path="/order", method="POST", order_type="MARKET")
+        async with engine_on(rig, tmp_path / "j.db") as engine:
+            pid, handle = submit(engine)
+            state = await settle(engine, pid)
+            core = handle.core
+            held = rig.emu.held
+        # engine_on's exit held the emulator's books to the journal: no order, balance or position differs
+
+    assert state is State.FLAT and held == 1  # the market order's answer was still held when it went flat
+    (unwind,) = [cid for cid, o in core.orders.items() if o.intent.purpose is Purpose.UNWIND]
+    sold = rig.orders(MarketKind.SPOT)[unwind]
+    assert (sold["type"], sold["status"]) == ("MARKET", "FILLED")
+    assert core.orders[unwind].filled == Decimal(sold["executedQty"]) > 0  # known from the stream alone
     assert verify(tmp_path / "j.db").ok
 
 

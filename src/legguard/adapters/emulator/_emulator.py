@@ -226,13 +226,15 @@ class Fault:
     params: dict[str, Any] = field(default_factory=dict)
     path: str | None = None  # only requests whose path contains this
     method: str | None = None  # only this HTTP method
+    order_type: str | None = None  # only requests whose `type` parameter is this (an order's: MARKET, LIMIT...)
 
-    def applies(self, kind: MarketKind, method: str, path: str) -> bool:
+    def applies(self, kind: MarketKind, method: str, path: str, order_type: str | None = None) -> bool:
         return (
             self.count != 0
             and self.market in ("all", kind.value)
             and (self.path is None or self.path in path)
             and (self.method is None or self.method.upper() == method)
+            and (self.order_type is None or self.order_type == order_type)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -242,6 +244,7 @@ class Fault:
             "count": self.count,
             "path": self.path,
             "method": self.method,
+            **({"order_type": self.order_type} if self.order_type is not None else {}),
             **self.params,
         }
 
@@ -257,7 +260,7 @@ def parse_fault(spec: Mapping[str, Any]) -> Fault:
     count = spec.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
         raise ValueError(f"count: {count!r} must be a positive integer or -1 (until cleared)")
-    params = {k: v for k, v in spec.items() if k not in ("fault", "market", "count", "path", "method")}
+    params = {k: v for k, v in spec.items() if k not in ("fault", "market", "count", "path", "method", "order_type")}
     if kind == "reject":
         code = params.get("code")
         if not isinstance(code, int) or isinstance(code, bool) or code >= 0:
@@ -283,7 +286,11 @@ def parse_fault(spec: Mapping[str, Any]) -> Fault:
         raise ValueError(f"path: must be a string, got {path!r}")
     if method is not None and not isinstance(method, str):
         raise ValueError(f"method: must be a string, got {method!r}")
-    return Fault(market=market, fault=kind, count=count, params=params, path=path, method=method)
+    order_type = spec.get("order_type")
+    if order_type is not None and not (isinstance(order_type, str) and order_type.strip()):
+        raise ValueError(f"order_type: must be a Binance order type such as 'MARKET', got {order_type!r}")
+    return Fault(market=market, fault=kind, count=count, params=params, path=path, method=method,
+                 order_type=None if order_type is None else order_type.strip().upper())  # fmt: skip
 
 
 # --- depth feeds --------------------------------------------------------------------------------------
@@ -852,7 +859,7 @@ class Emulator:
         fills = self.pump().get(key, [])
         update = self.engine.get(*key)
         if update.status is OrderStatus.OPEN and meta.order_type != "MARKET":
-            self._partial_fill_fault(market, request, update)
+            self._partial_fill_fault(market, request, update, meta.order_type)
         return update, fills
 
     def _retire(self, key: tuple[str, str], closed: tuple[w.WireOrder, OrderUpdate]) -> None:
@@ -864,8 +871,8 @@ class Emulator:
         if closed[1].venue_order_id is not None:
             self._by_order_id.pop(int(closed[1].venue_order_id), None)
 
-    def _partial_fill_fault(self, market: Market, request: OrderRequest, update: OrderUpdate) -> None:
-        fault = self.take_fault(market.kind, "POST", "order", only="partial_fill")
+    def _partial_fill_fault(self, market: Market, request: OrderRequest, update: OrderUpdate, order_type: str) -> None:
+        fault = self.take_fault(market.kind, "POST", "order", only="partial_fill", order_type=order_type)
         if fault is None or request.price is None:
             return
         ratio = Decimal(str(fault.params.get("ratio", 0.5)))
@@ -1103,11 +1110,18 @@ class Emulator:
             raise w.rate_limited(limit, kind)
         return used
 
-    def take_fault(self, kind: MarketKind, method: str, path: str, *, only: str | None = None) -> Fault | None:
+    @property
+    def faults_by_order_type(self) -> bool:
+        """Whether a fault waits for an order of one type (a request's `type` must then be read first)."""
+        return any(f.order_type is not None for f in self.faults)
+
+    def take_fault(
+        self, kind: MarketKind, method: str, path: str, *, only: str | None = None, order_type: str | None = None
+    ) -> Fault | None:
         for fault in self.faults:
             if (only is None) == (fault.fault == "partial_fill"):
                 continue  # partial fills act on placed orders, not on requests
-            if (only is None or fault.fault == only) and fault.applies(kind, method, path):
+            if (only is None or fault.fault == only) and fault.applies(kind, method, path, order_type):
                 if fault.count > 0:
                     fault.count -= 1
                 self.faults = [f for f in self.faults if f.count != 0]

@@ -1327,7 +1327,10 @@ def _middleware(emulator: Emulator) -> Any:
         if kind is None:
             return await handler(request)
         try:
-            fault = emulator.take_fault(kind, request.method, request.path)
+            # A fault for one order type reads the request's parameters first (aiohttp keeps the body for the
+            # handler); any other request is matched on its method and path alone, as before.
+            order_type = (await _read(request))[0].get("type") if emulator.faults_by_order_type else None
+            fault = emulator.take_fault(kind, request.method, request.path, order_type=order_type)
             if fault is not None and fault.fault == "reject":
                 raise w.error_for_code(kind, fault.params["code"], fault.params.get("msg"), fault.params.get("status"))
             if fault is not None and fault.fault == "http_error" and not fault.params.get("process", False):
