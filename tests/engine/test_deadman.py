@@ -323,7 +323,9 @@ async def test_the_switch_is_rearmed_on_time_while_orders_saturate_the_request_b
 
     assert {"entry", "query"} <= set(refused), "the budget was never saturated"
     assert arms_refused == []  # (the disarm at the end may wait its turn: it is not urgent)
-    assert len(arms) >= 6, arms
+    # Six heartbeats fit in 3 s when every wake is on time; each late wake (a loaded machine) pushes the rest
+    # later, so ask for four: a switch rearmed only every countdown would have made two.
+    assert len(arms) >= 4, arms
     gaps = [b - a for a, b in zip([start, *arms], arms, strict=False)]
     assert max(gaps) < config.countdown, gaps  # never left to expire
     assert armed == ["ETHUSDT"] or armed == []  # disarmed at the end, unless that last call was cut short
