@@ -330,7 +330,7 @@ async def test_the_unwinds_answer_lost_the_order_streams_fill_report_settles_the
             state = await settle(engine, pid)
             core = handle.core
             held = rig.emu.held
-        # engine_on's exit held the emulator's books to the journal: no order, balance or position differs
+        # engine_on's exit compared the emulator's books with the journal: no order, balance or position differs
 
     assert state is State.FLAT and held == 1  # the market order's answer was still held when it went flat
     (unwind,) = [cid for cid, o in core.orders.items() if o.intent.purpose is Purpose.UNWIND]
