@@ -628,7 +628,8 @@ def test_legguard_run_through_a_perp_squeeze_has_the_margin_guard_close_packages
     )
     assert [e["action"] for e in venue_state["scenario"]] == ["move"] * 4
     assert Decimal(venue_state["linear"]["wallet"]) < 1000  # the scenario's small wallet, not the default
-    assert summary["exits_by_policy"].get("margin_guard", 0) >= 1, summary
+    guard = [line for line in (tmp_path / "run.log").read_text(encoding="utf-8").splitlines() if "margin guard" in line]
+    assert summary["exits_by_policy"].get("margin_guard", 0) >= 1, (summary, guard[-20:])
     assert set(summary["final_states"]) <= {"hedged", "flat"}, summary
     assert summary["venue_check"]["ok"], summary["venue_check"]
     with Journal.open(tmp_path / "journal.db", readonly=True) as journal:
@@ -654,6 +655,7 @@ def run_against_the_emulator(
         run_args = [*LEGGUARD, "run", "--config", str(pointed), "--db", str(db), "--seconds", str(seconds), "--json"]
         with process(run_args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as run:
             out, err = run.communicate(timeout=120)
+        (tmp_path / "run.log").write_text(err, encoding="utf-8")  # the engine's log, for a failing test's message
         assert run.returncode == 0, err[-4000:]
         assert emulator.poll() is None, "the emulator died during the run"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/state", timeout=10) as answer:
