@@ -390,7 +390,9 @@ async def test_two_tasks_stepping_one_package_take_turns_while_a_group_commits()
     # would be lost when the first replaces the core. The second waits for the first.
     group = GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
-    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
+    host = SimpleNamespace(
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+    )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
@@ -410,7 +412,9 @@ async def test_a_step_waiting_for_another_is_not_lost_to_a_cancellation() -> Non
     # it there must not drop the event (it is stepped, then the cancellation lands at the next checkpoint).
     group = GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
-    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
+    host = SimpleNamespace(
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+    )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]
 
@@ -444,7 +448,9 @@ async def test_a_rejection_read_during_a_step_is_stepped_next_by_that_steps_task
     # is done; if that step fails, the rejection queues in the mailbox as any event.
     group = FailingGatedGroup() if commit_fails else GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
-    host = SimpleNamespace(config=EngineConfig(), journal=journal, group=group, precedence=Precedence())
+    host = SimpleNamespace(
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+    )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]
     posted: list[Event] = []

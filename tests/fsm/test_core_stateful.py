@@ -431,6 +431,21 @@ class CoreMachine(RuleBasedStateMachine):
             event("a step prepared for the cancel's answer")
 
     @invariant()
+    def a_cancel_armed_for_an_answer_is_the_cores_own_for_any_fill(self) -> None:
+        before = self.core.fingerprint()
+        armed = self.core.cancels_on_rest()
+        assert self.core.fingerprint() == before
+        for intent in armed:
+            cid = intent.client_order_id
+            assert self.core.orders[cid].status is OrderStatus.SUBMITTING, (cid, self.core.orders[cid].status)
+            # Any fill the resting answer may carry (not only the ones the core tried): the core cancels it.
+            for filled in (D(0), intent.amount / 3, intent.amount - STEP / 10, intent.amount / 2):
+                commands = self.core.clone().handle(OrderEvent(cid, OrderStatus.OPEN, filled, intent.price))
+                assert CancelOrder(cid, intent.symbol) in commands, (cid, filled, commands)
+        if armed:
+            event("a cancel armed for an answer still travelling")
+
+    @invariant()
     def finished_orders_match_the_venue(self) -> None:
         for cid, facts in self.core.orders.items():
             if facts.status.is_terminal:

@@ -61,7 +61,7 @@ from . import _crashpoints
 from ._crashpoints import ARMED as CRASH_ARMED
 from ._handle import WAKE, PackageHandle
 from ._host import EngineHost
-from .journal import PNL, EncodedStep, JournalError, package_pnl
+from .journal import CANCEL_ARMED, PNL, EncodedStep, JournalError, package_pnl
 from .journal._store import event_text
 
 log = logging.getLogger("legguard.engine")
@@ -115,6 +115,7 @@ class PackageActor:
         "_idle",
         "_later",
         "_nursery",
+        "_on_rest",
         "_prepared",
         "_stepping",
         "_timers_live",
@@ -135,6 +136,9 @@ class PackageActor:
         self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] | None = None  # None until first armed
         # The step the cancel's expected answer leads to, decided and encoded while the cancel travels (`_prearm`).
         self._prepared: _Prepared | None = None
+        # Orders whose cancel the venue holds for an answer saying they rest (`_arm_cancels_on_rest`): client
+        # id -> symbol, until that order's next step. None until one is armed.
+        self._on_rest: dict[str, str] | None = None
         # One step at a time: a step yields while its group commits, and the task that read a venue answer
         # may step too (`_answered`). Two steps deciding on the same core would lose one of them.
         self._stepping = False
@@ -276,9 +280,9 @@ class PackageActor:
         decided = self._decide(event)
         if decided is None:
             return
-        writes, urgent, twin, commands, facts, now, started = decided
+        writes, urgent, twin, commands, facts, now, started, armed = decided
         await self.engine.group.commit(writes, urgent=urgent)
-        self._committed(event, twin, commands, facts, now, started)
+        self._committed(event, twin, commands, facts, now, started, armed)
 
     def step_now(self, event: Event) -> bool:
         """Take `event`'s step on the caller's stack, never yielding (`Engine.submit`'s dispatch): decided,
@@ -290,7 +294,7 @@ class PackageActor:
             decided = self._decide(event)
             if decided is None:
                 return False  # nothing to step here: the actor's own step sees the same
-            writes, _urgent, twin, commands, facts, now, started = decided
+            writes, _urgent, twin, commands, facts, now, started, armed = decided
             self.engine.group.commit_now(writes)
         except Exception as exc:  # the actor meets the same journal (or error) and the supervisor acts on it
             log.warning("package %s: %s not taken on the caller's stack (%s: %s); the actor takes it",
@@ -299,14 +303,14 @@ class PackageActor:
         self._later = []
         self._timers_live = True  # its fill deadline counts from now, before `run` starts
         try:
-            self._committed(event, twin, commands, facts, now, started)
+            self._committed(event, twin, commands, facts, now, started, armed)
         except Exception as exc:  # as if raised inside the actor's step: `run` raises it, the supervisor restarts
             self._failed = exc
         return True
 
     def _decide(
         self, event: Event
-    ) -> tuple[list[Callable[[], None]], bool, PackageCore, list[Command], int, float, float] | None:
+    ) -> tuple[list[Callable[[], None]], bool, PackageCore, list[Command], int, float, float, list[OrderIntent]] | None:
         """The step's decision (on a twin of the core) and its journal rows, prepared: nothing changed yet.
         None: nothing to step."""
         if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
@@ -350,10 +354,25 @@ class PackageActor:
         if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
             # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
             writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
-        return writes, urgent, twin, commands, facts, now, started
+        # An order still travelling that the core after this step cancels as soon as it is answered resting (the
+        # other leg was refused first): journaled here, so that a venue able to write that cancel the moment it
+        # reads such an answer may do so before the answer's own step (`cancel_on_rest`). That step commands
+        # the same cancel, which the venue then finds on its way already.
+        armed = twin.cancels_on_rest() if engine.cancel_on_rest is not None else []
+        for intent in armed:
+            payload = {"client_order_id": intent.client_order_id, "symbol": intent.symbol}
+            writes.append(journal.prepare_fact(CANCEL_ARMED, pid, payload, now))
+        return writes, urgent, twin, commands, facts, now, started, armed
 
     def _committed(
-        self, event: Event, twin: PackageCore, commands: list[Command], facts: int, now: float, started: float
+        self,
+        event: Event,
+        twin: PackageCore,
+        commands: list[Command],
+        facts: int,
+        now: float,
+        started: float,
+        armed: Sequence[OrderIntent] = (),
     ) -> None:
         """After the step's commit: the core swapped in, its effects released, then its bookkeeping."""
         h, engine = self.handle, self.engine
@@ -379,6 +398,10 @@ class PackageActor:
                     self._spawn(self._cancel, cid, symbol)
                 case QueryOrder(client_order_id=cid, symbol=symbol):
                     self._spawn(self._query, cid, symbol, 0.0)
+        if armed:
+            self._arm_cancels_on_rest(armed)
+        if type(event) is OrderEvent and self._on_rest and event.client_order_id in self._on_rest:
+            self._answered_on_rest(event.client_order_id, commands)
         if sends:
             delay = retry_backoff(sends)
             # Asked of the core only for a hedge (IOC): not on the unwind's path, whose market order is not.
@@ -424,6 +447,35 @@ class PackageActor:
         if h.crash_on_event is not None and len(h.events) >= h.crash_on_event:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
+
+    def _arm_cancels_on_rest(self, armed: Sequence[OrderIntent]) -> None:
+        """After the commit that journaled them (`cancel_armed`): the venue writes each order's cancel as soon as
+        it reads an answer saying the order rests, before that answer is decoded or stepped (the answer's
+        step commands the same cancel, which the venue then finds written: its task only awaits the answer)."""
+        arm = self.engine.cancel_on_rest
+        assert arm is not None
+        on_rest = self._on_rest if self._on_rest is not None else {}
+        for intent in armed:
+            on_rest[intent.client_order_id] = intent.symbol
+            arm(intent.symbol, intent.client_order_id)
+        self._on_rest = on_rest
+
+    def _answered_on_rest(self, cid: str, commands: Sequence[Command]) -> None:
+        """The first step about an order whose cancel was armed for its answer. Its `CancelOrder` (the core's,
+        as `cancels_on_rest` promised) finds the cancel written already. Should a cancel have been written
+        that the step did not command, its answer is read all the same and stepped: the core learns what it
+        did (never a request left unanswered, never an order cancelled behind the package's back)."""
+        assert self._on_rest is not None
+        symbol = self._on_rest.pop(cid)
+        if not self._on_rest:
+            self._on_rest = None
+        if any(type(c) is CancelOrder and c.client_order_id == cid for c in commands):
+            return
+        written = getattr(self.engine.venue, "cancel_written", None)
+        if written is not None and written(cid):
+            log.warning("package %s: the cancel of %s left on its answer without the step commanding it; "
+                        "reading its answer", self.handle.package_id, cid)  # fmt: skip
+            self._spawn(self._cancel, cid, symbol)
 
     def _prearm(self) -> None:
         """Arm (build, sign) what the core sends once the cancels in flight confirm what is known now (the

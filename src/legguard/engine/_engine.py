@@ -14,7 +14,7 @@ import secrets
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
@@ -107,6 +107,10 @@ class VenueBaseline:
 class Engine:
     def __init__(self, venue: Venue, journal: Journal, config: EngineConfig | None = None) -> None:
         self.venue = venue
+        # A venue that can write an order's cancel the moment it reads an answer saying the order rests, ahead
+        # of that answer's step (`CcxtVenue.cancel_on_rest`): the kill switch's cancel when the other leg was
+        # refused first. None: the cancel leaves from the answer's step, as every other.
+        self.cancel_on_rest: Callable[[str, str], None] | None = getattr(venue, "cancel_on_rest", None)
         self.journal = journal
         self.group = GroupCommit(journal)  # the actors' steps commit per scheduler round (write-ahead)
         self.config = config or EngineConfig()

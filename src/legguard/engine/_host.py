@@ -10,7 +10,7 @@ import itertools
 import math
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -109,6 +109,7 @@ class EngineHost(Protocol):
     them."""
 
     venue: Venue
+    cancel_on_rest: Callable[[str, str], None] | None
     journal: Journal
     group: GroupCommit
     config: EngineConfig

@@ -765,6 +765,38 @@ class PackageCore:
             out += [c.intent for c in twin.handle(answer) if isinstance(c, SendOrder)]
         return out
 
+    def cancels_on_rest(self) -> list[OrderIntent]:
+        """The orders in flight (sent, not answered yet) that this core cancels the moment an answer says they
+        rest, whatever that answer says they filled: above all the kill switch's first move when the other
+        leg was refused before this one's acknowledgement came (a resting order cannot be cancelled before it
+        is known to exist). The engine journals that ahead (`cancel_armed`) and lets the venue write the
+        cancel as soon as it reads such an answer, before the answer's own step, which then commands that
+        very cancel. Worked out on twins fed such answers (nothing filled, a quarter and three quarters
+        filled), so it cannot drift from what the core decides. Changes nothing here."""
+        waiting = [o for o in self.orders.values() if o.status is OrderStatus.SUBMITTING and not o.cancel_sent]
+        if not waiting:
+            return []
+        if (
+            self.state is State.DISPATCHED
+            and not self.entry_closing
+            and not any(o.status.is_terminal and o.status is not OrderStatus.CLOSED for o in self.orders.values())
+        ):
+            return []  # nothing went wrong: an order that rests is what the package wants (no twin needed)
+        out: list[OrderIntent] = []
+        for o in waiting:
+            cid, amount = o.intent.client_order_id, o.intent.amount
+            answers = (
+                OrderEvent(cid, OrderStatus.OPEN),
+                OrderEvent(cid, OrderStatus.OPEN, amount / 4, o.intent.price),
+                OrderEvent(cid, OrderStatus.OPEN, amount * 3 / 4, o.intent.price),
+            )
+            if all(
+                any(type(c) is CancelOrder and c.client_order_id == cid for c in self.clone().handle(answer))
+                for answer in answers
+            ):
+                out.append(o.intent)
+        return out
+
     def provisional_reaction(
         self, fees: Callable[[str, str, Decimal], tuple[Decimal, Decimal] | None] | None = None
     ) -> tuple[OrderEvent, list[Command], PackageCore] | None:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import selectors
+import sqlite3
 import subprocess
 import sys
 import time
@@ -313,6 +314,66 @@ async def test_the_unwind_armed_while_the_cancel_is_held_is_released_without_sig
         assert len(signed) == before and (stats.armed_ahead, stats.rearmed) == (1, 0)  # released as armed
         assert stats.prepared_steps == 1  # the cancel's answer was the one expected: its step was ready
     assert verify(tmp_path / "j.db").ok
+
+
+def committed_kinds(db: Path, pid: str) -> list[tuple[str, str | None]]:
+    """The package's rows another connection sees (committed only): kind and client order id."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT kind, payload FROM journal WHERE package_id = ? ORDER BY seq", (pid,))
+        return [(kind, json.loads(payload).get("client_order_id")) for kind, payload in rows]
+
+
+async def test_the_perp_refused_first_the_spots_cancel_leaves_as_soon_as_its_answer_says_it_rests(
+    tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The perp leg is refused (-5022) while the spot's answer is held at the venue: the package cannot cancel
+    # an order not known to exist, so it arms the cancel for the spot's answer (journaled: `cancel_armed`).
+    # When that answer comes (resting, 40 % filled), the cancel is written before the answer is decoded or
+    # stepped: its write-ahead row is the armed one, the answer's own step commits after it has left.
+    db = tmp_path / "j.db"
+    async with emulated(resign_after=60.0) as rig:
+        await rig.fault(fault="partial_fill", market="spot", ratio=0.4)
+        await rig.fault(fault="reject", market="linear", code=-5022, path="/order", method="POST")
+        await rig.fault(fault="delay", delay_ms=100, market="spot", path="/order", method="POST")
+        async with engine_on(rig, db) as engine:
+            # The spot's execution reports reach the package only after its REST answer (as when ccxt's
+            # receive loop hands them over late): the answer is the first word on the order.
+            real_route = engine.route
+            monkeypatch.setattr(engine, "route", lambda u: None if u.client_order_id.endswith("-SE0")
+                                else real_route(u))  # fmt: skip
+            seen_at_cancel: list[list[tuple[str, str | None]]] = []
+            stamps: list[tuple[str, str]] = []
+
+            def tap(what: str, key: str, ns: int) -> None:
+                stamps.append((what, key))
+                if what == "send" and key.startswith("cancel:") and key.endswith("-SE0"):
+                    seen_at_cancel.append(committed_kinds(db, pid))
+
+            rig.venue.set_tap(tap)
+            pid, handle = submit(engine)
+            spot = f"{handle.core.plan.client_id_prefix}-SE0"
+            await until_core(handle, lambda c: c.orders[entry(c, LegRole.PERP)].status is OrderStatus.REJECTED)
+            assert ("cancel_armed", spot) in committed_kinds(db, pid)
+            assert not any(key.startswith("cancel:") for _, key in stamps)  # armed only: no answer yet
+            await rig.until(lambda: rig.emu.held == 1)  # the spot order waits at the venue for its clock
+            await rig.on_emulator(rig.emu.advance, 0.1)  # the spot order rests, 40 % filled, and is answered
+            state = await settle(engine, pid)
+            core = handle.core
+
+    assert state is State.FLAT
+    # The cancel was written right after the spot's answer was read, before anything else went out...
+    answer = stamps.index(("recv", spot))
+    assert stamps[answer + 1] == ("send", f"cancel:{spot}") and stamps.count(("send", f"cancel:{spot}")) == 1
+    # ...its write-ahead row committed already, the answer's own step (the spot resting) not yet.
+    (rows,) = seen_at_cancel
+    assert ("cancel_armed", spot) in rows and ("cancel", spot) not in rows
+    rows_after = committed_kinds(db, pid)
+    assert rows_after.index(("cancel_armed", spot)) < rows_after.index(("cancel", spot))  # the step's own, later
+    # The venue cancelled the rest and the kill switch sold what the spot bought.
+    assert rig.orders(MarketKind.SPOT)[spot]["status"] == "CANCELED"
+    assert core.orders[spot].status is OrderStatus.CANCELED and core.orders[spot].filled > 0
+    assert rig.venue.cancels_on_rest == 1
+    assert verify(db).ok
 
 
 async def test_the_unwinds_answer_lost_the_order_streams_fill_report_settles_the_package(

@@ -361,6 +361,10 @@ class _Prepared:
         return f"<prepared {self.side.exchange_id} {self.entry.method} {self.entry.path} {cid}>"
 
 
+# An order answer's `status` for an order that rests at the venue (spot and USDⓈ-M alike).
+_RESTING = frozenset({"NEW", "PARTIALLY_FILLED"})
+
+
 @dataclass(slots=True, eq=False)
 class _CancelOut:
     """A cancel written by `release_cancel`, waiting for `cancel_order` to read its answer."""
@@ -403,6 +407,10 @@ class CcxtVenue:
         # The kill switch's first move, prepared while the order is in flight: client id -> signed cancel.
         self._cancels: collections.OrderedDict[str, _Request] = collections.OrderedDict()
         self._cancels_out: dict[str, _CancelOut | VenueError] = {}  # written by release_cancel, not yet awaited
+        # Orders in flight whose cancel leaves the moment their answer says they rest (`cancel_on_rest`): client
+        # id -> symbol, until that answer is read (or the send fails).
+        self._on_rest: dict[str, str] = {}
+        self.cancels_on_rest = 0  # cancels written on an answer saying the order rests, ahead of its step
         self._fees_seen = trio.Event()  # set (and replaced) whenever the user stream reports an order event
         self.fee_queries = 0  # REST trade queries made because no answer carried an order's fees
         # symbol -> (ccxt's markets dict it was read from, ccxt's market): `ex.market()` resolves the symbol
@@ -664,6 +672,7 @@ class CcxtVenue:
                                        post_only=request.post_only)  # fmt: skip
         except BaseException:
             self._cancels.pop(cid, None)
+            self._on_rest.pop(cid, None)
             raise
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
@@ -694,10 +703,37 @@ class CcxtVenue:
             return  # cancel_order builds it again and reports the problem where it matters
         cancels[cid] = r
 
+    def cancel_on_rest(self, symbol: str, client_order_id: str) -> None:
+        """Write the cancel of an order in flight the moment its answer is read, if that answer says the order
+        rests (NEW or PARTIALLY_FILLED): before the answer is handed to ccxt, decoded or stepped. The engine
+        asks this of an order whose cancel its journal holds already (`cancel_armed`: the other leg was
+        refused first, and the core cancels this one whatever it filled); the answer's step then commands
+        the cancel, which `release_cancel` finds written. Any other answer, or none, writes nothing."""
+        self._on_rest[client_order_id] = symbol
+
+    def cancel_written(self, client_order_id: str) -> bool:
+        """A cancel of this order is written and its answer not awaited yet (`release_cancel`)."""
+        return type(self._cancels_out.get(client_order_id)) is _CancelOut
+
+    def _rested(self, cid: str, response: Response) -> None:
+        """A placement's answer just read, for an order whose cancel waits for it (`cancel_on_rest`)."""
+        symbol = self._on_rest.pop(cid)
+        if response.status != 200:
+            return
+        try:
+            answer = json.loads(response.body)
+        except ValueError:
+            return  # ccxt's own handling reports it
+        if isinstance(answer, dict) and answer.get("clientOrderId") == cid and answer.get("status") in _RESTING:
+            self.cancels_on_rest += 1
+            self.release_cancel(symbol, cid)
+
     def release_cancel(self, symbol: str, client_order_id: str) -> None:
         """Write the cancel of an order now, without yielding: the engine calls this from the step that
         decided it, right after journaling it; `cancel_order` then only awaits the answer. Never raises: a
         refusal (unknown symbol, budget) is kept and raised by `cancel_order`."""
+        if self._on_rest:
+            self._on_rest.pop(client_order_id, None)  # written now: the answer finds nothing left to do
         if client_order_id in self._cancels_out:
             return  # one already on its way; a second `cancel_order` writes its own
         try:
@@ -836,6 +872,8 @@ class CcxtVenue:
             finally:
                 if conn is not None:
                     r.pool.give(conn, response)
+            if placing and self._on_rest and cid in self._on_rest:
+                self._rested(cid, response)  # the kill switch's cancel, before ccxt reads the answer
             return self._answer(r, response)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             error = translate_error(exc, what=what, secrets=self._secrets, client_order_id=cid, placing=placing,

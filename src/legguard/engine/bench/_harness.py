@@ -556,6 +556,9 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
                 run["reaction_reject_last"] = r.reject_last
                 run["reaction_skipped"] = r.skipped
                 run["reaction_stream_decided"] = r.stream_decided
+                run["reaction_on_rest"] = r.on_rest
+                if "reaction_plain" in got:
+                    run["reaction_plain_us"] = percentiles(got["reaction_plain"].reaction_us)
                 if "reaction_warmed" in got:
                     run["reaction_warmed_us"] = percentiles(got["reaction_warmed"].reaction_us)
             log(f"engine overhead: {sizes.overhead} packages, sim venue at zero latency")
@@ -638,7 +641,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     # The earlier endpoint: the second leg's `fire` entered (its send task running, after the actor's start).
     out["overhead_fire_us"] = {q: med(["overhead_fire_us", q]) for q in ("p50", "p90", "p99")}
     # Side by side in each run: the same measures with the decision path kept warm (`engine.keep_warm`).
-    for name in ("reaction_warmed_us", "overhead_warmed_us"):
+    # And, interleaved with the reaction's own samples, the reaction with no cancel armed for an answer.
+    for name in ("reaction_warmed_us", "overhead_warmed_us", "reaction_plain_us"):
         if all(name in r for r in runs):
             out[name] = {q: med([name, q]) for q in ("p50", "p90", "p99")}
     out["packages_per_s"] = med(["throughput", "packages_per_s"])

@@ -277,40 +277,58 @@ class Reaction:
     # Samples decided on the user stream's report of the resting leg, read before its REST acknowledgement:
     # the stream is read by ccxt, unstamped, so the decisive moment is unknown (reported, not measured).
     stream_decided: int = 0
+    # Samples whose cancel the venue wrote as soon as it read the resting leg's answer, armed by the step of the
+    # rejection that came first (`CcxtVenue.cancel_on_rest`), instead of from that answer's own step.
+    on_rest: int = 0
 
 
-async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3) -> Reaction:
+async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3, plain: Reaction | None = None) -> Reaction:
     """The spot leg rests half filled (emulator `partial_fill`), the perp leg is rejected (-5022, post-only
-    would cross): the kill switch cancels the spot rest, then sells what was bought."""
+    would cross): the kill switch cancels the spot rest, then sells what was bought. `plain`: as many samples
+    again, interleaved one for one, with no cancel armed for an answer (`engine.cancel_on_rest` off: the
+    cancel leaves from the resting leg's answer's step), measured into `plain`."""
     out = Reaction()
-    for i in range(warmup + samples):
-        for fault in (
-            {"fault": "partial_fill", "market": "spot", "ratio": 0.5},
-            {"fault": "reject", "market": "linear", "code": -5022, "path": "/order", "method": "POST"},
-        ):
-            await trio.to_thread.run_sync(_control, rig.base, "/_emulator/faults", fault)
-        package_id = rig.engine.submit(PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1)))
-        core = await _settled(rig.engine, package_id)
-        if i < warmup:
-            continue
-        p = core.plan.client_id_prefix
-        s = rig.stamps
-        spot_ack, perp_reject = s.answers.get(f"{p}-SE0"), s.answers.get(f"{p}-PE0")
-        cancel_out, cancel_in = s.sends.get(f"cancel:{p}-SE0"), s.answers.get(f"cancel:{p}-SE0")
-        unwind_out = s.sends.get(f"{p}-SU0")
-        if None in (spot_ack, perp_reject, cancel_out) or core.state is not State.FLAT:
-            out.skipped += 1
-            continue
-        assert spot_ack is not None and perp_reject is not None and cancel_out is not None
-        decisive = max(spot_ack, perp_reject)
-        if cancel_out < decisive:
-            out.stream_decided += 1
-        else:
-            out.reject_last += perp_reject >= spot_ack
-            out.reaction_us.append((cancel_out - decisive) / 1000)
-        if cancel_in is not None and unwind_out is not None:
-            out.unwind_us.append((unwind_out - cancel_in) / 1000)
+    arm = rig.engine.cancel_on_rest
+    try:
+        for i in range(warmup + samples * (1 if plain is None else 2)):
+            into = plain if plain is not None and i >= warmup and (i - warmup) % 2 else out
+            rig.engine.cancel_on_rest = None if into is plain else arm
+            await _reaction_sample(rig, into if i >= warmup else None)
+    finally:
+        rig.engine.cancel_on_rest = arm
     return out
+
+
+async def _reaction_sample(rig: WireRig, out: Reaction | None) -> None:
+    """One kill-switch package, measured into `out` (None: a warm-up)."""
+    for fault in (
+        {"fault": "partial_fill", "market": "spot", "ratio": 0.5},
+        {"fault": "reject", "market": "linear", "code": -5022, "path": "/order", "method": "POST"},
+    ):
+        await trio.to_thread.run_sync(_control, rig.base, "/_emulator/faults", fault)
+    written = rig.venue.cancels_on_rest
+    package_id = rig.engine.submit(PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1)))
+    core = await _settled(rig.engine, package_id)
+    if out is None:
+        return
+    p = core.plan.client_id_prefix
+    s = rig.stamps
+    spot_ack, perp_reject = s.answers.get(f"{p}-SE0"), s.answers.get(f"{p}-PE0")
+    cancel_out, cancel_in = s.sends.get(f"cancel:{p}-SE0"), s.answers.get(f"cancel:{p}-SE0")
+    unwind_out = s.sends.get(f"{p}-SU0")
+    if None in (spot_ack, perp_reject, cancel_out) or core.state is not State.FLAT:
+        out.skipped += 1
+        return
+    assert spot_ack is not None and perp_reject is not None and cancel_out is not None
+    decisive = max(spot_ack, perp_reject)
+    if cancel_out < decisive:
+        out.stream_decided += 1
+    else:
+        out.reject_last += perp_reject >= spot_ack
+        out.on_rest += rig.venue.cancels_on_rest - written
+        out.reaction_us.append((cancel_out - decisive) / 1000)
+    if cancel_in is not None and unwind_out is not None:
+        out.unwind_us.append((unwind_out - cancel_in) / 1000)
 
 
 # --- one run ------------------------------------------------------------------------------------------
@@ -323,9 +341,13 @@ async def wire_run(pairs: int, reactions: int, log: Callable[[str], None], *, wa
         async with wire_rig(base, Path(tmp)) as rig:
             log(f"skew: {pairs} pairs per mode against the emulator at {base} (separate process)")
             skew = await measure_skew(rig, pairs)
-            log(f"kill switch: {reactions} packages with a rejected perp leg and a half-filled spot leg")
-            reaction = await measure_reaction(rig, reactions)
-        out: dict[str, Any] = {"skew": skew, "reaction": reaction}
+            log(
+                f"kill switch: {reactions} packages with a rejected perp leg and a half-filled spot leg, and as many "
+                "interleaved with no cancel armed for the resting leg's answer"
+            )
+            plain = Reaction()
+            reaction = await measure_reaction(rig, reactions, plain=plain)
+        out: dict[str, Any] = {"skew": skew, "reaction": reaction, "reaction_plain": plain}
         if warmed:
             async with wire_rig(base, Path(tmp), keep_warm=WARM_INTERVAL, name="wire-warmed") as rig:
                 log(f"kill switch: {warmed} packages again, keep_warm = {WARM_INTERVAL}")

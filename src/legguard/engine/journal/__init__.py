@@ -39,6 +39,7 @@ from ._replay import ReplayMismatch as ReplayMismatch
 from ._replay import VerifyReport as VerifyReport
 from ._replay import replay_package as replay_package
 from ._replay import verify as verify
+from ._store import CANCEL_ARMED as CANCEL_ARMED
 from ._store import Durability as Durability
 from ._store import EncodedStep as EncodedStep
 from ._store import Journal as Journal

@@ -65,6 +65,9 @@ TRANSITION: Final = "transition"
 INTENT: Final = "intent"
 CANCEL: Final = "cancel"
 QUERY: Final = "query"
+# An audited fact, not replayed: the cancel of an order still travelling, armed to leave the moment the venue
+# answers that the order rests (`PackageCore.cancels_on_rest`), written before that cancel can leave.
+CANCEL_ARMED: Final = "cancel_armed"
 
 # Rows the replayer re-derives from the decision core: only the typed helpers may write them, so that
 # what is journaled is exactly what the core decided.
@@ -560,6 +563,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
                 )
             case "cancel" | "query":
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
+            case "cancel_armed":
+                return f"cancel {p['client_order_id']} {p['symbol']} as soon as it is answered resting"
             case "control":
                 return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
             case "exit":
