@@ -391,7 +391,7 @@ async def test_two_tasks_stepping_one_package_take_turns_while_a_group_commits()
     group = GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
     host = SimpleNamespace(
-        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_answer=None
     )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]
@@ -413,7 +413,7 @@ async def test_a_step_waiting_for_another_is_not_lost_to_a_cancellation() -> Non
     group = GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
     host = SimpleNamespace(
-        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_answer=None
     )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]
@@ -449,7 +449,7 @@ async def test_a_rejection_read_during_a_step_is_stepped_next_by_that_steps_task
     group = FailingGatedGroup() if commit_fails else GatedGroup()
     journal = SimpleNamespace(prepare_fact=lambda *a: None, prepare_step=lambda *a: None)
     host = SimpleNamespace(
-        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_rest=None
+        config=EngineConfig(), journal=journal, group=group, precedence=Precedence(), cancel_on_answer=None
     )
     handle = PackageHandle.create(PackageCore(model_plan()), 0.0)
     actor = PackageActor(host, handle)  # type: ignore[arg-type]

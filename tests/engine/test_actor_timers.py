@@ -99,7 +99,7 @@ async def test_a_report_the_core_already_holds_costs_no_step_and_no_journal_row(
 
         engine = SimpleNamespace(config=EngineConfig(), timers=Timers(), outage=SimpleNamespace(down=False),
                                  journal=journal, group=SimpleNamespace(commit=commit),
-                                 cancel_on_rest=None)  # fmt: skip
+                                 cancel_on_answer=None)  # fmt: skip
         core = PackageCore(model_plan())
         journal.package_created(core.plan, {}, 0.0)
         core.handle(Dispatch())

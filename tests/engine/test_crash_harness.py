@@ -415,6 +415,23 @@ def test_one_leg_filled_the_other_rejected_before_the_unwind(crash: Crash) -> No
     assert [o["status"] for o in unwinds] == ["FILLED"]
 
 
+def test_a_cancel_written_on_the_answer_it_was_armed_for_before_that_answer_was_stepped(crash: Crash) -> None:
+    # The perp is refused while the spot's order is still on its way (held 200 ms): the spot's cancel is armed
+    # (`cancel_armed`) and written as soon as its answer (resting, 60 % filled) is read. The engine dies
+    # before that answer is stepped: the journal holds the armed cancel, not the answer.
+    _break_the_perp_leg(crash.emu)
+    crash.emu.post("/_emulator/faults", {"fault": "delay", "delay_ms": 200, "market": "spot", "path": "/order",
+                                         "method": "POST"})  # fmt: skip
+    crash.killed(crash.run("cancel_on_answer"), "cancel_on_answer")
+    (spot,) = [o for o in crash.emu.orders() if o["clientOrderId"].endswith("-SE0")]
+    assert spot["status"] == "CANCELED" and Decimal(spot["executedQty"]) > 0  # the cancel reached the venue
+
+    summary = crash.restart_run()
+
+    assert crash.assert_safe() == {"P000001": "flat"}  # the spot it bought before the cancel was sold
+    assert summary["recovery"]["answers"]["P000001"][spot["clientOrderId"]].startswith("canceled")
+
+
 def test_mid_unwind(crash: Crash) -> None:
     _break_the_perp_leg(crash.emu)
     crash.killed(crash.run("mid_unwind"), "mid_unwind")

@@ -229,6 +229,66 @@ async def test_no_effect_of_a_group_leaves_before_its_commit(autojump_clock: Moc
             assert kinds[:2] == ["package_created", "event"], (pid, kinds[:4])
 
 
+class ArmingVenue(WriteAheadVenue):
+    """The write-ahead venue with the capability to write a cancel on the answer it waits for
+    (`cancel_on_answer`), recorded: each cancel armed must be journaled (`cancel_armed`, committed) first;
+    the sim venue writes nothing ahead, so every armed cancel still leaves from its answer's step."""
+
+    def __init__(self, inner: Any, db: Path) -> None:
+        super().__init__(inner, db)
+        self.armed: set[tuple[str, str]] = set()
+        self.ever_armed: list[tuple[str, bool, str]] = []
+
+    def cancel_on_answer(self, answer_of: str, refused: bool, symbol: str, cid: str) -> None:
+        with sqlite3.connect(self._db) as conn:
+            rows = conn.execute("SELECT payload FROM journal WHERE kind = 'cancel_armed'").fetchall()
+        row = {
+            "client_order_id": cid,
+            "symbol": symbol,
+            "answer_of": answer_of,
+            "when": "refused" if refused else "rests",
+        }
+        assert row in [json.loads(r[0]) for r in rows], f"cancel {cid} armed before its row committed"
+        assert (answer_of, cid) not in self.armed, "armed twice"
+        self.armed.add((answer_of, cid))
+        self.ever_armed.append((answer_of, refused, cid))
+
+    def disarm_cancel(self, answer_of: str, cid: str) -> None:
+        self.armed.remove((answer_of, cid))
+
+    def cancel_written(self, cid: str) -> bool:
+        return False
+
+
+async def test_every_cancel_armed_for_an_answer_is_journaled_first_and_disarmed_by_the_end(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    db = tmp_path / "j.db"
+    journal = Journal.open(db)
+    async with open_sim_venue(SimConfig(seed=11)) as sim:
+        venue = ArmingVenue(sim, db)
+        engine = Engine(venue, journal, EngineConfig())  # type: ignore[arg-type]
+        async with engine.running([ETH, ETH_PERP]):
+            await trio.sleep(1.0)
+            spec = PackageSpec(ETH, ETH_PERP, Decimal("0.05"), min_spread=Decimal(-1))
+            pids = []
+            for n in range(16):  # a leg refused while the other's answer travels: its cancel is armed for it
+                sim.inject("partial_fill", symbol=ETH if n % 2 else ETH_PERP, fraction=0.5)
+                sim.inject("postonly_cross", symbol=ETH_PERP if n % 2 else ETH)
+                pids.append(engine.submit(spec))
+                await trio.sleep(0.3)
+            with trio.fail_after(60):
+                for pid in pids:
+                    if (handle := engine.handles.get(pid)) is not None:
+                        await handle.wait_until(lambda c: c.state is State.FLAT)
+    journal.close()
+    # (The sim fills nothing at placement, so no leg is naked before the other's answer: the cancels armed for
+    # a refusal are `test_engine_on_emulator`'s.)
+    assert len(venue.ever_armed) >= 2, venue.ever_armed
+    assert venue.armed == set()  # each disarmed by its answer's step: nothing left armed once all are flat
+    assert verify(db).ok
+
+
 async def test_an_urgent_step_commits_at_once_taking_over_the_open_group(journal: Journal, tmp_path: Path) -> None:
     # A routine step and an urgent one in the same round. Trio may run a round's tasks in either order: when
     # the routine one leads first (opens a group and yields), the urgent one takes its group over and commits

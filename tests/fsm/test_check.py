@@ -12,9 +12,11 @@ from decimal import ROUND_DOWN, Decimal
 
 import pytest
 
+from legguard.domain import OrderStatus
 from legguard.fsm import (
     PROFILES,
     PROPERTIES,
+    ArmedCancel,
     Bounds,
     CancelOrder,
     CheckReport,
@@ -179,6 +181,19 @@ def test_write_ahead_catches_a_client_order_id_sent_twice(monkeypatch: pytest.Mo
     sabotage(monkeypatch, resend)
 
     assert "sent twice" in run(depth=3).examples["write_ahead"].message
+
+
+def test_armed_catches_a_cancel_armed_that_the_answers_step_does_not_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    def arm_every_send(core: PackageCore) -> list[ArmedCancel]:  # promises a cancel for every resting answer
+        return [ArmedCancel(o.intent.client_order_id, refused=False, order=o.intent) for o in core.orders.values()
+                if o.status is OrderStatus.SUBMITTING]  # fmt: skip
+
+    monkeypatch.setattr(PackageCore, "cancels_on_answer", arm_every_send)
+
+    report = run(depth=3)
+
+    assert report.counts["armed"] > 0
+    assert "armed for" in report.examples["armed"].message and "not commanded" in report.examples["armed"].message
 
 
 def test_transitions_catches_an_undocumented_transitioned_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from legguard.domain import OrderStatus, OrderType, RejectReason, Side
 from legguard.fsm import (
     Abort,
+    ArmedCancel,
     CancelOrder,
     CloseRequested,
     Command,
@@ -920,42 +921,62 @@ def test_a_refused_spot_unwind_of_real_size_is_still_retried() -> None:
 # --- the cancel armed for an answer still travelling ----------------------------------------------------
 
 
+def rests(order: OrderIntent) -> ArmedCancel:
+    return ArmedCancel(order.client_order_id, refused=False, order=order)
+
+
 def test_a_leg_refused_before_the_others_answer_arms_the_others_cancel_for_when_it_rests() -> None:
     d = Driver()
     d(Dispatch())
-    assert d.core.cancels_on_rest() == []  # nothing went wrong: a leg that rests is what is wanted
+    assert d.core.cancels_on_answer() == []  # nothing went wrong: a leg that rests is what is wanted
     d(ev(PE0, OrderStatus.REJECTED, reason=RejectReason.POST_ONLY_CROSS))
     before = d.core.fingerprint()
 
-    armed = d.core.cancels_on_rest()
+    armed = d.core.cancels_on_answer()
 
-    assert armed == [entry(LegRole.SPOT)] and d.core.fingerprint() == before  # decided on twins
+    assert armed == [rests(entry(LegRole.SPOT))] and d.core.fingerprint() == before  # decided on twins
     for filled in ("0", HALF, "0.0019"):  # whatever the answer says it filled, the core cancels it
         assert CancelOrder(SE0, "BTC/USDT") in d.core.clone().handle(ev(SE0, OrderStatus.OPEN, filled))
     assert CancelOrder(SE0, "BTC/USDT") in d(ev(SE0, OrderStatus.OPEN, HALF))
-    assert d.core.cancels_on_rest() == []  # answered: its cancel is the core's own now, sent once
+    assert d.core.cancels_on_answer() == []  # answered: its cancel is the core's own now, sent once
+
+
+def test_a_naked_leg_resting_arms_its_cancel_for_the_other_legs_refusal() -> None:
+    d = Driver()
+    d(Dispatch(), ev(SE0, OrderStatus.OPEN))
+    assert d.core.cancels_on_answer() == []  # resting with nothing filled: nothing is naked
+    d(ev(SE0, OrderStatus.OPEN, HALF))  # the spot filled half, the perp's answer still travels
+
+    armed = d.core.cancels_on_answer()
+
+    assert armed == [ArmedCancel(PE0, refused=True, order=entry(LegRole.SPOT))]
+    for reason in RejectReason:  # refused for any reason, or its outcome unknown: the spot is cancelled
+        assert CancelOrder(SE0, "BTC/USDT") in d.core.clone().handle(ev(PE0, OrderStatus.REJECTED, reason=reason))
+    assert CancelOrder(SE0, "BTC/USDT") in d.core.clone().handle(ev(PE0, OrderStatus.UNKNOWN))
+    assert CancelOrder(SE0, "BTC/USDT") not in d(ev(PE0, OrderStatus.OPEN))  # resting: nothing to cancel
+    assert d.core.cancels_on_answer() == []  # both answered
 
 
 def test_an_answer_still_travelling_at_the_fill_deadline_is_cancelled_when_it_rests() -> None:
     d = Driver()
     d(Dispatch(), ev(SE0, OrderStatus.OPEN), FillDeadline())  # the spot's cancel leaves, the perp has no answer
 
-    assert d.core.cancels_on_rest() == [entry(LegRole.PERP)]
+    assert d.core.cancels_on_answer() == [rests(entry(LegRole.PERP))]
 
 
 def test_armed_only_for_answers_the_core_cancels() -> None:
     refused = Driver()
     refused(Dispatch(), ev(SE0, OrderStatus.REJECTED, reason=RejectReason.OTHER))
-    assert refused.core.cancels_on_rest() == [entry(LegRole.PERP)]
+    assert refused.core.cancels_on_answer() == [rests(entry(LegRole.PERP))]
     unwinding = Driver()
     unwinding(Dispatch(), ev(SE0, OrderStatus.OPEN, HALF), ev(PE0, OrderStatus.REJECTED, reason=RejectReason.OTHER))
     unwinding(ev(SE0, OrderStatus.CANCELED, HALF))
     assert unwinding.state is S.UNWINDING and unwinding.core.orders[SU0].status is OrderStatus.SUBMITTING
-    assert unwinding.core.cancels_on_rest() == []  # the kill switch's market order in flight is never cancelled
+    assert unwinding.core.cancels_on_answer() == []  # the kill switch's market order in flight is never cancelled
     unknown = Driver()
     unknown(Dispatch(), ev(PE0, OrderStatus.UNKNOWN))  # a query, not a refusal: the spot may still hedge it
     assert unknown.state is S.UNWINDING
-    assert unknown.core.cancels_on_rest() == [entry(LegRole.SPOT)]  # the kill switch cancels the entry anyway
+    assert unknown.core.cancels_on_answer() == [rests(entry(LegRole.SPOT))]  # the kill switch cancels it anyway
 
 
 # --- what the engine may arm while the kill switch's cancels are in flight ---------------------------------

@@ -431,19 +431,26 @@ class CoreMachine(RuleBasedStateMachine):
             event("a step prepared for the cancel's answer")
 
     @invariant()
-    def a_cancel_armed_for_an_answer_is_the_cores_own_for_any_fill(self) -> None:
+    def a_cancel_armed_for_an_answer_is_the_cores_own(self) -> None:
         before = self.core.fingerprint()
-        armed = self.core.cancels_on_rest()
+        armed = self.core.cancels_on_answer()
         assert self.core.fingerprint() == before
-        for intent in armed:
-            cid = intent.client_order_id
-            assert self.core.orders[cid].status is OrderStatus.SUBMITTING, (cid, self.core.orders[cid].status)
-            # Any fill the resting answer may carry (not only the ones the core tried): the core cancels it.
-            for filled in (D(0), intent.amount / 3, intent.amount - STEP / 10, intent.amount / 2):
-                commands = self.core.clone().handle(OrderEvent(cid, OrderStatus.OPEN, filled, intent.price))
-                assert CancelOrder(cid, intent.symbol) in commands, (cid, filled, commands)
-        if armed:
-            event("a cancel armed for an answer still travelling")
+        for a in armed:
+            answered, cancelled = self.core.orders[a.answer_of], a.order.client_order_id
+            assert answered.status is OrderStatus.SUBMITTING, (a, answered.status)
+            if a.refused:
+                # Every refusal, and an outcome turned unknown: the core cancels the other order.
+                answers = [OrderEvent(a.answer_of, OrderStatus.REJECTED, reason=r) for r in RejectReason]
+                answers.append(OrderEvent(a.answer_of, OrderStatus.UNKNOWN))
+            else:
+                # Any fill the resting answer may carry (not only the ones the core tried): the core cancels it.
+                amount, price = answered.intent.amount, answered.intent.price
+                answers = [OrderEvent(a.answer_of, OrderStatus.OPEN, filled, price)
+                           for filled in (D(0), amount / 3, amount - STEP / 10, amount / 2)]  # fmt: skip
+            for answer in answers:
+                commands = self.core.clone().handle(answer)
+                assert CancelOrder(cancelled, a.order.symbol) in commands, (a, answer, commands)
+            event("a cancel armed for a refusal" if a.refused else "a cancel armed for a resting answer")
 
     @invariant()
     def finished_orders_match_the_venue(self) -> None:

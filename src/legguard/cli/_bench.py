@@ -140,12 +140,12 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             s = skew[mode]
             out.append((f"inter-leg skew, {mode} (µs)", _fmt(s["p50"]), _fmt(s["p90"]), _fmt(s["p99"]), note))
         r, u = result["reaction_us"], result["unwind_us"]
-        runs = [x for x in result.get("runs", []) if "reaction_on_rest" in x]
-        on_rest = (f"; cancel written on the resting leg's answer in {sum(x['reaction_on_rest'] for x in runs)} of "
+        runs = [x for x in result.get("runs", []) if "reaction_on_answer" in x]
+        on_answer = (f"; cancel written on the decisive answer in {sum(x['reaction_on_answer'] for x in runs)} of "
                    f"{sum(x['reaction_us']['n'] for x in runs)}") if runs and all(
                        "n" in x["reaction_us"] for x in runs) else ""  # fmt: skip
         out.append(("kill switch: answer in → cancel out (µs)", _fmt(r["p50"]), _fmt(r["p90"]), _fmt(r["p99"]),
-                    "reject + half-filled other leg" + _times(result, "reaction_us") + on_rest))  # fmt: skip
+                    "reject + half-filled other leg" + _times(result, "reaction_us") + on_answer))  # fmt: skip
         out.append(("kill switch: cancel answer → unwind order out (µs)", _fmt(u["p50"]), _fmt(u["p90"]),
                     _fmt(u["p99"]), "market order" + _times(result, "unwind_us")))  # fmt: skip
         if "reaction_plain_us" in result:
@@ -156,7 +156,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     _fmt(w["p50"]),
                     _fmt(w["p90"]),
                     _fmt(w["p99"]),
-                    "the same, interleaved: the cancel leaves from the answer's step (cancel_on_rest off)",
+                    "the same, interleaved: the cancel leaves from the answer's step (cancel_on_answer off)",
                 )
             )
         if "reaction_warmed_us" in result:

@@ -38,6 +38,7 @@ from legguard.domain import (
     VenueError,
 )
 from legguard.fsm import (
+    ArmedCancel,
     CancelOrder,
     Command,
     Dispatch,
@@ -115,7 +116,7 @@ class PackageActor:
         "_idle",
         "_later",
         "_nursery",
-        "_on_rest",
+        "_on_answer",
         "_prepared",
         "_stepping",
         "_timers_live",
@@ -136,9 +137,9 @@ class PackageActor:
         self._armed: dict[str, tuple[OrderIntent, ArmedOrder]] | None = None  # None until first armed
         # The step the cancel's expected answer leads to, decided and encoded while the cancel travels (`_prearm`).
         self._prepared: _Prepared | None = None
-        # Orders whose cancel the venue holds for an answer saying they rest (`_arm_cancels_on_rest`): client
-        # id -> symbol, until that order's next step. None until one is armed.
-        self._on_rest: dict[str, str] | None = None
+        # The cancels the venue holds for an answer still travelling (`_arm_cancels`), by (client id answered,
+        # client id cancelled): exactly those the core after the last step arms. None while there are none.
+        self._on_answer: dict[tuple[str, str], ArmedCancel] | None = None
         # One step at a time: a step yields while its group commits, and the task that read a venue answer
         # may step too (`_answered`). Two steps deciding on the same core would lose one of them.
         self._stepping = False
@@ -310,7 +311,7 @@ class PackageActor:
 
     def _decide(
         self, event: Event
-    ) -> tuple[list[Callable[[], None]], bool, PackageCore, list[Command], int, float, float, list[OrderIntent]] | None:
+    ) -> tuple[list[Callable[[], None]], bool, PackageCore, list[Command], int, float, float, list[ArmedCancel]] | None:
         """The step's decision (on a twin of the core) and its journal rows, prepared: nothing changed yet.
         None: nothing to step."""
         if type(event) is FillDeadline and self.core.state in DEADLINE_INERT:
@@ -354,13 +355,17 @@ class PackageActor:
         if twin.state is State.FLAT and any(type(c) is Transitioned and c.dest is State.FLAT for c in commands):
             # The package's accounting, in the transaction of the step that made it flat (it was one of its own).
             writes.append(journal.prepare_fact(PNL, h.package_id, package_pnl(twin, h.funding).to_dict(), now))
-        # An order still travelling that the core after this step cancels as soon as it is answered resting (the
-        # other leg was refused first): journaled here, so that a venue able to write that cancel the moment it
-        # reads such an answer may do so before the answer's own step (`cancel_on_rest`). That step commands
-        # the same cancel, which the venue then finds on its way already.
-        armed = twin.cancels_on_rest() if engine.cancel_on_rest is not None else []
-        for intent in armed:
-            payload = {"client_order_id": intent.client_order_id, "symbol": intent.symbol}
+        # A cancel the core after this step sends the moment an answer still travelling comes (an order answered
+        # resting after the other leg was refused; a naked leg's other leg refused): journaled here, so that a
+        # venue able to write it the moment it reads that answer may do so before the answer's own step
+        # (`cancel_on_answer`). That step commands the same cancel, which the venue then finds on its way.
+        armed = twin.cancels_on_answer() if engine.cancel_on_answer is not None else []
+        held = self._on_answer
+        for a in armed:
+            if held is not None and (a.answer_of, a.order.client_order_id) in held:
+                continue  # armed (and journaled) by an earlier step
+            payload = {"client_order_id": a.order.client_order_id, "symbol": a.order.symbol,
+                       "answer_of": a.answer_of, "when": "refused" if a.refused else "rests"}  # fmt: skip
             writes.append(journal.prepare_fact(CANCEL_ARMED, pid, payload, now))
         return writes, urgent, twin, commands, facts, now, started, armed
 
@@ -372,7 +377,7 @@ class PackageActor:
         facts: int,
         now: float,
         started: float,
-        armed: Sequence[OrderIntent] = (),
+        armed: Sequence[ArmedCancel] = (),
     ) -> None:
         """After the step's commit: the core swapped in, its effects released, then its bookkeeping."""
         h, engine = self.handle, self.engine
@@ -398,10 +403,8 @@ class PackageActor:
                     self._spawn(self._cancel, cid, symbol)
                 case QueryOrder(client_order_id=cid, symbol=symbol):
                     self._spawn(self._query, cid, symbol, 0.0)
-        if armed:
-            self._arm_cancels_on_rest(armed)
-        if type(event) is OrderEvent and self._on_rest and event.client_order_id in self._on_rest:
-            self._answered_on_rest(event.client_order_id, commands)
+        if self._on_answer is not None or armed:
+            self._arm_cancels(event, commands, armed)
         if sends:
             delay = retry_backoff(sends)
             # Asked of the core only for a hedge (IOC): not on the unwind's path, whose market order is not.
@@ -448,34 +451,38 @@ class PackageActor:
             h.crash_on_event = None
             raise InjectedCrash(f"injected actor crash at event {len(h.events)} ({event.kind})")
 
-    def _arm_cancels_on_rest(self, armed: Sequence[OrderIntent]) -> None:
-        """After the commit that journaled them (`cancel_armed`): the venue writes each order's cancel as soon as
-        it reads an answer saying the order rests, before that answer is decoded or stepped (the answer's
-        step commands the same cancel, which the venue then finds written: its task only awaits the answer)."""
-        arm = self.engine.cancel_on_rest
-        assert arm is not None
-        on_rest = self._on_rest if self._on_rest is not None else {}
-        for intent in armed:
-            on_rest[intent.client_order_id] = intent.symbol
-            arm(intent.symbol, intent.client_order_id)
-        self._on_rest = on_rest
+    def _arm_cancels(self, event: Event, commands: Sequence[Command], armed: Sequence[ArmedCancel]) -> None:
+        """After the commit that journaled them (`cancel_armed`): the venue holds exactly the cancels the core
+        now arms (`cancels_on_answer`), each written as soon as the venue reads the answer it waits for, before
+        that answer is decoded or stepped; the answer's step commands the same cancel, which the venue then
+        finds written (its task only awaits the cancel's answer). One this step no longer arms is disarmed.
 
-    def _answered_on_rest(self, cid: str, commands: Sequence[Command]) -> None:
-        """The first step about an order whose cancel was armed for its answer. Its `CancelOrder` (the core's,
-        as `cancels_on_rest` promised) finds the cancel written already. Should a cancel have been written
-        that the step did not command, its answer is read all the same and stepped: the core learns what it
-        did (never a request left unanswered, never an order cancelled behind the package's back)."""
-        assert self._on_rest is not None
-        symbol = self._on_rest.pop(cid)
-        if not self._on_rest:
-            self._on_rest = None
-        if any(type(c) is CancelOrder and c.client_order_id == cid for c in commands):
-            return
-        written = getattr(self.engine.venue, "cancel_written", None)
-        if written is not None and written(cid):
-            log.warning("package %s: the cancel of %s left on its answer without the step commanding it; "
-                        "reading its answer", self.handle.package_id, cid)  # fmt: skip
-            self._spawn(self._cancel, cid, symbol)
+        Should a cancel have left on an answer whose step did not command it (the core changed its mind in a
+        step taken meanwhile, or a refusal it treats otherwise, e.g. a duplicate answered by a query), its
+        answer is read all the same and stepped: the core learns what it did (no request left unanswered, no
+        order cancelled behind the package's back)."""
+        venue, held = self.engine.venue, self._on_answer or {}
+        now = {(a.answer_of, a.order.client_order_id): a for a in armed}
+        if type(event) is OrderEvent:
+            written = getattr(venue, "cancel_written", None)
+            for (answer_of, cid), a in held.items():
+                if answer_of != event.client_order_id or (answer_of, cid) in now:
+                    continue
+                if any(type(c) is CancelOrder and c.client_order_id == cid for c in commands):
+                    continue
+                if written is not None and written(cid):
+                    log.warning("package %s: the cancel of %s left on the answer to %s, not commanded by its "
+                                "step; reading its answer", self.handle.package_id, cid, answer_of)  # fmt: skip
+                    self._spawn(self._cancel, cid, a.order.symbol)
+        disarm = getattr(venue, "disarm_cancel", None)
+        for key in held.keys() - now.keys():
+            if disarm is not None:
+                disarm(*key)
+        arm = self.engine.cancel_on_answer
+        for key, a in now.items():
+            if key not in held and arm is not None:
+                arm(a.answer_of, a.refused, a.order.symbol, a.order.client_order_id)
+        self._on_answer = now or None
 
     def _prearm(self) -> None:
         """Arm (build, sign) what the core sends once the cancels in flight confirm what is known now (the
@@ -617,6 +624,8 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))
             return
         except OrderRejected as exc:
+            if CRASH_ARMED:
+                self._crash_if_cancelled_on_answer(cid)
             if exc.reason is RejectReason.REDUCE_ONLY_REJECTED:
                 # The venue holds less short than we believe (reduced while unseen): find out how much.
                 self._spawn(engine.reconcile_short, symbol, h)
@@ -641,9 +650,15 @@ class PackageActor:
             h.post(OrderEvent(cid, OrderStatus.UNKNOWN))  # cancelled in flight: the order may exist
             raise
         if CRASH_ARMED:
+            self._crash_if_cancelled_on_answer(cid)
             _crashpoints.after_send(self.core.orders[cid].intent)
         h.facts.append(("ack", ack, trio.current_time()))
         await self._answered(to_order_event(ack))
+
+    def _crash_if_cancelled_on_answer(self, answered: str) -> None:
+        written = getattr(self.engine.venue, "cancel_written", None)
+        if written is not None and any(a == answered and written(cid) for a, cid in self._on_answer or ()):
+            _crashpoints.cancel_on_answer()
 
     async def _cancel(self, cid: str, symbol: str) -> None:
         h, engine = self.handle, self.engine

@@ -33,6 +33,7 @@ POINTS: Final[dict[str, str]] = {
     "after_intent": "order intents journaled, nothing sent yet",
     "group_committed": "a group commit (the steps of one scheduler round) committed, no effect of it released",
     "after_send": "an order request answered by the venue, the answer not yet processed or journaled",
+    "cancel_on_answer": "a cancel armed for an answer written as that answer was read, the answer not yet stepped",
     "one_leg_filled": "one entry leg (partly) filled while the other rests unfilled",
     "one_leg_rejected": "one entry leg filled, the other rejected: leg_broken journaled, no unwind order sent",
     "mid_unwind": "an unwind order accepted by the venue, its answer not yet processed",
@@ -123,6 +124,12 @@ def after_send(intent: OrderIntent) -> None:
     """The venue answered an order request; the answer is not processed yet."""
     reached("after_send")
     _answered(intent)
+
+
+def cancel_on_answer() -> None:
+    """A cancel armed for an answer (`cancel_armed`) left as the venue read that answer; the answer is not
+    processed or journaled yet."""
+    reached("cancel_on_answer")
 
 
 def stream_answered(intent: OrderIntent) -> None:

@@ -107,10 +107,10 @@ class VenueBaseline:
 class Engine:
     def __init__(self, venue: Venue, journal: Journal, config: EngineConfig | None = None) -> None:
         self.venue = venue
-        # A venue that can write an order's cancel the moment it reads an answer saying the order rests, ahead
-        # of that answer's step (`CcxtVenue.cancel_on_rest`): the kill switch's cancel when the other leg was
-        # refused first. None: the cancel leaves from the answer's step, as every other.
-        self.cancel_on_rest: Callable[[str, str], None] | None = getattr(venue, "cancel_on_rest", None)
+        # A venue that can write a cancel the moment it reads the answer it waits for, ahead of that answer's
+        # step (`CcxtVenue.cancel_on_answer`): the kill switch's first cancel, armed when the other leg's
+        # refusal came first or the package is naked. None: the cancel leaves from the answer's step.
+        self.cancel_on_answer: Callable[[str, bool, str, str], None] | None = getattr(venue, "cancel_on_answer", None)
         self.journal = journal
         self.group = GroupCommit(journal)  # the actors' steps commit per scheduler round (write-ahead)
         self.config = config or EngineConfig()

@@ -109,7 +109,7 @@ class EngineHost(Protocol):
     them."""
 
     venue: Venue
-    cancel_on_rest: Callable[[str, str], None] | None
+    cancel_on_answer: Callable[[str, bool, str, str], None] | None
     journal: Journal
     group: GroupCommit
     config: EngineConfig

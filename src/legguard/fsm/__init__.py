@@ -27,6 +27,7 @@ from ._check import edges_without as edges_without
 from ._check import model_plan as model_plan
 from ._check import parse_edge as parse_edge
 from ._core import MAX_UNWIND_ATTEMPTS as MAX_UNWIND_ATTEMPTS
+from ._core import ArmedCancel as ArmedCancel
 from ._core import Exposure as Exposure
 from ._core import LegPlan as LegPlan
 from ._core import OrderFacts as OrderFacts

@@ -63,6 +63,7 @@ PROPERTIES: Final = (
     "flat",  # P3: flat with a position or an open order at the venue
     "hedged",  # P3: hedged with unequal legs at the venue
     "write_ahead",  # P4: a SendOrder without an earlier JournalIntent, or a client order id sent twice
+    "armed",  # P4: a cancel armed for an answer (`cancels_on_answer`) that the answer's step does not command
     "exit_naked",  # P5: past the exit's (leg) deadline an exit limit still rests with no cancel or query asked
     "oversell",  # P5: spot sells resting or in flight beyond what is held, or the perp bought back past flat
     "exit_flat",  # P5: a package whose close was accepted is hedged again (an exit must end flat)
@@ -71,6 +72,8 @@ PROPERTIES: Final = (
     "stuck",  # only paths that need the market's help (a resting fill, expiry, ...) lead to hedged or flat
 )
 LIVENESS: Final = frozenset({"deadlock", "stuck"})
+# The answers a cancel armed for a refusal leaves on: a refusal, or an error that leaves the outcome unknown.
+_REFUSED: Final = frozenset({OrderStatus.REJECTED, OrderStatus.UNKNOWN})
 
 
 class UnknownEdge(ValueError):
@@ -420,6 +423,9 @@ class _Step:
 
     def feed(self, event: Event) -> None:
         self.events.append(event)
+        # What the core arms for an answer still travelling, before it comes: a venue may write those cancels
+        # as it reads the answer, before this step, which must then command each of them.
+        armed = self.core.cancels_on_answer() if type(event) is OrderEvent else ()
         try:
             commands = self.core.handle(event)
         except InvalidTransition as exc:
@@ -429,6 +435,15 @@ class _Step:
                 "errors", f"core raised {type(exc).__name__}: {exc} (handling event {event.kind!r})"
             ) from exc
         self.commands.extend(commands)
+        for a in armed:
+            assert type(event) is OrderEvent
+            if a.answer_of != event.client_order_id:
+                continue
+            if (event.status in _REFUSED) if a.refused else (event.status is OrderStatus.OPEN):
+                cid = a.order.client_order_id
+                if not any(type(c) is CancelOrder and c.client_order_id == cid for c in commands):
+                    when = "refused" if a.refused else "resting"
+                    self.problems.append(("armed", f"{cid}'s cancel armed for {a.answer_of} {when}, not commanded"))
         full, reduced = self.checker.full_map, self.checker.edge_map
         for c in commands:
             match c:

@@ -16,7 +16,7 @@ Rules it enforces (from the design card):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from types import MappingProxyType
@@ -237,6 +237,17 @@ class OrderFacts:
     def live(self) -> bool:
         """Not known to be finished: may still fill."""
         return not self.status.is_terminal
+
+
+@dataclass(frozen=True, slots=True)
+class ArmedCancel:
+    """A cancel decided ahead of an answer still travelling (`PackageCore.cancels_on_answer`): `order` is
+    cancelled the moment the answer to `answer_of` says that order rests (`refused` False: `order` is that
+    very order) or refuses it (`refused` True: `order` is the other leg, resting with fills)."""
+
+    answer_of: str
+    refused: bool
+    order: OrderIntent
 
 
 @dataclass(slots=True)
@@ -765,37 +776,57 @@ class PackageCore:
             out += [c.intent for c in twin.handle(answer) if isinstance(c, SendOrder)]
         return out
 
-    def cancels_on_rest(self) -> list[OrderIntent]:
-        """The orders in flight (sent, not answered yet) that this core cancels the moment an answer says they
-        rest, whatever that answer says they filled: above all the kill switch's first move when the other
-        leg was refused before this one's acknowledgement came (a resting order cannot be cancelled before it
-        is known to exist). The engine journals that ahead (`cancel_armed`) and lets the venue write the
-        cancel as soon as it reads such an answer, before the answer's own step, which then commands that
-        very cancel. Worked out on twins fed such answers (nothing filled, a quarter and three quarters
-        filled), so it cannot drift from what the core decides. Changes nothing here."""
+    def cancels_on_answer(self) -> list[ArmedCancel]:
+        """The cancels this core sends the moment an answer still travelling arrives, whatever that answer
+        says the order filled: the kill switch's first move, decided before its decisive answer is read.
+        - *rests*: an order in flight that the core cancels as soon as it is answered resting (NEW or
+          partially filled): the other leg was refused first, and a resting order cannot be cancelled before
+          it is known to exist;
+        - *refused*: a resting order with fills (the package is naked) that the core cancels as soon as the
+          other leg, still in flight, is refused (any reason) or its outcome turns unknown.
+        The engine journals these ahead (`cancel_armed`) and lets the venue write such a cancel as soon as it
+        reads that answer, before the answer is decoded or stepped; the answer's own step then commands that
+        very cancel. Worked out on twins fed such answers (resting with nothing, a quarter and three quarters
+        filled; refused for every reason, or unknown), so it cannot drift from what the core decides. Changes
+        nothing here."""
         waiting = [o for o in self.orders.values() if o.status is OrderStatus.SUBMITTING and not o.cancel_sent]
         if not waiting:
             return []
+        out: list[ArmedCancel] = []
         if (
-            self.state is State.DISPATCHED
-            and not self.entry_closing
-            and not any(o.status.is_terminal and o.status is not OrderStatus.CLOSED for o in self.orders.values())
-        ):
-            return []  # nothing went wrong: an order that rests is what the package wants (no twin needed)
-        out: list[OrderIntent] = []
-        for o in waiting:
-            cid, amount = o.intent.client_order_id, o.intent.amount
-            answers = (
-                OrderEvent(cid, OrderStatus.OPEN),
-                OrderEvent(cid, OrderStatus.OPEN, amount / 4, o.intent.price),
-                OrderEvent(cid, OrderStatus.OPEN, amount * 3 / 4, o.intent.price),
-            )
-            if all(
+            self.state is not State.DISPATCHED
+            or self.entry_closing
+            or any(o.status.is_terminal and o.status is not OrderStatus.CLOSED for o in self.orders.values())
+        ):  # else nothing went wrong: an order that rests is what the package wants (no twin needed)
+            for o in waiting:
+                cid, amount = o.intent.client_order_id, o.intent.amount
+                rests = (
+                    OrderEvent(cid, OrderStatus.OPEN),
+                    OrderEvent(cid, OrderStatus.OPEN, amount / 4, o.intent.price),
+                    OrderEvent(cid, OrderStatus.OPEN, amount * 3 / 4, o.intent.price),
+                )
+                if self._cancels_after(rests, cid):
+                    out.append(ArmedCancel(cid, refused=False, order=o.intent))
+        naked = [o for o in self.orders.values() if o.status is OrderStatus.OPEN and o.filled > 0 and not o.cancel_sent]
+        for o in waiting if naked else ():
+            cid = o.intent.client_order_id
+            refusals = [OrderEvent(cid, OrderStatus.REJECTED, reason=r) for r in RejectReason]
+            refusals.append(OrderEvent(cid, OrderStatus.UNKNOWN))
+            out += [ArmedCancel(cid, refused=True, order=r.intent) for r in naked
+                    if self._cancels_after(refusals, r.intent.client_order_id)]  # fmt: skip
+        return out
+
+    def _cancels_after(self, answers: Sequence[OrderEvent], cid: str) -> bool:
+        """Each of `answers`, fed to its own twin, makes the core cancel `cid`. An answer the core cannot take
+        (it raises: a transition its table lacks) arms nothing: that answer's own step raises it, where it is
+        reported."""
+        try:
+            return all(
                 any(type(c) is CancelOrder and c.client_order_id == cid for c in self.clone().handle(answer))
                 for answer in answers
-            ):
-                out.append(o.intent)
-        return out
+            )
+        except Exception:
+            return False
 
     def provisional_reaction(
         self, fees: Callable[[str, str, Decimal], tuple[Decimal, Decimal] | None] | None = None

@@ -372,7 +372,55 @@ async def test_the_perp_refused_first_the_spots_cancel_leaves_as_soon_as_its_ans
     # The venue cancelled the rest and the kill switch sold what the spot bought.
     assert rig.orders(MarketKind.SPOT)[spot]["status"] == "CANCELED"
     assert core.orders[spot].status is OrderStatus.CANCELED and core.orders[spot].filled > 0
-    assert rig.venue.cancels_on_rest == 1
+    assert rig.venue.cancels_on_answer == 1
+    assert verify(db).ok
+
+
+async def test_the_spot_resting_half_filled_its_cancel_leaves_as_soon_as_the_perp_is_refused(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # The spot rests 40 % filled (naked) while the perp's order is held on its way; the market moves through
+    # the perp's limit and the emulator's matching refuses it on arrival (-5022). The spot's cancel was armed
+    # for that refusal by the step of the spot's answer, so it is written as soon as the refusal is read.
+    db = tmp_path / "j.db"
+    async with emulated(resign_after=60.0) as rig:
+        await rig.fault(fault="partial_fill", market="spot", ratio=0.4)
+        await rig.fault(fault="delay", delay_ms=100, market="linear", path="/order", method="POST")
+        async with engine_on(rig, db) as engine:
+            seen_at_cancel: list[list[tuple[str, str | None]]] = []
+            stamps: list[tuple[str, str]] = []
+
+            def tap(what: str, key: str, ns: int) -> None:
+                stamps.append((what, key))
+                if what == "send" and key.startswith("cancel:") and key.endswith("-SE0"):
+                    seen_at_cancel.append(committed_kinds(db, pid))
+
+            rig.venue.set_tap(tap)
+            pid, handle = submit(engine)
+            spot, perp = (f"{handle.core.plan.client_id_prefix}-{leg}E0" for leg in "SP")
+            await rig.until(lambda: rig.emu.held == 1)
+            await until_core(handle, lambda c: c.orders[entry(c, LegRole.SPOT)].filled > 0)
+            assert ("cancel_armed", spot) in committed_kinds(db, pid)
+            plan = handle.core.plan.perp
+            market = rig.emu.engine.markets[plan.symbol]
+            top = rig.emu.engine.book(plan.symbol, 1)
+            assert top.best_bid is not None
+            shift = plan.price - top.best_bid + market.tick_size  # the bids go up to one tick over our ask
+            await rig.on_emulator(rig.emu.move, market, rig.emu.driver.mid_of(market) + shift)
+            await rig.on_emulator(rig.emu.advance, 0.1)  # the held perp order arrives and is refused
+            state = await settle(engine, pid)
+            core = handle.core
+
+    assert state is State.FLAT
+    assert core.orders[perp].reason == RejectReason.POST_ONLY_CROSS
+    refusal = stamps.index(("recv", perp))
+    assert stamps[refusal + 1] == ("send", f"cancel:{spot}")  # the first thing written after the refusal
+    (rows,) = seen_at_cancel
+    assert ("cancel_armed", spot) in rows and ("event", perp) not in rows  # the refusal's step came after
+    with Journal.open(db, readonly=True) as journal:
+        (armed,) = [r.payload for r in journal.rows() if r.kind == "cancel_armed"]
+    assert armed == {"client_order_id": spot, "symbol": ETH, "answer_of": perp, "when": "refused"}
+    assert rig.orders(MarketKind.SPOT)[spot]["status"] == "CANCELED" and rig.venue.cancels_on_answer == 1
     assert verify(db).ok
 
 

@@ -407,10 +407,10 @@ class CcxtVenue:
         # The kill switch's first move, prepared while the order is in flight: client id -> signed cancel.
         self._cancels: collections.OrderedDict[str, _Request] = collections.OrderedDict()
         self._cancels_out: dict[str, _CancelOut | VenueError] = {}  # written by release_cancel, not yet awaited
-        # Orders in flight whose cancel leaves the moment their answer says they rest (`cancel_on_rest`): client
-        # id -> symbol, until that answer is read (or the send fails).
-        self._on_rest: dict[str, str] = {}
-        self.cancels_on_rest = 0  # cancels written on an answer saying the order rests, ahead of its step
+        # Cancels that leave the moment an order's answer is read (`cancel_on_answer`): the client id answered ->
+        # [(on a refusal, else when it rests; symbol; client id cancelled)], until that answer (or the send fails).
+        self._on_answer: dict[str, list[tuple[bool, str, str]]] = {}
+        self.cancels_on_answer = 0  # cancels written on the answer they waited for, ahead of its step
         self._fees_seen = trio.Event()  # set (and replaced) whenever the user stream reports an order event
         self.fee_queries = 0  # REST trade queries made because no answer carried an order's fees
         # symbol -> (ccxt's markets dict it was read from, ccxt's market): `ex.market()` resolves the symbol
@@ -672,7 +672,7 @@ class CcxtVenue:
                                        post_only=request.post_only)  # fmt: skip
         except BaseException:
             self._cancels.pop(cid, None)
-            self._on_rest.pop(cid, None)
+            self._on_answer.pop(cid, None)
             raise
         if not isinstance(raw, dict):
             raise MalformedResponse(f"place {cid}: expected a JSON object, got {type(raw).__name__}")
@@ -703,37 +703,57 @@ class CcxtVenue:
             return  # cancel_order builds it again and reports the problem where it matters
         cancels[cid] = r
 
-    def cancel_on_rest(self, symbol: str, client_order_id: str) -> None:
-        """Write the cancel of an order in flight the moment its answer is read, if that answer says the order
-        rests (NEW or PARTIALLY_FILLED): before the answer is handed to ccxt, decoded or stepped. The engine
-        asks this of an order whose cancel its journal holds already (`cancel_armed`: the other leg was
-        refused first, and the core cancels this one whatever it filled); the answer's step then commands
-        the cancel, which `release_cancel` finds written. Any other answer, or none, writes nothing."""
-        self._on_rest[client_order_id] = symbol
+    def cancel_on_answer(self, answer_of: str, refused: bool, symbol: str, client_order_id: str) -> None:
+        """Write the cancel of `client_order_id` the moment the answer to the order `answer_of` (in flight) is
+        read, if that answer says the order rests (NEW or PARTIALLY_FILLED; `refused` False, and then it is
+        the same order) or refuses it (any HTTP error: `refused` True, the other leg): before the answer is
+        handed to ccxt, decoded or stepped. The engine asks this of a cancel its journal holds already
+        (`cancel_armed`), one its core sends for any such answer; the answer's step then commands it, and
+        `release_cancel` finds it written. Any other answer, or none, writes nothing."""
+        self._on_answer.setdefault(answer_of, []).append((refused, symbol, client_order_id))
+
+    def disarm_cancel(self, answer_of: str, client_order_id: str) -> None:
+        """Forget a cancel `cancel_on_answer` armed (the engine's core no longer sends it on that answer)."""
+        armed = self._on_answer.get(answer_of)
+        if armed is not None:
+            kept = [a for a in armed if a[2] != client_order_id]
+            if kept:
+                self._on_answer[answer_of] = kept
+            else:
+                del self._on_answer[answer_of]
 
     def cancel_written(self, client_order_id: str) -> bool:
         """A cancel of this order is written and its answer not awaited yet (`release_cancel`)."""
         return type(self._cancels_out.get(client_order_id)) is _CancelOut
 
-    def _rested(self, cid: str, response: Response) -> None:
-        """A placement's answer just read, for an order whose cancel waits for it (`cancel_on_rest`)."""
-        symbol = self._on_rest.pop(cid)
-        if response.status != 200:
-            return
-        try:
-            answer = json.loads(response.body)
-        except ValueError:
-            return  # ccxt's own handling reports it
-        if isinstance(answer, dict) and answer.get("clientOrderId") == cid and answer.get("status") in _RESTING:
-            self.cancels_on_rest += 1
-            self.release_cancel(symbol, cid)
+    def _answered(self, cid: str, response: Response) -> None:
+        """A placement's answer just read, with cancels waiting for it (`cancel_on_answer`)."""
+        armed = self._on_answer.pop(cid)
+        refused = response.status >= 400
+        rests = False
+        if response.status == 200 and not all(on_refusal for on_refusal, _, _ in armed):
+            try:
+                answer = json.loads(response.body)
+            except ValueError:
+                answer = None  # ccxt's own handling reports it
+            rests = isinstance(answer, dict) and answer.get("clientOrderId") == cid and answer.get("status") in _RESTING
+        for on_refusal, symbol, target in armed:
+            if refused if on_refusal else rests:
+                self.cancels_on_answer += 1
+                self.release_cancel(symbol, target)
 
     def release_cancel(self, symbol: str, client_order_id: str) -> None:
         """Write the cancel of an order now, without yielding: the engine calls this from the step that
         decided it, right after journaling it; `cancel_order` then only awaits the answer. Never raises: a
         refusal (unknown symbol, budget) is kept and raised by `cancel_order`."""
-        if self._on_rest:
-            self._on_rest.pop(client_order_id, None)  # written now: the answer finds nothing left to do
+        if self._on_answer:  # written now: an answer it waited for finds nothing left to do
+            for answer_of, armed in list(self._on_answer.items()):
+                if any(target == client_order_id for _, _, target in armed):
+                    kept = [a for a in armed if a[2] != client_order_id]
+                    if kept:
+                        self._on_answer[answer_of] = kept
+                    else:
+                        del self._on_answer[answer_of]
         if client_order_id in self._cancels_out:
             return  # one already on its way; a second `cancel_order` writes its own
         try:
@@ -872,8 +892,8 @@ class CcxtVenue:
             finally:
                 if conn is not None:
                     r.pool.give(conn, response)
-            if placing and self._on_rest and cid in self._on_rest:
-                self._rested(cid, response)  # the kill switch's cancel, before ccxt reads the answer
+            if placing and self._on_answer and cid in self._on_answer:
+                self._answered(cid, response)  # the kill switch's cancel, before ccxt reads the answer
             return self._answer(r, response)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             error = translate_error(exc, what=what, secrets=self._secrets, client_order_id=cid, placing=placing,

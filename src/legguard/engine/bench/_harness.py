@@ -556,7 +556,7 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
                 run["reaction_reject_last"] = r.reject_last
                 run["reaction_skipped"] = r.skipped
                 run["reaction_stream_decided"] = r.stream_decided
-                run["reaction_on_rest"] = r.on_rest
+                run["reaction_on_answer"] = r.on_answer
                 if "reaction_plain" in got:
                     run["reaction_plain_us"] = percentiles(got["reaction_plain"].reaction_us)
                 if "reaction_warmed" in got:

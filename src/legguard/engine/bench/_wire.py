@@ -277,25 +277,25 @@ class Reaction:
     # Samples decided on the user stream's report of the resting leg, read before its REST acknowledgement:
     # the stream is read by ccxt, unstamped, so the decisive moment is unknown (reported, not measured).
     stream_decided: int = 0
-    # Samples whose cancel the venue wrote as soon as it read the resting leg's answer, armed by the step of the
-    # rejection that came first (`CcxtVenue.cancel_on_rest`), instead of from that answer's own step.
-    on_rest: int = 0
+    # Samples whose cancel the venue wrote as soon as it read the decisive answer, armed by the step before it
+    # (`CcxtVenue.cancel_on_answer`), instead of from that answer's own step.
+    on_answer: int = 0
 
 
 async def measure_reaction(rig: WireRig, samples: int, warmup: int = 3, plain: Reaction | None = None) -> Reaction:
     """The spot leg rests half filled (emulator `partial_fill`), the perp leg is rejected (-5022, post-only
     would cross): the kill switch cancels the spot rest, then sells what was bought. `plain`: as many samples
-    again, interleaved one for one, with no cancel armed for an answer (`engine.cancel_on_rest` off: the
-    cancel leaves from the resting leg's answer's step), measured into `plain`."""
+    again, interleaved one for one, with no cancel armed for an answer (`engine.cancel_on_answer` off: the
+    cancel leaves from the decisive answer's step), measured into `plain`."""
     out = Reaction()
-    arm = rig.engine.cancel_on_rest
+    arm = rig.engine.cancel_on_answer
     try:
         for i in range(warmup + samples * (1 if plain is None else 2)):
             into = plain if plain is not None and i >= warmup and (i - warmup) % 2 else out
-            rig.engine.cancel_on_rest = None if into is plain else arm
+            rig.engine.cancel_on_answer = None if into is plain else arm
             await _reaction_sample(rig, into if i >= warmup else None)
     finally:
-        rig.engine.cancel_on_rest = arm
+        rig.engine.cancel_on_answer = arm
     return out
 
 
@@ -306,7 +306,7 @@ async def _reaction_sample(rig: WireRig, out: Reaction | None) -> None:
         {"fault": "reject", "market": "linear", "code": -5022, "path": "/order", "method": "POST"},
     ):
         await trio.to_thread.run_sync(_control, rig.base, "/_emulator/faults", fault)
-    written = rig.venue.cancels_on_rest
+    written = rig.venue.cancels_on_answer
     package_id = rig.engine.submit(PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1)))
     core = await _settled(rig.engine, package_id)
     if out is None:
@@ -325,7 +325,7 @@ async def _reaction_sample(rig: WireRig, out: Reaction | None) -> None:
         out.stream_decided += 1
     else:
         out.reject_last += perp_reject >= spot_ack
-        out.on_rest += rig.venue.cancels_on_rest - written
+        out.on_answer += rig.venue.cancels_on_answer - written
         out.reaction_us.append((cancel_out - decisive) / 1000)
     if cancel_in is not None and unwind_out is not None:
         out.unwind_us.append((unwind_out - cancel_in) / 1000)

@@ -65,8 +65,8 @@ TRANSITION: Final = "transition"
 INTENT: Final = "intent"
 CANCEL: Final = "cancel"
 QUERY: Final = "query"
-# An audited fact, not replayed: the cancel of an order still travelling, armed to leave the moment the venue
-# answers that the order rests (`PackageCore.cancels_on_rest`), written before that cancel can leave.
+# An audited fact, not replayed: a cancel armed to leave the moment the answer to an order still travelling
+# says it rests or refuses it (`PackageCore.cancels_on_answer`), written before that cancel can leave.
 CANCEL_ARMED: Final = "cancel_armed"
 
 # Rows the replayer re-derives from the decision core: only the typed helpers may write them, so that
@@ -564,7 +564,8 @@ def summarize(kind: str, payload: Mapping[str, Any]) -> str:
             case "cancel" | "query":
                 return f"{kind} {p['client_order_id']} {p['symbol']}"
             case "cancel_armed":
-                return f"cancel {p['client_order_id']} {p['symbol']} as soon as it is answered resting"
+                when = "refused" if p.get("when") == "refused" else "resting"
+                return f"cancel {p['client_order_id']} {p['symbol']} as soon as {p['answer_of']} is answered {when}"
             case "control":
                 return f"operator {p['action']} via {p['via']}: {p['reason']!r} -> {p['result']}"
             case "exit":
