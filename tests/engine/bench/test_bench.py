@@ -80,9 +80,10 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert result["journal_events_per_s"] == 120000.0 and result["bytes_per_package"] == 100.0
     assert result["journal_power_events_per_s"] == 15000.0 and result["steps_per_commit"] == 3.0
     assert result["bytes_per_finished_package"] == 80.0 and result["floors"]["send_us"]["p50"] == 5.0
-    # Each latency as a multiple of its floor: skew / send, reaction / (commit + send), overhead / commit.
+    # Each latency as a multiple of its floor: skew / send, reaction / send (its cancel journaled before the answer
+    # came), overhead / commit.
     assert result["floor_multiple"]["skew_us"] == {"p50": 4.0, "p99": 1.0}
-    assert result["floor_multiple"]["reaction_us"]["p50"] == round(1.0 / 15.0, 1)
+    assert result["floor_multiple"]["reaction_us"]["p50"] == round(1.0 / 5.0, 1)
     assert result["floor_multiple"]["overhead_us"] == {"p50": 0.1, "p99": 1.0}  # one commit, no hop: 1 / 10, 3 / 3
     checks = b.target_checks(result)
     assert checks["skew_legguard_p50_us"]["met"] and checks["skew_gather_over_legguard"]["met"]
@@ -103,10 +104,10 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     )
     assert journal["x_floor"] == "20.0x (one transaction each); grouped 1.67x its parts"  # 200,000 / 120,000
     reaction = table["kill switch: decisive answer in → cancel out, p50 / p99"]
-    assert reaction["met"] == "met" and reaction["floor"].startswith("15.0 / 6.0 µs")
-    # The same floors after a wait asleep: reaction / (cold commit + cold send), overhead / cold commit.
-    assert reaction["floor"].endswith("; after 2 ms asleep: 100.0 µs")
-    assert result["cold_floor_multiple"]["reaction_us"] == {"p50": round(1.0 / 100.0, 1)}
+    assert reaction["met"] == "met" and reaction["floor"].startswith("5.0 / 3.0 µs (send)")
+    # The same floors after a wait asleep: reaction / cold send, overhead / cold commit.
+    assert reaction["floor"].endswith("; after 2 ms asleep: 20.0 µs")
+    assert result["cold_floor_multiple"]["reaction_us"] == {"p50": round(1.0 / 20.0, 1)}
     assert result["cold_floor_multiple"]["overhead_us"] == {"p50": round(1.0 / 80.0, 1)}
     assert table["engine overhead: signal → both legs at the venue, p50"]["x_floor"] == (
         "0.1x (p50 0x the floor after a wait)"
