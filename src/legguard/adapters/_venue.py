@@ -21,7 +21,10 @@ class ArmedOrder:
     put every armed order on the wire now, synchronously and back to back (refusals are kept and raised by
     `fire`, which then only awaits the answer). The engine calls it, when present, before starting the sends;
     likewise `release_cancel(symbol, client_order_id) -> None` writes a cancel at once, `cancel_order` then
-    only awaits its answer.
+    only awaits its answer; and `cancel_on_answer(answer_of, refused, symbol, client_order_id) -> None` /
+    `disarm_cancel(answer_of, client_order_id)` / `cancel_written(client_order_id) -> bool` let the engine
+    arm a cancel (journaled first) that the venue writes the moment it reads the answer to `answer_of`, if
+    that answer says the order rests (or, `refused`, refuses it), before the answer is handed on.
     """
 
     request: OrderRequest

@@ -10,9 +10,11 @@ flight, and while the cancels are in flight the unwind the core will send if the
 (`PackageCore.provisional_sends`) is armed, built and signed, and released as it is when the core's
 `SendOrder` names an equal intent (armed again only when the answers changed it); when one order is left, the
 whole step its cancel's expected answer leads to is prepared too (`PackageCore.provisional_reaction`: decision
-on a twin, journal rows encoded) and taken only for an equal answer on the same core. Urgent events (order events
-of a naked, orphaned or unwinding package) are taken before the mailbox's other events, and routine events
-defer to other packages' urgent ones (`_handle.Precedence`).
+on a twin, journal rows encoded) and taken only for an equal answer on the same core. The kill switch's first
+cancel, when the core knows it before its decisive answer comes (`PackageCore.cancels_on_answer`), is journaled
+(`cancel_armed`) by the step before and armed at the venue, which writes it as it reads that answer. Urgent
+events (order events of a naked, orphaned or unwinding package) are taken before the mailbox's other events,
+and routine events defer to other packages' urgent ones (`_handle.Precedence`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ from .journal import CANCEL_ARMED, PNL, EncodedStep, JournalError, package_pnl
 from .journal._store import event_text
 
 log = logging.getLogger("legguard.engine")
+# The commands that put a request on the wire.
+_REQUESTS = (SendOrder, CancelOrder, QueryOrder)
 
 URGENT_STATES = frozenset({State.ORPHANED, State.UNWINDING})
 # A fill deadline is set when a package is dispatched and is due seconds later, usually after the package left
@@ -359,7 +363,14 @@ class PackageActor:
         # resting after the other leg was refused; a naked leg's other leg refused): journaled here, so that a
         # venue able to write it the moment it reads that answer may do so before the answer's own step
         # (`cancel_on_answer`). That step commands the same cancel, which the venue then finds on its way.
-        armed = twin.cancels_on_answer() if engine.cancel_on_answer is not None else []
+        # Asked only of a step that sends nothing (the refusal that came first, the naked leg's answer): the
+        # twins it takes (~50-150 µs) must not delay a step's own requests, e.g. a maker-taker hedge. A step that
+        # sends arms nothing and disarms what was armed: the cancel then leaves from the answer's step.
+        armed = (
+            twin.cancels_on_answer()
+            if engine.cancel_on_answer is not None and not any(type(c) in _REQUESTS for c in commands)
+            else []
+        )
         held = self._on_answer
         for a in armed:
             if held is not None and (a.answer_of, a.order.client_order_id) in held:
@@ -462,11 +473,11 @@ class PackageActor:
         answer is read all the same and stepped: the core learns what it did (no request left unanswered, no
         order cancelled behind the package's back)."""
         venue, held = self.engine.venue, self._on_answer or {}
-        now = {(a.answer_of, a.order.client_order_id): a for a in armed}
+        wanted = {(a.answer_of, a.order.client_order_id): a for a in armed}
         if type(event) is OrderEvent:
             written = getattr(venue, "cancel_written", None)
             for (answer_of, cid), a in held.items():
-                if answer_of != event.client_order_id or (answer_of, cid) in now:
+                if answer_of != event.client_order_id or (answer_of, cid) in wanted:
                     continue
                 if any(type(c) is CancelOrder and c.client_order_id == cid for c in commands):
                     continue
@@ -475,14 +486,14 @@ class PackageActor:
                                 "step; reading its answer", self.handle.package_id, cid, answer_of)  # fmt: skip
                     self._spawn(self._cancel, cid, a.order.symbol)
         disarm = getattr(venue, "disarm_cancel", None)
-        for key in held.keys() - now.keys():
+        for key in held.keys() - wanted.keys():
             if disarm is not None:
                 disarm(*key)
         arm = self.engine.cancel_on_answer
-        for key, a in now.items():
+        for key, a in wanted.items():
             if key not in held and arm is not None:
                 arm(a.answer_of, a.refused, a.order.symbol, a.order.client_order_id)
-        self._on_answer = now or None
+        self._on_answer = wanted or None
 
     def _prearm(self) -> None:
         """Arm (build, sign) what the core sends once the cancels in flight confirm what is known now (the

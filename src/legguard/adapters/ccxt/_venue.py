@@ -10,7 +10,9 @@ Order path. `arm()` (synchronous) does all the work ccxt's `create_order` would:
 a warm keep-alive connection per order and then writes all of them back to back (`_http.py`): the two legs
 of a package leave from one place, microseconds apart. `fire()` awaits the answer on trio and hands it to ccxt
 exactly as ccxt's `fetch` would (`handle_errors`, `handle_http_status_code`, `parse_json`), then
-`parse_order`. Cancels take the same path (the kill switch's first move). Only the transport is ours; every
+`parse_order`. Cancels take the same path (the kill switch's first move); a cancel the engine armed for an
+answer (`cancel_on_answer`) is written as soon as that answer's bytes are read, before ccxt sees them (one
+`json.loads` of the status: resting, or an HTTP refusal of the other leg). Only the transport is ours; every
 other call (queries, books, balances) goes through ccxt's own `fetch`. ccxt's throttler is off on both
 instances: the engine owns the budget (`WeightBudget`), and spot and futures legs go out on different
 connections, so neither waits for the other.
