@@ -422,6 +422,9 @@ def test_a_cancel_written_on_the_answer_it_was_armed_for_before_that_answer_was_
     _break_the_perp_leg(crash.emu)
     crash.emu.post("/_emulator/faults", {"fault": "delay", "delay_ms": 200, "market": "spot", "path": "/order",
                                          "method": "POST"})  # fmt: skip
+    # The spot's execution reports trail its REST answer: that answer is the first word on the order (else the
+    # stream's report decides the cancel in its own step, as it may on a loaded machine, and nothing is armed).
+    crash.emu.post("/_emulator/lag", {"user_stream_ms": 500})
     crash.killed(crash.run("cancel_on_answer"), "cancel_on_answer")
     (spot,) = [o for o in crash.emu.orders() if o["clientOrderId"].endswith("-SE0")]
     assert spot["status"] == "CANCELED" and Decimal(spot["executedQty"]) > 0  # the cancel reached the venue
