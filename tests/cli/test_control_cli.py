@@ -71,7 +71,8 @@ async def test_status_prints_the_dashboard_and_json(autojump_clock: MockClock, r
     assert "RUNNING" in text.output and "exposure (base units)" in text.output and "breaker" in text.output
     data = json.loads(raw.stdout)
     assert data["mode"] == "running" and data["packages"]["total"] > 0
-    assert set(data) >= {"exposure", "live", "breaker", "venue", "deadman", "errors", "journal"}
+    assert set(data) >= {"exposure", "live", "breaker", "venue", "deadman", "margin", "errors", "journal"}
+    assert "margin" in text.output and data["margin"]["failures"] == 0
 
 
 async def test_halt_resume_close_stop(autojump_clock: MockClock, running: Running) -> None:

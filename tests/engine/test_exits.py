@@ -19,7 +19,7 @@ from trio.testing import MockClock
 
 from legguard.adapters.market import GeneratorConfig
 from legguard.adapters.sim._venue import SimConfig, SimVenue, open_sim_venue
-from legguard.domain import MarginAccount, RateLimited
+from legguard.domain import MarginAccount, RateLimited, VenueError
 from legguard.engine import Deadlines, Engine, EngineConfig, ExitConfig, PackageSpec, RiskConfig
 from legguard.engine._handle import PackageHandle
 from legguard.engine._spec import BreakerConfig, SpecError
@@ -393,6 +393,34 @@ async def test_margin_guard_waits_out_a_budget_refusal_within_its_interval(
         await r.engine.margin_guard.check()
         assert r.engine.margin_guard.last is not None  # read after the wait, not given up until the next interval
         assert [round(t - asked[0], 3) for t in asked] == [0.0, 0.5]
+
+
+async def test_a_blind_margin_guard_is_journaled_once_per_streak_and_shown_until_it_reads_again(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    cfg = config(risk=RiskConfig(check_balances=False, margin_guard=True, margin_interval=5.0))
+    async with open_rig(tmp_path, cfg) as r:
+        guard, real, down = r.engine.margin_guard, r.venue.fetch_margin, [True]
+
+        async def flaky() -> MarginAccount:
+            if down[0]:
+                raise VenueError("margin: venue unavailable (503)")
+            return await real()
+
+        await until(lambda: guard.last is not None)  # the guard's own timer read the account once
+        r.venue.fetch_margin = flaky  # type: ignore[method-assign]
+        await until(lambda: guard.failures == 3)  # three reads, 5 s apart, all failed
+        status = guard.status(trio.current_time())
+        assert (status["failures"], status["last_error"]) == (3, "margin: venue unavailable (503)")
+        # Blind since the first failed read, two intervals ago (and the last headroom read is kept).
+        assert status["blind_s"] == pytest.approx(10.0, abs=0.2) and status["headroom"] is not None
+        down[0] = False
+        await until(lambda: guard.failures == 0)
+        assert guard.status(trio.current_time())["blind_s"] is None
+        rows = [x.payload for x in r.journal.rows() if x.kind == "margin_read"]
+        assert [p["event"] for p in rows] == ["blind", "seeing"]  # one row per streak, not per failed read
+        assert rows[0]["error"] == "margin: venue unavailable (503)" and rows[0]["level"] == "ok"
+        assert rows[1]["failures"] == 3 and rows[1]["blind_s"] == pytest.approx(15.0, abs=0.2)
 
 
 # --- configuration ------------------------------------------------------------------------------------------

@@ -112,6 +112,9 @@ def render(s: dict[str, Any]) -> RenderableType:
         )
     else:
         health.add_row("dead-man", "not available on this venue" if d["enabled"] else "disabled")
+    margin = s.get("margin")
+    if isinstance(margin, dict):
+        health.add_row("margin", _margin_line(margin))
     budget = s.get("budget")
     if budget:
         health.add_row("budget", ", ".join(f"{k} {units:.1f}" for k, units in sorted(budget.items())))
@@ -165,6 +168,19 @@ def status_line(s: dict[str, Any]) -> str:
         "breaker": f"{s['breaker']['orphans_in_window']}/{s['breaker']['max_orphans']}",
     }
     return json.dumps(line, separators=(",", ":"))
+
+
+def _margin_line(m: dict[str, Any]) -> Text | str:
+    """The margin guard: its level and the last headroom read (and how old), or the streak of failed reads
+    that leaves it blind, in red."""
+    if not m.get("enabled"):
+        return "guard off ([risk] margin_guard = false)"
+    read = (f"headroom {m['headroom']} read {_age(m['read_age_s'])} ago" if m.get("headroom") is not None
+            else "not read yet")  # fmt: skip
+    if m.get("failures"):
+        return Text(f"BLIND for {_age(m['blind_s'])}: {m['failures']} failed read(s) ({m['last_error']}); "
+                    f"level {m['level']}, last {read}", style="bold red")  # fmt: skip
+    return f"level {m['level']}, {read}"
 
 
 def _strategy_line(strategy: dict[str, Any]) -> str:

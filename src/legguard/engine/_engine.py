@@ -739,6 +739,13 @@ class Engine:
         self.journal.record("engine", None, {"event": "rate_limited", "retry_after": exc.retry_after},
                             trio.current_time())  # fmt: skip
 
+    def on_margin(self, event: str, level: str, detail: str) -> None:
+        """The margin guard's level changed, or it lost or regained sight of the perp account (`MarginGuard`):
+        for the observers (alerts, metrics)."""
+        if event == "blind":
+            self.note_error(f"margin guard blind: {detail}")
+        notify(self.observers, "on_margin", event, level, detail)
+
     def on_unwind_overdue(self, handle: PackageHandle) -> None:
         self.stats.unwind_overdue += 1
         log.critical("package %s still unwinding after the unwind deadline", handle.package_id)

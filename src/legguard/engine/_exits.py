@@ -46,6 +46,8 @@ class ExitHost(Protocol):
 
     def request_close(self, package_id: str, reason: str = "operator", *, policy: str = "operator") -> bool: ...
 
+    def on_margin(self, event: str, level: str, detail: str) -> None: ...
+
 
 def premium(spot: BookSnapshot, perp: BookSnapshot) -> Decimal | None:
     """Perp mid over spot mid, minus one: positive when the perp trades rich."""
@@ -120,7 +122,9 @@ class MarginGuard:
 
     Below `risk.margin_warn` it logs and journals (once per crossing); below `risk.margin_act` it stops new
     entries and closes hedged packages one at a time, oldest first, until the headroom is back at or above
-    `margin_act`; then entries resume (journaled)."""
+    `margin_act`; then entries resume (journaled). A read that fails leaves the guard blind: the first failure
+    of a streak and the first read after it are journaled (`margin_read`: `blind` / `seeing`, how long and
+    how many), and `status` shows the streak, so an operator sees a guard that has not read the account."""
 
     def __init__(self, host: ExitHost) -> None:
         self.host = host
@@ -128,6 +132,9 @@ class MarginGuard:
         self.last: MarginAccount | None = None
         self.last_at = float("-inf")  # when `last` was read
         self.collateral = Collateral(host)
+        self.failures = 0  # reads failed in a row (the guard is blind while > 0)
+        self.blind_since: float | None = None
+        self.last_error = ""
 
     @property
     def acting(self) -> bool:
@@ -155,8 +162,10 @@ class MarginGuard:
             # A refusal by the request budget (a restart's recovery spends it) is waited out, up to one interval.
             account = await waiting_out_rate_limits(read, "margin guard", limit=risk.margin_interval)
         except (trio.TooSlowError, VenueError) as exc:
-            log.warning("margin guard: reading the perp account failed: %s", exc)
+            self._failed(exc)
             return
+        if self.failures:
+            self._seeing()
         self.last, self.last_at = account, trio.current_time()
         headroom = account.headroom
         level = "act" if headroom < risk.margin_act else "warn" if headroom < risk.margin_warn else "ok"
@@ -164,6 +173,8 @@ class MarginGuard:
             previous, self.level = self.level, level
             log_at = {"ok": logging.INFO, "warn": logging.WARNING, "act": logging.CRITICAL}[level]
             log.log(log_at, "margin guard: headroom %.4f, level %s (was %s)", headroom, level, previous)
+            self.host.on_margin("level", level, f"headroom {headroom:.4f} (was {previous}; warn below "
+                                f"{risk.margin_warn}, act below {risk.margin_act})")  # fmt: skip
             self.host.journal.record(
                 "margin", None,
                 {"event": "level", "level": level, "previous": previous, "headroom": str(headroom),
@@ -176,6 +187,41 @@ class MarginGuard:
         if risk.collateral and trio.current_time() >= self.collateral.next_at:
             self.collateral.next_at = trio.current_time() + risk.collateral_interval
             await self.collateral.rebalance(account)
+
+    def _failed(self, exc: BaseException) -> None:
+        now = trio.current_time()
+        self.failures += 1
+        # Venue errors carry no credentials (the adapters scrub them); a deadline has no text of its own.
+        self.last_error = str(exc) or f"no answer within {self.host.config.deadlines.ack:g} s"
+        log.warning("margin guard: reading the perp account failed (%d in a row): %s", self.failures, self.last_error)
+        if self.failures == 1:
+            self.blind_since = now
+            read = None if self.last is None else round(now - self.last_at, 3)
+            self.host.journal.record("margin_read", None, {"event": "blind", "error": self.last_error[:500],
+                                                           "last_read_s": read, "level": self.level}, now)  # fmt: skip
+            self.host.on_margin("blind", self.level, f"reading the perp account failed: {self.last_error}")
+
+    def _seeing(self) -> None:
+        now = trio.current_time()
+        blind = 0.0 if self.blind_since is None else round(now - self.blind_since, 3)
+        log.info("margin guard: reading the perp account again after %d failed read(s), %.1f s", self.failures, blind)
+        self.host.journal.record("margin_read", None, {"event": "seeing", "failures": self.failures,
+                                                       "blind_s": blind}, now)  # fmt: skip
+        self.host.on_margin("seeing", self.level, f"reading the perp account again after {self.failures} failed "
+                            f"read(s), {blind:g} s")  # fmt: skip
+        self.failures, self.blind_since = 0, None
+
+    def status(self, now: float) -> dict[str, object]:
+        """What `legguard status` shows of the guard: its level, the last headroom read and how old it is, and
+        a streak of failed reads (the guard is blind while it lasts)."""
+        return {
+            "level": self.level,
+            "headroom": None if self.last is None else str(self.last.headroom),
+            "read_age_s": None if self.last is None else round(now - self.last_at, 3),
+            "failures": self.failures,
+            "blind_s": None if self.blind_since is None else round(now - self.blind_since, 3),
+            "last_error": self.last_error if self.failures else "",
+        }
 
     def _close_oldest(self, headroom: Decimal) -> None:
         handles = self.host.handles.values()

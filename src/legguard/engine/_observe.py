@@ -57,6 +57,10 @@ class EngineObserver:
     def on_recovery(self, report: RecoveryReport) -> None:
         """Start-up recovery finished."""
 
+    def on_margin(self, event: str, level: str, detail: str) -> None:
+        """The margin guard: `event` "level" (its level changed to `level`: ok, warn, act), "blind" (a read of
+        the perp account failed after a good one: it no longer sees the headroom) or "seeing" (it reads again)."""
+
 
 def notify(observers: list[EngineObserver], method: str, *args: object) -> None:
     for observer in observers:

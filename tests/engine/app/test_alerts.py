@@ -241,6 +241,30 @@ async def test_unsafe_recovery_alerts_and_a_safe_one_does_not(autojump_clock: Mo
     assert receiver.bodies[0]["detail"] == '{"P000007": "orphaned"}'
 
 
+async def test_the_margin_guard_alerts_its_levels_and_a_blind_streak(
+    autojump_clock: MockClock, receiver: Receiver
+) -> None:
+    a = alerter(receiver, dedupe=0.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run)
+        a.on_margin("level", "warn", "headroom 0.5500 (was ok; warn below 0.6, act below 0.5)")
+        a.on_margin("level", "act", "headroom 0.4000 (was warn; warn below 0.6, act below 0.5)")
+        a.on_margin("blind", "act", "reading the perp account failed: margin: venue unavailable (503)")
+        a.on_margin("seeing", "act", "reading the perp account again after 3 failed read(s), 15 s")
+        a.on_margin("level", "ok", "headroom 0.9000 (was act; warn below 0.6, act below 0.5)")
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+
+    assert [(b["kind"], b["severity"]) for b in receiver.bodies] == [
+        ("margin", "warning"),
+        ("margin", "critical"),
+        ("margin_blind", "critical"),
+        ("margin_seeing", "info"),
+        ("margin", "info"),
+    ]
+    assert receiver.bodies[2]["detail"] == "reading the perp account failed: margin: venue unavailable (503)"
+
+
 def test_registered_secrets_never_reach_an_alert_body() -> None:
     from legguard.adapters._redact import SECRETS
 

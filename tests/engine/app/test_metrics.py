@@ -96,6 +96,7 @@ async def test_metrics_scraped_during_a_run_move(autojump_clock: MockClock, tmp_
     assert value(after, "legguard_exposure_base", asset="ETH", measure="gross") > 0
     assert value(after, "legguard_venue_request_duration_seconds_count", endpoint="create_order") > 0
     assert value(after, "legguard_journal_commit_duration_seconds_count") > 0
+    assert value(after, "legguard_margin_guard_failed_reads") == 0 and value(after, "legguard_margin_headroom") > 0
     # conventions: prefix, counters end in _total, no package id in any label
     for family in text_string_to_metric_families(second):
         assert family.name.startswith("legguard_"), family.name

@@ -43,7 +43,9 @@ DISCORD_LIMIT = 2000
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    kind: str  # halt, resume, orphan, unwind_overdue, unknown_exposure, unsafe_recovery, venue_outage, venue_restored
+    # halt, resume, orphan, unwind_overdue, unknown_exposure, unsafe_recovery, venue_outage, venue_restored, margin,
+    # margin_blind, margin_seeing
+    kind: str
     severity: str  # critical | warning | info
     title: str
     detail: str = ""
@@ -285,6 +287,18 @@ class Alerter(EngineObserver):
             self.emit(Alert("venue_restored", "info", "venue back", detail))
         else:
             self.emit(Alert("venue_outage", "critical", "venue outage", detail))
+
+    def on_margin(self, event: str, level: str, detail: str) -> None:
+        if event == "blind":
+            self.emit(Alert("margin_blind", "critical", "margin guard blind: the perp account cannot be read", detail))
+        elif event == "seeing":
+            self.emit(Alert("margin_seeing", "info", "margin guard reads the perp account again", detail))
+        elif level == "act":
+            self.emit(Alert("margin", "critical", "margin headroom below the act level: closing hedges", detail))
+        elif level == "warn":
+            self.emit(Alert("margin", "warning", "margin headroom below the warn level", detail))
+        else:
+            self.emit(Alert("margin", "info", "margin headroom back above the warn level", detail))
 
     def on_recovery(self, report: RecoveryReport) -> None:
         if report.ok:

@@ -217,6 +217,21 @@ class _Levels(Collector):
         for symbol, book in sorted(e.books.items()):
             books.add_metric([symbol], max(now - book.timestamp, 0.0))
         yield books
+        guard = e.margin_guard
+        if e.config.risk.margin_guard:
+            yield GaugeMetricFamily(
+                "legguard_margin_guard_failed_reads",
+                "Reads of the perp account failed in a row (the margin guard is blind while > 0).",
+                value=guard.failures,
+            )
+            if guard.last is not None:
+                yield GaugeMetricFamily(
+                    "legguard_margin_headroom", "The last perp margin headroom read.", value=float(guard.last.headroom)
+                )
+                yield GaugeMetricFamily(
+                    "legguard_margin_read_age_seconds", "Since the margin guard's last good read.",
+                    value=now - guard.last_at,
+                )  # fmt: skip
         yield GaugeMetricFamily(
             "legguard_deadman_armed_symbols",
             "Perp symbols with the dead-man's switch armed.",

@@ -240,6 +240,7 @@ class Rpc:
                 "auto_resumes": e.stats.auto_resumes,
             },
             "deadman": e.deadman.status(now),
+            "margin": {"enabled": e.config.risk.margin_guard, **e.margin_guard.status(now)},
             "stats": {
                 "orphan_events": e.stats.orphan_events,
                 "unwound": e.stats.unwound,
