@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,29 @@ def committed_kinds(db: Path, pid: str) -> list[tuple[str, str | None]]:
         return [(kind, json.loads(payload).get("client_order_id")) for kind, payload in rows]
 
 
+@dataclass
+class CancelWatch:
+    """Every order-path send and answer at the venue's socket (`stamps`), and the package's committed rows at
+    the moment the spot entry's cancel was written (`at_cancel`)."""
+
+    db: Path
+    pid: str = ""
+    stamps: list[tuple[str, str]] = field(default_factory=list)
+    at_cancel: list[list[tuple[str, str | None]]] = field(default_factory=list)
+
+    def tap(self, what: str, key: str, ns: int) -> None:
+        self.stamps.append((what, key))
+        if what == "send" and key.startswith("cancel:") and key.endswith("-SE0"):
+            self.at_cancel.append(committed_kinds(self.db, self.pid))
+
+
+def submit_watched(rig: Rig, engine: Engine, db: Path) -> tuple[CancelWatch, PackageHandle]:
+    watch = CancelWatch(db)
+    rig.venue.set_tap(watch.tap)  # before the package: its connections take the tap when they are taken
+    watch.pid, handle = submit(engine)
+    return watch, handle
+
+
 async def test_the_perp_refused_first_the_spots_cancel_leaves_as_soon_as_its_answer_says_it_rests(
     tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,20 +364,11 @@ async def test_the_perp_refused_first_the_spots_cancel_leaves_as_soon_as_its_ans
             real_route = engine.route
             monkeypatch.setattr(engine, "route", lambda u: None if u.client_order_id.endswith("-SE0")
                                 else real_route(u))  # fmt: skip
-            seen_at_cancel: list[list[tuple[str, str | None]]] = []
-            stamps: list[tuple[str, str]] = []
-
-            def tap(what: str, key: str, ns: int) -> None:
-                stamps.append((what, key))
-                if what == "send" and key.startswith("cancel:") and key.endswith("-SE0"):
-                    seen_at_cancel.append(committed_kinds(db, pid))
-
-            rig.venue.set_tap(tap)
-            pid, handle = submit(engine)
-            spot = f"{handle.core.plan.client_id_prefix}-SE0"
+            watch, handle = submit_watched(rig, engine, db)
+            pid, spot = watch.pid, f"{handle.core.plan.client_id_prefix}-SE0"
             await until_core(handle, lambda c: c.orders[entry(c, LegRole.PERP)].status is OrderStatus.REJECTED)
             assert ("cancel_armed", spot) in committed_kinds(db, pid)
-            assert not any(key.startswith("cancel:") for _, key in stamps)  # armed only: no answer yet
+            assert not any(key.startswith("cancel:") for _, key in watch.stamps)  # armed only: no answer yet
             await rig.until(lambda: rig.emu.held == 1)  # the spot order waits at the venue for its clock
             await rig.on_emulator(rig.emu.advance, 0.1)  # the spot order rests, 40 % filled, and is answered
             state = await settle(engine, pid)
@@ -362,10 +376,12 @@ async def test_the_perp_refused_first_the_spots_cancel_leaves_as_soon_as_its_ans
 
     assert state is State.FLAT
     # The cancel was written right after the spot's answer was read, before anything else went out...
-    answer = stamps.index(("recv", spot))
-    assert stamps[answer + 1] == ("send", f"cancel:{spot}") and stamps.count(("send", f"cancel:{spot}")) == 1
+    answer = watch.stamps.index(("recv", spot))
+    assert (
+        watch.stamps[answer + 1] == ("send", f"cancel:{spot}") and watch.stamps.count(("send", f"cancel:{spot}")) == 1
+    )
     # ...its write-ahead row committed already, the answer's own step (the spot resting) not yet.
-    (rows,) = seen_at_cancel
+    (rows,) = watch.at_cancel
     assert ("cancel_armed", spot) in rows and ("cancel", spot) not in rows
     rows_after = committed_kinds(db, pid)
     assert rows_after.index(("cancel_armed", spot)) < rows_after.index(("cancel", spot))  # the step's own, later
@@ -387,16 +403,8 @@ async def test_the_spot_resting_half_filled_its_cancel_leaves_as_soon_as_the_per
         await rig.fault(fault="partial_fill", market="spot", ratio=0.4)
         await rig.fault(fault="delay", delay_ms=100, market="linear", path="/order", method="POST")
         async with engine_on(rig, db) as engine:
-            seen_at_cancel: list[list[tuple[str, str | None]]] = []
-            stamps: list[tuple[str, str]] = []
-
-            def tap(what: str, key: str, ns: int) -> None:
-                stamps.append((what, key))
-                if what == "send" and key.startswith("cancel:") and key.endswith("-SE0"):
-                    seen_at_cancel.append(committed_kinds(db, pid))
-
-            rig.venue.set_tap(tap)
-            pid, handle = submit(engine)
+            watch, handle = submit_watched(rig, engine, db)
+            pid = watch.pid
             spot, perp = (f"{handle.core.plan.client_id_prefix}-{leg}E0" for leg in "SP")
             await rig.until(lambda: rig.emu.held == 1)
             await until_core(handle, lambda c: c.orders[entry(c, LegRole.SPOT)].filled > 0)
@@ -413,9 +421,9 @@ async def test_the_spot_resting_half_filled_its_cancel_leaves_as_soon_as_the_per
 
     assert state is State.FLAT
     assert core.orders[perp].reason == RejectReason.POST_ONLY_CROSS
-    refusal = stamps.index(("recv", perp))
-    assert stamps[refusal + 1] == ("send", f"cancel:{spot}")  # the first thing written after the refusal
-    (rows,) = seen_at_cancel
+    refusal = watch.stamps.index(("recv", perp))
+    assert watch.stamps[refusal + 1] == ("send", f"cancel:{spot}")  # the first thing written after the refusal
+    (rows,) = watch.at_cancel
     assert ("cancel_armed", spot) in rows and ("event", perp) not in rows  # the refusal's step came after
     with Journal.open(db, readonly=True) as journal:
         (armed,) = [r.payload for r in journal.rows() if r.kind == "cancel_armed"]
