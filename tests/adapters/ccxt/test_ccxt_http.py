@@ -304,6 +304,33 @@ async def test_release_cancel_writes_at_once_and_cancel_order_only_reads_the_ans
         assert rig.orders(MarketKind.SPOT)["r4-SE1"]["status"] == "CANCELED"  # the emulator's own view
 
 
+async def test_a_cancel_armed_for_an_answer_is_written_as_it_is_read_once_and_never_after_a_disarm() -> None:
+    async with emulated(stream_ready_timeout=0) as rig:
+        bid, *_ = await rig.books()
+        stamps: list[tuple[str, str]] = []
+        rig.venue.set_tap(lambda what, key, ns: stamps.append((what, key)))
+        armed = rig.venue.arm(maker("r6-SE1", ETH, Side.BUY, bid - Decimal(1)))
+        rig.venue.cancel_on_answer("r6-SE1", False, ETH, "r6-SE1")  # cancel it as soon as it is answered resting
+        rig.venue.release([armed])
+        ack = await rig.venue.fire(armed)
+
+        assert ack.status is OrderStatus.OPEN  # the answer is still handed on, decoded as always
+        answered = stamps.index(("recv", "r6-SE1"))
+        assert stamps[answered + 1] == ("send", "cancel:r6-SE1")  # written right as the answer was read
+        assert rig.venue.cancel_written("r6-SE1") and rig.venue.cancels_on_answer == 1
+        rig.venue.release_cancel(ETH, "r6-SE1")  # the answer's step commands it: found written, not sent again
+        cancelled = await rig.venue.cancel_order(ETH, "r6-SE1")
+        assert cancelled.status is OrderStatus.CANCELED and stamps.count(("send", "cancel:r6-SE1")) == 1
+        assert not rig.venue.cancel_written("r6-SE1")
+
+        other = rig.venue.arm(maker("r6-SE2", ETH, Side.BUY, bid - Decimal(1)))
+        rig.venue.cancel_on_answer("r6-SE2", False, ETH, "r6-SE2")
+        rig.venue.disarm_cancel("r6-SE2", "r6-SE2")  # the core no longer sends it on that answer
+        rig.venue.release([other])
+        assert (await rig.venue.fire(other)).status is OrderStatus.OPEN
+        assert ("send", "cancel:r6-SE2") not in stamps and rig.venue.cancels_on_answer == 1
+
+
 async def test_a_cancel_refused_at_release_is_raised_by_cancel_order() -> None:
     async with emulated(stream_ready_timeout=0) as rig:
         rig.venue.release_cancel("NOPE/USDT", "r5-SE1")  # never raises here

@@ -716,8 +716,14 @@ class CcxtVenue:
 
     def disarm_cancel(self, answer_of: str, client_order_id: str) -> None:
         """Forget a cancel `cancel_on_answer` armed (the engine's core no longer sends it on that answer)."""
-        armed = self._on_answer.get(answer_of)
-        if armed is not None:
+        self._forget_armed(client_order_id, (answer_of,))
+
+    def _forget_armed(self, client_order_id: str, answers: Sequence[str]) -> None:
+        """Drop the cancel of `client_order_id` armed for the answers to `answers`."""
+        for answer_of in answers:
+            armed = self._on_answer.get(answer_of)
+            if armed is None:
+                continue
             kept = [a for a in armed if a[2] != client_order_id]
             if kept:
                 self._on_answer[answer_of] = kept
@@ -728,7 +734,7 @@ class CcxtVenue:
         """A cancel of this order is written and its answer not awaited yet (`release_cancel`)."""
         return type(self._cancels_out.get(client_order_id)) is _CancelOut
 
-    def _answered(self, cid: str, response: Response) -> None:
+    def _answer_read(self, cid: str, response: Response) -> None:
         """A placement's answer just read, with cancels waiting for it (`cancel_on_answer`)."""
         armed = self._on_answer.pop(cid)
         refused = response.status >= 400
@@ -749,13 +755,7 @@ class CcxtVenue:
         decided it, right after journaling it; `cancel_order` then only awaits the answer. Never raises: a
         refusal (unknown symbol, budget) is kept and raised by `cancel_order`."""
         if self._on_answer:  # written now: an answer it waited for finds nothing left to do
-            for answer_of, armed in list(self._on_answer.items()):
-                if any(target == client_order_id for _, _, target in armed):
-                    kept = [a for a in armed if a[2] != client_order_id]
-                    if kept:
-                        self._on_answer[answer_of] = kept
-                    else:
-                        del self._on_answer[answer_of]
+            self._forget_armed(client_order_id, list(self._on_answer))
         if client_order_id in self._cancels_out:
             return  # one already on its way; a second `cancel_order` writes its own
         try:
@@ -895,7 +895,7 @@ class CcxtVenue:
                 if conn is not None:
                     r.pool.give(conn, response)
             if placing and self._on_answer and cid in self._on_answer:
-                self._answered(cid, response)  # the kill switch's cancel, before ccxt reads the answer
+                self._answer_read(cid, response)  # the kill switch's cancel, before ccxt reads the answer
             return self._answer(r, response)
         except (ccxt.BaseError, *PARSE_ERRORS) as exc:
             error = translate_error(exc, what=what, secrets=self._secrets, client_order_id=cid, placing=placing,
