@@ -141,9 +141,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             out.append((f"inter-leg skew, {mode} (µs)", _fmt(s["p50"]), _fmt(s["p90"]), _fmt(s["p99"]), note))
         r, u = result["reaction_us"], result["unwind_us"]
         runs = [x for x in result.get("runs", []) if "reaction_on_answer" in x]
-        on_answer = (f"; cancel written on the decisive answer in {sum(x['reaction_on_answer'] for x in runs)} of "
-                   f"{sum(x['reaction_us']['n'] for x in runs)}") if runs and all(
-                       "n" in x["reaction_us"] for x in runs) else ""  # fmt: skip
+        written = sum(x["reaction_on_answer"] for x in runs)
+        measured = sum(x["reaction_us"].get("n", 0) for x in runs)
+        on_answer = f"; cancel written on the decisive answer in {written} of {measured}" if runs else ""
         out.append(("kill switch: answer in → cancel out (µs)", _fmt(r["p50"]), _fmt(r["p90"]), _fmt(r["p99"]),
                     "reject + half-filled other leg" + _times(result, "reaction_us") + on_answer))  # fmt: skip
         out.append(("kill switch: cancel answer → unwind order out (µs)", _fmt(u["p50"]), _fmt(u["p90"]),
