@@ -5,6 +5,7 @@ close with their reasons journaled."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -421,6 +422,29 @@ async def test_a_blind_margin_guard_is_journaled_once_per_streak_and_shown_until
         assert [p["event"] for p in rows] == ["blind", "seeing"]  # one row per streak, not per failed read
         assert rows[0]["error"] == "margin: venue unavailable (503)" and rows[0]["level"] == "ok"
         assert rows[1]["failures"] == 3 and rows[1]["blind_s"] == pytest.approx(15.0, abs=0.2)
+
+
+async def test_a_long_blind_streak_logs_its_failures_sparsely_and_every_change_of_error(
+    autojump_clock: MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(risk=RiskConfig(check_balances=False, margin_guard=True, margin_interval=5.0))
+    async with open_rig(tmp_path, cfg) as r:
+        guard, errors = r.engine.margin_guard, ["margin: venue unavailable (503)"]
+
+        async def down() -> MarginAccount:
+            raise VenueError(errors[0])
+
+        await until(lambda: guard.last is not None)
+        r.venue.fetch_margin = down  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="legguard.engine"):
+            await until(lambda: guard.failures == 10)
+            errors[0] = "margin: invalid api key (401)"
+            await until(lambda: guard.failures == 11)
+    logged = [rec.getMessage() for rec in caplog.records if "reading the perp account failed" in rec.getMessage()]
+    # The 1st, 2nd, 4th and 8th of ten identical failures, then the 11th: its error is new.
+    assert [int(m.split("(")[1].split()[0]) for m in logged] == [1, 2, 4, 8, 11]
+    assert logged[-1].endswith("margin: invalid api key (401)")
+    assert guard.status(trio.current_time())["last_error"] == "margin: invalid api key (401)"
 
 
 # --- configuration ------------------------------------------------------------------------------------------

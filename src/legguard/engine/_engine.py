@@ -1298,3 +1298,17 @@ class Engine:
         if len(self.retired):
             states[State.FLAT.value] += len(self.retired)
         return states
+
+    def kill_switch_prepared(self) -> dict[str, int]:
+        """How often the kill switch found its next move ready, since start: `cancel_on_answer`, cancels the
+        venue wrote as it read the answer they waited for (absent for a venue that cannot); `unwind_armed_ahead`,
+        unwinds released as armed while the cancels travelled; `unwind_rearmed`, armed ahead but changed by the
+        cancels' answers; `step_ahead`, steps taken as decided and encoded ahead of their event."""
+        out: dict[str, int] = {}
+        written = getattr(self.venue, "cancels_on_answer", None)
+        if isinstance(written, int):
+            out["cancel_on_answer"] = written
+        out["unwind_armed_ahead"] = self.stats.armed_ahead
+        out["unwind_rearmed"] = self.stats.rearmed
+        out["step_ahead"] = self.stats.prepared_steps
+        return out

@@ -192,8 +192,12 @@ class MarginGuard:
         now = trio.current_time()
         self.failures += 1
         # Venue errors carry no credentials (the adapters scrub them); a deadline has no text of its own.
-        self.last_error = str(exc) or f"no answer within {self.host.config.deadlines.ack:g} s"
-        log.warning("margin guard: reading the perp account failed (%d in a row): %s", self.failures, self.last_error)
+        error = str(exc) or f"no answer within {self.host.config.deadlines.ack:g} s"
+        # Logged on the 1st, 2nd, 4th, 8th ... failure of a streak, and whenever the error changes: a venue down
+        # for a day at one read every 30 s writes ~12 lines, not ~2,900; `status` and the metrics show every one.
+        if error != self.last_error or self.failures & (self.failures - 1) == 0:
+            log.warning("margin guard: reading the perp account failed (%d in a row): %s", self.failures, error)
+        self.last_error = error
         if self.failures == 1:
             self.blind_since = now
             read = None if self.last is None else round(now - self.last_at, 3)
@@ -209,7 +213,7 @@ class MarginGuard:
                                                        "blind_s": blind}, now)  # fmt: skip
         self.host.on_margin("seeing", self.level, f"reading the perp account again after {self.failures} failed "
                             f"read(s), {blind:g} s")  # fmt: skip
-        self.failures, self.blind_since = 0, None
+        self.failures, self.blind_since, self.last_error = 0, None, ""
 
     def status(self, now: float) -> dict[str, object]:
         """What `legguard status` shows of the guard: its level, the last headroom read and how old it is, and

@@ -35,6 +35,7 @@ DOCUMENTED = {
     "legguard_journal_commit_duration_seconds", "legguard_engine_mode", "legguard_halted",
     "legguard_breaker_window_orphans", "legguard_breaker_max_orphans", "legguard_breaker_resume_in_seconds",
     "legguard_venue_up", "legguard_halts", "legguard_resumes", "legguard_uptime_seconds",
+    "legguard_kill_switch_prepared",
 }  # fmt: skip
 
 
@@ -97,6 +98,9 @@ async def test_metrics_scraped_during_a_run_move(autojump_clock: MockClock, tmp_
     assert value(after, "legguard_venue_request_duration_seconds_count", endpoint="create_order") > 0
     assert value(after, "legguard_journal_commit_duration_seconds_count") > 0
     assert value(after, "legguard_margin_guard_failed_reads") == 0 and value(after, "legguard_margin_headroom") > 0
+    # The sim venue writes no cancel on an answer (no such capability): that move is absent, not zero.
+    moves = {s.labels["move"] for s in after["legguard_kill_switch_prepared"]}
+    assert moves == {"unwind_armed_ahead", "unwind_rearmed", "step_ahead"}
     # conventions: prefix, counters end in _total, no package id in any label
     for family in text_string_to_metric_families(second):
         assert family.name.startswith("legguard_"), family.name

@@ -217,6 +217,17 @@ class _Levels(Collector):
         for symbol, book in sorted(e.books.items()):
             books.add_metric([symbol], max(now - book.timestamp, 0.0))
         yield books
+        # How often the kill switch found its next move ready: a cancel written as the venue read the answer it
+        # waited for, an unwind released as armed while the cancels travelled (or armed again because their
+        # answers changed it), a step taken as decided ahead. A venue without a capability reports no sample.
+        prepared = CounterMetricFamily(
+            "legguard_kill_switch_prepared",
+            "Kill-switch moves found prepared (cancel_on_answer, unwind_armed_ahead, unwind_rearmed, step_ahead).",
+            labels=["move"],
+        )
+        for move, count in e.kill_switch_prepared().items():
+            prepared.add_metric([move], float(count))
+        yield prepared
         guard = e.margin_guard
         if e.config.risk.margin_guard:
             yield GaugeMetricFamily(

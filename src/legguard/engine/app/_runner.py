@@ -392,6 +392,7 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "auto_resumes": stats.auto_resumes,
         "mode": engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopped",
         "stream_drops": stats.stream_drops,
+        "kill_switch_prepared": engine.kill_switch_prepared(),
         "venue_outages": engine.outage.outages,
         "venue_down_at_exit": engine.outage.down,
         # Not flat, not hedged-and-quiet, or of unknown exposure: `legguard recover` finishes them.
