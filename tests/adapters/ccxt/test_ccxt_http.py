@@ -24,7 +24,7 @@ from legguard.adapters.ccxt._http import (
     encode_request,
     split_url,
 )
-from legguard.domain import MarketKind, OrderStatus, RateLimited, Side, VenueError
+from legguard.domain import DuplicateOrder, MarketKind, OrderStatus, RateLimited, Side, VenueError
 
 # --- answers ------------------------------------------------------------------------------------------
 
@@ -329,6 +329,30 @@ async def test_a_cancel_armed_for_an_answer_is_written_as_it_is_read_once_and_ne
         rig.venue.release([other])
         assert (await rig.venue.fire(other)).status is OrderStatus.OPEN
         assert ("send", "cancel:r6-SE2") not in stamps and rig.venue.cancels_on_answer == 1
+
+
+@pytest.mark.parametrize("answered", [ETH, ETH_PERP])
+async def test_a_duplicate_answer_is_no_refusal_for_a_cancel_armed_on_one(answered: str) -> None:
+    # A cancel armed for the other leg's refusal must not leave on "that client id exists" (spot -2010
+    # "Duplicate order sent.", USDⓈ-M -4116): the order is there, and the engine fetches it.
+    async with emulated(stream_ready_timeout=0) as rig:
+        bid, _, _, perp_ask = await rig.books()
+        naked = await rig.place(maker("r8-SE1", ETH, Side.BUY, bid - Decimal(1)))
+        assert naked.status is OrderStatus.OPEN
+        price = bid - Decimal(2) if answered == ETH else perp_ask + Decimal(1)
+        other = maker("r8-XE1", answered, Side.BUY if answered == ETH else Side.SELL, price)
+        assert (await rig.place(other)).status is OrderStatus.OPEN
+        stamps: list[tuple[str, str]] = []
+        rig.venue.set_tap(lambda what, key, ns: stamps.append((what, key)))
+        again = rig.venue.arm(other)
+        rig.venue.cancel_on_answer("r8-XE1", True, ETH, "r8-SE1")  # cancel the naked leg if r8-XE1 is refused
+        rig.venue.release([again])
+        with pytest.raises(DuplicateOrder):
+            await rig.venue.fire(again)
+
+        assert ("recv", "r8-XE1") in stamps and ("send", "cancel:r8-SE1") not in stamps
+        assert not rig.venue.cancel_written("r8-SE1") and rig.venue.cancels_on_answer == 0
+        assert rig.orders(MarketKind.SPOT)["r8-SE1"]["status"] == "NEW"
 
 
 async def test_a_cancel_refused_at_release_is_raised_by_cancel_order() -> None:

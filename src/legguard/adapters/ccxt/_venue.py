@@ -367,6 +367,17 @@ class _Prepared:
 _RESTING = frozenset({"NEW", "PARTIALLY_FILLED"})
 
 
+def _duplicate(body: bytes) -> bool:
+    """A placement's error answer saying its client order id already exists (spot -2010 "Duplicate order
+    sent.", USDⓈ-M -4116): the order is there, so it was not refused. The engine fetches it (`DuplicateOrder`)
+    and its core arms nothing on such an answer: no cancel armed for a refusal may leave on it."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and (answer.get("code") == -4116 or answer.get("msg") == "Duplicate order sent.")
+
+
 @dataclass(slots=True, eq=False)
 class _CancelOut:
     """A cancel written by `release_cancel`, waiting for `cancel_order` to read its answer."""
@@ -737,7 +748,7 @@ class CcxtVenue:
     def _answer_read(self, cid: str, response: Response) -> None:
         """A placement's answer just read, with cancels waiting for it (`cancel_on_answer`)."""
         armed = self._on_answer.pop(cid)
-        refused = response.status >= 400
+        refused = response.status >= 400 and not _duplicate(response.body)
         rests = False
         if response.status == 200 and not all(on_refusal for on_refusal, _, _ in armed):
             try:
