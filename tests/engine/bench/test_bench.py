@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 import trio_asyncio
@@ -57,6 +58,12 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
                    "commit_process_cold_us": {**pct, "p50": 80.0}},
     }  # fmt: skip
     run["throughput"]["floor"] = b.throughput_floor(run["throughput"], run["floors"])
+    run["overhead_trace"] = {"phases_p50": {k: float(i + 1) for i, (k, _) in enumerate(b.OVERHEAD_PHASES)},
+                             "total_p50": 21.0, "n": 3, "incomplete": 0}  # fmt: skip
+    run["throughput_profile"] = {"share_pct": {"trio (tasks, cancel scopes, timers, clock)": 40.0, "other": 60.0},
+                                 "per_package": {"tasks": 5.0, "cancel_scopes": 15.0, "timers": 23.0,
+                                                 "scheduler_rounds": 26.0},
+                                 "packages_per_s_profiled": 150.0}  # fmt: skip
     return run
 
 
@@ -127,7 +134,13 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
     assert markdown(result) in text and text.count(BEGIN) == 1
     # 7 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
     # 2 journal durabilities, 2 memory figures
-    assert len(rows(result)) == 20 and "missed (10.0x off)" in text
+    # 2 journal durabilities, 2 memory figures; the overhead's path phase by phase and throughput's profile
+    assert len(rows(result)) == 22 and "missed (10.0x off)" in text
+    assert (
+        "| engine overhead, its path stamped (µs) | 21.0 |  |  | p50 per phase, in order: validate, price, plan 1.0; "
+        "creation row, core, handle, actor 2.0; decision and its rows 3.0; write-ahead commit 4.0;" in text
+    )
+    assert "trio (tasks, cancel scopes, timers, clock) 40.0 %; other 60.0 %; per package 5.0 tasks" in text
     assert "| kill switch: answer in → cancel out, kept warm (µs) | 2.0 |" in text
     assert "| engine overhead, kept warm (µs) | 3.0 |" in text
     assert "| memory kept per finished package | 80.0 B | < 0.5 KB | met |" in text
@@ -165,6 +178,27 @@ def test_overhead_samples_one_per_package(tmp_path: Path) -> None:
     assert len(samples) == 3 and all(s > 0 for s in samples)
     # Taken by the venue's `release` before the send task enters `fire`, sample for sample.
     assert len(to_fire) == 3 and all(t > s for s, t in zip(samples, to_fire, strict=True))
+
+
+def test_the_overhead_trace_stamps_every_phase_of_each_package(tmp_path: Path) -> None:
+    got = trio.run(partial(b.overhead_trace_run, 4, tmp_path, 1), clock=trio.testing.MockClock(autojump_threshold=0))
+    assert got["n"] + got["incomplete"] == 4 and got["n"] >= 3
+    phases = got["phases_p50"]
+    assert list(phases) == [k for k, _ in b.OVERHEAD_PHASES] and all(v >= 0 for v in phases.values())
+    assert phases["committed"] > 0  # a real SQLite commit between the decision and the release
+    # The stamps are back out: a later run is not traced.
+    from legguard.engine._actor import PackageActor
+    from legguard.engine._group import GroupCommit
+
+    assert PackageActor.step_now.__name__ == "step_now" and GroupCommit.commit_now.__name__ == "commit_now"
+
+
+def test_the_throughput_profile_shares_out_the_cpu_and_counts_trio_machinery(tmp_path: Path) -> None:
+    got = b.throughput_profile_run(6, tmp_path, live=3)
+    assert sum(got["share_pct"].values()) == pytest.approx(100.0, abs=0.5)
+    assert all(got["share_pct"][area] > 0 for area, _ in b.THROUGHPUT_AREAS)  # every area really ran
+    per = got["per_package"]
+    assert per["tasks"] >= 1 and per["cancel_scopes"] >= 1 and per["timers"] >= 1 and per["scheduler_rounds"] >= 1
 
 
 def test_finished_memory_runs_packages_to_flat_and_releases_them(tmp_path: Path) -> None:

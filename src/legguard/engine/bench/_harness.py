@@ -9,16 +9,18 @@ that notes when `fire` is entered, the venue's socket tap, a count of settled pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
+import itertools
 import os
 import platform
 import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -124,13 +126,16 @@ class _Stamping:
     fired: the bench waits on that alone, so that no task of its own runs inside the window it measures
     (`PackageHandle.wait_until` starts two tasks per step)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, traced: bool = False) -> None:
         self._inner = inner
         self.taken: dict[str, int] = {}
         self.fired: dict[str, int] = {}
         self._watch: tuple[str, trio.Event] | None = None
+        self._traced = traced
 
     def release(self, armed: Sequence[ArmedOrder]) -> None:
+        if self._traced:
+            _MARKS.setdefault("armed", time.perf_counter_ns())
         self._inner.release(armed)
         now = time.perf_counter_ns()
         for a in armed:
@@ -168,6 +173,63 @@ def _spec() -> PackageSpec:
     return PackageSpec(SPOT, PERP, QTY, min_spread=Decimal(-1))
 
 
+# The overhead's path, cut where `overhead_trace_run` stamps it: (key, what runs before that stamp).
+OVERHEAD_PHASES: tuple[tuple[str, str], ...] = (
+    ("created", "validate, price, plan"),
+    ("actor", "creation row, core, handle, actor"),
+    ("decided", "decision and its rows"),
+    ("committed", "write-ahead commit"),
+    ("armed", "core swapped in, legs armed"),
+    ("released", "both legs released"),
+)
+_MARKS: dict[str, int] = {}  # perf_counter_ns per phase of the package being traced (first stamp only)
+
+
+def _marking(name: str, method: Callable[..., Any], *, after: str | None = None) -> Callable[..., Any]:
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        _MARKS.setdefault(name, time.perf_counter_ns())
+        result = method(*args, **kwargs)
+        if after is not None:
+            _MARKS.setdefault(after, time.perf_counter_ns())
+        return result
+
+    return marked
+
+
+@contextlib.contextmanager
+def _phase_marks() -> Iterator[None]:
+    """Stamp the entry (and the commit's exit) of each phase of `Engine.submit`'s path while inside."""
+    from legguard.engine._actor import PackageActor
+
+    patched = ((Journal, "defer_created", "created", None), (PackageActor, "step_now", "actor", None),
+               (GroupCommit, "commit_now", "decided", "committed"))  # fmt: skip
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _, _ in patched]
+    try:
+        for owner, name, mark, after in patched:
+            setattr(owner, name, _marking(mark, owner.__dict__[name], after=after))
+        yield
+    finally:
+        for owner, name, method in saved:
+            setattr(owner, name, method)
+
+
+async def overhead_trace_run(samples: int, directory: Path, warmup: int = 20) -> dict[str, Any]:
+    """`overhead_run` again, with the path stamped at each phase's start (`OVERHEAD_PHASES`): µs p50 per
+    phase, and of the whole path as stamped (the stamps' wrappers cost a little: it is a run of its own,
+    never the measure). Samples missing a stamp (a dispatch the actor took instead) are counted, not used."""
+    trace: list[dict[str, int]] = []
+    with _phase_marks():
+        await overhead_run(samples, directory, warmup, keep_warm=None, trace=trace)
+    keys = ["start", *(k for k, _ in OVERHEAD_PHASES)]
+    whole = [t for t in trace if all(k in t for k in keys)]
+    phases = {
+        key: round(statistics.median((t[key] - t[before]) / 1000 for t in whole), 1) if whole else float("nan")
+        for before, key in itertools.pairwise(keys)
+    }
+    total = round(statistics.median((t["released"] - t["start"]) / 1000 for t in whole), 1) if whole else float("nan")
+    return {"phases_p50": phases, "total_p50": total, "n": len(whole), "incomplete": len(trace) - len(whole)}
+
+
 async def overhead_run(
     samples: int,
     directory: Path,
@@ -175,19 +237,22 @@ async def overhead_run(
     *,
     to_fire: list[float] | None = None,
     keep_warm: float | None = EngineConfig().keep_warm,
+    trace: list[dict[str, int]] | None = None,
 ) -> list[float]:
     """µs from `Engine.submit` (the signal) to the sim venue taking the second leg in `release` (both legs at
     the venue), on the real clock, the sim venue at zero latency, the journal on (PROCESS). `to_fire` gets the
-    earlier endpoint, the second leg's `fire` entered (its send task running), sample for sample."""
+    earlier endpoint, the second leg's `fire` entered (its send task running), sample for sample. `trace`
+    gets each sample's phase stamps (perf_counter_ns; `overhead_trace_run`)."""
     out: list[float] = []
-    journal = Journal.open(directory / f"overhead-{keep_warm}.db", Durability.PROCESS)
+    journal = Journal.open(directory / f"overhead-{keep_warm}-{trace is not None}.db", Durability.PROCESS)
     try:
         async with open_sim_venue(SimConfig(seed=3, latency_ms=0, jitter_ms=0)) as sim:
-            venue = _Stamping(sim)
+            venue = _Stamping(sim, traced=trace is not None)
             config = _config(deadlines=Deadlines(fill=0.005), keep_warm=keep_warm)
             engine = Engine(cast(Venue, venue), journal, config)
             async with engine.running([SPOT, PERP]):
                 for i in range(warmup + samples):
+                    _MARKS.clear()
                     t0 = time.perf_counter_ns()
                     package_id = engine.submit(_spec())
                     handle = engine.handles[package_id]
@@ -198,6 +263,9 @@ async def overhead_run(
                         out.append((max(venue.taken[c] for c in handle.core.orders) - t0) / 1000)
                         if to_fire is not None:
                             to_fire.append((max(venue.fired[c] for c in handle.core.orders) - t0) / 1000)
+                        if trace is not None:
+                            released = max(venue.taken[c] for c in handle.core.orders)
+                            trace.append({**_MARKS, "start": t0, "released": released})
                     with trio.fail_after(10):  # hedged (both legs filled) or flat (cancelled at the deadline)
                         await handle.wait_until(lambda core: core.state in (State.HEDGED, State.FLAT))
     finally:
@@ -282,6 +350,65 @@ def throughput_run(packages: int, directory: Path, live: int = 200) -> dict[str,
     clock = trio.testing.MockClock(autojump_threshold=0)
     result: dict[str, Any] = trio.run(_throughput, packages, directory, live, clock=clock)
     return result
+
+
+# Where a throughput run's CPU goes, by the code it runs in (`throughput_profile_run`): (area, path fragments
+# of the profiled functions' files; C functions go by name). The first area that matches takes a function.
+THROUGHPUT_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("trio (tasks, cancel scopes, timers, clock)", ("/trio/", "/outcome/", "/contextlib.py", "/sniffio/",
+                                                    "methods trio.", "methods outcome.", "select.epoll",
+                                                    "_contextvars.Context", "_heapq")),
+    ("SQLite (C)", ("<method 'execute' of 'sqlite3", "<method 'executemany' of 'sqlite3", "sqlite3")),
+    ("journal (rows, chain, group commit)", ("legguard/engine/journal/", "legguard/engine/_group.py",
+                                             "_hashlib", "_json", "json/")),
+    ("decision core (fsm, transitions)", ("legguard/fsm/", "/transitions/")),
+    ("sim venue and market model", ("legguard/adapters/",)),
+    ("actors and engine", ("legguard/engine/", "legguard/domain")),
+)  # fmt: skip
+
+
+_TRIO_COUNTED: dict[tuple[str, str], str] = {
+    ("_run.py", "spawn_impl"): "tasks",
+    ("<attrs generated methods trio._core._run.CancelStatus>", "__init__"): "cancel_scopes",
+    ("_timeouts.py", "sleep_until"): "timers",
+    ("_run.py", "unrolled_run"): "scheduler_rounds",
+}
+
+
+def throughput_profile_run(packages: int, directory: Path, live: int = 200) -> dict[str, Any]:
+    """`throughput_run` under cProfile (a run of its own: the profiler roughly halves the rate): each area's
+    share of the CPU (`THROUGHPUT_AREAS`, self time, %), and the trio machinery per package (tasks spawned,
+    cancel scopes entered, timers slept, scheduler rounds)."""
+    import cProfile
+    import pstats
+
+    (directory / "profiled").mkdir(exist_ok=True)
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        result = throughput_run(packages, directory / "profiled", live)
+    finally:
+        profile.disable()
+    stats = cast("dict[tuple[str, int, str], tuple[int, int, float, float, Any]]", pstats.Stats(profile).stats)  # type: ignore[attr-defined]
+    areas = dict.fromkeys([a for a, _ in THROUGHPUT_AREAS] + ["other (Python, stdlib)"], 0.0)
+    # trio's machinery, counted by the functions every such thing passes through once: a task's spawn, a
+    # cancel scope's status object, a sleep, and a resumption of the run loop's generator (one per round).
+    counts = dict.fromkeys(("tasks", "cancel_scopes", "timers", "scheduler_rounds"), 0)
+    total = 0.0
+    for (file, _line, name), (_, calls, own, _, _) in stats.items():
+        total += own
+        where = f"{file}:{name}" if file != "~" else name
+        area = next((a for a, parts in THROUGHPUT_AREAS if any(p in where for p in parts)), "other (Python, stdlib)")
+        areas[area] += own
+        counted = _TRIO_COUNTED.get((file.rsplit("/", 2)[-1] if "/trio/" in file else file, name))
+        if counted is not None:
+            counts[counted] += calls
+    done = max(result["packages"], 1)
+    return {
+        "share_pct": {a: round(100 * t / total, 1) for a, t in areas.items()} if total else {},
+        "per_package": {k: round(n / done, 1) for k, n in counts.items()},
+        "packages_per_s_profiled": result["packages_per_s"],
+    }
 
 
 # --- journal appends ------------------------------------------------------------------------------------
@@ -571,11 +698,17 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
             run["overhead_warmed_us"] = percentiles(
                 trio.run(partial(overhead_run, keep_warm=WARM_INTERVAL), sizes.overhead, directory)
             )
+            log(f"engine overhead: {sizes.overhead} packages again, its path stamped phase by phase")
+            run["overhead_trace"] = trio.run(overhead_trace_run, sizes.overhead, directory)
             log(f"throughput: {sizes.packages} packages, virtual time, journal PROCESS")
             run["throughput"] = throughput_run(sizes.packages, directory)
             floor = throughput_floor(run["throughput"], run["floors"])
             if floor is not None:
                 run["throughput"]["floor"] = floor
+            if n == 0:  # where its CPU goes: a profile, measured once (cProfile roughly halves the rate)
+                profiled = max(sizes.packages // 3, 50)
+                log(f"throughput: {profiled} packages again under cProfile, CPU by area")
+                run["throughput_profile"] = throughput_profile_run(profiled, directory)
             log(
                 f"journal: {sizes.journal_rows} appends grouped and (process) one each, "
                 f"{max(sizes.journal_rows // 20, 100)} one each (power)"
@@ -645,6 +778,16 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for name in ("reaction_warmed_us", "overhead_warmed_us", "reaction_plain_us"):
         if all(name in r for r in runs):
             out[name] = {q: med([name, q]) for q in ("p50", "p90", "p99")}
+    if all("overhead_trace" in r for r in runs):
+        # The overhead's path phase by phase (a stamped run of its own beside each measured one): medians of
+        # each run's p50 per phase, and of the stamped whole.
+        out["overhead_trace_us"] = {
+            "phases_p50": {k: med(["overhead_trace", "phases_p50", k]) for k, _ in OVERHEAD_PHASES},
+            "total_p50": med(["overhead_trace", "total_p50"]),
+        }
+    profiles = [r["throughput_profile"] for r in runs if "throughput_profile" in r]
+    if profiles:
+        out["throughput_profile"] = profiles[0]
     out["packages_per_s"] = med(["throughput", "packages_per_s"])
     # The engine commits its steps grouped: that is the rate its journal sustains.
     out["journal_events_per_s"] = med(["journal", "process", "grouped"])
