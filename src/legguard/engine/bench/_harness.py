@@ -4,7 +4,9 @@ on, journal appends, memory per live package — with medians over repeated runs
 `docs/performance.md`.
 
 Every number is measured through the engine's own path: the bench only adds time stamps (a venue wrapper
-that notes when `fire` is entered, the venue's socket tap, a count of settled packages).
+that notes when `fire` is entered, the venue's socket tap, a count of settled packages). What traces a
+measure (the overhead's phase stamps, the throughput run's profile) runs separately, never inside a
+measured run.
 """
 
 from __future__ import annotations
