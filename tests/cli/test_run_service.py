@@ -40,6 +40,7 @@ def test_run_outside_a_terminal_writes_status_lines_and_a_json_log(tmp_path: Pat
     report = json.loads(result.stdout)
     assert report["packages_total"] > 0
     assert set(report["kill_switch_prepared"]) == {"unwind_armed_ahead", "unwind_rearmed", "step_ahead"}  # sim
+    assert report["fee_queries"] is None  # the sim venue's fills carry their fees: it never queries
     lines = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
     assert 2 <= len(lines) <= 4  # one per second, not one per half second
     assert {"ts", "mode", "packages", "by_state", "exposure", "venue_up", "breaker"} <= set(lines[-1])

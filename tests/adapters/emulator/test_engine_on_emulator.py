@@ -791,6 +791,7 @@ def run_against_the_emulator(
     assert packages and len(packages) == summary["packages_total"]
     # A ccxt venue counts the cancels it wrote on an answer (zero or more); the sim venue has no such count.
     assert summary["kill_switch_prepared"]["cancel_on_answer"] >= 0
+    assert isinstance(summary["fee_queries"], int) and summary["fee_queries"] >= 0
     assert {p["state"] for p in packages} <= {"hedged", "flat"}, packages
     assert all(not p["unknown"] for p in packages)
     # The journal's exposures add up to exactly what the emulator's account holds (it started with 100 ETH,

@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from trio.testing import MockClock
 
+from legguard.adapters._venue import Venue
+from legguard.adapters.sim._venue import SimConfig, open_sim_venue
+from legguard.engine import Engine, EngineConfig
 from legguard.engine.app._config import parse_config
+from legguard.engine.app._metrics import EngineMetrics
 from legguard.engine.app._runner import RunOptions, RunStatus, run_engine
+from legguard.engine.journal import Journal
 
 CONFIG: dict[str, Any] = {
     "venue": {"kind": "sim", "seed": 7},
@@ -101,6 +106,7 @@ async def test_metrics_scraped_during_a_run_move(autojump_clock: MockClock, tmp_
     # The sim venue writes no cancel on an answer (no such capability): that move is absent, not zero.
     moves = {s.labels["move"] for s in after["legguard_kill_switch_prepared"]}
     assert moves == {"unwind_armed_ahead", "unwind_rearmed", "step_ahead"}
+    assert "legguard_fee_queries" not in after  # nor does it ever ask REST for fees
     # conventions: prefix, counters end in _total, no package id in any label
     for family in text_string_to_metric_families(second):
         assert family.name.startswith("legguard_"), family.name
@@ -124,3 +130,29 @@ def test_the_grafana_dashboard_uses_only_exported_names() -> None:
         "legguard_request_budget_remaining",
         "legguard_deadman_armed_symbols",
     }
+
+
+class _CountingVenue:
+    """The sim venue with the counters a ccxt venue keeps (`cancels_on_answer`, `fee_queries`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.cancels_on_answer = 2
+        self.fee_queries = 3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_ccxt_venues_counters_are_exported(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with open_sim_venue(SimConfig(seed=3)) as sim:
+        venue = _CountingVenue(sim)
+        with Journal.open(tmp_path / "j.db") as journal:
+            engine = Engine(cast(Venue, venue), journal, EngineConfig())
+            async with engine.running(["ETH/USDT", "ETH/USDT:USDT"]):
+                families = samples(EngineMetrics(engine).exposition().decode())
+                venue.fee_queries = 4
+                later = samples(EngineMetrics(engine).exposition().decode())
+    assert value(families, "legguard_kill_switch_prepared_total", move="cancel_on_answer") == 2.0
+    assert value(families, "legguard_kill_switch_prepared_total", move="unwind_armed_ahead") == 0.0
+    assert value(families, "legguard_fee_queries_total") == 3.0 and value(later, "legguard_fee_queries_total") == 4.0

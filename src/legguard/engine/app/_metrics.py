@@ -228,6 +228,14 @@ class _Levels(Collector):
         for move, count in e.kill_switch_prepared().items():
             prepared.add_metric([move], float(count))
         yield prepared
+        queried = getattr(e.venue, "fee_queries", None)
+        if isinstance(queried, int):  # ccxt venues: fees asked of REST because no answer carried them
+            yield CounterMetricFamily(
+                "legguard_fee_queries",
+                "REST trade queries made for an order's fees because neither its answer nor the order stream "
+                "carried them in time.",
+                value=queried,
+            )
         guard = e.margin_guard
         if e.config.risk.margin_guard:
             yield GaugeMetricFamily(

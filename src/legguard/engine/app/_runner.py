@@ -393,6 +393,8 @@ def summary(engine: Engine, db: Path) -> dict[str, Any]:
         "mode": engine.mode.value if engine.mode is not EngineMode.STOPPING else "stopped",
         "stream_drops": stats.stream_drops,
         "kill_switch_prepared": engine.kill_switch_prepared(),
+        # ccxt venues: REST queries for an order's fees, made because no answer carried them (None: the sim's)
+        "fee_queries": getattr(engine.venue, "fee_queries", None),
         "venue_outages": engine.outage.outages,
         "venue_down_at_exit": engine.outage.down,
         # Not flat, not hedged-and-quiet, or of unknown exposure: `legguard recover` finishes them.
