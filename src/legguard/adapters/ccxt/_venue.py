@@ -370,12 +370,10 @@ _RESTING = frozenset({"NEW", "PARTIALLY_FILLED"})
 def _duplicate(body: bytes) -> bool:
     """A placement's error answer saying its client order id already exists (spot -2010 "Duplicate order
     sent.", USDⓈ-M -4116): the order is there, so it was not refused. The engine fetches it (`DuplicateOrder`)
-    and its core arms nothing on such an answer: no cancel armed for a refusal may leave on it."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and (answer.get("code") == -4116 or answer.get("msg") == "Duplicate order sent.")
+    and its core arms nothing on such an answer: no cancel armed for a refusal may leave on it. Read as bytes,
+    not decoded: this runs between a refusal's last byte and the cancel it releases (~0.2 µs against ~2 for a
+    `json.loads`), and a false match only leaves the cancel to the refusal's own step."""
+    return b"-4116" in body or b"Duplicate order sent." in body
 
 
 @dataclass(slots=True, eq=False)
