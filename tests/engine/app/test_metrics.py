@@ -129,6 +129,9 @@ def test_the_grafana_dashboard_uses_only_exported_names() -> None:
         "legguard_venue_outages",
         "legguard_request_budget_remaining",
         "legguard_deadman_armed_symbols",
+        "legguard_margin_headroom",
+        "legguard_margin_guard_failed_reads",
+        "legguard_fee_queries",  # ccxt venues only: `test_a_ccxt_venues_counters_are_exported`
     }
 
 
