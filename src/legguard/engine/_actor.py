@@ -469,7 +469,7 @@ class PackageActor:
         finds written (its task only awaits the cancel's answer). One this step no longer arms is disarmed.
 
         Should a cancel have left on an answer whose step did not command it (the core changed its mind in a
-        step taken meanwhile, or a refusal it treats otherwise, e.g. a duplicate answered by a query), its
+        step taken meanwhile; the venue does not count a duplicate answer as a refusal, `_duplicate`), its
         answer is read all the same and stepped: the core learns what it did (no request left unanswered, no
         order cancelled behind the package's back)."""
         venue, held = self.engine.venue, self._on_answer or {}
