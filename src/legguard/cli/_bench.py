@@ -115,6 +115,14 @@ def _times(result: dict[str, Any], latency: str) -> str:
     return f"; {got['p50']:g}x its floor (p50)" if "p50" in got else ""
 
 
+def _timers(profile: dict[str, Any]) -> str:
+    """The profiled run's timers per package by who slept, or nothing (a result from before they were told)."""
+    by = profile.get("timers_by_caller")
+    if not by:
+        return ""
+    return "; its timers by who slept: " + ", ".join(f"{who} {_fmt(float(n))}" for who, n in by.items()) + " "
+
+
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(measure, p50, p90, p99, note) for the table and the docs."""
     out: list[tuple[str, str, str, str, str]] = []
@@ -126,6 +134,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             ("commit_power_us", "floor: SQLite commit, POWER (µs)", "WAL, synchronous=FULL: one fsync"),
             ("sign_us", "floor: ccxt sign() of an order (µs)", "Binance spot POST /api/v3/order"),
             ("hop_us", "floor: trio scheduler hop (µs)", "a task wakes another, which runs"),
+            ("timer_us", "floor: trio timer (µs)", "a sleep run to its deadline, MockClock autojump"),
+            ("task_us", "floor: trio task (µs)", "spawned in an open nursery, run, exited"),
             ("send_cold_us", "floor: loopback send() after 2 ms asleep (µs)", "the same, after a wait"),
             (
                 "commit_process_cold_us",
@@ -198,7 +208,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append(("throughput, its CPU by area (cProfile, self time)", _fmt(profile["packages_per_s_profiled"]), "",
                     "", f"{shares}; per package {_fmt(per['tasks'])} tasks, {_fmt(per['cancel_scopes'])} cancel "
                     f"scopes, {_fmt(per['timers'])} timers, {_fmt(per['scheduler_rounds'])} scheduler rounds "
-                    "(first run only; the profiler slows small calls most: trio's share reads high)"))  # fmt: skip
+                    f"{_timers(profile)}(first run only; the profiler slows small calls most: trio's share reads "
+                    "high)"))  # fmt: skip
     j = result["journal"]
     for d in ("process", "power"):
         jd = j[d]

@@ -54,28 +54,52 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "finished_memory": {"bytes_per_finished_package": 80.0},
         "floors": {"send_us": {**pct, "p50": 5.0}, "commit_process_us": {**pct, "p50": 10.0},
                    "commit_power_us": {**pct, "p50": 1000.0}, "sign_us": {**pct, "p50": 30.0},
-                   "hop_us": {**pct, "p50": 4.0}, "send_cold_us": {**pct, "p50": 20.0},
-                   "commit_process_cold_us": {**pct, "p50": 80.0}},
+                   "hop_us": {**pct, "p50": 4.0}, "timer_us": {**pct, "p50": 2.0}, "task_us": {**pct, "p50": 3.0},
+                   "send_cold_us": {**pct, "p50": 20.0}, "commit_process_cold_us": {**pct, "p50": 80.0}},
     }  # fmt: skip
-    run["throughput"]["floor"] = b.throughput_floor(run["throughput"], run["floors"])
     run["overhead_trace"] = {"phases_p50": {k: float(i + 1) for i, (k, _) in enumerate(b.OVERHEAD_PHASES)},
                              "total_p50": 21.0, "n": 3, "incomplete": 0}  # fmt: skip
     run["throughput_profile"] = {"share_pct": {"trio (tasks, cancel scopes, timers, clock)": 40.0, "other": 60.0},
                                  "per_package": {"tasks": 5.0, "cancel_scopes": 15.0, "timers": 23.0,
                                                  "scheduler_rounds": 26.0},
+                                 "timers_by_caller": {"sim venue": 10.0, "bench": 2.0, "engine": 1.5, "other": 0.0},
                                  "packages_per_s_profiled": 150.0}  # fmt: skip
+    run["throughput"]["floor"] = b.throughput_floor(run["throughput"], run["floors"], run["throughput_profile"])
     return run
 
 
-def test_throughput_floor_is_its_commits_and_hops_at_their_floors() -> None:
+def test_throughput_floor_is_its_commits_timers_and_tasks_at_their_floors() -> None:
     throughput = {"commits": 30, "steps": 90, "packages": 10}
-    floors = {"commit_process_us": {"p50": 10.0}, "hop_us": {"p50": 4.0}}
-    # per package: 3 commits x 10 µs + 9 steps x 4 µs = 66 µs
-    assert b.throughput_floor(throughput, floors) == {
-        "us_per_package": 66.0, "commits_per_package": 3.0, "steps_per_package": 9.0, "packages_per_s": 15151.5
+    floors = {"commit_process_us": {"p50": 10.0}, "timer_us": {"p50": 20.0}, "task_us": {"p50": 4.0}}
+    machinery = {"per_package": {"tasks": 5.0}, "timers_by_caller": {"sim venue": 10.0, "bench": 2.0, "engine": 1.5}}
+    # per package: 3 commits x 10 µs + 12 timers run to their deadline (the sim's and the bench's; the engine's
+    # deadlines are left out) x 20 µs + 5 tasks x 4 µs = 290 µs
+    assert b.throughput_floor(throughput, floors, machinery) == {
+        "us_per_package": 290.0, "commits_per_package": 3.0, "steps_per_package": 9.0, "timers_per_package": 12.0,
+        "tasks_per_package": 5.0, "packages_per_s": 3448.3
     }  # fmt: skip
-    assert b.throughput_floor(throughput, {"commit_process_us": {"p50": 10.0}}) is None  # hop not measured
-    assert b.throughput_floor({**throughput, "packages": 0}, floors) is None
+    assert b.throughput_floor(throughput, {**floors, "timer_us": {"p50": math.nan}}, machinery) is None
+    assert b.throughput_floor(throughput, {"commit_process_us": {"p50": 10.0}}, machinery) is None  # not measured
+    assert b.throughput_floor(throughput, floors, None) is None  # no profile: nothing counted
+    assert b.throughput_floor({**throughput, "packages": 0}, floors, machinery) is None
+
+
+def test_a_profiles_timers_are_told_by_who_slept() -> None:
+    trio_timeouts = "/x/site-packages/trio/_timeouts.py"
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = {
+        (trio_timeouts, 75, "sleep_until"): (0, 9, 0.0, 0.0, {
+            (trio_timeouts, 95, "sleep"): (0, 5, 0.0, 0.0),  # sleep() calling sleep_until(): counted as sleep
+            ("/w/src/legguard/adapters/sim/_venue.py", 300, "_deliver"): (0, 4, 0.0, 0.0),
+        }),
+        (trio_timeouts, 95, "sleep"): (0, 5, 0.0, 0.0, {
+            ("/w/src/legguard/adapters/sim/_venue.py", 267, "_one_way"): (0, 2, 0.0, 0.0),
+            ("/w/src/legguard/engine/bench/_harness.py", 297, "_throughput"): (0, 1, 0.0, 0.0),
+            ("/w/src/legguard/engine/_actor.py", 730, "_leg_deadline"): (0, 1, 0.0, 0.0),
+            ("/usr/lib/python3.11/asyncio/x.py", 1, "elsewhere"): (0, 1, 0.0, 0.0),
+        }),
+        ("/w/src/legguard/other.py", 1, "sleep"): (0, 7, 0.0, 0.0, {}),  # not trio's
+    }  # fmt: skip
+    assert b._timers_by_caller(stats) == {"sim venue": 6, "bench": 1, "engine": 1, "other": 1}
 
 
 def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
@@ -101,8 +125,11 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert len(table) == 9  # the rows, every one
     throughput = table["throughput, whole engine + journal (PROCESS), virtual time"]
     assert throughput["met"] == "missed (10.0x off)"
-    assert throughput["floor"] == "66.0 µs per package (3 commits + 9 hops) = 15,152 packages/s"
-    assert throughput["x_floor"] == "75.8x"  # 15,151.5 / 200
+    # 3 commits x 10 + 12 timers x 2 + 5 tasks x 3 = 69 µs
+    assert throughput["floor"] == (
+        "69.0 µs per package (3 commits, 12 timers run to their deadline, 5 tasks) = 14,493 packages/s"
+    )
+    assert throughput["x_floor"] == "72.5x"  # 14,492.8 / 200
     # The grouped journal against its two halves measured alone: per row 1/600,000 + 1/300,000 s = 200,000/s.
     journal = table["journal, durable events/s (PROCESS)"]
     assert journal["floor"] == (
@@ -132,10 +159,11 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
     text = doc.read_text()
     assert "old table" not in text and "prose before" in text and "prose after" in text
     assert markdown(result) in text and text.count(BEGIN) == 1
-    # 7 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
-    # 2 journal durabilities, 2 memory figures
+    # 9 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
     # 2 journal durabilities, 2 memory figures; the overhead's path phase by phase and throughput's profile
-    assert len(rows(result)) == 22 and "missed (10.0x off)" in text
+    assert len(rows(result)) == 24 and "missed (10.0x off)" in text
+    assert "| floor: trio timer (µs) | 2.0 |" in text and "| floor: trio task (µs) | 3.0 |" in text
+    assert "its timers by who slept: sim venue 10.0, bench 2.0, engine 1.5, other 0.0 (first run only" in text
     assert (
         "| engine overhead, its path stamped (µs) | 21.0 |  |  | p50 per phase, in order: validate, price, plan 1.0; "
         "creation row, core, handle, actor 2.0; decision and its rows 3.0; write-ahead commit 4.0;" in text
@@ -199,6 +227,9 @@ def test_the_throughput_profile_shares_out_the_cpu_and_counts_trio_machinery(tmp
     assert all(got["share_pct"][area] > 0 for area, _ in b.THROUGHPUT_AREAS)  # every area really ran
     per = got["per_package"]
     assert per["tasks"] >= 1 and per["cancel_scopes"] >= 1 and per["timers"] >= 1 and per["scheduler_rounds"] >= 1
+    # Every timer is told by who slept, and the sim venue's latency model slept for every package.
+    by = got["timers_by_caller"]
+    assert sum(by.values()) == pytest.approx(per["timers"], abs=0.1) and by["sim venue"] >= 1
 
 
 def test_finished_memory_runs_packages_to_flat_and_releases_them(tmp_path: Path) -> None:
@@ -210,8 +241,8 @@ def test_finished_memory_runs_packages_to_flat_and_releases_them(tmp_path: Path)
 def test_floors_are_measured_from_real_sends_commits_signs_and_hops(tmp_path: Path) -> None:
     got = f.floors_run(5, tmp_path, b.percentiles)
     assert {name: p["n"] for name, p in got.items()} == {
-        "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5, "hop_us": 5,
-        "send_cold_us": 50, "commit_process_cold_us": 50}  # fmt: skip
+        "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5, "hop_us": 5, "timer_us": 5,
+        "task_us": 1, "send_cold_us": 50, "commit_process_cold_us": 50}  # fmt: skip
     assert set(got) == set(f.FLOOR_NAMES)
     assert all(p["p50"] > 0 for p in got.values())
     for name, rows_expected in (("floor-process.db", 6), ("floor-power.db", 21), ("floor-cold.db", 51)):

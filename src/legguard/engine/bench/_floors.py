@@ -53,7 +53,8 @@ COLD_FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
 }
 # Every floor `floors_run` measures (its result's keys).
 FLOOR_NAMES: tuple[str, ...] = (
-    "send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us", "send_cold_us", "commit_process_cold_us",
+    "send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us", "timer_us", "task_us", "send_cold_us",
+    "commit_process_cold_us",
 )  # fmt: skip
 # One order request as the order path writes it (request line, headers, signed body): about this size.
 REQUEST_BYTES = 620
@@ -173,6 +174,51 @@ def hop_floor(samples: int) -> list[float]:
     return out
 
 
+def timer_floor(samples: int) -> list[float]:
+    """µs per `trio.sleep` run to its deadline (1 ms of virtual time) under the throughput run's clock (`MockClock`,
+    autojump at once), one task sleeping: the clock's jump, the scope's cancellation, the sleeper resumed."""
+    import trio
+    import trio.testing
+
+    out: list[float] = []
+
+    async def main() -> None:
+        await trio.sleep(0.001)  # warm: the clock's autojump task is running
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            await trio.sleep(0.001)
+            out.append((time.perf_counter_ns() - t0) / 1000)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return out
+
+
+TASK_BATCH = 100
+
+
+def task_floor(samples: int) -> list[float]:
+    """µs per trio task spawned into an open nursery, run and exited: batches of `TASK_BATCH` tasks that do
+    nothing, each batch's time over its tasks (one sample per batch; `samples` tasks in all, at least one
+    batch)."""
+    import trio
+
+    out: list[float] = []
+
+    async def nothing() -> None:
+        pass
+
+    async def main() -> None:
+        for _ in range(max(samples // TASK_BATCH, 1)):
+            t0 = time.perf_counter_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(TASK_BATCH):
+                    nursery.start_soon(nothing)
+            out.append((time.perf_counter_ns() - t0) / 1000 / TASK_BATCH)
+
+    trio.run(main)
+    return out
+
+
 def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
     """Every floor's percentiles (µs); POWER commits get a tenth of the samples (each is an fsync)."""
     return {
@@ -181,6 +227,8 @@ def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]
         "commit_power_us": percentiles(commit_floor(directory / "floor-power.db", 2, max(samples // 10, 20))),
         "sign_us": percentiles(sign_floor(samples)),
         "hop_us": percentiles(hop_floor(samples)),
+        "timer_us": percentiles(timer_floor(samples)),
+        "task_us": percentiles(task_floor(samples)),
         # The same after COLD_GAP asleep: what this machine charges for code and data left untouched that long
         # (its caches are shared; docs/performance.md, "A cold path"). Fewer samples: each waits the gap.
         "send_cold_us": percentiles(send_floor(max(samples // 10, 50), COLD_GAP)),

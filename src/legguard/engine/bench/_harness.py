@@ -326,22 +326,35 @@ async def _throughput(packages: int, directory: Path, live: int) -> dict[str, An
     }
 
 
-def throughput_floor(throughput: Mapping[str, Any], floors: Mapping[str, Any]) -> dict[str, float] | None:
-    """What bounds throughput on this machine, from the same run: per package, the commits and the steps the
-    engine took for it, each at its floor (a bare PROCESS commit; a trio hop: a step runs in a task that was
-    woken for it). µs per package, and the packages/s that alone would allow."""
-    commit, hop = (
-        floors[k].get("p50") if isinstance(floors.get(k), Mapping) else None for k in ("commit_process_us", "hop_us")
-    )
+def throughput_floor(
+    throughput: Mapping[str, Any], floors: Mapping[str, Any], machinery: Mapping[str, Any] | None
+) -> dict[str, float] | None:
+    """What bounds throughput on this machine, from the same bench: per package, the journal commits the engine
+    took for it (`throughput`), and the trio tasks and timers the run used for it (`machinery`: the profiled
+    run's `per_package` tasks and `timers_by_caller`), each at its floor (a bare PROCESS commit; a task spawned,
+    run and exited; a sleep run to its deadline under the run's clock). µs per package, and the packages/s
+    that alone would allow. Only the timers that always run to their deadline count: the sim venue's (its
+    latency model: each one-way trip of a request or an answer, each stream delivery, the market's ticks) and
+    the bench's own poll; the engine's deadlines (most cancelled before they expire, a cheaper path) and the
+    steps' own wakes (each after a timer or a scheduler hop) are left out, so this stays a floor."""
+    prices = [floors[k].get("p50") if isinstance(floors.get(k), Mapping) else None
+              for k in ("commit_process_us", "timer_us", "task_us")]  # fmt: skip
     packages = throughput.get("packages")
-    if not (isinstance(commit, int | float) and isinstance(hop, int | float) and packages):
+    by_caller = machinery.get("timers_by_caller") if machinery else None
+    tasks = machinery.get("per_package", {}).get("tasks") if machinery else None
+    numbers = [float(p) for p in prices if isinstance(p, int | float) and p == p]
+    if not (packages and by_caller and isinstance(tasks, int | float) and len(numbers) == len(prices)):
         return None
-    commits, steps = throughput["commits"] / packages, throughput["steps"] / packages
-    us = commits * commit + steps * hop
+    commit, timer, task = numbers
+    timers = sum(by_caller.get(k, 0.0) for k in ("sim venue", "bench"))
+    commits = throughput["commits"] / packages
+    us = commits * commit + timers * timer + tasks * task
     return {
         "us_per_package": round(us, 1),
         "commits_per_package": round(commits, 2),
-        "steps_per_package": round(steps, 2),
+        "steps_per_package": round(throughput["steps"] / packages, 2),
+        "timers_per_package": round(timers, 2),
+        "tasks_per_package": round(tasks, 2),
         "packages_per_s": round(1e6 / us, 1) if us else float("inf"),
     }
 
@@ -409,8 +422,33 @@ def throughput_profile_run(packages: int, directory: Path, live: int = 200) -> d
     return {
         "share_pct": {a: round(100 * t / total, 1) for a, t in areas.items()} if total else {},
         "per_package": {k: round(n / done, 1) for k, n in counts.items()},
+        "timers_by_caller": {k: round(n / done, 2) for k, n in _timers_by_caller(stats).items()},
         "packages_per_s_profiled": result["packages_per_s"],
     }
+
+
+# Who slept, by the file of the code that called `trio.sleep` / `trio.sleep_until` (the first that matches).
+TIMER_CALLERS: tuple[tuple[str, str], ...] = (
+    ("sim venue", "legguard/adapters/"),
+    ("bench", "legguard/engine/bench/"),
+    ("engine", "legguard/"),
+)
+
+
+def _timers_by_caller(stats: Mapping[tuple[str, int, str], tuple[Any, ...]]) -> dict[str, int]:
+    """Trio sleeps of a profiled run by who slept (`TIMER_CALLERS`, else "other"): the callers of trio's
+    `sleep` and `sleep_until`, leaving out `sleep` calling `sleep_until` (one timer, counted once)."""
+    out = dict.fromkeys([name for name, _ in TIMER_CALLERS] + ["other"], 0)
+    for (file, _line, name), entry in stats.items():
+        if name not in ("sleep", "sleep_until") or not file.endswith("trio/_timeouts.py"):
+            continue
+        callers: Mapping[tuple[str, int, str], tuple[Any, ...]] = entry[4]
+        for (caller, _, _), (_, calls, *_) in callers.items():
+            if caller.endswith("trio/_timeouts.py"):
+                continue
+            who = next((n for n, part in TIMER_CALLERS if part in caller), "other")
+            out[who] += calls
+    return out
 
 
 # --- journal appends ------------------------------------------------------------------------------------
@@ -670,7 +708,10 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
         run: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="legguard-bench-") as tmp:
             directory = Path(tmp)
-            log(f"floors: {sizes.floor_samples} loopback send()s, SQLite commits (each durability), ccxt sign()s")
+            log(
+                f"floors: {sizes.floor_samples} loopback send()s, SQLite commits (each durability), ccxt sign()s, "
+                f"trio hops, timers and tasks"
+            )
             run["floors"] = floors_run(sizes.floor_samples, directory, percentiles)
             if wire:
                 try:
@@ -704,13 +745,16 @@ def run_bench(sizes: Sizes, log: Log, *, wire: bool = True, quality: int = 0) ->
             run["overhead_trace"] = trio.run(overhead_trace_run, sizes.overhead, directory)
             log(f"throughput: {sizes.packages} packages, virtual time, journal PROCESS")
             run["throughput"] = throughput_run(sizes.packages, directory)
-            floor = throughput_floor(run["throughput"], run["floors"])
-            if floor is not None:
-                run["throughput"]["floor"] = floor
             if n == 0:  # where its CPU goes: a profile, measured once (cProfile roughly halves the rate)
                 profiled = max(sizes.packages // 3, 50)
                 log(f"throughput: {profiled} packages again under cProfile, CPU by area")
                 run["throughput_profile"] = throughput_profile_run(profiled, directory)
+            # The tasks and timers per package are the design's (the first run's profile counts them); the
+            # commits and every floor are this run's.
+            floor = throughput_floor(run["throughput"], run["floors"], runs[0]["throughput_profile"] if runs else
+                                     run["throughput_profile"])  # fmt: skip
+            if floor is not None:
+                run["throughput"]["floor"] = floor
             log(
                 f"journal: {sizes.journal_rows} appends grouped and (process) one each, "
                 f"{max(sizes.journal_rows // 20, 100)} one each (power)"
@@ -802,7 +846,14 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if all("floor" in r.get("throughput", {}) for r in runs):
         out["throughput_floor"] = {
             k: med(["throughput", "floor", k])
-            for k in ("us_per_package", "packages_per_s", "commits_per_package", "steps_per_package")
+            for k in (
+                "us_per_package",
+                "packages_per_s",
+                "commits_per_package",
+                "steps_per_package",
+                "timers_per_package",
+                "tasks_per_package",
+            )
         }
     out["bytes_per_package"] = med(["memory", "bytes_per_package"])
     out["bytes_per_finished_package"] = med(["finished_memory", "bytes_per_finished_package"])
@@ -884,8 +935,9 @@ def throughput_floor_text(result: Mapping[str, Any]) -> str:
     floor = result.get("throughput_floor")
     if not isinstance(floor, Mapping):
         return "—"
-    return (f"{_n(floor['us_per_package'])} µs per package ({floor['commits_per_package']:g} commits + "
-            f"{floor['steps_per_package']:g} hops) = {_n(floor['packages_per_s'], 0)} packages/s")  # fmt: skip
+    return (f"{_n(floor['us_per_package'])} µs per package ({floor['commits_per_package']:g} commits, "
+            f"{floor['timers_per_package']:g} timers run to their deadline, {floor['tasks_per_package']:g} tasks) "
+            f"= {_n(floor['packages_per_s'], 0)} packages/s")  # fmt: skip
 
 
 def throughput_times(result: Mapping[str, Any]) -> str:
