@@ -327,3 +327,26 @@ def test_desk_dust_counts_flat_packages_leftovers_less_what_open_packages_took_o
     assert desk_dust([*packages[:1], ("ETH/USDT", State.FLAT, D("-0.0000005"), D("0.0000994"))]) == {
         "ETH": D("0.0000989")
     }
+
+
+def test_money_is_spelled_in_positional_notation_in_groups_and_dust() -> None:
+    # Sums of zeros at 7 places and amounts below 1e-6 are what str(Decimal) spells in exponent form ("0E-7",
+    # "1.2E-7"): a CSV reader or a spreadsheet may take those for text. Every money field is positional.
+    from types import SimpleNamespace
+    from typing import cast
+
+    from legguard.engine.journal._pnl import PackagePnl
+
+    zero7, tiny = D("0E-7"), D("1.2E-7")
+    leg = SimpleNamespace(notional=D("1E-8"))
+    pnl = SimpleNamespace(pair="ETH/USDT", state=State.FLAT, realized=tiny, fees_quote=zero7, funding=zero7,
+                          slippage=zero7, residual_value=tiny, spot=leg, perp=leg,
+                          value_at=lambda marks: tiny)  # fmt: skip
+    entry = LedgerEntry(cast(PackagePnl, pnl), 0.0, 1.0, "flat", spot_mark=D("3E+3"), spot_held=D("1E-8"))
+    rows = aggregate([entry], "pair")
+    money = [v for row in rows for k, v in row.items() if isinstance(v, str) and k != "key"]
+    assert money and not [v for v in money if "E" in v], money
+    assert rows[0]["slippage"] == "0.0000000" and rows[0]["realized"] == "0.00000012"
+    assert rows[0]["notional"] == "0.00000002" and rows[-1]["key"] == "total"
+    (row,) = audit_dust([entry])
+    assert row == {"asset": "ETH", "quantity": "0.00000001", "mark": "3000", "value": "0.00003"}

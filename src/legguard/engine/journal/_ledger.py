@@ -102,8 +102,10 @@ def dust(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
     for asset, quantity in sorted(quantities.items()):
         mark = marks.get(asset)
         quantity = quantity if quantity else ZERO  # swept away exactly: 0, not 0E-8
-        rows.append({"asset": asset, "quantity": str(quantity), "mark": None if mark is None else str(mark),
-                     "value": None if mark is None else str(quantity * mark)})  # fmt: skip
+        # Positional notation, as the groups' sums: 1 satoshi of dust is "0.00000001", never "1E-8".
+        rows.append({"asset": asset, "quantity": format(quantity, "f"),
+                     "mark": None if mark is None else format(mark, "f"),
+                     "value": None if mark is None else format(quantity * mark, "f")})  # fmt: skip
     return rows
 
 
@@ -159,8 +161,10 @@ def aggregate(
 
 
 def _sum(key: str, entries: list[LedgerEntry], marks: Mapping[str, Decimal]) -> dict[str, Any]:
-    def total(values: Iterable[Decimal]) -> Decimal:
-        return sum(values, ZERO)
+    def total(values: Iterable[Decimal]) -> str:
+        # Exact, in positional notation: a sum of zeros at 7 places is "0.0000000", never str()'s "0E-7" (which
+        # a CSV reader or a spreadsheet may take for text); a tiny amount is "0.00000012", never "1.2E-7".
+        return format(sum(values, ZERO), "f")
 
     flat = [e for e in entries if e.pnl.state is State.FLAT]
     values = [(e, e.pnl.value_at(marks)) for e in entries]
@@ -170,15 +174,15 @@ def _sum(key: str, entries: list[LedgerEntry], marks: Mapping[str, Decimal]) -> 
         "packages": len(entries),
         "flat": len(flat),
         "open": len(entries) - len(flat),
-        "realized": str(total(e.pnl.realized for e in flat if e.pnl.realized is not None)),
+        "realized": total(e.pnl.realized for e in flat if e.pnl.realized is not None),
         "unpriced": sum(1 for e in flat if e.pnl.realized is None),  # the venue closed part at a price unknown
-        "fees": str(total(e.pnl.fees_quote for e in entries)),
-        "funding": str(total(e.pnl.funding for e in entries)),
-        "slippage": str(total(e.pnl.slippage for e in entries)),
-        "dust_value": str(total(e.pnl.residual_value for e in flat)),
-        "notional": str(total(e.pnl.spot.notional + e.pnl.perp.notional for e in entries)),
+        "fees": total(e.pnl.fees_quote for e in entries),
+        "funding": total(e.pnl.funding for e in entries),
+        "slippage": total(e.pnl.slippage for e in entries),
+        "dust_value": total(e.pnl.residual_value for e in flat),
+        "notional": total(e.pnl.spot.notional + e.pnl.perp.notional for e in entries),
         # Mark-to-market of the packages still open (hedged or unwinding), at the marks.
-        "unrealized": str(total(v for v in open_values if v is not None)),
+        "unrealized": total(v for v in open_values if v is not None),
         # Every priced package (flat and open): cash, quote fees and funding, plus what it holds at the marks.
-        "value": str(total(v for _, v in values if v is not None)),
+        "value": total(v for _, v in values if v is not None),
     }
