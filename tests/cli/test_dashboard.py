@@ -3,6 +3,8 @@ guard's level and last read, or the streak of failed reads that leaves it blind.
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from legguard.cli._dashboard import _margin_line, _strategy_line
@@ -38,4 +40,13 @@ def test_the_margin_line_shows_the_last_read_or_a_blind_guard_in_red() -> None:
     assert line.plain == ("BLIND for 75.0 s: 3 failed read(s) (margin: venue unavailable (503)); level ok, last "
                           "headroom 0.9123 read 2.5 s ago")  # fmt: skip
     assert _margin_line({**seeing, "headroom": None, "read_age_s": None}) == "level ok, not read yet"
-    assert _margin_line({"enabled": False}) == "guard off ([risk] margin_guard = false)"
+    off = _margin_line({"enabled": False})
+    assert isinstance(off, Text) and off.plain == "guard off ([risk] margin_guard = false)"
+    # Printed in the dashboard's table, the config section's name survives (a str cell is read as markup,
+    # where "[risk]" is a style tag: it printed "guard off ( margin_guard = false)").
+    table = Table()
+    table.add_column("margin")
+    table.add_row(off)
+    console = Console(width=80, record=True)
+    console.print(table)
+    assert "guard off ([risk] margin_guard = false)" in console.export_text()

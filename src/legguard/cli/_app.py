@@ -4,6 +4,7 @@ through `EdgeGroup` (`_edge.py`): one line on stderr, one exit code of the contr
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Annotated
 
@@ -32,9 +33,22 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
+
+def _flowed(doc: str | None) -> str | None:
+    """A docstring as help: its paragraphs kept, the line breaks inside each one joined, so the terminal wraps
+    them to its own width (rich's help printed each source line break as is, mid-sentence, and rewrapped each
+    ~110-character source line on its own)."""
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
 for command in (bench, check, demo, emulator, fsm, recover, run, status, halt, resume, close, stop):
     app.command()(command)
 app.add_typer(audit_app, name="audit")
+for info in (*app.registered_commands, *audit_app.registered_commands):
+    if info.help is None and info.callback is not None:
+        info.help = _flowed(info.callback.__doc__)
 
 
 @app.callback()

@@ -174,7 +174,7 @@ def _margin_line(m: dict[str, Any]) -> Text | str:
     """The margin guard: its level and the last headroom read (and how old), or the streak of failed reads
     that leaves it blind, in red."""
     if not m.get("enabled"):
-        return "guard off ([risk] margin_guard = false)"
+        return Text("guard off ([risk] margin_guard = false)")  # Text: a str's "[risk]" would be read as markup
     read = (f"headroom {m['headroom']} read {_age(m['read_age_s'])} ago" if m.get("headroom") is not None
             else "not read yet")  # fmt: skip
     if m.get("failures"):

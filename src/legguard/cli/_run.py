@@ -44,7 +44,9 @@ def run(
         ),
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port (overrides [metrics] port; 0: any).")
+        int | None,
+        # "\\[": rich reads a bare "[metrics]" in a help text as a style tag and prints nothing of it.
+        typer.Option(help="Serve Prometheus metrics on this port (overrides the config's \\[metrics] port; 0: any)."),
     ] = None,
     log_file: Annotated[Path | None, typer.Option(help="Also write JSON log lines here (rotated by size).")] = None,
     log_level: Annotated[str, typer.Option(help=f"One of {', '.join(LEVELS)}.")] = "info",
