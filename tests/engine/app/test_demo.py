@@ -39,6 +39,10 @@ async def test_demo_pnl_adds_up_to_the_venue_accounts_change(
     difference = Decimal(pnl["venue_change"]) - Decimal(pnl["total"])
     assert abs(difference) <= Decimal(pnl["tolerance"]), pnl
     assert pnl["reconciled"] is True
+    # Money in positional notation, for people and scripts: the difference (~1e-8) was printed "2.6965E-8".
+    money = [v for v in pnl.values() if isinstance(v, str)]
+    money += [v for d in (pnl["fees_by_currency"], pnl["dust"], pnl["marks"]) for v in d.values()]
+    assert not [v for v in money if "E" in v.upper()], money
     assert Decimal(pnl["total"]) != 0 and Decimal(pnl["fees"]) > 0
     with Journal.open(db, readonly=True) as journal:
         funded = {r.package_id for r in journal.rows() if r.kind == FUNDING}

@@ -348,6 +348,12 @@ def released_cores(engine: Engine, journal: Journal) -> list[tuple[PackageCore, 
     return out
 
 
+def _plain(amount: Decimal) -> str:
+    """An amount exactly, in positional notation: a difference of 2.7e-8 is "0.000000027", never str()'s
+    "2.7E-8" (the summary is read by people and by scripts)."""
+    return format(amount, "f")
+
+
 def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
     """Every package's accounting added up, open packages marked to market at the venue's live marks, and
     set against the change of the venue account's value at the same marks (docs/accounting.md)."""
@@ -385,20 +391,20 @@ def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
     out: dict[str, Any] = {
         "packages": len(pnls),
         "hedged": sum(1 for p in pnls if p.state is State.HEDGED),
-        "realized": str(sum((p.realized for p in pnls if p.realized is not None), zero)),
-        "unrealized": str(sum((v for p, v in values if p.state is not State.FLAT and v is not None), zero)),
-        "fees": str(sum((p.fees_quote for p in pnls), zero)),
-        "fees_by_currency": {c: str(a) for c, a in sorted(fees.items())},
-        "funding": str(sum((p.funding for p in pnls), zero)),
+        "realized": _plain(sum((p.realized for p in pnls if p.realized is not None), zero)),
+        "unrealized": _plain(sum((v for p, v in values if p.state is not State.FLAT and v is not None), zero)),
+        "fees": _plain(sum((p.fees_quote for p in pnls), zero)),
+        "fees_by_currency": {c: _plain(a) for c, a in sorted(fees.items())},
+        "funding": _plain(sum((p.funding for p in pnls), zero)),
         "funding_payments": len(venue.funding_paid),
-        "funding_unattributed": str(nobodys),
-        "slippage": str(sum((p.slippage for p in pnls), zero)),
-        "dust": {a: str(q) for a, q in sorted(dust.items())},
-        "dust_value": str(sum((q * marks.get(f"{a}/{QUOTE}", zero) for a, q in dust.items()), zero)),
+        "funding_unattributed": _plain(nobodys),
+        "slippage": _plain(sum((p.slippage for p in pnls), zero)),
+        "dust": {a: _plain(q) for a, q in sorted(dust.items())},
+        "dust_value": _plain(sum((q * marks.get(f"{a}/{QUOTE}", zero) for a, q in dust.items()), zero)),
         "unpriced": len(unpriced),
-        "liquidation_cash": str(liquidations),
-        "total": str(total),
-        "marks": {s: str(m) for s, m in sorted(marks.items())},
+        "liquidation_cash": _plain(liquidations),
+        "total": _plain(total),
+        "marks": {s: _plain(m) for s, m in sorted(marks.items())},
     }
     if run.account_start is not None:
         (q0, b0), (q1, b1) = run.account_start, account_value(venue)
@@ -406,10 +412,10 @@ def pnl_summary(run: DemoRun, journal: Journal) -> dict[str, Any]:
                                 for a in b0.keys() | b1.keys()), zero)  # fmt: skip
         filled = sum(1 for core, _ in cores for o in core.orders.values() if o.filled)
         tolerance = ROUNDING_PER_ORDER * max(filled, 1)
-        out["venue_change"] = str(change)
-        out["difference"] = str(change - total)
+        out["venue_change"] = _plain(change)
+        out["difference"] = _plain(change - total)
         out["reconciled"] = abs(change - total) <= tolerance
-        out["tolerance"] = str(tolerance)
+        out["tolerance"] = _plain(tolerance)
     return out
 
 
