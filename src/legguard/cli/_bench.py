@@ -136,10 +136,20 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             ("hop_us", "floor: trio scheduler hop (µs)", "a task wakes another, which runs"),
             ("timer_us", "floor: trio timer (µs)", "a sleep run to its deadline, MockClock autojump"),
             ("task_us", "floor: trio task (µs)", "spawned in an open nursery, run, exited"),
+            (
+                "dispatch_commit_us",
+                "floor: SQLite write-ahead of a dispatch (µs)",
+                "the journal's schema: 5 rows, the package's view, the chain head; the SQL alone",
+            ),
             ("send_cold_us", "floor: loopback send() after 2 ms asleep (µs)", "the same, after a wait"),
             (
                 "commit_process_cold_us",
                 "floor: SQLite commit, PROCESS, after 2 ms asleep (µs)",
+                "the same, after a wait",
+            ),
+            (
+                "dispatch_commit_cold_us",
+                "floor: SQLite write-ahead of a dispatch, after 2 ms asleep (µs)",
                 "the same, after a wait",
             ),
         ):

@@ -55,7 +55,8 @@ def _run(skew_leg: float, reaction_p99: float, pps: float) -> dict[str, Any]:
         "floors": {"send_us": {**pct, "p50": 5.0}, "commit_process_us": {**pct, "p50": 10.0},
                    "commit_power_us": {**pct, "p50": 1000.0}, "sign_us": {**pct, "p50": 30.0},
                    "hop_us": {**pct, "p50": 4.0}, "timer_us": {**pct, "p50": 2.0}, "task_us": {**pct, "p50": 3.0},
-                   "send_cold_us": {**pct, "p50": 20.0}, "commit_process_cold_us": {**pct, "p50": 80.0}},
+                   "dispatch_commit_us": {**pct, "p50": 10.0}, "send_cold_us": {**pct, "p50": 20.0},
+                   "commit_process_cold_us": {**pct, "p50": 40.0}, "dispatch_commit_cold_us": {**pct, "p50": 80.0}},
     }  # fmt: skip
     run["overhead_trace"] = {"phases_p50": {k: float(i + 1) for i, (k, _) in enumerate(b.OVERHEAD_PHASES)},
                              "total_p50": 21.0, "n": 3, "incomplete": 0}  # fmt: skip
@@ -115,7 +116,8 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     # came), overhead / commit.
     assert result["floor_multiple"]["skew_us"] == {"p50": 4.0, "p99": 1.0}
     assert result["floor_multiple"]["reaction_us"]["p50"] == round(1.0 / 5.0, 1)
-    assert result["floor_multiple"]["overhead_us"] == {"p50": 0.1, "p99": 1.0}  # one commit, no hop: 1 / 10, 3 / 3
+    # overhead / one transaction of a dispatch's shape (no hop): 1 / 10, 3 / 3
+    assert result["floor_multiple"]["overhead_us"] == {"p50": 0.1, "p99": 1.0}
     checks = b.target_checks(result)
     assert checks["skew_legguard_p50_us"]["met"] and checks["skew_gather_over_legguard"]["met"]
     assert checks["reaction_p99_us"]["met"] and checks["bytes_per_finished_package"]["met"]
@@ -143,6 +145,10 @@ def test_summary_takes_medians_over_runs_and_checks_the_targets() -> None:
     assert reaction["floor"].endswith("; after 2 ms asleep: 20.0 µs")
     assert result["cold_floor_multiple"]["reaction_us"] == {"p50": round(1.0 / 20.0, 1)}
     assert result["cold_floor_multiple"]["overhead_us"] == {"p50": round(1.0 / 80.0, 1)}
+    # The overhead's floor: one transaction of a dispatch's shape on the journal's schema (the SQL alone).
+    assert table["engine overhead: signal → both legs at the venue, p50"]["floor"] == (
+        "10.0 / 3.0 µs (dispatch commit); after 2 ms asleep: 80.0 µs"
+    )
     assert table["engine overhead: signal → both legs at the venue, p50"]["x_floor"] == (
         "0.1x (p50 0x the floor after a wait)"
     )
@@ -159,9 +165,9 @@ def test_docs_section_is_rewritten_between_the_markers_only(tmp_path: Path) -> N
     text = doc.read_text()
     assert "old table" not in text and "prose before" in text and "prose after" in text
     assert markdown(result) in text and text.count(BEGIN) == 1
-    # 9 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
+    # 11 floors, 3 skew modes, reaction and unwind, overhead, each latency again kept warm, throughput,
     # 2 journal durabilities, 2 memory figures; the overhead's path phase by phase and throughput's profile
-    assert len(rows(result)) == 24 and "missed (10.0x off)" in text
+    assert len(rows(result)) == 26 and "missed (10.0x off)" in text
     assert "| floor: trio timer (µs) | 2.0 |" in text and "| floor: trio task (µs) | 3.0 |" in text
     assert "its timers by who slept: sim venue 10.0, bench 2.0, engine 1.5, other 0.0 (first run only" in text
     assert (
@@ -242,7 +248,8 @@ def test_floors_are_measured_from_real_sends_commits_signs_and_hops(tmp_path: Pa
     got = f.floors_run(5, tmp_path, b.percentiles)
     assert {name: p["n"] for name, p in got.items()} == {
         "send_us": 5, "commit_process_us": 5, "commit_power_us": 20, "sign_us": 5, "hop_us": 5, "timer_us": 5,
-        "task_us": 1, "send_cold_us": 50, "commit_process_cold_us": 50}  # fmt: skip
+        "task_us": 1, "dispatch_commit_us": 5, "send_cold_us": 50, "commit_process_cold_us": 50,
+        "dispatch_commit_cold_us": 50}  # fmt: skip
     assert set(got) == set(f.FLOOR_NAMES)
     assert all(p["p50"] > 0 for p in got.values())
     for name, rows_expected in (("floor-process.db", 6), ("floor-power.db", 21), ("floor-cold.db", 51)):
@@ -250,6 +257,15 @@ def test_floors_are_measured_from_real_sends_commits_signs_and_hops(tmp_path: Pa
             rows = conn.execute("SELECT count(*) FROM floor").fetchone()[0]
             assert rows == rows_expected
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # A dispatch's write-ahead, on a real journal's schema: five rows, the package's view and the head per sample.
+    for name, samples in (("floor-dispatch.db", 5), ("floor-dispatch-cold.db", 50)):
+        with sqlite3.connect(tmp_path / name) as conn:
+            rows = conn.execute("SELECT count(*) FROM journal WHERE package_id LIKE 'F%'").fetchone()[0]
+            assert rows == samples * f.DISPATCH_ROWS
+            assert conn.execute("SELECT count(*) FROM packages").fetchone()[0] == samples
+            head = conn.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()[0]
+            last = conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
+            assert head.startswith(f"{last}:")
 
 
 def test_memory_holds_every_package_live(tmp_path: Path) -> None:

@@ -15,6 +15,17 @@ that move with the latencies).
   run loop with nothing else to do). The design runs every package as an actor task, and a routine step's
   group commit yields one pass; nothing written in Python on trio hops faster. (A new package's dispatch no
   longer pays it: `Engine.submit` takes that step on its caller's stack.)
+- one trio timer: a `trio.sleep` that runs to its deadline, under the `MockClock` with autojump the throughput
+  run uses (trio makes a sleep of a cancel scope whose deadline cancels it: the clock jumps, the scope is
+  cancelled, `Cancelled` is raised into the sleeper and caught by its scope). The sim venue's latency model is
+  made of these: every one-way trip of a request or an answer, every stream delivery;
+- one trio task: spawned into an open nursery, run and exited (per task, in batches of 100 with nothing else
+  running), as the engine starts an actor per package and a send task per leg;
+- one SQLite transaction of a new package's write-ahead shape on the journal's own schema (`Engine.submit`'s
+  commit: five journal rows, the package's view, the chain head), the SQL alone.
+
+The `send()`, the PROCESS commit and the dispatch's transaction are measured again after `COLD_GAP` asleep.
+Throughput's floor adds commits, timers and tasks up per package (`_harness.throughput_floor`).
 
 Which floor bounds which latency is `FLOOR_OF` (the docs table prints it beside every latency).
 """
@@ -39,8 +50,9 @@ FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
     # likewise for the unwind order (armed while the cancel is in flight)
     "unwind_us": (("commit_process_us", 1), ("send_us", 1)),
     # the sim venue at zero latency signs nothing and sends nothing: creation and dispatch journaled in one
-    # commit, on the submitter's stack (`Engine.submit` takes the dispatch step itself: no task hop on the path)
-    "overhead_us": (("commit_process_us", 1),),
+    # commit, on the submitter's stack (`Engine.submit` takes the dispatch step itself: no task hop on the path),
+    # a transaction of that shape on the journal's schema (five rows, the package's view, the chain head)
+    "overhead_us": (("dispatch_commit_us", 1),),
 }
 # The cold floors' wait: about what the engine waits, asleep, between a package's orders going out and the
 # venue's answer that decides its kill switch (the wire bench's loopback emulator: 1-3 ms).
@@ -49,12 +61,12 @@ COLD_GAP = 0.002
 COLD_FLOOR_OF: Mapping[str, tuple[tuple[str, int], ...]] = {
     "reaction_us": (("send_cold_us", 1),),
     "unwind_us": (("commit_process_cold_us", 1), ("send_cold_us", 1)),
-    "overhead_us": (("commit_process_cold_us", 1),),
+    "overhead_us": (("dispatch_commit_cold_us", 1),),
 }
 # Every floor `floors_run` measures (its result's keys).
 FLOOR_NAMES: tuple[str, ...] = (
-    "send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us", "timer_us", "task_us", "send_cold_us",
-    "commit_process_cold_us",
+    "send_us", "commit_process_us", "commit_power_us", "sign_us", "hop_us", "timer_us", "task_us",
+    "dispatch_commit_us", "send_cold_us", "commit_process_cold_us", "dispatch_commit_cold_us",
 )  # fmt: skip
 # One order request as the order path writes it (request line, headers, signed body): about this size.
 REQUEST_BYTES = 620
@@ -121,6 +133,60 @@ def commit_floor(path: Path, synchronous: int, samples: int, gap: float = 0.0) -
             if gap:
                 time.sleep(gap)
             out += _timed(commit, 1)
+        return out
+    finally:
+        conn.close()
+
+
+# The write-ahead transaction of a new package (`Engine.submit`): its creation row and its dispatch step's rows
+# (the event, one intent per leg, the transition), each about this long, as the journal writes them.
+DISPATCH_ROWS = 5
+ROW_TEXT_BYTES = 300
+
+
+def dispatch_commit_floor(path: Path, samples: int, gap: float = 0.0) -> list[float]:
+    """µs per bare SQLite transaction of a new package's write-ahead shape on the journal's own schema (a journal
+    file `Journal.open` made, PROCESS durability): `BEGIN IMMEDIATE`, `DISPATCH_ROWS` journal rows in one
+    statement, the package's row in the packages view, the chain head's guarded update, `COMMIT`, with the
+    statements the journal runs. The SQL alone: every row and hash is made before the timing (no canonical
+    text, no SHA-256); `gap`: seconds asleep before each. A checkpoint every 100 commits, outside the timing,
+    as the journal's checkpointer does."""
+    from legguard.engine.journal._store import _INSERT_PACKAGE, _INSERT_ROWS, Durability, Journal
+
+    with Journal.open(path, Durability.PROCESS):
+        pass  # the schema, WAL mode and the meta rows, as the engine's journal has them
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=1")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        head = conn.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()
+        if head is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('head', ?)", (f"{seq}:{'0' * 64}",))
+            head = (f"{seq}:{'0' * 64}",)
+        previous = head[0]
+        text = "x" * ROW_TEXT_BYTES
+        out: list[float] = []
+        for i in range(samples):
+            package_id = f"F{i:06d}"
+            rows: list[Any] = []
+            for _ in range(DISPATCH_ROWS):
+                seq += 1
+                rows += (seq, "event", package_id, text, 1.0, 2.0, f"{seq - 1:064x}", f"{seq:064x}")
+            view = (package_id, "dispatched", "0", "0", 0, text, seq - DISPATCH_ROWS + 1, 1.0, 2.0, seq, 1.0, 2.0, None)
+            now = f"{seq}:{seq:064x}"
+            if i % 100 == 0:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if gap:
+                time.sleep(gap)
+            t0 = time.perf_counter_ns()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_INSERT_ROWS[DISPATCH_ROWS], rows)
+            conn.execute(_INSERT_PACKAGE, view)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'head' AND value = ?", (now, previous))
+            conn.execute("COMMIT")
+            out.append((time.perf_counter_ns() - t0) / 1000)
+            previous = now
         return out
     finally:
         conn.close()
@@ -229,11 +295,15 @@ def floors_run(samples: int, directory: Path, percentiles: Callable[[list[float]
         "hop_us": percentiles(hop_floor(samples)),
         "timer_us": percentiles(timer_floor(samples)),
         "task_us": percentiles(task_floor(samples)),
+        "dispatch_commit_us": percentiles(dispatch_commit_floor(directory / "floor-dispatch.db", samples)),
         # The same after COLD_GAP asleep: what this machine charges for code and data left untouched that long
         # (its caches are shared; docs/performance.md, "A cold path"). Fewer samples: each waits the gap.
         "send_cold_us": percentiles(send_floor(max(samples // 10, 50), COLD_GAP)),
         "commit_process_cold_us": percentiles(
             commit_floor(directory / "floor-cold.db", 1, max(samples // 10, 50), COLD_GAP)
+        ),
+        "dispatch_commit_cold_us": percentiles(
+            dispatch_commit_floor(directory / "floor-dispatch-cold.db", max(samples // 10, 50), COLD_GAP)
         ),
     }
 
